@@ -1,0 +1,1 @@
+"""Plumbing shared by every image-mirror server: gRPC bootstrap, errors, SQLite, paging."""
