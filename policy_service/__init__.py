@@ -1,0 +1,1 @@
+"""Policy service: mirroring policies, the rule language and tag templates."""
