@@ -1,0 +1,245 @@
+"""A fault-injecting reverse proxy (aiohttp) in front of a real registry.
+
+It runs its own event loop in a thread so sync code (bench, demo) and async tests can both use
+it. Rules match a method and a path regex and fire a given number of times (None: always).
+Every request is recorded in `log` as (method, path, query) for assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from registry_testkit.ports import free_port
+
+_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "trailer",
+    "host",
+    "content-length",
+}
+
+
+@dataclass
+class Rule:
+    kind: str  # "corrupt" | "status" | "drop" | "delay"
+    method: str
+    path: re.Pattern[str]
+    times: int | None = 1
+    status: int = 429
+    retry_after: str | None = None
+    after_bytes: int = 0
+    delay: float = 0.0
+    fired: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.times is not None and self.fired >= self.times:
+            return False
+        return (self.method in ("*", method)) and bool(self.path.search(path))
+
+
+@dataclass
+class FaultProxy:
+    """Proxy `upstream` (e.g. "http://127.0.0.1:5000") on a free port; `url` is its address."""
+
+    upstream: str
+    port: int = field(default_factory=free_port)
+    rules: list[Rule] = field(default_factory=list)
+    log: list[tuple[str, str, str]] = field(default_factory=list)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    # -- rules -----------------------------------------------------------------------------
+
+    def _add(self, rule: Rule) -> Rule:
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def corrupt_blob(self, digest: str, times: int | None = 1, offset: int = 0) -> Rule:
+        """Flip one byte (at `offset` of the body) of GET responses for this blob."""
+        return self._add(
+            Rule(
+                "corrupt",
+                "GET",
+                re.compile(rf"/blobs/{re.escape(digest)}$"),
+                times,
+                after_bytes=offset,
+            )
+        )
+
+    def status(
+        self,
+        path_regex: str,
+        status: int = 429,
+        times: int | None = 1,
+        retry_after: str | None = None,
+        method: str = "*",
+    ) -> Rule:
+        """Answer `status` (with Retry-After) instead of forwarding, `times` times."""
+        return self._add(
+            Rule(
+                "status",
+                method,
+                re.compile(path_regex),
+                times,
+                status=status,
+                retry_after=retry_after,
+            )
+        )
+
+    def drop_mid_body(
+        self, path_regex: str, times: int | None = 1, after_bytes: int = 1024, method: str = "GET"
+    ) -> Rule:
+        """Send headers and `after_bytes` of the body, then cut the connection."""
+        return self._add(
+            Rule("drop", method, re.compile(path_regex), times, after_bytes=after_bytes)
+        )
+
+    def delay(
+        self, path_regex: str, seconds: float, times: int | None = None, method: str = "*"
+    ) -> Rule:
+        return self._add(Rule("delay", method, re.compile(path_regex), times, delay=seconds))
+
+    def clear(self) -> None:
+        with self._lock:
+            self.rules.clear()
+
+    def requests(self, method: str, path_regex: str) -> list[tuple[str, str, str]]:
+        """Logged requests with this method whose path matches the regex."""
+        rx = re.compile(path_regex)
+        with self._lock:
+            return [r for r in self.log if r[0] == method and rx.search(r[1])]
+
+    def _take(self, kind: str, method: str, path: str) -> Rule | None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.kind == kind and rule.matches(method, path):
+                    rule.fired += 1
+                    return rule
+        return None
+
+    # -- serving ---------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        method, path = request.method, request.path
+        with self._lock:
+            self.log.append((method, path, request.query_string))
+            self.counts[(method, path)] += 1
+        delay = self._take("delay", method, path)
+        if delay is not None:
+            await asyncio.sleep(delay.delay)
+        st = self._take("status", method, path)
+        if st is not None:
+            await request.read()
+            headers = {"Retry-After": st.retry_after} if st.retry_after else {}
+            body = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"injected"}]}'
+            return web.Response(
+                status=st.status, body=body, headers=headers, content_type="application/json"
+            )
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        headers["Host"] = request.host  # the registry builds Location URLs from it
+        assert self._session is not None
+        async with self._session.request(
+            method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=body or None,
+            allow_redirects=False,
+        ) as up:
+            resp = web.StreamResponse(status=up.status)
+            for k, v in up.headers.items():
+                if k.lower() not in _HOP:
+                    resp.headers.add(k, v)
+            if up.content_length is not None:
+                resp.content_length = up.content_length
+            corrupt = self._take("corrupt", method, path) if up.status == 200 else None
+            drop = self._take("drop", method, path) if up.status in (200, 206) else None
+            await resp.prepare(request)
+            sent = 0
+            async for chunk in up.content.iter_chunked(64 << 10):
+                if corrupt is not None and sent <= corrupt.after_bytes < sent + len(chunk):
+                    i = corrupt.after_bytes - sent
+                    chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
+                    corrupt = None
+                if drop is not None and sent + len(chunk) > drop.after_bytes:
+                    await resp.write(chunk[: max(drop.after_bytes - sent, 0)])
+                    await resp.drain()
+                    if request.transport is not None:
+                        request.transport.abort()
+                    raise ConnectionResetError("fault proxy: dropped mid-body")
+                await resp.write(chunk)
+                sent += len(chunk)
+            await resp.write_eof()
+            return resp
+
+    async def _serve(self) -> None:
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)
+        )
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", self.port)
+        await site.start()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+        await self._session.close()
+
+    def start(self) -> FaultProxy:
+        self._session: aiohttp.ClientSession | None = None
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self._serve())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fault proxy did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,13 @@
+"""Project-wide pytest setup: shared fixtures from tests/support."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# registry_testkit lives at the repository root (shared with bench/ and the demo).
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+pytest_plugins = ["support.registry", "support.images", "support.faultproxy"]
