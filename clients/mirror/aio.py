@@ -1,0 +1,481 @@
+"""The asyncio client: `connect(address, tls=..., token=...)` -> `AsyncClient`.
+
+    from mirror.aio import connect
+    async with connect("127.0.0.1:50051") as client:
+        async for policy in client.policies.iter():
+            print(policy.name)
+
+Same methods as `mirror.client`, awaited; `iter*` and `watch` are async iterators.
+Every method raises a `mirror.errors.MirrorError` subclass when the call fails.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from google.protobuf import message as pb_message
+from grpc import aio
+
+from mirror import _build
+from mirror.channel import DEFAULT_ADDRESS, TlsArg, TlsOptions, aio_channel, auth_metadata
+from mirror.errors import from_rpc_error
+from mirror.v1 import (
+    gateway_pb2,
+    gateway_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+    scan_pb2,
+    scan_pb2_grpc,
+    transfer_pb2,
+    transfer_pb2_grpc,
+)
+
+__all__ = ["DEFAULT_ADDRESS", "AsyncClient", "TlsOptions", "connect"]
+
+
+class _Service:
+    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...], timeout: float | None):
+        self._stub = stub
+        self._metadata = metadata
+        self._timeout = timeout
+
+    async def _call(self, method: str, request: pb_message.Message) -> Any:
+        try:
+            return await getattr(self._stub, method)(
+                request, metadata=self._metadata, timeout=self._timeout
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    async def _stream(self, method: str, request: pb_message.Message) -> AsyncIterator[Any]:
+        call = getattr(self._stub, method)(request, metadata=self._metadata)
+        try:
+            async for item in call:
+                yield item
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            call.cancel()
+
+
+async def _pages(fetch: Callable[[str], Awaitable[Any]], items: str) -> AsyncIterator[Any]:
+    token = ""
+    while True:
+        page = await fetch(token)
+        for item in getattr(page, items):
+            yield item
+        token = page.next_page_token
+        if not token:
+            return
+
+
+class Policies(_Service):
+    """PolicyService: policies, rule validation and evaluation."""
+
+    async def create(
+        self,
+        policy: policy_pb2.Policy | None = None,
+        *,
+        name: str | None = None,
+        source_repository: str | None = None,
+        rule: str | None = None,
+        endpoint: str | None = None,
+        repository: str | None = None,
+        tag_template: str | None = None,
+        time_zone: str | None = None,
+        enabled: bool | None = None,
+        description: str | None = None,
+        validate_only: bool = False,
+    ) -> policy_pb2.Policy:
+        """Create a policy from a message and/or fields; `endpoint`/`repository` are the target."""
+        msg = _build.policy_message(policy, {
+            "name": name, "source_repository": source_repository, "rule": rule,
+            "endpoint": endpoint, "repository": repository, "tag_template": tag_template,
+            "time_zone": time_zone, "enabled": enabled, "description": description,
+        })
+        req = policy_pb2.CreatePolicyRequest(policy=msg, validate_only=validate_only)
+        return await self._call("CreatePolicy", req)
+
+    async def get(self, id: str) -> policy_pb2.Policy:
+        return await self._call("GetPolicy", policy_pb2.GetPolicyRequest(id=id))
+
+    async def list(
+        self, *, page_size: int = 0, page_token: str = "", source_repository: str = ""
+    ) -> policy_pb2.ListPoliciesResponse:
+        """One page of policies; see `iter` for all of them."""
+        req = policy_pb2.ListPoliciesRequest(
+            page_size=page_size, page_token=page_token, source_repository=source_repository
+        )
+        return await self._call("ListPolicies", req)
+
+    def iter(
+        self, *, source_repository: str = "", page_size: int = 0
+    ) -> AsyncIterator[policy_pb2.Policy]:
+        """Every policy, following page tokens."""
+        return _pages(
+            lambda t: self.list(
+                page_size=page_size, page_token=t, source_repository=source_repository
+            ),
+            "policies",
+        )
+
+    async def update(
+        self,
+        id: str,
+        *,
+        etag: str = "",
+        name: str | None = None,
+        source_repository: str | None = None,
+        rule: str | None = None,
+        endpoint: str | None = None,
+        repository: str | None = None,
+        tag_template: str | None = None,
+        time_zone: str | None = None,
+        enabled: bool | None = None,
+        description: str | None = None,
+    ) -> policy_pb2.Policy:
+        """Change the fields given (others keep their value); a stale `etag` raises Aborted.
+
+        Changing only one of `endpoint`/`repository` keeps the other part of the target.
+        """
+        fields = {
+            "name": name, "source_repository": source_repository, "rule": rule,
+            "endpoint": endpoint, "repository": repository, "tag_template": tag_template,
+            "time_zone": time_zone, "enabled": enabled, "description": description,
+        }
+        if (endpoint is None) != (repository is None):
+            current = (await self.get(id)).target
+            fields["endpoint"] = endpoint if endpoint is not None else current.endpoint
+            fields["repository"] = repository if repository is not None else current.repository
+        msg = _build.policy_message(None, fields)
+        msg.id = id
+        msg.etag = etag
+        req = policy_pb2.UpdatePolicyRequest(policy=msg, update_mask=_build.policy_mask(fields))
+        return await self._call("UpdatePolicy", req)
+
+    async def replace(self, policy: policy_pb2.Policy) -> policy_pb2.Policy:
+        """Replace every mutable field with those of `policy` (empty update mask)."""
+        return await self._call("UpdatePolicy", policy_pb2.UpdatePolicyRequest(policy=policy))
+
+    async def delete(self, id: str, *, etag: str = "") -> None:
+        await self._call("DeletePolicy", policy_pb2.DeletePolicyRequest(id=id, etag=etag))
+
+    async def validate_rule(
+        self, rule: str, *, tag_template: str = "", time_zone: str = ""
+    ) -> policy_pb2.ValidateRuleResponse:
+        """Compile a rule (and a tag template) without saving; errors carry line and column."""
+        req = policy_pb2.ValidateRuleRequest(
+            rule=rule, tag_template=tag_template, time_zone=time_zone
+        )
+        return await self._call("ValidateRule", req)
+
+    async def evaluate(
+        self, facts: _build.FactsArg, *, explain: bool = False,
+        evaluation_time: dt.datetime | None = None,
+    ) -> policy_pb2.EvaluateResponse:
+        """Evaluate every enabled policy of `facts.repository`."""
+        req = policy_pb2.EvaluateRequest(
+            facts=_build.facts(facts), explain=explain,
+            evaluation_time=_build.timestamp(evaluation_time),
+        )
+        return await self._call("Evaluate", req)
+
+    async def evaluate_rule(
+        self, rule: str, facts: _build.FactsArg
+    ) -> policy_pb2.EvaluateRuleResponse:
+        """Evaluate one rule against facts, with each clause's value and result."""
+        req = policy_pb2.EvaluateRuleRequest(rule=rule, facts=_build.facts(facts))
+        return await self._call("EvaluateRule", req)
+
+    async def get_fact_requirements(self, repository: str) -> policy_pb2.FactRequirements:
+        req = policy_pb2.GetFactRequirementsRequest(repository=repository)
+        return await self._call("GetFactRequirements", req)
+
+
+class Transfers(_Service):
+    """TransferService: endpoints (registries and credentials) and transfer jobs."""
+
+    async def create_endpoint(
+        self,
+        endpoint: transfer_pb2.Endpoint | None = None,
+        *,
+        name: str | None = None,
+        url: str | None = None,
+        username: str | None = None,
+        secret: str | None = None,
+        ca_pem: str | None = None,
+        insecure_skip_verify: bool | None = None,
+        max_concurrency: int | None = None,
+        requests_per_second: float | None = None,
+        scan_on_push: bool | None = None,
+        aliases: Iterable[str] | None = None,
+    ) -> transfer_pb2.Endpoint:
+        """Register a registry; the secret is stored and never returned (see has_secret)."""
+        msg = _build.endpoint_message(endpoint, name, {
+            "url": url, "username": username, "secret": secret, "ca_pem": ca_pem,
+            "insecure_skip_verify": insecure_skip_verify, "max_concurrency": max_concurrency,
+            "requests_per_second": requests_per_second, "scan_on_push": scan_on_push,
+            "aliases": None if aliases is None else list(aliases),
+        })
+        return await self._call("CreateEndpoint", transfer_pb2.CreateEndpointRequest(endpoint=msg))
+
+    async def get_endpoint(self, name: str) -> transfer_pb2.Endpoint:
+        return await self._call("GetEndpoint", transfer_pb2.GetEndpointRequest(name=name))
+
+    async def list_endpoints(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> transfer_pb2.ListEndpointsResponse:
+        req = transfer_pb2.ListEndpointsRequest(page_size=page_size, page_token=page_token)
+        return await self._call("ListEndpoints", req)
+
+    def iter_endpoints(self, *, page_size: int = 0) -> AsyncIterator[transfer_pb2.Endpoint]:
+        return _pages(
+            lambda t: self.list_endpoints(page_size=page_size, page_token=t), "endpoints"
+        )
+
+    async def update_endpoint(
+        self,
+        name: str,
+        *,
+        url: str | None = None,
+        username: str | None = None,
+        secret: str | None = None,
+        ca_pem: str | None = None,
+        insecure_skip_verify: bool | None = None,
+        max_concurrency: int | None = None,
+        requests_per_second: float | None = None,
+        scan_on_push: bool | None = None,
+        aliases: Iterable[str] | None = None,
+    ) -> transfer_pb2.Endpoint:
+        """Change the fields given; the others keep their value."""
+        fields = {
+            "url": url, "username": username, "secret": secret, "ca_pem": ca_pem,
+            "insecure_skip_verify": insecure_skip_verify, "max_concurrency": max_concurrency,
+            "requests_per_second": requests_per_second, "scan_on_push": scan_on_push,
+            "aliases": None if aliases is None else list(aliases),
+        }
+        req = transfer_pb2.UpdateEndpointRequest(
+            endpoint=_build.endpoint_message(None, name, fields),
+            update_mask=_build.endpoint_mask(fields),
+        )
+        return await self._call("UpdateEndpoint", req)
+
+    async def delete_endpoint(self, name: str) -> None:
+        await self._call("DeleteEndpoint", transfer_pb2.DeleteEndpointRequest(name=name))
+
+    async def test_connection(
+        self, endpoint: str, *, repository: str = "", check_push: bool = False
+    ) -> transfer_pb2.TestConnectionResponse:
+        """Reachability, TLS, authentication, pull (and push) permission, step by step."""
+        req = transfer_pb2.TestConnectionRequest(
+            endpoint=endpoint, repository=repository, check_push=check_push
+        )
+        return await self._call("TestConnection", req)
+
+    async def start(
+        self,
+        *,
+        source_endpoint: str,
+        source_repository: str,
+        source_reference: str,
+        destination_endpoint: str,
+        destination_repository: str,
+        destination_tag: str = "",
+        platforms: Iterable[str] = (),
+        fail_if_tag_exists: bool = False,
+        idempotency_key: str = "",
+    ) -> transfer_pb2.Transfer:
+        """Start copying an image; returns at once with the job (see `watch`)."""
+        req = _build.start_transfer(
+            source_endpoint=source_endpoint, source_repository=source_repository,
+            source_reference=source_reference, destination_endpoint=destination_endpoint,
+            destination_repository=destination_repository, destination_tag=destination_tag,
+            platforms=platforms, fail_if_tag_exists=fail_if_tag_exists,
+            idempotency_key=idempotency_key,
+        )
+        return await self._call("StartTransfer", req)
+
+    async def get(self, id: str) -> transfer_pb2.Transfer:
+        return await self._call("GetTransfer", transfer_pb2.GetTransferRequest(id=id))
+
+    async def list(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        states: Iterable[int | str] = (),
+        destination_endpoint: str = "",
+        repository: str = "",
+    ) -> transfer_pb2.ListTransfersResponse:
+        """One page of transfers; states by value or name ("running")."""
+        req = transfer_pb2.ListTransfersRequest(
+            page_size=page_size, page_token=page_token, states=_build.transfer_states(states),
+            destination_endpoint=destination_endpoint, repository=repository,
+        )
+        return await self._call("ListTransfers", req)
+
+    def iter(
+        self,
+        *,
+        states: Iterable[int | str] = (),
+        destination_endpoint: str = "",
+        repository: str = "",
+        page_size: int = 0,
+    ) -> AsyncIterator[transfer_pb2.Transfer]:
+        states = list(states)
+        return _pages(
+            lambda t: self.list(
+                page_size=page_size, page_token=t, states=states,
+                destination_endpoint=destination_endpoint, repository=repository,
+            ),
+            "transfers",
+        )
+
+    def watch(self, id: str) -> AsyncIterator[transfer_pb2.Transfer]:
+        """The transfer's progress, one snapshot per change, until it reaches a final state."""
+        return self._stream("WatchTransfer", transfer_pb2.WatchTransferRequest(id=id))
+
+    async def cancel(self, id: str) -> transfer_pb2.Transfer:
+        return await self._call("CancelTransfer", transfer_pb2.CancelTransferRequest(id=id))
+
+
+class Gateway(_Service):
+    """GatewayService: push notifications, policy runs and status, apply and reconcile."""
+
+    async def notify_push(
+        self, *, endpoint: str, repository: str, tag: str, digest: str = "", event_id: str = ""
+    ) -> gateway_pb2.NotifyPushResponse:
+        req = gateway_pb2.NotifyPushRequest(
+            endpoint=endpoint, repository=repository, tag=tag, digest=digest, event_id=event_id
+        )
+        return await self._call("NotifyPush", req)
+
+    async def list_runs(
+        self,
+        *,
+        policy_id: str = "",
+        states: Iterable[int | str] = (),
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> gateway_pb2.ListRunsResponse:
+        req = gateway_pb2.ListRunsRequest(
+            policy_id=policy_id, states=_build.run_states(states), page_size=page_size,
+            page_token=page_token,
+        )
+        return await self._call("ListRuns", req)
+
+    def iter_runs(
+        self, *, policy_id: str = "", states: Iterable[int | str] = (), page_size: int = 0
+    ) -> AsyncIterator[gateway_pb2.Run]:
+        states = list(states)
+        return _pages(
+            lambda t: self.list_runs(
+                policy_id=policy_id, states=states, page_size=page_size, page_token=t
+            ),
+            "runs",
+        )
+
+    async def get_policy_status(self, policy_id: str) -> gateway_pb2.PolicyStatus:
+        req = gateway_pb2.GetPolicyStatusRequest(policy_id=policy_id)
+        return await self._call("GetPolicyStatus", req)
+
+    async def apply_policy(self, policy_id: str) -> gateway_pb2.ApplyPolicyResponse:
+        """Evaluate the tags already in the policy's source repository and mirror matches."""
+        return await self._call("ApplyPolicy", gateway_pb2.ApplyPolicyRequest(policy_id=policy_id))
+
+    async def reconcile(self, policy_id: str = "") -> gateway_pb2.ReconcileResponse:
+        return await self._call("Reconcile", gateway_pb2.ReconcileRequest(policy_id=policy_id))
+
+
+class Scanner(_Service):
+    """ScanService: components, licenses and vulnerabilities of images."""
+
+    async def scan_image(
+        self, *, endpoint: str, repository: str, reference: str, force: bool = False
+    ) -> scan_pb2.ScanReport:
+        req = scan_pb2.ScanImageRequest(
+            image=_build.image(endpoint, repository, reference), force=force
+        )
+        return await self._call("ScanImage", req)
+
+    async def get_scan(self, digest: str) -> scan_pb2.ScanReport:
+        """A cached report by manifest digest (NotFound when never scanned)."""
+        return await self._call("GetScan", scan_pb2.GetScanRequest(digest=digest))
+
+    async def import_vulnerabilities(
+        self, *, path: str | None = None, data: bytes | None = None
+    ) -> scan_pb2.ImportVulnerabilitiesResponse:
+        """Import OSV records: a path on the scanner's host, or the bytes themselves."""
+        return await self._call("ImportVulnerabilities", _build.import_vulnerabilities(path, data))
+
+    async def import_report(
+        self, *, digest: str, report: bytes, format: str = "", repository: str = ""
+    ) -> scan_pb2.ScanReport:
+        req = scan_pb2.ImportReportRequest(
+            digest=digest, report=report, format=format, repository=repository
+        )
+        return await self._call("ImportReport", req)
+
+
+class AsyncClient:
+    """An asyncio connection to image-mirror: `.policies`, `.transfers`, `.gateway`, `.scanner`.
+
+    Create it inside a running event loop (grpc.aio channels belong to one loop).
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        tls: TlsArg = False,
+        token: str | None = None,
+        timeout: float | None = 60.0,
+        addresses: dict[str, str] | None = None,
+    ) -> None:
+        metadata = auth_metadata(token)
+        self.address = address
+        self._channels: dict[str, aio.Channel] = {}
+
+        def channel(service: str) -> aio.Channel:
+            addr = (addresses or {}).get(service, address)
+            if addr not in self._channels:
+                self._channels[addr] = aio_channel(addr, tls)
+            return self._channels[addr]
+
+        self.channel = channel("policies")
+        self.policies = Policies(
+            policy_pb2_grpc.PolicyServiceStub(channel("policies")), metadata, timeout
+        )
+        self.transfers = Transfers(
+            transfer_pb2_grpc.TransferServiceStub(channel("transfers")), metadata, timeout
+        )
+        self.gateway = Gateway(
+            gateway_pb2_grpc.GatewayServiceStub(channel("gateway")), metadata, timeout
+        )
+        self.scanner = Scanner(scan_pb2_grpc.ScanServiceStub(channel("scanner")), metadata, timeout)
+        self.metadata = metadata
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def connect(
+    address: str = DEFAULT_ADDRESS,
+    *,
+    tls: TlsArg = False,
+    token: str | None = None,
+    timeout: float | None = 60.0,
+    addresses: dict[str, str] | None = None,
+) -> AsyncClient:
+    """Open an asyncio client (inside a running loop). `tls`: False, True or TlsOptions."""
+    return AsyncClient(address, tls=tls, token=token, timeout=timeout, addresses=addresses)
