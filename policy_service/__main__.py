@@ -1,0 +1,65 @@
+"""`python -m policy_service --grpc-listen HOST:PORT --data DIR [--transfer-address HOST:PORT]`.
+
+Without --transfer-address the target push check is skipped: that mode is for running the
+policy service alone (development, tests, benchmarks), never for production.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from grpc import aio
+
+from policy_service.push_check import GrpcPushChecker
+from policy_service.servicer import PolicyServicer
+from policy_service.store import PolicyStore
+from servicekit.runner import base_parser, run_until_signal
+from servicekit.server import start_server
+
+DEFAULT_PORT = 50052
+log = logging.getLogger("policy_service")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(
+        "policy_service", "image-mirror policy service (mirror.v1.PolicyService)", DEFAULT_PORT
+    )
+    parser.add_argument(
+        "--transfer-address",
+        default="",
+        help="HOST:PORT of the transfer service, asked whether policy targets are pushable; "
+        "without it the check is skipped (only for running the policy service alone)",
+    )
+    args = parser.parse_args(argv)
+
+    async def start() -> Callable[[], Awaitable[None]]:
+        store = PolicyStore.open(args.data)
+        channel = None
+        if args.transfer_address:
+            channel = aio.insecure_channel(args.transfer_address)
+            checker = GrpcPushChecker(channel)
+        else:
+            checker = None
+            log.warning(
+                "no --transfer-address: policy targets are NOT checked for push permission; "
+                "use this only to run the policy service alone"
+            )
+        servicer = PolicyServicer(store, checker)
+        running = await start_server([servicer], args.grpc_listen)
+        host = args.grpc_listen.rsplit(":", 1)[0]
+        print(f"policy service listening on {host}:{running.port}", flush=True)
+
+        async def stop() -> None:
+            await running.stop()
+            if channel is not None:
+                await channel.close()
+            store.close()
+
+        return stop
+
+    run_until_signal(args, start)
+
+
+if __name__ == "__main__":
+    main()

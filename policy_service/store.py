@@ -1,0 +1,209 @@
+"""Policies in SQLite (servicekit.db): the durable copy the in-memory index is rebuilt from."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from servicekit.db import Database
+
+MIGRATIONS: list[str] = [
+    # 1: policies; names are unique, the etag changes on every write.
+    """
+    CREATE TABLE policies (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        description TEXT NOT NULL DEFAULT '',
+        source_repository TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        target_endpoint TEXT NOT NULL,
+        target_repository TEXT NOT NULL,
+        tag_template TEXT NOT NULL,
+        time_zone TEXT NOT NULL DEFAULT '',
+        enabled INTEGER NOT NULL,
+        create_time_us INTEGER NOT NULL,
+        update_time_us INTEGER NOT NULL,
+        etag TEXT NOT NULL,
+        version INTEGER NOT NULL
+    );
+    CREATE INDEX policies_source ON policies(source_repository);
+    """,
+]
+
+DB_FILE = "policy.sqlite3"
+
+
+@dataclass(frozen=True)
+class PolicyRecord:
+    """One stored policy; times in microseconds since the epoch (UTC)."""
+
+    id: str
+    name: str
+    description: str
+    source_repository: str
+    rule: str
+    target_endpoint: str
+    target_repository: str
+    tag_template: str
+    time_zone: str
+    enabled: bool
+    create_time_us: int
+    update_time_us: int
+    etag: str
+    version: int
+
+    def evolve(self, **changes: object) -> PolicyRecord:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+class NameTaken(Exception):
+    """Another policy already has this name."""
+
+
+class PolicyMissing(Exception):
+    """No policy has this id."""
+
+
+class EtagMismatch(Exception):
+    """The policy changed since the caller read it."""
+
+
+_COLUMNS = (
+    "id, name, description, source_repository, rule, target_endpoint, target_repository, "
+    "tag_template, time_zone, enabled, create_time_us, update_time_us, etag, version"
+)
+
+
+def _record(row: sqlite3.Row) -> PolicyRecord:
+    return PolicyRecord(
+        id=row["id"],
+        name=row["name"],
+        description=row["description"],
+        source_repository=row["source_repository"],
+        rule=row["rule"],
+        target_endpoint=row["target_endpoint"],
+        target_repository=row["target_repository"],
+        tag_template=row["tag_template"],
+        time_zone=row["time_zone"],
+        enabled=bool(row["enabled"]),
+        create_time_us=row["create_time_us"],
+        update_time_us=row["update_time_us"],
+        etag=row["etag"],
+        version=row["version"],
+    )
+
+
+def _values(r: PolicyRecord) -> tuple[object, ...]:
+    return (
+        r.id, r.name, r.description, r.source_repository, r.rule, r.target_endpoint,
+        r.target_repository, r.tag_template, r.time_zone, int(r.enabled), r.create_time_us,
+        r.update_time_us, r.etag, r.version,
+    )
+
+
+def _is_name_clash(err: sqlite3.IntegrityError) -> bool:
+    return "policies.name" in str(err)
+
+
+class PolicyStore:
+    """CRUD over the policies table; every write is one transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @classmethod
+    def open(cls, data_dir: str | Path) -> PolicyStore:
+        return cls(Database(Path(data_dir) / DB_FILE, MIGRATIONS))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def all(self) -> list[PolicyRecord]:
+        return [_record(r) for r in self.db.query(f"SELECT {_COLUMNS} FROM policies")]
+
+    def get(self, policy_id: str) -> PolicyRecord | None:
+        row = self.db.query_one(f"SELECT {_COLUMNS} FROM policies WHERE id = ?", (policy_id,))
+        return _record(row) if row else None
+
+    def name_exists(self, name: str, except_id: str = "") -> bool:
+        row = self.db.query_one(
+            "SELECT 1 FROM policies WHERE name = ? AND id != ?", (name, except_id)
+        )
+        return row is not None
+
+    def insert(self, rec: PolicyRecord) -> None:
+        try:
+            with self.db.transaction() as c:
+                c.execute(
+                    f"INSERT INTO policies ({_COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _values(rec),
+                )
+        except sqlite3.IntegrityError as err:
+            if _is_name_clash(err):
+                raise NameTaken(rec.name) from err
+            raise
+
+    def insert_many(self, recs: Iterable[PolicyRecord]) -> None:
+        """Bulk load in one transaction (benchmarks and imports)."""
+        with self.db.transaction() as c:
+            c.executemany(
+                f"INSERT INTO policies ({_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_values(r) for r in recs],
+            )
+
+    def update(self, rec: PolicyRecord, expected_etag: str) -> None:
+        """Replace the policy `rec.id` if its stored etag is still `expected_etag`."""
+        try:
+            with self.db.transaction() as c:
+                row = c.execute("SELECT etag FROM policies WHERE id = ?", (rec.id,)).fetchone()
+                if row is None:
+                    raise PolicyMissing(rec.id)
+                if row["etag"] != expected_etag:
+                    raise EtagMismatch(rec.id)
+                c.execute(
+                    "UPDATE policies SET name=?, description=?, source_repository=?, rule=?, "
+                    "target_endpoint=?, target_repository=?, tag_template=?, time_zone=?, "
+                    "enabled=?, update_time_us=?, etag=?, version=? WHERE id=?",
+                    (
+                        rec.name, rec.description, rec.source_repository, rec.rule,
+                        rec.target_endpoint, rec.target_repository, rec.tag_template,
+                        rec.time_zone, int(rec.enabled), rec.update_time_us, rec.etag,
+                        rec.version, rec.id,
+                    ),
+                )
+        except sqlite3.IntegrityError as err:
+            if _is_name_clash(err):
+                raise NameTaken(rec.name) from err
+            raise
+
+    def delete(self, policy_id: str, expected_etag: str = "") -> None:
+        """Delete; when `expected_etag` is given it must equal the stored one."""
+        with self.db.transaction() as c:
+            row = c.execute("SELECT etag FROM policies WHERE id = ?", (policy_id,)).fetchone()
+            if row is None:
+                raise PolicyMissing(policy_id)
+            if expected_etag and row["etag"] != expected_etag:
+                raise EtagMismatch(policy_id)
+            c.execute("DELETE FROM policies WHERE id = ?", (policy_id,))
+
+    def page(
+        self, after_name: str, limit: int, only_ids: Iterable[str] | None = None
+    ) -> list[PolicyRecord]:
+        """Up to `limit` policies ordered by name, after `after_name`, optionally among ids."""
+        if only_ids is None:
+            rows = self.db.query(
+                f"SELECT {_COLUMNS} FROM policies WHERE name > ? ORDER BY name LIMIT ?",
+                (after_name, limit),
+            )
+        else:
+            rows = self.db.query(
+                f"SELECT {_COLUMNS} FROM policies WHERE name > ? "
+                "AND id IN (SELECT value FROM json_each(?)) ORDER BY name LIMIT ?",
+                (after_name, json.dumps(sorted(only_ids)), limit),
+            )
+        return [_record(r) for r in rows]
