@@ -1,0 +1,129 @@
+"""Fixtures for the policy servicer tests: a transfer-service test double and a served policy
+service, both real grpc.aio servers on free loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import message
+from google.rpc import error_details_pb2
+from grpc import aio
+from grpc_status import rpc_status
+from mirror.v1 import common_pb2, policy_pb2, policy_pb2_grpc, transfer_pb2, transfer_pb2_grpc
+
+from policy_service.push_check import GrpcPushChecker
+from policy_service.servicer import PolicyServicer
+from policy_service.store import PolicyStore
+from servicekit.server import RunningServer, start_server
+
+Check = transfer_pb2.ConnectionCheck
+SEED_RULE = 'tag endswith "stable" and critical_vulns <= 3'
+
+
+class TransferDouble(transfer_pb2_grpc.TransferServiceServicer):
+    """A stand-in for the transfer service that answers TestConnection as configured.
+
+    Endpoints not in `endpoints` answer NOT_FOUND; `failures[(endpoint, repo)]` names a step
+    that fails with a message. Every request is recorded.
+    """
+
+    service_name = transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name
+
+    def __init__(self) -> None:
+        self.endpoints: set[str] = {"qa"}
+        self.failures: dict[tuple[str, str], tuple[int, str]] = {}
+        self.calls: list[transfer_pb2.TestConnectionRequest] = []
+
+    def mount(self, server: aio.Server) -> None:
+        transfer_pb2_grpc.add_TransferServiceServicer_to_server(self, server)
+
+    async def TestConnection(
+        self, request: transfer_pb2.TestConnectionRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.TestConnectionResponse:
+        self.calls.append(request)
+        if request.endpoint not in self.endpoints:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"endpoint {request.endpoint!r}")
+        failing = self.failures.get((request.endpoint, request.repository))
+        checks = []
+        for step in (Check.STEP_REACHABLE, Check.STEP_AUTHENTICATED, Check.STEP_PULL_ALLOWED,
+                     Check.STEP_PUSH_ALLOWED):
+            if failing and failing[0] == step:
+                checks.append(Check(step=step, result=Check.RESULT_FAILED, message=failing[1]))
+                break
+            checks.append(Check(step=step, result=Check.RESULT_OK))
+        return transfer_pb2.TestConnectionResponse(ok=failing is None, checks=checks)
+
+
+@dataclass
+class PolicyEnv:
+    stub: policy_pb2_grpc.PolicyServiceStub
+    transfer: TransferDouble
+    servicer: PolicyServicer
+    data: Path
+    extra: list[object] = field(default_factory=list)
+
+
+@pytest.fixture
+async def transfer_double() -> AsyncIterator[tuple[TransferDouble, int]]:
+    double = TransferDouble()
+    running: RunningServer = await start_server([double], "127.0.0.1:0")
+    yield double, running.port
+    await running.stop(0)
+
+
+@pytest.fixture
+async def env(
+    tmp_path: Path, transfer_double: tuple[TransferDouble, int]
+) -> AsyncIterator[PolicyEnv]:
+    double, tport = transfer_double
+    tchannel = aio.insecure_channel(f"127.0.0.1:{tport}")
+    store = PolicyStore.open(tmp_path)
+    servicer = PolicyServicer(store, GrpcPushChecker(tchannel))
+    running = await start_server([servicer], "127.0.0.1:0")
+    channel = aio.insecure_channel(f"127.0.0.1:{running.port}")
+    yield PolicyEnv(policy_pb2_grpc.PolicyServiceStub(channel), double, servicer, tmp_path)
+    await channel.close()
+    await running.stop(0)
+    await tchannel.close()
+    store.close()
+
+
+def policy(**kw: object) -> policy_pb2.Policy:
+    """The seed's policy (dev/website -> qa:qa/website), with overrides."""
+    base: dict[str, object] = {
+        "name": "promote-website",
+        "description": "stable builds to QA",
+        "source_repository": "dev/website",
+        "rule": SEED_RULE,
+        "target": common_pb2.Target(endpoint="qa", repository="qa/website"),
+        "enabled": True,
+    }
+    base.update(kw)
+    return policy_pb2.Policy(**base)  # type: ignore[arg-type]
+
+
+def details(err: grpc.RpcError, kind: type[message.Message]) -> list[message.Message]:
+    """The google.rpc detail messages of type `kind` carried by a failed call."""
+    st = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert st is not None, "the error carries no google.rpc.Status details"
+    out = []
+    for any_ in st.details:
+        if any_.Is(kind.DESCRIPTOR):
+            m = kind()
+            any_.Unpack(m)
+            out.append(m)
+    return out
+
+
+def field_violations(err: grpc.RpcError) -> dict[str, str]:
+    brs = details(err, error_details_pb2.BadRequest)
+    return {v.field: v.description for br in brs for v in br.field_violations}  # type: ignore[attr-defined]
+
+
+def precondition_violations(err: grpc.RpcError) -> list[tuple[str, str, str]]:
+    pfs = details(err, error_details_pb2.PreconditionFailure)
+    return [(v.type, v.subject, v.description) for pf in pfs for v in pf.violations]  # type: ignore[attr-defined]
