@@ -1,0 +1,66 @@
+"""`python -m transfer_service --grpc-listen HOST:PORT --data DIR [...]`: the transfer service
+alone on its own gRPC server (with reflection and health)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Awaitable, Callable
+
+from servicekit.runner import base_parser, run_until_signal
+from servicekit.server import start_server
+
+log = logging.getLogger("transfer_service")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = base_parser("transfer_service", "Endpoints, TestConnection and transfer jobs.", 50052)
+    p.add_argument("--key-file", default=None, help="Fernet key file (default DATA/secret.key; "
+                   "created with mode 0600; $MIRROR_SECRET_KEY takes precedence)")
+    p.add_argument("--spool-dir", default=None, help="where large blobs are buffered "
+                   "(default DATA/spool)")
+    p.add_argument("--spool-threshold", type=int, default=64 << 20,
+                   help="blobs larger than this many bytes are buffered on disk")
+    p.add_argument("--max-jobs", type=int, default=4, help="transfers run at once")
+    p.add_argument("--max-blobs", type=int, default=8, help="blobs copied at once (all jobs)")
+    p.add_argument("--max-attempts", type=int, default=5,
+                   help="attempts of a job that fails with a retryable error")
+    args = p.parse_args(argv)
+    if args.max_jobs < 1 or args.max_blobs < 1 or args.max_attempts < 1:
+        p.error("--max-jobs, --max-blobs and --max-attempts must be at least 1")
+    if args.spool_threshold < 0:
+        p.error("--spool-threshold must not be negative")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+
+    async def start() -> Callable[[], Awaitable[None]]:
+        from transfer_service.servicer import TransferServicer
+
+        servicer = TransferServicer.open(
+            args.data,
+            key_file=args.key_file,
+            spool_dir=args.spool_dir,
+            spool_threshold=args.spool_threshold,
+            max_jobs=args.max_jobs,
+            max_concurrent_blobs=args.max_blobs,
+            max_attempts=args.max_attempts,
+        )
+        server = await start_server([servicer], args.grpc_listen)
+        await servicer.start()
+        # Tests and scripts started with port 0 read the chosen port from this line.
+        print(f"transfer_service listening on port {server.port}", flush=True)
+
+        async def stop() -> None:
+            await server.stop()
+            await servicer.stop()
+
+        return stop
+
+    run_until_signal(args, start)
+
+
+if __name__ == "__main__":
+    main()

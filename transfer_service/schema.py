@@ -1,0 +1,66 @@
+"""SQLite schema of the transfer service (one file, DATA/transfer.db): endpoints and jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from servicekit.db import Database
+
+DB_FILE = "transfer.db"
+
+MIGRATIONS: list[str] = [
+    # v1
+    """
+    CREATE TABLE endpoints (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        username TEXT NOT NULL DEFAULT '',
+        secret_enc BLOB,
+        ca_pem TEXT NOT NULL DEFAULT '',
+        insecure_skip_verify INTEGER NOT NULL DEFAULT 0,
+        max_concurrency INTEGER NOT NULL DEFAULT 0,
+        requests_per_second REAL NOT NULL DEFAULT 0,
+        scan_on_push INTEGER NOT NULL DEFAULT 0,
+        aliases TEXT NOT NULL DEFAULT '[]',
+        create_time REAL NOT NULL,
+        update_time REAL NOT NULL
+    );
+    CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        idempotency_key TEXT UNIQUE,
+        state TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        src_endpoint TEXT NOT NULL,
+        src_repository TEXT NOT NULL,
+        src_reference TEXT NOT NULL,
+        dst_endpoint TEXT NOT NULL,
+        dst_repository TEXT NOT NULL,
+        dst_tag TEXT NOT NULL DEFAULT '',
+        platforms TEXT NOT NULL DEFAULT '[]',
+        fail_if_tag_exists INTEGER NOT NULL DEFAULT 0,
+        digest TEXT NOT NULL DEFAULT '',
+        media_type TEXT NOT NULL DEFAULT '',
+        bytes_total INTEGER NOT NULL DEFAULT 0,
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        bytes_skipped INTEGER NOT NULL DEFAULT 0,
+        blobs_total INTEGER NOT NULL DEFAULT 0,
+        blobs_done INTEGER NOT NULL DEFAULT 0,
+        blobs_skipped INTEGER NOT NULL DEFAULT 0,
+        blobs_mounted INTEGER NOT NULL DEFAULT 0,
+        manifests_total INTEGER NOT NULL DEFAULT 0,
+        manifests_done INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        create_time REAL NOT NULL,
+        start_time REAL,
+        end_time REAL
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE INDEX jobs_dst ON jobs(dst_endpoint, seq);
+    """,
+]
+
+
+def open_database(data_dir: str | Path) -> Database:
+    """Open (and migrate) DATA/transfer.db."""
+    return Database(Path(data_dir) / DB_FILE, MIGRATIONS)

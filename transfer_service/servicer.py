@@ -1,0 +1,359 @@
+"""gRPC servicer of mirror.v1.TransferService: endpoints, TestConnection, transfers."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import empty_pb2
+from grpc import aio
+from mirror.v1 import transfer_pb2, transfer_pb2_grpc
+
+from servicekit import paging
+from servicekit.errors import failed_precondition, invalid_argument
+from transfer_service.connection_check import check_connection
+from transfer_service.convert import (
+    STATE_FROM_PROTO,
+    endpoint_from_proto,
+    endpoint_to_proto,
+    transfer_to_proto,
+)
+from transfer_service.endpoints import WRITABLE_FIELDS, EndpointStore
+from transfer_service.jobs import JobSpec, Journal
+from transfer_service.names import reference_problem, repository_problem, tag_problem
+from transfer_service.schema import open_database
+from transfer_service.secrets import load_secret_box
+from transfer_service.worker import Worker
+
+log = logging.getLogger("transfer_service")
+
+PLATFORM_RE = re.compile(r"[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?")
+MAX_IDEMPOTENCY_KEY = 256
+OUTPUT_ONLY = ("has_secret", "create_time", "update_time")
+
+
+class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
+    """Mountable servicer (servicekit `Mountable`); `start()`/`stop()` run its worker."""
+
+    service_name = transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name
+
+    def __init__(self, endpoints: EndpointStore, journal: Journal, worker: Worker) -> None:
+        self.endpoints = endpoints
+        self.journal = journal
+        self.worker = worker
+        self._close: list[Any] = []
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | Path,
+        *,
+        key_file: str | Path | None = None,
+        spool_dir: str | Path | None = None,
+        spool_threshold: int = 64 << 20,
+        spool_quota: int | None = None,
+        max_jobs: int = 4,
+        max_concurrent_blobs: int = 8,
+        max_attempts: int = 5,
+        backoff_base: float = 1.0,
+        progress_interval: float = 1.0,
+    ) -> TransferServicer:
+        """Open DATA/transfer.db and the secret key (env or key file) and build the worker."""
+        from transfer_service.engine import CopyEngine
+
+        data = Path(data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        box = load_secret_box(Path(key_file) if key_file else data / "secret.key")
+        db = open_database(data)
+        endpoints = EndpointStore(db, box)
+        endpoints.check_key()
+        journal = Journal(db)
+        spool = Path(spool_dir) if spool_dir else data / "spool"
+        spool.mkdir(parents=True, exist_ok=True)
+        engine_kw: dict[str, Any] = {
+            "spool_threshold": spool_threshold,
+            "max_concurrent_blobs": max_concurrent_blobs,
+        }
+        if spool_quota is not None:
+            engine_kw["spool_quota"] = spool_quota
+        engine = CopyEngine(spool, **engine_kw)
+        worker = Worker(
+            journal,
+            endpoints,
+            engine,
+            max_jobs=max_jobs,
+            max_attempts=max_attempts,
+            backoff_base=backoff_base,
+            progress_interval=progress_interval,
+        )
+        servicer = cls(endpoints, journal, worker)
+        servicer._close.append(db)
+        return servicer
+
+    def mount(self, server: aio.Server) -> None:
+        transfer_pb2_grpc.add_TransferServiceServicer_to_server(self, server)
+
+    async def start(self) -> None:
+        await self.worker.start()
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+        for c in self._close:
+            c.close()
+        self._close.clear()
+
+    # -- endpoints ----------------------------------------------------------------------
+
+    async def CreateEndpoint(
+        self, request: transfer_pb2.CreateEndpointRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.Endpoint:
+        if not request.HasField("endpoint"):
+            raise invalid_argument("endpoint is required", [("endpoint", "required")])
+        _reject_output_only(request.endpoint)
+        ep = self.endpoints.create(endpoint_from_proto(request.endpoint))
+        log.info("endpoint %s created (%s)", ep.name, ep.url)
+        return endpoint_to_proto(ep)
+
+    async def GetEndpoint(
+        self, request: transfer_pb2.GetEndpointRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.Endpoint:
+        _require(request.name, "name")
+        return endpoint_to_proto(self.endpoints.get(request.name))
+
+    async def ListEndpoints(
+        self, request: transfer_pb2.ListEndpointsRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.ListEndpointsResponse:
+        size = paging.page_size(request.page_size)
+        state = paging.decode_token(request.page_token, expect={"kind": "endpoints"})
+        after = str(state.get("after", ""))
+        items = self.endpoints.list(size + 1, after)
+        resp = transfer_pb2.ListEndpointsResponse(
+            endpoints=[endpoint_to_proto(e) for e in items[:size]]
+        )
+        if len(items) > size:
+            resp.next_page_token = paging.encode_token(
+                {"kind": "endpoints", "after": items[size - 1].name}
+            )
+        return resp
+
+    async def UpdateEndpoint(
+        self, request: transfer_pb2.UpdateEndpointRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.Endpoint:
+        msg = request.endpoint
+        _require(msg.name, "endpoint.name")
+        changes = _changes_from_mask(msg, list(request.update_mask.paths))
+        ep = self.endpoints.update(msg.name, changes)
+        log.info("endpoint %s updated (%s)", ep.name, ", ".join(sorted(changes)) or "nothing")
+        return endpoint_to_proto(ep)
+
+    async def DeleteEndpoint(
+        self, request: transfer_pb2.DeleteEndpointRequest, context: aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        _require(request.name, "name")
+        self.endpoints.get(request.name)  # NOT_FOUND first
+        busy = [
+            j.id
+            for j in self.journal.unfinished()
+            if request.name in (j.spec.src_endpoint, j.spec.dst_endpoint)
+        ]
+        if busy:
+            raise failed_precondition(
+                f"endpoint {request.name!r} is used by {len(busy)} unfinished transfer(s); "
+                "cancel them or wait for them to finish",
+                [("TRANSFER", f"transfers/{i}", "waiting or running") for i in busy[:10]],
+                reason="ENDPOINT_IN_USE",
+            )
+        self.endpoints.delete(request.name)
+        log.info("endpoint %s deleted", request.name)
+        return empty_pb2.Empty()
+
+    async def TestConnection(
+        self, request: transfer_pb2.TestConnectionRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.TestConnectionResponse:
+        violations = []
+        if not request.endpoint:
+            violations.append(("endpoint", "required"))
+        problem = repository_problem(request.repository)
+        if problem:
+            violations.append(("repository", problem))
+        if violations:
+            raise invalid_argument("the request is not valid", violations)
+        cfg = self.endpoints.config_for(request.endpoint)  # NOT_FOUND
+        report = await check_connection(cfg, request.repository, request.check_push)
+        return transfer_pb2.TestConnectionResponse(
+            ok=report.ok,
+            checks=[
+                transfer_pb2.ConnectionCheck(
+                    step=int(c.step), result=int(c.result), message=c.message
+                )
+                for c in report.checks
+            ],
+        )
+
+    # -- transfers ----------------------------------------------------------------------
+
+    async def StartTransfer(
+        self, request: transfer_pb2.StartTransferRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.Transfer:
+        spec = _validate_start(request)
+        missing = sorted(
+            {n for n in (spec.src_endpoint, spec.dst_endpoint) if not self.endpoints.exists(n)}
+        )
+        if missing:
+            raise failed_precondition(
+                f"unknown endpoint(s): {', '.join(missing)}; create them first",
+                [("ENDPOINT", f"endpoints/{n}", "does not exist") for n in missing],
+                reason="ENDPOINT_NOT_FOUND",
+            )
+        job, created = self.journal.create(spec, request.idempotency_key)
+        if created:
+            self.worker.submit(job.id)
+            log.info("transfer %s queued", job.id)
+        return transfer_to_proto(self.worker.snapshot(job.id))
+
+    async def GetTransfer(
+        self, request: transfer_pb2.GetTransferRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.Transfer:
+        _require(request.id, "id")
+        return transfer_to_proto(self.worker.snapshot(request.id))
+
+    async def ListTransfers(
+        self, request: transfer_pb2.ListTransfersRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.ListTransfersResponse:
+        size = paging.page_size(request.page_size)
+        states = []
+        for s in request.states:
+            if s not in STATE_FROM_PROTO:
+                raise invalid_argument(
+                    "unknown state in the filter", [("states", f"{s} is not a valid state")]
+                )
+            states.append(STATE_FROM_PROTO[s])
+        flt = {
+            "kind": "transfers",
+            "states": sorted(s.value for s in states),
+            "dst": request.destination_endpoint,
+            "repo": request.repository,
+        }
+        token = paging.decode_token(request.page_token, expect=flt)
+        before = int(token.get("before", 0) or 0)  # type: ignore[call-overload]
+        jobs = self.journal.list(
+            size + 1,
+            before_seq=before,
+            states=states,
+            destination_endpoint=request.destination_endpoint,
+            repository=request.repository,
+        )
+        resp = transfer_pb2.ListTransfersResponse(
+            transfers=[transfer_to_proto(self.worker.snapshot(j.id)) for j in jobs[:size]]
+        )
+        if len(jobs) > size:
+            resp.next_page_token = paging.encode_token({**flt, "before": jobs[size - 1].seq})
+        return resp
+
+    async def WatchTransfer(
+        self, request: transfer_pb2.WatchTransferRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[transfer_pb2.Transfer]:
+        _require(request.id, "id")
+        async for job in self.worker.watch(request.id):
+            yield transfer_to_proto(job)
+
+    async def CancelTransfer(
+        self, request: transfer_pb2.CancelTransferRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.Transfer:
+        _require(request.id, "id")
+        return transfer_to_proto(await self.worker.cancel(request.id))
+
+
+def _require(value: str, field: str) -> None:
+    if not value:
+        raise invalid_argument(f"{field} is required", [(field, "required")])
+
+
+def _reject_output_only(msg: transfer_pb2.Endpoint) -> None:
+    if msg.has_secret:
+        raise invalid_argument(
+            "has_secret is output only; set secret to store one",
+            [("endpoint.has_secret", "output only")],
+        )
+
+
+def _changes_from_mask(msg: transfer_pb2.Endpoint, paths: list[str]) -> dict[str, object]:
+    """Field -> new value for UpdateEndpoint.
+
+    Empty mask: every writable field set to a non-default value in the request (so a field
+    cannot be cleared without a mask). "*": every writable field, cleared when not given
+    (including the secret). Otherwise exactly the named fields; `secret` in the mask with an
+    empty secret removes the stored secret.
+    """
+    given = endpoint_from_proto(msg)
+    if not paths:
+        _reject_output_only(msg)
+        defaults = {
+            "url": "", "username": "", "secret": "", "ca_pem": "",
+            "insecure_skip_verify": False, "max_concurrency": 0, "requests_per_second": 0.0,
+            "scan_on_push": False, "aliases": (),
+        }
+        return {
+            f: getattr(given, f) for f in WRITABLE_FIELDS if getattr(given, f) != defaults[f]
+        }
+    if paths == ["*"]:
+        return {f: getattr(given, f) for f in WRITABLE_FIELDS}
+    violations = []
+    for p in paths:
+        if p == "name":
+            violations.append(("update_mask", "name cannot be changed; create a new endpoint"))
+        elif p in OUTPUT_ONLY:
+            violations.append(("update_mask", f"{p} is output only"))
+        elif p not in WRITABLE_FIELDS:
+            violations.append(("update_mask", f"unknown field {p!r}"))
+    if violations:
+        raise invalid_argument("update_mask is not valid", violations)
+    return {p: getattr(given, p) for p in paths}
+
+
+def _validate_start(req: transfer_pb2.StartTransferRequest) -> JobSpec:
+    v: list[tuple[str, str]] = []
+    src, dst, opts = req.source, req.destination, req.options
+    if not src.endpoint:
+        v.append(("source.endpoint", "required"))
+    problem = repository_problem(src.repository)
+    if problem:
+        v.append(("source.repository", problem))
+    problem = reference_problem(src.reference)
+    if problem:
+        v.append(("source.reference", problem))
+    if not dst.endpoint:
+        v.append(("destination.endpoint", "required"))
+    problem = repository_problem(dst.repository)
+    if problem:
+        v.append(("destination.repository", problem))
+    if dst.tag:
+        problem = tag_problem(dst.tag)
+        if problem:
+            v.append(("destination.tag", problem))
+    for i, p in enumerate(opts.platforms):
+        if not PLATFORM_RE.fullmatch(p):
+            v.append((f"options.platforms[{i}]", f"{p!r} is not os/arch[/variant]"))
+    if len(req.idempotency_key) > MAX_IDEMPOTENCY_KEY:
+        v.append(("idempotency_key", f"longer than {MAX_IDEMPOTENCY_KEY} characters"))
+    if (
+        src.endpoint == dst.endpoint
+        and src.repository == dst.repository
+        and (not dst.tag or dst.tag == src.reference)
+    ):
+        v.append(("destination", "is the same as the source"))
+    if v:
+        raise invalid_argument("the transfer request is not valid", v)
+    return JobSpec(
+        src_endpoint=src.endpoint,
+        src_repository=src.repository,
+        src_reference=src.reference,
+        dst_endpoint=dst.endpoint,
+        dst_repository=dst.repository,
+        dst_tag=dst.tag,
+        platforms=tuple(opts.platforms),
+        fail_if_tag_exists=opts.fail_if_tag_exists,
+    )
