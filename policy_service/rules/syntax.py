@@ -62,7 +62,10 @@ _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
 def parser() -> Lark:
     """The LALR parser, built once per process."""
     grammar = resources.files("policy_service.rules").joinpath("grammar.lark").read_text("utf-8")
-    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=False)
+    # The basic lexer, not the contextual one: a keyword is always a keyword, even where it
+    # cannot stand ("a and or b" must complain about "or", not about a field named "or").
+    return Lark(grammar, parser="lalr", lexer="basic", propagate_positions=True,
+                maybe_placeholders=False)
 
 
 def terminal_words(names: object) -> tuple[str, ...]:
