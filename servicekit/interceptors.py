@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -63,6 +64,12 @@ class ErrorInterceptor(aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        fn = handler.unary_unary or handler.unary_stream or handler.stream_unary
+        if fn is not None and not (
+            inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+        ):
+            # Sync handlers (the grpc health servicer) are run by grpc as they are.
+            return handler
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method),
