@@ -1,0 +1,1 @@
+"""Scanner: turns an image into facts (components, licenses, OS, vulnerability counts)."""

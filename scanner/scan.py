@@ -1,0 +1,223 @@
+"""Orchestration: manifest -> config -> layers (streamed) -> components -> vulnerabilities.
+
+`scan_image(rc, repository, reference)` is the one call: it returns ImageFacts (components,
+OS, counts, platforms, labels, size) for an image manifest or an index (the union over its
+platforms' images).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Protocol
+
+from registry_client import errors as registry_errors
+from registry_client import mediatypes
+from scanner import parsers
+from scanner.errors import ScanError
+from scanner.layers import LayerReader, Limits, read_layer_chunks
+from scanner.model import Component, ImageFacts, OsInfo
+from scanner.reports import ReportFacts, parse_attestation, parse_report
+from scanner.severity import count
+from scanner.vulndb import VulnDB
+
+log = logging.getLogger("scanner.scan")
+
+_CONFIG_TYPES = (mediatypes.OCI_CONFIG, mediatypes.DOCKER_CONFIG)
+_DSSE = "application/vnd.dsse.envelope.v1+json"
+
+
+class RegistryClientLike(Protocol):
+    """The part of registry_client.RegistryClient the scanner uses."""
+
+    async def get_manifest(self, repo: str, ref: str) -> Any: ...
+    async def head_manifest(self, repo: str, ref: str) -> Any: ...
+    def open_blob(self, repo: str, digest: str, offset: int = 0) -> Any: ...
+
+
+async def read_small_blob(rc: RegistryClientLike, repo: str, digest: str, limit: int) -> bytes:
+    """A whole blob that must stay under `limit` bytes (configs, SBOMs)."""
+    buf = bytearray()
+    async with rc.open_blob(repo, digest) as body:
+        async for chunk in body.iter_chunks():
+            buf += chunk
+            if len(buf) > limit:
+                raise ScanError("BLOB_TOO_LARGE", f"blob {digest} is over {limit} bytes")
+    return bytes(buf)
+
+
+def _json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise ScanError("MANIFEST_INVALID", f"{what} is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ScanError("MANIFEST_INVALID", f"{what} is not a JSON object")
+    return doc
+
+
+def _platform(cfg: dict[str, Any]) -> str:
+    parts = [str(cfg.get("os", "")), str(cfg.get("architecture", ""))]
+    if cfg.get("variant"):
+        parts.append(str(cfg["variant"]))
+    return "/".join(parts) if all(parts[:2]) else ""
+
+
+async def _scan_image_manifest(
+    rc: RegistryClientLike, repo: str, digest: str, manifest: dict[str, Any], limits: Limits
+) -> ImageFacts:
+    config = manifest.get("config") or {}
+    if config.get("mediaType") not in _CONFIG_TYPES:
+        raise ScanError(
+            "NOT_AN_IMAGE", f"{digest} is an artifact ({config.get('mediaType')}), not an image"
+        )
+    cfg = _json(await read_small_blob(rc, repo, config["digest"], limits.max_blob_bytes),
+                "image config")
+    facts = ImageFacts(digest=digest, repository=repo, sources=["layers"])
+    labels = (cfg.get("config") or {}).get("Labels") or {}
+    facts.labels = {str(k): str(v) for k, v in labels.items()}
+    platform = _platform(cfg)
+    facts.platforms = [platform] if platform else []
+    layers = manifest.get("layers") or []
+    facts.size = int(config.get("size", 0)) + sum(int(la.get("size", 0)) for la in layers)
+    reader = LayerReader(parsers.SELECTOR, limits)
+    for layer in layers:
+        async with rc.open_blob(repo, layer["digest"]) as body:
+            await read_layer_chunks(reader, body.iter_chunks(), layer["digest"])
+    facts.os, facts.components = parsers.extract(reader.tree)
+    return facts
+
+
+def _union(index_digest: str, repo: str, children: list[ImageFacts]) -> ImageFacts:
+    out = ImageFacts(digest=index_digest, repository=repo, sources=["layers"])
+    seen: set[tuple[str, str, str]] = set()
+    for child in children:
+        if not out.os.id:
+            out.os = child.os
+        for c in child.components:
+            if c.key not in seen:
+                seen.add(c.key)
+                out.components.append(c)
+        out.platforms.extend(p for p in child.platforms if p not in out.platforms)
+        for k, v in child.labels.items():
+            out.labels.setdefault(k, v)
+        out.size += child.size
+    return out
+
+
+def _is_attestation(entry: dict[str, Any]) -> bool:
+    annotations = entry.get("annotations") or {}
+    platform = entry.get("platform") or {}
+    return (
+        annotations.get("vnd.docker.reference.type") == "attestation-manifest"
+        or platform.get("os") == "unknown"
+    )
+
+
+async def collect_facts(
+    rc: RegistryClientLike, repository: str, reference: str, *, limits: Limits | None = None
+) -> ImageFacts:
+    """Components, OS, platforms, labels and size of an image or index (no vulnerabilities)."""
+    limits = limits or Limits()
+    m = await rc.get_manifest(repository, reference)
+    doc = _json(m.data, "manifest")
+    if mediatypes.is_index(m.media_type):
+        children: list[ImageFacts] = []
+        for entry in doc.get("manifests") or []:
+            if _is_attestation(entry) or not mediatypes.is_image(str(entry.get("mediaType"))):
+                continue
+            child = await rc.get_manifest(repository, entry["digest"])
+            children.append(await _scan_image_manifest(
+                rc, repository, child.digest, _json(child.data, "manifest"), limits))
+        return _union(m.digest, repository, children)
+    if not mediatypes.is_image(m.media_type):
+        raise ScanError("NOT_AN_IMAGE", f"unsupported manifest type {m.media_type}")
+    return await _scan_image_manifest(rc, repository, m.digest, doc, limits)
+
+
+async def attached_reports(
+    rc: RegistryClientLike, repository: str, digest: str, limits: Limits
+) -> list[tuple[str, ReportFacts]]:
+    """SBOMs and attestations attached with cosign's tag scheme (sha256-<hex>.sbom / .att).
+
+    2.8.2 has no referrers API, so only the tag scheme is looked at. Unreadable artifacts are
+    logged and skipped: they must not make the image unscannable.
+    """
+    out: list[tuple[str, ReportFacts]] = []
+    algo, _, hexpart = digest.partition(":")
+    for suffix in ("sbom", "att"):
+        tag = f"{algo}-{hexpart}.{suffix}"
+        try:
+            desc = await rc.head_manifest(repository, tag)
+            if desc is None:
+                continue
+            art = await rc.get_manifest(repository, tag)
+            for layer in _json(art.data, "attached manifest").get("layers") or []:
+                data = await read_small_blob(rc, repository, layer["digest"], limits.max_blob_bytes)
+                media = str(layer.get("mediaType", ""))
+                facts = parse_attestation(data) if media == _DSSE or suffix == "att" else (
+                    parse_report(data))
+                if facts is not None:
+                    out.append((f"referrer:{art.digest}", facts))
+        except registry_errors.NotFound:
+            continue
+        except ScanError as err:
+            log.warning("ignoring attached %s of %s: %s", suffix, digest, err)
+    return out
+
+
+def merge_report(facts: ImageFacts, source: str, report: ReportFacts) -> None:
+    """Add a report's components (deduplicated) and its own vulnerabilities to `facts`."""
+    seen = {c.key for c in facts.components}
+    for c in report.components:
+        if c.key not in seen:
+            seen.add(c.key)
+            facts.components.append(c)
+    if not facts.os.id and report.os.id:
+        facts.os = report.os
+    facts.report_vulnerabilities.extend(report.vulnerabilities)
+    if source not in facts.sources:
+        facts.sources.append(source)
+
+
+def apply_vulnerabilities(facts: ImageFacts, vulndb: VulnDB | None) -> ImageFacts:
+    """Match components against the DB, add reports' own findings, count by bucket."""
+    matches = vulndb.match(facts.components, facts.os) if vulndb is not None else []
+    known = {(m.id, m.component, m.installed_version) for m in matches}
+    for m in facts.report_vulnerabilities:
+        if (m.id, m.component, m.installed_version) not in known:
+            known.add((m.id, m.component, m.installed_version))
+            matches.append(m)
+    facts.vulnerabilities = matches
+    facts.counts = count(matches)
+    facts.database_version = vulndb.version if vulndb is not None else ""
+    return facts
+
+
+async def scan_image(
+    rc: RegistryClientLike,
+    repository: str,
+    reference: str,
+    *,
+    vulndb: VulnDB | None = None,
+    limits: Limits | None = None,
+    attached: bool = True,
+) -> ImageFacts:
+    """Scan an image (or index) in a registry: facts plus vulnerabilities and counts.
+
+    Raises ScanError for images refused (limits, bad layers) and registry_client errors.
+    """
+    limits = limits or Limits()
+    facts = await collect_facts(rc, repository, reference, limits=limits)
+    if attached:
+        for source, report in await attached_reports(rc, repository, facts.digest, limits):
+            merge_report(facts, source, report)
+    return apply_vulnerabilities(facts, vulndb)
+
+
+def components_of(facts: ImageFacts) -> list[Component]:
+    """Components sorted by (type, name, version) for stable output."""
+    return sorted(facts.components, key=lambda c: c.key)
+
+
+__all__ = ["ImageFacts", "OsInfo", "apply_vulnerabilities", "collect_facts", "scan_image"]
