@@ -60,6 +60,8 @@ class FaultProxy:
     rules: list[Rule] = field(default_factory=list)
     log: list[tuple[str, str, str]] = field(default_factory=list)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    in_flight: int = 0
+    max_in_flight: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -149,6 +151,14 @@ class FaultProxy:
     # -- serving ---------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._forward(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
         method, path = request.method, request.path
         with self._lock:
             self.log.append((method, path, request.query_string))
@@ -160,7 +170,8 @@ class FaultProxy:
         if st is not None:
             await request.read()
             headers = {"Retry-After": st.retry_after} if st.retry_after else {}
-            body = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"injected"}]}'
+            code = {429: "TOOMANYREQUESTS", 503: "UNAVAILABLE"}.get(st.status, "UNSUPPORTED")
+            body = b'{"errors":[{"code":"%s","message":"injected"}]}' % code.encode()
             return web.Response(
                 status=st.status, body=body, headers=headers, content_type="application/json"
             )
@@ -192,7 +203,6 @@ class FaultProxy:
                     corrupt = None
                 if drop is not None and sent + len(chunk) > drop.after_bytes:
                     await resp.write(chunk[: max(drop.after_bytes - sent, 0)])
-                    await resp.drain()
                     if request.transport is not None:
                         request.transport.abort()
                     raise ConnectionResetError("fault proxy: dropped mid-body")

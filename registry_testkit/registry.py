@@ -91,6 +91,13 @@ class RegistryProcess:
             return ts.users[user].password
         raise KeyError(user)
 
+    def client_config(self, user: str | None = None, **kw: Any) -> Any:
+        """A `registry_client.RegistryConfig` for this registry (as `user`, CA trusted)."""
+        from registry_client import RegistryConfig
+
+        creds = {"username": user, "password": self.password_of(user)} if user else {}
+        return RegistryConfig(url=self.url, ca_pem=self.ca_pem, **creds, **kw)
+
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.options.tls:
             return None

@@ -1,0 +1,28 @@
+"""The one OCI distribution client: transport (limits, retries), auth, TLS, typed errors."""
+
+from __future__ import annotations
+
+from registry_client import errors, mediatypes
+from registry_client.client import (
+    BlobReader,
+    Manifest,
+    ManifestDescriptor,
+    RegistryClient,
+    Upload,
+    is_digest,
+    sha256_digest,
+)
+from registry_client.config import RegistryConfig
+
+__all__ = [
+    "BlobReader",
+    "Manifest",
+    "ManifestDescriptor",
+    "RegistryClient",
+    "RegistryConfig",
+    "Upload",
+    "errors",
+    "is_digest",
+    "mediatypes",
+    "sha256_digest",
+]

@@ -1,0 +1,429 @@
+"""The OCI distribution API of one registry: manifests, blobs, uploads, mounts, tags."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from urllib.parse import quote, urljoin
+
+import aiohttp
+
+from registry_client import mediatypes
+from registry_client.config import RegistryConfig
+from registry_client.errors import (
+    ConnectError,
+    DigestMismatch,
+    InvalidRequest,
+    NotFound,
+    RegistryError,
+)
+from registry_client.transport import Transport
+
+MAX_MANIFEST_BYTES = 4 << 20
+_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+
+
+@dataclass(frozen=True)
+class ManifestDescriptor:
+    media_type: str
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest exactly as the registry stores it: push `data` back to keep `digest`."""
+
+    media_type: str
+    digest: str
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def json(self) -> dict[str, object]:
+        doc = json.loads(self.data)
+        if not isinstance(doc, dict):
+            raise InvalidRequest(0, "MANIFEST_INVALID", "manifest is not a JSON object")
+        return doc
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An open blob upload; `offset` is how many bytes the registry holds (client-tracked)."""
+
+    repo: str
+    location: str
+    offset: int = 0
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def is_digest(ref: str) -> bool:
+    return bool(_DIGEST.match(ref))
+
+
+def _pull(repo: str) -> str:
+    return f"repository:{repo}:pull"
+
+
+def _push(repo: str) -> str:
+    return f"repository:{repo}:pull,push"
+
+
+def _with_query(location: str, **params: str) -> str:
+    # The Location may already carry a query (the signed _state): append, do not replace.
+    sep = "&" if "?" in location else "?"
+    return location + sep + "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+
+
+def _range_end(header: str | None) -> int | None:
+    """Bytes held from a `Range: 0-N` header (N inclusive)."""
+    if not header:
+        return None
+    m = re.match(r"^(?:bytes=)?(\d+)-(-?\d+)$", header.strip())
+    if not m:
+        return None
+    end = int(m.group(2))
+    # 2.8.2 answers "0-0" for an empty upload (and, ambiguously, for 1 byte): treat as empty.
+    return 0 if end <= 0 else end + 1
+
+
+class BlobReader:
+    """A blob download in progress: `size` is the full blob size, `offset` where it starts."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, offset: int, size: int | None) -> None:
+        self._resp = resp
+        self.offset = offset
+        self.size = size
+
+    async def iter_chunks(self, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_chunked(chunk_size):
+                yield chunk
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+            raise ConnectError(0, "", f"blob download interrupted: {type(e).__name__}") from e
+
+
+class RegistryClient:
+    """Client of one registry. Use as `async with RegistryClient(cfg) as rc:`."""
+
+    def __init__(self, cfg: RegistryConfig) -> None:
+        self.cfg = cfg
+        self.transport = Transport(cfg)
+
+    @property
+    def key(self) -> str:
+        """Identity of the registry (scheme://host:port)."""
+        return self.cfg.key
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    # -- base ------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """GET /v2/ with authentication; raises typed errors (TlsError, AuthenticationError...)."""
+        async with self.transport.request("GET", "/v2/", context="ping"):
+            pass
+
+    # -- manifests -------------------------------------------------------------------------
+
+    async def get_manifest(self, repo: str, ref: str) -> Manifest:
+        """The manifest's exact bytes; verified against `ref` when it is a digest."""
+        async with self.transport.request(
+            "GET",
+            f"/v2/{repo}/manifests/{ref}",
+            scopes=[_pull(repo)],
+            headers={"Accept": mediatypes.ACCEPT_MANIFESTS},
+            context=f"manifest {repo}:{ref}",
+        ) as resp:
+            data = await resp.content.read(MAX_MANIFEST_BYTES + 1)
+            if len(data) > MAX_MANIFEST_BYTES:
+                raise InvalidRequest(0, "MANIFEST_INVALID", f"manifest {repo}:{ref} over 4 MiB")
+            ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
+            header_digest = resp.headers.get("Docker-Content-Digest", "")
+        digest = sha256_digest(data)
+        if is_digest(ref) and ref != digest:
+            raise DigestMismatch(0, "DIGEST_INVALID", f"manifest {repo}@{ref} hashes to {digest}")
+        if header_digest.startswith("sha256:") and header_digest != digest:
+            raise DigestMismatch(
+                0, "DIGEST_INVALID", f"manifest {repo}:{ref}: header says {header_digest}"
+            )
+        media_type = ctype if ctype in mediatypes.MANIFEST_TYPES else _media_type_of(data, ctype)
+        return Manifest(media_type, digest, data)
+
+    async def head_manifest(self, repo: str, ref: str) -> ManifestDescriptor | None:
+        """Descriptor of the manifest, or None when absent."""
+        try:
+            async with self.transport.request(
+                "HEAD",
+                f"/v2/{repo}/manifests/{ref}",
+                scopes=[_pull(repo)],
+                headers={"Accept": mediatypes.ACCEPT_MANIFESTS},
+                context=f"manifest {repo}:{ref}",
+            ) as resp:
+                ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
+                digest = resp.headers.get("Docker-Content-Digest", "")
+                size = resp.content_length
+        except NotFound:
+            return None
+        if not digest or size is None or ctype not in mediatypes.MANIFEST_TYPES:
+            m = await self.get_manifest(repo, ref)
+            return ManifestDescriptor(m.media_type, m.digest, m.size)
+        return ManifestDescriptor(ctype, digest, size)
+
+    async def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
+        """Push the exact bytes under a tag or digest; returns the digest (checked)."""
+        digest = sha256_digest(data)
+        async with self.transport.request(
+            "PUT",
+            f"/v2/{repo}/manifests/{ref}",
+            scopes=[_push(repo)],
+            ok=(201, 200),
+            headers={"Content-Type": media_type},
+            data=data,
+            context=f"push manifest {repo}:{ref}",
+        ) as resp:
+            got = resp.headers.get("Docker-Content-Digest", digest)
+        if got != digest:
+            raise DigestMismatch(0, "DIGEST_INVALID", f"registry stored {got}, pushed {digest}")
+        return digest
+
+    async def delete_manifest(self, repo: str, digest: str) -> None:
+        async with self.transport.request(
+            "DELETE",
+            f"/v2/{repo}/manifests/{digest}",
+            scopes=[f"repository:{repo}:delete"],
+            ok=(202, 200),
+            context=f"delete manifest {repo}@{digest}",
+        ):
+            pass
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    async def blob_size(self, repo: str, digest: str) -> int | None:
+        """Size of the blob in `repo` (HEAD), or None when absent."""
+        try:
+            async with self.transport.request(
+                "HEAD",
+                f"/v2/{repo}/blobs/{digest}",
+                scopes=[_pull(repo)],
+                context=f"blob {repo}@{digest}",
+            ) as resp:
+                return resp.content_length if resp.content_length is not None else 0
+        except NotFound:
+            return None
+
+    @asynccontextmanager
+    async def open_blob(self, repo: str, digest: str, offset: int = 0) -> AsyncIterator[BlobReader]:
+        """Stream a blob from `offset` (Range request for a resume)."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        async with self.transport.request(
+            "GET",
+            f"/v2/{repo}/blobs/{digest}",
+            scopes=[_pull(repo)],
+            ok=(200, 206),
+            headers=headers,
+            context=f"blob {repo}@{digest}",
+        ) as resp:
+            size = _total_size(resp, offset)
+            reader = BlobReader(resp, offset, size)
+            if offset and resp.status == 200:
+                # Range ignored: skip what we already have.
+                left = offset
+                while left > 0:
+                    chunk = await resp.content.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise ConnectError(0, "", "blob shorter than the resume offset")
+                    left -= len(chunk)
+            yield reader
+
+    async def start_upload(self, repo: str) -> Upload:
+        """POST an upload session (never with a body: 2.8.2 would drop it)."""
+        async with self.transport.request(
+            "POST",
+            f"/v2/{repo}/blobs/uploads/",
+            scopes=[_push(repo)],
+            ok=(202,),
+            headers={"Content-Length": "0"},
+            context=f"start upload {repo}",
+        ) as resp:
+            return Upload(repo, self._location(resp), 0)
+
+    async def upload_chunk(self, up: Upload, data: bytes | AsyncIterable[bytes]) -> Upload:
+        """PATCH bytes (or a stream) at the client-tracked offset; returns the advanced upload.
+
+        2.8.2 ignores Content-Range and appends, so the offset is ours to track; a registry
+        whose Range disagrees raises so the caller can resume from `upload_status`.
+        """
+        sent = 0
+        headers = {"Content-Type": "application/octet-stream"}
+        body: bytes | AsyncIterable[bytes]
+        if isinstance(data, bytes):
+            if not data:
+                return up
+            sent = len(data)
+            headers["Content-Range"] = f"{up.offset}-{up.offset + sent - 1}"
+            headers["Content-Length"] = str(sent)
+            body = data
+        else:
+
+            async def counted() -> AsyncIterator[bytes]:
+                nonlocal sent
+                async for chunk in data:
+                    sent += len(chunk)
+                    yield chunk
+
+            body = counted()
+        async with self.transport.request(
+            "PATCH",
+            up.location,
+            scopes=[_push(up.repo)],
+            ok=(202, 204),
+            headers=headers,
+            data=body,
+            retry=False,
+            retry_statuses=(408, 429),
+            context=f"upload chunk {up.repo}",
+        ) as resp:
+            location = self._location(resp, up.location)
+            held = _range_end(resp.headers.get("Range"))
+        offset = up.offset + sent
+        if held is not None and held != offset and not (offset == 1 and held == 0):
+            raise RegistryError(0, "BLOB_UPLOAD_INVALID", f"registry holds {held}, sent {offset}")
+        return Upload(up.repo, location, offset)
+
+    async def upload_status(self, up: Upload) -> Upload:
+        """Ask how many bytes the registry holds (the resume point)."""
+        async with self.transport.request(
+            "GET",
+            up.location,
+            scopes=[_push(up.repo)],
+            ok=(204, 200),
+            context=f"upload status {up.repo}",
+        ) as resp:
+            held = _range_end(resp.headers.get("Range")) or 0
+            return Upload(up.repo, self._location(resp, up.location), held)
+
+    async def finish_upload(self, up: Upload, digest: str, data: bytes | None = None) -> str:
+        """PUT ?digest= to commit (with the last bytes, or none); returns the digest."""
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(len(data or b"")),
+        }
+        async with self.transport.request(
+            "PUT",
+            _with_query(up.location, digest=digest),
+            scopes=[_push(up.repo)],
+            ok=(201, 204),
+            headers=headers,
+            data=data or b"",
+            context=f"finish upload {up.repo}@{digest}",
+        ) as resp:
+            return resp.headers.get("Docker-Content-Digest", digest)
+
+    async def cancel_upload(self, up: Upload) -> None:
+        """DELETE the upload session; an already-gone session is fine."""
+        try:
+            async with self.transport.request(
+                "DELETE",
+                up.location,
+                scopes=[_push(up.repo)],
+                ok=(204, 200, 202),
+                context=f"cancel upload {up.repo}",
+            ):
+                pass
+        except NotFound:
+            pass
+
+    async def upload_blob(self, repo: str, digest: str, data: bytes) -> str:
+        """Monolithic upload: POST, then PUT ?digest= with the whole body."""
+        up = await self.start_upload(repo)
+        return await self.finish_upload(up, digest, data)
+
+    async def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Cross-repository mount; True when mounted (201). A 202 upload is cancelled."""
+        path = f"/v2/{repo}/blobs/uploads/?mount={quote(digest)}&from={quote(from_repo, safe='/')}"
+        async with self.transport.request(
+            "POST",
+            path,
+            scopes=[_push(repo), _pull(from_repo)],
+            ok=(201, 202),
+            headers={"Content-Length": "0"},
+            context=f"mount {from_repo} -> {repo}",
+        ) as resp:
+            if resp.status == 201:
+                return True
+            location = self._location(resp)
+        await self.cancel_upload(Upload(repo, location))
+        return False
+
+    # -- tags ------------------------------------------------------------------------------
+
+    async def list_tags(self, repo: str, page_size: int = 0) -> list[str]:
+        """All tags of `repo`, following Link pagination."""
+        tags: list[str] = []
+        url: str | None = f"/v2/{repo}/tags/list" + (f"?n={page_size}" if page_size else "")
+        while url:
+            async with self.transport.request(
+                "GET", url, scopes=[_pull(repo)], context=f"tags {repo}"
+            ) as resp:
+                body = await resp.content.read(16 << 20)
+                link = resp.headers.get("Link", "")
+            try:
+                doc = json.loads(body)
+            except ValueError as e:
+                raise RegistryError(200, "", f"tags of {repo}: not JSON") from e
+            tags.extend(t for t in (doc.get("tags") or []) if isinstance(t, str))
+            m = _LINK_NEXT.search(link)
+            url = urljoin(self.cfg.base_url + "/", m.group(1)) if m else None
+        return tags
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _location(self, resp: aiohttp.ClientResponse, default: str = "") -> str:
+        loc = resp.headers.get("Location") or default
+        if not loc:
+            raise RegistryError(resp.status, "", "upload answer without Location")
+        return urljoin(self.cfg.base_url + "/", loc)
+
+
+def _total_size(resp: aiohttp.ClientResponse, offset: int) -> int | None:
+    crange = resp.headers.get("Content-Range", "")
+    m = re.search(r"/(\d+)$", crange)
+    if m:
+        return int(m.group(1))
+    if resp.content_length is None:
+        return None
+    return resp.content_length + (offset if resp.status == 206 else 0)
+
+
+def _media_type_of(data: bytes, fallback: str) -> str:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return fallback
+    mt = doc.get("mediaType") if isinstance(doc, dict) else None
+    if isinstance(mt, str) and mt:
+        return mt
+    if isinstance(doc, dict) and "manifests" in doc:
+        return mediatypes.OCI_INDEX
+    return fallback or mediatypes.OCI_MANIFEST

@@ -1,0 +1,262 @@
+"""HTTP transport of one registry: session, TLS, auth round-trips, limits and retries.
+
+Retries 408, 429 and 5xx answers and connection errors with capped exponential backoff and
+full jitter, honouring Retry-After; never other 4xx. A 401 is answered once by (re)learning the
+challenge and fetching a fresh token. The concurrency slot is held until the response body has
+been consumed, so a streaming download counts as one request for its whole life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import ssl
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Union
+
+import aiohttp
+
+from registry_client.auth import Authenticator
+from registry_client.config import RegistryConfig
+from registry_client.errors import (
+    AuthenticationError,
+    ConnectError,
+    PermissionDenied,
+    RegistryError,
+    TlsError,
+    TooManyRequests,
+    error_for,
+)
+from registry_client.ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# A request body: bytes (replayable), a factory of streams (replayable), or a one-shot stream.
+Body = Union[bytes, Callable[[], AsyncIterable[bytes]], AsyncIterable[bytes], None]  # noqa: UP007
+
+
+def make_ssl(cfg: RegistryConfig) -> ssl.SSLContext | bool:
+    if not cfg.base_url.startswith("https"):
+        return True
+    if cfg.insecure_skip_verify:
+        return False
+    if cfg.ca_pem:
+        try:
+            return ssl.create_default_context(cadata=cfg.ca_pem)
+        except ssl.SSLError as e:
+            raise TlsError(0, "", f"the CA PEM is not a valid certificate: {e.reason}") from e
+    return ssl.create_default_context()
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class Transport:
+    """Sends requests to one registry with auth, limits and retries."""
+
+    def __init__(self, cfg: RegistryConfig) -> None:
+        self.cfg = cfg
+        self.auth = Authenticator(cfg)
+        self._ssl = make_ssl(cfg)
+        self._sem = asyncio.Semaphore(cfg.max_concurrency)
+        self._bucket = TokenBucket(cfg.requests_per_second)
+        self._session: aiohttp.ClientSession | None = None
+        self.retries = 0  # retried requests, for tests and metrics
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                ssl=self._ssl, limit=max(self.cfg.max_concurrency * 2, 16)
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=self.cfg.connect_timeout, sock_read=self.cfg.read_timeout
+                ),
+                headers={"User-Agent": self.cfg.user_agent},
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url(self, path_or_url: str) -> str:
+        if path_or_url.startswith(("http://", "https://")):
+            return path_or_url
+        return self.cfg.base_url + path_or_url
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.cfg.retry_after_cap)
+        return random.uniform(0, min(self.cfg.backoff_cap, self.cfg.backoff_base * 2**attempt))
+
+    @asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        scopes: Iterable[str] = (),
+        ok: Collection[int] = (200,),
+        headers: dict[str, str] | None = None,
+        params: Any = None,
+        data: Body = None,
+        retry: bool = True,
+        retry_statuses: Collection[int] = RETRY_STATUSES,
+        context: str = "",
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Yield the response once its status is in `ok`; raise a typed error otherwise.
+
+        `retry=False`: connection errors are not retried (the request may have reached the
+        registry), only the statuses in `retry_statuses`. A one-shot stream body is never
+        resent.
+        """
+        st = _State(
+            list(scopes), replayable=data is None or isinstance(data, bytes) or callable(data)
+        )
+        while True:
+            await self._bucket.acquire()
+            await self._sem.acquire()
+            try:
+                outcome = await self._attempt(
+                    st,
+                    method,
+                    self.url(path),
+                    headers,
+                    params,
+                    data,
+                    ok,
+                    retry,
+                    retry_statuses,
+                    context or f"{method} {path}",
+                )
+            except BaseException:
+                self._sem.release()
+                raise
+            if isinstance(outcome, float):
+                self._sem.release()
+                if outcome > 0:
+                    await asyncio.sleep(outcome)
+                continue
+            try:
+                yield outcome
+            finally:
+                outcome.release()
+                self._sem.release()
+            return
+
+    async def _attempt(
+        self,
+        st: _State,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None,
+        params: Any,
+        data: Body,
+        ok: Collection[int],
+        retry: bool,
+        retry_statuses: Collection[int],
+        context: str,
+    ) -> aiohttp.ClientResponse | float:
+        """One try: the response to yield, or the seconds to wait before the next try."""
+        hdrs = dict(headers or {})
+        auth_header = await self.auth.header(self.session, st.scopes)
+        if auth_header:
+            hdrs["Authorization"] = auth_header
+        body: Any = data() if callable(data) else data
+        try:
+            resp = await self.session.request(
+                method, url, headers=hdrs, params=params, data=body, allow_redirects=True
+            )
+        except (aiohttp.ClientSSLError, ssl.SSLError) as e:
+            raise TlsError(0, "", f"TLS with {self.cfg.base_url} failed: {e}") from e
+        except (TimeoutError, aiohttp.ClientConnectionError) as e:
+            if not (retry and st.replayable and st.attempt + 1 < self.cfg.max_attempts):
+                raise ConnectError(0, "", f"{context}: {type(e).__name__} {e}".strip()) from e
+            return self._next_try(st, context, type(e).__name__, None)
+
+        if resp.status == 401:
+            www = resp.headers.get("WWW-Authenticate", "")
+            err_body = await _read_small(resp)
+            resp.release()
+            if st.auth_rounds >= 1 or not st.replayable or not www:
+                raise self._unauthorized(err_body, bool(auth_header))
+            st.auth_rounds += 1
+            before = self.auth.challenge
+            ch = self.auth.learn(www)
+            if auth_header and before is not None and before.scheme == ch.scheme:
+                if ch.scheme == "basic":
+                    raise AuthenticationError(401, "UNAUTHORIZED", "credentials rejected")
+                # A cached token was refused (expired or revoked): fetch a fresh one.
+                self.auth.invalidate(st.scopes)
+            st.scopes = sorted(set(st.scopes) | set(ch.scopes))
+            return 0.0
+
+        can_retry = st.replayable and st.attempt + 1 < self.cfg.max_attempts
+        if resp.status in retry_statuses and can_retry:
+            resp.release()
+            wait = retry_after_seconds(resp.headers.get("Retry-After"))
+            return self._next_try(st, context, f"HTTP {resp.status}", wait)
+
+        if resp.status not in ok:
+            err_body = await _read_small(resp)
+            resp.release()
+            err = error_for(resp.status, err_body, context)
+            if resp.status == 429 and not isinstance(err, TooManyRequests):
+                err = TooManyRequests(err.status, err.code or "TOOMANYREQUESTS", err.message)
+            raise err
+        return resp
+
+    def _next_try(self, st: _State, context: str, why: str, retry_after: float | None) -> float:
+        delay = self._backoff(st.attempt, retry_after)
+        log.info("retrying %s after %s in %.2fs", context, why, delay)
+        st.attempt += 1
+        self.retries += 1
+        return delay
+
+    def _unauthorized(self, body: bytes, sent_auth: bool) -> RegistryError:
+        base = error_for(401, body)
+        ch = self.auth.challenge
+        if sent_auth and self.auth.has_credentials and ch is not None and ch.scheme == "bearer":
+            # The token server accepted the credentials but the registry still says no:
+            # the account lacks the permission (a token without the scope).
+            return PermissionDenied(401, base.code or "DENIED", base.message or "not allowed")
+        return AuthenticationError(401, base.code or "UNAUTHORIZED", base.message or "unauthorized")
+
+
+@dataclass
+class _State:
+    scopes: list[str]
+    replayable: bool
+    attempt: int = 0
+    auth_rounds: int = 0
+
+
+async def _read_small(resp: aiohttp.ClientResponse, limit: int = 64 << 10) -> bytes:
+    try:
+        return await resp.content.read(limit)
+    except (TimeoutError, aiohttp.ClientError):
+        return b""
