@@ -141,7 +141,7 @@ def compile_template(text: str, tz: tzinfo | None = None) -> Template:
         spec = SPECIFIERS.get(code)
         if spec is None:
             known = " ".join(f"%{c}" for c in SPECIFIERS)
-            raise TemplateError(f"unknown specifier '%{code}'; expected one of {known} or %%",
+            raise TemplateError(f"unknown specifier '%{code}'; expected one of {known}",
                                 i + 1)
         if literal:
             parts.append("".join(literal))
