@@ -3,6 +3,11 @@ service, both real grpc.aio servers on free loopback ports."""
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,3 +132,46 @@ def field_violations(err: grpc.RpcError) -> dict[str, str]:
 def precondition_violations(err: grpc.RpcError) -> list[tuple[str, str, str]]:
     pfs = details(err, error_details_pb2.PreconditionFailure)
     return [(v.type, v.subject, v.description) for pf in pfs for v in pf.violations]  # type: ignore[attr-defined]
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class PolicyProcess:
+    proc: subprocess.Popen[str]
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_policy_process(data: Path, *extra: str) -> PolicyProcess:
+    """`python -m policy_service` on a free port; returns once it prints where it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "policy_service", "--grpc-listen", "127.0.0.1:0",
+         "--data", str(data), *extra],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.search(r"listening on [\d.]+:(\d+)", line)
+        if m:
+            return PolicyProcess(proc, int(m.group(1)))
+    proc.kill()
+    proc.wait()
+    raise RuntimeError("policy service did not report its port")
