@@ -1,0 +1,108 @@
+"""`python -m gateway`: the gateway alone, talking to the other services over gRPC.
+
+    python -m gateway --grpc-listen 127.0.0.1:50054 --http-listen 127.0.0.1:8080 --data DIR \
+        --policy-address HOST:PORT --transfer-address HOST:PORT [--scanner-address HOST:PORT] \
+        [--transfer-data DIR]
+
+--transfer-data (the transfer service's data folder, read only, with its key via --key-file or
+$MIRROR_SECRET_KEY) gives the gateway pull access to source endpoints: manifest facts without a
+scanner, ApplyPolicy and Reconcile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from grpc import aio
+
+from gateway.options import add_gateway_arguments, webhook_secret
+from servicekit.runner import base_parser, run_until_signal
+from servicekit.server import start_server
+
+log = logging.getLogger("gateway")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = base_parser("gateway", "image-mirror gateway (mirror.v1.GatewayService + webhooks)", 50054)
+    add_gateway_arguments(p, "127.0.0.1:8080")
+    p.add_argument("--policy-address", required=True, help="HOST:PORT of the policy service")
+    p.add_argument("--transfer-address", required=True, help="HOST:PORT of the transfer service")
+    p.add_argument("--scanner-address", default="", help="HOST:PORT of the scanner (optional)")
+    p.add_argument(
+        "--transfer-data",
+        default="",
+        help="the transfer service's data folder (read only) for pulling from endpoints",
+    )
+    p.add_argument(
+        "--key-file",
+        default="",
+        help="the transfer service's secret key file (default TRANSFER_DATA/secret.key; "
+        "$MIRROR_SECRET_KEY takes precedence)",
+    )
+    args = p.parse_args(argv)
+    if args.inbox_concurrency < 1:
+        p.error("--inbox-concurrency must be at least 1")
+    return args
+
+
+def open_resolver(transfer_data: str, key_file: str) -> object | None:
+    """A read-only endpoint store over the transfer service's data, or None."""
+    if not transfer_data:
+        return None
+    from transfer_service.endpoints import EndpointStore
+    from transfer_service.secrets import load_secret_box
+
+    data = Path(transfer_data)
+    box = load_secret_box(Path(key_file) if key_file else data / "secret.key")
+    return EndpointStore.open_readonly(data, box)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+
+    async def start() -> Callable[[], Awaitable[None]]:
+        from gateway.service import Gateway, GatewayConfig
+
+        channels = [aio.insecure_channel(args.policy_address)]
+        channels.append(aio.insecure_channel(args.transfer_address))
+        scanner = aio.insecure_channel(args.scanner_address) if args.scanner_address else None
+        if scanner is not None:
+            channels.append(scanner)
+        gw = Gateway(
+            GatewayConfig(
+                data_dir=Path(args.data),
+                webhook_secret=webhook_secret(args),
+                notify_urls=args.notify_url,
+                concurrency=args.inbox_concurrency,
+                reconcile_interval_s=args.reconcile_interval,
+            ),
+            channels[0],
+            channels[1],
+            scanner,
+            open_resolver(args.transfer_data, args.key_file),  # type: ignore[arg-type]
+        )
+        http_port = await gw.start_http(args.http_listen)
+        server = await start_server([gw.servicer], args.grpc_listen)
+        await gw.start()
+        host = args.http_listen.rsplit(":", 1)[0]
+        print(
+            f"gateway listening on port {server.port}; webhook http://{host}:{http_port}/events",
+            flush=True,
+        )
+
+        async def stop() -> None:
+            await server.stop()
+            await gw.stop()
+            for ch in channels:
+                await ch.close()
+
+        return stop
+
+    run_until_signal(args, start)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Gather only the image facts the applicable policies need (reference, manifest, scan)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+from mirror.v1 import common_pb2, scan_pb2, scan_pb2_grpc
+
+log = logging.getLogger("gateway.facts")
+
+FactKind = common_pb2.FactKind
+SCAN_KINDS = frozenset(
+    {FactKind.FACT_KIND_COMPONENTS, FactKind.FACT_KIND_LICENSES, FactKind.FACT_KIND_VULNERABILITIES}
+)
+INDEX_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    }
+)
+MAX_CONFIG_BYTES = 4 << 20
+
+
+class EndpointResolver(Protocol):
+    """transfer_service.endpoints.EndpointResolver: a registry client for an endpoint name."""
+
+    def client_for(self, name: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    endpoint: str
+    repository: str
+    tag: str
+    digest: str
+
+
+class FactGatherer:
+    """Builds ImageFacts from the event, the registry (via a resolver) and the scanner."""
+
+    def __init__(
+        self,
+        resolver: EndpointResolver | None,
+        scanner: scan_pb2_grpc.ScanServiceStub | None,
+        scan_timeout_s: float = 300.0,
+    ) -> None:
+        self.resolver = resolver
+        self.scanner = scanner
+        self.scan_timeout_s = scan_timeout_s
+
+    async def gather(self, ref: ImageRef, kinds: set[int]) -> common_pb2.ImageFacts:
+        """Facts for `kinds`; `present` lists what could actually be gathered."""
+        facts = common_pb2.ImageFacts(repository=ref.repository, tag=ref.tag, digest=ref.digest)
+        present = {FactKind.FACT_KIND_REFERENCE}
+        image_ref = ref.digest or ref.tag
+        if kinds & SCAN_KINDS and self.scanner is not None:
+            report = await self._scan(ref, image_ref)
+            if report is not None:
+                _apply_report(facts, report)
+                present |= {*SCAN_KINDS, FactKind.FACT_KIND_MANIFEST}
+        if FactKind.FACT_KIND_MANIFEST in kinds and FactKind.FACT_KIND_MANIFEST not in present:
+            if self.resolver is not None:
+                await self._manifest_facts(ref, image_ref, facts)
+                present.add(FactKind.FACT_KIND_MANIFEST)
+            elif self.scanner is not None:
+                report = await self._scan(ref, image_ref)
+                if report is not None:
+                    _apply_report(facts, report)
+                    present |= {*SCAN_KINDS, FactKind.FACT_KIND_MANIFEST}
+        facts.present.extend(sorted(present))
+        return facts
+
+    async def _scan(self, ref: ImageRef, image_ref: str) -> scan_pb2.ScanReport | None:
+        assert self.scanner is not None
+        try:
+            return await self.scanner.ScanImage(
+                scan_pb2.ScanImageRequest(
+                    image=common_pb2.ImageLocation(
+                        endpoint=ref.endpoint, repository=ref.repository, reference=image_ref
+                    )
+                ),
+                timeout=self.scan_timeout_s,
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() in _TRANSIENT:
+                raise
+            # A scan that cannot succeed: the policies needing it answer "not matched" and why.
+            log.warning(
+                "scan of %s/%s@%s failed: %s %s",
+                ref.endpoint,
+                ref.repository,
+                image_ref,
+                err.code().name,
+                err.details(),
+            )
+            return None
+
+    async def _manifest_facts(
+        self, ref: ImageRef, image_ref: str, facts: common_pb2.ImageFacts
+    ) -> None:
+        assert self.resolver is not None
+        async with self.resolver.client_for(ref.endpoint) as rc:
+            top = await rc.get_manifest(ref.repository, image_ref)
+            doc = json.loads(top.data)
+            if not facts.digest:
+                facts.digest = top.digest
+            images: list[dict[str, Any]] = []
+            if top.media_type in INDEX_TYPES:
+                size = len(top.data)
+                for m in doc.get("manifests", []):
+                    p = m.get("platform") or {}
+                    if p.get("os") == "unknown":  # attestation manifests, not an image
+                        continue
+                    facts.platforms.append(_platform(p))
+                    child = await rc.get_manifest(ref.repository, m["digest"])
+                    images.append(json.loads(child.data))
+                    size += len(child.data)
+            else:
+                size = len(top.data)
+                images.append(doc)
+            for i, img in enumerate(images):
+                size += sum(int(layer.get("size", 0)) for layer in img.get("layers", []))
+                cfg_desc = img.get("config") or {}
+                size += int(cfg_desc.get("size", 0))
+                if i == 0 and cfg_desc.get("digest"):
+                    cfg = await _read_json_blob(rc, ref.repository, cfg_desc["digest"])
+                    labels = (cfg.get("config") or {}).get("Labels") or {}
+                    facts.labels.update({str(k): str(v) for k, v in labels.items()})
+                    if top.media_type not in INDEX_TYPES:
+                        facts.platforms.append(_platform(cfg))
+            facts.size_bytes = size
+
+
+async def _read_json_blob(rc: Any, repo: str, digest: str) -> dict[str, Any]:
+    buf = bytearray()
+    async with rc.open_blob(repo, digest) as body:
+        async for chunk in body.iter_chunks():
+            buf += chunk
+            if len(buf) > MAX_CONFIG_BYTES:
+                raise ValueError(f"image config {digest} is larger than {MAX_CONFIG_BYTES} bytes")
+    doc = json.loads(bytes(buf))
+    return doc if isinstance(doc, dict) else {}
+
+
+def _platform(p: dict[str, Any]) -> str:
+    parts = [str(p.get("os", "")), str(p.get("architecture", ""))]
+    if p.get("variant"):
+        parts.append(str(p["variant"]))
+    return "/".join(parts)
+
+
+def _apply_report(facts: common_pb2.ImageFacts, report: scan_pb2.ScanReport) -> None:
+    facts.components.extend(report.components)
+    facts.vulnerabilities.CopyFrom(report.counts)
+    facts.labels.update(dict(report.labels))
+    del facts.platforms[:]
+    facts.platforms.extend(report.platforms)
+    facts.size_bytes = report.size_bytes
+    if not facts.digest and report.digest:
+        facts.digest = report.digest
+
+
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+TRANSIENT_CODES = _TRANSIENT

@@ -1,0 +1,46 @@
+"""Command line options the gateway shares with the embedded stack."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+SECRET_ENV = "MIRROR_WEBHOOK_SECRET"
+
+
+def add_gateway_arguments(p: argparse.ArgumentParser, http_default: str) -> None:
+    g = p.add_argument_group("gateway")
+    g.add_argument(
+        "--http-listen",
+        default=http_default,
+        help="HOST:PORT of the webhook receiver (/events), /metrics and /healthz",
+    )
+    g.add_argument(
+        "--webhook-secret-file",
+        default="",
+        help=f"file holding the shared webhook secret (or set ${SECRET_ENV}); registries send "
+        "it as 'Authorization: Bearer SECRET'; required when --http-listen is not loopback",
+    )
+    g.add_argument(
+        "--notify-url",
+        action="append",
+        default=[],
+        help="POST a JSON event on every mirror success or failure here (repeatable)",
+    )
+    g.add_argument(
+        "--inbox-concurrency", type=int, default=8, help="events acted on at once"
+    )
+    g.add_argument(
+        "--reconcile-interval",
+        type=float,
+        default=300.0,
+        help="seconds between reconcile sweeps of every enabled policy (0: off)",
+    )
+
+
+def webhook_secret(args: argparse.Namespace) -> str:
+    """The secret from --webhook-secret-file or the environment ('' when none)."""
+    if args.webhook_secret_file:
+        return Path(args.webhook_secret_file).read_text().strip()
+    return os.environ.get(SECRET_ENV, "").strip()

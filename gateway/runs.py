@@ -1,0 +1,272 @@
+"""Run history: one row per (event, policy), and each policy's last status."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from mirror.v1 import common_pb2, gateway_pb2
+
+from servicekit.db import Database
+from servicekit.paging import decode_token, encode_token, page_size
+
+Run = gateway_pb2.Run
+FINAL_STATES = frozenset({Run.STATE_SUCCEEDED, Run.STATE_FAILED, Run.STATE_NOT_MATCHED})
+
+
+@dataclass
+class RunRecord:
+    """A run as stored; `to_proto` gives the API message."""
+
+    id: str
+    policy_id: str
+    policy_name: str
+    event_id: str
+    trigger: int
+    src_endpoint: str
+    src_repository: str
+    src_tag: str
+    src_digest: str
+    dst_endpoint: str
+    dst_repository: str
+    dst_tag: str
+    state: int
+    message: str = ""
+    transfer_id: str = ""
+    create_time: float = 0.0
+    update_time: float = 0.0
+    end_time: float | None = None
+
+    def to_proto(self) -> gateway_pb2.Run:
+        r = gateway_pb2.Run(
+            id=self.id,
+            policy_id=self.policy_id,
+            policy_name=self.policy_name,
+            event_id=self.event_id,
+            trigger=self.trigger,  # type: ignore[arg-type]
+            source=common_pb2.ImageLocation(
+                endpoint=self.src_endpoint,
+                repository=self.src_repository,
+                reference=self.src_tag,
+            ),
+            source_digest=self.src_digest,
+            destination=common_pb2.Target(
+                endpoint=self.dst_endpoint, repository=self.dst_repository
+            ),
+            destination_tag=self.dst_tag,
+            state=self.state,  # type: ignore[arg-type]
+            message=self.message,
+            transfer_id=self.transfer_id,
+        )
+        r.create_time.CopyFrom(_ts(self.create_time))
+        r.update_time.CopyFrom(_ts(self.update_time))
+        if self.end_time is not None:
+            r.end_time.CopyFrom(_ts(self.end_time))
+        return r
+
+
+def _ts(t: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(t * 1e9))
+    return ts
+
+
+_COLUMNS = (
+    "id, policy_id, policy_name, event_id, trigger, src_endpoint, src_repository, src_tag,"
+    " src_digest, dst_endpoint, dst_repository, dst_tag, state, message, transfer_id,"
+    " create_time, update_time, end_time"
+)
+
+
+def _record(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(**{k: row[k] for k in row.keys() if k != "seq"})  # noqa: SIM118
+
+
+class RunStore:
+    """Runs in gateway.db."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def upsert_started(self, rec: RunRecord) -> RunRecord:
+        """Create the (event, policy) run, or return the one a previous attempt created.
+
+        A replayed event thus keeps its first run (and its rendered destination tag).
+        """
+        now = time.time()
+        with self.db.transaction() as c:
+            row = c.execute(
+                f"SELECT seq, {_COLUMNS} FROM runs WHERE event_id = ? AND policy_id = ?",
+                (rec.event_id, rec.policy_id),
+            ).fetchone()
+            if row is not None:
+                return _record(row)
+            rec.id = rec.id or uuid.uuid4().hex
+            rec.create_time = rec.update_time = now
+            if rec.state in FINAL_STATES:
+                rec.end_time = now
+            c.execute(
+                f"INSERT INTO runs ({_COLUMNS}) VALUES ({','.join('?' * 18)})",
+                (
+                    rec.id,
+                    rec.policy_id,
+                    rec.policy_name,
+                    rec.event_id,
+                    rec.trigger,
+                    rec.src_endpoint,
+                    rec.src_repository,
+                    rec.src_tag,
+                    rec.src_digest,
+                    rec.dst_endpoint,
+                    rec.dst_repository,
+                    rec.dst_tag,
+                    rec.state,
+                    rec.message,
+                    rec.transfer_id,
+                    rec.create_time,
+                    rec.update_time,
+                    rec.end_time,
+                ),
+            )
+        return rec
+
+    def update(
+        self,
+        run_id: str,
+        *,
+        state: int,
+        message: str | None = None,
+        transfer_id: str | None = None,
+        src_digest: str | None = None,
+    ) -> RunRecord | None:
+        """Move a run to `state`; a run already in a final state is left as it is."""
+        now = time.time()
+        with self.db.transaction() as c:
+            row = c.execute(f"SELECT seq, {_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            rec = _record(row)
+            if rec.state in FINAL_STATES:
+                return rec
+            rec.state = state
+            rec.update_time = now
+            if message is not None:
+                rec.message = message
+            if transfer_id is not None:
+                rec.transfer_id = transfer_id
+            if src_digest:
+                rec.src_digest = src_digest
+            if state in FINAL_STATES:
+                rec.end_time = now
+            c.execute(
+                "UPDATE runs SET state=?, message=?, transfer_id=?, src_digest=?,"
+                " update_time=?, end_time=? WHERE id=?",
+                (
+                    rec.state,
+                    rec.message,
+                    rec.transfer_id,
+                    rec.src_digest,
+                    rec.update_time,
+                    rec.end_time,
+                    run_id,
+                ),
+            )
+        return rec
+
+    def get(self, run_id: str) -> RunRecord | None:
+        row = self.db.query_one(f"SELECT seq, {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        return _record(row) if row else None
+
+    def by_event(self, event_id: str) -> list[RunRecord]:
+        rows = self.db.query(
+            f"SELECT seq, {_COLUMNS} FROM runs WHERE event_id = ? ORDER BY seq", (event_id,)
+        )
+        return [_record(r) for r in rows]
+
+    def in_states(self, states: Sequence[int]) -> list[RunRecord]:
+        marks = ",".join("?" * len(states))
+        rows = self.db.query(
+            f"SELECT seq, {_COLUMNS} FROM runs WHERE state IN ({marks}) ORDER BY seq",
+            tuple(states),
+        )
+        return [_record(r) for r in rows]
+
+    def covering(
+        self, policy_id: str, endpoint: str, repository: str, tag: str, digest: str
+    ) -> list[RunRecord]:
+        """Runs of a policy for this source tag at this digest (any state)."""
+        rows = self.db.query(
+            f"SELECT seq, {_COLUMNS} FROM runs WHERE policy_id = ? AND src_endpoint = ?"
+            " AND src_repository = ? AND src_tag = ? AND src_digest = ? ORDER BY seq",
+            (policy_id, endpoint, repository, tag, digest),
+        )
+        return [_record(r) for r in rows]
+
+    def list(
+        self, policy_id: str, states: Sequence[int], size: int, token: str
+    ) -> tuple[list[RunRecord], str]:
+        """Newest first, filtered; returns (runs, next_page_token)."""
+        n = page_size(size)
+        filt = {"policy_id": policy_id, "states": sorted(int(s) for s in states)}
+        state = decode_token(token, expect=filt)
+        where, params = ["1=1"], []  # type: ignore[var-annotated]
+        if policy_id:
+            where.append("policy_id = ?")
+            params.append(policy_id)
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            params.extend(int(s) for s in states)
+        if "before" in state:
+            where.append("seq < ?")
+            params.append(int(state["before"]))  # type: ignore[arg-type]
+        rows = self.db.query(
+            f"SELECT seq, {_COLUMNS} FROM runs WHERE {' AND '.join(where)}"
+            " ORDER BY seq DESC LIMIT ?",
+            (*params, n + 1),
+        )
+        nxt = ""
+        if len(rows) > n:
+            rows = rows[:n]
+            nxt = encode_token({**filt, "before": int(rows[-1]["seq"])})
+        return [_record(r) for r in rows], nxt
+
+    def policy_status(self, policy_id: str) -> gateway_pb2.PolicyStatus:
+        """DTR-like lastStatus: the latest run plus counts and last success/failure times."""
+        st = gateway_pb2.PolicyStatus(policy_id=policy_id)
+        row = self.db.query_one(
+            f"SELECT seq, {_COLUMNS} FROM runs WHERE policy_id = ? ORDER BY seq DESC LIMIT 1",
+            (policy_id,),
+        )
+        if row is None:
+            return st
+        last = _record(row)
+        st.last_state = last.state  # type: ignore[assignment]
+        st.last_message = last.message
+        st.last_run.CopyFrom(last.to_proto())
+        agg = self.db.query_one(
+            "SELECT COUNT(*) AS total,"
+            " SUM(state = ?) AS ok, SUM(state = ?) AS bad,"
+            " MAX(CASE WHEN state = ? THEN end_time END) AS last_ok,"
+            " MAX(CASE WHEN state = ? THEN end_time END) AS last_bad"
+            " FROM runs WHERE policy_id = ?",
+            (
+                Run.STATE_SUCCEEDED,
+                Run.STATE_FAILED,
+                Run.STATE_SUCCEEDED,
+                Run.STATE_FAILED,
+                policy_id,
+            ),
+        )
+        assert agg is not None
+        st.runs_total = int(agg["total"] or 0)
+        st.runs_succeeded = int(agg["ok"] or 0)
+        st.runs_failed = int(agg["bad"] or 0)
+        if agg["last_ok"] is not None:
+            st.last_success_time.CopyFrom(_ts(float(agg["last_ok"])))
+        if agg["last_bad"] is not None:
+            st.last_failure_time.CopyFrom(_ts(float(agg["last_bad"])))
+        return st

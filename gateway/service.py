@@ -1,0 +1,116 @@
+"""Wire the gateway together: stores, clients of the other services, worker, HTTP app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from grpc import aio
+from mirror.v1 import policy_pb2_grpc, scan_pb2_grpc, transfer_pb2_grpc
+
+from gateway.endpoints import EndpointDirectory
+from gateway.facts import EndpointResolver, FactGatherer
+from gateway.http import WebhookApp, check_secret_required, split_listen, start_http
+from gateway.inbox import Inbox
+from gateway.notify import Notifier
+from gateway.runner import Runner
+from gateway.runs import RunStore
+from gateway.schema import open_database
+from gateway.servicer import GatewayServicer
+from gateway.sweep import Sweeper
+from gateway.tracker import TransferTracker
+from gateway.worker import InboxWorker
+
+log = logging.getLogger("gateway")
+
+# Finished events are kept this long so that late redeliveries are still recognized.
+DEDUP_WINDOW_S = 7 * 24 * 3600
+
+
+@dataclass
+class GatewayConfig:
+    data_dir: Path
+    webhook_secret: str = ""
+    notify_urls: Sequence[str] = field(default_factory=list)
+    concurrency: int = 8
+    # 0 disables the periodic reconcile.
+    reconcile_interval_s: float = 300.0
+
+
+class Gateway:
+    """The gateway's parts; `servicer` is mounted on a gRPC server by the caller."""
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        policy_channel: aio.Channel,
+        transfer_channel: aio.Channel,
+        scanner_channel: aio.Channel | None = None,
+        resolver: EndpointResolver | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.db = open_database(cfg.data_dir)
+        self.inbox = Inbox(self.db)
+        self.runs = RunStore(self.db)
+        policy = policy_pb2_grpc.PolicyServiceStub(policy_channel)
+        transfer = transfer_pb2_grpc.TransferServiceStub(transfer_channel)
+        scanner = scan_pb2_grpc.ScanServiceStub(scanner_channel) if scanner_channel else None
+        self.notifier = Notifier(cfg.notify_urls)
+        self.directory = EndpointDirectory(transfer)
+        self.tracker = TransferTracker(transfer, self.runs, self.notifier.send)
+        self.runner = Runner(
+            policy, transfer, FactGatherer(resolver, scanner), self.runs, self.tracker
+        )
+        self.worker = InboxWorker(
+            self.inbox, self.runner, self.directory, concurrency=cfg.concurrency
+        )
+        self.sweeper = Sweeper(
+            policy, self.directory, resolver, self.runner, self.runs, self.inbox
+        )
+        self.servicer = GatewayServicer(
+            self.inbox, self.runs, self.sweeper, self.directory, policy
+        )
+        self.webhook = WebhookApp(
+            self.inbox, cfg.webhook_secret, health=lambda: {"tracking": self.tracker.active}
+        )
+        self._http: web.AppRunner | None = None
+        self._reconcile_task: asyncio.Task[None] | None = None
+        self.http_port = 0
+
+    async def start(self) -> None:
+        """Background work: resume tracking, the inbox worker, notifications, reconcile."""
+        await self.notifier.start()
+        resumed = self.tracker.resume()
+        if resumed:
+            log.info("resumed tracking of %d running transfer(s)", resumed)
+        self.inbox.prune(DEDUP_WINDOW_S)
+        self.worker.start()
+        if self.cfg.reconcile_interval_s > 0:
+            self._reconcile_task = asyncio.create_task(
+                self.sweeper.run_periodically(self.cfg.reconcile_interval_s)
+            )
+
+    async def start_http(self, listen: str) -> int:
+        """Serve /events, /metrics and /healthz on HOST:PORT; returns the bound port."""
+        host, port = split_listen(listen)
+        check_secret_required(host, self.cfg.webhook_secret)
+        self._http, self.http_port = await start_http(self.webhook.make_app(), host, port)
+        return self.http_port
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        if self._reconcile_task is not None:
+            self._reconcile_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconcile_task
+        await self.worker.stop()
+        await self.tracker.stop()
+        await self.notifier.stop()
+        self.db.close()

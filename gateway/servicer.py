@@ -1,0 +1,142 @@
+"""gRPC servicer of mirror.v1.GatewayService."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import grpc
+from grpc import aio
+from mirror.v1 import gateway_pb2, gateway_pb2_grpc, policy_pb2, policy_pb2_grpc
+
+from gateway.endpoints import EndpointDirectory
+from gateway.inbox import Inbox, InboxEvent
+from gateway.runs import RunStore
+from gateway.sweep import Sweeper
+from gateway.webhook import is_valid_digest, is_valid_repository, is_valid_tag
+from servicekit import metrics
+from servicekit.errors import ApiError, invalid_argument, not_found, unavailable
+
+R = TypeVar("R")
+MAX_EVENT_ID = 256
+
+
+async def _call(what: str, aw: Awaitable[R]) -> R:
+    """Await a call to another service; its status becomes ours (UNAVAILABLE stays so)."""
+    try:
+        return await aw
+    except aio.AioRpcError as err:
+        if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise unavailable(f"{what}: {err.details()}") from err
+        raise ApiError(err.code(), f"{what}: {err.details()}") from err
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    """Mountable (servicekit) gateway API over the inbox, the run store and the sweeper."""
+
+    service_name = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+    def __init__(
+        self,
+        inbox: Inbox,
+        runs: RunStore,
+        sweeper: Sweeper,
+        directory: EndpointDirectory,
+        policy: policy_pb2_grpc.PolicyServiceStub,
+    ) -> None:
+        self.inbox = inbox
+        self.runs = runs
+        self.sweeper = sweeper
+        self.directory = directory
+        self.policy = policy
+
+    def mount(self, server: aio.Server) -> None:
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self, server)
+
+    async def NotifyPush(
+        self, request: gateway_pb2.NotifyPushRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.NotifyPushResponse:
+        bad = []
+        if not request.endpoint:
+            bad.append(("endpoint", "required: the name of the source endpoint"))
+        if not is_valid_repository(request.repository):
+            bad.append(("repository", "required: a repository name such as dev/website"))
+        if not is_valid_tag(request.tag):
+            bad.append(("tag", "required: a valid tag"))
+        if request.digest and not is_valid_digest(request.digest):
+            bad.append(("digest", "not a digest (algorithm:hex)"))
+        if len(request.event_id) > MAX_EVENT_ID:
+            bad.append(("event_id", f"longer than {MAX_EVENT_ID} characters"))
+        if bad:
+            raise invalid_argument("the push notification is not valid", bad)
+        exists = await _call("listing endpoints", self.directory.exists(request.endpoint))
+        if not exists:
+            raise not_found(f"endpoint {request.endpoint!r} not found", reason="ENDPOINT_NOT_FOUND")
+        event_id = request.event_id or f"notify-{uuid.uuid4().hex}"
+        (added,) = self.inbox.add_many(
+            [
+                InboxEvent(
+                    id=event_id,
+                    trigger=gateway_pb2.Run.TRIGGER_NOTIFY,
+                    repository=request.repository,
+                    tag=request.tag,
+                    digest=request.digest,
+                    received_at=time.time(),
+                    endpoint=request.endpoint,
+                )
+            ]
+        )
+        metrics.EVENTS_RECEIVED.labels("notify", "push").inc()
+        return gateway_pb2.NotifyPushResponse(event_id=event_id, duplicate=not added)
+
+    async def ListRuns(
+        self, request: gateway_pb2.ListRunsRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.ListRunsResponse:
+        for s in request.states:
+            if s not in gateway_pb2.Run.State.values() or s == 0:
+                raise invalid_argument("unknown run state", [("states", f"{s} is not a state")])
+        recs, token = self.runs.list(
+            request.policy_id, list(request.states), request.page_size, request.page_token
+        )
+        return gateway_pb2.ListRunsResponse(
+            runs=[r.to_proto() for r in recs], next_page_token=token
+        )
+
+    async def GetPolicyStatus(
+        self, request: gateway_pb2.GetPolicyStatusRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.PolicyStatus:
+        if not request.policy_id:
+            raise invalid_argument("policy_id is required", [("policy_id", "empty")])
+        st = self.runs.policy_status(request.policy_id)
+        if st.runs_total == 0:
+            # Never ran: NOT_FOUND unless the policy exists.
+            await _call(
+                "reading the policy",
+                self.policy.GetPolicy(
+                    policy_pb2.GetPolicyRequest(id=request.policy_id), timeout=30
+                ),
+            )
+        return st
+
+    async def ApplyPolicy(
+        self, request: gateway_pb2.ApplyPolicyRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.ApplyPolicyResponse:
+        r = await _call("applying the policy", self.sweeper.apply(request.policy_id))
+        return gateway_pb2.ApplyPolicyResponse(
+            tags_evaluated=r.tags_evaluated,
+            tags_matched=r.tags_matched,
+            runs=[x.to_proto() for x in r.runs],
+        )
+
+    async def Reconcile(
+        self, request: gateway_pb2.ReconcileRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.ReconcileResponse:
+        r = await _call("reconciling", self.sweeper.reconcile(request.policy_id))
+        started = [x for x in r.runs if x.state != gateway_pb2.Run.STATE_NOT_MATCHED]
+        return gateway_pb2.ReconcileResponse(
+            tags_checked=r.tags_checked,
+            runs_started=len(started),
+            runs=[x.to_proto() for x in r.runs],
+        )

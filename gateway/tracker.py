@@ -1,0 +1,115 @@
+"""Follow each started transfer to its end and record the run's final state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import grpc
+from mirror.v1 import gateway_pb2, transfer_pb2, transfer_pb2_grpc
+
+from gateway.runs import RunRecord, RunStore
+from servicekit import metrics
+
+log = logging.getLogger("gateway.tracker")
+
+Run = gateway_pb2.Run
+T = transfer_pb2.Transfer
+_FINAL = {T.STATE_DONE, T.STATE_ERROR, T.STATE_CANCELED}
+
+
+def run_state_name(state: int) -> str:
+    return Run.State.Name(state).removeprefix("STATE_").lower()  # type: ignore[arg-type]
+
+
+class TransferTracker:
+    """One task per running run: WatchTransfer, falling back to polling GetTransfer."""
+
+    def __init__(
+        self,
+        stub: transfer_pb2_grpc.TransferServiceStub,
+        runs: RunStore,
+        on_final: Callable[[RunRecord], None],
+        poll_s: float = 1.0,
+    ) -> None:
+        self.stub = stub
+        self.runs = runs
+        self.on_final = on_final
+        self.poll_s = poll_s
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def track(self, run: RunRecord) -> None:
+        """Start following `run` (idempotent)."""
+        if not run.transfer_id or run.id in self._tasks:
+            return
+        task = asyncio.create_task(self._follow(run.id, run.transfer_id))
+        self._tasks[run.id] = task
+        task.add_done_callback(lambda _t, rid=run.id: self._tasks.pop(rid, None))
+
+    def resume(self) -> int:
+        """After a restart: follow every run still RUNNING."""
+        running = self.runs.in_states([Run.STATE_RUNNING])
+        for run in running:
+            self.track(run)
+        return len(running)
+
+    @property
+    def active(self) -> int:
+        return len(self._tasks)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    async def _follow(self, run_id: str, transfer_id: str) -> None:
+        delay = self.poll_s
+        while True:
+            try:
+                async for tr in self.stub.WatchTransfer(
+                    transfer_pb2.WatchTransferRequest(id=transfer_id)
+                ):
+                    if tr.state in _FINAL:
+                        self._finish(run_id, tr)
+                        return
+                # The stream ended without a final state: ask directly.
+                tr = await self.stub.GetTransfer(
+                    transfer_pb2.GetTransferRequest(id=transfer_id), timeout=10
+                )
+                if tr.state in _FINAL:
+                    self._finish(run_id, tr)
+                    return
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    self._record(run_id, Run.STATE_FAILED, f"transfer {transfer_id} not found")
+                    return
+                log.info(
+                    "watching transfer %s: %s; retrying in %.1fs",
+                    transfer_id,
+                    err.code().name,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+    def _finish(self, run_id: str, tr: transfer_pb2.Transfer) -> None:
+        if tr.state == T.STATE_DONE:
+            dest = f"{tr.destination.endpoint}/{tr.destination.repository}:{tr.destination.tag}"
+            self._record(run_id, Run.STATE_SUCCEEDED, f"mirrored to {dest}", tr.digest)
+        elif tr.state == T.STATE_CANCELED:
+            self._record(run_id, Run.STATE_FAILED, tr.message or "transfer canceled", tr.digest)
+        else:
+            self._record(run_id, Run.STATE_FAILED, tr.message or "transfer failed", tr.digest)
+
+    def _record(self, run_id: str, state: int, message: str, digest: str = "") -> None:
+        before = self.runs.get(run_id)
+        rec = self.runs.update(run_id, state=state, message=message, src_digest=digest)
+        if rec is None or before is None or before.state == rec.state:
+            return
+        metrics.RUNS.labels(run_state_name(rec.state)).inc()
+        self.on_final(rec)
