@@ -1,0 +1,249 @@
+"""Policy evaluation benchmarks.
+
+Part 1 (`bench_compiled_vs_cel`, the rules work): compiled rules against CEL, in process.
+Part 2 (`bench_rpc`): Evaluate RPC throughput and latency with 10,000 policies over 1,000
+repositories, from several client processes (each with its own channel) against a
+`python -m policy_service` subprocess.
+
+    .venv/bin/python bench/policy_eval.py --part rpc
+    .venv/bin/python bench/policy_eval.py --part all
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EVALUATE = "/mirror.v1.PolicyService/Evaluate"
+
+RULES = [
+    'tag endswith "stable" and critical_vulns <= 3',
+    'tag startswith "v" or tag endswith "-release"',
+    'component == "openssl" and major_vulns < 10',
+    'not license in ["AGPL-3.0-only", "SSPL-1.0"]',
+    'all_vulns == 0 or (tag endswith "stable" and critical_vulns == 0)',
+    'label["team"] == "web" and size < 500000000',
+    'component startswith "lib" and not component in ["log4j", "struts"]',
+    'platform == "linux/arm64" or tag contains "multi"',
+    'tag in ["latest", "stable", "lts"]',
+    'minor_vulns >= 0 and tag != "dev"',
+]
+
+
+# --- part 2: Evaluate over gRPC -------------------------------------------------------------
+
+
+def _repositories(n_repos: int, n_teams: int) -> list[str]:
+    return [f"team{i % n_teams:02d}/app{i:04d}" for i in range(n_repos)]
+
+
+def seed_policies(data: Path, n_policies: int, n_repos: int, n_teams: int = 50) -> int:
+    """Write the policies straight into the service's SQLite file (10,000 CreatePolicy RPCs
+    would only measure fsync). Each repository gets ~9 exact policies, one glob naming it
+    (`team07/app0123*`) and its team's `team07/**`; one policy in ten is disabled."""
+    from policy_service.store import PolicyRecord, PolicyStore
+
+    repos = _repositories(n_repos, n_teams)
+    sources = [f"team{t:02d}/**" for t in range(n_teams)]
+    n_globs = max(0, min(n_repos, n_policies // 10) - n_teams)
+    sources += [f"{r}*" for r in repos[:n_globs]]
+    while len(sources) < n_policies:
+        sources.append(repos[len(sources) % n_repos])
+    now = time.time_ns() // 1000
+    records = [
+        PolicyRecord(
+            id=f"bench{i:06d}", name=f"bench-{i:06d}", description="", source_repository=src,
+            rule=RULES[i % len(RULES)], target_endpoint="qa",
+            target_repository=f"qa/mirror{i % 100}", tag_template="%n-%Y%m%d%H%M",
+            time_zone="Europe/Paris" if i % 3 == 0 else "", enabled=i % 10 != 7,
+            create_time_us=now, update_time_us=now, etag=f"1-{i}", version=1,
+        )
+        for i, src in enumerate(sources[:n_policies])
+    ]
+    store = PolicyStore.open(data)
+    store.insert_many(records)
+    store.close()
+    return len(records)
+
+
+def _requests(n_repos: int, n: int, seed: int) -> list[bytes]:
+    """Serialized EvaluateRequests for random repositories, built before timing starts."""
+    from mirror.v1 import common_pb2, policy_pb2
+
+    rnd = random.Random(seed)
+    repos = _repositories(n_repos, 50)
+    out = []
+    for _ in range(n):
+        facts = common_pb2.ImageFacts(
+            repository=rnd.choice(repos),
+            tag=rnd.choice(["1.4-stable", "v2.0.1", "latest", "dev", "3.1-release", "multi-7"]),
+            digest="sha256:" + "ab" * 32,
+            components=[
+                common_pb2.Component(name=n, version="1.0", type="deb", licenses=[lic])
+                for n, lic in [("openssl", "Apache-2.0"), ("libc6", "LGPL-2.1-only"),
+                               ("bash", "GPL-3.0-only"), ("zlib1g", "Zlib"),
+                               ("libssl3", "Apache-2.0")]
+            ],
+            vulnerabilities=common_pb2.VulnerabilityCounts(
+                critical=rnd.randint(0, 5), major=rnd.randint(0, 20), minor=3, all=40
+            ),
+            labels={"team": rnd.choice(["web", "api"])},
+            platforms=["linux/amd64", "linux/arm64"],
+            size_bytes=rnd.randint(10, 900) * 1_000_000,
+        )
+        out.append(policy_pb2.EvaluateRequest(facts=facts).SerializeToString())
+    return out
+
+
+def _client(address: str, n_repos: int, concurrency: int, warmup: float, duration: float,
+            seed: int, results: mp.Queue) -> None:  # type: ignore[type-arg]
+    """One client process: `concurrency` requests in flight on its own channel."""
+    import grpc
+    from grpc import aio
+    from mirror.v1 import policy_pb2
+
+    requests = _requests(n_repos, 2000, seed)
+
+    async def run() -> tuple[list[float], int, int]:
+        async with aio.insecure_channel(address) as channel:
+            # Raw bytes both ways: the clients spend their CPU on the calls, not on protobuf.
+            call = channel.unary_unary(EVALUATE)
+            check = policy_pb2.EvaluateResponse.FromString(await call(requests[0], timeout=10))
+            if not check.results:
+                raise RuntimeError("Evaluate returned no results: policies not loaded?")
+            start = time.perf_counter()
+            measure_from = start + warmup
+            stop_at = measure_from + duration
+            latencies: list[float] = []
+            errors = 0
+            results_seen = 0
+
+            async def worker(k: int) -> None:
+                nonlocal errors, results_seen
+                i = k
+                while True:
+                    t0 = time.perf_counter()
+                    if t0 >= stop_at:
+                        return
+                    try:
+                        body = await call(requests[i % len(requests)], timeout=10)
+                    except grpc.RpcError:
+                        errors += 1
+                        continue
+                    t1 = time.perf_counter()
+                    if t0 >= measure_from:
+                        latencies.append(t1 - t0)
+                        results_seen += len(body) > 0
+                    i += concurrency
+
+            await asyncio.gather(*(worker(k) for k in range(concurrency)))
+            return latencies, errors, results_seen
+
+    latencies, errors, _ = asyncio.run(run())
+    results.put((latencies, errors))
+
+
+def _start_server(data: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "policy_service", "--grpc-listen", "127.0.0.1:0",
+         "--data", str(data), "--log-level", "WARNING"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    m = re.search(r"listening on ([\d.]+:\d+)", line)
+    if not m:
+        proc.kill()
+        raise RuntimeError(f"policy service did not start: {line!r}")
+    return proc, m.group(1)
+
+
+def bench_rpc(policies: int = 10_000, repos: int = 1_000, clients: int = 3,
+              concurrency: int = 2, warmup: float = 2.0, duration: float = 15.0) -> dict[str, float]:
+    """Evaluate throughput and latency percentiles; prints a summary and returns the numbers."""
+    with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
+        data = Path(tmp)
+        t0 = time.perf_counter()
+        n = seed_policies(data, policies, repos)
+        seeded = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        proc, address = _start_server(data)
+        startup = time.perf_counter() - t0
+        try:
+            queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+            procs = [
+                mp.Process(target=_client,
+                           args=(address, repos, concurrency, warmup, duration, 1000 + c, queue))
+                for c in range(clients)
+            ]
+            for p in procs:
+                p.start()
+            gathered = [queue.get(timeout=warmup + duration + 120) for _ in procs]
+            for p in procs:
+                p.join()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    latencies = sorted(x for lat, _ in gathered for x in lat)
+    errors = sum(e for _, e in gathered)
+    if not latencies:
+        raise RuntimeError("no successful Evaluate calls")
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+    out = {
+        "policies": n, "repositories": repos, "clients": clients,
+        "in_flight": clients * concurrency, "calls": len(latencies), "errors": errors,
+        "throughput_per_s": len(latencies) / duration,
+        "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+        "mean_ms": statistics.fmean(latencies) * 1000,
+        "seed_s": seeded, "startup_s": startup,
+    }
+    print(
+        f"Evaluate RPC: {n} policies over {repos} repositories; {clients} client processes x "
+        f"{concurrency} in flight; {duration:.0f} s measured after {warmup:.0f} s warm-up\n"
+        f"  {out['calls']} calls, {errors} errors, {out['throughput_per_s']:.0f} Evaluate/s\n"
+        f"  latency p50 {out['p50_ms']:.2f} ms, p90 {out['p90_ms']:.2f} ms, "
+        f"p99 {out['p99_ms']:.2f} ms, mean {out['mean_ms']:.2f} ms\n"
+        f"  (seeding SQLite {seeded:.1f} s; server start incl. compiling every policy "
+        f"{startup:.1f} s)"
+    )
+    return out
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["eval", "rpc", "all"], default="all")
+    parser.add_argument("--policies", type=int, default=10_000)
+    parser.add_argument("--repos", type=int, default=1_000)
+    parser.add_argument("--clients", type=int, default=3, help="client processes (rpc part)")
+    parser.add_argument("--concurrency", type=int, default=2, help="in flight per client")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds measured")
+    args = parser.parse_args(argv)
+    if args.part in ("eval", "all"):
+        part1 = globals().get("bench_compiled_vs_cel")
+        if part1 is None:
+            print("part eval (bench_compiled_vs_cel) is not written yet")
+        else:
+            part1()
+    if args.part in ("rpc", "all"):
+        bench_rpc(args.policies, args.repos, args.clients, args.concurrency,
+                  duration=args.duration)
+
+
+if __name__ == "__main__":
+    main()
