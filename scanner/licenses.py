@@ -74,7 +74,9 @@ _ALIASES: dict[str, str] = {
 }
 
 # Debian short names: GPL-2, GPL-2+, LGPL-2.1+, GFDL-1.3+, AGPL-3 ...
-_DEBIAN_GNU = re.compile(r"^(a?gpl|lgpl|gfdl)-?(\d(?:\.\d)?)(\+)?$", re.IGNORECASE)
+_DEBIAN_GNU = re.compile(
+    r"^(a?gpl|lgpl|gfdl)(?:-|v|-v)?(\d(?:\.\d)?)(\+| or later|-or-later)?$", re.IGNORECASE
+)
 _GNU_FULL = {"1": "1.0", "2": "2.0", "3": "3.0", "2.0": "2.0", "2.1": "2.1", "1.1": "1.1",
              "1.2": "1.2", "1.3": "1.3", "3.0": "3.0", "1.0": "1.0"}
 

@@ -30,17 +30,23 @@ def licenses_of(headers: dict[str, list[str]]) -> tuple[str, ...]:
     expr = headers.get("license-expression", [])
     if expr and expr[0].strip():
         return tuple(normalize(expr[0]))
-    out: list[str] = []
+    named: list[str] = []
     for value in headers.get("license", []):
         value = value.strip()
         # Many projects paste the whole license text here: only a short name is usable.
         if value and value.upper() != "UNKNOWN" and "\n" not in value and len(value) <= 80:
-            out.extend(i for i in normalize(value) if i not in out)
+            named.extend(i for i in normalize(value) if i not in named)
+    classified: list[str] = []
     for classifier in headers.get("classifier", []):
         spdx = classifier_license(classifier.strip())
-        if spdx and spdx not in out and not (out and spdx.startswith("LicenseRef-")):
-            out.append(spdx)
-    return tuple(out)
+        if spdx and spdx not in classified:
+            classified.append(spdx)
+    # A classifier naming a real SPDX id beats a License field SPDX does not know.
+    if named and all(i.startswith("LicenseRef-") for i in named) and any(
+        not i.startswith("LicenseRef-") for i in classified
+    ):
+        return tuple(i for i in classified if not i.startswith("LicenseRef-"))
+    return tuple(named or classified)
 
 
 def parse_metadata(data: bytes) -> Component | None:
