@@ -8,8 +8,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import re2
-
 from policy_service.rules import syntax
 from policy_service.rules.errors import RuleCompileError, RuleErrorInfo
 from policy_service.rules.facts import FactKind, Facts
@@ -21,6 +19,7 @@ from policy_service.rules.fields import (
     operators_for,
 )
 from policy_service.rules.nodes import And, Comparison, Const, Node, Not, Or, Span, post_order
+from policy_service.rules.regex import RegexError, compile_search
 
 Predicate = Callable[[Any], bool]
 
@@ -212,13 +211,10 @@ def _build_test(spec: FieldSpec, node: Comparison, errors: list[RuleErrorInfo]) 
     if op in LIST_OPERATORS:
         value = frozenset(item.value for item in value)
     if op == "matches":
-        options = re2.Options()
-        options.log_errors = False  # the error goes to the user, not to stderr
         try:
-            value = re2.compile(value, options).search
-        except re2.error as exc:
-            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
-            errors.append(_error(node.operand.span, f"invalid regular expression: {reason}",
+            value = compile_search(value)
+        except RegexError as exc:
+            errors.append(_error(node.operand.span, f"invalid regular expression: {exc}",
                                  ("an RE2 regular expression",)))
             return None
     if spec.type is FieldType.STRING_SET:
@@ -241,7 +237,7 @@ def _scalar_test(op: str, v: Any, g: Callable[[Facts], Any]) -> Predicate:
         "contains": lambda f: v in g(f),
         "in": lambda f: g(f) in v,
         "not in": lambda f: g(f) not in v,
-        "matches": lambda f: v(g(f)) is not None,
+        "matches": lambda f: v(g(f)),
     }
     return tests[op]
 
@@ -265,7 +261,7 @@ def _set_test(op: str, v: Any, g: Callable[[Facts], tuple[str, ...]],
     if op == "contains":
         return lambda f: any(v in x for x in g(f))
     if op == "matches":
-        return lambda f: any(v(x) is not None for x in g(f))
+        return lambda f: any(v(x) for x in g(f))
     raise AssertionError(f"operator {op!r} on a set")  # pragma: no cover - type-checked
 
 
