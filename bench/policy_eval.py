@@ -21,7 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVALUATE = "/mirror.v1.PolicyService/Evaluate"
@@ -38,6 +41,163 @@ RULES = [
     'tag in ["latest", "stable", "lts"]',
     'minor_vulns >= 0 and tag != "dev"',
 ]
+
+
+# --- part 1: compiled rules vs cel-python, in process -----------------------------------------
+
+TARGET_RATIO = 20.0
+
+
+@dataclass(frozen=True)
+class EvalRule:
+    name: str
+    rule: str
+    cel: str
+
+
+EVAL_RULES = [
+    EvalRule(
+        "seed (tag + vulns)",
+        'tag endswith "stable" and critical_vulns <= 3',
+        'tag.endsWith("stable") && critical_vulns <= 3',
+    ),
+    EvalRule(
+        "components + licenses",
+        'component startswith "b" and license not in ["GPL-3.0-only", "AGPL-3.0-only"]',
+        'components.exists(c, c.startsWith("b"))'
+        ' && !licenses.exists(l, l in ["GPL-3.0-only", "AGPL-3.0-only"])',
+    ),
+    EvalRule(
+        "regex",
+        r'tag matches "^[0-9]+\\.[0-9]+(\\.[0-9]+)?-stable$"',
+        r'tag.matches("^[0-9]+\\.[0-9]+(\\.[0-9]+)?-stable$")',
+    ),
+    EvalRule(
+        "bigger and/or tree",
+        '(tag endswith "stable" or tag in ["latest", "release"])'
+        " and not (critical_vulns > 0 or major_vulns > 10)"
+        ' and (repository startswith "dev/" or label["tier"] == "gold")'
+        ' and size < 500MiB and platform == "linux/amd64"'
+        ' and component != "telnetd"',
+        '(tag.endsWith("stable") || tag in ["latest", "release"])'
+        " && !(critical_vulns > 0 || major_vulns > 10)"
+        ' && (repository.startsWith("dev/") || ("tier" in labels ? labels["tier"] : "") == "gold")'
+        ' && size < 524288000 && platforms.exists(p, p == "linux/amd64")'
+        ' && !components.exists(c, c == "telnetd")',
+    ),
+]
+
+
+def _eval_facts() -> list[Any]:
+    """A few images, so that every rule sees both outcomes; about 40 components each."""
+    from policy_service.rules import ComponentFact, Facts, VulnCounts
+
+    def components(names: list[str], licenses: list[str]) -> tuple[ComponentFact, ...]:
+        return tuple(ComponentFact(n, "1.0", "deb", (licenses[i % len(licenses)],))
+                     for i, n in enumerate(names))
+
+    base = [f"lib{i}" for i in range(36)]
+    return [
+        Facts("dev/website", "1.4-stable", "sha256:" + "a" * 64,
+              components(["zlib", "bash", *base, "busybox"], ["Zlib", "MIT"]),
+              VulnCounts(0, 2, 5, 7), {"tier": "gold"}, ("linux/amd64", "linux/arm64/v8"),
+              120 << 20),
+        Facts("dev/website", "1.4.2-stable", "sha256:" + "b" * 64,
+              components(["zlib", "bash", *base], ["GPL-3.0-only", "MIT"]),
+              VulnCounts(2, 3, 1, 6), {}, ("linux/amd64",), 80 << 20),
+        Facts("qa/api", "latest", "sha256:" + "c" * 64,
+              components(["openssl", *base, "telnetd"], ["Apache-2.0"]),
+              VulnCounts(5, 12, 0, 17), {"tier": "silver"}, ("linux/arm64",), 900 << 20),
+        Facts("prod/web", "release", "sha256:" + "d" * 64, (), VulnCounts(), {"tier": "gold"},
+              ("linux/amd64",), 10 << 20),
+    ]
+
+
+def _cel_activation(facts: Any) -> dict[str, Any]:
+    import celpy
+
+    values = {
+        "tag": facts.tag, "repository": facts.repository, "digest": facts.digest,
+        "labels": dict(facts.labels), "components": list(facts.component_names),
+        "licenses": list(facts.license_names), "platforms": list(facts.platforms),
+        "critical_vulns": facts.vulns.critical, "major_vulns": facts.vulns.major,
+        "minor_vulns": facts.vulns.minor, "all_vulns": facts.vulns.all, "size": facts.size,
+    }
+    return {name: celpy.json_to_cel(value) for name, value in values.items()}
+
+
+def _rate(run_once: Callable[[], object], per_round: int, seconds: float) -> float:
+    """Evaluations per second of ``run_once``, which does ``per_round`` evaluations."""
+    rounds = 0
+    start = now = time.perf_counter_ns()
+    deadline = start + int(seconds * 1e9)
+    while now < deadline or rounds < 3:
+        run_once()
+        rounds += 1
+        now = time.perf_counter_ns()
+    return rounds * per_round / ((now - start) / 1e9)
+
+
+def bench_compiled_vs_cel(seconds: float = 1.0) -> list[dict[str, Any]]:
+    """Time each rule with our compiled evaluator and with cel-python on the same facts (after
+    checking both give the same results); print a table and return one row per rule."""
+    import celpy
+
+    from policy_service.rules import Facts, compile_rule
+
+    facts_list = _eval_facts()
+    env = celpy.Environment()
+    activations = [_cel_activation(f) for f in facts_list]
+    rows = []
+    for bench in EVAL_RULES:
+        rule = compile_rule(bench.rule)
+        program = env.program(env.compile(bench.cel))
+        ours = [rule.evaluate(f) for f in facts_list]
+        theirs = [bool(program.evaluate(a)) for a in activations]
+        if ours != theirs:
+            raise SystemExit(f"{bench.name}: results differ, ours {ours}, cel-python {theirs}")
+        evaluate = rule.evaluate
+
+        def run_ours(evaluate: Callable[[Any], bool] = evaluate) -> None:
+            for facts in facts_list:
+                evaluate(facts)
+
+        def run_ours_fresh(evaluate: Callable[[Any], bool] = evaluate) -> None:
+            # New Facts each time, so the derived sets (component names...) are rebuilt too.
+            for f in facts_list:
+                evaluate(Facts(f.repository, f.tag, f.digest, f.components, f.vulns, f.labels,
+                               f.platforms, f.size))
+
+        def run_cel(program: Any = program) -> None:
+            for activation in activations:
+                program.evaluate(activation)
+
+        n = len(facts_list)
+        ours_rate = _rate(run_ours, n, seconds)
+        fresh_rate = _rate(run_ours_fresh, n, seconds)
+        cel_rate = _rate(run_cel, n, seconds)
+        rows.append({"rule": bench.name, "results": ours, "ours_per_s": ours_rate,
+                     "ours_fresh_per_s": fresh_rate, "cel_per_s": cel_rate,
+                     "ratio": ours_rate / cel_rate, "ratio_fresh": fresh_rate / cel_rate})
+    _print_eval(rows, len(facts_list))
+    return rows
+
+
+def _print_eval(rows: list[dict[str, Any]], n_facts: int) -> None:
+    print(f"Compiled rules vs cel-python: {n_facts} images per round, results checked equal "
+          "first; 'fresh' builds new Facts for every evaluation")
+    header = (f"{'rule':22} {'ours eval/s':>12} {'ours ns':>8} {'fresh ns':>9} "
+              f"{'cel eval/s':>10} {'cel ns':>10} {'ratio':>7} {'fresh ratio':>11}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(f"{row['rule']:22} {row['ours_per_s']:12,.0f} {1e9 / row['ours_per_s']:8,.0f} "
+              f"{1e9 / row['ours_fresh_per_s']:9,.0f} {row['cel_per_s']:10,.0f} "
+              f"{1e9 / row['cel_per_s']:10,.0f} {row['ratio']:6,.0f}x {row['ratio_fresh']:10,.0f}x")
+    met = all(min(r["ratio"], r["ratio_fresh"]) >= TARGET_RATIO for r in rows)
+    verdict = "met" if met else "NOT met"
+    print(f"target ours >= {TARGET_RATIO:.0f}x faster than cel-python: {verdict}")
+
 
 
 # --- part 2: Evaluate over gRPC -------------------------------------------------------------
@@ -233,13 +393,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=3, help="client processes (rpc part)")
     parser.add_argument("--concurrency", type=int, default=2, help="in flight per client")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured")
+    parser.add_argument("--seconds", type=float, default=1.0,
+                        help="seconds measured per figure (eval part)")
     args = parser.parse_args(argv)
     if args.part in ("eval", "all"):
         part1 = globals().get("bench_compiled_vs_cel")
         if part1 is None:
             print("part eval (bench_compiled_vs_cel) is not written yet")
         else:
-            part1()
+            part1(args.seconds)
     if args.part in ("rpc", "all"):
         bench_rpc(args.policies, args.repos, args.clients, args.concurrency,
                   duration=args.duration)
