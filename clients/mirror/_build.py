@@ -60,14 +60,12 @@ def policy_message(
 
 
 def policy_mask(fields: Mapping[str, Any]) -> field_mask_pb2.FieldMask:
-    """The update mask naming each field given (endpoint/repository both map to target)."""
-    paths: list[str] = []
-    for key, value in fields.items():
-        if value is None:
-            continue
-        path = "target" if key in ("endpoint", "repository") else key
-        if path not in paths:
-            paths.append(path)
+    """The update mask naming each field given (endpoint/repository are target.*)."""
+    paths = [
+        f"target.{key}" if key in ("endpoint", "repository") else key
+        for key, value in fields.items()
+        if value is not None
+    ]
     return field_mask_pb2.FieldMask(paths=paths)
 
 

@@ -137,19 +137,12 @@ class Policies(_Service):
         enabled: bool | None = None,
         description: str | None = None,
     ) -> policy_pb2.Policy:
-        """Change the fields given (others keep their value); a stale `etag` raises Aborted.
-
-        Changing only one of `endpoint`/`repository` keeps the other part of the target.
-        """
+        """Change the fields given (others keep their value); a stale `etag` raises Aborted."""
         fields = {
             "name": name, "source_repository": source_repository, "rule": rule,
             "endpoint": endpoint, "repository": repository, "tag_template": tag_template,
             "time_zone": time_zone, "enabled": enabled, "description": description,
         }
-        if (endpoint is None) != (repository is None):
-            current = (await self.get(id)).target
-            fields["endpoint"] = endpoint if endpoint is not None else current.endpoint
-            fields["repository"] = repository if repository is not None else current.repository
         msg = _build.policy_message(None, fields)
         msg.id = id
         msg.etag = etag

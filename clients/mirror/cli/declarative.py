@@ -1,0 +1,273 @@
+"""Declarative state (`mirror.yaml`): parse it, compare it with the server, plan, apply, export.
+
+Format (proto JSON field names, camelCase or snake_case):
+
+    endpoints:
+      - name: qa
+        url: https://qa.example
+        username: ci
+        secretFrom: {env: QA_PASSWORD}     # or {file: qa-password.txt}; never inline
+    policies:
+      - name: promote-stable
+        sourceRepository: dev/website
+        rule: tag endswith "stable"
+        target: {endpoint: qa, repository: qa/website}
+
+Only the fields a document names are compared and changed; a field left out keeps the
+server's value. Secrets cannot be read back, so a secret is written when the endpoint is
+created, when the server holds none, or when `--update-secrets` asks for it; otherwise an
+endpoint whose other fields match is `unchanged`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+
+from mirror.cli.context import EXIT_INVALID, CliError
+from mirror.client import Client
+from mirror.v1 import policy_pb2, transfer_pb2
+
+_TOP_KEYS = {"apiVersion", "kind", "endpoints", "policies"}
+_POLICY_MUTABLE = ("name", "description", "source_repository", "rule", "target", "tag_template",
+                   "time_zone", "enabled")
+_ENDPOINT_MUTABLE = ("url", "username", "ca_pem", "insecure_skip_verify", "max_concurrency",
+                     "requests_per_second", "scan_on_push", "aliases")
+
+
+@dataclass
+class DesiredEndpoint:
+    msg: transfer_pb2.Endpoint
+    fields: set[str]
+    secret: str | None = None
+
+
+@dataclass
+class DesiredPolicy:
+    msg: policy_pb2.Policy
+    fields: set[str]
+
+
+@dataclass
+class Desired:
+    endpoints: list[DesiredEndpoint] = field(default_factory=list)
+    policies: list[DesiredPolicy] = field(default_factory=list)
+
+
+@dataclass
+class Change:
+    action: str  # create | update | delete | unchanged
+    kind: str  # endpoint | policy
+    name: str
+    fields: list[str] = field(default_factory=list)
+    run: Callable[[], object] | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"action": self.action, "kind": self.kind, "name": self.name,
+                "fields": self.fields}
+
+
+def _bad(source: str, message: str) -> CliError:
+    return CliError(f"{source}: {message}", EXIT_INVALID)
+
+
+def _given(doc: dict[str, Any], descriptor: Any) -> set[str]:
+    out = set()
+    for key in doc:
+        f = descriptor.fields_by_camelcase_name.get(key) or descriptor.fields_by_name.get(key)
+        if f is not None:
+            out.add(f.name)
+    return out
+
+
+def _read_secret(ref: Any, where: str, base: Path) -> str:
+    if not isinstance(ref, dict) or len(ref) != 1 or next(iter(ref)) not in ("env", "file"):
+        raise _bad(where, "secretFrom must be {env: VARIABLE} or {file: PATH}")
+    kind, value = next(iter(ref.items()))
+    if kind == "env":
+        secret = os.environ.get(str(value), "")
+        if not secret:
+            raise _bad(where, f"secretFrom env {value} is unset or empty")
+        return secret
+    path = base / str(value)
+    try:
+        secret = path.read_text().rstrip("\r\n")
+    except OSError as err:
+        raise _bad(where, f"secretFrom file {path}: {err.strerror}") from None
+    if not secret:
+        raise _bad(where, f"secretFrom file {path} is empty")
+    return secret
+
+
+def parse(text: str, source: str, base: Path) -> Desired:
+    """Desired state from a YAML document; CliError (exit 4) naming the bad entry."""
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise _bad(source, f"not valid YAML: {err}") from None
+    if not isinstance(doc, dict):
+        raise _bad(source, "expected a mapping with 'endpoints' and 'policies'")
+    unknown = set(doc) - _TOP_KEYS
+    if unknown:
+        raise _bad(source, f"unknown keys {sorted(unknown)}; expected endpoints, policies")
+    out = Desired()
+    seen: set[str] = set()
+    for i, raw in enumerate(doc.get("endpoints") or []):
+        where = f"{source}: endpoints[{i}]"
+        if not isinstance(raw, dict):
+            raise _bad(where, "expected a mapping")
+        raw = dict(raw)
+        if "secret" in raw:
+            raise _bad(where, "inline secrets are refused; use secretFrom: {env: NAME} or "
+                              "{file: PATH}")
+        ref = raw.pop("secretFrom", raw.pop("secret_from", None))
+        ca_file = raw.pop("caFile", raw.pop("ca_file", None))
+        try:
+            msg = json_format.ParseDict(raw, transfer_pb2.Endpoint())
+        except json_format.ParseError as err:
+            raise _bad(where, str(err)) from None
+        fields = _given(raw, transfer_pb2.Endpoint.DESCRIPTOR) - {"name"}
+        if ca_file is not None:
+            try:
+                msg.ca_pem = (base / str(ca_file)).read_text()
+            except OSError as err:
+                raise _bad(where, f"caFile {ca_file}: {err.strerror}") from None
+            fields.add("ca_pem")
+        if not msg.name:
+            raise _bad(where, "name is required")
+        if msg.name in seen:
+            raise _bad(where, f"endpoint {msg.name!r} appears twice")
+        seen.add(msg.name)
+        secret = _read_secret(ref, where, base) if ref is not None else None
+        out.endpoints.append(DesiredEndpoint(msg, fields, secret))
+    seen = set()
+    for i, raw in enumerate(doc.get("policies") or []):
+        where = f"{source}: policies[{i}]"
+        if not isinstance(raw, dict):
+            raise _bad(where, "expected a mapping")
+        try:
+            msg = json_format.ParseDict(raw, policy_pb2.Policy())
+        except json_format.ParseError as err:
+            raise _bad(where, str(err)) from None
+        fields = _given(raw, policy_pb2.Policy.DESCRIPTOR)
+        fixed = fields - set(_POLICY_MUTABLE)
+        if fixed:
+            raise _bad(where, f"{sorted(fixed)} are set by the server; remove them")
+        if not msg.name:
+            raise _bad(where, "name is required (policies are matched by name)")
+        if msg.name in seen:
+            raise _bad(where, f"policy {msg.name!r} appears twice")
+        seen.add(msg.name)
+        out.policies.append(DesiredPolicy(msg, fields))
+    return out
+
+
+def load(path: str) -> Desired:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise CliError(f"cannot read {path}: {err.strerror}") from None
+    return parse(text, path, Path(path).resolve().parent)
+
+
+def _differs(want: Any, have: Any, name: str) -> bool:
+    a, b = getattr(want, name), getattr(have, name)
+    if hasattr(a, "ListFields") or name == "aliases":
+        return list(a) != list(b) if name == "aliases" else a != b
+    return a != b
+
+
+def plan(
+    client: Client, desired: Desired, *, prune: bool = False, update_secrets: bool = False
+) -> list[Change]:
+    """Compare `desired` with the server; each Change knows how to carry itself out."""
+    changes: list[Change] = []
+    current_eps = {e.name: e for e in client.transfers.iter_endpoints()}
+    current_pols = {p.name: p for p in client.policies.iter()}
+    tr, pol = client.transfers, client.policies
+
+    for d in desired.endpoints:
+        have = current_eps.get(d.msg.name)
+        if have is None:
+            msg = transfer_pb2.Endpoint()
+            msg.CopyFrom(d.msg)
+            if d.secret is not None:
+                msg.secret = d.secret
+            changes.append(Change("create", "endpoint", d.msg.name, sorted(d.fields),
+                                  lambda m=msg: tr.create_endpoint(m)))
+            continue
+        diff = [f for f in _ENDPOINT_MUTABLE if f in d.fields and _differs(d.msg, have, f)]
+        if d.secret is not None and (update_secrets or not have.has_secret):
+            diff.append("secret")
+        if not diff:
+            changes.append(Change("unchanged", "endpoint", d.msg.name))
+            continue
+        kw: dict[str, Any] = {f: getattr(d.msg, f) for f in diff if f != "secret"}
+        if "aliases" in kw:
+            kw["aliases"] = list(kw["aliases"])
+        if "secret" in diff:
+            kw["secret"] = d.secret
+        changes.append(Change("update", "endpoint", d.msg.name, diff,
+                              lambda n=d.msg.name, kw=kw: tr.update_endpoint(n, **kw)))
+
+    for d in desired.policies:
+        have = current_pols.get(d.msg.name)
+        if have is None:
+            msg = policy_pb2.Policy()
+            msg.CopyFrom(d.msg)
+            if "enabled" not in d.fields:
+                msg.enabled = True
+            changes.append(Change("create", "policy", d.msg.name, sorted(d.fields),
+                                  lambda m=msg: pol.create(m)))
+            continue
+        diff = [f for f in _POLICY_MUTABLE if f in d.fields and _differs(d.msg, have, f)]
+        if not diff:
+            changes.append(Change("unchanged", "policy", d.msg.name))
+            continue
+        kw = {f: getattr(d.msg, f) for f in diff if f != "target"}
+        if "target" in diff:
+            kw["endpoint"] = d.msg.target.endpoint
+            kw["repository"] = d.msg.target.repository
+        changes.append(Change("update", "policy", d.msg.name, diff,
+                              lambda i=have.id, e=have.etag, kw=kw: pol.update(i, etag=e, **kw)))
+
+    if prune:
+        wanted = {d.msg.name for d in desired.policies}
+        for name, p in sorted(current_pols.items()):
+            if name not in wanted:
+                changes.append(Change("delete", "policy", name, [],
+                                      lambda i=p.id, e=p.etag: pol.delete(i, etag=e)))
+        wanted = {d.msg.name for d in desired.endpoints}
+        for name in sorted(current_eps):
+            if name not in wanted:
+                changes.append(Change("delete", "endpoint", name, [],
+                                      lambda n=name: tr.delete_endpoint(n)))
+    return changes
+
+
+def export(client: Client) -> dict[str, Any]:
+    """The server's endpoints and policies in the apply format; secrets as env references."""
+    endpoints = []
+    for e in client.transfers.iter_endpoints():
+        d = json_format.MessageToDict(e)
+        for k in ("createTime", "updateTime", "hasSecret", "secret"):
+            d.pop(k, None)
+        if e.has_secret:
+            var = "MIRROR_SECRET_" + re.sub(r"[^A-Z0-9]", "_", e.name.upper())
+            d["secretFrom"] = {"env": var}
+        endpoints.append(d)
+    policies = []
+    for p in client.policies.iter():
+        d = json_format.MessageToDict(p)
+        for k in ("id", "etag", "createTime", "updateTime", "requiredFacts"):
+            d.pop(k, None)
+        d["enabled"] = p.enabled
+        policies.append(d)
+    return {"endpoints": endpoints, "policies": policies}
