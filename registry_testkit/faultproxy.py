@@ -193,7 +193,12 @@ class FaultProxy:
             if up.content_length is not None:
                 resp.content_length = up.content_length
             corrupt = self._take("corrupt", method, path) if up.status == 200 else None
-            drop = self._take("drop", method, path) if up.status in (200, 206) else None
+            drop = self._take("drop", method, path) if up.status < 300 else None
+            if drop is not None and (up.content_length == 0 or method in ("PATCH", "PUT")):
+                # The registry did the work; the client never hears of it.
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ConnectionResetError("fault proxy: dropped the answer")
             await resp.prepare(request)
             sent = 0
             async for chunk in up.content.iter_chunked(64 << 10):

@@ -415,15 +415,19 @@ def digest_of(
 
 
 def list_tags(registry: Any, repo: str, user: str | None = None) -> list[str]:
-    res = _run(
-        [
-            "skopeo",
-            "list-tags",
-            *[f.replace("--src-", "--") for f in registry.skopeo_flags("src", user)],
-            f"docker://{registry.host}/{repo}",
-        ]
-    )
-    return list(json.loads(res.stdout)["Tags"])
+    """`skopeo list-tags`; [] when the repository has no tags (2.8.2 answers 404 then)."""
+    args = [
+        "skopeo",
+        "list-tags",
+        *[f.replace("--src-", "--") for f in registry.skopeo_flags("src", user)],
+        f"docker://{registry.host}/{repo}",
+    ]
+    res = subprocess.run(args, capture_output=True, timeout=120)
+    if res.returncode != 0:
+        if b"404" in res.stderr:
+            return []
+        raise RuntimeError(f"skopeo list-tags failed: {res.stderr.decode(errors='replace')}")
+    return list(json.loads(res.stdout)["Tags"] or [])
 
 
 def skopeo_copy(

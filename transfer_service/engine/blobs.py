@@ -1,0 +1,235 @@
+"""Moving one blob: resumable download, digest check before commit, streamed or spooled upload.
+
+Invariant: `finish_upload` (the PUT ?digest= that commits a blob) is only sent after the bytes
+that went into the upload hashed to the expected digest and had the expected size. A mismatch
+cancels the upload session instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+
+from registry_client import Upload
+from registry_client.errors import (
+    AuthenticationError,
+    ConnectError,
+    DigestMismatch,
+    NotFound,
+    PermissionDenied,
+    RegistryError,
+    TlsError,
+)
+from transfer_service.engine.spool import SpoolQuota, spool_path
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    size: int
+
+
+def hasher_for(digest: str) -> Any:
+    algo = digest.partition(":")[0]
+    if algo not in ("sha256", "sha512"):
+        raise DigestMismatch(0, "DIGEST_INVALID", f"unsupported digest algorithm in {digest}")
+    return hashlib.new(algo)
+
+
+def transient(exc: BaseException) -> bool:
+    """Worth another try of this blob (the job-level retry handles the rest)."""
+    if isinstance(exc, (AuthenticationError, PermissionDenied, TlsError, NotFound)):
+        return False
+    if isinstance(exc, (ConnectError, DigestMismatch)):
+        return True
+    if isinstance(exc, RegistryError):
+        return exc.status == 0 or exc.status in (408, 429) or exc.status >= 500
+    return isinstance(exc, (OSError, asyncio.TimeoutError))
+
+
+class BlobMover:
+    """Copies blobs between two clients; shared by every copy of one engine."""
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        quota: SpoolQuota,
+        attempts: int = 3,
+        download_resumes: int = 5,
+        backoff_base: float = 0.5,
+    ) -> None:
+        self.spool_dir = spool_dir
+        self.quota = quota
+        self.attempts = attempts
+        self.download_resumes = download_resumes
+        self.backoff_base = backoff_base
+
+    async def _pause(self, n: int) -> None:
+        await asyncio.sleep(random.uniform(0, min(10.0, self.backoff_base * 2**n)))
+
+    async def download(
+        self, src: Any, repo: str, blob: Blob, offset: int = 0
+    ) -> AsyncIterator[bytes]:
+        """The blob's bytes from `offset`; a broken connection resumes with a Range request."""
+        received = offset
+        failures = 0
+        while received < blob.size:
+            try:
+                async with src.open_blob(repo, blob.digest, offset=received) as body:
+                    async for chunk in body.iter_chunks(CHUNK):
+                        if received + len(chunk) > blob.size:
+                            raise DigestMismatch(
+                                0, "SIZE_INVALID", f"{blob.digest} is longer than {blob.size}"
+                            )
+                        received += len(chunk)
+                        yield chunk
+                if received < blob.size:
+                    raise ConnectError(0, "", f"{blob.digest}: body ended at {received}")
+            except ConnectError as e:
+                failures += 1
+                if failures > self.download_resumes:
+                    raise
+                log.info("download of %s broke at %d (%s); resuming", blob.digest, received, e)
+                await self._pause(failures - 1)
+
+    async def stream(
+        self,
+        src: Any,
+        src_repo: str,
+        dst: Any,
+        dst_repo: str,
+        blob: Blob,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        """GET -> PATCH without touching disk; PUT only when the hash matched."""
+        for attempt in range(self.attempts):
+            sent = 0
+            up: Upload | None = None
+            try:
+                up = await dst.start_upload(dst_repo)
+                hasher = hasher_for(blob.digest)
+
+                async def body(h: Any) -> AsyncIterator[bytes]:
+                    nonlocal sent
+                    async for chunk in self.download(src, src_repo, blob):
+                        h.update(chunk)
+                        sent += len(chunk)
+                        on_bytes(len(chunk))
+                        yield chunk
+
+                up = await dst.upload_chunk(up, body(hasher))
+                _verify(blob, sent, hasher)
+                await dst.finish_upload(up, blob.digest)
+                return
+            except BaseException as e:
+                on_bytes(-sent)
+                if up is not None:
+                    await _cancel_quietly(dst, up)
+                if not isinstance(e, Exception) or not transient(e) or attempt + 1 >= self.attempts:
+                    raise
+                log.warning("copy of %s failed (%s); retrying", blob.digest, e)
+                await self._pause(attempt)
+
+    async def spooled(
+        self,
+        src: Any,
+        src_repo: str,
+        dst: Any,
+        dst_repo: str,
+        blob: Blob,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        """GET -> spool file (hashing) -> verify -> upload from disk, resuming uploads."""
+        async with self.quota.reserve(blob.size):
+            path = spool_path(self.spool_dir, blob.digest)
+            try:
+                await self._fill(src, src_repo, blob, path)
+                await self._upload_file(dst, dst_repo, blob, path, on_bytes)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    async def _fill(self, src: Any, repo: str, blob: Blob, path: Path) -> None:
+        for attempt in range(self.attempts):
+            hasher = hasher_for(blob.digest)
+            got = 0
+            try:
+                async with aiofiles.open(path, "wb") as f:
+                    async for chunk in self.download(src, repo, blob):
+                        hasher.update(chunk)
+                        got += len(chunk)
+                        await f.write(chunk)
+                _verify(blob, got, hasher)
+                return
+            except Exception as e:
+                if not transient(e) or attempt + 1 >= self.attempts:
+                    raise
+                log.warning("download of %s failed (%s); retrying", blob.digest, e)
+                await self._pause(attempt)
+
+    async def _upload_file(
+        self, dst: Any, repo: str, blob: Blob, path: Path, on_bytes: Callable[[int], None]
+    ) -> None:
+        up: Upload = await dst.start_upload(repo)
+        counted = 0
+        try:
+            for attempt in range(self.attempts):
+                try:
+                    if up.offset != counted:
+                        on_bytes(up.offset - counted)
+                        counted = up.offset
+
+                    async def body(start: int) -> AsyncIterator[bytes]:
+                        nonlocal counted
+                        async with aiofiles.open(path, "rb") as f:
+                            await f.seek(start)
+                            while chunk := await f.read(CHUNK):
+                                counted += len(chunk)
+                                on_bytes(len(chunk))
+                                yield chunk
+
+                    if up.offset < blob.size:
+                        up = await dst.upload_chunk(up, body(up.offset))
+                    await dst.finish_upload(up, blob.digest)
+                    return
+                except Exception as e:
+                    if not transient(e) or attempt + 1 >= self.attempts:
+                        raise
+                    log.warning("upload of %s broke (%s); resuming", blob.digest, e)
+                    await self._pause(attempt)
+                    try:
+                        # Resume where the registry stands; the spool file still has it all.
+                        up = await dst.upload_status(up)
+                    except NotFound:
+                        up = await dst.start_upload(repo)
+        except BaseException:
+            on_bytes(-counted)
+            await _cancel_quietly(dst, up)
+            raise
+
+
+def _verify(blob: Blob, size: int, hasher: Any) -> None:
+    got = f"{blob.digest.partition(':')[0]}:{hasher.hexdigest()}"
+    if size != blob.size or got != blob.digest:
+        raise DigestMismatch(
+            0, "DIGEST_INVALID", f"blob {blob.digest} ({blob.size} B) arrived as {got} ({size} B)"
+        )
+
+
+async def _cancel_quietly(dst: Any, up: Upload) -> None:
+    # Best effort, also while being cancelled: an abandoned session only wastes registry disk.
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.wait_for(dst.cancel_upload(up), 5)

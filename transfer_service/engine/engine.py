@@ -1,0 +1,356 @@
+"""The copy engine: one image (manifest or index) from a source to a destination registry.
+
+Order: blobs, then each child manifest by digest, then the top manifest by tag (tags last), so
+the destination never names something incomplete. Exact manifest bytes are pushed with their
+media type, so the destination digest equals the source digest.
+
+Platform filter (index only), decided so that no rewritten index is ever pushed:
+- the chosen children are copied by digest;
+- if every other child of the index is already at the destination, the original index is
+  pushed (same digest as the source);
+- otherwise, if exactly one child was chosen, that child's manifest is tagged (its digest is
+  the source child's digest; `CopyResult.digest` says which);
+- otherwise (two or more, but not all) the copy is refused up front with PlatformFilterError:
+  an index of only those children would be a new object with a new digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from registry_client import Manifest, mediatypes
+from registry_client.errors import NotFound, PermissionDenied, RegistryError
+from transfer_service.engine.blobs import Blob, BlobMover
+from transfer_service.engine.errors import (
+    InvalidReference,
+    PlatformFilterError,
+    TagExists,
+    UnsupportedManifest,
+)
+from transfer_service.engine.locations import BlobLocations
+from transfer_service.engine.models import CopyProgress, CopyRequest, CopyResult
+from transfer_service.engine.spool import SpoolQuota
+
+log = logging.getLogger(__name__)
+
+_REPO = re.compile(
+    r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$"
+)
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_DIGEST = re.compile(r"^sha(256:[a-f0-9]{64}|512:[a-f0-9]{128})$")
+
+ProgressFn = Callable[[CopyProgress], None]
+
+
+@dataclass
+class _Plan:
+    top: Manifest
+    children: list[Manifest] = field(default_factory=list)  # pushed by digest, before the top
+    tag_target: Manifest | None = None  # what dst_tag names (None: the top)
+    push_top: bool = True
+    platforms: list[str] = field(default_factory=list)
+
+
+class _Reporter:
+    """Keeps the counters and calls the progress callback (byte updates throttled)."""
+
+    def __init__(self, fn: ProgressFn | None, interval: float = 0.2) -> None:
+        self.p = CopyProgress()
+        self._fn = fn
+        self._interval = interval
+        self._last = 0.0
+
+    def emit(self, force: bool = True) -> None:
+        if self._fn is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last >= self._interval:
+            self._last = now
+            self._fn(replace(self.p))
+
+    def add_bytes(self, n: int) -> None:
+        self.p.bytes_done += n
+        self.emit(force=False)
+
+
+class CopyEngine:
+    """Copies images between registries with bounded concurrency and a bounded disk spool."""
+
+    def __init__(
+        self,
+        spool_dir: str | Path,
+        spool_threshold: int = 64 << 20,
+        spool_quota: int = 8 << 30,
+        max_concurrent_blobs: int = 8,
+        blob_locations: BlobLocations | None = None,
+        blob_attempts: int = 3,
+        backoff_base: float = 0.5,
+    ) -> None:
+        self.spool_dir = Path(spool_dir)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.spool_threshold = spool_threshold
+        self.quota = SpoolQuota(spool_quota)
+        self.locations = blob_locations or BlobLocations()
+        self.mover = BlobMover(
+            self.spool_dir, self.quota, attempts=blob_attempts, backoff_base=backoff_base
+        )
+        self._blob_slots = asyncio.Semaphore(max_concurrent_blobs)
+        # (destination registry, digest) -> future of the repo it landed in (None: failed).
+        self._inflight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+        self.downloads = 0  # blobs fetched from a source (for tests and metrics)
+
+    # -- public ----------------------------------------------------------------------------
+
+    async def copy(self, req: CopyRequest, progress: ProgressFn | None = None) -> CopyResult:
+        """Copy one image; see the module docstring for order and the platform filter."""
+        _validate(req)
+        rep = _Reporter(progress)
+        top = await req.src.get_manifest(req.src_repo, req.src_ref)
+        rep.p.digest, rep.p.media_type = top.digest, top.media_type
+        plan = await self._plan(req, top)
+        target = plan.tag_target or plan.top
+        rep.p.digest, rep.p.media_type = target.digest, target.media_type
+        if req.fail_if_tag_exists and req.dst_tag:
+            existing = await req.dst.head_manifest(req.dst_repo, req.dst_tag)
+            if existing is not None and existing.digest != target.digest:
+                raise TagExists(req.dst_repo, req.dst_tag, existing.digest, target.digest)
+
+        images = [m for m in [*plan.children, plan.top] if mediatypes.is_image(m.media_type)]
+        rep.p.manifests_total = len(plan.children) + (1 if plan.push_top else 0)
+        # Manifests already at the destination need nothing: their blobs are there.
+        present = set()
+        for m in [*plan.children, plan.top]:
+            if (await req.dst.head_manifest(req.dst_repo, m.digest)) is not None:
+                present.add(m.digest)
+        needed: dict[str, Blob] = {}
+        there: dict[str, Blob] = {}
+        for m in images:
+            for b in _blobs_of(m):
+                (there if m.digest in present else needed)[b.digest] = b
+        for d in needed:
+            there.pop(d, None)
+        rep.p.blobs_total = len(needed) + len(there)
+        rep.p.bytes_total = sum(b.size for b in [*needed.values(), *there.values()])
+        rep.p.blobs_skipped = len(there)
+        rep.p.bytes_skipped = sum(b.size for b in there.values())
+        rep.emit()
+
+        async with asyncio.TaskGroup() as tg:
+            tasks = {d: tg.create_task(self._blob(req, b, rep)) for d, b in needed.items()}
+            for child in plan.children:
+                deps = [tasks[b.digest] for b in _blobs_of(child) if b.digest in tasks]
+                tg.create_task(self._push_after(req, child, deps, present, rep))
+        if plan.push_top:
+            ref = req.dst_tag if (req.dst_tag and plan.tag_target is None) else plan.top.digest
+            await self._push(req, plan.top, ref, rep, count=True)
+        if plan.tag_target is not None and req.dst_tag:
+            await req.dst.put_manifest(
+                req.dst_repo, req.dst_tag, plan.tag_target.data, plan.tag_target.media_type
+            )
+        rep.emit()
+        return CopyResult(
+            digest=target.digest,
+            media_type=target.media_type,
+            progress=replace(rep.p),
+            platforms=plan.platforms,
+            pushed_index=plan.push_top and mediatypes.is_index(plan.top.media_type),
+        )
+
+    # -- planning --------------------------------------------------------------------------
+
+    async def _plan(self, req: CopyRequest, top: Manifest) -> _Plan:
+        if mediatypes.is_image(top.media_type):
+            return _Plan(top)
+        if not mediatypes.is_index(top.media_type):
+            raise UnsupportedManifest(f"cannot copy a manifest of type {top.media_type!r}")
+        entries = _index_entries(top)
+        chosen = [e for e in entries if _matches(e, req.platforms)] if req.platforms else entries
+        if not chosen:
+            raise PlatformFilterError(
+                f"no platform of {req.src_repo}:{req.src_ref} matches {', '.join(req.platforms)}"
+                f" (it has {', '.join(_platform_of(e) for e in entries) or 'none'})"
+            )
+        plan = _Plan(top, platforms=[_platform_of(e) for e in chosen])
+        if len(chosen) < len(entries):
+            rest = [e for e in entries if e not in chosen]
+            have = [await req.dst.head_manifest(req.dst_repo, e["digest"]) for e in rest]
+            if any(h is None for h in have):
+                if len(chosen) > 1:
+                    raise PlatformFilterError(
+                        f"the filter selects {len(chosen)} of {len(entries)} platforms and the "
+                        "destination lacks the others: an index of only these would get a new "
+                        "digest. Select one platform, or all."
+                    )
+                plan.push_top = False
+        for e in chosen:
+            child = await req.src.get_manifest(req.src_repo, e["digest"])
+            if mediatypes.is_index(child.media_type):
+                raise UnsupportedManifest("an index inside an index is not supported")
+            plan.children.append(child)
+        if not plan.push_top:
+            plan.tag_target = plan.children[0]
+        return plan
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    async def _blob(self, req: CopyRequest, blob: Blob, rep: _Reporter) -> None:
+        """Skip, mount or transfer one blob; a blob in flight for another copy is waited on."""
+        key = (req.dst.key, blob.digest)
+        while (other := self._inflight.get(key)) is not None:
+            landed = await asyncio.shield(other)
+            if landed is not None:
+                break
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        outcome: str | None = None
+        try:
+            outcome = await self._place(req, blob, rep)
+        finally:
+            self._inflight.pop(key, None)
+            fut.set_result(req.dst_repo if outcome else None)
+        if outcome == "skipped":
+            rep.p.blobs_skipped += 1
+            rep.p.bytes_skipped += blob.size
+        elif outcome == "mounted":
+            rep.p.blobs_mounted += 1
+            rep.p.bytes_skipped += blob.size
+        else:
+            rep.p.blobs_done += 1
+        rep.emit()
+
+    async def _place(self, req: CopyRequest, blob: Blob, rep: _Reporter) -> str:
+        dst, reg = req.dst, req.dst.key
+        if await dst.blob_size(req.dst_repo, blob.digest) is not None:
+            self.locations.add(reg, blob.digest, req.dst_repo)
+            return "skipped"
+        candidates = [r for r in self.locations.repos(reg, blob.digest) if r != req.dst_repo]
+        if req.src.key == reg and req.src_repo != req.dst_repo:
+            candidates.insert(0, req.src_repo)
+        for repo in candidates[:3]:
+            try:
+                if await dst.mount_blob(req.dst_repo, blob.digest, repo):
+                    self.locations.add(reg, blob.digest, req.dst_repo)
+                    return "mounted"
+                self.locations.forget(reg, blob.digest, repo)
+            except (PermissionDenied, NotFound) as e:
+                log.info("mount of %s from %s refused: %s", blob.digest, repo, e)
+        async with self._blob_slots:
+            self.downloads += 1
+            # Streaming needs a source and a destination request at once; with one client
+            # for both sides that could starve its concurrency limit, so spool instead.
+            if blob.size >= self.spool_threshold or req.src is req.dst:
+                await self.mover.spooled(
+                    req.src, req.src_repo, dst, req.dst_repo, blob, rep.add_bytes
+                )
+            else:
+                await self.mover.stream(
+                    req.src, req.src_repo, dst, req.dst_repo, blob, rep.add_bytes
+                )
+        self.locations.add(reg, blob.digest, req.dst_repo)
+        return "copied"
+
+    # -- manifests -------------------------------------------------------------------------
+
+    async def _push_after(
+        self,
+        req: CopyRequest,
+        m: Manifest,
+        deps: list[asyncio.Task[None]],
+        present: set[str],
+        rep: _Reporter,
+    ) -> None:
+        for t in deps:
+            await t
+        if m.digest in present:
+            rep.p.manifests_done += 1
+            rep.emit()
+            return
+        await self._push(req, m, m.digest, rep, count=True)
+
+    async def _push(
+        self, req: CopyRequest, m: Manifest, ref: str, rep: _Reporter, count: bool
+    ) -> None:
+        digest = await req.dst.put_manifest(req.dst_repo, ref, m.data, m.media_type)
+        if digest != m.digest:
+            raise RegistryError(0, "DIGEST_INVALID", f"destination stored {digest}, not {m.digest}")
+        if count:
+            rep.p.manifests_done += 1
+            rep.emit()
+
+
+def _validate(req: CopyRequest) -> None:
+    for name in (req.src_repo, req.dst_repo):
+        if not _REPO.match(name):
+            raise InvalidReference(f"invalid repository name {name!r}")
+    if not (_TAG.match(req.src_ref) or _DIGEST.match(req.src_ref)):
+        raise InvalidReference(f"invalid source reference {req.src_ref!r} (tag or sha256 digest)")
+    if req.dst_tag and not _TAG.match(req.dst_tag):
+        raise InvalidReference(f"invalid destination tag {req.dst_tag!r}")
+    for p in req.platforms:
+        parts = p.split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise InvalidReference(f"invalid platform {p!r} (os/arch or os/arch/variant)")
+
+
+def _json(m: Manifest) -> dict[str, Any]:
+    try:
+        doc = json.loads(m.data)
+    except ValueError as e:
+        raise UnsupportedManifest(f"manifest {m.digest} is not JSON") from e
+    if not isinstance(doc, dict):
+        raise UnsupportedManifest(f"manifest {m.digest} is not a JSON object")
+    return doc
+
+
+def _descriptor(d: Any, where: str) -> Blob:
+    if not isinstance(d, dict) or not isinstance(d.get("digest"), str):
+        raise UnsupportedManifest(f"bad descriptor in {where}")
+    size = d.get("size")
+    if not isinstance(size, int) or size < 0 or not _DIGEST.match(d["digest"]):
+        raise UnsupportedManifest(f"bad descriptor {d.get('digest')!r} in {where}")
+    return Blob(d["digest"], size)
+
+
+def _blobs_of(m: Manifest) -> list[Blob]:
+    doc = _json(m)
+    out: list[Blob] = []
+    if "config" in doc:
+        out.append(_descriptor(doc["config"], m.digest))
+    for layer in doc.get("layers") or []:
+        out.append(_descriptor(layer, m.digest))
+    return out
+
+
+def _index_entries(m: Manifest) -> list[dict[str, Any]]:
+    entries = _json(m).get("manifests")
+    if not isinstance(entries, list):
+        raise UnsupportedManifest(f"index {m.digest} has no manifests list")
+    for e in entries:
+        _descriptor(e, m.digest)
+    return entries
+
+
+def _platform_of(entry: dict[str, Any]) -> str:
+    p = entry.get("platform") or {}
+    parts = [str(p.get("os", "")), str(p.get("architecture", ""))]
+    if p.get("variant"):
+        parts.append(str(p["variant"]))
+    return "/".join(parts)
+
+
+def _matches(entry: dict[str, Any], wanted: list[str]) -> bool:
+    have = _platform_of(entry).split("/")
+    for w in wanted:
+        parts = w.split("/")
+        # "linux/arm64" matches any variant; "linux/arm64/v8" only that one.
+        if parts[:2] == have[:2] and (len(parts) == 2 or parts[2:] == have[2:]):
+            return True
+    return False

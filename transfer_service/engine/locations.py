@@ -1,0 +1,46 @@
+"""Where blobs are known to live in each destination registry (for cross-repo mounts)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+
+class BlobLocations:
+    """digest -> repositories, per registry key. In memory; `on_add` may persist entries
+    (call `add` with `notify=False` to load them back)."""
+
+    def __init__(
+        self,
+        on_add: Callable[[str, str, str], None] | None = None,
+        max_repos_per_blob: int = 8,
+        max_blobs: int = 200_000,
+    ) -> None:
+        self._map: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
+        self._on_add = on_add
+        self._max_repos = max_repos_per_blob
+        self._max_blobs = max_blobs
+
+    def add(self, registry: str, digest: str, repo: str, notify: bool = True) -> None:
+        key = (registry, digest)
+        repos = self._map.pop(key, [])
+        if repo in repos:
+            repos.remove(repo)
+        repos.insert(0, repo)  # most recent first: the likeliest to still exist
+        self._map[key] = repos[: self._max_repos]
+        while len(self._map) > self._max_blobs:
+            self._map.popitem(last=False)
+        if notify and self._on_add is not None:
+            self._on_add(registry, digest, repo)
+
+    def forget(self, registry: str, digest: str, repo: str) -> None:
+        repos = self._map.get((registry, digest))
+        if repos and repo in repos:
+            repos.remove(repo)
+
+    def repos(self, registry: str, digest: str) -> list[str]:
+        return list(self._map.get((registry, digest), ()))
+
+    def load(self, entries: Iterable[tuple[str, str, str]]) -> None:
+        for registry, digest, repo in entries:
+            self.add(registry, digest, repo, notify=False)

@@ -1,0 +1,54 @@
+"""Request, progress and result of one copy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class CopyRequest:
+    """Copy `src_repo:src_ref` (tag or digest) from `src` to `dst_repo` on `dst`.
+
+    `src`/`dst` are `registry_client.RegistryClient`s. Empty `dst_tag`: push by digest only.
+    `platforms` ("linux/amd64", "linux/arm64/v8"): copy only those children of an index.
+    """
+
+    src: Any
+    src_repo: str
+    src_ref: str
+    dst: Any
+    dst_repo: str
+    dst_tag: str = ""
+    platforms: list[str] = field(default_factory=list)
+    fail_if_tag_exists: bool = False
+
+
+@dataclass
+class CopyProgress:
+    """Counters of a copy. Every blob ends in exactly one of done (bytes transferred),
+    skipped (already at the destination) or mounted (cross-repository mount)."""
+
+    bytes_total: int = 0
+    bytes_done: int = 0  # bytes uploaded to the destination
+    bytes_skipped: int = 0  # bytes of skipped and mounted blobs
+    blobs_total: int = 0
+    blobs_done: int = 0
+    blobs_skipped: int = 0
+    blobs_mounted: int = 0
+    manifests_total: int = 0
+    manifests_done: int = 0
+    digest: str = ""
+    media_type: str = ""
+
+
+@dataclass
+class CopyResult:
+    """`digest`/`media_type` of what the destination tag (or digest) now names: the source
+    digest, or with a one-platform filter the digest of that platform's manifest."""
+
+    digest: str
+    media_type: str
+    progress: CopyProgress
+    platforms: list[str] = field(default_factory=list)
+    pushed_index: bool = False
