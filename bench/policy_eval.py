@@ -328,8 +328,10 @@ def _start_server(data: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, m.group(1)
 
 
-def bench_rpc(policies: int = 10_000, repos: int = 1_000, clients: int = 3,
-              concurrency: int = 2, warmup: float = 2.0, duration: float = 15.0) -> dict[str, float]:
+def bench_rpc(
+    policies: int = 10_000, repos: int = 1_000, clients: int = 3, concurrency: int = 2,
+    warmup: float = 2.0, duration: float = 15.0,
+) -> dict[str, float]:
     """Evaluate throughput and latency percentiles; prints a summary and returns the numbers."""
     with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
         data = Path(tmp)

@@ -110,20 +110,32 @@ def evaluate_rule(
 
 def evaluate_policy(
     p: CompiledPolicy, facts: Facts, present: Collection[int] | None, explain: bool,
-    when: datetime,
+    when: datetime, rendered: dict[tuple[str, str], str | TemplateError] | None = None,
 ) -> policy_pb2.PolicyResult:
-    """One policy's result: matched with the rendered tag, or not matched with a reason."""
+    """One policy's result: matched with the rendered tag, or not matched with a reason.
+
+    `rendered` caches tags across the policies of one request: many share a template and zone.
+    """
     matched, exp, reason = evaluate_rule(p.rule, p.required, facts, present, explain)
     tag = ""
     if matched:
-        try:
-            tag = p.template.render(tag=facts.tag, when=when, tz=p.zone)
-        except TemplateError as err:
+        key = (p.record.tag_template, p.record.time_zone)
+        out = rendered.get(key) if rendered is not None else None
+        if out is None:
+            try:
+                out = p.template.render(tag=facts.tag, when=when, tz=p.zone)
+            except TemplateError as err:
+                out = err
+            if rendered is not None:
+                rendered[key] = out
+        if isinstance(out, TemplateError):
             matched = False
             reason = (
                 f"tag template {p.record.tag_template!r} cannot be applied to "
-                f"tag {facts.tag!r}: {err}"
+                f"tag {facts.tag!r}: {out}"
             )
+        else:
+            tag = out
     return policy_pb2.PolicyResult(
         policy_id=p.record.id,
         policy_name=p.record.name,

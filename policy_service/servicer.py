@@ -41,6 +41,8 @@ _MUTABLE_PATHS = {
     "target.repository", "tag_template", "time_zone", "enabled",
 }
 _FIXED_PATHS = {"id", "create_time", "update_time", "etag", "required_facts"}
+_MATCHED = metrics.EVALUATIONS.labels(matched="true")
+_NOT_MATCHED = metrics.EVALUATIONS.labels(matched="false")
 
 
 def _now_us() -> int:
@@ -331,16 +333,17 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         kinds: set[int] = set()
         matched = 0
         policies = self._matching(f.repository)
+        rendered: dict[tuple[str, str], str | TemplateError] = {}
         for p in policies:
             kinds.update(p.required)
-            r = evaluation.evaluate_policy(p, facts, present, request.explain, when)
+            r = evaluation.evaluate_policy(p, facts, present, request.explain, when, rendered)
             matched += r.matched
             out.results.append(r)
         out.required_facts.extend(sorted(kinds))  # type: ignore[arg-type]
         if matched:
-            metrics.EVALUATIONS.labels(matched="true").inc(matched)
+            _MATCHED.inc(matched)
         if len(policies) - matched:
-            metrics.EVALUATIONS.labels(matched="false").inc(len(policies) - matched)
+            _NOT_MATCHED.inc(len(policies) - matched)
         return out
 
     async def EvaluateRule(

@@ -65,10 +65,12 @@ async def test_seed_policy_renders_the_promotion_time(env: PolicyEnv) -> None:  
 async def test_template_renders_in_the_policy_time_zone(env: PolicyEnv) -> None:  # noqa: F811
     await _add(env, name="paris", tag_template="%n-%H%M%Z", time_zone="Europe/Paris")
     await _add(env, name="tokyo", tag_template="%Y%m%d%H", time_zone="Asia/Tokyo")
+    await _add(env, name="utc", tag_template="%Y%m%d%H")  # same template, other zone
     await _add(env, name="keep")
     resp = await _evaluate(env, _facts())
     assert [(r.policy_name, r.tag) for r in resp.results] == [
         ("keep", "1.4-stable"), ("paris", "1.4-stable-1630CET"), ("tokyo", "2026112700"),
+        ("utc", "2026112615"),
     ]
 
 
