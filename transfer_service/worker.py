@@ -15,13 +15,20 @@ from typing import Any
 from servicekit import metrics
 from servicekit.logs import context_id
 from transfer_service.endpoints import EndpointStore
-from transfer_service.jobs import JobRecord, JobState, Journal, Progress
+from transfer_service.jobs import JobRecord, JobSpec, JobState, Journal, Progress
 from transfer_service.retry import describe_error, is_retryable, registry_error_code
 
 log = logging.getLogger("transfer_service.worker")
 
 # A watcher that sees nothing new for this long re-reads the journal (belt and braces).
 _WATCH_POLL_SECONDS = 5.0
+
+
+def effective_tag(spec: JobSpec) -> str:
+    """The destination tag: the one asked for, else the source tag (a digest source: none)."""
+    if spec.dst_tag:
+        return spec.dst_tag
+    return "" if ":" in spec.src_reference else spec.src_reference
 
 
 class Worker:
@@ -276,7 +283,7 @@ class Worker:
                     src_ref=spec.src_reference,
                     dst=dst,
                     dst_repo=spec.dst_repository,
-                    dst_tag=spec.dst_tag,
+                    dst_tag=effective_tag(spec),
                     platforms=list(spec.platforms),
                     fail_if_tag_exists=spec.fail_if_tag_exists,
                 ),
