@@ -1,0 +1,78 @@
+"""`mirror-stack`: the whole system in one process (policy, transfer, scanner, gateway).
+
+    mirror-stack --data DIR --grpc-listen 127.0.0.1:50051 --http-listen 127.0.0.1:8080
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from gateway.http import ConfigError
+from gateway.options import add_gateway_arguments, webhook_secret
+from servicekit.runner import base_parser, run_until_signal
+from servicekit.security import ServerSecurity, add_security_arguments
+
+log = logging.getLogger("stack")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = base_parser(
+        "mirror-stack",
+        "image-mirror in one process: every service on one gRPC server, webhooks on HTTP.",
+        50051,
+    )
+    add_gateway_arguments(p, "127.0.0.1:8080")
+    p.add_argument("--no-scanner", action="store_true", help="do not run the scanner")
+    p.add_argument("--max-jobs", type=int, default=4, help="transfers run at once")
+    add_security_arguments(p)
+    args = p.parse_args(argv)
+    if args.inbox_concurrency < 1 or args.max_jobs < 1:
+        p.error("--inbox-concurrency and --max-jobs must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+
+    async def start() -> Callable[[], Awaitable[None]]:
+        from stack.app import StackConfig, start_stack
+
+        try:
+            security = ServerSecurity.from_args(args)
+            stack = await start_stack(
+                StackConfig(
+                    data_dir=Path(args.data),
+                    grpc_listen=args.grpc_listen,
+                    http_listen=args.http_listen,
+                    webhook_secret=webhook_secret(args),
+                    notify_urls=args.notify_url,
+                    inbox_concurrency=args.inbox_concurrency,
+                    reconcile_interval_s=args.reconcile_interval,
+                    scanner=not args.no_scanner,
+                    transfer_options={"max_jobs": args.max_jobs},
+                ),
+                security,
+            )
+        except (ConfigError, ValueError, OSError) as exc:
+            raise SystemExit(f"mirror-stack: {exc}") from exc
+        security.warn_if_exposed(args.grpc_listen)
+        print(
+            "mirror-stack is running\n"
+            f"  gRPC      {stack.grpc_address}  ({', '.join(stack.services)})\n"
+            f"  webhook   {stack.webhook_url}\n"
+            f"  metrics   {stack.metrics_url}\n"
+            f"  health    http://{stack.http_address}/healthz\n"
+            f"  data      {stack.data_dir}\n"
+            "mirror-stack ready",
+            flush=True,
+        )
+        return stack.stop
+
+    run_until_signal(args, start)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Webhook delivery: a redelivered envelope mirrors once; a bad body loses no good events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mirror.v1 import gateway_pb2
+
+from registry_testkit.images import ImageBuilder, push
+from stack.process import StackProcess
+from tests.e2e.conftest import WEBHOOK_SECRET, Clients, wait_for
+from tests.e2e.helpers import post_events, push_event, skopeo_digest, tags_of
+from tests.support.registry import RegistryFactory
+
+Run = gateway_pb2.Run
+
+
+def test_same_envelope_twice_starts_one_transfer(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory()  # no notifications: the test delivers the events itself
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    pol = clients.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
+    img = ImageBuilder(tmp_path / "img").image("3.0-stable")
+    push(img, dev, "dev/website")
+    ev = push_event("evt-1", dev, "dev/website", "3.0-stable", img.digest, img.media_type)
+    env = {"events": [ev]}
+
+    first = post_events(stack.webhook_url, env, WEBHOOK_SECRET)
+    second = post_events(stack.webhook_url, env, WEBHOOK_SECRET)
+    assert first == (200, first[1]) and first[1]["accepted"] == 1
+    assert second[0] == 200 and second[1]["duplicates"] == 1 and second[1]["accepted"] == 0
+
+    runs = clients.wait_runs_final(pol.id, 1)
+    assert len(runs) == 1 and runs[0].state == Run.STATE_SUCCEEDED
+    # Redelivered after the run finished: still nothing new.
+    third = post_events(stack.webhook_url, env, WEBHOOK_SECRET)
+    assert third[1]["duplicates"] == 1
+    assert len(clients.transfers("qa/website")) == 1
+    assert len(clients.runs(pol.id)) == 1
+    assert tags_of(qa, "qa/website") == ["3.0-stable"]
+
+
+def test_bad_body_next_to_good_events(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory()
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    pol = clients.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
+    builder = ImageBuilder(tmp_path / "img")
+    a, b = builder.image("a-stable"), builder.image("b-stable")
+    push(a, dev, "dev/website")
+    push(b, dev, "dev/website")
+
+    status, doc = post_events(stack.webhook_url, b"{this is not json", WEBHOOK_SECRET)
+    assert status == 400 and "not JSON" in doc["error"]
+    status, doc = post_events(stack.webhook_url, {"events": [{"action": "push"}]}, WEBHOOK_SECRET)
+    assert status == 400 and doc["rejected"][0]["reason"]
+    good_a = push_event("ev-a", dev, "dev/website", "a-stable", a.digest, a.media_type)
+    status, _ = post_events(stack.webhook_url, {"events": [good_a]}, WEBHOOK_SECRET)
+    assert status == 200
+    # A body mixing a good event with a malformed one keeps the good one.
+    good_b = push_event("ev-b", dev, "dev/website", "b-stable", b.digest, b.media_type)
+    broken = push_event("ev-broken", dev, "dev/website", "c-stable", "sha256:zz", b.media_type)
+    status, doc = post_events(stack.webhook_url, {"events": [good_b, broken]}, WEBHOOK_SECRET)
+    assert status == 200 and doc["accepted"] == 1
+    assert [r["id"] for r in doc["rejected"]] == ["ev-broken"]
+
+    runs = clients.wait_runs_final(pol.id, 2)
+    assert sorted(r.source.reference for r in runs) == ["a-stable", "b-stable"]
+    assert all(r.state == Run.STATE_SUCCEEDED for r in runs)
+    wait_for(lambda: tags_of(qa, "qa/website") == ["a-stable", "b-stable"], 30, "qa tags")
+    assert skopeo_digest(qa, "qa/website", "b-stable") == b.digest

@@ -1,0 +1,78 @@
+"""Disabled policies mirror nothing; ApplyPolicy mirrors the tags already in the source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from mirror.v1 import gateway_pb2
+
+from registry_testkit.images import ImageBuilder, push
+from stack.process import StackProcess
+from tests.e2e.conftest import Clients, notify_config
+from tests.e2e.helpers import skopeo_digest, tags_of
+from tests.support.registry import RegistryFactory
+
+Run = gateway_pb2.Run
+
+
+def test_disabled_policy_mirrors_nothing(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory(notifications=[notify_config(stack)])
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    off = clients.add_policy(
+        "off", "dev/website", 'tag endswith "stable"', "qa", "qa/website", enabled=False
+    )
+    # An enabled policy on the same repository proves the event was acted on.
+    on = clients.add_policy("on", "dev/website", 'tag endswith "stable"', "qa", "qa/other")
+    push(ImageBuilder(tmp_path / "img").image("6.0-stable"), dev, "dev/website")
+
+    runs = clients.wait_runs_final(on.id, 1)
+    assert runs[0].state == Run.STATE_SUCCEEDED
+    assert clients.runs(off.id) == []
+    assert tags_of(qa, "qa/website") == []
+    assert [t.destination.repository for t in clients.transfers()] == ["qa/other"]
+    with pytest.raises(grpc.RpcError) as exc:
+        clients.gateway.ApplyPolicy(gateway_pb2.ApplyPolicyRequest(policy_id=off.id), timeout=30)
+    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_apply_policy_mirrors_tags_already_present(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory()  # no events: only ApplyPolicy can find these tags
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    builder = ImageBuilder(tmp_path / "img")
+    imgs = {t: builder.image(t) for t in ("7.0-stable", "7.1-stable", "7.2-dev")}
+    for img in imgs.values():
+        push(img, dev, "dev/website")
+    pol = clients.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
+
+    resp = clients.gateway.ApplyPolicy(gateway_pb2.ApplyPolicyRequest(policy_id=pol.id), timeout=60)
+    assert (resp.tags_evaluated, resp.tags_matched) == (3, 2)
+    assert {r.trigger for r in resp.runs} == {Run.TRIGGER_APPLY}
+    runs = clients.wait_runs_final(pol.id, 3)
+    states = {r.source.reference: r.state for r in runs}
+    assert states == {
+        "7.0-stable": Run.STATE_SUCCEEDED,
+        "7.1-stable": Run.STATE_SUCCEEDED,
+        "7.2-dev": Run.STATE_NOT_MATCHED,
+    }
+    assert tags_of(qa, "qa/website") == ["7.0-stable", "7.1-stable"]
+    assert skopeo_digest(qa, "qa/website", "7.1-stable") == imgs["7.1-stable"].digest
+
+    # Applying again never mirrors the same image twice.
+    again = clients.gateway.ApplyPolicy(
+        gateway_pb2.ApplyPolicyRequest(policy_id=pol.id), timeout=60
+    )
+    assert again.tags_matched == 2
+    assert len(clients.transfers("qa/website")) == 2
+    with pytest.raises(grpc.RpcError) as exc:
+        clients.gateway.ApplyPolicy(gateway_pb2.ApplyPolicyRequest(policy_id="nope"), timeout=30)
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
