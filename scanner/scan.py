@@ -175,7 +175,11 @@ def merge_report(facts: ImageFacts, source: str, report: ReportFacts) -> None:
             facts.components.append(c)
     if not facts.os.id and report.os.id:
         facts.os = report.os
-    facts.report_vulnerabilities.extend(report.vulnerabilities)
+    have = {(m.id, m.component, m.installed_version) for m in facts.report_vulnerabilities}
+    for m in report.vulnerabilities:
+        if (m.id, m.component, m.installed_version) not in have:
+            have.add((m.id, m.component, m.installed_version))
+            facts.report_vulnerabilities.append(m)
     if source not in facts.sources:
         facts.sources.append(source)
 

@@ -1,0 +1,236 @@
+"""mirror.v1.ScanService: scans images from endpoints, caches reports by manifest digest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from grpc import aio
+from mirror.v1 import scan_pb2, scan_pb2_grpc
+
+from registry_client import errors as registry_errors
+from scanner.convert import report_pb
+from scanner.errors import ScanError
+from scanner.layers import Limits
+from scanner.model import ImageFacts
+from scanner.reports import parse_report
+from scanner.scan import RegistryClientLike, apply_vulnerabilities, merge_report, scan_image
+from scanner.store import open_database
+from scanner.vulndb import ImportResult, VulnDB, iter_bytes, iter_path
+from servicekit import errors
+from servicekit.metrics import SCANS
+from servicekit.server import service_full_name
+
+log = logging.getLogger("scanner.servicer")
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# Refusals caused by the input the caller sent (not by the image's contents).
+_CALLER_REASONS = ("REPORT_INVALID", "IMPORT_SOURCE_MISSING", "IMPORT_TOO_LARGE",
+                   "IMPORT_UNREADABLE")
+
+
+class EndpointResolver(Protocol):
+    """transfer_service.endpoints.EndpointResolver: a client per endpoint name."""
+
+    def client_for(self, name: str) -> RegistryClientLike: ...
+
+
+def scan_error(err: ScanError) -> errors.ApiError:
+    """A refused image is FAILED_PRECONDITION (the image, not the request, is at fault)."""
+    if err.reason in _CALLER_REASONS:
+        return errors.invalid_argument(err.message, reason=err.reason)
+    return errors.failed_precondition(
+        f"image refused ({err.reason}): {err.message}", [("SCAN", err.reason, err.message)],
+        reason=err.reason,
+    )
+
+
+def registry_error(err: registry_errors.RegistryError, where: str) -> errors.ApiError:
+    msg = f"{where}: {err}"
+    if isinstance(err, registry_errors.NotFound):
+        return errors.not_found(msg, reason="IMAGE_NOT_FOUND")
+    if isinstance(err, (registry_errors.AuthenticationError, registry_errors.PermissionDenied)):
+        return errors.failed_precondition(
+            msg, [("REGISTRY_ACCESS", where, str(err))], reason="REGISTRY_ACCESS_DENIED")
+    if isinstance(err, registry_errors.DigestMismatch):
+        return errors.failed_precondition(msg, reason="DIGEST_MISMATCH")
+    return errors.unavailable(msg)
+
+
+class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
+    """Mountable ScanService over a data folder (scanner.db) and an endpoint resolver."""
+
+    service_name = service_full_name(scan_pb2.DESCRIPTOR, "ScanService")
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        endpoints: EndpointResolver | None,
+        *,
+        limits: Limits | None = None,
+        max_concurrent_scans: int = 2,
+        import_roots: Sequence[str | Path] = (),
+    ) -> None:
+        self.db = open_database(data_dir)
+        self.vulndb = VulnDB(self.db)
+        self.endpoints = endpoints
+        self.limits = limits or Limits()
+        self._scans = asyncio.Semaphore(max_concurrent_scans)
+        self._digest_locks: dict[str, asyncio.Lock] = {}
+        self._import_lock = asyncio.Lock()
+        self.import_roots = [Path(p).resolve() for p in import_roots]
+
+    def mount(self, server: aio.Server) -> None:
+        scan_pb2_grpc.add_ScanServiceServicer_to_server(self, server)
+
+    # -- cache -----------------------------------------------------------------------------
+
+    def _cached(self, digest: str) -> ImageFacts | None:
+        row = self.db.query_one("SELECT facts FROM reports WHERE digest=?", (digest,))
+        return ImageFacts.from_json(row["facts"]) if row else None
+
+    def _save(self, facts: ImageFacts) -> scan_pb2.ScanReport:
+        now = datetime.now(UTC)
+        report = report_pb(facts, now)
+        self.db.execute(
+            "INSERT INTO reports (digest, facts, database_version, report, scanned_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(digest) DO UPDATE SET facts=excluded.facts, "
+            "database_version=excluded.database_version, report=excluded.report, "
+            "scanned_at=excluded.scanned_at",
+            (facts.digest, facts.to_json(), facts.database_version,
+             report.SerializeToString(), now.isoformat()),
+        )
+        return report
+
+    async def _fresh(self, digest: str, repository: str = "") -> scan_pb2.ScanReport | None:
+        """The cached report, re-matched first when the vulnerability DB changed since."""
+        row = self.db.query_one(
+            "SELECT facts, database_version, report FROM reports WHERE digest=?", (digest,))
+        if row is None:
+            return None
+        if row["database_version"] == self.vulndb.version:
+            report = scan_pb2.ScanReport.FromString(row["report"])
+        else:
+            facts = ImageFacts.from_json(row["facts"])
+            await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
+            report = self._save(facts)
+        if repository:
+            report.repository = repository
+        return report
+
+    # -- RPCs ------------------------------------------------------------------------------
+
+    async def ScanImage(
+        self, request: scan_pb2.ScanImageRequest, context: aio.ServicerContext
+    ) -> scan_pb2.ScanReport:
+        img = request.image
+        missing = [(f"image.{f}", "required") for f in ("endpoint", "repository", "reference")
+                   if not getattr(img, f)]
+        if missing:
+            raise errors.invalid_argument("image endpoint, repository and reference are required",
+                                          missing)
+        if self.endpoints is None:
+            raise errors.failed_precondition(
+                "this scanner has no endpoint access configured", reason="NO_ENDPOINTS")
+        where = f"{img.endpoint}/{img.repository}:{img.reference}"
+        rc = self.endpoints.client_for(img.endpoint)
+        try:
+            async with rc:  # type: ignore[attr-defined]
+                manifest = await rc.get_manifest(img.repository, img.reference)
+                digest = manifest.digest
+                lock = self._digest_locks.setdefault(digest, asyncio.Lock())
+                async with lock:
+                    if not request.force:
+                        cached = await self._fresh(digest, img.repository)
+                        if cached is not None:
+                            SCANS.labels(result="cached").inc()
+                            return cached
+                    async with self._scans:
+                        facts = await scan_image(
+                            rc, img.repository, digest, vulndb=None, limits=self.limits)
+                    await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
+                    SCANS.labels(result="ok").inc()
+                    return self._save(facts)
+        except ScanError as err:
+            SCANS.labels(result="refused").inc()
+            log.warning("scan of %s refused: %s", where, err)
+            raise scan_error(err) from None
+        except registry_errors.RegistryError as err:
+            SCANS.labels(result="error").inc()
+            raise registry_error(err, where) from None
+
+    async def GetScan(
+        self, request: scan_pb2.GetScanRequest, context: aio.ServicerContext
+    ) -> scan_pb2.ScanReport:
+        if not _DIGEST.match(request.digest):
+            raise errors.invalid_argument(
+                "digest must be sha256:<64 hex>", [("digest", "not a sha256 digest")])
+        report = await self._fresh(request.digest)
+        if report is None:
+            raise errors.not_found(f"no scan of {request.digest}", reason="SCAN_NOT_FOUND")
+        return report
+
+    async def ImportVulnerabilities(
+        self, request: scan_pb2.ImportVulnerabilitiesRequest, context: aio.ServicerContext
+    ) -> scan_pb2.ImportVulnerabilitiesResponse:
+        which = request.WhichOneof("source")
+        if which is None or (which == "data" and not request.data):
+            raise errors.invalid_argument(
+                "give a path or data", [("source", "one of path or data is required")])
+        if which == "path":
+            path = Path(request.path).resolve()
+            if self.import_roots and not any(path.is_relative_to(r) for r in self.import_roots):
+                raise errors.invalid_argument(
+                    "path is outside the folders this scanner imports from",
+                    [("path", "not under an allowed import folder")])
+            if not path.exists():
+                raise errors.invalid_argument(
+                    f"{request.path} does not exist", [("path", "no such file or folder")])
+            sources = iter_path(path)
+        else:
+            sources = iter_bytes(request.data)
+        async with self._import_lock:
+            try:
+                result: ImportResult = await asyncio.to_thread(
+                    self.vulndb.import_sources, sources)
+            except ScanError as err:
+                raise scan_error(err) from None
+        log.info("imported OSV records: %d new, %d updated, %d skipped; database %s",
+                 result.imported, result.updated, result.skipped, result.database_version)
+        return scan_pb2.ImportVulnerabilitiesResponse(
+            imported=result.imported, updated=result.updated, skipped=result.skipped,
+            database_version=result.database_version, errors=result.errors)
+
+    async def ImportReport(
+        self, request: scan_pb2.ImportReportRequest, context: aio.ServicerContext
+    ) -> scan_pb2.ScanReport:
+        violations = []
+        if not _DIGEST.match(request.digest):
+            violations.append(("digest", "must be sha256:<64 hex>"))
+        if not request.report:
+            violations.append(("report", "required"))
+        if request.format and request.format.lower() not in ("cyclonedx", "spdx", "trivy"):
+            violations.append(("format", "one of cyclonedx, spdx, trivy, or empty to detect"))
+        if violations:
+            raise errors.invalid_argument("invalid ImportReport request", violations)
+        try:
+            report = await asyncio.to_thread(parse_report, request.report, request.format)
+        except ScanError as err:
+            raise scan_error(err) from None
+        lock = self._digest_locks.setdefault(request.digest, asyncio.Lock())
+        async with lock:
+            facts = self._cached(request.digest) or ImageFacts(
+                digest=request.digest, repository=request.repository)
+            if request.repository:
+                facts.repository = request.repository
+            merge_report(facts, report.format, report)
+            await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
+            return self._save(facts)
+
+
+__all__ = ["EndpointResolver", "ScanServicer"]
