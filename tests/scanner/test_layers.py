@@ -140,3 +140,37 @@ def test_garbage_is_a_clear_error() -> None:
     with pytest.raises(ScanError) as exc:
         read(compress(b"this is not a tar archive" * 40, "gzip"))
     assert exc.value.reason == "LAYER_UNREADABLE"
+
+
+async def _chunks(data: bytes, size: int = 1000, fail_at: int = -1):  # type: ignore[no-untyped-def]
+    for i in range(0, len(data), size):
+        if fail_at >= 0 and i >= fail_at:
+            raise ConnectionError("connection reset")
+        yield data[i : i + size]
+
+
+async def test_chunk_stream_is_read_and_digest_checked() -> None:
+    import hashlib
+
+    from scanner.layers import read_layer_chunks
+
+    blob = layer({"a.txt": b"A" * 5000, "b.txt": b"B"})
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    r = LayerReader(WANT_ALL)
+    await read_layer_chunks(r, _chunks(blob), digest)
+    assert r.tree.files["b.txt"] == b"B"
+    with pytest.raises(ScanError) as exc:
+        await read_layer_chunks(LayerReader(WANT_ALL), _chunks(blob), "sha256:" + "0" * 64)
+    assert exc.value.reason == "DIGEST_MISMATCH"
+
+
+async def test_chunk_stream_failure_and_refusal_stop_the_reader() -> None:
+    from scanner.layers import read_layer_chunks
+
+    blob = layer({f"f{i}.txt": bytes(200) for i in range(200)}, "none")
+    with pytest.raises(ConnectionError):
+        await read_layer_chunks(LayerReader(WANT_ALL), _chunks(blob, fail_at=20_000))
+    with pytest.raises(ScanError) as exc:
+        await read_layer_chunks(LayerReader(WANT_ALL, Limits(max_members_per_layer=10)),
+                                _chunks(blob))
+    assert exc.value.reason == "TOO_MANY_MEMBERS"
