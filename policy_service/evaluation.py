@@ -23,8 +23,14 @@ _KIND_NOUNS = {
 }
 
 
-def facts_from_proto(f: common_pb2.ImageFacts) -> Facts:
+_COMPONENT_KINDS = frozenset({common_pb2.FACT_KIND_COMPONENTS, common_pb2.FACT_KIND_LICENSES})
+
+
+def facts_from_proto(f: common_pb2.ImageFacts, needed: Collection[int] | None = None) -> Facts:
+    """The rule-language facts; components are converted only when `needed` (None: all
+    kinds) includes components or licenses, as they are the costly part."""
     v = f.vulnerabilities
+    with_components = needed is None or not _COMPONENT_KINDS.isdisjoint(needed)
     return Facts(
         repository=f.repository,
         tag=f.tag,
@@ -32,7 +38,7 @@ def facts_from_proto(f: common_pb2.ImageFacts) -> Facts:
         components=tuple(
             ComponentFact(name=c.name, version=c.version, type=c.type, licenses=tuple(c.licenses))
             for c in f.components
-        ),
+        ) if with_components else (),
         vulns=VulnCounts(critical=v.critical, major=v.major, minor=v.minor, all=v.all),
         labels=dict(f.labels),
         platforms=tuple(f.platforms),

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from google.protobuf import empty_pb2
 from grpc import aio
-from mirror.v1 import policy_pb2, policy_pb2_grpc
+from mirror.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
 from policy_service import compiled, evaluation
 from policy_service.compiled import CompiledPolicy
@@ -314,6 +314,19 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         ps.sort(key=lambda p: p.record.name)
         return ps
 
+    def _add_broken(self, repository: str, out: policy_pb2.EvaluateResponse) -> None:
+        """A not-matched result for each enabled stored policy that no longer compiles."""
+        for i in sorted(self._index.match(repository) & self._broken.keys()):
+            rec = self._broken[i]
+            if rec.enabled:
+                out.results.append(policy_pb2.PolicyResult(
+                    policy_id=rec.id, policy_name=rec.name, matched=False,
+                    target=common_pb2.Target(
+                        endpoint=rec.target_endpoint, repository=rec.target_repository
+                    ),
+                    reason="the stored policy no longer compiles; update it (see the log)",
+                ))
+
     async def Evaluate(
         self, request: policy_pb2.EvaluateRequest, context: aio.ServicerContext
     ) -> policy_pb2.EvaluateResponse:
@@ -327,18 +340,19 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             if request.HasField("evaluation_time")
             else datetime.now(UTC)
         )
-        facts = evaluation.facts_from_proto(f)
+        policies = self._matching(f.repository)
+        kinds = {k for p in policies for k in p.required}
+        facts = evaluation.facts_from_proto(f, kinds)
         present = evaluation.present_kinds(f)
         out = policy_pb2.EvaluateResponse()
-        kinds: set[int] = set()
         matched = 0
-        policies = self._matching(f.repository)
         rendered: dict[tuple[str, str], str | TemplateError] = {}
         for p in policies:
-            kinds.update(p.required)
             r = evaluation.evaluate_policy(p, facts, present, request.explain, when, rendered)
             matched += r.matched
             out.results.append(r)
+        if self._broken:
+            self._add_broken(f.repository, out)
         out.required_facts.extend(sorted(kinds))  # type: ignore[arg-type]
         if matched:
             _MATCHED.inc(matched)

@@ -3,10 +3,13 @@ paging, push checks through a transfer-service test double."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
+from grpc import aio
 from mirror.v1 import common_pb2, policy_pb2
 from policy_servicer_support import (  # noqa: F401  (fixtures)
     Check,
@@ -18,6 +21,11 @@ from policy_servicer_support import (  # noqa: F401  (fixtures)
     precondition_violations,
     transfer_double,
 )
+
+from policy_service.push_check import GrpcPushChecker
+from policy_service.servicer import PolicyServicer
+from policy_service.store import PolicyRecord, PolicyStore
+from servicekit import errors
 
 
 async def _create(env: PolicyEnv, **kw: object) -> policy_pb2.Policy:  # noqa: F811
@@ -364,3 +372,48 @@ async def test_list_filters_by_source_including_globs(env: PolicyEnv) -> None:  
     assert await names("dev/**") == {"any-depth"}  # a glob filter compares literally
     assert await names("nothing/here") == set()
     assert len(await names("")) == len(sources)
+
+
+async def test_stored_policy_that_no_longer_compiles_is_listed_not_evaluated(
+    tmp_path: Path,
+) -> None:
+    store = PolicyStore.open(tmp_path)
+    good = PolicyRecord(
+        id="good", name="good", description="", source_repository="dev/*", rule="true",
+        target_endpoint="qa", target_repository="qa/x", tag_template="%n", time_zone="",
+        enabled=True, create_time_us=1, update_time_us=1, etag="1-a", version=1,
+    )
+    # As if written by a version whose rule language knew a field this one does not.
+    stale = good.evolve(id="stale", name="stale", rule="signed == true")
+    store.insert_many([good, stale])
+    servicer = PolicyServicer(store, None)
+    got = await servicer.GetPolicy(policy_pb2.GetPolicyRequest(id="stale"), None)  # type: ignore[arg-type]
+    assert got.rule == "signed == true" and list(got.required_facts) == []
+    resp = await servicer.Evaluate(
+        policy_pb2.EvaluateRequest(facts=common_pb2.ImageFacts(repository="dev/a", tag="t")),
+        None,  # type: ignore[arg-type]
+    )
+    assert [(r.policy_id, r.matched) for r in resp.results] == [("good", True), ("stale", False)]
+    assert "no longer compiles" in resp.results[1].reason
+    # Fixing the rule brings it back.
+    fixed = await servicer.UpdatePolicy(
+        policy_pb2.UpdatePolicyRequest(
+            policy=policy_pb2.Policy(id="stale", rule="true"), update_mask=_mask("rule")
+        ),
+        None,  # type: ignore[arg-type]
+    )
+    assert fixed.rule == "true"
+    resp = await servicer.Evaluate(
+        policy_pb2.EvaluateRequest(facts=common_pb2.ImageFacts(repository="dev/a", tag="t")),
+        None,  # type: ignore[arg-type]
+    )
+    assert [(r.policy_id, r.matched) for r in resp.results] == [("good", True), ("stale", True)]
+    store.close()
+
+
+async def test_unreachable_transfer_service_is_unavailable() -> None:
+    async with aio.insecure_channel("127.0.0.1:1") as channel:
+        with pytest.raises(errors.ApiError) as exc:
+            await GrpcPushChecker(channel, timeout=5).check("qa", "qa/website")
+    assert exc.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "cannot check push permission" in exc.value.message
