@@ -79,8 +79,16 @@ def is_valid_tag(tag: str) -> bool:
     return bool(_TAG_RE.match(tag))
 
 
+_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
+
+
 def is_valid_digest(digest: str) -> bool:
-    return bool(_DIGEST_RE.match(digest))
+    """OCI digest grammar; registered algorithms also need their exact hex length."""
+    if not _DIGEST_RE.match(digest):
+        return False
+    algo, _, enc = digest.partition(":")
+    want = _HEX_LENGTHS.get(algo)
+    return want is None or (len(enc) == want and all(c in "0123456789abcdef" for c in enc))
 
 
 def host_of_url(url: str) -> str:

@@ -109,3 +109,12 @@ def test_host_of_url_normalizes_default_ports() -> None:
     assert host_of_url("127.0.0.1:5000") == "127.0.0.1:5000"
     assert host_of_url("http://[::1]:5000") == "[::1]:5000"
     assert host_of_url("") == ""
+
+
+def test_digest_must_be_well_formed() -> None:
+    from gateway.webhook import is_valid_digest
+
+    assert is_valid_digest(DIGEST)
+    assert not is_valid_digest("sha256:zz")
+    assert not is_valid_digest("sha256:" + "A" * 64)
+    assert not is_valid_digest("nodigest")
