@@ -251,7 +251,8 @@ def test_many_closing_parentheses_are_a_syntax_error() -> None:
 
 
 def test_not_and_parentheses_inside_strings_and_names_do_not_count() -> None:
-    text = 'tag == "' + "not (" * 100 + '" or label["' + "nothing" * 20 + '"] == ""'
+    text = 'tag == "' + "not (" * 100 + '" or label["' + "nothing" * 20 + '"] == "x"'
     rule = compile_rule(text)
     assert rule.evaluate(Facts(tag="not (" * 100))
-    assert rule.evaluate(Facts(labels={"nothing" * 20: ""}))
+    assert rule.evaluate(Facts(labels={"nothing" * 20: "x"}))
+    assert not rule.evaluate(Facts(tag="not ("))
