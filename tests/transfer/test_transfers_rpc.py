@@ -243,8 +243,8 @@ async def test_cancel_running_large_copy(
     push(images.image("big", layers=[12 << 20]), registry, "team/app")
     proxy: FaultProxy = fault_proxy(registry2.url)  # type: ignore[operator]
     # Uploads to the destination hang: the copy stays running until it is cancelled.
-    proxy.delay(r"/blobs/uploads/", 15, method="PUT")
-    proxy.delay(r"/blobs/uploads/", 15, method="PATCH")
+    proxy.delay(r"/blobs/uploads/", 6, method="PUT")
+    proxy.delay(r"/blobs/uploads/", 6, method="PATCH")
     spool = tmp_path / "spool"
     s = await serve(spool_dir=spool, spool_threshold=1 << 20)
     await add_endpoint(s, "dev", registry.url)
