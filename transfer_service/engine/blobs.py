@@ -24,6 +24,7 @@ from registry_client.errors import (
     AuthenticationError,
     ConnectError,
     DigestMismatch,
+    InvalidRequest,
     NotFound,
     PermissionDenied,
     RegistryError,
@@ -213,7 +214,9 @@ class BlobMover:
                     try:
                         # Resume where the registry stands; the spool file still has it all.
                         up = await dst.upload_status(up)
-                    except NotFound:
+                    except (NotFound, InvalidRequest):
+                        # 2.8.2 cancels a session whose signed state is stale (the answer
+                        # to our last PATCH was lost): start over from the spool file.
                         up = await dst.start_upload(repo)
         except BaseException:
             on_bytes(-counted)

@@ -143,11 +143,15 @@ class CopyEngine:
         rep.p.bytes_skipped = sum(b.size for b in there.values())
         rep.emit()
 
-        async with asyncio.TaskGroup() as tg:
-            tasks = {d: tg.create_task(self._blob(req, b, rep)) for d, b in needed.items()}
-            for child in plan.children:
-                deps = [tasks[b.digest] for b in _blobs_of(child) if b.digest in tasks]
-                tg.create_task(self._push_after(req, child, deps, present, rep))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = {d: tg.create_task(self._blob(req, b, rep)) for d, b in needed.items()}
+                for child in plan.children:
+                    deps = [tasks[b.digest] for b in _blobs_of(child) if b.digest in tasks]
+                    tg.create_task(self._push_after(req, child, deps, present, rep))
+        except BaseExceptionGroup as group:
+            # Callers get the blob's own error (a registry_client error), not a group.
+            raise _first_error(group) from None
         if plan.push_top:
             ref = req.dst_tag if (req.dst_tag and plan.tag_target is None) else plan.top.digest
             await self._push(req, plan.top, ref, rep, count=True)
@@ -284,6 +288,16 @@ class CopyEngine:
         if count:
             rep.p.manifests_done += 1
             rep.emit()
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first non-cancellation error inside (nested) exception groups."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = _first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
 
 
 def _validate(req: CopyRequest) -> None:
