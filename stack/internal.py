@@ -10,9 +10,7 @@ from grpc import aio
 from servicekit.auth import Role, Token
 
 
-class _BearerInterceptor(
-    aio.UnaryUnaryClientInterceptor, aio.UnaryStreamClientInterceptor  # type: ignore[misc]
-):
+class _BearerInterceptor:
     """Adds `authorization: Bearer TOKEN` to every call (when the server requires tokens)."""
 
     def __init__(self, token: str) -> None:
@@ -36,8 +34,20 @@ class _BearerInterceptor(
         return await continuation(self._details(client_call_details), request)
 
 
+class _BearerUnary(_BearerInterceptor, aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    pass
+
+
+class _BearerStream(_BearerInterceptor, aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    pass
+
+
 def internal_channel(address: str, tokens: list[Token]) -> aio.Channel:
     """A channel to the stack's own server, carrying an admin token when tokens are on."""
     admin = next((t for t in tokens if t.role == Role.ADMIN), None)
-    interceptors = [_BearerInterceptor(admin.value.decode())] if admin else None
+    # grpc.aio files each interceptor under its first matching kind only: one per kind.
+    interceptors = (
+        [_BearerUnary(admin.value.decode()), _BearerStream(admin.value.decode())]
+        if admin else None
+    )
     return aio.insecure_channel(address, interceptors=interceptors)
