@@ -73,6 +73,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         journal = Journal(db)
         spool = Path(spool_dir) if spool_dir else data / "spool"
         spool.mkdir(parents=True, exist_ok=True)
+        _clear_stale_spool(spool)
         engine_kw: dict[str, Any] = {
             "spool_threshold": spool_threshold,
             "max_concurrent_blobs": max_concurrent_blobs,
@@ -265,6 +266,15 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     ) -> transfer_pb2.Transfer:
         _require(request.id, "id")
         return transfer_to_proto(await self.worker.cancel(request.id))
+
+
+def _clear_stale_spool(spool: Path) -> None:
+    """Remove blob files a killed process left behind; resumed jobs download them again."""
+    stale = list(spool.glob("*.blob"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d stale spool file(s) from %s", len(stale), spool)
 
 
 def _require(value: str, field: str) -> None:

@@ -55,6 +55,9 @@ class Worker:
         self._backoff_max = backoff_max
         self._progress_interval = progress_interval
         self._queue: asyncio.Queue[str] = asyncio.Queue()
+        # Jobs in the queue: a job is queued at most once (a StartTransfer racing the resume
+        # at start-up must not run it twice).
+        self._queued: set[str] = set()
         self._runners: list[asyncio.Task[None]] = []
         self._copies: dict[str, asyncio.Task[Any]] = {}
         # Set once the runner has recorded the outcome of a job's current attempt.
@@ -70,7 +73,7 @@ class Worker:
             return
         resumed = self._journal.unfinished()
         for job in resumed:
-            self._queue.put_nowait(job.id)
+            self._enqueue(job.id)
         if resumed:
             log.info("resuming %d unfinished transfer(s)", len(resumed))
         self._runners = [
@@ -91,8 +94,14 @@ class Worker:
 
     def submit(self, job_id: str) -> None:
         """Queue a job that the journal holds in `waiting`."""
-        self._queue.put_nowait(job_id)
+        self._enqueue(job_id)
         self._update_active_gauge()
+
+    def _enqueue(self, job_id: str) -> None:
+        if job_id in self._queued or job_id in self._copies:
+            return
+        self._queued.add(job_id)
+        self._queue.put_nowait(job_id)
 
     def snapshot(self, job_id: str) -> JobRecord:
         """The job as the journal has it, with the live counters of a running job."""
@@ -160,6 +169,7 @@ class Worker:
     async def _run_forever(self) -> None:
         while True:
             job_id = await self._queue.get()
+            self._queued.discard(job_id)
             try:
                 await self._run(job_id)
             except asyncio.CancelledError:
@@ -202,6 +212,7 @@ class Worker:
         finally:
             self._concluded.pop(job_id, None)
             concluded.set()
+            self._update_spool_gauge()
             context_id.reset(token)
 
     def _conclude(
@@ -256,7 +267,7 @@ class Worker:
 
     def _requeue(self, job_id: str) -> None:
         self._retry_handles.pop(job_id, None)
-        self._queue.put_nowait(job_id)
+        self._enqueue(job_id)
 
     def _backoff(self, attempts: int) -> float:
         delay = min(self._backoff_max, self._backoff_base * 2 ** max(0, attempts - 1))
@@ -323,6 +334,7 @@ class Worker:
         last: JobRecord | None = None
         while True:
             await asyncio.sleep(self._progress_interval)
+            self._update_spool_gauge()
             live = self._live.get(job_id)
             if live is not None and live != last:
                 self._save_live(job_id)
@@ -339,6 +351,12 @@ class Worker:
             # The error does not say which side failed: label with both endpoint names.
             registry = f"{job.spec.src_endpoint}|{job.spec.dst_endpoint}"
             metrics.REGISTRY_ERRORS.labels(registry=registry, code=code).inc()
+
+    def _update_spool_gauge(self) -> None:
+        quota = getattr(self._engine, "quota", None)
+        used = getattr(quota, "used", None)
+        if isinstance(used, int):
+            metrics.SPOOL_BYTES.set(used)
 
     def _update_active_gauge(self) -> None:
         counts = self._journal.count_by_state()

@@ -15,6 +15,7 @@ from transfer_support import Served, ServeFn, endpoint_msg, rpc_details, stop_se
 from registry_testkit.faultproxy import FaultProxy
 from registry_testkit.images import ImageBuilder, digest_of, inspect_raw, push
 from registry_testkit.registry import RegistryProcess
+from servicekit import metrics
 
 pytestmark = pytest.mark.registry
 
@@ -45,6 +46,10 @@ def start_req(
     )
 
 
+def _sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def watch_all(s: Served, job_id: str, timeout: float = 60) -> list[transfer_pb2.Transfer]:
     out: list[transfer_pb2.Transfer] = []
 
@@ -61,6 +66,8 @@ async def test_single_manifest_end_to_end_with_watch(
 ) -> None:
     img = images.image("1.0", layers=[300_000, 200_000])
     push(img, registry, "team/app")
+    done_before = _sample("mirror_transfers_total", state="done")
+    bytes_before = _sample("mirror_bytes_copied_total")
     s = await serve()
     await add_endpoint(s, "dev", registry.url)
     await add_endpoint(s, "qa", registry2.url)
@@ -78,6 +85,8 @@ async def test_single_manifest_end_to_end_with_watch(
     assert final.attempts == 1 and final.end_time.seconds >= final.start_time.seconds > 0
     got = await s.stub.GetTransfer(transfer_pb2.GetTransferRequest(id=t.id))
     assert got.state == T.STATE_DONE and got.digest == final.digest
+    assert _sample("mirror_transfers_total", state="done") == done_before + 1
+    assert _sample("mirror_bytes_copied_total") == bytes_before + img.total_blob_bytes
     # Watching a final job sends it once and ends.
     again = await watch_all(s, t.id)
     assert [x.state for x in again] == [T.STATE_DONE]
@@ -258,6 +267,17 @@ async def test_cancel_running_large_copy(
     assert running.state == T.STATE_RUNNING
     # The 12 MiB blob is over the spool threshold: it sits on disk while it uploads.
     assert [p for p in spool.rglob("*") if p.is_file()], "nothing was spooled"
+    # Progress reaches the journal periodically while the job runs (not only at the end).
+    deadline = time.monotonic() + 5
+    while s.servicer.journal.get(t.id).progress.bytes_total == 0:
+        assert time.monotonic() < deadline, "running progress never persisted"
+        await asyncio.sleep(0.05)
+    assert s.servicer.journal.get(t.id).progress.blobs_total == 2
+    # An endpoint in use by a running transfer cannot be deleted.
+    with pytest.raises(aio.AioRpcError) as info:
+        await s.stub.DeleteEndpoint(transfer_pb2.DeleteEndpointRequest(name="qa"))
+    code, _, pre = rpc_details(info.value)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and pre[0].subject == f"transfers/{t.id}"
     watcher = asyncio.create_task(watch_all(s, t.id))
     started = time.monotonic()
     canceled = await s.stub.CancelTransfer(transfer_pb2.CancelTransferRequest(id=t.id))
@@ -272,3 +292,12 @@ async def test_cancel_running_large_copy(
     proxy.clear()
     nxt = await s.stub.StartTransfer(start_req(ref="big", tag="after-cancel"))
     assert (await watch_all(s, nxt.id, timeout=120))[-1].state == T.STATE_DONE
+
+
+async def test_stale_spool_files_removed_on_start(serve: ServeFn, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "0123456789abcdef-0123456789ab.blob").write_bytes(b"left by a killed process")
+    (spool / "keep.txt").write_text("not ours")
+    await serve(spool_dir=spool)
+    assert sorted(p.name for p in spool.iterdir()) == ["keep.txt"]
