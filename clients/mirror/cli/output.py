@@ -32,7 +32,9 @@ class Output:
 
     def __init__(self, fmt: str = "table") -> None:
         self.fmt = fmt
-        self.console = Console(soft_wrap=False)
+        # Piped output is read by grep and friends: do not fold it to 80 columns.
+        width = None if sys.stdout.isatty() else 240
+        self.console = Console(soft_wrap=False, width=width)
         self.err = Console(stderr=True)
 
     @property
