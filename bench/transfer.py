@@ -1,0 +1,256 @@
+"""Benchmark: our copy engine (in-process) against `skopeo copy --all --preserve-digests`.
+
+Each timed run of either tool gets a fresh destination registry (skopeo caches blob locations
+and mounts; so does our engine, in memory). Tools alternate which goes first; the table shows
+the median of --runs runs. Also: the raw upload time of the largest layer with curl (the
+registry's own write limit) and the peak RSS of our copier for one big blob.
+
+    .venv/bin/python bench/transfer.py            # full sizes, several minutes
+    .venv/bin/python bench/transfer.py --quick    # small sizes, smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from registry_client import RegistryClient  # noqa: E402
+from registry_testkit.images import ImageBuilder, ImageRef, digest_of, push, skopeo_copy  # noqa: E402
+from registry_testkit.registry import RegistryOptions, RegistryProcess, start_registry  # noqa: E402
+from transfer_service.engine import CopyEngine, CopyRequest  # noqa: E402
+
+MiB = 1 << 20
+
+
+@dataclass
+class Case:
+    name: str
+    image: ImageRef
+    repo: str
+    target: str
+    prep: bool = False  # copy once untimed first (same tool, same destination)
+    second_repo: bool = False  # timed copy goes to another repo of the destination
+
+
+async def _ours_async(
+    engine: CopyEngine, src: RegistryProcess, dst: RegistryProcess, repo: str, dst_repo: str
+) -> None:
+    async with RegistryClient(src.client_config()) as s, RegistryClient(dst.client_config()) as d:
+        r = await engine.copy(
+            CopyRequest(
+                src=s, src_repo=repo, src_ref="bench", dst=d, dst_repo=dst_repo, dst_tag="bench"
+            )
+        )
+    assert r.digest, "copy returned no digest"
+
+
+def run_once(tool: str, case: Case, src: RegistryProcess, work: Path) -> float:
+    """One timed copy into a fresh destination registry; returns seconds."""
+    opts = RegistryOptions(log_level="error")
+    with start_registry(opts, Path(tempfile.mkdtemp(dir=work, prefix="dst-"))) as dst:
+        spool = Path(tempfile.mkdtemp(dir=work, prefix="spool-"))
+        engine = CopyEngine(spool)
+        dst_repo = case.repo + ("-second" if case.second_repo else "")
+
+        def copy(to_repo: str) -> None:
+            if tool == "ours":
+                asyncio.run(_ours_async(engine, src, dst, case.repo, to_repo))
+            else:
+                skopeo_copy(src, f"{case.repo}:bench", dst, f"{to_repo}:bench")
+
+        if case.prep:
+            copy(case.repo)
+        t0 = time.perf_counter()
+        copy(dst_repo)
+        elapsed = time.perf_counter() - t0
+        # The result must be byte-identical, or the timing means nothing.
+        assert digest_of(dst, dst_repo, "bench") == case.image.digest
+        shutil.rmtree(spool, ignore_errors=True)
+        shutil.rmtree(dst.workdir, ignore_errors=True)
+    return elapsed
+
+
+def curl_upload_seconds(path: Path, digest: str, work: Path) -> float:
+    """PUT the blob monolithically with curl into a fresh registry (its write limit)."""
+    with start_registry(RegistryOptions(log_level="error"), Path(tempfile.mkdtemp(dir=work))) as r:
+        out = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "-X",
+                "POST",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                f"{r.url}/v2/raw/blobs/uploads/",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        loc = next(
+            ln.split(":", 1)[1].strip()
+            for ln in out.splitlines()
+            if ln.lower().startswith("location:")
+        )
+        url = loc + ("&" if "?" in loc else "?") + f"digest={digest}"
+        t0 = time.perf_counter()
+        subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "-f",
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "-T",
+                str(path),
+                url,
+                "-o",
+                "/dev/null",
+            ],
+            check=True,
+        )
+        elapsed = time.perf_counter() - t0
+        shutil.rmtree(r.workdir, ignore_errors=True)
+    return elapsed
+
+
+_RSS_CHILD = textwrap.dedent("""
+    import asyncio, resource, sys
+    sys.path.insert(0, sys.argv[5])
+    from registry_client import RegistryClient, RegistryConfig
+    from transfer_service.engine import CopyEngine, CopyRequest
+
+    async def main(src, dst, repo, spool):
+        engine = CopyEngine(spool)
+        async with RegistryClient(RegistryConfig(url=src)) as s, \\
+                RegistryClient(RegistryConfig(url=dst)) as d:
+            await engine.copy(CopyRequest(src=s, src_repo=repo, src_ref="bench", dst=d,
+                                          dst_repo=repo, dst_tag="bench"))
+    asyncio.run(main(*sys.argv[1:5]))
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+""")
+
+
+def peak_rss_mib(src: RegistryProcess, repo: str, work: Path) -> float:
+    with start_registry(RegistryOptions(log_level="error"), Path(tempfile.mkdtemp(dir=work))) as d:
+        spool = Path(tempfile.mkdtemp(dir=work, prefix="spool-"))
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_CHILD, src.url, d.url, repo, str(spool), str(ROOT)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        shutil.rmtree(d.workdir, ignore_errors=True)
+        shutil.rmtree(spool, ignore_errors=True)
+    return int(out.strip().splitlines()[-1]) / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per tool and case (>= 1)")
+    ap.add_argument("--workdir", default=None, help="where registries and images live")
+    args = ap.parse_args(argv)
+    q = args.quick
+    sizes = {
+        "big": (32 if q else 512) * MiB,
+        "many": (8, 1 * MiB) if q else (32, 8 * MiB),
+        "index_layer": (256 << 10) if q else 4 * MiB,
+        "rss": (256 if q else 2048) * MiB,
+    }
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-transfer-"))
+    work.mkdir(parents=True, exist_ok=True)
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    with ExitStack() as stack:
+        src = stack.enter_context(start_registry(RegistryOptions(log_level="error"), work / "src"))
+        builder = ImageBuilder(work / "images")
+        log("building and pushing source images ...")
+        big = builder.image("bench", layers=[sizes["big"]])
+        n, each = sizes["many"]
+        many = builder.image("bench", layers=[each] * n)
+        index = builder.index(
+            "bench",
+            platforms=["linux/amd64", "linux/arm64/v8", "linux/arm/v7", "linux/s390x"],
+            layers=[sizes["index_layer"]] * 8,
+        )
+        for img, repo in ((big, "bench/big"), (many, "bench/many"), (index, "bench/index")):
+            push(img, src, repo)
+        big_mib = big.total_blob_bytes / MiB
+        cases = [
+            Case(f"(a) 1 layer of {sizes['big'] // MiB} MiB", big, "bench/big", "<= 1.2"),
+            Case(f"(b) {n} layers of {each // MiB} MiB", many, "bench/many", "<= 1.0"),
+            Case(
+                f"(c) 4-platform index, 8 x {sizes['index_layer'] / MiB:g} MiB layers each",
+                index,
+                "bench/index",
+                "<= 1.0",
+            ),
+            Case("(d) (b) again, all present", many, "bench/many", "<= 1.0", prep=True),
+            Case(
+                "(e) (b) into a 2nd repo (mount)",
+                many,
+                "bench/many",
+                "<= 1.0",
+                prep=True,
+                second_repo=True,
+            ),
+        ]
+        rows = []
+        for case in cases:
+            times: dict[str, list[float]] = {"ours": [], "skopeo": []}
+            for i in range(max(1, args.runs)):
+                order = ("ours", "skopeo") if i % 2 == 0 else ("skopeo", "ours")
+                for tool in order:
+                    times[tool].append(run_once(tool, case, src, work))
+            ours, sko = statistics.median(times["ours"]), statistics.median(times["skopeo"])
+            log(f"{case.name}: ours {times['ours']} skopeo {times['skopeo']}")
+            rows.append((case.name, ours, sko, ours / sko if sko else float("nan"), case.target))
+        layer = big.blobs[1]
+        layer_path = big.layout / "blobs" / "sha256" / layer.digest.split(":")[1]
+        curl = statistics.median(
+            curl_upload_seconds(layer_path, layer.digest, work) for _ in range(max(1, args.runs))
+        )
+        log(f"building a {sizes['rss'] // MiB} MiB blob for the RSS measurement ...")
+        huge = builder.image("bench", layers=[sizes["rss"]])
+        push(huge, src, "bench/huge")
+        shutil.rmtree(huge.layout, ignore_errors=True)
+        rss = peak_rss_mib(src, "bench/huge", work)
+
+    print(
+        f"\nruns per tool and case: {args.runs} (median), in-process engine, "
+        f"fresh destination registry per timed run{' (--quick sizes)' if q else ''}\n"
+    )
+    print("| case | ours (s) | skopeo (s) | ours/skopeo | target |")
+    print("|---|---:|---:|---:|---|")
+    for name, ours, sko, ratio, target in rows:
+        print(f"| {name} | {ours:.2f} | {sko:.2f} | {ratio:.2f} | {target} |")
+    print(f"| curl PUT of the {big_mib:.0f} MiB layer (registry write limit) | {curl:.2f} | | | |")
+    print(
+        f"| peak RSS of our copier, one {sizes['rss'] // MiB} MiB blob | {rss:.0f} MiB | | | "
+        "flat (< 100 MiB) |"
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
