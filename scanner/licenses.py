@@ -147,12 +147,17 @@ def _canonical(key: str) -> str:
 
 def normalize(raw: str) -> list[str]:
     """License ids named by a license string or expression (deduplicated, in order)."""
-    text = " ".join(raw.split())
+    return list(_normalize(" ".join(raw.split())))
+
+
+@functools.lru_cache(maxsize=8192)
+def _normalize(text: str) -> tuple[str, ...]:
+    # Package databases repeat the same few hundred license strings: parse each once.
     if not text:
-        return []
+        return ()
     low = text.lower()
     if low in _ALIASES:
-        return [_ALIASES[low]]
+        return (_ALIASES[low],)
     names: list[str]
     try:
         parsed = _licensing().parse(text, validate=False)
@@ -167,7 +172,7 @@ def normalize(raw: str) -> list[str]:
         spdx = _one(name)
         if spdx not in out:
             out.append(spdx)
-    return out
+    return tuple(out)
 
 
 def normalize_all(raws: list[str]) -> tuple[str, ...]:

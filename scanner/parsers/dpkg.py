@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 
@@ -54,6 +55,16 @@ def paragraphs(text: str) -> Iterator[dict[str, str]]:
 
 def copyright_licenses(text: str) -> tuple[str, ...]:
     """License ids of a copyright file: DEP-5 `License:` fields, else common-licenses refs."""
+    # Binary packages of one source share a copyright file: parse small ones once.
+    return _cached_licenses(text) if len(text) <= 256 << 10 else _licenses(text)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_licenses(text: str) -> tuple[str, ...]:
+    return _licenses(text)
+
+
+def _licenses(text: str) -> tuple[str, ...]:
     raws: list[str] = []
     if _DEP5_FORMAT.search(text):
         for para in paragraphs(text):
