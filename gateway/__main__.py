@@ -1,10 +1,10 @@
 """`python -m gateway`: the gateway alone, talking to the other services over gRPC.
 
-    python -m gateway --grpc-listen 127.0.0.1:50054 --http-listen 127.0.0.1:8080 --data DIR \
+    python -m gateway --grpc-listen 127.0.0.1:50055 --http-listen 127.0.0.1:8080 --data DIR \
         --policy-address HOST:PORT --transfer-address HOST:PORT [--scanner-address HOST:PORT] \
         [--transfer-data DIR]
 
---transfer-data (the transfer service's data folder, read only, with its key via --key-file or
+--transfer-data (the transfer service's data folder, read only; its key via --secret-key-file or
 $MIRROR_SECRET_KEY) gives the gateway pull access to source endpoints: manifest facts without a
 scanner, ApplyPolicy and Reconcile.
 """
@@ -26,7 +26,7 @@ log = logging.getLogger("gateway")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = base_parser("gateway", "image-mirror gateway (mirror.v1.GatewayService + webhooks)", 50054)
+    p = base_parser("gateway", "image-mirror gateway (mirror.v1.GatewayService + webhooks)", 50055)
     add_gateway_arguments(p, "127.0.0.1:8080")
     p.add_argument("--policy-address", required=True, help="HOST:PORT of the policy service")
     p.add_argument("--transfer-address", required=True, help="HOST:PORT of the transfer service")
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the transfer service's data folder (read only) for pulling from endpoints",
     )
     p.add_argument(
-        "--key-file",
+        "--secret-key-file",
         default="",
         help="the transfer service's secret key file (default TRANSFER_DATA/secret.key; "
         "$MIRROR_SECRET_KEY takes precedence)",
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             channels[0],
             channels[1],
             scanner,
-            open_resolver(args.transfer_data, args.key_file),  # type: ignore[arg-type]
+            open_resolver(args.transfer_data, args.secret_key_file),  # type: ignore[arg-type]
         )
         http_port = await gw.start_http(args.http_listen)
         server = await start_server([gw.servicer], args.grpc_listen)
