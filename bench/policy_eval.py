@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVALUATE = "/mirror.v1.PolicyService/Evaluate"
 
@@ -210,7 +212,7 @@ def _repositories(n_repos: int, n_teams: int) -> list[str]:
 def seed_policies(data: Path, n_policies: int, n_repos: int, n_teams: int = 50) -> int:
     """Write the policies straight into the service's SQLite file (10,000 CreatePolicy RPCs
     would only measure fsync). Each repository gets ~9 exact policies, one glob naming it
-    (`team07/app0123*`) and its team's `team07/**`; one policy in ten is disabled."""
+    (`team07/app0123*`) and its team's `team07/**`; one policy in 13 is disabled."""
     from policy_service.store import PolicyRecord, PolicyStore
 
     repos = _repositories(n_repos, n_teams)
@@ -225,7 +227,7 @@ def seed_policies(data: Path, n_policies: int, n_repos: int, n_teams: int = 50) 
             id=f"bench{i:06d}", name=f"bench-{i:06d}", description="", source_repository=src,
             rule=RULES[i % len(RULES)], target_endpoint="qa",
             target_repository=f"qa/mirror{i % 100}", tag_template="%n-%Y%m%d%H%M",
-            time_zone="Europe/Paris" if i % 3 == 0 else "", enabled=i % 10 != 7,
+            time_zone="Europe/Paris" if i % 3 == 0 else "", enabled=i % 13 != 7,
             create_time_us=now, update_time_us=now, etag=f"1-{i}", version=1,
         )
         for i, src in enumerate(sources[:n_policies])
@@ -275,6 +277,7 @@ def _client(address: str, n_repos: int, concurrency: int, warmup: float, duratio
     requests = _requests(n_repos, 2000, seed)
 
     async def run() -> tuple[list[float], int, int]:
+        # Returns measured latencies, errors, and all calls (warm-up included).
         async with aio.insecure_channel(address) as channel:
             # Raw bytes both ways: the clients spend their CPU on the calls, not on protobuf.
             call = channel.unary_unary(EVALUATE)
@@ -286,31 +289,30 @@ def _client(address: str, n_repos: int, concurrency: int, warmup: float, duratio
             stop_at = measure_from + duration
             latencies: list[float] = []
             errors = 0
-            results_seen = 0
+            calls = 1
 
             async def worker(k: int) -> None:
-                nonlocal errors, results_seen
+                nonlocal errors, calls
                 i = k
                 while True:
                     t0 = time.perf_counter()
                     if t0 >= stop_at:
                         return
                     try:
-                        body = await call(requests[i % len(requests)], timeout=10)
+                        await call(requests[i % len(requests)], timeout=10)
                     except grpc.RpcError:
                         errors += 1
                         continue
                     t1 = time.perf_counter()
+                    calls += 1
                     if t0 >= measure_from:
                         latencies.append(t1 - t0)
-                        results_seen += len(body) > 0
                     i += concurrency
 
             await asyncio.gather(*(worker(k) for k in range(concurrency)))
-            return latencies, errors, results_seen
+            return latencies, errors, calls
 
-    latencies, errors, _ = asyncio.run(run())
-    results.put((latencies, errors))
+    results.put(asyncio.run(run()))
 
 
 def _start_server(data: Path) -> tuple[subprocess.Popen[str], str]:
@@ -341,6 +343,8 @@ def bench_rpc(
         t0 = time.perf_counter()
         proc, address = _start_server(data)
         startup = time.perf_counter() - t0
+        server = psutil.Process(proc.pid)
+        cpu0 = sum(server.cpu_times()[:2])
         try:
             queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
             procs = [
@@ -353,11 +357,13 @@ def bench_rpc(
             gathered = [queue.get(timeout=warmup + duration + 120) for _ in procs]
             for p in procs:
                 p.join()
+            server_cpu = sum(server.cpu_times()[:2]) - cpu0
         finally:
             proc.terminate()
             proc.wait(timeout=10)
-    latencies = sorted(x for lat, _ in gathered for x in lat)
-    errors = sum(e for _, e in gathered)
+    latencies = sorted(x for lat, _, _ in gathered for x in lat)
+    errors = sum(e for _, e, _ in gathered)
+    all_calls = sum(c for _, _, c in gathered)
     if not latencies:
         raise RuntimeError("no successful Evaluate calls")
 
@@ -371,6 +377,7 @@ def bench_rpc(
         "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
         "mean_ms": statistics.fmean(latencies) * 1000,
         "seed_s": seeded, "startup_s": startup,
+        "server_cpu_us_per_call": server_cpu / all_calls * 1e6,
     }
     print(
         f"Evaluate RPC: {n} policies over {repos} repositories; {clients} client processes x "
@@ -378,6 +385,8 @@ def bench_rpc(
         f"  {out['calls']} calls, {errors} errors, {out['throughput_per_s']:.0f} Evaluate/s\n"
         f"  latency p50 {out['p50_ms']:.2f} ms, p90 {out['p90_ms']:.2f} ms, "
         f"p99 {out['p99_ms']:.2f} ms, mean {out['mean_ms']:.2f} ms\n"
+        f"  server CPU {out['server_cpu_us_per_call']:.0f} us per call "
+        f"(user+system over {all_calls} calls incl. warm-up)\n"
         f"  (seeding SQLite {seeded:.1f} s; server start incl. compiling every policy "
         f"{startup:.1f} s)"
     )

@@ -142,12 +142,15 @@ def evaluate_policy(
             )
         else:
             tag = out
+    # Only set fields are passed: protobuf construction costs per keyword.
+    fields: dict[str, Any] = {}
+    if matched:
+        fields["matched"] = True
+        fields["tag"] = tag
+    if exp is not None:
+        fields["explanation"] = exp
+    if reason:
+        fields["reason"] = reason
     return policy_pb2.PolicyResult(
-        policy_id=p.record.id,
-        policy_name=p.record.name,
-        matched=matched,
-        target=p.target,
-        tag=tag,
-        explanation=exp,
-        reason=reason,
+        policy_id=p.record.id, policy_name=p.record.name, target=p.target, **fields
     )
