@@ -311,8 +311,12 @@ class RegistryClient:
             raise RegistryError(0, "BLOB_UPLOAD_INVALID", f"registry holds {held}, sent {offset}")
         return Upload(up.repo, location, offset)
 
-    async def upload_status(self, up: Upload) -> Upload:
-        """Ask how many bytes the registry holds (the resume point)."""
+    async def upload_status(self, up: Upload) -> int:
+        """How many bytes the registry holds for this upload (the resume point)."""
+        return (await self.resume_upload(up)).offset
+
+    async def resume_upload(self, up: Upload) -> Upload:
+        """The upload as the registry sees it: fresh location, `offset` = bytes held."""
         async with self.transport.request(
             "GET",
             up.location,

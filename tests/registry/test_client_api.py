@@ -105,7 +105,8 @@ async def test_uploads_monolithic_chunked_resumed_and_cancelled(registry: Regist
 
         up = await rc.upload_chunk(up, stream())
         assert up.offset == 2_000_000
-        status = await rc.upload_status(up)
+        assert await rc.upload_status(up) == 2_000_000
+        status = await rc.resume_upload(up)
         assert status.offset == 2_000_000
         status = await rc.upload_chunk(status, data[status.offset :])
         await rc.finish_upload(status, digest)

@@ -213,7 +213,7 @@ class BlobMover:
                     await self._pause(attempt)
                     try:
                         # Resume where the registry stands; the spool file still has it all.
-                        up = await dst.upload_status(up)
+                        up = await dst.resume_upload(up)
                     except (NotFound, InvalidRequest):
                         # 2.8.2 cancels a session whose signed state is stale (the answer
                         # to our last PATCH was lost): start over from the spool file.
