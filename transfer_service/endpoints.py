@@ -16,18 +16,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import NoReturn, Protocol
 from urllib.parse import urlsplit
 
 from cryptography import x509
 
+from registry_client import RegistryClient, RegistryConfig
 from servicekit.db import Database
 from servicekit.errors import already_exists, invalid_argument, not_found
 from transfer_service.schema import DB_FILE
 from transfer_service.secrets import SecretBox
-
-if TYPE_CHECKING:
-    from registry_client import RegistryClient, RegistryConfig
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # host or host:port, as a registry names itself in push events.
@@ -266,8 +264,6 @@ class EndpointStore:
 
     def config_for(self, name: str) -> RegistryConfig:
         """The registry client configuration of an endpoint, credentials decrypted."""
-        from registry_client import RegistryConfig
-
         ep = self.get(name)
         return RegistryConfig(
             url=ep.url.rstrip("/"),
@@ -281,8 +277,6 @@ class EndpointStore:
 
     def client_for(self, name: str) -> RegistryClient:
         """A registry client for the endpoint (use it as `async with`); NOT_FOUND when absent."""
-        from registry_client import RegistryClient
-
         return RegistryClient(self.config_for(name))
 
     def _row_values(self, ep: EndpointRecord) -> tuple[object, ...]:
@@ -337,3 +331,9 @@ class _ReadOnlyDatabase:
 
     def query_one(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Row | None:
         return self.conn.execute(sql, params).fetchone()
+
+    def transaction(self) -> NoReturn:
+        raise PermissionError("this endpoint store is read-only; the transfer service owns it")
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> NoReturn:
+        self.transaction()

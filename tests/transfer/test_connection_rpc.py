@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import grpc
@@ -56,8 +57,9 @@ def _uploads_left(reg: RegistryProcess, repo: str) -> list[Path]:
 
 
 async def test_good_account_over_tls_and_push_check_leaves_nothing(
-    endpoints_only: Served, tls_registry: RegistryProcess
+    endpoints_only: Served, tls_registry: RegistryProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     resp = await _check(
         endpoints_only, name="qa", url=tls_registry.url, username="alice",
         secret=tls_registry.password_of("alice"), ca_pem=tls_registry.ca_pem,
@@ -70,6 +72,8 @@ async def test_good_account_over_tls_and_push_check_leaves_nothing(
     repo_dir = tls_registry.storage / "docker/registry/v2/repositories/team/app"
     assert repo_dir.exists(), "the push check did not reach the registry"
     assert _uploads_left(tls_registry, "team/app") == []
+    assert tls_registry.password_of("alice") not in caplog.text
+    assert caplog.records, "nothing was logged: the check above would prove nothing"
 
 
 async def test_wrong_password(endpoints_only: Served, tls_registry: RegistryProcess) -> None:

@@ -301,3 +301,32 @@ async def test_stale_spool_files_removed_on_start(serve: ServeFn, tmp_path: Path
     (spool / "keep.txt").write_text("not ours")
     await serve(spool_dir=spool)
     assert sorted(p.name for p in spool.iterdir()) == ["keep.txt"]
+
+
+async def test_max_jobs_bounds_running_transfers(
+    serve: ServeFn,
+    registry: RegistryProcess,
+    registry2: RegistryProcess,
+    images: ImageBuilder,
+    fault_proxy: object,
+) -> None:
+    push(images.image("1.0"), registry, "team/app")
+    proxy: FaultProxy = fault_proxy(registry2.url)  # type: ignore[operator]
+    proxy.delay(r"/blobs/uploads/", 0.5, method="PATCH")
+    s = await serve(max_jobs=1)
+    await add_endpoint(s, "dev", registry.url)
+    await add_endpoint(s, "qa", proxy.url)
+    a = await s.stub.StartTransfer(start_req(dst_repo="qa/a"))
+    b = await s.stub.StartTransfer(start_req(dst_repo="qa/b"))
+    seen_b_waiting_while_a_runs = False
+    while True:
+        ga = await s.stub.GetTransfer(transfer_pb2.GetTransferRequest(id=a.id))
+        gb = await s.stub.GetTransfer(transfer_pb2.GetTransferRequest(id=b.id))
+        assert not (ga.state == T.STATE_RUNNING and gb.state == T.STATE_RUNNING)
+        if ga.state == T.STATE_RUNNING and gb.state == T.STATE_WAITING:
+            seen_b_waiting_while_a_runs = True
+        if gb.state == T.STATE_DONE:
+            break
+        await asyncio.sleep(0.02)
+    assert seen_b_waiting_while_a_runs
+    assert ga.state == T.STATE_DONE
