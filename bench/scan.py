@@ -27,8 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "clients")]
 
 from grpc import aio  # noqa: E402
-
 from mirror.v1 import common_pb2, scan_pb2, scan_pb2_grpc  # noqa: E402
+
 from registry_client import RegistryClient, RegistryConfig  # noqa: E402
 from registry_testkit.images import push  # noqa: E402
 from registry_testkit.registry import start_registry  # noqa: E402
@@ -105,7 +105,7 @@ def osv_zip(path: Path, n: int, pkgs: list[tuple[str, str]]) -> None:
                                   {"introduced": "0"}, {"fixed": fixed}]}]}],
             }
             if i % 2 == 0:
-                rec["severity"] = [{"type": "CVSS_V3", "score": vectors[i % 3]}]
+                rec["severity"] = [{"type": "CVSS_V3", "score": vectors[(i // 6) % 3]}]
             zf.writestr(f"{eco.split(':')[0]}/BENCH-{i:06d}.json", json.dumps(rec))
 
 
