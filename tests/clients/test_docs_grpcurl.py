@@ -1,0 +1,108 @@
+"""docs/grpcurl.md: every shell block runs verbatim with .venv/bin/grpcurl on a live stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mirror.client import connect
+
+from registry_testkit.images import ImageBuilder, digest_of, push
+from tests.clients.docs_blocks import blocks
+from tests.clients.livestack import (
+    ADMIN_TOKEN,
+    ROOT,
+    LiveStack,
+    running,
+    start_stack,
+    wait_for,
+)
+
+pytestmark = pytest.mark.registry
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveStack]:
+    yield from running(start_stack(tmp_path))
+
+
+def _bash(script: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], env=env, cwd=str(cwd),
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def _json_stream(text: str) -> list[dict]:
+    """The JSON objects grpcurl prints one after another for a stream."""
+    decoder, out, pos = json.JSONDecoder(), [], 0
+    text = text.strip()
+    while pos < len(text):
+        obj, end = decoder.raw_decode(text, pos)
+        out.append(obj)
+        pos = end
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    return out
+
+
+def test_grpcurl_doc_commands_run_verbatim(
+    live: LiveStack, registry, images: ImageBuilder, tmp_path: Path
+) -> None:
+    image = images.image("1.0-stable", layers=[20_000])
+    push(image, registry, "team/app")
+    env = {
+        "PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "MIRROR_ADDRESS": live.address,
+        "MIRROR_TOKEN": ADMIN_TOKEN,
+        "DEV_REGISTRY_URL": registry.url,
+    }
+    work = tmp_path / "work"
+    work.mkdir()
+    outputs = []
+    code = blocks("grpcurl.md", "sh")
+    assert len(code) >= 8
+    for i, block in enumerate(code):
+        res = _bash(block, env, work)
+        assert res.returncode == 0, f"block {i + 1} failed:\n{block}\n{res.stderr}"
+        outputs.append(res.stdout)
+    listing, describe_policy_service = outputs[0].split(), outputs[0]
+    assert {"mirror.v1.PolicyService", "mirror.v1.TransferService", "mirror.v1.GatewayService",
+            "grpc.health.v1.Health"} <= set(listing)
+    assert "rpc CreatePolicy" in describe_policy_service
+    assert json.loads(outputs[1])["status"] == "SERVING"
+    created = json.loads(outputs[3])
+    assert created["name"] == "promote-stable" and created["id"]
+    validation = json.loads(outputs[4])
+    assert validation.get("valid", False) is False
+    assert validation["errors"][0]["suggestion"] == "critical_vulns"
+    evaluation = json.loads(outputs[5])
+    results = [(r["policy_name"], r.get("matched", False)) for r in evaluation["results"]]
+    assert results == [("promote-stable", True)]
+    # The watch stream ends with the finished transfer.
+    snapshots = _json_stream(outputs[6])
+    assert snapshots and snapshots[-1]["state"] == "STATE_DONE"
+    assert digest_of(registry, "team/app-copy", "1.0-stable") == image.digest
+    assert json.loads(outputs[7])["event_id"]
+    json.loads(outputs[8])  # ListRuns printed one JSON object
+    with connect(live.address, token=ADMIN_TOKEN) as c:
+        runs = wait_for("the notified push to make a run", lambda: [
+            r for r in c.gateway.iter_runs() if r.policy_name == "promote-stable"
+        ])
+    assert runs[0].source.reference == "1.0-stable"
+
+
+def test_documented_refusal_matches_the_server(live: LiveStack, tmp_path: Path) -> None:
+    env = {"PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}", "HOME": str(tmp_path),
+           "MIRROR_ADDRESS": live.address}
+    res = _bash('grpcurl -plaintext "$MIRROR_ADDRESS" mirror.v1.PolicyService/ListPolicies',
+                env, tmp_path)
+    assert res.returncode != 0
+    documented = blocks("grpcurl.md", "text")[-1]
+    for line in documented.strip().splitlines():
+        assert line.strip() in res.stderr
