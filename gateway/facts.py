@@ -74,6 +74,14 @@ class FactGatherer:
         facts.present.extend(sorted(present))
         return facts
 
+    async def resolve_digest(self, ref: ImageRef) -> str:
+        """The tag's current digest ('' without registry access or when the tag is gone)."""
+        if self.resolver is None:
+            return ""
+        async with self.resolver.client_for(ref.endpoint) as rc:
+            d = await rc.head_manifest(ref.repository, ref.tag)
+        return d.digest if d is not None else ""
+
     async def _scan(self, ref: ImageRef, image_ref: str) -> scan_pb2.ScanReport | None:
         assert self.scanner is not None
         try:

@@ -156,7 +156,11 @@ class WebhookApp:
         )
 
     async def healthz(self, _request: web.Request) -> web.Response:
-        doc: dict[str, object] = {"status": "ok", "inbox_depth": self.inbox.depth()}
+        doc: dict[str, object] = {
+            "status": "ok",
+            "inbox_depth": self.inbox.depth(),
+            "events": self.inbox.counts(),
+        }
         if self.health is not None:
             doc.update(self.health())
         return web.json_response(doc)

@@ -130,6 +130,11 @@ class Inbox:
         row = self.db.query_one("SELECT COUNT(*) AS n FROM events WHERE state = ?", (PENDING,))
         return int(row["n"]) if row else 0
 
+    def counts(self) -> dict[str, int]:
+        """Events by state (what /healthz reports)."""
+        rows = self.db.query("SELECT state, COUNT(*) AS n FROM events GROUP BY state")
+        return {r["state"]: int(r["n"]) for r in rows}
+
     def refresh_depth(self) -> None:
         metrics.INBOX_DEPTH.set(self.depth())
 

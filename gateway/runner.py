@@ -128,6 +128,10 @@ class Runner:
     async def _facts(self, push: Push, kinds: set[int]) -> common_pb2.ImageFacts:
         ref = ImageRef(push.endpoint, push.repository, push.tag, push.digest)
         try:
+            if not ref.digest:
+                # NotifyPush without a digest: pin what the tag names now.
+                ref = ImageRef(ref.endpoint, ref.repository, ref.tag,
+                               await self.gatherer.resolve_digest(ref))
             return await self.gatherer.gather(ref, kinds)
         except grpc.aio.AioRpcError:
             raise

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
+import pytest
 from mirror.v1 import gateway_pb2
 
 from registry_testkit.images import ImageBuilder, push
 from stack.process import StackProcess
 from tests.e2e.conftest import WEBHOOK_SECRET, Clients, wait_for
-from tests.e2e.helpers import post_events, push_event, skopeo_digest, tags_of
+from tests.e2e.helpers import healthz, post_events, push_event, skopeo_digest, tags_of
 from tests.support.registry import RegistryFactory
 
 Run = gateway_pb2.Run
@@ -75,3 +77,58 @@ def test_bad_body_next_to_good_events(
     assert all(r.state == Run.STATE_SUCCEEDED for r in runs)
     wait_for(lambda: tags_of(qa, "qa/website") == ["a-stable", "b-stable"], 30, "qa tags")
     assert skopeo_digest(qa, "qa/website", "b-stable") == b.digest
+
+
+def test_event_from_an_unknown_registry_is_recorded_not_acted_on(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory()
+    stranger = registry_factory()  # never registered as an endpoint
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    pol = clients.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
+    img = ImageBuilder(tmp_path / "img").image("9.0-stable")
+    push(img, stranger, "dev/website")
+    ev = push_event("from-stranger", stranger, "dev/website", "9.0-stable", img.digest,
+                    img.media_type)
+    assert post_events(stack.webhook_url, {"events": [ev]}, WEBHOOK_SECRET)[0] == 200
+    wait_for(
+        lambda: healthz(stack.http_base)["events"].get("unknown_source") == 1, 20,
+        "the event to be recorded as from an unknown source",
+    )
+    assert clients.runs(pol.id) == [] and clients.transfers() == []
+
+
+def test_notify_push_for_ci_systems(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory()  # a registry without webhooks: CI reports the push itself
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    pol = clients.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
+    img = ImageBuilder(tmp_path / "img").image("10.0-stable")
+    push(img, dev, "dev/website")
+    req = gateway_pb2.NotifyPushRequest(
+        endpoint="dev", repository="dev/website", tag="10.0-stable", event_id="ci-build-42"
+    )
+    first = clients.gateway.NotifyPush(req, timeout=10)
+    assert first.event_id == "ci-build-42" and not first.duplicate
+    assert clients.gateway.NotifyPush(req, timeout=10).duplicate
+    runs = clients.wait_runs_final(pol.id, 1)
+    assert runs[0].state == Run.STATE_SUCCEEDED and runs[0].trigger == Run.TRIGGER_NOTIFY
+    assert runs[0].source_digest == img.digest  # resolved from the tag
+    assert skopeo_digest(qa, "qa/website", "10.0-stable") == img.digest
+    with pytest.raises(grpc.RpcError) as exc:
+        clients.gateway.NotifyPush(
+            gateway_pb2.NotifyPushRequest(endpoint="nope", repository="dev/website", tag="x"),
+            timeout=10,
+        )
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as exc:
+        clients.gateway.NotifyPush(
+            gateway_pb2.NotifyPushRequest(endpoint="dev", repository="Bad Name", tag=""),
+            timeout=10,
+        )
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
