@@ -211,9 +211,13 @@ class RunStore:
     ) -> tuple[list[RunRecord], str]:
         """Newest first, filtered; returns (runs, next_page_token)."""
         n = page_size(size)
-        filt = {"policy_id": policy_id, "states": sorted(int(s) for s in states)}
+        filt: dict[str, object] = {
+            "policy_id": policy_id,
+            "states": sorted(int(s) for s in states),
+        }
         state = decode_token(token, expect=filt)
-        where, params = ["1=1"], []  # type: ignore[var-annotated]
+        where: list[str] = ["1=1"]
+        params: list[object] = []
         if policy_id:
             where.append("policy_id = ?")
             params.append(policy_id)
@@ -222,7 +226,7 @@ class RunStore:
             params.extend(int(s) for s in states)
         if "before" in state:
             where.append("seq < ?")
-            params.append(int(state["before"]))  # type: ignore[arg-type]
+            params.append(int(str(state["before"])))
         rows = self.db.query(
             f"SELECT seq, {_COLUMNS} FROM runs WHERE {' AND '.join(where)}"
             " ORDER BY seq DESC LIMIT ?",

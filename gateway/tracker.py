@@ -46,7 +46,8 @@ class TransferTracker:
             return
         task = asyncio.create_task(self._follow(run.id, run.transfer_id))
         self._tasks[run.id] = task
-        task.add_done_callback(lambda _t, rid=run.id: self._tasks.pop(rid, None))
+        rid = run.id
+        task.add_done_callback(lambda _t: self._tasks.pop(rid, None))
 
     def resume(self) -> int:
         """After a restart: follow every run still RUNNING."""

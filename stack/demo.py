@@ -56,7 +56,9 @@ def step(text: str) -> None:
     console.print(f"[bold cyan]>[/] {text}")
 
 
-def wait_runs(gw: gateway_pb2_grpc.GatewayServiceStub, policy_id: str, n: int) -> list[Run]:
+def wait_runs(
+    gw: gateway_pb2_grpc.GatewayServiceStub, policy_id: str, n: int
+) -> list[gateway_pb2.Run]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         runs = list(
@@ -142,7 +144,10 @@ def short(digest: str) -> str:
 
 
 def show(
-    dev: RegistryProcess, qa: RegistryProcess, runs: list[Run], status: gateway_pb2.PolicyStatus
+    dev: RegistryProcess,
+    qa: RegistryProcess,
+    runs: list[gateway_pb2.Run],
+    status: gateway_pb2.PolicyStatus,
 ) -> None:
     table = Table(title="Runs of policy website-to-qa")
     for col in ("source tag", "state", "QA tag", "dev digest", "QA digest"):
