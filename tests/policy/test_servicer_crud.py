@@ -80,6 +80,11 @@ async def test_validate_only_checks_everything_and_saves_nothing(env: PolicyEnv)
         ({"rule": ""}, "policy.rule", "line 1, column 1"),
         ({"tag_template": "%Q"}, "policy.tag_template", "unknown specifier '%Q'"),
         ({"time_zone": "Mars/Olympus"}, "policy.time_zone", "unknown time zone"),
+        (  # %Z renders "+04" there, which cannot be in a tag
+            {"tag_template": "%n-%Z", "time_zone": "Asia/Dubai"},
+            "policy.tag_template",
+            "not valid in a tag",
+        ),
         ({"source_repository": "Dev/Website"}, "policy.source_repository", "not a valid"),
         ({"source_repository": "dev//website"}, "policy.source_repository", "not a valid"),
         ({"source_repository": "dev/web**"}, "policy.source_repository", "whole path segment"),
