@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from policy_servicer_support import REPO_ROOT, SEED_RULE, PolicyProcess, start_policy_process
+from policy_servicer_support import (  # noqa: F401  (fixture)
+    REPO_ROOT,
+    SEED_RULE,
+    PolicyProcess,
+    TransferDouble,
+    start_policy_process,
+    transfer_double,
+)
 
 GRPCURL = str(REPO_ROOT / ".venv" / "bin" / "grpcurl")
 
@@ -89,3 +98,27 @@ def test_bad_rule_is_reported_with_its_position(server: PolicyProcess) -> None:
     assert "InvalidArgument" in out.stderr
     assert "line 1, column 1: unknown field 'critcal_vulns'" in out.stderr
     assert "did you mean 'critical_vulns'?" in out.stderr
+
+
+async def test_with_transfer_address_targets_are_checked(
+    tmp_path: Path, transfer_double: tuple[TransferDouble, int]  # noqa: F811
+) -> None:
+    double, port = transfer_double
+    p = start_policy_process(tmp_path, "--transfer-address", f"127.0.0.1:{port}")
+    try:
+        body = {"policy": {
+            "name": "to-prod", "sourceRepository": "dev/website", "rule": "true",
+            "target": {"endpoint": "prod", "repository": "prod/website"},
+        }}
+        # grpcurl blocks; run it in a thread so the double keeps answering on this loop.
+        out = await asyncio.to_thread(
+            grpcurl, p, "mirror.v1.PolicyService/CreatePolicy", data=body
+        )
+        assert out.returncode != 0
+        assert "FailedPrecondition" in out.stderr and "'prod' does not exist" in out.stderr
+        body["policy"]["target"]["endpoint"] = "qa"  # type: ignore[index]
+        ok = await asyncio.to_thread(grpcurl, p, "mirror.v1.PolicyService/CreatePolicy", data=body)
+        assert ok.returncode == 0, ok.stderr
+        assert [(c.endpoint, c.check_push) for c in double.calls] == [("prod", True), ("qa", True)]
+    finally:
+        p.stop()
