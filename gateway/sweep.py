@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import time
 import uuid
@@ -13,6 +12,7 @@ from typing import Any
 import grpc
 from mirror.v1 import gateway_pb2, policy_pb2, policy_pb2_grpc
 
+from gateway.catalog import list_repositories
 from gateway.endpoints import EndpointDirectory
 from gateway.facts import TRANSIENT_CODES, EndpointResolver
 from gateway.inbox import Inbox
@@ -35,16 +35,6 @@ class SweepResult:
 
 def is_glob(source: str) -> bool:
     return any(ch in source for ch in "*?[")
-
-
-def glob_matches(pattern: str, repository: str) -> bool:
-    """`*` stays within one path segment, `**` crosses segments."""
-    if "**" in pattern:
-        return fnmatch.fnmatchcase(repository, pattern.replace("**", "*"))
-    parts, names = pattern.split("/"), repository.split("/")
-    return len(parts) == len(names) and all(
-        fnmatch.fnmatchcase(n, p) for p, n in zip(parts, names, strict=True)
-    )
 
 
 class Sweeper:
@@ -125,30 +115,34 @@ class Sweeper:
         except grpc.aio.AioRpcError as err:
             raise unavailable(f"cannot list endpoints: {err.details()}") from err
         for ep in endpoints:
-            for repo in await self._repositories(ep.name, pol.source_repository):
+            for repo in await self._repositories(ep.name, pol):
                 if ep.name == pol.target.endpoint and repo == pol.target.repository:
                     continue  # the policy's own destination is never a source
                 await self._sweep_repo(pol, trigger, prefix, ep.name, repo, result)
         return result
 
-    async def _repositories(self, endpoint: str, source: str) -> list[str]:
-        if not is_glob(source):
-            return [source]
+    async def _repositories(self, endpoint: str, pol: policy_pb2.Policy) -> list[str]:
+        """The source repositories of `pol` in one registry (catalog + the policy service's
+        own glob matching, so both sides agree on what a glob means)."""
+        if not is_glob(pol.source_repository):
+            return [pol.source_repository]
         assert self.resolver is not None
         async with self.resolver.client_for(endpoint) as rc:
-            lister = getattr(rc, "list_repositories", None) or getattr(rc, "catalog", None)
-            if lister is None:
-                raise failed_precondition(
-                    "listing repositories for a glob source needs the registry catalog, "
-                    "which the registry client does not offer",
-                    reason="NO_CATALOG",
-                )
             try:
-                names = await lister()
+                names = await list_repositories(rc)
             except Exception as exc:
+                # A registry without (or denying) the catalog holds nothing we can find.
                 log.warning("catalog of %s unavailable: %s", endpoint, exc)
                 return []
-        return [n for n in names if glob_matches(source, n)]
+        out = []
+        for name in names:
+            resp = await self.policy.ListPolicies(
+                policy_pb2.ListPoliciesRequest(source_repository=name, page_size=1000),
+                timeout=30,
+            )
+            if any(p.id == pol.id for p in resp.policies):
+                out.append(name)
+        return out
 
     async def _sweep_repo(
         self,

@@ -76,3 +76,23 @@ def test_apply_policy_mirrors_tags_already_present(
     with pytest.raises(grpc.RpcError) as exc:
         clients.gateway.ApplyPolicy(gateway_pb2.ApplyPolicyRequest(policy_id="nope"), timeout=30)
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_apply_policy_with_a_glob_source_uses_the_catalog(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory()
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    builder = ImageBuilder(tmp_path / "img")
+    push(builder.image("a-stable"), dev, "team/app-a")
+    push(builder.image("b-stable"), dev, "team/app-b")
+    push(builder.image("c-stable"), dev, "other/app-c")  # outside the glob
+    pol = clients.add_policy("glob", "team/*", 'tag endswith "stable"', "qa", "qa/team")
+
+    resp = clients.gateway.ApplyPolicy(gateway_pb2.ApplyPolicyRequest(policy_id=pol.id), timeout=60)
+    assert (resp.tags_evaluated, resp.tags_matched) == (2, 2)
+    assert sorted(r.source.repository for r in resp.runs) == ["team/app-a", "team/app-b"]
+    clients.wait_runs_final(pol.id, 2)
+    assert tags_of(qa, "qa/team") == ["a-stable", "b-stable"]
