@@ -18,6 +18,7 @@ from pathlib import Path
 
 from grpc import aio
 
+from gateway.http import ConfigError
 from gateway.options import add_gateway_arguments, webhook_secret
 from servicekit.runner import base_parser, run_until_signal
 from servicekit.server import start_server
@@ -84,7 +85,11 @@ def main(argv: list[str] | None = None) -> None:
             scanner,
             open_resolver(args.transfer_data, args.secret_key_file),  # type: ignore[arg-type]
         )
-        http_port = await gw.start_http(args.http_listen)
+        try:
+            http_port = await gw.start_http(args.http_listen)
+        except (ConfigError, OSError) as exc:
+            await gw.stop()
+            raise SystemExit(f"gateway: {exc}") from exc
         server = await start_server([gw.servicer], args.grpc_listen)
         await gw.start()
         host = args.http_listen.rsplit(":", 1)[0]

@@ -198,6 +198,35 @@ class Runner:
             keep = [r for r in runs if r.state in ACTIVE_OR_DONE]
         return keep[-1] if keep else None
 
+    async def restart_pending(self) -> int:
+        """After a crash between recording a sweep's run and starting its transfer: start it.
+
+        Event runs need nothing here (their event is still pending and replays); sweeps have
+        no inbox row, so their PENDING runs are restarted with the same idempotency key.
+        """
+        started = 0
+        for rec in self.runs.in_states([Run.STATE_PENDING]):
+            if rec.trigger not in SWEEP_TRIGGERS:
+                continue
+            push = Push(
+                event_id=rec.event_id,
+                trigger=rec.trigger,
+                endpoint=rec.src_endpoint,
+                repository=rec.src_repository,
+                tag=rec.src_tag,
+                digest=rec.src_digest,
+                evaluation_time=rec.create_time,
+            )
+            try:
+                rec = await self._start(push, rec.src_digest, rec)
+            except grpc.aio.AioRpcError as err:
+                log.warning("cannot restart run %s yet: %s", rec.id, err.code().name)
+                continue
+            if rec.state == Run.STATE_RUNNING:
+                self.tracker.track(rec)
+            started += 1
+        return started
+
     async def _start(self, push: Push, digest: str, rec: RunRecord) -> RunRecord:
         req = transfer_pb2.StartTransferRequest(
             source=common_pb2.ImageLocation(

@@ -80,6 +80,7 @@ class Gateway:
         )
         self._http: web.AppRunner | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
+        self._housekeeping_task: asyncio.Task[None] | None = None
         self.http_port = 0
 
     async def start(self) -> None:
@@ -88,12 +89,30 @@ class Gateway:
         resumed = self.tracker.resume()
         if resumed:
             log.info("resumed tracking of %d running transfer(s)", resumed)
-        self.inbox.prune(DEDUP_WINDOW_S)
         self.worker.start()
+        self._housekeeping_task = asyncio.create_task(self._housekeeping())
         if self.cfg.reconcile_interval_s > 0:
             self._reconcile_task = asyncio.create_task(
                 self.sweeper.run_periodically(self.cfg.reconcile_interval_s)
             )
+
+    async def _housekeeping(self) -> None:
+        """Restart sweep runs a crash left pending (retrying while the transfer service is
+        unreachable), then forget finished events past the dedup window, hourly."""
+        delay = 1.0
+        while True:
+            try:
+                await self.runner.restart_pending()
+                break
+            except Exception:
+                log.exception("restarting pending runs failed; retrying in %.0fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        while True:
+            removed = self.inbox.prune(DEDUP_WINDOW_S)
+            if removed:
+                log.info("forgot %d finished event(s) older than the dedup window", removed)
+            await asyncio.sleep(3600)
 
     async def start_http(self, listen: str) -> int:
         """Serve /events, /metrics and /healthz on HOST:PORT; returns the bound port."""
@@ -106,10 +125,11 @@ class Gateway:
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
-        if self._reconcile_task is not None:
-            self._reconcile_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reconcile_task
+        for task in (self._reconcile_task, self._housekeeping_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.worker.stop()
         await self.tracker.stop()
         await self.notifier.stop()

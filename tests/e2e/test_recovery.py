@@ -83,3 +83,47 @@ def test_reconcile_finds_a_push_whose_event_was_lost(
         lambda: skopeo_digest(qa, "qa/website", "5.0-stable") == moved.digest, 30, "the new digest"
     )
     assert len(clients.transfers("qa/website")) == 2
+
+
+def test_sweep_run_left_pending_by_a_crash_is_started_on_restart(
+    registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    from gateway.runs import RunRecord, RunStore
+    from gateway.schema import open_database
+
+    stack = StackProcess(
+        tmp_path / "data", webhook_secret=WEBHOOK_SECRET, extra_args=["--reconcile-interval", "0"]
+    )
+    stack.start()
+    try:
+        dev = registry_factory()
+        qa = registry_factory()
+        c = Clients(stack.grpc_address)
+        c.add_endpoint("dev", dev)
+        c.add_endpoint("qa", qa)
+        pol = c.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
+        img = ImageBuilder(tmp_path / "img").image("11.0-stable")
+        push(img, dev, "dev/website")
+        c.close()
+        stack.kill()
+        # The state a crash leaves between recording a Reconcile run and StartTransfer.
+        db = open_database(tmp_path / "data")
+        RunStore(db).upsert_started(
+            RunRecord(
+                id="", policy_id=pol.id, policy_name="p",
+                event_id=f"reconcile:dev/dev/website:11.0-stable@{img.digest}#0",
+                trigger=Run.TRIGGER_RECONCILE, src_endpoint="dev", src_repository="dev/website",
+                src_tag="11.0-stable", src_digest=img.digest, dst_endpoint="qa",
+                dst_repository="qa/website", dst_tag="11.0-stable", state=Run.STATE_PENDING,
+            )
+        )
+        db.close()
+
+        stack.start()
+        c = Clients(stack.grpc_address)
+        (run,) = c.wait_runs_final(pol.id, 1)
+        assert run.state == Run.STATE_SUCCEEDED and run.transfer_id
+        assert skopeo_digest(qa, "qa/website", "11.0-stable") == img.digest
+        c.close()
+    finally:
+        stack.stop()
