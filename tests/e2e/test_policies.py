@@ -96,3 +96,50 @@ def test_apply_policy_with_a_glob_source_uses_the_catalog(
     assert sorted(r.source.repository for r in resp.runs) == ["team/app-a", "team/app-b"]
     clients.wait_runs_final(pol.id, 2)
     assert tags_of(qa, "qa/team") == ["a-stable", "b-stable"]
+
+
+def test_scan_facts_come_from_the_scanner(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory(notifications=[notify_config(stack)])
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    pol = clients.add_policy(
+        "scanned", "dev/website", 'tag endswith "stable" and critical_vulns <= 3', "qa",
+        "qa/website",
+    )
+    push(ImageBuilder(tmp_path / "img").image("12.0-stable"), dev, "dev/website")
+    (run,) = clients.wait_runs_final(pol.id, 1)
+    assert run.state == Run.STATE_SUCCEEDED, run.message
+    assert tags_of(qa, "qa/website") == ["12.0-stable"]
+
+
+def test_without_a_scanner_scan_rules_do_not_match_and_say_why(
+    registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    from tests.e2e.conftest import WEBHOOK_SECRET
+
+    stack = StackProcess(
+        tmp_path / "data", webhook_secret=WEBHOOK_SECRET,
+        extra_args=["--reconcile-interval", "0", "--no-scanner"],
+    )
+    stack.start()
+    c = Clients(stack.grpc_address)
+    try:
+        dev = registry_factory(notifications=[notify_config(stack)])
+        qa = registry_factory()
+        c.add_endpoint("dev", dev)
+        c.add_endpoint("qa", qa)
+        pol = c.add_policy(
+            "scanned", "dev/website", 'tag endswith "stable" and critical_vulns <= 3', "qa",
+            "qa/website",
+        )
+        push(ImageBuilder(tmp_path / "img").image("13.0-stable"), dev, "dev/website")
+        (run,) = c.wait_runs_final(pol.id, 1)
+        assert run.state == Run.STATE_NOT_MATCHED
+        assert "vulnerabilities" in run.message.lower()
+        assert tags_of(qa, "qa/website") == []
+    finally:
+        c.close()
+        stack.stop()
