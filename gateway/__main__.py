@@ -16,11 +16,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from grpc import aio
-
+from gateway.channels import service_channel
 from gateway.http import ConfigError
 from gateway.options import add_gateway_arguments, webhook_secret
 from servicekit.runner import base_parser, run_until_signal
+from servicekit.security import ServerSecurity, add_security_arguments
 from servicekit.server import start_server
 
 log = logging.getLogger("gateway")
@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the transfer service's secret key file (default TRANSFER_DATA/secret.key; "
         "$MIRROR_SECRET_KEY takes precedence)",
     )
+    add_security_arguments(p)
     args = p.parse_args(argv)
     if args.inbox_concurrency < 1:
         p.error("--inbox-concurrency must be at least 1")
@@ -67,9 +68,19 @@ def main(argv: list[str] | None = None) -> None:
     async def start() -> Callable[[], Awaitable[None]]:
         from gateway.service import Gateway, GatewayConfig
 
-        channels = [aio.insecure_channel(args.policy_address)]
-        channels.append(aio.insecure_channel(args.transfer_address))
-        scanner = aio.insecure_channel(args.scanner_address) if args.scanner_address else None
+        try:
+            security = ServerSecurity.from_args(args)
+        except (ValueError, OSError) as exc:
+            raise SystemExit(f"gateway: {exc}") from exc
+        # The same tokens the other services accept (file or MIRROR_ADMIN_TOKEN): outbound
+        # calls carry the admin one.
+        channels = [service_channel(args.policy_address, security.tokens)]
+        channels.append(service_channel(args.transfer_address, security.tokens))
+        scanner = (
+            service_channel(args.scanner_address, security.tokens)
+            if args.scanner_address
+            else None
+        )
         if scanner is not None:
             channels.append(scanner)
         gw = Gateway(
@@ -90,7 +101,10 @@ def main(argv: list[str] | None = None) -> None:
         except (ConfigError, OSError) as exc:
             await gw.stop()
             raise SystemExit(f"gateway: {exc}") from exc
-        server = await start_server([gw.servicer], args.grpc_listen)
+        server = await start_server(
+            [gw.servicer], args.grpc_listen, tls=security.tls, interceptors=security.interceptors
+        )
+        security.warn_if_exposed(args.grpc_listen)
         await gw.start()
         host = args.http_listen.rsplit(":", 1)[0]
         print(

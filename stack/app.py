@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.channels import service_channel
 from gateway.service import Gateway, GatewayConfig
 from servicekit.security import ServerSecurity
 from servicekit.server import RunningServer, start_server
-from stack.internal import internal_channel
 
 log = logging.getLogger("stack")
 
@@ -98,7 +98,7 @@ async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) 
     data.mkdir(parents=True, exist_ok=True)
     host, port = resolve_listen(cfg.grpc_listen)
     self_address = f"{connect_host(host)}:{port}"
-    channel = internal_channel(self_address, security.tokens)
+    channel = service_channel(self_address, security.tokens)
     closers: list[Any] = [channel.close]
 
     transfer = TransferServicer.open(data, **cfg.transfer_options)

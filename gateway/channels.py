@@ -1,4 +1,4 @@
-"""Channels the embedded services use to reach each other through the shared gRPC server."""
+"""gRPC channels to the other services, carrying an admin bearer token when servers need one."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ class _BearerStream(_BearerInterceptor, aio.UnaryStreamClientInterceptor):  # ty
     pass
 
 
-def internal_channel(address: str, tokens: list[Token]) -> aio.Channel:
-    """A channel to the stack's own server, carrying an admin token when tokens are on."""
+def service_channel(address: str, tokens: list[Token]) -> aio.Channel:
+    """A channel to another service; with an admin token in `tokens`, every call carries it."""
     admin = next((t for t in tokens if t.role == Role.ADMIN), None)
     # grpc.aio files each interceptor under its first matching kind only: one per kind.
     interceptors = (
