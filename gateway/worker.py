@@ -50,6 +50,7 @@ class InboxWorker:
         self.idle_poll_s = idle_poll_s
         self.hold = os.environ.get(HOLD_ENV, "") not in ("", "0")
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._busy_images: dict[str, tuple[str, str]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(concurrency)
 
@@ -72,8 +73,19 @@ class InboxWorker:
             self.inbox.wake.clear()
             free = self.concurrency - len(self._inflight)
             due = self.inbox.due(free, set(self._inflight)) if free > 0 else []
+            busy = set(self._busy_images.values())
+            started = []
             for ev in due:
+                key = (ev.repository, ev.tag)
+                if key in busy:
+                    # One event per image tag at a time, oldest first: pushes of one tag are
+                    # acted on in the order they were received.
+                    continue
+                busy.add(key)
+                self._busy_images[ev.id] = key
                 self._inflight[ev.id] = asyncio.create_task(self._handle(ev))
+                started.append(ev)
+            due = started
             # When every slot is busy, a finishing task sets wake.
             timeout = self.idle_poll_s
             nxt = self.inbox.next_due_time()
@@ -93,6 +105,7 @@ class InboxWorker:
             self._retry(ev, f"{type(exc).__name__}: {exc}")
         finally:
             self._inflight.pop(ev.id, None)
+            self._busy_images.pop(ev.id, None)
             self.inbox.wake.set()
 
     async def _process(self, ev: InboxEvent) -> None:
