@@ -95,23 +95,53 @@ def _eval_facts() -> list[Any]:
     from policy_service.rules import ComponentFact, Facts, VulnCounts
 
     def components(names: list[str], licenses: list[str]) -> tuple[ComponentFact, ...]:
-        return tuple(ComponentFact(n, "1.0", "deb", (licenses[i % len(licenses)],))
-                     for i, n in enumerate(names))
+        return tuple(
+            ComponentFact(n, "1.0", "deb", (licenses[i % len(licenses)],))
+            for i, n in enumerate(names)
+        )
 
     base = [f"lib{i}" for i in range(36)]
     return [
-        Facts("dev/website", "1.4-stable", "sha256:" + "a" * 64,
-              components(["zlib", "bash", *base, "busybox"], ["Zlib", "MIT"]),
-              VulnCounts(0, 2, 5, 7), {"tier": "gold"}, ("linux/amd64", "linux/arm64/v8"),
-              120 << 20),
-        Facts("dev/website", "1.4.2-stable", "sha256:" + "b" * 64,
-              components(["zlib", "bash", *base], ["GPL-3.0-only", "MIT"]),
-              VulnCounts(2, 3, 1, 6), {}, ("linux/amd64",), 80 << 20),
-        Facts("qa/api", "latest", "sha256:" + "c" * 64,
-              components(["openssl", *base, "telnetd"], ["Apache-2.0"]),
-              VulnCounts(5, 12, 0, 17), {"tier": "silver"}, ("linux/arm64",), 900 << 20),
-        Facts("prod/web", "release", "sha256:" + "d" * 64, (), VulnCounts(), {"tier": "gold"},
-              ("linux/amd64",), 10 << 20),
+        Facts(
+            "dev/website",
+            "1.4-stable",
+            "sha256:" + "a" * 64,
+            components(["zlib", "bash", *base, "busybox"], ["Zlib", "MIT"]),
+            VulnCounts(0, 2, 5, 7),
+            {"tier": "gold"},
+            ("linux/amd64", "linux/arm64/v8"),
+            120 << 20,
+        ),
+        Facts(
+            "dev/website",
+            "1.4.2-stable",
+            "sha256:" + "b" * 64,
+            components(["zlib", "bash", *base], ["GPL-3.0-only", "MIT"]),
+            VulnCounts(2, 3, 1, 6),
+            {},
+            ("linux/amd64",),
+            80 << 20,
+        ),
+        Facts(
+            "qa/api",
+            "latest",
+            "sha256:" + "c" * 64,
+            components(["openssl", *base, "telnetd"], ["Apache-2.0"]),
+            VulnCounts(5, 12, 0, 17),
+            {"tier": "silver"},
+            ("linux/arm64",),
+            900 << 20,
+        ),
+        Facts(
+            "prod/web",
+            "release",
+            "sha256:" + "d" * 64,
+            (),
+            VulnCounts(),
+            {"tier": "gold"},
+            ("linux/amd64",),
+            10 << 20,
+        ),
     ]
 
 
@@ -119,11 +149,18 @@ def _cel_activation(facts: Any) -> dict[str, Any]:
     import celpy
 
     values = {
-        "tag": facts.tag, "repository": facts.repository, "digest": facts.digest,
-        "labels": dict(facts.labels), "components": list(facts.component_names),
-        "licenses": list(facts.license_names), "platforms": list(facts.platforms),
-        "critical_vulns": facts.vulns.critical, "major_vulns": facts.vulns.major,
-        "minor_vulns": facts.vulns.minor, "all_vulns": facts.vulns.all, "size": facts.size,
+        "tag": facts.tag,
+        "repository": facts.repository,
+        "digest": facts.digest,
+        "labels": dict(facts.labels),
+        "components": list(facts.component_names),
+        "licenses": list(facts.license_names),
+        "platforms": list(facts.platforms),
+        "critical_vulns": facts.vulns.critical,
+        "major_vulns": facts.vulns.major,
+        "minor_vulns": facts.vulns.minor,
+        "all_vulns": facts.vulns.all,
+        "size": facts.size,
     }
     return {name: celpy.json_to_cel(value) for name, value in values.items()}
 
@@ -167,8 +204,18 @@ def bench_compiled_vs_cel(seconds: float = 1.0) -> list[dict[str, Any]]:
         def run_ours_fresh(evaluate: Callable[[Any], bool] = evaluate) -> None:
             # New Facts each time, so the derived sets (component names...) are rebuilt too.
             for f in facts_list:
-                evaluate(Facts(f.repository, f.tag, f.digest, f.components, f.vulns, f.labels,
-                               f.platforms, f.size))
+                evaluate(
+                    Facts(
+                        f.repository,
+                        f.tag,
+                        f.digest,
+                        f.components,
+                        f.vulns,
+                        f.labels,
+                        f.platforms,
+                        f.size,
+                    )
+                )
 
         def run_cel(program: Any = program) -> None:
             for activation in activations:
@@ -178,28 +225,41 @@ def bench_compiled_vs_cel(seconds: float = 1.0) -> list[dict[str, Any]]:
         ours_rate = _rate(run_ours, n, seconds)
         fresh_rate = _rate(run_ours_fresh, n, seconds)
         cel_rate = _rate(run_cel, n, seconds)
-        rows.append({"rule": bench.name, "results": ours, "ours_per_s": ours_rate,
-                     "ours_fresh_per_s": fresh_rate, "cel_per_s": cel_rate,
-                     "ratio": ours_rate / cel_rate, "ratio_fresh": fresh_rate / cel_rate})
+        rows.append(
+            {
+                "rule": bench.name,
+                "results": ours,
+                "ours_per_s": ours_rate,
+                "ours_fresh_per_s": fresh_rate,
+                "cel_per_s": cel_rate,
+                "ratio": ours_rate / cel_rate,
+                "ratio_fresh": fresh_rate / cel_rate,
+            }
+        )
     _print_eval(rows, len(facts_list))
     return rows
 
 
 def _print_eval(rows: list[dict[str, Any]], n_facts: int) -> None:
-    print(f"Compiled rules vs cel-python: {n_facts} images per round, results checked equal "
-          "first; 'fresh' builds new Facts for every evaluation")
-    header = (f"{'rule':22} {'ours eval/s':>12} {'ours ns':>8} {'fresh ns':>9} "
-              f"{'cel eval/s':>10} {'cel ns':>10} {'ratio':>7} {'fresh ratio':>11}")
+    print(
+        f"Compiled rules vs cel-python: {n_facts} images per round, results checked equal "
+        "first; 'fresh' builds new Facts for every evaluation"
+    )
+    header = (
+        f"{'rule':22} {'ours eval/s':>12} {'ours ns':>8} {'fresh ns':>9} "
+        f"{'cel eval/s':>10} {'cel ns':>10} {'ratio':>7} {'fresh ratio':>11}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['rule']:22} {row['ours_per_s']:12,.0f} {1e9 / row['ours_per_s']:8,.0f} "
-              f"{1e9 / row['ours_fresh_per_s']:9,.0f} {row['cel_per_s']:10,.0f} "
-              f"{1e9 / row['cel_per_s']:10,.0f} {row['ratio']:6,.0f}x {row['ratio_fresh']:10,.0f}x")
+        print(
+            f"{row['rule']:22} {row['ours_per_s']:12,.0f} {1e9 / row['ours_per_s']:8,.0f} "
+            f"{1e9 / row['ours_fresh_per_s']:9,.0f} {row['cel_per_s']:10,.0f} "
+            f"{1e9 / row['cel_per_s']:10,.0f} {row['ratio']:6,.0f}x {row['ratio_fresh']:10,.0f}x"
+        )
     met = all(min(r["ratio"], r["ratio_fresh"]) >= TARGET_RATIO for r in rows)
     verdict = "met" if met else "NOT met"
     print(f"target ours >= {TARGET_RATIO:.0f}x faster than cel-python: {verdict}")
-
 
 
 # --- part 2: Evaluate over gRPC -------------------------------------------------------------
@@ -224,11 +284,20 @@ def seed_policies(data: Path, n_policies: int, n_repos: int, n_teams: int = 50) 
     now = time.time_ns() // 1000
     records = [
         PolicyRecord(
-            id=f"bench{i:06d}", name=f"bench-{i:06d}", description="", source_repository=src,
-            rule=RULES[i % len(RULES)], target_endpoint="qa",
-            target_repository=f"qa/mirror{i % 100}", tag_template="%n-%Y%m%d%H%M",
-            time_zone="Europe/Paris" if i % 3 == 0 else "", enabled=i % 13 != 7,
-            create_time_us=now, update_time_us=now, etag=f"1-{i}", version=1,
+            id=f"bench{i:06d}",
+            name=f"bench-{i:06d}",
+            description="",
+            source_repository=src,
+            rule=RULES[i % len(RULES)],
+            target_endpoint="qa",
+            target_repository=f"qa/mirror{i % 100}",
+            tag_template="%n-%Y%m%d%H%M",
+            time_zone="Europe/Paris" if i % 3 == 0 else "",
+            enabled=i % 13 != 7,
+            create_time_us=now,
+            update_time_us=now,
+            etag=f"1-{i}",
+            version=1,
         )
         for i, src in enumerate(sources[:n_policies])
     ]
@@ -252,9 +321,13 @@ def _requests(n_repos: int, n: int, seed: int) -> list[bytes]:
             digest="sha256:" + "ab" * 32,
             components=[
                 common_pb2.Component(name=n, version="1.0", type="deb", licenses=[lic])
-                for n, lic in [("openssl", "Apache-2.0"), ("libc6", "LGPL-2.1-only"),
-                               ("bash", "GPL-3.0-only"), ("zlib1g", "Zlib"),
-                               ("libssl3", "Apache-2.0")]
+                for n, lic in [
+                    ("openssl", "Apache-2.0"),
+                    ("libc6", "LGPL-2.1-only"),
+                    ("bash", "GPL-3.0-only"),
+                    ("zlib1g", "Zlib"),
+                    ("libssl3", "Apache-2.0"),
+                ]
             ],
             vulnerabilities=common_pb2.VulnerabilityCounts(
                 critical=rnd.randint(0, 5), major=rnd.randint(0, 20), minor=3, all=40
@@ -267,8 +340,15 @@ def _requests(n_repos: int, n: int, seed: int) -> list[bytes]:
     return out
 
 
-def _client(address: str, n_repos: int, concurrency: int, warmup: float, duration: float,
-            seed: int, results: mp.Queue) -> None:  # type: ignore[type-arg]
+def _client(
+    address: str,
+    n_repos: int,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    seed: int,
+    results: mp.Queue,
+) -> None:  # type: ignore[type-arg]
     """One client process: `concurrency` requests in flight on its own channel."""
     import grpc
     from grpc import aio
@@ -317,9 +397,21 @@ def _client(address: str, n_repos: int, concurrency: int, warmup: float, duratio
 
 def _start_server(data: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "policy_service", "--grpc-listen", "127.0.0.1:0",
-         "--data", str(data), "--log-level", "WARNING"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "policy_service",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--data",
+            str(data),
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -331,8 +423,12 @@ def _start_server(data: Path) -> tuple[subprocess.Popen[str], str]:
 
 
 def bench_rpc(
-    policies: int = 10_000, repos: int = 1_000, clients: int = 3, concurrency: int = 2,
-    warmup: float = 2.0, duration: float = 15.0,
+    policies: int = 10_000,
+    repos: int = 1_000,
+    clients: int = 3,
+    concurrency: int = 2,
+    warmup: float = 2.0,
+    duration: float = 15.0,
 ) -> dict[str, float]:
     """Evaluate throughput and latency percentiles; prints a summary and returns the numbers."""
     with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
@@ -348,8 +444,10 @@ def bench_rpc(
         try:
             queue: mp.Queue = mp.Queue()  # type: ignore[type-arg]
             procs = [
-                mp.Process(target=_client,
-                           args=(address, repos, concurrency, warmup, duration, 1000 + c, queue))
+                mp.Process(
+                    target=_client,
+                    args=(address, repos, concurrency, warmup, duration, 1000 + c, queue),
+                )
                 for c in range(clients)
             ]
             for p in procs:
@@ -371,12 +469,19 @@ def bench_rpc(
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
 
     out = {
-        "policies": n, "repositories": repos, "clients": clients,
-        "in_flight": clients * concurrency, "calls": len(latencies), "errors": errors,
+        "policies": n,
+        "repositories": repos,
+        "clients": clients,
+        "in_flight": clients * concurrency,
+        "calls": len(latencies),
+        "errors": errors,
         "throughput_per_s": len(latencies) / duration,
-        "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
         "mean_ms": statistics.fmean(latencies) * 1000,
-        "seed_s": seeded, "startup_s": startup,
+        "seed_s": seeded,
+        "startup_s": startup,
         "server_cpu_us_per_call": server_cpu / all_calls * 1e6,
     }
     print(
@@ -404,8 +509,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=3, help="client processes (rpc part)")
     parser.add_argument("--concurrency", type=int, default=2, help="in flight per client")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured")
-    parser.add_argument("--seconds", type=float, default=1.0,
-                        help="seconds measured per figure (eval part)")
+    parser.add_argument(
+        "--seconds", type=float, default=1.0, help="seconds measured per figure (eval part)"
+    )
     args = parser.parse_args(argv)
     if args.part in ("eval", "all"):
         part1 = globals().get("bench_compiled_vs_cel")
@@ -414,8 +520,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             part1(args.seconds)
     if args.part in ("rpc", "all"):
-        bench_rpc(args.policies, args.repos, args.clients, args.concurrency,
-                  duration=args.duration)
+        bench_rpc(args.policies, args.repos, args.clients, args.concurrency, duration=args.duration)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def debian_layer(count: int) -> tuple[bytes, list[tuple[str, str]]]:
 
     text = Path("/var/lib/dpkg/status").read_text(encoding="utf-8")
     files: dict[str, bytes | Link | None] = {
-        "usr/lib/os-release": os_release(), "etc/os-release": Link("../usr/lib/os-release")}
+        "usr/lib/os-release": os_release(),
+        "etc/os-release": Link("../usr/lib/os-release"),
+    }
     paras: list[str] = []
     pkgs: list[tuple[str, str]] = []
     for raw in text.split("\n\n"):
@@ -72,8 +74,10 @@ def debian_layer(count: int) -> tuple[bytes, list[tuple[str, str]]]:
     while len(paras) < count:
         i += 1
         name, version = f"synthetic-pkg{i}", f"1.{i}-{i % 7 + 1}"
-        paras.append(f"Package: {name}\nStatus: install ok installed\nPriority: optional\n"
-                     f"Architecture: amd64\nVersion: {version}\nDescription: bench\n")
+        paras.append(
+            f"Package: {name}\nStatus: install ok installed\nPriority: optional\n"
+            f"Architecture: amd64\nVersion: {version}\nDescription: bench\n"
+        )
         files[f"usr/share/doc/{name}/copyright"] = COPYRIGHT
         pkgs.append((name, version))
     files["var/lib/dpkg/status"] = "\n".join(paras).encode()
@@ -83,9 +87,11 @@ def debian_layer(count: int) -> tuple[bytes, list[tuple[str, str]]]:
 def osv_zip(path: Path, n: int, pkgs: list[tuple[str, str]]) -> None:
     """`n` OSV records over Debian:12 (some naming the image's packages), PyPI and npm."""
     rnd = random.Random(7)
-    vectors = ["CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
-               "CVSS:3.1/AV:N/AC:H/PR:H/UI:N/S:U/C:H/I:N/A:N",
-               "CVSS:3.1/AV:L/AC:H/PR:H/UI:R/S:U/C:L/I:N/A:N"]
+    vectors = [
+        "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H",
+        "CVSS:3.1/AV:N/AC:H/PR:H/UI:N/S:U/C:H/I:N/A:N",
+        "CVSS:3.1/AV:L/AC:H/PR:H/UI:R/S:U/C:L/I:N/A:N",
+    ]
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for i in range(n):
             kind = i % 3
@@ -97,12 +103,20 @@ def osv_zip(path: Path, n: int, pkgs: list[tuple[str, str]]) -> None:
             else:
                 eco, name, fixed, rtype = "npm", f"js-{i}", f"{rnd.randint(1, 9)}.0.{i}", "SEMVER"
             rec = {
-                "schema_version": "1.6.0", "id": f"BENCH-{i:06d}",
-                "modified": "2024-06-01T00:00:00Z", "published": "2024-01-01T00:00:00Z",
-                "aliases": [f"CVE-2024-{i:06d}"], "summary": f"synthetic advisory {i}",
-                "affected": [{"package": {"ecosystem": eco, "name": name},
-                              "ranges": [{"type": rtype, "events": [
-                                  {"introduced": "0"}, {"fixed": fixed}]}]}],
+                "schema_version": "1.6.0",
+                "id": f"BENCH-{i:06d}",
+                "modified": "2024-06-01T00:00:00Z",
+                "published": "2024-01-01T00:00:00Z",
+                "aliases": [f"CVE-2024-{i:06d}"],
+                "summary": f"synthetic advisory {i}",
+                "affected": [
+                    {
+                        "package": {"ecosystem": eco, "name": name},
+                        "ranges": [
+                            {"type": rtype, "events": [{"introduced": "0"}, {"fixed": fixed}]}
+                        ],
+                    }
+                ],
             }
             if i % 2 == 0:
                 rec["severity"] = [{"type": "CVSS_V3", "score": vectors[(i // 6) % 3]}]
@@ -135,15 +149,18 @@ async def scan_via_registry(work: Path, blob: bytes, data: Path, runs: int) -> l
         try:
             async with aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
                 stub = scan_pb2_grpc.ScanServiceStub(ch)
-                loc = common_pb2.ImageLocation(endpoint="r", repository="bench/debian",
-                                               reference="bench")
+                loc = common_pb2.ImageLocation(
+                    endpoint="r", repository="bench/debian", reference="bench"
+                )
                 for _ in range(runs):
                     t = time.perf_counter()
                     rep = await stub.ScanImage(scan_pb2.ScanImageRequest(image=loc, force=True))
                     times.append(time.perf_counter() - t)
-                print(f"  report: {len(rep.components)} components, counts "
-                      f"critical={rep.counts.critical} major={rep.counts.major} "
-                      f"minor={rep.counts.minor} all={rep.counts.all}")
+                print(
+                    f"  report: {len(rep.components)} components, counts "
+                    f"critical={rep.counts.critical} major={rep.counts.major} "
+                    f"minor={rep.counts.minor} all={rep.counts.all}"
+                )
         finally:
             await running.stop(0)
     return times
@@ -165,20 +182,24 @@ def main() -> None:
         t = time.perf_counter()
         res = db.import_sources(iter_path(zpath))
         imp = time.perf_counter() - t
-        print(f"import {args.records} OSV records (zip {zpath.stat().st_size} bytes): {imp:.2f} s "
-              f"(imported={res.imported} errors={len(res.errors)})")
+        print(
+            f"import {args.records} OSV records (zip {zpath.stat().st_size} bytes): {imp:.2f} s "
+            f"(imported={res.imported} errors={len(res.errors)})"
+        )
         t = time.perf_counter()
         res2 = db.import_sources(iter_path(zpath))
-        print(f"re-import (all unchanged, skipped={res2.skipped}): "
-              f"{time.perf_counter() - t:.2f} s")
+        print(f"re-import (all unchanged, skipped={res2.skipped}): {time.perf_counter() - t:.2f} s")
         db.db.close()
         local = [scan_local(blob) for _ in range(args.runs)]
-        print(f"local layer read+parse, {len(pkgs)} packages: median "
-              f"{statistics.median(local):.3f} s")
+        print(
+            f"local layer read+parse, {len(pkgs)} packages: median {statistics.median(local):.3f} s"
+        )
         remote = asyncio.run(scan_via_registry(work, blob, work / "data", args.runs))
-        print(f"ScanImage via gRPC + docker-registry, {len(pkgs)} packages, 50k-record DB: "
-              f"median {statistics.median(remote):.3f} s, max {max(remote):.3f} s "
-              f"({args.runs} runs, force=true)")
+        print(
+            f"ScanImage via gRPC + docker-registry, {len(pkgs)} packages, 50k-record DB: "
+            f"median {statistics.median(remote):.3f} s, max {max(remote):.3f} s "
+            f"({args.runs} runs, force=true)"
+        )
 
 
 if __name__ == "__main__":

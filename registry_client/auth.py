@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from registry_client.bodies import read_limited
 from registry_client.config import RegistryConfig
 from registry_client.errors import AuthenticationError, ConnectError, RegistryError, error_for
 
@@ -222,7 +223,7 @@ class Authenticator:
         for attempt in range(attempts):
             try:
                 async with session.request(method, url, **kw) as resp:
-                    body = await resp.content.read(1 << 20)
+                    body = await read_limited(resp, 1 << 20)
                     if resp.status >= 500 and attempt + 1 < attempts:
                         await asyncio.sleep(
                             min(self.cfg.backoff_cap, self.cfg.backoff_base * 2**attempt)

@@ -14,6 +14,7 @@ from urllib.parse import quote, urljoin
 import aiohttp
 
 from registry_client import mediatypes
+from registry_client.bodies import read_limited
 from registry_client.config import RegistryConfig
 from registry_client.errors import (
     ConnectError,
@@ -155,7 +156,7 @@ class RegistryClient:
             headers={"Accept": mediatypes.ACCEPT_MANIFESTS},
             context=f"manifest {repo}:{ref}",
         ) as resp:
-            data = await resp.content.read(MAX_MANIFEST_BYTES + 1)
+            data = await read_limited(resp, MAX_MANIFEST_BYTES)
             if len(data) > MAX_MANIFEST_BYTES:
                 raise InvalidRequest(0, "MANIFEST_INVALID", f"manifest {repo}:{ref} over 4 MiB")
             ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
@@ -390,7 +391,7 @@ class RegistryClient:
             async with self.transport.request(
                 "GET", url, scopes=[_pull(repo)], context=f"tags {repo}"
             ) as resp:
-                body = await resp.content.read(16 << 20)
+                body = await read_limited(resp, 16 << 20)
                 link = resp.headers.get("Link", "")
             try:
                 doc = json.loads(body)

@@ -22,6 +22,7 @@ from typing import Any, Union
 import aiohttp
 
 from registry_client.auth import Authenticator
+from registry_client.bodies import read_limited
 from registry_client.config import RegistryConfig
 from registry_client.errors import (
     AuthenticationError,
@@ -257,6 +258,6 @@ class _State:
 
 async def _read_small(resp: aiohttp.ClientResponse, limit: int = 64 << 10) -> bytes:
     try:
-        return await resp.content.read(limit)
+        return await read_limited(resp, limit)
     except (TimeoutError, aiohttp.ClientError):
         return b""

@@ -150,3 +150,13 @@ async def test_list_tags_follows_link_pagination(
     assert sorted(paged) == sorted(names) == sorted(list_tags(registry, "tags/app"))
     assert paged == whole
     assert json.loads(inspect_raw(registry, "tags/app", "t6"))["schemaVersion"] == 2
+
+
+async def test_large_manifest_read_whole(registry: RegistryProcess, images: ImageBuilder) -> None:
+    # ~40 KB of manifest arrives in several network reads; all of it must be returned.
+    img = images.image("many", layers=[200] * 160)
+    push(img, registry, "large/manifest")
+    assert len(img.manifest) > 30_000
+    async with RegistryClient(registry.client_config()) as rc:
+        m = await rc.get_manifest("large/manifest", "many")
+    assert m.data == img.manifest and m.digest == img.digest
