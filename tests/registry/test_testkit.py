@@ -85,3 +85,46 @@ def test_fault_proxy_counts_and_corrupts(registry: RegistryProcess, images: Imag
         except urllib.error.HTTPError as e:
             assert e.code == 429 and e.headers["Retry-After"] == "1"
         assert len(proxy.requests("GET", "/blobs/")) == 2
+
+
+def test_notifications_reach_the_endpoint(registry_factory, images: ImageBuilder) -> None:
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    got: list[tuple[str, dict]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append((self.headers.get("Authorization", ""), json.loads(body)))
+            self.send_response(200)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/events"
+        reg = registry_factory(
+            notifications=[{"name": "gw", "url": url, "headers": {"Authorization": ["Bearer s3"]}}]
+        )
+        img = images.image("n1")
+        push(img, reg, "note/app")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pushes = [
+                e
+                for _, doc in got
+                for e in doc["events"]
+                if e["action"] == "push" and e["target"].get("tag") == "n1"
+            ]
+            if pushes:
+                break
+            time.sleep(0.1)
+        assert pushes and pushes[0]["target"]["digest"] == img.digest
+        assert all(auth == "Bearer s3" for auth, _ in got)
+    finally:
+        server.shutdown()
