@@ -89,7 +89,12 @@ class Policies(_Service):
         description: str | None = None,
         validate_only: bool = False,
     ) -> policy_pb2.Policy:
-        """Create a policy from a message and/or fields; `endpoint`/`repository` are the target."""
+        """Create a policy from a message and/or fields; `endpoint`/`repository` are the target.
+
+        Built from keywords alone, the policy is enabled unless `enabled=False`.
+        """
+        if policy is None and enabled is None:
+            enabled = True
         msg = _build.policy_message(policy, {
             "name": name, "source_repository": source_repository, "rule": rule,
             "endpoint": endpoint, "repository": repository, "tag_template": tag_template,
