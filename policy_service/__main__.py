@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from grpc import aio
-
 from policy_service.push_check import GrpcPushChecker
 from policy_service.servicer import PolicyServicer
 from policy_service.store import PolicyStore
 from servicekit.runner import base_parser, run_until_signal
+from servicekit.security import ServerSecurity, add_security_arguments
 from servicekit.server import start_server
 
 DEFAULT_PORT = 50052
@@ -31,13 +30,15 @@ def main(argv: list[str] | None = None) -> None:
         help="HOST:PORT of the transfer service, asked whether policy targets are pushable; "
         "without it the check is skipped (only for running the policy service alone)",
     )
+    add_security_arguments(parser)
     args = parser.parse_args(argv)
 
     async def start() -> Callable[[], Awaitable[None]]:
+        security = ServerSecurity.from_args(args)
         store = PolicyStore.open(args.data)
         channel = None
         if args.transfer_address:
-            channel = aio.insecure_channel(args.transfer_address)
+            channel = security.channel(args.transfer_address)
             checker = GrpcPushChecker(channel)
         else:
             checker = None
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
                 "use this only to run the policy service alone"
             )
         servicer = PolicyServicer(store, checker)
-        running = await start_server([servicer], args.grpc_listen)
+        running = await start_server(
+            [servicer], args.grpc_listen, tls=security.tls, interceptors=security.interceptors
+        )
         host = args.grpc_listen.rsplit(":", 1)[0]
         print(f"policy service listening on {host}:{running.port}", flush=True)
 

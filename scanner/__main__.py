@@ -14,6 +14,7 @@ from pathlib import Path
 from scanner.layers import Limits
 from scanner.servicer import ScanServicer
 from servicekit.runner import base_parser, run_until_signal
+from servicekit.security import ServerSecurity, add_security_arguments
 from servicekit.server import start_server
 
 
@@ -29,6 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="largest package database file accepted")
     p.add_argument("--max-image-gib", type=int, default=16,
                    help="most decompressed layer bytes read per image")
+    add_security_arguments(p)
     return p.parse_args(argv)
 
 
@@ -47,7 +49,10 @@ def main(argv: list[str] | None = None) -> None:
                         max_image_bytes=args.max_image_gib << 30)
         servicer = ScanServicer(args.data, endpoints, limits=limits,
                                 import_roots=args.import_root)
-        running = await start_server([servicer], args.grpc_listen)
+        security = ServerSecurity.from_args(args)
+        running = await start_server(
+            [servicer], args.grpc_listen, tls=security.tls, interceptors=security.interceptors
+        )
         return running.stop
 
     run_until_signal(args, start)

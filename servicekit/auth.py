@@ -189,3 +189,45 @@ class AuthInterceptor(aio.ServerInterceptor):
                 "this token is read-only",
             )
         return handler
+
+
+class _OutboundBearer:
+    """Adds `authorization: Bearer TOKEN` to calls a service makes to another service."""
+
+    def __init__(self, token: str) -> None:
+        self._md = ("authorization", f"Bearer {token}")
+
+    def _details(self, d: aio.ClientCallDetails) -> aio.ClientCallDetails:
+        md = aio.Metadata(*(d.metadata or ()))
+        md.add(*self._md)
+        return aio.ClientCallDetails(d.method, d.timeout, md, d.credentials, d.wait_for_ready)
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _OutboundBearerUnary(_OutboundBearer, aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    pass
+
+
+class _OutboundBearerStream(_OutboundBearer, aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    pass
+
+
+def outbound_interceptors(tokens: Iterable[Token]) -> list[aio.ClientInterceptor]:
+    """Client interceptors carrying the first admin token (none when there is no admin token).
+
+    One interceptor per call kind: grpc.aio files an interceptor under its first matching kind.
+    """
+    admin = next((t for t in tokens if t.role == Role.ADMIN), None)
+    if admin is None:
+        return []
+    token = admin.value.decode()
+    return [_OutboundBearerUnary(token), _OutboundBearerStream(token)]

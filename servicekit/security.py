@@ -19,7 +19,13 @@ from pathlib import Path
 
 from grpc import aio
 
-from servicekit.auth import AuthInterceptor, Token, TokenAuthenticator, load_tokens
+from servicekit.auth import (
+    AuthInterceptor,
+    Token,
+    TokenAuthenticator,
+    load_tokens,
+    outbound_interceptors,
+)
 from servicekit.request_log import RequestLogInterceptor
 from servicekit.server import TlsConfig
 
@@ -97,6 +103,11 @@ class ServerSecurity:
             tokens_file=getattr(args, "tokens_file", None),
             environ=environ,
         )
+
+    def channel(self, address: str) -> aio.Channel:
+        """A plaintext channel to another service, carrying the admin token when tokens are on."""
+        interceptors = outbound_interceptors(self.tokens)
+        return aio.insecure_channel(address, interceptors=interceptors or None)
 
     def warn_if_exposed(self, listen: str) -> None:
         """Log a warning when a non-loopback address is served without tokens."""

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from servicekit.runner import base_parser, run_until_signal
+from servicekit.security import ServerSecurity, add_security_arguments
 from servicekit.server import start_server
 
 log = logging.getLogger("transfer_service")
@@ -25,6 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-blobs", type=int, default=8, help="blobs copied at once (all jobs)")
     p.add_argument("--max-attempts", type=int, default=5,
                    help="attempts of a job that fails with a retryable error")
+    add_security_arguments(p)
     args = p.parse_args(argv)
     if args.max_jobs < 1 or args.max_blobs < 1 or args.max_attempts < 1:
         p.error("--max-jobs, --max-blobs and --max-attempts must be at least 1")
@@ -48,7 +50,10 @@ def main(argv: list[str] | None = None) -> None:
             max_concurrent_blobs=args.max_blobs,
             max_attempts=args.max_attempts,
         )
-        server = await start_server([servicer], args.grpc_listen)
+        security = ServerSecurity.from_args(args)
+        server = await start_server(
+            [servicer], args.grpc_listen, tls=security.tls, interceptors=security.interceptors
+        )
         await servicer.start()
         # Tests and scripts started with port 0 read the chosen port from this line.
         print(f"transfer_service listening on port {server.port}", flush=True)
