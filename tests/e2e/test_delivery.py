@@ -14,6 +14,8 @@ from tests.e2e.conftest import WEBHOOK_SECRET, Clients, wait_for
 from tests.e2e.helpers import healthz, post_events, push_event, skopeo_digest, tags_of
 from tests.support.registry import RegistryFactory
 
+pytestmark = pytest.mark.registry
+
 Run = gateway_pb2.Run
 
 

@@ -14,6 +14,8 @@ from tests.e2e.conftest import Clients, notify_config
 from tests.e2e.helpers import skopeo_digest, tags_of
 from tests.support.registry import RegistryFactory
 
+pytestmark = pytest.mark.registry
+
 Run = gateway_pb2.Run
 
 

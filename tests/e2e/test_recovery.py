@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from mirror.v1 import gateway_pb2
 
 from registry_testkit.images import ImageBuilder, push
@@ -11,6 +12,8 @@ from stack.process import StackProcess
 from tests.e2e.conftest import WEBHOOK_SECRET, Clients, notify_config, wait_for
 from tests.e2e.helpers import healthz, skopeo_digest, tags_of
 from tests.support.registry import RegistryFactory
+
+pytestmark = pytest.mark.registry
 
 Run = gateway_pb2.Run
 

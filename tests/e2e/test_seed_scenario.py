@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from mirror.v1 import gateway_pb2
 
 from registry_testkit.images import ImageBuilder, push
@@ -12,6 +13,8 @@ from stack.process import StackProcess
 from tests.e2e.conftest import QA_PASSWORD, QA_USER, Clients, notify_config
 from tests.e2e.helpers import skopeo_digest, tags_of
 from tests.support.registry import RegistryFactory
+
+pytestmark = pytest.mark.registry
 
 Run = gateway_pb2.Run
 

@@ -20,6 +20,8 @@ from tests.e2e.conftest import WEBHOOK_SECRET, Clients
 from tests.e2e.helpers import skopeo_digest, tags_of
 from tests.support.registry import RegistryFactory
 
+pytestmark = pytest.mark.registry
+
 ROOT = Path(__file__).resolve().parents[2]
 Run = gateway_pb2.Run
 
