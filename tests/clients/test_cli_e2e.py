@@ -97,6 +97,22 @@ def test_cli_mirrors_a_pushed_image(live, tmp_path: Path, images: ImageBuilder) 
     assert runs[0]["source"]["reference"] == "1.0-stable"
     assert digest_of(qa, "team/website", "1.0-stable", user=QA_USER) == image.digest
 
+    explained = ls.ctl("policy", "explain", "promote-stable", "--image",
+                       "dev/team/website:1.0-stable")
+    assert explained.code == 0, explained.stderr
+    assert "MATCHES" in explained.stdout and 'tag endswith "stable"' in explained.stdout
+    # A rule on vulnerabilities needs the scanner's facts: explain scans the image first.
+    scanned = ls.ctl("policy", "explain", "critical_vulns == 0 and tag == \"1.0\"", "--image",
+                     "dev/team/website:1.0-stable", "-o", "json")
+    assert scanned.code == 1, scanned.stderr  # tag differs: no match, exit 1
+    doc = scanned.json()
+    assert doc["facts"]["digest"] == image.digest
+    clauses = {c["clause"]: c for c in doc["result"]["explanation"]["clauses"]}
+    assert clauses["critical_vulns == 0"]["value"] == "0"
+    assert clauses["critical_vulns == 0"].get("result", False) is True
+    report = ls.ctl("scan", "show", image.digest, "-o", "json")
+    assert report.code == 0 and report.json()["digest"] == image.digest
+
     shown = ls.ctl("transfer", "show", run["transfer_id"], "-o", "yaml")
     assert yaml.safe_load(shown.stdout)["digest"] == image.digest
 
