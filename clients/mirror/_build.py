@@ -118,12 +118,12 @@ def start_transfer(
     )
 
 
-def transfer_states(states: Iterable[int | str]) -> list[int]:
+def transfer_states(states: Iterable[int | str]) -> list[Any]:
     """Transfer.State values from numbers or names ("running" or "STATE_RUNNING")."""
     return [_enum(transfer_pb2.Transfer.State, s) for s in states]
 
 
-def run_states(states: Iterable[int | str]) -> list[int]:
+def run_states(states: Iterable[int | str]) -> list[Any]:
     """Run.State values from numbers or names ("failed" or "STATE_FAILED")."""
     return [_enum(gateway_pb2.Run.State, s) for s in states]
 
@@ -153,4 +153,4 @@ def import_vulnerabilities(
         raise ValueError("give exactly one of path= (on the scanner host) or data= (bytes)")
     if path is not None:
         return scan_pb2.ImportVulnerabilitiesRequest(path=path)
-    return scan_pb2.ImportVulnerabilitiesRequest(data=data)
+    return scan_pb2.ImportVulnerabilitiesRequest(data=data or b"")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from mirror.cli.context import CliError, Context
-from mirror.cli.output import enum_name, when
+from mirror.cli.output import const, enum_name, when
 from mirror.cli.parsing import command
 from mirror.v1 import transfer_pb2
 
@@ -103,7 +103,7 @@ def list_(ctx: Context) -> int:
 
 def show(ctx: Context) -> int:
     ep = ctx.client.transfers.get_endpoint(ctx.args.name)
-    ctx.out.record(ep, [(k, (lambda _e, v=v: v)) for k, v in _fields(ep)])
+    ctx.out.record(ep, [(k, const(v)) for k, v in _fields(ep)])
     return 0
 
 

@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from mirror import errors
 from mirror.cli import rule_errors
 from mirror.cli.context import EXIT_INVALID, EXIT_NOT_FOUND, CliError, Context
-from mirror.cli.output import enum_name, when
+from mirror.cli.output import const, enum_name, when
 from mirror.cli.parsing import command, image_ref
 from mirror.client import Client
 from mirror.v1 import common_pb2, policy_pb2
@@ -151,7 +151,7 @@ def show(ctx: Context) -> int:
     if ctx.out.machine:
         ctx.out.data(p)
         return 0
-    ctx.out.record(p, [(k, (lambda _p, v=v: v)) for k, v in _fields(p)])
+    ctx.out.record(p, [(k, const(v)) for k, v in _fields(p)])
     try:
         st = ctx.client.gateway.get_policy_status(p.id)
     except errors.MirrorError:

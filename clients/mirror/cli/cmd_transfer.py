@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mirror.cli.context import EXIT_SERVER, Context
-from mirror.cli.output import enum_name, human_bytes, when
+from mirror.cli.output import const, enum_name, human_bytes, when
 from mirror.cli.parsing import command, image_ref
 from mirror.cli.progress import FINAL, follow, summary
 from mirror.v1 import transfer_pb2
@@ -88,7 +88,7 @@ def show(ctx: Context) -> int:
         ("created", when(t.create_time)), ("started", when(t.start_time)),
         ("ended", when(t.end_time)),
     ]
-    ctx.out.record(t, [(k, (lambda _t, v=v: v)) for k, v in rows])
+    ctx.out.record(t, [(k, const(v)) for k, v in rows])
     return 0
 
 

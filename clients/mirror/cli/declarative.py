@@ -25,6 +25,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,19 +154,19 @@ def parse(text: str, source: str, base: Path) -> Desired:
         if not isinstance(raw, dict):
             raise _bad(where, "expected a mapping")
         try:
-            msg = json_format.ParseDict(raw, policy_pb2.Policy())
+            pmsg = json_format.ParseDict(raw, policy_pb2.Policy())
         except json_format.ParseError as err:
             raise _bad(where, str(err)) from None
-        fields = _given(raw, policy_pb2.Policy.DESCRIPTOR)
-        fixed = fields - set(_POLICY_MUTABLE)
+        pfields = _given(raw, policy_pb2.Policy.DESCRIPTOR)
+        fixed = pfields - set(_POLICY_MUTABLE)
         if fixed:
             raise _bad(where, f"{sorted(fixed)} are set by the server; remove them")
-        if not msg.name:
+        if not pmsg.name:
             raise _bad(where, "name is required (policies are matched by name)")
-        if msg.name in seen:
-            raise _bad(where, f"policy {msg.name!r} appears twice")
-        seen.add(msg.name)
-        out.policies.append(DesiredPolicy(msg, fields))
+        if pmsg.name in seen:
+            raise _bad(where, f"policy {pmsg.name!r} appears twice")
+        seen.add(pmsg.name)
+        out.policies.append(DesiredPolicy(pmsg, pfields))
     return out
 
 
@@ -201,7 +202,7 @@ def plan(
             if d.secret is not None:
                 msg.secret = d.secret
             changes.append(Change("create", "endpoint", d.msg.name, sorted(d.fields),
-                                  lambda m=msg: tr.create_endpoint(m)))
+                                  partial(tr.create_endpoint, msg)))
             continue
         diff = [f for f in _ENDPOINT_MUTABLE if f in d.fields and _differs(d.msg, have, f)]
         if d.secret is not None and (update_secrets or not have.has_secret):
@@ -215,40 +216,40 @@ def plan(
         if "secret" in diff:
             kw["secret"] = d.secret
         changes.append(Change("update", "endpoint", d.msg.name, diff,
-                              lambda n=d.msg.name, kw=kw: tr.update_endpoint(n, **kw)))
+                              partial(tr.update_endpoint, d.msg.name, **kw)))
 
-    for d in desired.policies:
-        have = current_pols.get(d.msg.name)
-        if have is None:
-            msg = policy_pb2.Policy()
-            msg.CopyFrom(d.msg)
-            if "enabled" not in d.fields:
-                msg.enabled = True
-            changes.append(Change("create", "policy", d.msg.name, sorted(d.fields),
-                                  lambda m=msg: pol.create(m)))
+    for dp in desired.policies:
+        cur = current_pols.get(dp.msg.name)
+        if cur is None:
+            pmsg = policy_pb2.Policy()
+            pmsg.CopyFrom(dp.msg)
+            if "enabled" not in dp.fields:
+                pmsg.enabled = True
+            changes.append(Change("create", "policy", dp.msg.name, sorted(dp.fields),
+                                  partial(pol.create, pmsg)))
             continue
-        diff = [f for f in _POLICY_MUTABLE if f in d.fields and _differs(d.msg, have, f)]
+        diff = [f for f in _POLICY_MUTABLE if f in dp.fields and _differs(dp.msg, cur, f)]
         if not diff:
-            changes.append(Change("unchanged", "policy", d.msg.name))
+            changes.append(Change("unchanged", "policy", dp.msg.name))
             continue
-        kw = {f: getattr(d.msg, f) for f in diff if f != "target"}
+        pkw: dict[str, Any] = {f: getattr(dp.msg, f) for f in diff if f != "target"}
         if "target" in diff:
-            kw["endpoint"] = d.msg.target.endpoint
-            kw["repository"] = d.msg.target.repository
-        changes.append(Change("update", "policy", d.msg.name, diff,
-                              lambda i=have.id, e=have.etag, kw=kw: pol.update(i, etag=e, **kw)))
+            pkw["endpoint"] = dp.msg.target.endpoint
+            pkw["repository"] = dp.msg.target.repository
+        changes.append(Change("update", "policy", dp.msg.name, diff,
+                              partial(pol.update, cur.id, etag=cur.etag, **pkw)))
 
     if prune:
         wanted = {d.msg.name for d in desired.policies}
         for name, p in sorted(current_pols.items()):
             if name not in wanted:
                 changes.append(Change("delete", "policy", name, [],
-                                      lambda i=p.id, e=p.etag: pol.delete(i, etag=e)))
+                                      partial(pol.delete, p.id, etag=p.etag)))
         wanted = {d.msg.name for d in desired.endpoints}
         for name in sorted(current_eps):
             if name not in wanted:
                 changes.append(Change("delete", "endpoint", name, [],
-                                      lambda n=name: tr.delete_endpoint(n)))
+                                      partial(tr.delete_endpoint, name)))
     return changes
 
 

@@ -75,7 +75,7 @@ class Output:
             return
         if fields is None:
             data = to_data(item)
-            fields = [(k, (lambda _i, v=v: v)) for k, v in data.items()]
+            fields = [(k, const(v)) for k, v in data.items()]
         table = Table(show_header=False, show_edge=False, box=None, pad_edge=False)
         table.add_column(style="bold")
         table.add_column(overflow="fold")
@@ -86,6 +86,11 @@ class Output:
     def message(self, text: str) -> None:
         """A short confirmation for people (stderr under -o json/yaml, to keep stdout clean)."""
         (self.err if self.machine else self.console).print(text, highlight=False)
+
+
+def const(value: object) -> Callable[[Any], object]:
+    """A column function that ignores the item and returns `value`."""
+    return lambda _item: value
 
 
 def _cell(value: object) -> str:
