@@ -43,7 +43,12 @@ def test_dev_to_qa_to_prod(
     )
     src = skopeo_digest(dev, "dev/website", "2.0-stable")
     assert skopeo_digest(prod, "prod/website", "2.0-stable-prod") == src
-    assert tags_of(qa, "qa/website", QA_USER, QA_PASSWORD) == ["1.9-stable", "2.0-stable"]
+    # 1.9-stable travels independently of 2.0-stable: wait for it rather than assume an order.
+    wait_for(
+        lambda: tags_of(qa, "qa/website", QA_USER, QA_PASSWORD) == ["1.9-stable", "2.0-stable"],
+        60,
+        "both stable tags in qa",
+    )
 
     stage2 = clients.wait_runs_final(to_prod.id, 2)
     assert {r.source.endpoint for r in stage2} == {"qa"}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from support.images import ImageBuilder, inspect_raw, push
 
 from registry_client import errors
 from registry_testkit.registry import RegistryProcess
+from tests.support.images import ImageBuilder, inspect_raw, push
 from transfer_service.engine import CopyEngine, CopyRequest
 
 pytestmark = pytest.mark.registry

@@ -6,9 +6,9 @@ import asyncio
 import json
 
 import pytest
-from support.images import ImageBuilder, digest_of, inspect_raw, list_tags, push
 
 from registry_testkit.registry import RegistryProcess
+from tests.support.images import ImageBuilder, digest_of, inspect_raw, list_tags, push
 from transfer_service.engine import (
     CopyEngine,
     CopyProgress,

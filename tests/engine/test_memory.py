@@ -8,9 +8,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support.images import ImageBuilder, inspect_raw, push
 
 from registry_testkit.registry import RegistryProcess
+from tests.support.images import ImageBuilder, inspect_raw, push
 
 pytestmark = pytest.mark.registry
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import grpc
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from mirror.v1 import common_pb2, policy_pb2, policy_pb2_grpc
-from policy_servicer_support import policy, start_policy_process
+
+from tests.policy.policy_servicer_support import policy, start_policy_process
 
 
 def _stub(address: str) -> tuple[grpc.Channel, policy_pb2_grpc.PolicyServiceStub]:

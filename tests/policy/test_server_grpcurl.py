@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from policy_servicer_support import (  # noqa: F401  (fixture)
+
+from tests.policy.policy_servicer_support import (  # noqa: F401  (fixture)
     REPO_ROOT,
     SEED_RULE,
     PolicyProcess,

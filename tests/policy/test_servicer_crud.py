@@ -11,7 +11,12 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc import aio
 from mirror.v1 import common_pb2, policy_pb2
-from policy_servicer_support import (  # noqa: F401  (fixtures)
+
+from policy_service.push_check import GrpcPushChecker
+from policy_service.servicer import PolicyServicer
+from policy_service.store import PolicyRecord, PolicyStore
+from servicekit import errors
+from tests.policy.policy_servicer_support import (  # noqa: F401  (fixtures)
     Check,
     PolicyEnv,
     details,
@@ -21,11 +26,6 @@ from policy_servicer_support import (  # noqa: F401  (fixtures)
     precondition_violations,
     transfer_double,
 )
-
-from policy_service.push_check import GrpcPushChecker
-from policy_service.servicer import PolicyServicer
-from policy_service.store import PolicyRecord, PolicyStore
-from servicekit import errors
 
 
 async def _create(env: PolicyEnv, **kw: object) -> policy_pb2.Policy:  # noqa: F811

@@ -9,7 +9,10 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from mirror.v1 import common_pb2, policy_pb2
-from policy_servicer_support import (  # noqa: F401  (fixtures)
+
+from policy_service import compiled
+from servicekit.metrics import REGISTRY
+from tests.policy.policy_servicer_support import (  # noqa: F401  (fixtures)
     SEED_RULE,
     PolicyEnv,
     env,
@@ -17,9 +20,6 @@ from policy_servicer_support import (  # noqa: F401  (fixtures)
     policy,
     transfer_double,
 )
-
-from policy_service import compiled
-from servicekit.metrics import REGISTRY
 
 K = common_pb2
 WHEN = datetime(2026, 11, 26, 15, 30, 5, tzinfo=UTC)

@@ -9,13 +9,13 @@ import grpc
 import pytest
 from grpc import aio
 from mirror.v1 import common_pb2, policy_pb2, policy_pb2_grpc, transfer_pb2, transfer_pb2_grpc
-from policy_servicer_support import policy, precondition_violations
 
 from policy_service.push_check import GrpcPushChecker
 from policy_service.servicer import PolicyServicer
 from policy_service.store import PolicyStore
 from registry_testkit.registry import RegistryProcess
 from servicekit.server import start_server
+from tests.policy.policy_servicer_support import policy, precondition_violations
 from transfer_service.servicer import TransferServicer
 
 pytestmark = pytest.mark.registry

@@ -6,10 +6,10 @@ import hashlib
 import json
 
 import pytest
-from support.images import ImageBuilder, inspect_raw, list_tags, push
 
 from registry_client import RegistryClient, errors, mediatypes, sha256_digest
 from registry_testkit.registry import RegistryProcess
+from tests.support.images import ImageBuilder, inspect_raw, list_tags, push
 
 pytestmark = pytest.mark.registry
 

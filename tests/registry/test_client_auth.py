@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
-from support.images import ImageBuilder, push
 
 from registry_client import RegistryClient, RegistryConfig, errors, sha256_digest
 from registry_client.auth import merge_scopes, parse_www_authenticate
 from registry_testkit.registry import RegistryProcess
 from registry_testkit.token_server import TokenServer
+from tests.support.images import ImageBuilder, push
 
 pytestmark = pytest.mark.registry
 

@@ -6,12 +6,12 @@ import asyncio
 import time
 
 import pytest
-from support.images import ImageBuilder, push
 
 from registry_client import RegistryClient, RegistryConfig, errors
 from registry_client.transport import retry_after_seconds
 from registry_testkit.faultproxy import FaultProxy
 from registry_testkit.registry import RegistryProcess
+from tests.support.images import ImageBuilder, push
 
 pytestmark = pytest.mark.registry
 

@@ -6,11 +6,10 @@ import hashlib
 import json
 import urllib.request
 
-from support.images import ImageBuilder, digest_of, inspect_raw, list_tags, push
-from support.registry import HTPASSWD_USERS
-
 from registry_testkit.faultproxy import FaultProxy
 from registry_testkit.registry import RegistryProcess
+from tests.support.images import ImageBuilder, digest_of, inspect_raw, list_tags, push
+from tests.support.registry import HTPASSWD_USERS
 
 
 def test_push_index_and_inspect_byte_exact(registry: RegistryProcess, images: ImageBuilder) -> None:

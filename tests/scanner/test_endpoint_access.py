@@ -24,7 +24,7 @@ pytestmark = pytest.mark.registry
 async def test_scan_through_readonly_endpoint_store_with_basic_auth(
     tls_registry, tmp_path: Path
 ) -> None:
-    from support.registry import HTPASSWD_USERS
+    from tests.support.registry import HTPASSWD_USERS
 
     user, password = next(iter(HTPASSWD_USERS.items()))
     transfer_data = tmp_path / "transfer"

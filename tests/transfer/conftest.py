@@ -10,9 +10,9 @@ import pytest
 from cryptography.fernet import Fernet
 from grpc import aio
 from mirror.v1 import transfer_pb2_grpc
-from transfer_support import Served, ServeFn, stop_served
 
 from servicekit.server import start_server
+from tests.transfer.transfer_support import Served, ServeFn, stop_served
 from transfer_service.endpoints import EndpointStore
 from transfer_service.jobs import Journal
 from transfer_service.schema import open_database

@@ -9,10 +9,10 @@ import grpc
 import pytest
 from grpc import aio
 from mirror.v1 import transfer_pb2
-from transfer_support import Served, endpoint_msg, rpc_details
 
 from registry_testkit.ports import free_port
 from registry_testkit.registry import RegistryProcess
+from tests.transfer.transfer_support import Served, endpoint_msg, rpc_details
 
 pytestmark = pytest.mark.registry
 

@@ -13,8 +13,8 @@ from cryptography.fernet import Fernet
 from google.protobuf import field_mask_pb2
 from grpc import aio
 from mirror.v1 import transfer_pb2
-from transfer_support import Served, ServeFn, endpoint_msg, rpc_details, stop_served
 
+from tests.transfer.transfer_support import Served, ServeFn, endpoint_msg, rpc_details, stop_served
 from transfer_service.endpoints import EndpointRecord
 from transfer_service.secrets import SecretKeyError
 

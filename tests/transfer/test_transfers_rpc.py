@@ -10,12 +10,12 @@ import grpc
 import pytest
 from grpc import aio
 from mirror.v1 import common_pb2, transfer_pb2
-from transfer_support import Served, ServeFn, endpoint_msg, rpc_details, stop_served
 
 from registry_testkit.faultproxy import FaultProxy
 from registry_testkit.images import ImageBuilder, digest_of, inspect_raw, push
 from registry_testkit.registry import RegistryProcess
 from servicekit import metrics
+from tests.transfer.transfer_support import Served, ServeFn, endpoint_msg, rpc_details, stop_served
 
 pytestmark = pytest.mark.registry
 
