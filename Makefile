@@ -44,7 +44,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy clients/mirror policy_service transfer_service gateway scanner registry_client servicekit stack
+	$(BIN)/mypy -p mirror -p policy_service -p transfer_service -p gateway -p scanner -p registry_client -p servicekit -p stack
 
 test: $(STAMP) check-protos lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q -p no:cacheprovider
