@@ -13,7 +13,7 @@ from policy_service.push_check import GrpcPushChecker
 from policy_service.servicer import PolicyServicer
 from policy_service.store import PolicyStore
 from servicekit.runner import base_parser, run_until_signal
-from servicekit.security import ServerSecurity, add_security_arguments
+from servicekit.security import ServerSecurity, add_peer_arguments, add_security_arguments
 from servicekit.server import start_server
 
 DEFAULT_PORT = 50052
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         "without it the check is skipped (only for running the policy service alone)",
     )
     add_security_arguments(parser)
+    add_peer_arguments(parser)
     args = parser.parse_args(argv)
 
     async def start() -> Callable[[], Awaitable[None]]:

@@ -14,7 +14,7 @@ from policy_service.rules import ComponentFact, Facts, VulnCounts
 from policy_service.templates import TemplateError
 
 # What each fact kind is called in a "needs ... facts" reason.
-_KIND_NOUNS = {
+_KIND_NOUNS: dict[int, str] = {
     common_pb2.FACT_KIND_REFERENCE: "reference",
     common_pb2.FACT_KIND_MANIFEST: "manifest",
     common_pb2.FACT_KIND_COMPONENTS: "component",
@@ -106,7 +106,8 @@ def evaluate_rule(
     """(matched, explanation or None, reason). A rule short of facts does not match."""
     missing = missing_kinds(required, present)
     if missing:
-        exp = policy_pb2.Explanation(result=False, missing_facts=missing) if explain else None
+        kinds = [common_pb2.FactKind.ValueType(k) for k in missing]
+        exp = policy_pb2.Explanation(result=False, missing_facts=kinds) if explain else None
         return False, exp, missing_reason(missing)
     if explain:
         e = rule.explain(facts)

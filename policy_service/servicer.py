@@ -291,7 +291,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 )
         else:
             out.fields.extend(sorted(rule.fields))
-            out.required_facts.extend(sorted(int(k) for k in rule.required_facts))  # type: ignore[arg-type]
+            out.required_facts.extend(
+                common_pb2.FactKind.ValueType(k) for k in sorted(rule.required_facts)
+            )
         tz_problem = time_zone_error(request.time_zone)
         if tz_problem:
             out.template_errors.append(f"time_zone: {tz_problem}")

@@ -339,7 +339,7 @@ class ImageBuilder:
             "manifests": entries,
         }
         raw = json.dumps(doc, indent=2).encode()
-        idesc = layout.add_blob(raw, doc["mediaType"])
+        idesc = layout.add_blob(raw, DOCKER_LIST if docker else OCI_INDEX)
         if docker:
             dir_path = layout.export_dir(
                 layout.path.with_name(layout.path.name + ".dir"),

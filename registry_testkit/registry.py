@@ -95,8 +95,9 @@ class RegistryProcess:
         """A `registry_client.RegistryConfig` for this registry (as `user`, CA trusted)."""
         from registry_client import RegistryConfig
 
-        creds = {"username": user, "password": self.password_of(user)} if user else {}
-        return RegistryConfig(url=self.url, ca_pem=self.ca_pem, **creds, **kw)
+        if user:
+            kw = {"username": user, "password": self.password_of(user), **kw}
+        return RegistryConfig(url=self.url, ca_pem=self.ca_pem, **kw)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.options.tls:

@@ -23,6 +23,7 @@ import jwt
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from registry_testkit.ports import free_port
 
@@ -53,7 +54,10 @@ class TokenServer:
         leaf = ca.issue_cert("token-signer")
         self.rootcertbundle = self.workdir / "token-root.pem"
         ca.cert_pem.write_to_path(str(self.rootcertbundle))
-        self._key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
+        key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise TypeError("trustme issued a non-EC key; ES256 needs an EC key")
+        self._key = key
         cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
         self._x5c = [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
         self.port = free_port()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 
 from servicekit.errors import invalid_argument
 
@@ -25,7 +26,9 @@ def encode_token(state: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_token(token: str, *, expect: dict[str, object] | None = None) -> dict[str, object]:
+def decode_token(
+    token: str, *, expect: Mapping[str, object] | None = None
+) -> dict[str, object]:
     """Decode a page token; INVALID_ARGUMENT when it is not one of ours or the filter changed."""
     if not token:
         return {}

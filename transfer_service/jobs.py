@@ -145,7 +145,7 @@ class Journal:
             raise not_found(f"transfer {job_id!r} not found")
         return _from_row(row)
 
-    def list(
+    def list_page(
         self,
         limit: int,
         *,
@@ -155,7 +155,8 @@ class Journal:
         repository: str = "",
     ) -> list[JobRecord]:
         """Newest first; `before_seq` continues a previous page."""
-        where, params = ["1=1"], []  # type: ignore[var-annotated]
+        where: list[str] = ["1=1"]
+        params: list[object] = []
         if before_seq:
             where.append("seq < ?")
             params.append(before_seq)

@@ -188,7 +188,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             ok=report.ok,
             checks=[
                 transfer_pb2.ConnectionCheck(
-                    step=int(c.step), result=int(c.result), message=c.message
+                    step=transfer_pb2.ConnectionCheck.Step.ValueType(c.step),
+                    result=transfer_pb2.ConnectionCheck.Result.ValueType(c.result),
+                    message=c.message,
                 )
                 for c in report.checks
             ],
@@ -240,7 +242,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         }
         token = paging.decode_token(request.page_token, expect=flt)
         before = int(token.get("before", 0) or 0)  # type: ignore[call-overload]
-        jobs = self.journal.list(
+        jobs = self.journal.list_page(
             size + 1,
             before_seq=before,
             states=states,

@@ -102,7 +102,7 @@ def compile_rule(text: str, *, max_bytes: int = syntax.MAX_RULE_BYTES,
         errors.sort(key=lambda e: (e.line, e.column))
         raise RuleCompileError(errors)
 
-    clauses = []
+    clauses: list[_Clause] = []
     index_of: dict[int, int] = {}
     for comparison in comparisons:
         spec = FIELDS[comparison.field]
@@ -201,7 +201,8 @@ def _error(span: Span, message: str, expected: tuple[str, ...] = (), suggestion:
 
 def _reader(spec: FieldSpec, key: str | None) -> Callable[[Facts], Any]:
     if spec.keyed:
-        return lambda facts: facts.labels.get(key, "")
+        label = key or ""
+        return lambda facts: facts.labels.get(label, "")
     return spec.get
 
 

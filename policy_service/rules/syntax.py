@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib import resources
 
 from lark import Lark, Token, Tree
@@ -81,13 +81,13 @@ def tokens(text: str) -> Iterator[Token]:
     return LexerThread.from_text(_lexer(), text).lex(None)
 
 
-def terminal_words(names: object) -> tuple[str, ...]:
+def terminal_words(names: Iterable[str]) -> tuple[str, ...]:
     """Human words for a set of Lark terminal names, in a stable order, without internals."""
-    names = set(names)  # type: ignore[call-overload]
+    names = set(names)
     words: list[str] = []
     # After a field, 'not' can only start the operator 'not in'.
     operator_position = "IN" in names and "NAME" not in names
-    for name in sorted(names, key=lambda n: (_ORDER.get(n, len(_ORDER)), n)):  # type: ignore[call-overload]
+    for name in sorted(names, key=lambda n: (_ORDER.get(n, len(_ORDER)), n)):
         word = TERMINAL_WORDS.get(name) or _pattern_word(name)
         if name == "NOT" and operator_position:
             word = "'not in'"
@@ -182,13 +182,14 @@ def _end_position(text: str) -> tuple[int, int]:
 
 
 def _character_error(text: str, exc: UnexpectedCharacters) -> RuleErrorInfo:
-    char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+    pos: int = exc.pos_in_stream or 0
+    char = text[pos] if pos < len(text) else ""
     expected = terminal_words(exc.allowed or ())
     if char == '"':
         return RuleErrorInfo(
             exc.line, exc.column,
             'unterminated string: a string must end with " on the same line',
-            offending_text=_snippet(text, exc.pos_in_stream), expected=('\'"\'',),
+            offending_text=_snippet(text, pos), expected=('\'"\'',),
         )
     hint = _CHARACTER_HINTS.get(char, "")
     if char == "=" and text.startswith("==", exc.pos_in_stream):

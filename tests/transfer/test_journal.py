@@ -42,7 +42,7 @@ def test_idempotency_key_concurrent_threads_make_one_job(tmp_path: Path) -> None
     for t in threads:
         t.join()
     assert len(ids) == 120 and len(set(ids)) == 1
-    assert len(journals[0].list(100)) == 1
+    assert len(journals[0].list_page(100)) == 1
 
 
 def test_same_key_other_parameters_is_invalid_argument(tmp_path: Path) -> None:
@@ -80,11 +80,11 @@ def test_list_filters_and_order(tmp_path: Path) -> None:
     b, _ = j.create(JobSpec("dev", "other/x", "1", "prod", "other/x", "1"))
     c, _ = j.create(SPEC)
     j.start_attempt(c.id)
-    assert [x.id for x in j.list(10)] == [c.id, b.id, a.id]
-    assert [x.id for x in j.list(10, destination_endpoint="prod")] == [b.id]
-    assert [x.id for x in j.list(10, repository="team/app")] == [c.id, a.id]
-    assert [x.id for x in j.list(10, states=[JobState.RUNNING])] == [c.id]
-    assert [x.id for x in j.list(10, before_seq=c.seq)] == [b.id, a.id]
+    assert [x.id for x in j.list_page(10)] == [c.id, b.id, a.id]
+    assert [x.id for x in j.list_page(10, destination_endpoint="prod")] == [b.id]
+    assert [x.id for x in j.list_page(10, repository="team/app")] == [c.id, a.id]
+    assert [x.id for x in j.list_page(10, states=[JobState.RUNNING])] == [c.id]
+    assert [x.id for x in j.list_page(10, before_seq=c.seq)] == [b.id, a.id]
     with pytest.raises(ApiError) as info:
         j.get("nope")
     assert info.value.code == grpc.StatusCode.NOT_FOUND
