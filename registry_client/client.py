@@ -402,6 +402,34 @@ class RegistryClient:
             url = urljoin(self.cfg.base_url + "/", m.group(1)) if m else None
         return tags
 
+    async def list_repositories(self, page_size: int = 0) -> list[str]:
+        """Every repository the catalog lists (`GET /v2/_catalog`), following Link pagination.
+
+        Registries may list only what the account can see; token auth asks for the
+        `registry:catalog:*` scope.
+        """
+        names: list[str] = []
+        seen: set[str] = set()
+        url: str | None = "/v2/_catalog" + (f"?n={page_size}" if page_size else "")
+        while url:
+            # A registry that links a page to itself must not loop forever.
+            if url in seen:
+                raise RegistryError(200, "", f"catalog: Link header repeats {url}")
+            seen.add(url)
+            async with self.transport.request(
+                "GET", url, scopes=["registry:catalog:*"], context="catalog"
+            ) as resp:
+                body = await read_limited(resp, 16 << 20)
+                link = resp.headers.get("Link", "")
+            try:
+                doc = json.loads(body)
+            except ValueError as e:
+                raise RegistryError(200, "", "catalog: not JSON") from e
+            names.extend(r for r in (doc.get("repositories") or []) if isinstance(r, str))
+            m = _LINK_NEXT.search(link)
+            url = urljoin(self.cfg.base_url + "/", m.group(1)) if m else None
+        return names
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _location(self, resp: aiohttp.ClientResponse, default: str = "") -> str:
