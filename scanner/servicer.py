@@ -1,10 +1,11 @@
-"""mirror.v1.ScanService: scans images from endpoints, caches reports by manifest digest."""
+"""mirror.v1.ScanService: scans images from endpoints, caches reports per (digest, repository)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
+import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,39 +90,49 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         scan_pb2_grpc.add_ScanServiceServicer_to_server(self, server)
 
     # -- cache -----------------------------------------------------------------------------
+    # One report per (digest, repository): equal digests at a source and at its mirror are the
+    # same bytes, but each registry's copy is scanned (and reported) on its own.
 
-    def _cached(self, digest: str) -> ImageFacts | None:
-        row = self.db.query_one("SELECT facts FROM reports WHERE digest=?", (digest,))
+    def _row(self, digest: str, repository: str | None) -> sqlite3.Row | None:
+        """The report row of `repository`'s copy; None: the most recently scanned copy."""
+        if repository is None:
+            return self.db.query_one(
+                "SELECT facts, database_version, report FROM reports WHERE digest=? "
+                "ORDER BY scanned_at DESC, rowid DESC LIMIT 1", (digest,))
+        return self.db.query_one(
+            "SELECT facts, database_version, report FROM reports WHERE digest=? AND repository=?",
+            (digest, repository))
+
+    def _cached(self, digest: str, repository: str | None) -> ImageFacts | None:
+        row = self._row(digest, repository)
         return ImageFacts.from_json(row["facts"]) if row else None
 
     def _save(self, facts: ImageFacts) -> scan_pb2.ScanReport:
         now = datetime.now(UTC)
         report = report_pb(facts, now)
         self.db.execute(
-            "INSERT INTO reports (digest, facts, database_version, report, scanned_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(digest) DO UPDATE SET facts=excluded.facts, "
-            "database_version=excluded.database_version, report=excluded.report, "
-            "scanned_at=excluded.scanned_at",
-            (facts.digest, facts.to_json(), facts.database_version,
+            "INSERT INTO reports (digest, repository, facts, database_version, report, scanned_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(digest, repository) DO UPDATE SET "
+            "facts=excluded.facts, database_version=excluded.database_version, "
+            "report=excluded.report, scanned_at=excluded.scanned_at",
+            (facts.digest, facts.repository, facts.to_json(), facts.database_version,
              report.SerializeToString(), now.isoformat()),
         )
         return report
 
-    async def _fresh(self, digest: str, repository: str = "") -> scan_pb2.ScanReport | None:
+    async def _fresh(self, digest: str, repository: str | None) -> scan_pb2.ScanReport | None:
         """The cached report, re-matched first when the vulnerability DB changed since."""
-        row = self.db.query_one(
-            "SELECT facts, database_version, report FROM reports WHERE digest=?", (digest,))
+        row = self._row(digest, repository)
         if row is None:
             return None
         if row["database_version"] == self.vulndb.version:
-            report = scan_pb2.ScanReport.FromString(row["report"])
-        else:
-            facts = ImageFacts.from_json(row["facts"])
-            await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
-            report = self._save(facts)
-        if repository:
-            report.repository = repository
-        return report
+            return scan_pb2.ScanReport.FromString(row["report"])
+        facts = ImageFacts.from_json(row["facts"])
+        await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
+        return self._save(facts)
+
+    def _lock(self, digest: str, repository: str) -> asyncio.Lock:
+        return self._digest_locks.setdefault(f"{digest} {repository}", asyncio.Lock())
 
     # -- RPCs ------------------------------------------------------------------------------
 
@@ -143,8 +154,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             async with rc:  # type: ignore[attr-defined]
                 manifest = await rc.get_manifest(img.repository, img.reference)
                 digest = manifest.digest
-                lock = self._digest_locks.setdefault(digest, asyncio.Lock())
-                async with lock:
+                async with self._lock(digest, img.repository):
                     if not request.force:
                         cached = await self._fresh(digest, img.repository)
                         if cached is not None:
@@ -170,9 +180,10 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         if not _DIGEST.match(request.digest):
             raise errors.invalid_argument(
                 "digest must be sha256:<64 hex>", [("digest", "not a sha256 digest")])
-        report = await self._fresh(request.digest)
+        report = await self._fresh(request.digest, request.repository or None)
         if report is None:
-            raise errors.not_found(f"no scan of {request.digest}", reason="SCAN_NOT_FOUND")
+            where = f" in {request.repository}" if request.repository else ""
+            raise errors.not_found(f"no scan of {request.digest}{where}", reason="SCAN_NOT_FOUND")
         return report
 
     async def ImportVulnerabilities(
@@ -222,12 +233,12 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             report = await asyncio.to_thread(parse_report, request.report, request.format)
         except ScanError as err:
             raise scan_error(err) from None
-        lock = self._digest_locks.setdefault(request.digest, asyncio.Lock())
-        async with lock:
-            facts = self._cached(request.digest) or ImageFacts(
-                digest=request.digest, repository=request.repository)
-            if request.repository:
-                facts.repository = request.repository
+        # Without a repository the report completes the most recent scan of the digest.
+        facts = self._cached(request.digest, request.repository or None)
+        repository = request.repository or (facts.repository if facts else "")
+        async with self._lock(request.digest, repository):
+            facts = self._cached(request.digest, repository) or ImageFacts(
+                digest=request.digest, repository=repository)
             merge_report(facts, report.format, report)
             await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
             return self._save(facts)

@@ -34,6 +34,25 @@ MIGRATIONS = [
         scanned_at TEXT NOT NULL
     )
     """,
+    # Reports per (digest, repository): one image scanned at a source and at its mirror keeps
+    # both reports. Older rows take the repository their facts recorded.
+    """
+    CREATE TABLE reports_by_repository (
+        digest TEXT NOT NULL,
+        repository TEXT NOT NULL DEFAULT '',
+        facts TEXT NOT NULL,
+        database_version TEXT NOT NULL,
+        report BLOB NOT NULL,
+        scanned_at TEXT NOT NULL,
+        PRIMARY KEY (digest, repository)
+    );
+    INSERT INTO reports_by_repository
+        SELECT digest, COALESCE(json_extract(facts, '$.repository'), ''), facts,
+               database_version, report, scanned_at
+        FROM reports;
+    DROP TABLE reports;
+    ALTER TABLE reports_by_repository RENAME TO reports
+    """,
 ]
 
 

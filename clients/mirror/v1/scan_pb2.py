@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mirror.v1 import common_pb2 as mirror_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mirror/v1/scan.proto\x12\tmirror.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mirror/v1/common.proto\"J\n\x10ScanImageRequest\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.mirror.v1.ImageLocation\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\" \n\x0eGetScanRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"F\n\x0fOperatingSystem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nversion_id\x18\x02 \x01(\t\x12\x13\n\x0bpretty_name\x18\x03 \x01(\t\"\xc6\x02\n\rVulnerability\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x11\n\tcomponent\x18\x03 \x01(\t\x12\x16\n\x0e\x63omponent_type\x18\x04 \x01(\t\x12\x19\n\x11installed_version\x18\x05 \x01(\t\x12\x15\n\rfixed_version\x18\x06 \x01(\t\x12\r\n\x05score\x18\x07 \x01(\x01\x12/\n\x06\x62ucket\x18\x08 \x01(\x0e\x32\x1f.mirror.v1.Vulnerability.Bucket\x12\x0f\n\x07summary\x18\t \x01(\t\"j\n\x06\x42ucket\x12\x16\n\x12\x42UCKET_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42UCKET_NONE\x10\x01\x12\x10\n\x0c\x42UCKET_MINOR\x10\x02\x12\x10\n\x0c\x42UCKET_MAJOR\x10\x03\x12\x13\n\x0f\x42UCKET_CRITICAL\x10\x04\"\xc8\x03\n\nScanReport\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12&\n\x02os\x18\x03 \x01(\x0b\x32\x1a.mirror.v1.OperatingSystem\x12(\n\ncomponents\x18\x04 \x03(\x0b\x32\x14.mirror.v1.Component\x12\x31\n\x0fvulnerabilities\x18\x05 \x03(\x0b\x32\x18.mirror.v1.Vulnerability\x12.\n\x06\x63ounts\x18\x06 \x01(\x0b\x32\x1e.mirror.v1.VulnerabilityCounts\x12-\n\tscan_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x64\x61tabase_version\x18\x08 \x01(\t\x12\x0f\n\x07sources\x18\t \x03(\t\x12\x11\n\tplatforms\x18\n \x03(\t\x12\x12\n\nsize_bytes\x18\x0b \x01(\x03\x12\x31\n\x06labels\x18\x0c \x03(\x0b\x32!.mirror.v1.ScanReport.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\x1cImportVulnerabilitiesRequest\x12\x0e\n\x04path\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x08\n\x06source\"}\n\x1dImportVulnerabilitiesResponse\x12\x10\n\x08imported\x18\x01 \x01(\x03\x12\x0f\n\x07updated\x18\x02 \x01(\x03\x12\x0f\n\x07skipped\x18\x03 \x01(\x03\x12\x18\n\x10\x64\x61tabase_version\x18\x04 \x01(\t\x12\x0e\n\x06\x65rrors\x18\x05 \x03(\t\"Y\n\x13ImportReportRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x0e\n\x06report\x18\x03 \x01(\x0c\x12\x12\n\nrepository\x18\x04 \x01(\t2\xbe\x02\n\x0bScanService\x12?\n\tScanImage\x12\x1b.mirror.v1.ScanImageRequest\x1a\x15.mirror.v1.ScanReport\x12;\n\x07GetScan\x12\x19.mirror.v1.GetScanRequest\x1a\x15.mirror.v1.ScanReport\x12j\n\x15ImportVulnerabilities\x12\'.mirror.v1.ImportVulnerabilitiesRequest\x1a(.mirror.v1.ImportVulnerabilitiesResponse\x12\x45\n\x0cImportReport\x12\x1e.mirror.v1.ImportReportRequest\x1a\x15.mirror.v1.ScanReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mirror/v1/scan.proto\x12\tmirror.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mirror/v1/common.proto\"J\n\x10ScanImageRequest\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.mirror.v1.ImageLocation\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"4\n\x0eGetScanRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\"F\n\x0fOperatingSystem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nversion_id\x18\x02 \x01(\t\x12\x13\n\x0bpretty_name\x18\x03 \x01(\t\"\xc6\x02\n\rVulnerability\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x11\n\tcomponent\x18\x03 \x01(\t\x12\x16\n\x0e\x63omponent_type\x18\x04 \x01(\t\x12\x19\n\x11installed_version\x18\x05 \x01(\t\x12\x15\n\rfixed_version\x18\x06 \x01(\t\x12\r\n\x05score\x18\x07 \x01(\x01\x12/\n\x06\x62ucket\x18\x08 \x01(\x0e\x32\x1f.mirror.v1.Vulnerability.Bucket\x12\x0f\n\x07summary\x18\t \x01(\t\"j\n\x06\x42ucket\x12\x16\n\x12\x42UCKET_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42UCKET_NONE\x10\x01\x12\x10\n\x0c\x42UCKET_MINOR\x10\x02\x12\x10\n\x0c\x42UCKET_MAJOR\x10\x03\x12\x13\n\x0f\x42UCKET_CRITICAL\x10\x04\"\xc8\x03\n\nScanReport\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12&\n\x02os\x18\x03 \x01(\x0b\x32\x1a.mirror.v1.OperatingSystem\x12(\n\ncomponents\x18\x04 \x03(\x0b\x32\x14.mirror.v1.Component\x12\x31\n\x0fvulnerabilities\x18\x05 \x03(\x0b\x32\x18.mirror.v1.Vulnerability\x12.\n\x06\x63ounts\x18\x06 \x01(\x0b\x32\x1e.mirror.v1.VulnerabilityCounts\x12-\n\tscan_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x64\x61tabase_version\x18\x08 \x01(\t\x12\x0f\n\x07sources\x18\t \x03(\t\x12\x11\n\tplatforms\x18\n \x03(\t\x12\x12\n\nsize_bytes\x18\x0b \x01(\x03\x12\x31\n\x06labels\x18\x0c \x03(\x0b\x32!.mirror.v1.ScanReport.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\x1cImportVulnerabilitiesRequest\x12\x0e\n\x04path\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x08\n\x06source\"}\n\x1dImportVulnerabilitiesResponse\x12\x10\n\x08imported\x18\x01 \x01(\x03\x12\x0f\n\x07updated\x18\x02 \x01(\x03\x12\x0f\n\x07skipped\x18\x03 \x01(\x03\x12\x18\n\x10\x64\x61tabase_version\x18\x04 \x01(\t\x12\x0e\n\x06\x65rrors\x18\x05 \x03(\t\"Y\n\x13ImportReportRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x0e\n\x06report\x18\x03 \x01(\x0c\x12\x12\n\nrepository\x18\x04 \x01(\t2\xbe\x02\n\x0bScanService\x12?\n\tScanImage\x12\x1b.mirror.v1.ScanImageRequest\x1a\x15.mirror.v1.ScanReport\x12;\n\x07GetScan\x12\x19.mirror.v1.GetScanRequest\x1a\x15.mirror.v1.ScanReport\x12j\n\x15ImportVulnerabilities\x12\'.mirror.v1.ImportVulnerabilitiesRequest\x1a(.mirror.v1.ImportVulnerabilitiesResponse\x12\x45\n\x0cImportReport\x12\x1e.mirror.v1.ImportReportRequest\x1a\x15.mirror.v1.ScanReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,23 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCANIMAGEREQUEST']._serialized_start=92
   _globals['_SCANIMAGEREQUEST']._serialized_end=166
   _globals['_GETSCANREQUEST']._serialized_start=168
-  _globals['_GETSCANREQUEST']._serialized_end=200
-  _globals['_OPERATINGSYSTEM']._serialized_start=202
-  _globals['_OPERATINGSYSTEM']._serialized_end=272
-  _globals['_VULNERABILITY']._serialized_start=275
-  _globals['_VULNERABILITY']._serialized_end=601
-  _globals['_VULNERABILITY_BUCKET']._serialized_start=495
-  _globals['_VULNERABILITY_BUCKET']._serialized_end=601
-  _globals['_SCANREPORT']._serialized_start=604
-  _globals['_SCANREPORT']._serialized_end=1060
-  _globals['_SCANREPORT_LABELSENTRY']._serialized_start=1015
-  _globals['_SCANREPORT_LABELSENTRY']._serialized_end=1060
-  _globals['_IMPORTVULNERABILITIESREQUEST']._serialized_start=1062
-  _globals['_IMPORTVULNERABILITIESREQUEST']._serialized_end=1134
-  _globals['_IMPORTVULNERABILITIESRESPONSE']._serialized_start=1136
-  _globals['_IMPORTVULNERABILITIESRESPONSE']._serialized_end=1261
-  _globals['_IMPORTREPORTREQUEST']._serialized_start=1263
-  _globals['_IMPORTREPORTREQUEST']._serialized_end=1352
-  _globals['_SCANSERVICE']._serialized_start=1355
-  _globals['_SCANSERVICE']._serialized_end=1673
+  _globals['_GETSCANREQUEST']._serialized_end=220
+  _globals['_OPERATINGSYSTEM']._serialized_start=222
+  _globals['_OPERATINGSYSTEM']._serialized_end=292
+  _globals['_VULNERABILITY']._serialized_start=295
+  _globals['_VULNERABILITY']._serialized_end=621
+  _globals['_VULNERABILITY_BUCKET']._serialized_start=515
+  _globals['_VULNERABILITY_BUCKET']._serialized_end=621
+  _globals['_SCANREPORT']._serialized_start=624
+  _globals['_SCANREPORT']._serialized_end=1080
+  _globals['_SCANREPORT_LABELSENTRY']._serialized_start=1035
+  _globals['_SCANREPORT_LABELSENTRY']._serialized_end=1080
+  _globals['_IMPORTVULNERABILITIESREQUEST']._serialized_start=1082
+  _globals['_IMPORTVULNERABILITIESREQUEST']._serialized_end=1154
+  _globals['_IMPORTVULNERABILITIESRESPONSE']._serialized_start=1156
+  _globals['_IMPORTVULNERABILITIESRESPONSE']._serialized_end=1281
+  _globals['_IMPORTREPORTREQUEST']._serialized_start=1283
+  _globals['_IMPORTREPORTREQUEST']._serialized_end=1372
+  _globals['_SCANSERVICE']._serialized_start=1375
+  _globals['_SCANSERVICE']._serialized_end=1693
 # @@protoc_insertion_point(module_scope)

@@ -68,7 +68,8 @@ class ScanServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetScan(self, request, context):
-        """A cached report by manifest digest (NOT_FOUND when never scanned).
+        """A cached report by manifest digest (NOT_FOUND when never scanned). Reports are kept per
+        (digest, repository): the same image scanned at a source and at a mirror has two.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

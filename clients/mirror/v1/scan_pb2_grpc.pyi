@@ -35,7 +35,9 @@ class ScanServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ScanServiceAsyncStub: ...
     ScanImage: _grpc.UnaryUnaryMultiCallable[_scan_pb2.ScanImageRequest, _scan_pb2.ScanReport]
     GetScan: _grpc.UnaryUnaryMultiCallable[_scan_pb2.GetScanRequest, _scan_pb2.ScanReport]
-    """A cached report by manifest digest (NOT_FOUND when never scanned)."""
+    """A cached report by manifest digest (NOT_FOUND when never scanned). Reports are kept per
+    (digest, repository): the same image scanned at a source and at a mirror has two.
+    """
     ImportVulnerabilities: _grpc.UnaryUnaryMultiCallable[_scan_pb2.ImportVulnerabilitiesRequest, _scan_pb2.ImportVulnerabilitiesResponse]
     ImportReport: _grpc.UnaryUnaryMultiCallable[_scan_pb2.ImportReportRequest, _scan_pb2.ScanReport]
     """A report made by another scanner (CycloneDX, SPDX or Trivy JSON) for an image digest."""
@@ -47,7 +49,9 @@ class ScanServiceAsyncStub(ScanServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ScanImage: _aio.UnaryUnaryMultiCallable[_scan_pb2.ScanImageRequest, _scan_pb2.ScanReport]  # type: ignore[assignment]
     GetScan: _aio.UnaryUnaryMultiCallable[_scan_pb2.GetScanRequest, _scan_pb2.ScanReport]  # type: ignore[assignment]
-    """A cached report by manifest digest (NOT_FOUND when never scanned)."""
+    """A cached report by manifest digest (NOT_FOUND when never scanned). Reports are kept per
+    (digest, repository): the same image scanned at a source and at a mirror has two.
+    """
     ImportVulnerabilities: _aio.UnaryUnaryMultiCallable[_scan_pb2.ImportVulnerabilitiesRequest, _scan_pb2.ImportVulnerabilitiesResponse]  # type: ignore[assignment]
     ImportReport: _aio.UnaryUnaryMultiCallable[_scan_pb2.ImportReportRequest, _scan_pb2.ScanReport]  # type: ignore[assignment]
     """A report made by another scanner (CycloneDX, SPDX or Trivy JSON) for an image digest."""
@@ -68,7 +72,9 @@ class ScanServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scan_pb2.GetScanRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scan_pb2.ScanReport, _abc.Awaitable[_scan_pb2.ScanReport]]:
-        """A cached report by manifest digest (NOT_FOUND when never scanned)."""
+        """A cached report by manifest digest (NOT_FOUND when never scanned). Reports are kept per
+        (digest, repository): the same image scanned at a source and at a mirror has two.
+        """
 
     @_abc_1.abstractmethod
     def ImportVulnerabilities(
