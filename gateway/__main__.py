@@ -16,11 +16,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from gateway.channels import service_channel
 from gateway.http import ConfigError
 from gateway.options import add_gateway_arguments, webhook_secret
 from servicekit.runner import base_parser, run_until_signal
-from servicekit.security import ServerSecurity, add_security_arguments
+from servicekit.security import ServerSecurity, add_peer_arguments, add_security_arguments
 from servicekit.server import start_server
 
 log = logging.getLogger("gateway")
@@ -44,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "$MIRROR_SECRET_KEY takes precedence)",
     )
     add_security_arguments(p)
+    add_peer_arguments(p)
     args = p.parse_args(argv)
     if args.inbox_concurrency < 1:
         p.error("--inbox-concurrency must be at least 1")
@@ -73,14 +73,10 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, OSError) as exc:
             raise SystemExit(f"gateway: {exc}") from exc
         # The same tokens the other services accept (file or MIRROR_ADMIN_TOKEN): outbound
-        # calls carry the admin one.
-        channels = [service_channel(args.policy_address, security.tokens)]
-        channels.append(service_channel(args.transfer_address, security.tokens))
-        scanner = (
-            service_channel(args.scanner_address, security.tokens)
-            if args.scanner_address
-            else None
-        )
+        # calls carry the admin one, over TLS with --peer-ca (mTLS with --peer-cert/--peer-key).
+        channels = [security.channel(args.policy_address)]
+        channels.append(security.channel(args.transfer_address))
+        scanner = security.channel(args.scanner_address) if args.scanner_address else None
         if scanner is not None:
             channels.append(scanner)
         gw = Gateway(

@@ -5,6 +5,10 @@
     args = parser.parse_args()
     sec = ServerSecurity.from_args(args)
     await start_server(servicers, args.grpc_listen, tls=sec.tls, interceptors=sec.interceptors)
+
+A service that calls others (`--*-address`) also takes add_peer_arguments (--peer-ca,
+--peer-cert/--peer-key) and dials them with `sec.channel(address)`: TLS (mutual with a client
+certificate) when a peer CA is given, and the first admin token on every call.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 from grpc import aio
 
 from servicekit.auth import (
@@ -51,6 +56,62 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
+    """--peer-ca, --peer-cert/--peer-key, --peer-server-name: TLS of outbound channels."""
+    g = parser.add_argument_group(
+        "outbound TLS",
+        "How this service dials the other services (every --*-address): TLS when --peer-ca "
+        "is given, mutual TLS with --peer-cert/--peer-key. Calls carry the first admin token "
+        "of --tokens-file / MIRROR_ADMIN_TOKEN.",
+    )
+    g.add_argument("--peer-ca", metavar="PEM", help="CA of the other services' certificates")
+    g.add_argument("--peer-cert", metavar="PEM", help="client certificate shown to them (mTLS)")
+    g.add_argument("--peer-key", metavar="PEM", help="private key of --peer-cert")
+    g.add_argument(
+        "--peer-server-name", metavar="NAME", default="",
+        help="name to verify in their certificates instead of the address's host",
+    )
+
+
+@dataclass(frozen=True)
+class PeerTls:
+    """TLS material for channels to other services (PEM bytes)."""
+
+    ca_pem: bytes
+    cert_pem: bytes | None = None
+    key_pem: bytes | None = None
+    server_name: str = ""
+
+    @classmethod
+    def from_files(
+        cls, ca: str | None, cert: str | None = None, key: str | None = None,
+        server_name: str = "",
+    ) -> PeerTls | None:
+        """None without a CA; ValueError when the options do not fit together."""
+        if bool(cert) != bool(key):
+            raise ValueError("--peer-cert and --peer-key go together")
+        if not ca:
+            if cert or server_name:
+                raise ValueError("--peer-cert/--peer-server-name need --peer-ca")
+            return None
+        return cls(
+            ca_pem=Path(ca).read_bytes(),
+            cert_pem=Path(cert).read_bytes() if cert else None,
+            key_pem=Path(key).read_bytes() if key else None,
+            server_name=server_name,
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem,
+            private_key=self.key_pem,
+            certificate_chain=self.cert_pem,
+        )
+
+    def options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
 @dataclass
 class ServerSecurity:
     """What start_server needs: the interceptors (request log, auth) and the TLS config."""
@@ -58,6 +119,7 @@ class ServerSecurity:
     tls: TlsConfig | None = None
     tokens: list[Token] = field(default_factory=list)
     interceptors: list[aio.ServerInterceptor] = field(default_factory=list)
+    peer: PeerTls | None = None
 
     @property
     def auth_enabled(self) -> bool:
@@ -72,6 +134,10 @@ class ServerSecurity:
         tls_client_ca: str | None = None,
         tokens_file: str | None = None,
         environ: Mapping[str, str] | None = None,
+        peer_ca: str | None = None,
+        peer_cert: str | None = None,
+        peer_key: str | None = None,
+        peer_server_name: str = "",
     ) -> ServerSecurity:
         """Read certificates and tokens; ValueError with a clear message on bad input."""
         if bool(tls_cert) != bool(tls_key):
@@ -89,7 +155,8 @@ class ServerSecurity:
         interceptors: list[aio.ServerInterceptor] = [RequestLogInterceptor()]
         if tokens:
             interceptors.append(AuthInterceptor(TokenAuthenticator(tokens)))
-        return cls(tls=tls, tokens=tokens, interceptors=interceptors)
+        peer = PeerTls.from_files(peer_ca, peer_cert, peer_key, peer_server_name)
+        return cls(tls=tls, tokens=tokens, interceptors=interceptors, peer=peer)
 
     @classmethod
     def from_args(
@@ -102,12 +169,22 @@ class ServerSecurity:
             tls_client_ca=getattr(args, "tls_client_ca", None),
             tokens_file=getattr(args, "tokens_file", None),
             environ=environ,
+            peer_ca=getattr(args, "peer_ca", None),
+            peer_cert=getattr(args, "peer_cert", None),
+            peer_key=getattr(args, "peer_key", None),
+            peer_server_name=getattr(args, "peer_server_name", "") or "",
         )
 
     def channel(self, address: str) -> aio.Channel:
-        """A plaintext channel to another service, carrying the admin token when tokens are on."""
-        interceptors = outbound_interceptors(self.tokens)
-        return aio.insecure_channel(address, interceptors=interceptors or None)
+        """A channel to another service: TLS with the peer options (plaintext without), and
+        the first admin token on every call when tokens are on."""
+        interceptors = outbound_interceptors(self.tokens) or None
+        if self.peer is None:
+            return aio.insecure_channel(address, interceptors=interceptors)
+        return aio.secure_channel(
+            address, self.peer.credentials(), options=self.peer.options(),
+            interceptors=interceptors,
+        )
 
     def warn_if_exposed(self, listen: str) -> None:
         """Log a warning when a non-loopback address is served without tokens."""

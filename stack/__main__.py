@@ -13,7 +13,7 @@ from pathlib import Path
 from gateway.http import ConfigError
 from gateway.options import add_gateway_arguments, webhook_secret
 from servicekit.runner import base_parser, run_until_signal
-from servicekit.security import ServerSecurity, add_security_arguments
+from servicekit.security import ServerSecurity, add_peer_arguments, add_security_arguments
 
 log = logging.getLogger("stack")
 
@@ -28,9 +28,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-scanner", action="store_true", help="do not run the scanner")
     p.add_argument("--max-jobs", type=int, default=4, help="transfers run at once")
     add_security_arguments(p)
+    add_peer_arguments(p)
     args = p.parse_args(argv)
     if args.inbox_concurrency < 1 or args.max_jobs < 1:
         p.error("--inbox-concurrency and --max-jobs must be at least 1")
+    # The services inside call each other through the gRPC port, so they dial it like a client.
+    if args.tls_cert and not args.peer_ca:
+        p.error("--tls-cert needs --peer-ca (the CA of the server certificate): the services "
+                "inside the stack call each other through the gRPC port")
+    if args.tls_client_ca and not args.peer_cert:
+        p.error("--tls-client-ca needs --peer-cert/--peer-key (a client certificate the stack "
+                "shows its own gRPC port)")
     return args
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.channels import service_channel
 from gateway.service import Gateway, GatewayConfig
 from servicekit.security import ServerSecurity
 from servicekit.server import RunningServer, start_server
@@ -98,7 +97,7 @@ async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) 
     data.mkdir(parents=True, exist_ok=True)
     host, port = resolve_listen(cfg.grpc_listen)
     self_address = f"{connect_host(host)}:{port}"
-    channel = service_channel(self_address, security.tokens)
+    channel = security.channel(self_address)  # TLS and token as configured for peers
     closers: list[Any] = [channel.close]
 
     transfer = TransferServicer.open(data, **cfg.transfer_options)

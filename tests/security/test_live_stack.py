@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,12 +77,15 @@ def _pem_files(tmp: Path, ca: trustme.CA) -> dict[str, Path]:
     return out
 
 
-def test_mtls_stack_with_mirrorctl(tmp_path: Path) -> None:
+def test_mtls_stack_with_mirrorctl(tmp_path: Path, registry) -> None:
     pem = _pem_files(tmp_path, trustme.CA())
     proc = StackProcess(
         tmp_path / "data",
         extra_args=["--tls-cert", str(pem["server-cert"]), "--tls-key", str(pem["server-key"]),
-                    "--tls-client-ca", str(pem["ca"]), "--reconcile-interval", "0"],
+                    "--tls-client-ca", str(pem["ca"]), "--reconcile-interval", "0",
+                    # The services inside dial the gRPC port too: mTLS for them as well.
+                    "--peer-ca", str(pem["ca"]), "--peer-cert", str(pem["client-cert"]),
+                    "--peer-key", str(pem["client-key"])],
         env={"MIRROR_ADMIN_TOKEN": ADMIN_TOKEN},
     )
     for ls in running(proc):
@@ -100,6 +104,12 @@ def test_mtls_stack_with_mirrorctl(tmp_path: Path) -> None:
         tls = TlsOptions.from_files(pem["ca"], pem["client-cert"], pem["client-key"])
         with connect(ls.address, tls=tls, token=ADMIN_TOKEN, timeout=10) as c:
             assert list(c.policies.iter()) == []
+            # Creating a policy makes the policy service ask the transfer service (through
+            # the stack's own mTLS port) whether the target is pushable.
+            c.transfers.create_endpoint(name="qa", url=registry.url)
+            made = c.policies.create(name="p", source_repository="team/app", rule="true",
+                                     endpoint="qa", repository="team/app")
+            assert made.id
         with connect(ls.address, tls=TlsOptions.from_files(pem["ca"]), token=ADMIN_TOKEN,
                      timeout=5) as c, pytest.raises(errors.Unavailable):
             c.policies.list()
@@ -110,7 +120,7 @@ def test_tls_stack_with_mirrorctl(tmp_path: Path) -> None:
     proc = StackProcess(
         tmp_path / "data",
         extra_args=["--tls-cert", str(pem["server-cert"]), "--tls-key", str(pem["server-key"]),
-                    "--reconcile-interval", "0"],
+                    "--peer-ca", str(pem["ca"]), "--reconcile-interval", "0"],
     )
     for ls in running(proc):
         res = subprocess.run([MIRRORCTL, "--address", ls.address, "--tls", "--ca",
@@ -167,3 +177,20 @@ def test_metrics_move_when_an_image_is_mirrored(
         assert _grew(before, after, "mirror_bytes_copied_total") >= 40_000
         assert _grew(before, after, "mirror_policy_evaluations_total") >= 1
         assert ADMIN_TOKEN not in ls.log and READ_TOKEN not in ls.log
+
+
+@pytest.mark.parametrize(("extra", "needs"), [
+    ([], "--peer-ca"),
+    (["--tls-client-ca", "{ca}", "--peer-ca", "{ca}"], "--peer-cert/--peer-key"),
+])
+def test_tls_stack_refuses_to_start_without_peer_options(
+    tmp_path: Path, extra: list[str], needs: str
+) -> None:
+    pem = _pem_files(tmp_path, trustme.CA())
+    args = ["--tls-cert", str(pem["server-cert"]), "--tls-key", str(pem["server-key"]),
+            *(a.format(ca=pem["ca"]) for a in extra)]
+    res = subprocess.run([sys.executable, "-m", "stack", "--data", str(tmp_path / "d"),
+                          "--grpc-listen", "127.0.0.1:0", *args],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert f"needs {needs}" in res.stderr

@@ -1,0 +1,181 @@
+"""The four services as separate processes, every gRPC hop on mutual TLS with bearer tokens.
+
+Each service serves TLS and requires client certificates; policy -> transfer and
+gateway -> policy/transfer/scanner dial with --peer-ca/--peer-cert/--peer-key and carry the
+admin token. A push to the dev registry must come out in the qa registry.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mirror import errors
+from mirror.channel import sync_channel
+from mirror.client import TlsOptions, connect
+from mirror.v1 import gateway_pb2
+
+from registry_testkit.images import ImageBuilder, digest_of, push
+from registry_testkit.ports import free_port
+from tests.support.registry import RegistryFactory
+
+pytestmark = pytest.mark.registry
+
+ROOT = Path(__file__).resolve().parents[2]
+ADMIN = "split-admin-token-" + "5b8e1f0c7a2d"
+WEBHOOK_SECRET = "split-webhook-" + "c3a9e71f"
+Run = gateway_pb2.Run
+
+
+def _pems(tmp: Path) -> dict[str, Path]:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    client = ca.issue_cert("mirror-service@example.test")
+    data = {
+        "ca": ca.cert_pem.bytes(),
+        "server-cert": b"".join(p.bytes() for p in server.cert_chain_pems),
+        "server-key": server.private_key_pem.bytes(),
+        "client-cert": b"".join(p.bytes() for p in client.cert_chain_pems),
+        "client-key": client.private_key_pem.bytes(),
+    }
+    out = {}
+    for name, pem in data.items():
+        out[name] = tmp / f"{name}.pem"
+        out[name].write_bytes(pem)
+    return out
+
+
+def _health(address: str, tls: TlsOptions) -> int:
+    with sync_channel(address, tls) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        return int(stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status)
+
+
+def _wait_serving(address: str, tls: TlsOptions, proc: subprocess.Popen[bytes],
+                  log: Path) -> None:
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited: {log.read_text()[-3000:]}")
+        try:
+            if _health(address, tls) == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            time.sleep(0.2)
+    raise RuntimeError(f"not serving: {log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> Iterator[tuple[dict[str, str], TlsOptions, list[Path]]]:
+    pem = _pems(tmp_path)
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"admin:{ADMIN}\n")
+    tokens.chmod(0o600)
+    serve = ["--tls-cert", str(pem["server-cert"]), "--tls-key", str(pem["server-key"]),
+             "--tls-client-ca", str(pem["ca"]), "--tokens-file", str(tokens)]
+    dial = ["--peer-ca", str(pem["ca"]), "--peer-cert", str(pem["client-cert"]),
+            "--peer-key", str(pem["client-key"])]
+    addr = {n: f"127.0.0.1:{free_port()}" for n in ("policy", "transfer", "scanner", "gateway",
+                                                     "http")}
+    tdata = tmp_path / "transfer"
+    cmds = {
+        "transfer": ["transfer_service", "--grpc-listen", addr["transfer"], "--data", str(tdata)],
+        "policy": ["policy_service", "--grpc-listen", addr["policy"], "--data",
+                   str(tmp_path / "policy"), "--transfer-address", addr["transfer"], *dial],
+        "scanner": ["scanner", "--grpc-listen", addr["scanner"], "--data",
+                    str(tmp_path / "scanner"), "--transfer-data", str(tdata)],
+        "gateway": ["gateway", "--grpc-listen", addr["gateway"], "--http-listen", addr["http"],
+                    "--data", str(tmp_path / "gateway"), "--policy-address", addr["policy"],
+                    "--transfer-address", addr["transfer"], "--scanner-address", addr["scanner"],
+                    "--transfer-data", str(tdata), "--reconcile-interval", "0", *dial],
+    }
+    tls = TlsOptions.from_files(pem["ca"], pem["client-cert"], pem["client-key"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRROR_")}
+    env["MIRROR_WEBHOOK_SECRET"] = WEBHOOK_SECRET
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
+    try:
+        for name in ("transfer", "policy", "scanner", "gateway"):
+            log = tmp_path / f"{name}.log"
+            logs.append(log)
+            with open(log, "wb") as out:
+                p = subprocess.Popen([sys.executable, "-m", *cmds[name], *serve], cwd=ROOT,
+                                     env=env, stdout=out, stderr=subprocess.STDOUT)
+            procs.append(p)
+            _wait_serving(addr[name], tls, p, log)
+        yield addr, tls, logs
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_push_mirrored_across_mtls_services(
+    split: tuple[dict[str, str], TlsOptions, list[Path]], registry_factory: RegistryFactory,
+    tmp_path: Path,
+) -> None:
+    addr, tls, logs = split
+    notify = {"name": "gw", "url": f"http://{addr['http']}/events",
+              "headers": {"Authorization": [f"Bearer {WEBHOOK_SECRET}"]}}
+    dev = registry_factory(notifications=[notify])
+    qa = registry_factory()
+    services = {"policies": addr["policy"], "transfers": addr["transfer"],
+                "gateway": addr["gateway"], "scanner": addr["scanner"]}
+    with connect(tls=tls, token=ADMIN, addresses=services) as c:
+        c.transfers.create_endpoint(name="dev", url=dev.url)
+        c.transfers.create_endpoint(name="qa", url=qa.url)
+        # CreatePolicy asks the transfer service (policy -> transfer hop) whether qa is
+        # pushable; the vulnerability clause makes the gateway ask the scanner too.
+        pol = c.policies.create(
+            name="promote", source_repository="team/app",
+            rule='tag endswith "stable" and critical_vulns == 0',
+            endpoint="qa", repository="team/app",
+        )
+        image = ImageBuilder(tmp_path / "img").image("3.0-stable", layers=[30_000])
+        push(image, dev, "team/app")
+        deadline = time.monotonic() + 90
+        runs: list[gateway_pb2.Run] = []
+        while time.monotonic() < deadline:
+            runs = list(c.gateway.iter_runs(policy_id=pol.id))
+            if runs and runs[0].state >= Run.STATE_SUCCEEDED:
+                break
+            time.sleep(0.3)
+        logs_tail = "\n".join(log.read_text()[-1500:] for log in logs)
+        assert runs and runs[0].state == Run.STATE_SUCCEEDED, (runs, logs_tail)
+        assert runs[0].transfer_id
+        # The scanner was reached through the gateway's mTLS channel: it holds the report.
+        assert c.scanner.get_scan(image.digest).digest == image.digest
+    assert digest_of(qa, "team/app", "3.0-stable") == image.digest
+    for log in logs:
+        assert ADMIN not in log.read_text()
+
+
+def test_a_client_without_certificate_or_token_is_refused(
+    split: tuple[dict[str, str], TlsOptions, list[Path]],
+) -> None:
+    addr, tls, _ = split
+    server_only = TlsOptions(ca_pem=tls.ca_pem)
+    for name in ("policy", "transfer", "scanner", "gateway"):
+        with pytest.raises(grpc.RpcError) as refused:
+            _health(addr[name], server_only)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, name
+    services = {"policies": addr["policy"], "transfers": addr["transfer"],
+                "gateway": addr["gateway"], "scanner": addr["scanner"]}
+    with connect(tls=tls, addresses=services, timeout=5) as c:
+        calls = [c.policies.list, c.transfers.list_endpoints, c.gateway.list_runs,
+                 lambda: c.scanner.get_scan("sha256:" + "0" * 64)]
+        for call in calls:
+            with pytest.raises(errors.Unauthenticated):
+                call()
