@@ -1,5 +1,9 @@
 """Moving one blob: resumable download, digest check before commit, streamed or spooled upload.
 
+Small blobs stream GET -> PATCH. Large ones are written to a spool file (hashed on the way)
+while the upload follows that file, so the two overlap; the spool lets a broken upload resume
+without a new download.
+
 Invariant: `finish_upload` (the PUT ?digest= that commits a blob) is only sent after the bytes
 that went into the upload hashed to the expected digest and had the expected size. A mismatch
 cancels the upload session instead.
@@ -17,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiofiles
-
 from registry_client import Upload
 from registry_client.errors import (
     AuthenticationError,
@@ -30,7 +32,7 @@ from registry_client.errors import (
     RegistryError,
     TlsError,
 )
-from transfer_service.engine.spool import SpoolQuota, spool_path
+from transfer_service.engine.spool import SourceFailed, SpoolFile, SpoolQuota, spool_path
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +73,16 @@ class BlobMover:
         attempts: int = 3,
         download_resumes: int = 5,
         backoff_base: float = 0.5,
+        idle_cut: float = 10.0,
     ) -> None:
         self.spool_dir = spool_dir
         self.quota = quota
         self.attempts = attempts
         self.download_resumes = download_resumes
         self.backoff_base = backoff_base
+        # Seconds a spooled upload's request body may wait for a slow source before the
+        # request is ended and continued by another (proxies drop idle uploads).
+        self.idle_cut = idle_cut
 
     async def _pause(self, n: int) -> None:
         await asyncio.sleep(random.uniform(0, min(10.0, self.backoff_base * 2**n)))
@@ -152,42 +158,70 @@ class BlobMover:
         dst_repo: str,
         blob: Blob,
         on_bytes: Callable[[int], None],
+        overlap: bool = True,
     ) -> None:
-        """GET -> spool file (hashing) -> verify -> upload from disk, resuming uploads."""
+        """GET -> spool file (hashing), the upload following the file as it grows; PUT only
+        once the whole blob is on disk and verified.
+
+        `overlap=False` uploads only after the download finished: needed when one client
+        serves both sides, where uploads waiting on downloads could hold every request slot.
+        A corrupted or failed download cancels its upload and starts both over; a broken
+        upload resumes from the spool file without downloading again.
+        """
         async with self.quota.reserve(blob.size):
-            path = spool_path(self.spool_dir, blob.digest)
-            try:
-                await self._fill(src, src_repo, blob, path)
-                await self._upload_file(dst, dst_repo, blob, path, on_bytes)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+            for attempt in range(self.attempts):
+                spool = SpoolFile(spool_path(self.spool_dir, blob.digest))
+                fill = asyncio.create_task(self._fill(src, src_repo, blob, spool))
+                try:
+                    if not overlap:
+                        await spool.wait_complete()
+                    await self._upload_following(dst, dst_repo, blob, spool, on_bytes)
+                    return
+                except SourceFailed as e:
+                    if not transient(e.error) or attempt + 1 >= self.attempts:
+                        raise e.error from None
+                    log.warning("download of %s failed (%s); retrying", blob.digest, e.error)
+                    await self._pause(attempt)
+                finally:
+                    if not fill.done():
+                        fill.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await fill
+                    spool.remove()
 
-    async def _fill(self, src: Any, repo: str, blob: Blob, path: Path) -> None:
-        for attempt in range(self.attempts):
+    async def _fill(self, src: Any, repo: str, blob: Blob, spool: SpoolFile) -> None:
+        """Download into `spool`, hashing; ends in `spool.finish()` or `spool.fail(error)`."""
+        try:
             hasher = hasher_for(blob.digest)
-            got = 0
-            try:
-                async with aiofiles.open(path, "wb") as f:
-                    async for chunk in self.download(src, repo, blob):
-                        hasher.update(chunk)
-                        got += len(chunk)
-                        await f.write(chunk)
-                _verify(blob, got, hasher)
-                return
-            except Exception as e:
-                if not transient(e) or attempt + 1 >= self.attempts:
-                    raise
-                log.warning("download of %s failed (%s); retrying", blob.digest, e)
-                await self._pause(attempt)
+            parts: list[bytes] = []
+            held = 0
+            async for chunk in self.download(src, repo, blob):
+                # Batch small network reads: one thread hop per MiB, not per read.
+                parts.append(chunk)
+                held += len(chunk)
+                if held >= CHUNK:
+                    await spool.append(b"".join(parts), hasher)
+                    parts, held = [], 0
+            if parts:
+                await spool.append(b"".join(parts), hasher)
+            _verify(blob, spool.written, hasher)
+        except Exception as e:
+            spool.fail(e)
+        except BaseException as e:
+            spool.fail(e)
+            raise
+        else:
+            spool.finish()
 
-    async def _upload_file(
-        self, dst: Any, repo: str, blob: Blob, path: Path, on_bytes: Callable[[int], None]
+    async def _upload_following(
+        self, dst: Any, repo: str, blob: Blob, spool: SpoolFile, on_bytes: Callable[[int], None]
     ) -> None:
+        """Upload from `spool` as it grows; commit once it is complete (verified)."""
         up: Upload = await dst.start_upload(repo)
         counted = 0
+        failures = 0
         try:
-            for attempt in range(self.attempts):
+            while True:
                 try:
                     if up.offset != counted:
                         on_bytes(up.offset - counted)
@@ -195,22 +229,28 @@ class BlobMover:
 
                     async def body(start: int) -> AsyncIterator[bytes]:
                         nonlocal counted
-                        async with aiofiles.open(path, "rb") as f:
-                            await f.seek(start)
-                            while chunk := await f.read(CHUNK):
-                                counted += len(chunk)
-                                on_bytes(len(chunk))
-                                yield chunk
+                        async for chunk in spool.follow(start, CHUNK, self.idle_cut):
+                            counted += len(chunk)
+                            on_bytes(len(chunk))
+                            yield chunk
 
                     if up.offset < blob.size:
                         up = await dst.upload_chunk(up, body(up.offset))
+                        if not spool.complete:
+                            continue  # the source stalled and the body was cut: go on
+                    await spool.wait_complete()
                     await dst.finish_upload(up, blob.digest)
                     return
+                except SourceFailed:
+                    raise
                 except Exception as e:
-                    if not transient(e) or attempt + 1 >= self.attempts:
+                    # A failed download also breaks the body of the PATCH following it.
+                    spool.check()
+                    failures += 1
+                    if not transient(e) or failures >= self.attempts:
                         raise
                     log.warning("upload of %s broke (%s); resuming", blob.digest, e)
-                    await self._pause(attempt)
+                    await self._pause(failures - 1)
                     try:
                         # Resume where the registry stands; the spool file still has it all.
                         up = await dst.resume_upload(up)

@@ -249,10 +249,17 @@ class CopyEngine:
         async with self._blob_slots:
             self.downloads += 1
             # Streaming needs a source and a destination request at once; with one client
-            # for both sides that could starve its concurrency limit, so spool instead.
+            # for both sides that could starve its concurrency limit, so spool instead, and
+            # upload only after the download.
             if blob.size >= self.spool_threshold or req.src is req.dst:
                 await self.mover.spooled(
-                    req.src, req.src_repo, dst, req.dst_repo, blob, rep.add_bytes
+                    req.src,
+                    req.src_repo,
+                    dst,
+                    req.dst_repo,
+                    blob,
+                    rep.add_bytes,
+                    overlap=req.src is not req.dst,
                 )
             else:
                 await self.mover.stream(
