@@ -177,6 +177,16 @@ class RunStore:
             )
         return rec
 
+    def append_message(self, run_id: str, text: str) -> RunRecord | None:
+        """Add `text` to a run's message, also of a finished run (what happened after it)."""
+        with self.db.transaction() as c:
+            c.execute(
+                "UPDATE runs SET message = CASE WHEN message = '' THEN ? ELSE message || '; ' || ?"
+                " END, update_time = ? WHERE id = ?",
+                (text, text, time.time(), run_id),
+            )
+        return self.get(run_id)
+
     def get(self, run_id: str) -> RunRecord | None:
         row = self.db.query_one(f"SELECT seq, {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         return _record(row) if row else None

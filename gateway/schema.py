@@ -51,6 +51,22 @@ MIGRATIONS = [
     CREATE INDEX runs_state ON runs(state);
     CREATE INDEX runs_source ON runs(policy_id, src_endpoint, src_repository, src_tag)
     """,
+    # Scans a destination with scan_on_push owes a mirrored image; a row is written before the
+    # run is recorded SUCCEEDED, so a crash never loses one.
+    """
+    CREATE TABLE destination_scans (
+        run_id TEXT PRIMARY KEY,
+        endpoint TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT '',
+        create_time REAL NOT NULL,
+        end_time REAL
+    );
+    CREATE INDEX destination_scans_state ON destination_scans(state)
+    """,
 ]
 
 

@@ -13,13 +13,14 @@ from aiohttp import web
 from grpc import aio
 from mirror.v1 import policy_pb2_grpc, scan_pb2_grpc, transfer_pb2_grpc
 
+from gateway.dest_scan import DestinationScanner
 from gateway.endpoints import EndpointDirectory
 from gateway.facts import EndpointResolver, FactGatherer
 from gateway.http import WebhookApp, check_secret_required, split_listen, start_http
 from gateway.inbox import Inbox
 from gateway.notify import Notifier
 from gateway.runner import Runner
-from gateway.runs import RunStore
+from gateway.runs import RunRecord, RunStore
 from gateway.schema import open_database
 from gateway.servicer import GatewayServicer
 from gateway.sweep import Sweeper
@@ -62,7 +63,10 @@ class Gateway:
         scanner = scan_pb2_grpc.ScanServiceStub(scanner_channel) if scanner_channel else None
         self.notifier = Notifier(cfg.notify_urls)
         self.directory = EndpointDirectory(transfer)
-        self.tracker = TransferTracker(transfer, self.runs, self.notifier.send)
+        self.dest_scans = DestinationScanner(self.db, self.directory, scanner, self.runs)
+        self.tracker = TransferTracker(
+            transfer, self.runs, self._on_final, before_success=self.dest_scans.prepare
+        )
         self.runner = Runner(
             policy, transfer, FactGatherer(resolver, scanner), self.runs, self.tracker
         )
@@ -76,12 +80,21 @@ class Gateway:
             self.inbox, self.runs, self.sweeper, self.directory, policy
         )
         self.webhook = WebhookApp(
-            self.inbox, cfg.webhook_secret, health=lambda: {"tracking": self.tracker.active}
+            self.inbox,
+            cfg.webhook_secret,
+            health=lambda: {
+                "tracking": self.tracker.active,
+                "destination_scans": self.dest_scans.active,
+            },
         )
         self._http: web.AppRunner | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
         self._housekeeping_task: asyncio.Task[None] | None = None
         self.http_port = 0
+
+    def _on_final(self, run: RunRecord) -> None:
+        self.dest_scans.start(run.id)
+        self.notifier.send(run)
 
     async def start(self) -> None:
         """Background work: resume tracking, the inbox worker, notifications, reconcile."""
@@ -89,6 +102,9 @@ class Gateway:
         resumed = self.tracker.resume()
         if resumed:
             log.info("resumed tracking of %d running transfer(s)", resumed)
+        owed = self.dest_scans.resume()
+        if owed:
+            log.info("resumed %d scan(s) on push at destinations", owed)
         self.worker.start()
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
         if self.cfg.reconcile_interval_s > 0:
@@ -132,5 +148,6 @@ class Gateway:
                     await task
         await self.worker.stop()
         await self.tracker.stop()
+        await self.dest_scans.stop()
         await self.notifier.stop()
         self.db.close()

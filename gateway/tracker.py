@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from mirror.v1 import gateway_pb2, transfer_pb2, transfer_pb2_grpc
@@ -33,11 +33,14 @@ class TransferTracker:
         runs: RunStore,
         on_final: Callable[[RunRecord], None],
         poll_s: float = 1.0,
+        before_success: Callable[[str, transfer_pb2.Transfer], Awaitable[object]] | None = None,
     ) -> None:
         self.stub = stub
         self.runs = runs
         self.on_final = on_final
         self.poll_s = poll_s
+        # Awaited before a run is recorded SUCCEEDED (errors retry the whole check).
+        self.before_success = before_success
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def track(self, run: RunRecord) -> None:
@@ -76,14 +79,14 @@ class TransferTracker:
                     transfer_pb2.WatchTransferRequest(id=transfer_id)
                 ):
                     if tr.state in _FINAL:
-                        self._finish(run_id, tr)
+                        await self._finish(run_id, tr)
                         return
                 # The stream ended without a final state: ask directly.
                 tr = await self.stub.GetTransfer(
                     transfer_pb2.GetTransferRequest(id=transfer_id), timeout=10
                 )
                 if tr.state in _FINAL:
-                    self._finish(run_id, tr)
+                    await self._finish(run_id, tr)
                     return
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
@@ -98,8 +101,10 @@ class TransferTracker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 15.0)
 
-    def _finish(self, run_id: str, tr: transfer_pb2.Transfer) -> None:
+    async def _finish(self, run_id: str, tr: transfer_pb2.Transfer) -> None:
         if tr.state == T.STATE_DONE:
+            if self.before_success is not None:
+                await self.before_success(run_id, tr)
             dest = f"{tr.destination.endpoint}/{tr.destination.repository}:{tr.destination.tag}"
             self._record(run_id, Run.STATE_SUCCEEDED, f"mirrored to {dest}", tr.digest)
         elif tr.state == T.STATE_CANCELED:

@@ -6,9 +6,10 @@ and Python components carry real package.json / dist-info METADATA documents.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from registry_testkit.images import ImageRef
+from registry_testkit.images import OCI_CONFIG, OCI_MANIFEST, ImageRef, OciLayout
 from scanner.parsers.dpkg import paragraphs
 from tests.scanner import ocikit
 from tests.scanner.layerkit import Link, dist_info, layer, os_release, package_json
@@ -82,3 +83,34 @@ def vulnerable_image(workdir: Path, tag: str) -> ImageRef:
 def gpl3_image(workdir: Path, tag: str) -> ImageRef:
     """No openssl; grep and libicu72, whose copyright carries GPL-3.0-only."""
     return ocikit.image(workdir, tag, [debian_layer(GPL3_PACKAGES)])
+
+
+def cosign_signature(workdir: Path, subject_digest: str) -> ImageRef:
+    """A cosign-style signature artifact tagged sha256-<hex>.sig (simple-signing payload)."""
+    payload = json.dumps({
+        "critical": {"identity": {"docker-reference": "dev/website"},
+                     "image": {"docker-manifest-digest": subject_digest},
+                     "type": "cosign container image signature"},
+        "optional": None,
+    }).encode()
+    tag = subject_digest.replace(":", "-") + ".sig"
+    layout = OciLayout(workdir / f"layout-sig-{subject_digest[7:19]}")
+    layer_desc = layout.add_blob(payload, "application/vnd.dev.cosign.simplesigning.v1+json")
+    cfg = layout.add_blob(json.dumps({"architecture": "", "os": "", "rootfs": {
+        "type": "layers", "diff_ids": [layer_desc.digest]}}).encode(), OCI_CONFIG)
+    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cfg.as_dict(),
+           "layers": [layer_desc.as_dict(annotations={
+               "dev.cosignproject.cosign/signature": "MEUCIQDexample"})]}
+    raw = json.dumps(doc).encode()
+    mdesc = layout.add_blob(raw, OCI_MANIFEST)
+    layout.tag(tag, mdesc)
+    return ImageRef(layout.path, tag, mdesc.digest, OCI_MANIFEST, raw,
+                    source=f"oci:{layout.path}:{tag}")
+
+
+def sbom_attestation(workdir: Path, subject_digest: str) -> ImageRef:
+    """A cosign attestation (sha256-<hex>.att) whose CycloneDX SBOM names requests 2.30.0."""
+    bom = {"bomFormat": "CycloneDX", "specVersion": "1.5", "components": [
+        {"type": "library", "name": "requests", "version": "2.30.0",
+         "purl": "pkg:pypi/requests@2.30.0", "licenses": [{"license": {"id": "Apache-2.0"}}]}]}
+    return ocikit.attestation(workdir, subject_digest, "https://cyclonedx.org/bom", bom)
