@@ -100,3 +100,35 @@ def test_scan_on_push_destination_scans_the_mirrored_image(
         )
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
     assert "scan on push of qa/qa/website@" + img.digest in stack.log_path.read_text()
+
+
+def test_a_refused_destination_scan_is_noted_and_the_run_stays_succeeded(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    from tests.scanner import ocikit
+    from tests.scanner.layerkit import layer
+
+    dev = registry_factory(notifications=[notify_config(stack)])
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.transfer.CreateEndpoint(
+        transfer_pb2.CreateEndpointRequest(
+            endpoint=transfer_pb2.Endpoint(name="qa", url=qa.url, scan_on_push=True)
+        ),
+        timeout=30,
+    )
+    # No scan rule: the source is never scanned; only the destination's scan sees the layer.
+    pol = clients.add_policy("p", "dev/tool", 'tag endswith "stable"', "qa", "qa/tool")
+    evil = ocikit.image(tmp_path, "9.0-stable", [layer({"../../etc/cron.d/x": b"boom"})])
+    push(evil, dev, "dev/tool")
+
+    (done,) = clients.wait_runs_final(pol.id, 1)
+    assert done.state == Run.STATE_SUCCEEDED
+    run = wait_for(
+        lambda: (r := run_of(clients, pol.id, "9.0-stable")) and "destination scan" in r.message
+        and r, 30, "the destination scan's outcome",
+    )
+    assert run.state == Run.STATE_SUCCEEDED
+    assert "destination scan failed: FAILED_PRECONDITION" in run.message
+    assert "PATH_ESCAPE" in run.message
+    assert tags_of(qa, "qa/tool") == ["9.0-stable"]
