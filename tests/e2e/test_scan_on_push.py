@@ -132,3 +132,54 @@ def test_a_refused_destination_scan_is_noted_and_the_run_stays_succeeded(
     assert "destination scan failed: FAILED_PRECONDITION" in run.message
     assert "PATH_ESCAPE" in run.message
     assert tags_of(qa, "qa/tool") == ["9.0-stable"]
+
+
+def test_a_scan_owed_at_a_crash_is_done_after_restart(
+    registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    import time
+
+    from gateway.schema import open_database
+    from tests.e2e.conftest import WEBHOOK_SECRET
+
+    stack = StackProcess(
+        tmp_path / "data", webhook_secret=WEBHOOK_SECRET, extra_args=["--reconcile-interval", "0"]
+    )
+    stack.start()
+    try:
+        dev = registry_factory(notifications=[notify_config(stack)])
+        qa = registry_factory()
+        c = Clients(stack.grpc_address)
+        c.add_endpoint("dev", dev)
+        c.add_endpoint("qa", qa)
+        pol = c.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
+        img = clean_image(tmp_path, "15.0-stable")
+        push(img, dev, "dev/website")
+        (run,) = c.wait_runs_final(pol.id, 1)
+        assert run.state == Run.STATE_SUCCEEDED and SCANNED not in run.message
+        c.close()
+        stack.kill()
+        # The state a crash leaves after the run was recorded, before the scan was made.
+        db = open_database(tmp_path / "data")
+        db.execute(
+            "INSERT INTO destination_scans (run_id, endpoint, repository, digest, state,"
+            " create_time) VALUES (?, 'qa', 'qa/website', ?, 'pending', ?)",
+            (run.id, img.digest, time.time()),
+        )
+        db.close()
+
+        stack.start()
+        c = Clients(stack.grpc_address)
+        done = wait_for(
+            lambda: (r := run_of(c, pol.id, "15.0-stable")) and SCANNED in r.message and r,
+            30, "the owed scan",
+        )
+        assert done.state == Run.STATE_SUCCEEDED
+        scan = scan_pb2_grpc.ScanServiceStub(c.channel)
+        report = scan.GetScan(
+            scan_pb2.GetScanRequest(digest=img.digest, repository="qa/website"), timeout=10
+        )
+        assert "openssl" in {comp.name for comp in report.components}
+        c.close()
+    finally:
+        stack.stop()
