@@ -128,3 +128,13 @@ def test_declarative_refuses_inline_secrets_and_unknown_fields(tmp_path: Path) -
                     "m.yaml", tmp_path)
     assert desired.endpoints[0].secret == "s3cret"
     assert desired.endpoints[0].fields == {"url"}
+
+
+def test_sub_command_options_are_not_taken_for_abbreviated_globals() -> None:
+    # `--to` once read as an abbreviation of --token/--token-file: transfer start failed.
+    args = build_parser().parse_args(["transfer", "start", "dev/team/app:1.4", "--to",
+                                      "qa/team/app", "-o", "yaml"])
+    assert (args.source, args.destination, args.output) == ("dev/team/app:1.4", "qa/team/app",
+                                                            "yaml")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--tok", "x", "status"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from mirror.client import connect
 
 from registry_testkit.images import ImageBuilder, digest_of, push
-from tests.clients.docs_blocks import blocks
+from tests.clients.docs_blocks import blocks, json_stream, run_bash
 from tests.clients.livestack import (
     ADMIN_TOKEN,
     ROOT,
@@ -28,26 +27,6 @@ pytestmark = pytest.mark.registry
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[LiveStack]:
     yield from running(start_stack(tmp_path))
-
-
-def _bash(script: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script], env=env, cwd=str(cwd),
-        capture_output=True, text=True, timeout=120,
-    )
-
-
-def _json_stream(text: str) -> list[dict]:
-    """The JSON objects grpcurl prints one after another for a stream."""
-    decoder, out, pos = json.JSONDecoder(), [], 0
-    text = text.strip()
-    while pos < len(text):
-        obj, end = decoder.raw_decode(text, pos)
-        out.append(obj)
-        pos = end
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-    return out
 
 
 def test_grpcurl_doc_commands_run_verbatim(
@@ -68,7 +47,7 @@ def test_grpcurl_doc_commands_run_verbatim(
     code = blocks("grpcurl.md", "sh")
     assert len(code) >= 8
     for i, block in enumerate(code):
-        res = _bash(block, env, work)
+        res = run_bash(block, env, work)
         assert res.returncode == 0, f"block {i + 1} failed:\n{block}\n{res.stderr}"
         outputs.append(res.stdout)
     listing, describe_policy_service = outputs[0].split(), outputs[0]
@@ -85,7 +64,7 @@ def test_grpcurl_doc_commands_run_verbatim(
     results = [(r["policy_name"], r.get("matched", False)) for r in evaluation["results"]]
     assert results == [("promote-stable", True)]
     # The watch stream ends with the finished transfer.
-    snapshots = _json_stream(outputs[6])
+    snapshots = json_stream(outputs[6])
     assert snapshots and snapshots[-1]["state"] == "STATE_DONE"
     assert digest_of(registry, "team/app-copy", "1.0-stable") == image.digest
     assert json.loads(outputs[7])["event_id"]
@@ -100,7 +79,7 @@ def test_grpcurl_doc_commands_run_verbatim(
 def test_documented_refusal_matches_the_server(live: LiveStack, tmp_path: Path) -> None:
     env = {"PATH": f"{ROOT / '.venv/bin'}:{os.environ['PATH']}", "HOME": str(tmp_path),
            "MIRROR_ADDRESS": live.address}
-    res = _bash('grpcurl -plaintext "$MIRROR_ADDRESS" mirror.v1.PolicyService/ListPolicies',
+    res = run_bash('grpcurl -plaintext "$MIRROR_ADDRESS" mirror.v1.PolicyService/ListPolicies',
                 env, tmp_path)
     assert res.returncode != 0
     documented = blocks("grpcurl.md", "text")[-1]

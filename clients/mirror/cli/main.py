@@ -96,10 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operate image-mirror: endpoints, policies, transfers, runs, scans.",
         epilog=_EXAMPLES.format(address=DEFAULT_ADDRESS) + EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # Abbreviations would make `transfer start ... --to` ambiguous with --token.
+        allow_abbrev=False,
     )
     _connection_options(parser, None)
     parser.set_defaults(output="table", timeout=60.0, tls=False)
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     _connection_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     cmd_endpoint.register(sub, common)

@@ -29,6 +29,7 @@ def command(
         epilog=f"examples:\n{examples.rstrip()}\n\n{EXIT_CODES_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
+        allow_abbrev=False,
     )
     if func is not None:
         p.set_defaults(func=func)

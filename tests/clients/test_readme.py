@@ -1,0 +1,154 @@
+"""README.md's SDK, grpcurl and mirrorctl sections run verbatim against a live mirror-stack.
+
+Only the environment differs from a user's: MIRROR_ADDRESS points at the test's stack, the
+registry URLs at the test's registries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mirror.client import connect
+
+from registry_testkit.images import ImageBuilder, digest_of, push
+from registry_testkit.registry import RegistryProcess
+from tests.clients.docs_blocks import blocks, json_stream, run_bash
+from tests.clients.livestack import ADMIN_TOKEN, ROOT, LiveStack, running, start_stack, wait_for
+
+pytestmark = pytest.mark.registry
+
+QA_USER = "ci"  # the README's session logs in as ci
+QA_PASSWORD = "qa-password-" + "e61b07c2"
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveStack]:
+    yield from running(start_stack(tmp_path))
+
+
+def _shell_env(live: LiveStack, home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRROR_")}
+    env.update(PATH=f"{ROOT / '.venv/bin'}:{os.environ['PATH']}", HOME=str(home),
+               MIRROR_ADDRESS=live.address, MIRROR_TOKEN=ADMIN_TOKEN, **extra)
+    return env
+
+
+def _run_blocks(code: list[str], env: dict[str, str], cwd: Path) -> list[str]:
+    outputs = []
+    for i, block in enumerate(code):
+        res = run_bash(block, env, cwd)
+        assert res.returncode == 0, f"block {i + 1} failed:\n{block}\n{res.stdout}\n{res.stderr}"
+        outputs.append(res.stdout)
+    return outputs
+
+
+def test_readme_sdk_examples(
+    live: LiveStack, registry: RegistryProcess, images: ImageBuilder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image = images.image("1.0", layers=[30_000])
+    push(image, registry, "team/app")
+    monkeypatch.setenv("MIRROR_ADDRESS", live.address)
+    monkeypatch.setenv("MIRROR_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("DEV_REGISTRY_URL", registry.url)
+
+    code = blocks("README.md", "python", section="Using the Python SDK")
+    assert len(code) == 3
+    namespace: dict[str, object] = {"__name__": "readme_sdk"}
+    out = io.StringIO()
+    for i, block in enumerate(code):
+        with contextlib.redirect_stdout(out):
+            try:
+                exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
+            except Exception as exc:
+                raise AssertionError(f"README block {i + 1} failed: {exc!r}\n{block}") from exc
+    printed = out.getvalue().splitlines()
+    assert any(line.startswith("policy.rule -> line 1, column ") for line in printed), printed
+    assert "1 of 1 tags matched" in printed
+    assert digest_of(registry, "team/app-mirror", "1.0") == image.digest
+    with connect(live.address, token=ADMIN_TOKEN) as c:
+        assert [p.name for p in c.policies.iter()] == ["copy-app"]  # "broken" was refused
+        runs = wait_for("the applied policy's run to succeed", lambda: [
+            r for r in c.gateway.iter_runs() if r.state == r.STATE_SUCCEEDED
+        ])
+    assert runs[0].policy_name == "copy-app"
+    assert digest_of(registry, "team/app-copy", "1.0") == image.digest
+
+
+def test_readme_grpcurl_commands(
+    live: LiveStack, registry: RegistryProcess, images: ImageBuilder, tmp_path: Path
+) -> None:
+    image = images.image("1.0-stable", layers=[20_000])
+    push(image, registry, "team/app")
+    work = tmp_path / "work"
+    work.mkdir()
+    code = blocks("README.md", "sh", section="Operating with grpcurl")
+    assert len(code) == 4
+    listing, created, watched, notified = _run_blocks(
+        code, _shell_env(live, tmp_path, DEV_REGISTRY_URL=registry.url), work
+    )
+    assert {"mirror.v1.PolicyService", "mirror.v1.TransferService", "mirror.v1.GatewayService",
+            "mirror.v1.ScanService", "grpc.health.v1.Health"} <= set(listing.split())
+    endpoint, policy = json_stream(created)
+    assert endpoint["name"] == "dev" and endpoint["url"] == registry.url
+    assert policy["name"] == "promote-stable" and policy["id"]
+    snapshots = json_stream(watched)
+    assert snapshots[-1]["state"] == "STATE_DONE"
+    assert digest_of(registry, "team/app-copy", "1.0-stable") == image.digest
+    event, runs_page = json_stream(notified)
+    assert event["event_id"]
+    assert isinstance(runs_page, dict)
+    with connect(live.address, token=ADMIN_TOKEN) as c:
+        runs = wait_for("the reported push to be mirrored", lambda: [
+            r for r in c.gateway.iter_runs() if r.state == r.STATE_SUCCEEDED
+        ])
+    assert runs[0].policy_name == "promote-stable"
+    assert digest_of(registry, "team/app-promoted", "1.0-stable") == image.digest
+
+
+def test_readme_mirrorctl_session(
+    live: LiveStack, registry_factory, images: ImageBuilder, tmp_path: Path
+) -> None:
+    dev = registry_factory()
+    qa = registry_factory(tls=True, htpasswd_users={QA_USER: QA_PASSWORD})
+    image = images.image("1.4-stable", layers=[40_000, 10_000])
+    push(image, dev, "team/website")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "qa-ca.pem").write_text(qa.ca_pem)
+    env = _shell_env(live, tmp_path, DEV_REGISTRY_URL=dev.url, QA_REGISTRY_URL=qa.url,
+                     QA_PASSWORD=QA_PASSWORD)
+    code = blocks("README.md", "sh", section="Operating with mirrorctl")
+    assert len(code) == 4
+    results = []
+    for i, block in enumerate(code):
+        res = run_bash(block, env, work)
+        assert res.returncode == 0, f"block {i + 1} failed:\n{block}\n{res.stdout}\n{res.stderr}"
+        results.append(res)
+    endpoints, policy, watch, plan = (r.stdout for r in results)
+    assert "endpoint qa added" in endpoints
+    assert "authenticated │ ok" in endpoints and "push_allowed  │ ok" in endpoints
+    assert "policy promote-stable created" in policy
+    assert "dev/team/website:1.4-stable: MATCHES" in policy
+    assert "critical_vulns == 0" in policy  # explain scanned the image for this clause
+    assert "1 tags evaluated, 1 matched, 1 runs started" in policy
+    last = watch.strip().splitlines()[-1]
+    assert " done " in last and image.digest in last
+    assert digest_of(qa, "team/website", "1.4-hotfix", user=QA_USER) == image.digest
+    assert "0 to create, 1 to update, 0 to delete, 2 unchanged (dry run" in plan
+    with connect(live.address, token=ADMIN_TOKEN) as c:
+        (pol,) = list(c.policies.iter())
+        assert pol.tag_template == "%n"  # the dry run changed nothing
+        wait_for("the applied run to succeed", lambda: [
+            r for r in c.gateway.iter_runs() if r.state == r.STATE_SUCCEEDED
+        ])
+    assert digest_of(qa, "team/website", "1.4-stable", user=QA_USER) == image.digest
+    exported = (work / "mirror.yaml").read_text()
+    assert "MIRROR_SECRET_QA" in exported
+    for text in [exported, live.log, *(r.stdout + r.stderr for r in results)]:
+        assert QA_PASSWORD not in text and ADMIN_TOKEN not in text
