@@ -35,7 +35,7 @@ def test_running_transfer_is_tracked_to_its_end_after_sigkill(
         qa = registry_factory()
         # The destination's manifest PUT hangs once: the transfer is surely RUNNING at the kill.
         proxy = fault_proxy(qa.url)
-        proxy.delay(r"/manifests/", 4.0, times=1, method="PUT")
+        proxy.delay(r"/manifests/", 2.0, times=1, method="PUT")
         c.add_endpoint("dev", dev)
         c.transfer.CreateEndpoint(
             transfer_pb2.CreateEndpointRequest(

@@ -32,6 +32,16 @@ def run_of(clients: Clients, policy_id: str, tag: str) -> Run:
     return run
 
 
+def wait_message(clients: Clients, policy_id: str, tag: str, text: str) -> Run:
+    """The run of `tag` once its message mentions `text` (added after the run finished)."""
+
+    def check() -> Run | None:
+        run = run_of(clients, policy_id, tag)
+        return run if text in run.message else None
+
+    return wait_for(check, 30, f"{text!r} in the run's message")
+
+
 def test_scan_on_push_destination_scans_the_mirrored_image(
     stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
@@ -69,10 +79,7 @@ def test_scan_on_push_destination_scans_the_mirrored_image(
     assert tags_of(qa, "qa/website") == ["3.0-stable"]
     assert tags_of(prod, "prod/website") == ["3.0-stable"]
 
-    run = wait_for(
-        lambda: (r := run_of(clients, to_qa.id, "3.0-stable")) and SCANNED in r.message and r,
-        30, "the destination scan in the run's message",
-    )
+    run = wait_message(clients, to_qa.id, "3.0-stable", SCANNED)
     assert run.message.startswith("mirrored to qa/qa/website:3.0-stable; " + SCANNED)
     assert "vulnerabilities: 0 critical" in run.message
 
@@ -124,10 +131,7 @@ def test_a_refused_destination_scan_is_noted_and_the_run_stays_succeeded(
 
     (done,) = clients.wait_runs_final(pol.id, 1)
     assert done.state == Run.STATE_SUCCEEDED
-    run = wait_for(
-        lambda: (r := run_of(clients, pol.id, "9.0-stable")) and "destination scan" in r.message
-        and r, 30, "the destination scan's outcome",
-    )
+    run = wait_message(clients, pol.id, "9.0-stable", "destination scan")
     assert run.state == Run.STATE_SUCCEEDED
     assert "destination scan failed: FAILED_PRECONDITION" in run.message
     assert "PATH_ESCAPE" in run.message
@@ -170,10 +174,7 @@ def test_a_scan_owed_at_a_crash_is_done_after_restart(
 
         stack.start()
         c = Clients(stack.grpc_address)
-        done = wait_for(
-            lambda: (r := run_of(c, pol.id, "15.0-stable")) and SCANNED in r.message and r,
-            30, "the owed scan",
-        )
+        done = wait_message(c, pol.id, "15.0-stable", SCANNED)
         assert done.state == Run.STATE_SUCCEEDED
         scan = scan_pb2_grpc.ScanServiceStub(c.channel)
         report = scan.GetScan(
