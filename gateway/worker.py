@@ -91,8 +91,11 @@ class InboxWorker:
             nxt = self.inbox.next_due_time()
             if nxt is not None and not due:
                 timeout = max(0.05, min(timeout, nxt - time.time()))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
+            # as the wait completes, and this loop would then outlive stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.inbox.wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.inbox.wake.wait()
 
     async def _handle(self, ev: InboxEvent) -> None:
         try:

@@ -143,7 +143,10 @@ class Worker:
             yield last
             while not last.state.final:
                 try:
-                    snap = await asyncio.wait_for(q.get(), _WATCH_POLL_SECONDS)
+                    # asyncio.timeout: wait_for on 3.11 can swallow the cancel of a watcher
+                    # that went away just as a snapshot arrived.
+                    async with asyncio.timeout(_WATCH_POLL_SECONDS):
+                        snap = await q.get()
                 except TimeoutError:
                     snap = self.snapshot(job_id)
                     if snap == last:
