@@ -166,7 +166,7 @@ class LayerReader:
 
     def read_layer(self, fileobj: BinaryIO) -> None:
         """Read one layer blob (plain, gzip or zstd tar) and merge it over the lower layers."""
-        buffered = fileobj if hasattr(fileobj, "peek") else io.BufferedReader(fileobj)  # type: ignore[arg-type]
+        buffered = fileobj if hasattr(fileobj, "peek") else io.BufferedReader(fileobj)  # type: ignore[arg-type,type-var]
         head = buffered.peek(4)[:4]  # type: ignore[attr-defined]
         stream: BinaryIO
         if head.startswith(_GZIP_MAGIC):
@@ -200,7 +200,7 @@ class LayerReader:
                 if member is None:
                     break
                 # Stream mode keeps every TarInfo; drop them so a huge layer costs no memory.
-                tf.members.clear()
+                tf.members.clear()  # type: ignore[attr-defined]  # undocumented, stable since 2.x
                 members += 1
                 if members > limits.max_members_per_layer:
                     raise ScanError(

@@ -157,9 +157,10 @@ def _cyclonedx(doc: dict[str, Any]) -> ReportFacts:
             if isinstance(r, dict) and isinstance(r.get("id"), str)
         )
         for aff in v.get("affects") or []:
-            comp = by_ref.get(aff.get("ref", "")) if isinstance(aff, dict) else None
-            if comp is None:
+            hit = by_ref.get(aff.get("ref", "")) if isinstance(aff, dict) else None
+            if hit is None:
                 continue
+            comp = hit
             out.vulnerabilities.append(VulnMatch(
                 id=v["id"], component=comp.name, component_type=comp.type,
                 installed_version=comp.version, aliases=aliases, score=score,
@@ -205,7 +206,9 @@ def _trivy(doc: dict[str, Any]) -> ReportFacts:
         for p in res.get("Packages") or []:
             if not isinstance(p, dict) or not isinstance(p.get("Name"), str):
                 continue
-            ident = p.get("Identifier") if isinstance(p.get("Identifier"), dict) else {}
+            ident: dict[str, Any] = (
+                p["Identifier"] if isinstance(p.get("Identifier"), dict) else {}
+            )
             comp = _component_from_purl(
                 p["Name"], str(p.get("Version", "")), str(ident.get("PURL", "")),
                 normalize_all([str(x) for x in p.get("Licenses") or []]), ctype,

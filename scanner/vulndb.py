@@ -104,7 +104,8 @@ def _parse_version(cls: type[Version], text: str) -> Version | None:
 
 
 def _event_version(cls: type[Version], value: str) -> Version | None:
-    return None if value == "0" else _parse_version(cls, value)
+    # univers' attrs-made Version classes are hashable; typeshed's Hashable check disagrees.
+    return None if value == "0" else _parse_version(cls, value)  # type: ignore[arg-type]
 
 
 def affected_version(affected: dict[str, Any], ecosystem: str, version: str) -> tuple[bool, str]:
@@ -124,7 +125,8 @@ def affected_version(affected: dict[str, Any], ecosystem: str, version: str) -> 
             cls = _VERSION_CLASSES.get(_base(ecosystem), SemverVersion)
         else:
             continue  # GIT ranges name commits, not versions
-        current = _parse_version(cls, version.lstrip("v") if rtype == "SEMVER" else version)
+        text = version.lstrip("v") if rtype == "SEMVER" else version
+        current = _parse_version(cls, text)  # type: ignore[arg-type]  # see _event_version
         if current is None:
             continue
         events: list[tuple[Version | None, str, str]] = []
@@ -168,7 +170,10 @@ def _sorted_events(
 ) -> list[tuple[Version | None, str, str]]:
     zero = [e for e in events if e[0] is None]
     rest = [e for e in events if e[0] is not None]
-    rest.sort(key=functools.cmp_to_key(lambda a, b: _cmp(a, b, order)))
+    def compare(a: tuple[Any, str, str], b: tuple[Any, str, str]) -> int:
+        return _cmp(a, b, order)
+
+    rest.sort(key=functools.cmp_to_key(compare))
     return zero + rest
 
 
