@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mirror.cli.context import CliError, Context
+from mirror.cli.context import EXIT_INVALID, CliError, Context
 from mirror.cli.output import enum_name, human_bytes, when
 from mirror.cli.parsing import command, image_ref
 from mirror.v1 import scan_pb2
@@ -78,7 +78,8 @@ def vulndb_import(ctx: Context) -> int:
         )
         for e in resp.errors:
             ctx.out.message(f"  error: {e}")
-    return 0
+    # The valid records are in; refused ones make the exit code say the input was not clean.
+    return EXIT_INVALID if resp.errors else 0
 
 
 def _view_flags(p: argparse.ArgumentParser) -> None:
@@ -109,7 +110,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                 func=vulndb_import, common=common, examples=(
                     "  mirrorctl vulndb import osv-debian.zip\n"
                     "  mirrorctl vulndb import - < GHSA-xxxx.json\n"
-                    "  mirrorctl vulndb import /srv/osv --server-path   # read by the scanner"))
+                    "  mirrorctl vulndb import /srv/osv --server-path   # read by the scanner\n"
+                    "records that are refused are listed and make the exit code 4; the valid "
+                    "ones are imported"))
     p.add_argument("source", metavar="FILE", help="file to upload, - for stdin")
     p.add_argument("--server-path", action="store_true",
                    help="FILE is a path on the scanner's host (file, folder or zip)")
