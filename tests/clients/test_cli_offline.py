@@ -138,3 +138,15 @@ def test_sub_command_options_are_not_taken_for_abbreviated_globals() -> None:
                                                             "yaml")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--tok", "x", "status"])
+
+
+def test_mounted_blobs_count_as_placed() -> None:
+    T = transfer_pb2.Transfer
+    done = T(id="t2", state=T.STATE_DONE, bytes_total=4096, bytes_skipped=4096, blobs_total=3,
+             blobs_mounted=2, blobs_skipped=1, digest="sha256:def")
+    out = io.StringIO()
+    with redirect_stdout(out):
+        follow(iter([done]), tty=False)
+    assert out.getvalue().splitlines() == [
+        "t2 done 4.0 KiB/4.0 KiB blobs 3/3 (1 already there, 2 mounted) sha256:def",
+    ]

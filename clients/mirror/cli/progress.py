@@ -31,12 +31,17 @@ def state(t: transfer_pb2.Transfer) -> str:
     return enum_name(transfer_pb2.Transfer.State, t.state)
 
 
+def blobs_placed(t: transfer_pb2.Transfer) -> int:
+    """Blobs now at the destination: copied, already there, or mounted (disjoint counters)."""
+    return t.blobs_done + t.blobs_skipped + t.blobs_mounted
+
+
 def summary(t: transfer_pb2.Transfer) -> str:
     """One line: state, bytes, blobs (and the message when there is one)."""
     done = t.bytes_done + t.bytes_skipped
     line = (
         f"{t.id} {state(t)} {human_bytes(done)}/{human_bytes(t.bytes_total)} "
-        f"blobs {t.blobs_done + t.blobs_skipped}/{t.blobs_total}"
+        f"blobs {blobs_placed(t)}/{t.blobs_total}"
     )
     if t.blobs_skipped or t.blobs_mounted:
         line += f" ({t.blobs_skipped} already there, {t.blobs_mounted} mounted)"
@@ -86,9 +91,10 @@ def follow(
                 total=t.bytes_total or None,
                 completed=t.bytes_done + t.bytes_skipped,
                 state=state(t),
-                blobs=f"{t.blobs_done + t.blobs_skipped}/{t.blobs_total}",
+                blobs=f"{blobs_placed(t)}/{t.blobs_total}",
             )
             last = t
     if last is not None:
-        Console().print(summary(last), highlight=False, markup=False)
+        # soft_wrap: the digest at the end stays on one line (copyable) on narrow terminals.
+        Console().print(summary(last), highlight=False, markup=False, soft_wrap=True)
     return last
