@@ -108,9 +108,16 @@ class BlobReader:
         self.size = size
 
     async def iter_chunks(self, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """The body as it arrives, in pieces of at most `chunk_size` bytes."""
         try:
-            async for chunk in self._resp.content.iter_chunked(chunk_size):
-                yield chunk
+            # The network reads as they came (no copying them together); only a piece
+            # larger than asked for is split.
+            async for data, _ in self._resp.content.iter_chunks():
+                if len(data) <= chunk_size:
+                    yield data
+                    continue
+                for i in range(0, len(data), chunk_size):
+                    yield data[i : i + chunk_size]
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
             raise ConnectError(0, "", f"blob download interrupted: {type(e).__name__}") from e
 

@@ -96,6 +96,8 @@ class Transport:
                 ),
                 headers={"User-Agent": self.cfg.user_agent},
                 auto_decompress=False,
+                # Blob bodies arrive in bigger pieces: fewer reads, pauses and wake-ups.
+                read_bufsize=1 << 20,
             )
         return self._session
 

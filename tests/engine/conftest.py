@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from registry_client import RegistryClient, RegistryConfig
+from tests.engine.pacing_proxy import PacingProxy
 from transfer_service.engine import CopyEngine
 
 
@@ -34,3 +35,18 @@ async def clients() -> AsyncIterator[Any]:
     yield make
     for rc in opened:
         await rc.close()
+
+
+@pytest.fixture
+def pacing_proxy() -> Iterator[Callable[[str], PacingProxy]]:
+    """`pacing_proxy(upstream_url)` starts a streaming PacingProxy, stopped after the test."""
+    started: list[PacingProxy] = []
+
+    def make(upstream: str) -> PacingProxy:
+        proxy = PacingProxy(upstream).start()
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for p in started:
+        p.stop()

@@ -200,10 +200,10 @@ class BlobMover:
                 parts.append(chunk)
                 held += len(chunk)
                 if held >= CHUNK:
-                    await spool.append(b"".join(parts), hasher)
+                    await spool.append(parts, hasher)
                     parts, held = [], 0
             if parts:
-                await spool.append(b"".join(parts), hasher)
+                await spool.append(parts, hasher)
             _verify(blob, spool.written, hasher)
         except Exception as e:
             spool.fail(e)

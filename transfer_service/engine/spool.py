@@ -104,10 +104,10 @@ class SpoolFile:
         ev, self._grew = self._grew, asyncio.Event()
         ev.set()
 
-    async def append(self, data: bytes, hasher: Any) -> None:
-        """Hash and write `data` in a worker thread (hashlib and os.write release the GIL)."""
-        await self._out.call(_hash_and_write, data, hasher)
-        self.written += len(data)
+    async def append(self, parts: list[bytes], hasher: Any) -> None:
+        """Hash and write `parts` in a worker thread (hashlib and os.writev release the GIL)."""
+        await self._out.call(_hash_and_write, parts, hasher)
+        self.written += sum(len(p) for p in parts)
         self._wake()
 
     def finish(self) -> None:
@@ -174,11 +174,18 @@ class SpoolFile:
             self.path.unlink()
 
 
-def _hash_and_write(fd: int, data: bytes, hasher: Any) -> None:
-    hasher.update(data)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _hash_and_write(fd: int, parts: list[bytes], hasher: Any) -> None:
+    for p in parts:
+        hasher.update(p)
+    views = [memoryview(p) for p in parts]
+    while views:
+        n = os.writev(fd, views)
+        # A short write (rare for a regular file): drop what went out, go on with the rest.
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
 
 
 def _pread(fd: int, n: int, pos: int) -> bytes:
