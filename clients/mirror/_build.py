@@ -1,4 +1,8 @@
-"""Request builders shared by the sync and asyncio clients (keyword arguments -> messages)."""
+"""Request builders shared by the sync and asyncio clients (keyword arguments -> messages).
+
+Every RPC whose request takes more than copying arguments into one message is built here, so
+`mirror.client` and `mirror.aio` differ only in how they call and await.
+"""
 
 from __future__ import annotations
 
@@ -92,6 +96,88 @@ def endpoint_mask(fields: Mapping[str, Any]) -> field_mask_pb2.FieldMask:
     return field_mask_pb2.FieldMask(paths=[k for k, v in fields.items() if v is not None])
 
 
+def transfer_states(states: Iterable[int | str]) -> list[Any]:
+    """Transfer.State values from numbers or names ("running" or "STATE_RUNNING")."""
+    return [_enum(transfer_pb2.Transfer.State, s) for s in states]
+
+
+def run_states(states: Iterable[int | str]) -> list[Any]:
+    """Run.State values from numbers or names ("failed" or "STATE_FAILED")."""
+    return [_enum(gateway_pb2.Run.State, s) for s in states]
+
+
+def _enum(wrapper: Any, value: int | str) -> int:
+    if isinstance(value, int):
+        return value
+    name = value.upper()
+    if not name.startswith("STATE_"):
+        name = "STATE_" + name
+    try:
+        return int(wrapper.Value(name))
+    except ValueError:
+        names = [n for n in wrapper.keys() if n != "STATE_UNSPECIFIED"]  # noqa: SIM118
+        valid = ", ".join(n[6:].lower() for n in names)
+        raise ValueError(f"unknown state {value!r}; valid: {valid}") from None
+
+
+def import_vulnerabilities(
+    path: str | None, data: bytes | None
+) -> scan_pb2.ImportVulnerabilitiesRequest:
+    if (path is None) == (data is None):
+        raise ValueError("give exactly one of path= (on the scanner host) or data= (bytes)")
+    if path is not None:
+        return scan_pb2.ImportVulnerabilitiesRequest(path=path)
+    return scan_pb2.ImportVulnerabilitiesRequest(data=data or b"")
+
+
+def create_policy(
+    policy: policy_pb2.Policy | None, fields: Mapping[str, Any], validate_only: bool
+) -> policy_pb2.CreatePolicyRequest:
+    """CreatePolicy; a policy built from keywords alone is enabled unless `enabled=False`."""
+    if policy is None and fields.get("enabled") is None:
+        fields = {**fields, "enabled": True}
+    return policy_pb2.CreatePolicyRequest(
+        policy=policy_message(policy, fields), validate_only=validate_only
+    )
+
+
+def update_policy(id: str, etag: str, fields: Mapping[str, Any]) -> policy_pb2.UpdatePolicyRequest:
+    """UpdatePolicy of the fields given (not None), masked so the others keep their value."""
+    msg = policy_message(None, fields)
+    msg.id = id
+    msg.etag = etag
+    return policy_pb2.UpdatePolicyRequest(policy=msg, update_mask=policy_mask(fields))
+
+
+def evaluate(
+    facts_arg: FactsArg, explain: bool, evaluation_time: dt.datetime | None
+) -> policy_pb2.EvaluateRequest:
+    return policy_pb2.EvaluateRequest(
+        facts=facts(facts_arg), explain=explain, evaluation_time=timestamp(evaluation_time)
+    )
+
+
+def create_endpoint(
+    endpoint: transfer_pb2.Endpoint | None, name: str | None, fields: Mapping[str, Any]
+) -> transfer_pb2.CreateEndpointRequest:
+    msg = endpoint_message(endpoint, name, _listed_aliases(fields))
+    return transfer_pb2.CreateEndpointRequest(endpoint=msg)
+
+
+def update_endpoint(name: str, fields: Mapping[str, Any]) -> transfer_pb2.UpdateEndpointRequest:
+    """UpdateEndpoint of the fields given (not None), masked so the others keep their value."""
+    fields = _listed_aliases(fields)
+    return transfer_pb2.UpdateEndpointRequest(
+        endpoint=endpoint_message(None, name, fields), update_mask=endpoint_mask(fields)
+    )
+
+
+def _listed_aliases(fields: Mapping[str, Any]) -> dict[str, Any]:
+    # aliases may be any iterable (a generator too); it is read once, here
+    aliases = fields.get("aliases")
+    return {**fields, "aliases": None if aliases is None else list(aliases)}
+
+
 def start_transfer(
     *,
     source_endpoint: str,
@@ -118,39 +204,33 @@ def start_transfer(
     )
 
 
-def transfer_states(states: Iterable[int | str]) -> list[Any]:
-    """Transfer.State values from numbers or names ("running" or "STATE_RUNNING")."""
-    return [_enum(transfer_pb2.Transfer.State, s) for s in states]
+def list_transfers(
+    *,
+    page_size: int,
+    page_token: str,
+    states: Iterable[int | str],
+    destination_endpoint: str,
+    repository: str,
+) -> transfer_pb2.ListTransfersRequest:
+    return transfer_pb2.ListTransfersRequest(
+        page_size=page_size, page_token=page_token, states=transfer_states(states),
+        destination_endpoint=destination_endpoint, repository=repository,
+    )
 
 
-def run_states(states: Iterable[int | str]) -> list[Any]:
-    """Run.State values from numbers or names ("failed" or "STATE_FAILED")."""
-    return [_enum(gateway_pb2.Run.State, s) for s in states]
+def list_runs(
+    *, policy_id: str, states: Iterable[int | str], page_size: int, page_token: str
+) -> gateway_pb2.ListRunsRequest:
+    return gateway_pb2.ListRunsRequest(
+        policy_id=policy_id, states=run_states(states), page_size=page_size,
+        page_token=page_token,
+    )
 
 
-def _enum(wrapper: Any, value: int | str) -> int:
-    if isinstance(value, int):
-        return value
-    name = value.upper()
-    if not name.startswith("STATE_"):
-        name = "STATE_" + name
-    try:
-        return int(wrapper.Value(name))
-    except ValueError:
-        names = [n for n in wrapper.keys() if n != "STATE_UNSPECIFIED"]  # noqa: SIM118
-        valid = ", ".join(n[6:].lower() for n in names)
-        raise ValueError(f"unknown state {value!r}; valid: {valid}") from None
-
-
-def image(endpoint: str, repository: str, reference: str) -> common_pb2.ImageLocation:
-    return common_pb2.ImageLocation(endpoint=endpoint, repository=repository, reference=reference)
-
-
-def import_vulnerabilities(
-    path: str | None, data: bytes | None
-) -> scan_pb2.ImportVulnerabilitiesRequest:
-    if (path is None) == (data is None):
-        raise ValueError("give exactly one of path= (on the scanner host) or data= (bytes)")
-    if path is not None:
-        return scan_pb2.ImportVulnerabilitiesRequest(path=path)
-    return scan_pb2.ImportVulnerabilitiesRequest(data=data or b"")
+def scan_image(
+    *, endpoint: str, repository: str, reference: str, force: bool
+) -> scan_pb2.ScanImageRequest:
+    image = common_pb2.ImageLocation(
+        endpoint=endpoint, repository=repository, reference=reference
+    )
+    return scan_pb2.ScanImageRequest(image=image, force=force)

@@ -17,20 +17,22 @@ from typing import Any
 
 import grpc
 from google.protobuf import message as pb_message
-from grpc import aio
 
 from mirror import _build
-from mirror.channel import DEFAULT_ADDRESS, TlsArg, TlsOptions, aio_channel, auth_metadata
+from mirror.channel import (
+    DEFAULT_ADDRESS,
+    ChannelPool,
+    TlsArg,
+    TlsOptions,
+    aio_channel,
+    auth_metadata,
+)
 from mirror.errors import from_rpc_error
 from mirror.v1 import (
     gateway_pb2,
-    gateway_pb2_grpc,
     policy_pb2,
-    policy_pb2_grpc,
     scan_pb2,
-    scan_pb2_grpc,
     transfer_pb2,
-    transfer_pb2_grpc,
 )
 
 __all__ = ["DEFAULT_ADDRESS", "AsyncClient", "TlsOptions", "connect"]
@@ -61,10 +63,13 @@ class _Service:
             call.cancel()
 
 
-async def _pages(fetch: Callable[[str], Awaitable[Any]], items: str) -> AsyncIterator[Any]:
+async def _pages(
+    list_page: Callable[..., Awaitable[Any]], items: str, **query: Any
+) -> AsyncIterator[Any]:
+    """Every item of every page: `await list_page(page_token=..., **query)` until no next token."""
     token = ""
     while True:
-        page = await fetch(token)
+        page = await list_page(page_token=token, **query)
         for item in getattr(page, items):
             yield item
         token = page.next_page_token
@@ -94,14 +99,12 @@ class Policies(_Service):
 
         Built from keywords alone, the policy is enabled unless `enabled=False`.
         """
-        if policy is None and enabled is None:
-            enabled = True
-        msg = _build.policy_message(policy, {
+        fields = {
             "name": name, "source_repository": source_repository, "rule": rule,
             "endpoint": endpoint, "repository": repository, "tag_template": tag_template,
             "time_zone": time_zone, "enabled": enabled, "description": description,
-        })
-        req = policy_pb2.CreatePolicyRequest(policy=msg, validate_only=validate_only)
+        }
+        req = _build.create_policy(policy, fields, validate_only)
         return await self._call("CreatePolicy", req)
 
     async def get(self, id: str) -> policy_pb2.Policy:
@@ -121,10 +124,7 @@ class Policies(_Service):
     ) -> AsyncIterator[policy_pb2.Policy]:
         """Every policy, following page tokens."""
         return _pages(
-            lambda t: self.list(
-                page_size=page_size, page_token=t, source_repository=source_repository
-            ),
-            "policies",
+            self.list, "policies", page_size=page_size, source_repository=source_repository
         )
 
     async def update(
@@ -148,11 +148,7 @@ class Policies(_Service):
             "endpoint": endpoint, "repository": repository, "tag_template": tag_template,
             "time_zone": time_zone, "enabled": enabled, "description": description,
         }
-        msg = _build.policy_message(None, fields)
-        msg.id = id
-        msg.etag = etag
-        req = policy_pb2.UpdatePolicyRequest(policy=msg, update_mask=_build.policy_mask(fields))
-        return await self._call("UpdatePolicy", req)
+        return await self._call("UpdatePolicy", _build.update_policy(id, etag, fields))
 
     async def replace(self, policy: policy_pb2.Policy) -> policy_pb2.Policy:
         """Replace every mutable field with those of `policy` (empty update mask)."""
@@ -175,11 +171,7 @@ class Policies(_Service):
         evaluation_time: dt.datetime | None = None,
     ) -> policy_pb2.EvaluateResponse:
         """Evaluate every enabled policy of `facts.repository`."""
-        req = policy_pb2.EvaluateRequest(
-            facts=_build.facts(facts), explain=explain,
-            evaluation_time=_build.timestamp(evaluation_time),
-        )
-        return await self._call("Evaluate", req)
+        return await self._call("Evaluate", _build.evaluate(facts, explain, evaluation_time))
 
     async def evaluate_rule(
         self, rule: str, facts: _build.FactsArg
@@ -212,13 +204,13 @@ class Transfers(_Service):
         aliases: Iterable[str] | None = None,
     ) -> transfer_pb2.Endpoint:
         """Register a registry; the secret is stored and never returned (see has_secret)."""
-        msg = _build.endpoint_message(endpoint, name, {
+        fields = {
             "url": url, "username": username, "secret": secret, "ca_pem": ca_pem,
             "insecure_skip_verify": insecure_skip_verify, "max_concurrency": max_concurrency,
             "requests_per_second": requests_per_second, "scan_on_push": scan_on_push,
-            "aliases": None if aliases is None else list(aliases),
-        })
-        return await self._call("CreateEndpoint", transfer_pb2.CreateEndpointRequest(endpoint=msg))
+            "aliases": aliases,
+        }
+        return await self._call("CreateEndpoint", _build.create_endpoint(endpoint, name, fields))
 
     async def get_endpoint(self, name: str) -> transfer_pb2.Endpoint:
         return await self._call("GetEndpoint", transfer_pb2.GetEndpointRequest(name=name))
@@ -230,9 +222,7 @@ class Transfers(_Service):
         return await self._call("ListEndpoints", req)
 
     def iter_endpoints(self, *, page_size: int = 0) -> AsyncIterator[transfer_pb2.Endpoint]:
-        return _pages(
-            lambda t: self.list_endpoints(page_size=page_size, page_token=t), "endpoints"
-        )
+        return _pages(self.list_endpoints, "endpoints", page_size=page_size)
 
     async def update_endpoint(
         self,
@@ -253,13 +243,9 @@ class Transfers(_Service):
             "url": url, "username": username, "secret": secret, "ca_pem": ca_pem,
             "insecure_skip_verify": insecure_skip_verify, "max_concurrency": max_concurrency,
             "requests_per_second": requests_per_second, "scan_on_push": scan_on_push,
-            "aliases": None if aliases is None else list(aliases),
+            "aliases": aliases,
         }
-        req = transfer_pb2.UpdateEndpointRequest(
-            endpoint=_build.endpoint_message(None, name, fields),
-            update_mask=_build.endpoint_mask(fields),
-        )
-        return await self._call("UpdateEndpoint", req)
+        return await self._call("UpdateEndpoint", _build.update_endpoint(name, fields))
 
     async def delete_endpoint(self, name: str) -> None:
         await self._call("DeleteEndpoint", transfer_pb2.DeleteEndpointRequest(name=name))
@@ -309,8 +295,8 @@ class Transfers(_Service):
         repository: str = "",
     ) -> transfer_pb2.ListTransfersResponse:
         """One page of transfers; states by value or name ("running")."""
-        req = transfer_pb2.ListTransfersRequest(
-            page_size=page_size, page_token=page_token, states=_build.transfer_states(states),
+        req = _build.list_transfers(
+            page_size=page_size, page_token=page_token, states=states,
             destination_endpoint=destination_endpoint, repository=repository,
         )
         return await self._call("ListTransfers", req)
@@ -323,13 +309,9 @@ class Transfers(_Service):
         repository: str = "",
         page_size: int = 0,
     ) -> AsyncIterator[transfer_pb2.Transfer]:
-        states = list(states)
         return _pages(
-            lambda t: self.list(
-                page_size=page_size, page_token=t, states=states,
-                destination_endpoint=destination_endpoint, repository=repository,
-            ),
-            "transfers",
+            self.list, "transfers", page_size=page_size, states=list(states),
+            destination_endpoint=destination_endpoint, repository=repository,
         )
 
     def watch(self, id: str) -> AsyncIterator[transfer_pb2.Transfer]:
@@ -359,21 +341,16 @@ class Gateway(_Service):
         page_size: int = 0,
         page_token: str = "",
     ) -> gateway_pb2.ListRunsResponse:
-        req = gateway_pb2.ListRunsRequest(
-            policy_id=policy_id, states=_build.run_states(states), page_size=page_size,
-            page_token=page_token,
+        req = _build.list_runs(
+            policy_id=policy_id, states=states, page_size=page_size, page_token=page_token
         )
         return await self._call("ListRuns", req)
 
     def iter_runs(
         self, *, policy_id: str = "", states: Iterable[int | str] = (), page_size: int = 0
     ) -> AsyncIterator[gateway_pb2.Run]:
-        states = list(states)
         return _pages(
-            lambda t: self.list_runs(
-                policy_id=policy_id, states=states, page_size=page_size, page_token=t
-            ),
-            "runs",
+            self.list_runs, "runs", policy_id=policy_id, states=list(states), page_size=page_size
         )
 
     async def get_policy_status(self, policy_id: str) -> gateway_pb2.PolicyStatus:
@@ -394,8 +371,8 @@ class Scanner(_Service):
     async def scan_image(
         self, *, endpoint: str, repository: str, reference: str, force: bool = False
     ) -> scan_pb2.ScanReport:
-        req = scan_pb2.ScanImageRequest(
-            image=_build.image(endpoint, repository, reference), force=force
+        req = _build.scan_image(
+            endpoint=endpoint, repository=repository, reference=reference, force=force
         )
         return await self._call("ScanImage", req)
 
@@ -435,29 +412,17 @@ class AsyncClient:
     ) -> None:
         metadata = auth_metadata(token)
         self.address = address
-        self._channels: dict[str, aio.Channel] = {}
-
-        def channel(service: str) -> aio.Channel:
-            addr = (addresses or {}).get(service, address)
-            if addr not in self._channels:
-                self._channels[addr] = aio_channel(addr, tls)
-            return self._channels[addr]
-
-        self.channel = channel("policies")
-        self.policies = Policies(
-            policy_pb2_grpc.PolicyServiceStub(channel("policies")), metadata, timeout
-        )
-        self.transfers = Transfers(
-            transfer_pb2_grpc.TransferServiceStub(channel("transfers")), metadata, timeout
-        )
-        self.gateway = Gateway(
-            gateway_pb2_grpc.GatewayServiceStub(channel("gateway")), metadata, timeout
-        )
-        self.scanner = Scanner(scan_pb2_grpc.ScanServiceStub(channel("scanner")), metadata, timeout)
+        self._channels = ChannelPool(address, addresses, lambda addr: aio_channel(addr, tls))
+        self.channel = self._channels.channel("policies")
+        stub = self._channels.stub
+        self.policies = Policies(stub("policies"), metadata, timeout)
+        self.transfers = Transfers(stub("transfers"), metadata, timeout)
+        self.gateway = Gateway(stub("gateway"), metadata, timeout)
+        self.scanner = Scanner(stub("scanner"), metadata, timeout)
         self.metadata = metadata
 
     async def close(self) -> None:
-        for ch in self._channels.values():
+        for ch in self._channels.opened():
             await ch.close()
 
     async def __aenter__(self) -> AsyncClient:

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import grpc
 from grpc import aio
 
+from mirror.v1 import gateway_pb2_grpc, policy_pb2_grpc, scan_pb2_grpc, transfer_pb2_grpc
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+C = TypeVar("C", grpc.Channel, aio.Channel)
+
+_STUBS: dict[str, Callable[[Any], Any]] = {
+    "policies": policy_pb2_grpc.PolicyServiceStub,
+    "transfers": transfer_pb2_grpc.TransferServiceStub,
+    "gateway": gateway_pb2_grpc.GatewayServiceStub,
+    "scanner": scan_pb2_grpc.ScanServiceStub,
+}
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -96,3 +109,32 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     if any(c in token for c in "\r\n"):
         raise ValueError("the token contains a line break; check the token file")
     return (("authorization", f"Bearer {token}"),)
+
+
+class ChannelPool(Generic[C]):
+    """A client's channels: one per distinct address, so services sharing one share a channel.
+
+    `addresses` gives a service ("policies", "transfers", "gateway", "scanner") its own address;
+    the others use `address`. `open_channel` is `sync_channel` or `aio_channel` with the TLS bound.
+    """
+
+    def __init__(
+        self, address: str, addresses: Mapping[str, str] | None, open_channel: Callable[[str], C]
+    ) -> None:
+        self._address = address
+        self._addresses = dict(addresses or {})
+        self._open = open_channel
+        self._by_address: dict[str, C] = {}
+
+    def channel(self, service: str) -> C:
+        addr = self._addresses.get(service, self._address)
+        if addr not in self._by_address:
+            self._by_address[addr] = self._open(addr)
+        return self._by_address[addr]
+
+    def stub(self, service: str) -> Any:
+        """The generated stub for `service`, on that service's channel."""
+        return _STUBS[service](self.channel(service))
+
+    def opened(self) -> list[C]:
+        return list(self._by_address.values())
