@@ -13,7 +13,6 @@ the run's message and logged; a failed scan never changes the run's state.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -23,6 +22,7 @@ from mirror.v1 import common_pb2, scan_pb2, scan_pb2_grpc, transfer_pb2
 from gateway.endpoints import EndpointDirectory
 from gateway.facts import TRANSIENT_CODES
 from gateway.runs import RunStore
+from gateway.tasks import KeyedTasks
 from servicekit.db import Database
 
 log = logging.getLogger("gateway.dest_scan")
@@ -59,7 +59,7 @@ class DestinationScanner:
         self.timeout_s = timeout_s
         self.attempts = attempts
         self.backoff_s = backoff_s
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = KeyedTasks()
 
     async def prepare(self, run_id: str, tr: transfer_pb2.Transfer) -> bool:
         """Before a succeeded transfer's run is recorded: owe a scan when the destination
@@ -100,19 +100,11 @@ class DestinationScanner:
         return len(self._tasks)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await self._tasks.stop()
 
     def _spawn(self, run_id: str) -> None:
-        if run_id in self._tasks or self.scanner is None:
-            return
-        task = asyncio.create_task(self._scan(run_id))
-        self._tasks[run_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(run_id, None))
+        if self.scanner is not None:
+            self._tasks.spawn(run_id, lambda: self._scan(run_id))
 
     async def _scan(self, run_id: str) -> None:
         assert self.scanner is not None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -11,6 +10,7 @@ import grpc
 from mirror.v1 import gateway_pb2, transfer_pb2, transfer_pb2_grpc
 
 from gateway.runs import RunRecord, RunStore
+from gateway.tasks import KeyedTasks
 from servicekit import metrics
 
 log = logging.getLogger("gateway.tracker")
@@ -41,16 +41,13 @@ class TransferTracker:
         self.poll_s = poll_s
         # Awaited before a run is recorded SUCCEEDED (errors retry the whole check).
         self.before_success = before_success
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = KeyedTasks()
 
     def track(self, run: RunRecord) -> None:
         """Start following `run` (idempotent)."""
-        if not run.transfer_id or run.id in self._tasks:
-            return
-        task = asyncio.create_task(self._follow(run.id, run.transfer_id))
-        self._tasks[run.id] = task
-        rid = run.id
-        task.add_done_callback(lambda _t: self._tasks.pop(rid, None))
+        if run.transfer_id:
+            run_id, transfer_id = run.id, run.transfer_id
+            self._tasks.spawn(run_id, lambda: self._follow(run_id, transfer_id))
 
     def resume(self) -> int:
         """After a restart: follow every run still RUNNING."""
@@ -64,12 +61,7 @@ class TransferTracker:
         return len(self._tasks)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await self._tasks.stop()
 
     async def _follow(self, run_id: str, transfer_id: str) -> None:
         delay = self.poll_s

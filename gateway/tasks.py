@@ -1,0 +1,35 @@
+"""Background tasks keyed by id: at most one per key, dropped when done, cancelled on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+
+class KeyedTasks:
+    """One asyncio task per key (a run id): follow-ups such as tracking or scanning."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def spawn(self, key: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start `work()` for `key` unless a task for it is still running (idempotent)."""
+        if key in self._tasks:
+            return
+        task = asyncio.create_task(work())
+        self._tasks[key] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(key, None))
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def stop(self) -> None:
+        """Cancel every task and wait until each has ended."""
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
