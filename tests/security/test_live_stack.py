@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 from mirror import errors
 from mirror.client import TlsOptions, connect
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,6 +25,7 @@ from tests.clients.livestack import (
     start_stack,
     wait_for,
 )
+from tests.security.pki import write_pems
 
 pytestmark = pytest.mark.registry
 
@@ -60,25 +60,8 @@ def test_tokens_on_the_stack(live: LiveStack) -> None:
         assert [e.name for e in c.transfers.iter_endpoints()] == ["x"]
 
 
-def _pem_files(tmp: Path, ca: trustme.CA) -> dict[str, Path]:
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("operator@example.test")
-    files = {
-        "ca": ca.cert_pem.bytes(),
-        "server-cert": b"".join(p.bytes() for p in server.cert_chain_pems),
-        "server-key": server.private_key_pem.bytes(),
-        "client-cert": b"".join(p.bytes() for p in client.cert_chain_pems),
-        "client-key": client.private_key_pem.bytes(),
-    }
-    out = {}
-    for name, data in files.items():
-        out[name] = tmp / f"{name}.pem"
-        out[name].write_bytes(data)
-    return out
-
-
 def test_mtls_stack_with_mirrorctl(tmp_path: Path, registry) -> None:
-    pem = _pem_files(tmp_path, trustme.CA())
+    pem = write_pems(tmp_path, ("127.0.0.1", "localhost"), "operator@example.test")
     proc = StackProcess(
         tmp_path / "data",
         extra_args=["--tls-cert", str(pem["server-cert"]), "--tls-key", str(pem["server-key"]),
@@ -116,7 +99,7 @@ def test_mtls_stack_with_mirrorctl(tmp_path: Path, registry) -> None:
 
 
 def test_tls_stack_with_mirrorctl(tmp_path: Path) -> None:
-    pem = _pem_files(tmp_path, trustme.CA())
+    pem = write_pems(tmp_path, ("127.0.0.1", "localhost"), "operator@example.test")
     proc = StackProcess(
         tmp_path / "data",
         extra_args=["--tls-cert", str(pem["server-cert"]), "--tls-key", str(pem["server-key"]),
@@ -186,7 +169,7 @@ def test_metrics_move_when_an_image_is_mirrored(
 def test_tls_stack_refuses_to_start_without_peer_options(
     tmp_path: Path, extra: list[str], needs: str
 ) -> None:
-    pem = _pem_files(tmp_path, trustme.CA())
+    pem = write_pems(tmp_path, ("127.0.0.1", "localhost"), "operator@example.test")
     args = ["--tls-cert", str(pem["server-cert"]), "--tls-key", str(pem["server-key"]),
             *(a.format(ca=pem["ca"]) for a in extra)]
     res = subprocess.run([sys.executable, "-m", "stack", "--data", str(tmp_path / "d"),

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mirror import errors
 from mirror.channel import sync_channel
@@ -25,6 +24,7 @@ from mirror.v1 import gateway_pb2
 
 from registry_testkit.images import ImageBuilder, digest_of, push
 from registry_testkit.ports import free_port
+from tests.security.pki import write_pems
 from tests.support.registry import RegistryFactory
 
 pytestmark = pytest.mark.registry
@@ -33,24 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "split-admin-token-" + "5b8e1f0c7a2d"
 WEBHOOK_SECRET = "split-webhook-" + "c3a9e71f"
 Run = gateway_pb2.Run
-
-
-def _pems(tmp: Path) -> dict[str, Path]:
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
-    client = ca.issue_cert("mirror-service@example.test")
-    data = {
-        "ca": ca.cert_pem.bytes(),
-        "server-cert": b"".join(p.bytes() for p in server.cert_chain_pems),
-        "server-key": server.private_key_pem.bytes(),
-        "client-cert": b"".join(p.bytes() for p in client.cert_chain_pems),
-        "client-key": client.private_key_pem.bytes(),
-    }
-    out = {}
-    for name, pem in data.items():
-        out[name] = tmp / f"{name}.pem"
-        out[name].write_bytes(pem)
-    return out
 
 
 def _health(address: str, tls: TlsOptions) -> int:
@@ -75,7 +57,7 @@ def _wait_serving(address: str, tls: TlsOptions, proc: subprocess.Popen[bytes],
 
 @pytest.fixture
 def split(tmp_path: Path) -> Iterator[tuple[dict[str, str], TlsOptions, list[Path]]]:
-    pem = _pems(tmp_path)
+    pem = write_pems(tmp_path, ("127.0.0.1",), "mirror-service@example.test")
     tokens = tmp_path / "tokens"
     tokens.write_text(f"admin:{ADMIN}\n")
     tokens.chmod(0o600)
