@@ -21,20 +21,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import grpc
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mirror.v1 import (  # noqa: E402
-    common_pb2,
-    gateway_pb2,
-    gateway_pb2_grpc,
-    policy_pb2,
-    policy_pb2_grpc,
-    transfer_pb2,
-    transfer_pb2_grpc,
-)
+from mirror.client import Client, connect  # noqa: E402
+from mirror.v1 import transfer_pb2  # noqa: E402
 
 from registry_testkit.images import ImageBuilder, push  # noqa: E402
 from registry_testkit.registry import RegistryOptions, start_registry  # noqa: E402
@@ -60,19 +51,14 @@ def readable(url: str) -> bool:
         return False
 
 
-def finished_transfer(
-    gs: gateway_pb2_grpc.GatewayServiceStub,
-    ts: transfer_pb2_grpc.TransferServiceStub,
-    policy_id: str,
-    tag: str,
-) -> transfer_pb2.Transfer:
+def finished_transfer(client: Client, policy_id: str, tag: str) -> transfer_pb2.Transfer:
     """The transfer of the run for `tag`, once it has recorded its end time."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        runs = gs.ListRuns(gateway_pb2.ListRunsRequest(policy_id=policy_id, page_size=5)).runs
+        runs = client.gateway.list_runs(policy_id=policy_id, page_size=5).runs
         run = next((r for r in runs if r.source.reference == tag and r.transfer_id), None)
         if run is not None:
-            tr = ts.GetTransfer(transfer_pb2.GetTransferRequest(id=run.transfer_id))
+            tr = client.transfers.get(run.transfer_id)
             if tr.HasField("end_time"):
                 return tr
         time.sleep(0.01)
@@ -92,11 +78,7 @@ def run(n: int) -> dict[str, list[float]]:
         webhook_secret=SECRET,
         extra_args=["--reconcile-interval", "0", "--log-level", "WARNING"],
     )
-    notify = {
-        "name": "gw",
-        "url": stack.webhook_url,
-        "headers": {"Authorization": [f"Bearer {SECRET}"]},
-    }
+    notify = stack.registry_notification("gw")
     out: dict[str, list[float]] = {
         k: [] for k in ("total", "transfer", "gateway", "to_created", "queued")
     }
@@ -106,27 +88,12 @@ def run(n: int) -> dict[str, list[float]]:
     ):
         stack.start()
         try:
-            ch = grpc.insecure_channel(stack.grpc_address)
-            ts = transfer_pb2_grpc.TransferServiceStub(ch)
-            ps = policy_pb2_grpc.PolicyServiceStub(ch)
-            gs = gateway_pb2_grpc.GatewayServiceStub(ch)
+            client = connect(stack.grpc_address)
             for name, reg in (("dev", dev), ("qa", qa)):
-                ts.CreateEndpoint(
-                    transfer_pb2.CreateEndpointRequest(
-                        endpoint=transfer_pb2.Endpoint(name=name, url=reg.url)
-                    )
-                )
-            pol = ps.CreatePolicy(
-                policy_pb2.CreatePolicyRequest(
-                    policy=policy_pb2.Policy(
-                        name="bench",
-                        source_repository="dev/bench",
-                        rule='tag endswith "stable"',
-                        target=common_pb2.Target(endpoint="qa", repository="qa/bench"),
-                        tag_template="%n",
-                        enabled=True,
-                    )
-                )
+                client.transfers.create_endpoint(name=name, url=reg.url)
+            pol = client.policies.create(
+                name="bench", source_repository="dev/bench", rule='tag endswith "stable"',
+                endpoint="qa", repository="qa/bench", tag_template="%n",
             )
             builder = ImageBuilder(work / "img")
             images = [builder.image(f"{i}-stable") for i in range(n + 1)]
@@ -141,7 +108,7 @@ def run(n: int) -> dict[str, list[float]]:
                         raise TimeoutError(f"{tag} not mirrored within 30 s")
                     time.sleep(0.002)
                 total = time.monotonic() - t0
-                tr = finished_transfer(gs, ts, pol.id, tag)
+                tr = finished_transfer(client, pol.id, tag)
                 copy = (tr.end_time.ToNanoseconds() - tr.start_time.ToNanoseconds()) / 1e9
                 if i == 0:
                     continue  # warm-up: first connections, first token, caches
@@ -152,7 +119,7 @@ def run(n: int) -> dict[str, list[float]]:
                 out["queued"].append(
                     (tr.start_time.ToNanoseconds() - tr.create_time.ToNanoseconds()) / 1e9
                 )
-            ch.close()
+            client.close()
         finally:
             stack.stop()
     return out

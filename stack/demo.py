@@ -17,16 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
-from mirror.v1 import (
-    common_pb2,
-    gateway_pb2,
-    gateway_pb2_grpc,
-    policy_pb2,
-    policy_pb2_grpc,
-    transfer_pb2,
-    transfer_pb2_grpc,
-)
+from mirror.client import Client, connect
+from mirror.v1 import gateway_pb2
 from rich.console import Console
 from rich.table import Table
 
@@ -56,14 +48,10 @@ def step(text: str) -> None:
     console.print(f"[bold cyan]>[/] {text}")
 
 
-def wait_runs(
-    gw: gateway_pb2_grpc.GatewayServiceStub, policy_id: str, n: int
-) -> list[gateway_pb2.Run]:
+def wait_runs(client: Client, policy_id: str, n: int) -> list[gateway_pb2.Run]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        runs = list(
-            gw.ListRuns(gateway_pb2.ListRunsRequest(policy_id=policy_id), timeout=10).runs
-        )
+        runs = list(client.gateway.list_runs(policy_id=policy_id).runs)
         if len(runs) >= n and all(r.state in FINAL for r in runs):
             return runs
         time.sleep(0.2)
@@ -72,11 +60,7 @@ def wait_runs(
 
 def run_demo(workdir: Path) -> None:
     stack = StackProcess(workdir / "stack-data", webhook_secret=SECRET)
-    notify = {
-        "name": "mirror-gateway",
-        "url": stack.webhook_url,
-        "headers": {"Authorization": [f"Bearer {SECRET}"]},
-    }
+    notify = stack.registry_notification("mirror-gateway")
     with contextlib.ExitStack() as es:
         step("starting registries: dev (notifies the gateway) and qa (service account)")
         dev = es.enter_context(
@@ -92,51 +76,26 @@ def run_demo(workdir: Path) -> None:
         console.print(
             "\n".join("  " + line for line in stack.output.splitlines()[1:-1]), highlight=False
         )
-        channel = grpc.insecure_channel(stack.grpc_address)
-        es.callback(channel.close)
-        transfer = transfer_pb2_grpc.TransferServiceStub(channel)
-        policy = policy_pb2_grpc.PolicyServiceStub(channel)
-        gw = gateway_pb2_grpc.GatewayServiceStub(channel)
+        client = es.enter_context(connect(stack.grpc_address, timeout=30))
 
         step("registering endpoints dev and qa")
-        transfer.CreateEndpoint(
-            transfer_pb2.CreateEndpointRequest(
-                endpoint=transfer_pb2.Endpoint(name="dev", url=dev.url)
-            ),
-            timeout=30,
-        )
-        transfer.CreateEndpoint(
-            transfer_pb2.CreateEndpointRequest(
-                endpoint=transfer_pb2.Endpoint(
-                    name="qa", url=qa.url, username=QA_USER, secret=QA_PASSWORD
-                )
-            ),
-            timeout=30,
+        client.transfers.create_endpoint(name="dev", url=dev.url)
+        client.transfers.create_endpoint(
+            name="qa", url=qa.url, username=QA_USER, secret=QA_PASSWORD
         )
         step('creating policy: dev/website, tag endswith "stable" -> qa/qa/website')
-        pol = policy.CreatePolicy(
-            policy_pb2.CreatePolicyRequest(
-                policy=policy_pb2.Policy(
-                    name="website-to-qa",
-                    source_repository="dev/website",
-                    rule='tag endswith "stable"',
-                    target=common_pb2.Target(endpoint="qa", repository="qa/website"),
-                    tag_template="%Y%m%d-%H%M%S",
-                    enabled=True,
-                )
-            ),
-            timeout=60,
+        pol = client.policies.create(
+            name="website-to-qa", source_repository="dev/website", rule='tag endswith "stable"',
+            endpoint="qa", repository="qa/website", tag_template="%Y%m%d-%H%M%S",
         )
         step("building two images and pushing dev/website:1.0-dev and :1.0-stable (skopeo)")
         images = ImageBuilder(workdir / "images")
         push(images.image("1.0-dev", labels={"stage": "dev"}), dev, "dev/website")
         push(images.image("1.0-stable", labels={"stage": "stable"}), dev, "dev/website")
         t0 = time.monotonic()
-        runs = wait_runs(gw, pol.id, 2)
+        runs = wait_runs(client, pol.id, 2)
         console.print(f"  both events handled in {time.monotonic() - t0:.2f} s")
-        show(dev, qa, runs, gw.GetPolicyStatus(
-            gateway_pb2.GetPolicyStatusRequest(policy_id=pol.id), timeout=10
-        ))
+        show(dev, qa, runs, client.gateway.get_policy_status(pol.id))
 
 
 def short(digest: str) -> str:

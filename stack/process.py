@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 READY_LINE = "mirror-stack ready"
 
@@ -56,6 +57,13 @@ class StackProcess:
     @property
     def http_base(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    def registry_notification(self, name: str, **settings: Any) -> dict[str, Any]:
+        """A docker-registry `notifications` endpoint posting to this stack's webhook (with
+        its secret); `settings` adds endpoint options such as timeout, threshold, backoff."""
+        secret = self.webhook_secret
+        headers = {"Authorization": [f"Bearer {secret}"]} if secret else {}
+        return {"name": name, "url": self.webhook_url, "headers": headers, **settings}
 
     def start(self, timeout: float = 30.0, env: dict[str, str] | None = None) -> None:
         """Start and wait for the ready line; `env` adds variables for this start only."""
