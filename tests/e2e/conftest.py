@@ -146,6 +146,20 @@ def notify_config(stack: StackProcess, name: str = "mirror-gateway") -> dict[str
     }
 
 
+def dev_and_qa(
+    clients: Clients,
+    registry_factory: Callable[..., RegistryProcess],
+    notify: StackProcess | None = None,
+) -> tuple[RegistryProcess, RegistryProcess]:
+    """Two registries registered as endpoints "dev" and "qa"; dev sends its push events to
+    `notify`'s webhook when a stack is given (otherwise it sends none)."""
+    dev = registry_factory(notifications=[notify_config(notify)]) if notify else registry_factory()
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    return dev, qa
+
+
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[StackProcess]:
     """`mirror-stack` on free loopback ports (periodic reconcile off: tests call it)."""

@@ -10,7 +10,7 @@ from mirror.v1 import gateway_pb2
 
 from registry_testkit.images import ImageBuilder, push
 from stack.process import StackProcess
-from tests.e2e.conftest import Clients, notify_config
+from tests.e2e.conftest import Clients, dev_and_qa
 from tests.e2e.helpers import tags_of
 from tests.support.registry import RegistryFactory
 
@@ -23,10 +23,7 @@ N = 50
 def test_fifty_tags_at_once(
     stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
-    dev = registry_factory(notifications=[notify_config(stack)])
-    qa = registry_factory()
-    clients.add_endpoint("dev", dev)
-    clients.add_endpoint("qa", qa)
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
     pol = clients.add_policy("burst", "dev/app", 'tag endswith "stable"', "qa", "qa/app")
     image = ImageBuilder(tmp_path / "img").image("seed")
     tags = [f"{i}-stable" if i % 2 == 0 else f"{i}-dev" for i in range(N)]

@@ -10,7 +10,7 @@ from mirror.v1 import gateway_pb2
 
 from registry_testkit.images import ImageBuilder, push
 from stack.process import StackProcess
-from tests.e2e.conftest import WEBHOOK_SECRET, Clients, wait_for
+from tests.e2e.conftest import WEBHOOK_SECRET, Clients, dev_and_qa, wait_for
 from tests.e2e.helpers import healthz, post_events, push_event, skopeo_digest, tags_of
 from tests.support.registry import RegistryFactory
 
@@ -22,10 +22,8 @@ Run = gateway_pb2.Run
 def test_same_envelope_twice_starts_one_transfer(
     stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
-    dev = registry_factory()  # no notifications: the test delivers the events itself
-    qa = registry_factory()
-    clients.add_endpoint("dev", dev)
-    clients.add_endpoint("qa", qa)
+    # dev sends no events: the test delivers them itself
+    dev, qa = dev_and_qa(clients, registry_factory)
     pol = clients.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
     img = ImageBuilder(tmp_path / "img").image("3.0-stable")
     push(img, dev, "dev/website")
@@ -50,10 +48,7 @@ def test_same_envelope_twice_starts_one_transfer(
 def test_bad_body_next_to_good_events(
     stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
-    dev = registry_factory()
-    qa = registry_factory()
-    clients.add_endpoint("dev", dev)
-    clients.add_endpoint("qa", qa)
+    dev, qa = dev_and_qa(clients, registry_factory)
     pol = clients.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
     builder = ImageBuilder(tmp_path / "img")
     a, b = builder.image("a-stable"), builder.image("b-stable")
@@ -105,10 +100,8 @@ def test_event_from_an_unknown_registry_is_recorded_not_acted_on(
 def test_notify_push_for_ci_systems(
     stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
-    dev = registry_factory()  # a registry without webhooks: CI reports the push itself
-    qa = registry_factory()
-    clients.add_endpoint("dev", dev)
-    clients.add_endpoint("qa", qa)
+    # dev sends no events: CI reports the push itself
+    dev, qa = dev_and_qa(clients, registry_factory)
     pol = clients.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
     img = ImageBuilder(tmp_path / "img").image("10.0-stable")
     push(img, dev, "dev/website")

@@ -10,7 +10,7 @@ from mirror.v1 import gateway_pb2
 
 from registry_testkit.images import ImageBuilder, push
 from stack.process import StackProcess
-from tests.e2e.conftest import Clients, notify_config
+from tests.e2e.conftest import Clients, dev_and_qa
 from tests.e2e.helpers import skopeo_digest, tags_of
 from tests.support.registry import RegistryFactory
 
@@ -22,10 +22,7 @@ Run = gateway_pb2.Run
 def test_disabled_policy_mirrors_nothing(
     stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
-    dev = registry_factory(notifications=[notify_config(stack)])
-    qa = registry_factory()
-    clients.add_endpoint("dev", dev)
-    clients.add_endpoint("qa", qa)
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
     off = clients.add_policy(
         "off", "dev/website", 'tag endswith "stable"', "qa", "qa/website", enabled=False
     )
@@ -46,10 +43,8 @@ def test_disabled_policy_mirrors_nothing(
 def test_apply_policy_mirrors_tags_already_present(
     stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
-    dev = registry_factory()  # no events: only ApplyPolicy can find these tags
-    qa = registry_factory()
-    clients.add_endpoint("dev", dev)
-    clients.add_endpoint("qa", qa)
+    # dev sends no events: only ApplyPolicy can find these tags
+    dev, qa = dev_and_qa(clients, registry_factory)
     builder = ImageBuilder(tmp_path / "img")
     imgs = {t: builder.image(t) for t in ("7.0-stable", "7.1-stable", "7.2-dev")}
     for img in imgs.values():
@@ -83,10 +78,7 @@ def test_apply_policy_mirrors_tags_already_present(
 def test_apply_policy_with_a_glob_source_uses_the_catalog(
     stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
-    dev = registry_factory()
-    qa = registry_factory()
-    clients.add_endpoint("dev", dev)
-    clients.add_endpoint("qa", qa)
+    dev, qa = dev_and_qa(clients, registry_factory)
     builder = ImageBuilder(tmp_path / "img")
     push(builder.image("a-stable"), dev, "team/app-a")
     push(builder.image("b-stable"), dev, "team/app-b")
@@ -103,10 +95,7 @@ def test_apply_policy_with_a_glob_source_uses_the_catalog(
 def test_scan_facts_come_from_the_scanner(
     stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
-    dev = registry_factory(notifications=[notify_config(stack)])
-    qa = registry_factory()
-    clients.add_endpoint("dev", dev)
-    clients.add_endpoint("qa", qa)
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
     pol = clients.add_policy(
         "scanned", "dev/website", 'tag endswith "stable" and critical_vulns <= 3', "qa",
         "qa/website",
@@ -129,10 +118,7 @@ def test_without_a_scanner_scan_rules_do_not_match_and_say_why(
     stack.start()
     c = Clients(stack.grpc_address)
     try:
-        dev = registry_factory(notifications=[notify_config(stack)])
-        qa = registry_factory()
-        c.add_endpoint("dev", dev)
-        c.add_endpoint("qa", qa)
+        dev, qa = dev_and_qa(c, registry_factory, stack)
         pol = c.add_policy(
             "scanned", "dev/website", 'tag endswith "stable" and critical_vulns <= 3', "qa",
             "qa/website",

@@ -14,7 +14,7 @@ from mirror.v1 import gateway_pb2, scan_pb2, scan_pb2_grpc
 
 from registry_testkit.images import push
 from stack.process import StackProcess
-from tests.e2e.conftest import Clients, notify_config
+from tests.e2e.conftest import Clients, dev_and_qa
 from tests.e2e.helpers import skopeo_digest, tags_of
 from tests.e2e.scan_images import OSV_DIR, clean_image, gpl3_image, vulnerable_image
 from tests.support.registry import RegistryFactory
@@ -43,10 +43,7 @@ def by_tag(runs: list[Run]) -> dict[str, Run]:
 def test_critical_vulns_rule_mirrors_clean_and_refuses_vulnerable(
     stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
-    dev = registry_factory(notifications=[notify_config(stack)])
-    qa = registry_factory()
-    clients.add_endpoint("dev", dev)
-    clients.add_endpoint("qa", qa)
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
     import_osv(clients)
     pol = clients.add_policy(
         "no-critical", "dev/website", 'tag endswith "stable" and critical_vulns == 0', "qa",
@@ -74,10 +71,7 @@ def test_critical_vulns_rule_mirrors_clean_and_refuses_vulnerable(
 def test_component_and_license_rules(
     stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
-    dev = registry_factory(notifications=[notify_config(stack)])
-    qa = registry_factory()
-    clients.add_endpoint("dev", dev)
-    clients.add_endpoint("qa", qa)
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
     with_openssl = clients.add_policy(
         "openssl", "dev/app", 'component == "openssl"', "qa", "qa/openssl"
     )
