@@ -11,14 +11,14 @@ Every method raises a `mirror.errors.MirrorError` subclass when the call fails.
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import grpc
 from google.protobuf import message as pb_message
 
-from mirror import _build
+from mirror import client as _sync
 from mirror.channel import (
     DEFAULT_ADDRESS,
     ChannelPool,
@@ -28,29 +28,32 @@ from mirror.channel import (
     auth_metadata,
 )
 from mirror.errors import from_rpc_error
-from mirror.v1 import (
-    gateway_pb2,
-    policy_pb2,
-    scan_pb2,
-    transfer_pb2,
-)
 
 __all__ = ["DEFAULT_ADDRESS", "AsyncClient", "TlsOptions", "connect"]
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 class _Service:
+    """The awaiting calls under a service facade; the facade methods are `mirror.client`'s,
+    which build each request and return the call (see `mirror.client._Service`)."""
+
     def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...], timeout: float | None):
         self._stub = stub
         self._metadata = metadata
         self._timeout = timeout
 
-    async def _call(self, method: str, request: pb_message.Message) -> Any:
+    async def _call(
+        self, method: str, request: pb_message.Message, *, void: bool = False
+    ) -> Any:
         try:
-            return await getattr(self._stub, method)(
+            response = await getattr(self._stub, method)(
                 request, metadata=self._metadata, timeout=self._timeout
             )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
+        return None if void else response
 
     async def _stream(self, method: str, request: pb_message.Message) -> AsyncIterator[Any]:
         call = getattr(self._stub, method)(request, metadata=self._metadata)
@@ -62,337 +65,97 @@ class _Service:
         finally:
             call.cancel()
 
+    async def _pages(
+        self, list_page: Callable[..., Awaitable[Any]], items: str, **query: Any
+    ) -> AsyncIterator[Any]:
+        """Every item of every page: `await list_page(page_token=..., **query)` until no next
+        token."""
+        token = ""
+        while True:
+            page = await list_page(page_token=token, **query)
+            for item in getattr(page, items):
+                yield item
+            token = page.next_page_token
+            if not token:
+                return
 
-async def _pages(
-    list_page: Callable[..., Awaitable[Any]], items: str, **query: Any
-) -> AsyncIterator[Any]:
-    """Every item of every page: `await list_page(page_token=..., **query)` until no next token."""
-    token = ""
-    while True:
-        page = await list_page(page_token=token, **query)
-        for item in getattr(page, items):
-            yield item
-        token = page.next_page_token
-        if not token:
-            return
+
+def _awaited(
+    method: Callable[Concatenate[Any, P], R],
+) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]:
+    """The asyncio twin of a blocking facade method: same parameters and docstring, awaited.
+
+    The blocking method runs on this module's `_Service`, so its `self._call(...)` is a
+    coroutine, which is awaited here.
+    """
+
+    @functools.wraps(method)
+    async def call(self: Any, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await cast(Awaitable[R], method(self, *args, **kwargs))
+
+    return call
+
+
+def _iterated(
+    method: Callable[Concatenate[Any, P], Iterator[R]],
+) -> Callable[Concatenate[Any, P], AsyncIterator[R]]:
+    """The asyncio twin of a blocking `iter*`/`watch` method: on this module's `_Service` its
+    `self._pages(...)`/`self._stream(...)` already is an async iterator."""
+    return cast(Callable[Concatenate[Any, P], AsyncIterator[R]], method)
 
 
 class Policies(_Service):
     """PolicyService: policies, rule validation and evaluation."""
 
-    async def create(
-        self,
-        policy: policy_pb2.Policy | None = None,
-        *,
-        name: str | None = None,
-        source_repository: str | None = None,
-        rule: str | None = None,
-        endpoint: str | None = None,
-        repository: str | None = None,
-        tag_template: str | None = None,
-        time_zone: str | None = None,
-        enabled: bool | None = None,
-        description: str | None = None,
-        validate_only: bool = False,
-    ) -> policy_pb2.Policy:
-        """Create a policy from a message and/or fields; `endpoint`/`repository` are the target.
-
-        Built from keywords alone, the policy is enabled unless `enabled=False`.
-        """
-        fields = {
-            "name": name, "source_repository": source_repository, "rule": rule,
-            "endpoint": endpoint, "repository": repository, "tag_template": tag_template,
-            "time_zone": time_zone, "enabled": enabled, "description": description,
-        }
-        req = _build.create_policy(policy, fields, validate_only)
-        return await self._call("CreatePolicy", req)
-
-    async def get(self, id: str) -> policy_pb2.Policy:
-        return await self._call("GetPolicy", policy_pb2.GetPolicyRequest(id=id))
-
-    async def list(
-        self, *, page_size: int = 0, page_token: str = "", source_repository: str = ""
-    ) -> policy_pb2.ListPoliciesResponse:
-        """One page of policies; see `iter` for all of them."""
-        req = policy_pb2.ListPoliciesRequest(
-            page_size=page_size, page_token=page_token, source_repository=source_repository
-        )
-        return await self._call("ListPolicies", req)
-
-    def iter(
-        self, *, source_repository: str = "", page_size: int = 0
-    ) -> AsyncIterator[policy_pb2.Policy]:
-        """Every policy, following page tokens."""
-        return _pages(
-            self.list, "policies", page_size=page_size, source_repository=source_repository
-        )
-
-    async def update(
-        self,
-        id: str,
-        *,
-        etag: str = "",
-        name: str | None = None,
-        source_repository: str | None = None,
-        rule: str | None = None,
-        endpoint: str | None = None,
-        repository: str | None = None,
-        tag_template: str | None = None,
-        time_zone: str | None = None,
-        enabled: bool | None = None,
-        description: str | None = None,
-    ) -> policy_pb2.Policy:
-        """Change the fields given (others keep their value); a stale `etag` raises Aborted."""
-        fields = {
-            "name": name, "source_repository": source_repository, "rule": rule,
-            "endpoint": endpoint, "repository": repository, "tag_template": tag_template,
-            "time_zone": time_zone, "enabled": enabled, "description": description,
-        }
-        return await self._call("UpdatePolicy", _build.update_policy(id, etag, fields))
-
-    async def replace(self, policy: policy_pb2.Policy) -> policy_pb2.Policy:
-        """Replace every mutable field with those of `policy` (empty update mask)."""
-        return await self._call("UpdatePolicy", policy_pb2.UpdatePolicyRequest(policy=policy))
-
-    async def delete(self, id: str, *, etag: str = "") -> None:
-        await self._call("DeletePolicy", policy_pb2.DeletePolicyRequest(id=id, etag=etag))
-
-    async def validate_rule(
-        self, rule: str, *, tag_template: str = "", time_zone: str = ""
-    ) -> policy_pb2.ValidateRuleResponse:
-        """Compile a rule (and a tag template) without saving; errors carry line and column."""
-        req = policy_pb2.ValidateRuleRequest(
-            rule=rule, tag_template=tag_template, time_zone=time_zone
-        )
-        return await self._call("ValidateRule", req)
-
-    async def evaluate(
-        self, facts: _build.FactsArg, *, explain: bool = False,
-        evaluation_time: dt.datetime | None = None,
-    ) -> policy_pb2.EvaluateResponse:
-        """Evaluate every enabled policy of `facts.repository`."""
-        return await self._call("Evaluate", _build.evaluate(facts, explain, evaluation_time))
-
-    async def evaluate_rule(
-        self, rule: str, facts: _build.FactsArg
-    ) -> policy_pb2.EvaluateRuleResponse:
-        """Evaluate one rule against facts, with each clause's value and result."""
-        req = policy_pb2.EvaluateRuleRequest(rule=rule, facts=_build.facts(facts))
-        return await self._call("EvaluateRule", req)
-
-    async def get_fact_requirements(self, repository: str) -> policy_pb2.FactRequirements:
-        req = policy_pb2.GetFactRequirementsRequest(repository=repository)
-        return await self._call("GetFactRequirements", req)
+    create = _awaited(_sync.Policies.create)
+    get = _awaited(_sync.Policies.get)
+    list = _awaited(_sync.Policies.list)
+    iter = _iterated(_sync.Policies.iter)
+    update = _awaited(_sync.Policies.update)
+    replace = _awaited(_sync.Policies.replace)
+    delete = _awaited(_sync.Policies.delete)
+    validate_rule = _awaited(_sync.Policies.validate_rule)
+    evaluate = _awaited(_sync.Policies.evaluate)
+    evaluate_rule = _awaited(_sync.Policies.evaluate_rule)
+    get_fact_requirements = _awaited(_sync.Policies.get_fact_requirements)
 
 
 class Transfers(_Service):
     """TransferService: endpoints (registries and credentials) and transfer jobs."""
 
-    async def create_endpoint(
-        self,
-        endpoint: transfer_pb2.Endpoint | None = None,
-        *,
-        name: str | None = None,
-        url: str | None = None,
-        username: str | None = None,
-        secret: str | None = None,
-        ca_pem: str | None = None,
-        insecure_skip_verify: bool | None = None,
-        max_concurrency: int | None = None,
-        requests_per_second: float | None = None,
-        scan_on_push: bool | None = None,
-        aliases: Iterable[str] | None = None,
-    ) -> transfer_pb2.Endpoint:
-        """Register a registry; the secret is stored and never returned (see has_secret)."""
-        fields = {
-            "url": url, "username": username, "secret": secret, "ca_pem": ca_pem,
-            "insecure_skip_verify": insecure_skip_verify, "max_concurrency": max_concurrency,
-            "requests_per_second": requests_per_second, "scan_on_push": scan_on_push,
-            "aliases": aliases,
-        }
-        return await self._call("CreateEndpoint", _build.create_endpoint(endpoint, name, fields))
-
-    async def get_endpoint(self, name: str) -> transfer_pb2.Endpoint:
-        return await self._call("GetEndpoint", transfer_pb2.GetEndpointRequest(name=name))
-
-    async def list_endpoints(
-        self, *, page_size: int = 0, page_token: str = ""
-    ) -> transfer_pb2.ListEndpointsResponse:
-        req = transfer_pb2.ListEndpointsRequest(page_size=page_size, page_token=page_token)
-        return await self._call("ListEndpoints", req)
-
-    def iter_endpoints(self, *, page_size: int = 0) -> AsyncIterator[transfer_pb2.Endpoint]:
-        return _pages(self.list_endpoints, "endpoints", page_size=page_size)
-
-    async def update_endpoint(
-        self,
-        name: str,
-        *,
-        url: str | None = None,
-        username: str | None = None,
-        secret: str | None = None,
-        ca_pem: str | None = None,
-        insecure_skip_verify: bool | None = None,
-        max_concurrency: int | None = None,
-        requests_per_second: float | None = None,
-        scan_on_push: bool | None = None,
-        aliases: Iterable[str] | None = None,
-    ) -> transfer_pb2.Endpoint:
-        """Change the fields given; the others keep their value."""
-        fields = {
-            "url": url, "username": username, "secret": secret, "ca_pem": ca_pem,
-            "insecure_skip_verify": insecure_skip_verify, "max_concurrency": max_concurrency,
-            "requests_per_second": requests_per_second, "scan_on_push": scan_on_push,
-            "aliases": aliases,
-        }
-        return await self._call("UpdateEndpoint", _build.update_endpoint(name, fields))
-
-    async def delete_endpoint(self, name: str) -> None:
-        await self._call("DeleteEndpoint", transfer_pb2.DeleteEndpointRequest(name=name))
-
-    async def test_connection(
-        self, endpoint: str, *, repository: str = "", check_push: bool = False
-    ) -> transfer_pb2.TestConnectionResponse:
-        """Reachability, TLS, authentication, pull (and push) permission, step by step."""
-        req = transfer_pb2.TestConnectionRequest(
-            endpoint=endpoint, repository=repository, check_push=check_push
-        )
-        return await self._call("TestConnection", req)
-
-    async def start(
-        self,
-        *,
-        source_endpoint: str,
-        source_repository: str,
-        source_reference: str,
-        destination_endpoint: str,
-        destination_repository: str,
-        destination_tag: str = "",
-        platforms: Iterable[str] = (),
-        fail_if_tag_exists: bool = False,
-        idempotency_key: str = "",
-    ) -> transfer_pb2.Transfer:
-        """Start copying an image; returns at once with the job (see `watch`)."""
-        req = _build.start_transfer(
-            source_endpoint=source_endpoint, source_repository=source_repository,
-            source_reference=source_reference, destination_endpoint=destination_endpoint,
-            destination_repository=destination_repository, destination_tag=destination_tag,
-            platforms=platforms, fail_if_tag_exists=fail_if_tag_exists,
-            idempotency_key=idempotency_key,
-        )
-        return await self._call("StartTransfer", req)
-
-    async def get(self, id: str) -> transfer_pb2.Transfer:
-        return await self._call("GetTransfer", transfer_pb2.GetTransferRequest(id=id))
-
-    async def list(
-        self,
-        *,
-        page_size: int = 0,
-        page_token: str = "",
-        states: Iterable[int | str] = (),
-        destination_endpoint: str = "",
-        repository: str = "",
-    ) -> transfer_pb2.ListTransfersResponse:
-        """One page of transfers; states by value or name ("running")."""
-        req = _build.list_transfers(
-            page_size=page_size, page_token=page_token, states=states,
-            destination_endpoint=destination_endpoint, repository=repository,
-        )
-        return await self._call("ListTransfers", req)
-
-    def iter(
-        self,
-        *,
-        states: Iterable[int | str] = (),
-        destination_endpoint: str = "",
-        repository: str = "",
-        page_size: int = 0,
-    ) -> AsyncIterator[transfer_pb2.Transfer]:
-        return _pages(
-            self.list, "transfers", page_size=page_size, states=list(states),
-            destination_endpoint=destination_endpoint, repository=repository,
-        )
-
-    def watch(self, id: str) -> AsyncIterator[transfer_pb2.Transfer]:
-        """The transfer's progress, one snapshot per change, until it reaches a final state."""
-        return self._stream("WatchTransfer", transfer_pb2.WatchTransferRequest(id=id))
-
-    async def cancel(self, id: str) -> transfer_pb2.Transfer:
-        return await self._call("CancelTransfer", transfer_pb2.CancelTransferRequest(id=id))
+    create_endpoint = _awaited(_sync.Transfers.create_endpoint)
+    get_endpoint = _awaited(_sync.Transfers.get_endpoint)
+    list_endpoints = _awaited(_sync.Transfers.list_endpoints)
+    iter_endpoints = _iterated(_sync.Transfers.iter_endpoints)
+    update_endpoint = _awaited(_sync.Transfers.update_endpoint)
+    delete_endpoint = _awaited(_sync.Transfers.delete_endpoint)
+    test_connection = _awaited(_sync.Transfers.test_connection)
+    start = _awaited(_sync.Transfers.start)
+    get = _awaited(_sync.Transfers.get)
+    list = _awaited(_sync.Transfers.list)
+    iter = _iterated(_sync.Transfers.iter)
+    watch = _iterated(_sync.Transfers.watch)
+    cancel = _awaited(_sync.Transfers.cancel)
 
 
 class Gateway(_Service):
     """GatewayService: push notifications, policy runs and status, apply and reconcile."""
 
-    async def notify_push(
-        self, *, endpoint: str, repository: str, tag: str, digest: str = "", event_id: str = ""
-    ) -> gateway_pb2.NotifyPushResponse:
-        req = gateway_pb2.NotifyPushRequest(
-            endpoint=endpoint, repository=repository, tag=tag, digest=digest, event_id=event_id
-        )
-        return await self._call("NotifyPush", req)
-
-    async def list_runs(
-        self,
-        *,
-        policy_id: str = "",
-        states: Iterable[int | str] = (),
-        page_size: int = 0,
-        page_token: str = "",
-    ) -> gateway_pb2.ListRunsResponse:
-        req = _build.list_runs(
-            policy_id=policy_id, states=states, page_size=page_size, page_token=page_token
-        )
-        return await self._call("ListRuns", req)
-
-    def iter_runs(
-        self, *, policy_id: str = "", states: Iterable[int | str] = (), page_size: int = 0
-    ) -> AsyncIterator[gateway_pb2.Run]:
-        return _pages(
-            self.list_runs, "runs", policy_id=policy_id, states=list(states), page_size=page_size
-        )
-
-    async def get_policy_status(self, policy_id: str) -> gateway_pb2.PolicyStatus:
-        req = gateway_pb2.GetPolicyStatusRequest(policy_id=policy_id)
-        return await self._call("GetPolicyStatus", req)
-
-    async def apply_policy(self, policy_id: str) -> gateway_pb2.ApplyPolicyResponse:
-        """Evaluate the tags already in the policy's source repository and mirror matches."""
-        return await self._call("ApplyPolicy", gateway_pb2.ApplyPolicyRequest(policy_id=policy_id))
-
-    async def reconcile(self, policy_id: str = "") -> gateway_pb2.ReconcileResponse:
-        return await self._call("Reconcile", gateway_pb2.ReconcileRequest(policy_id=policy_id))
+    notify_push = _awaited(_sync.Gateway.notify_push)
+    list_runs = _awaited(_sync.Gateway.list_runs)
+    iter_runs = _iterated(_sync.Gateway.iter_runs)
+    get_policy_status = _awaited(_sync.Gateway.get_policy_status)
+    apply_policy = _awaited(_sync.Gateway.apply_policy)
+    reconcile = _awaited(_sync.Gateway.reconcile)
 
 
 class Scanner(_Service):
     """ScanService: components, licenses and vulnerabilities of images."""
 
-    async def scan_image(
-        self, *, endpoint: str, repository: str, reference: str, force: bool = False
-    ) -> scan_pb2.ScanReport:
-        req = _build.scan_image(
-            endpoint=endpoint, repository=repository, reference=reference, force=force
-        )
-        return await self._call("ScanImage", req)
-
-    async def get_scan(self, digest: str) -> scan_pb2.ScanReport:
-        """A cached report by manifest digest (NotFound when never scanned)."""
-        return await self._call("GetScan", scan_pb2.GetScanRequest(digest=digest))
-
-    async def import_vulnerabilities(
-        self, *, path: str | None = None, data: bytes | None = None
-    ) -> scan_pb2.ImportVulnerabilitiesResponse:
-        """Import OSV records: a path on the scanner's host, or the bytes themselves."""
-        return await self._call("ImportVulnerabilities", _build.import_vulnerabilities(path, data))
-
-    async def import_report(
-        self, *, digest: str, report: bytes, format: str = "", repository: str = ""
-    ) -> scan_pb2.ScanReport:
-        req = scan_pb2.ImportReportRequest(
-            digest=digest, report=report, format=format, repository=repository
-        )
-        return await self._call("ImportReport", req)
+    scan_image = _awaited(_sync.Scanner.scan_image)
+    get_scan = _awaited(_sync.Scanner.get_scan)
+    import_vulnerabilities = _awaited(_sync.Scanner.import_vulnerabilities)
+    import_report = _awaited(_sync.Scanner.import_report)
 
 
 class AsyncClient:

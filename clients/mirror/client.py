@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf import message as pb_message
@@ -37,22 +37,28 @@ from mirror.v1 import (
 
 __all__ = ["DEFAULT_ADDRESS", "Client", "TlsOptions", "connect"]
 
-T = TypeVar("T")
-
-
 class _Service:
+    """The blocking calls under a service facade.
+
+    Facade methods only build a request and hand the call back (`return self._call(...)`,
+    `return self._pages(...)`, `return self._stream(...)`): `mirror.aio` runs these same methods
+    on its awaiting `_Service`, so a method must not use the result of a call itself.
+    """
+
     def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...], timeout: float | None):
         self._stub = stub
         self._metadata = metadata
         self._timeout = timeout
 
-    def _call(self, method: str, request: pb_message.Message) -> Any:
+    def _call(self, method: str, request: pb_message.Message, *, void: bool = False) -> Any:
+        """Call a unary RPC; `void`: the caller gets None rather than the (empty) response."""
         try:
-            return getattr(self._stub, method)(
+            response = getattr(self._stub, method)(
                 request, metadata=self._metadata, timeout=self._timeout
             )
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
+        return None if void else response
 
     def _stream(self, method: str, request: pb_message.Message) -> Iterator[Any]:
         call = getattr(self._stub, method)(request, metadata=self._metadata)
@@ -63,16 +69,15 @@ class _Service:
         finally:
             call.cancel()
 
-
-def _pages(list_page: Callable[..., Any], items: str, **query: Any) -> Iterator[Any]:
-    """Every item of every page: `list_page(page_token=..., **query)` until no next token."""
-    token = ""
-    while True:
-        page = list_page(page_token=token, **query)
-        yield from getattr(page, items)
-        token = page.next_page_token
-        if not token:
-            return
+    def _pages(self, list_page: Callable[..., Any], items: str, **query: Any) -> Iterator[Any]:
+        """Every item of every page: `list_page(page_token=..., **query)` until no next token."""
+        token = ""
+        while True:
+            page = list_page(page_token=token, **query)
+            yield from getattr(page, items)
+            token = page.next_page_token
+            if not token:
+                return
 
 
 class Policies(_Service):
@@ -120,7 +125,7 @@ class Policies(_Service):
         self, *, source_repository: str = "", page_size: int = 0
     ) -> Iterator[policy_pb2.Policy]:
         """Every policy, following page tokens."""
-        return _pages(
+        return self._pages(
             self.list, "policies", page_size=page_size, source_repository=source_repository
         )
 
@@ -152,7 +157,8 @@ class Policies(_Service):
         return self._call("UpdatePolicy", policy_pb2.UpdatePolicyRequest(policy=policy))
 
     def delete(self, id: str, *, etag: str = "") -> None:
-        self._call("DeletePolicy", policy_pb2.DeletePolicyRequest(id=id, etag=etag))
+        req = policy_pb2.DeletePolicyRequest(id=id, etag=etag)
+        return self._call("DeletePolicy", req, void=True)
 
     def validate_rule(
         self, rule: str, *, tag_template: str = "", time_zone: str = ""
@@ -217,7 +223,7 @@ class Transfers(_Service):
         return self._call("ListEndpoints", req)
 
     def iter_endpoints(self, *, page_size: int = 0) -> Iterator[transfer_pb2.Endpoint]:
-        return _pages(self.list_endpoints, "endpoints", page_size=page_size)
+        return self._pages(self.list_endpoints, "endpoints", page_size=page_size)
 
     def update_endpoint(
         self,
@@ -243,7 +249,8 @@ class Transfers(_Service):
         return self._call("UpdateEndpoint", _build.update_endpoint(name, fields))
 
     def delete_endpoint(self, name: str) -> None:
-        self._call("DeleteEndpoint", transfer_pb2.DeleteEndpointRequest(name=name))
+        req = transfer_pb2.DeleteEndpointRequest(name=name)
+        return self._call("DeleteEndpoint", req, void=True)
 
     def test_connection(
         self, endpoint: str, *, repository: str = "", check_push: bool = False
@@ -304,7 +311,7 @@ class Transfers(_Service):
         repository: str = "",
         page_size: int = 0,
     ) -> Iterator[transfer_pb2.Transfer]:
-        return _pages(
+        return self._pages(
             self.list, "transfers", page_size=page_size, states=list(states),
             destination_endpoint=destination_endpoint, repository=repository,
         )
@@ -344,7 +351,7 @@ class Gateway(_Service):
     def iter_runs(
         self, *, policy_id: str = "", states: Iterable[int | str] = (), page_size: int = 0
     ) -> Iterator[gateway_pb2.Run]:
-        return _pages(
+        return self._pages(
             self.list_runs, "runs", policy_id=policy_id, states=list(states), page_size=page_size
         )
 
