@@ -378,9 +378,12 @@ class Scanner(_Service):
         )
         return self._call("ScanImage", req)
 
-    def get_scan(self, digest: str) -> scan_pb2.ScanReport:
-        """A cached report by manifest digest (NotFound when never scanned)."""
-        return self._call("GetScan", scan_pb2.GetScanRequest(digest=digest))
+    def get_scan(self, digest: str, *, repository: str = "") -> scan_pb2.ScanReport:
+        """A cached report by manifest digest, the newest or that of one repository
+        (a mirrored image has one per registry repository). NotFound when never scanned."""
+        return self._call(
+            "GetScan", scan_pb2.GetScanRequest(digest=digest, repository=repository)
+        )
 
     def import_vulnerabilities(
         self, *, path: str | None = None, data: bytes | None = None

@@ -89,6 +89,12 @@ def test_vulndb_import_and_scan(
     assert report["digest"] == image.digest
     assert {"openssl", "musl", "busybox"} <= {c["name"] for c in report["components"]}
     assert "CVE-2024-2511" in {v["id"] for v in report["vulnerabilities"]}
+    by_repo = json.loads(
+        _ok(ls, "scan", "show", image.digest, "--repository", "team/alpine", "-o", "json")
+    )
+    assert by_repo["digest"] == image.digest and by_repo["repository"] == "team/alpine"
+    other = ls.ctl("scan", "show", image.digest, "--repository", "team/elsewhere")
+    assert other.code == 3, other.stdout
     missing = ls.ctl("scan", "show", "sha256:" + "0" * 64)
     assert missing.code == 3 and "no scan of" in missing.stderr
     assert ls.ctl("scan", "image", "dev/team/nothing-here:1").code != 0

@@ -52,7 +52,7 @@ def image(ctx: Context) -> int:
 
 
 def show(ctx: Context) -> int:
-    _report(ctx, ctx.client.scanner.get_scan(ctx.args.digest))
+    _report(ctx, ctx.client.scanner.get_scan(ctx.args.digest, repository=ctx.args.repository))
     return 0
 
 
@@ -101,6 +101,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = command(s, "show", help="show the cached report of a digest", func=show, common=common,
                 examples="  mirrorctl scan show sha256:0123... --components")
     p.add_argument("digest")
+    p.add_argument("--repository", default="",
+                   help="the report made for this repository (default: the newest)")
     _view_flags(p)
 
     grp = command(sub, "vulndb", help="the scanner's vulnerability database", common=common,
