@@ -236,7 +236,7 @@ class BlobMover:
 
                     if up.offset < blob.size:
                         up = await dst.upload_chunk(up, body(up.offset))
-                        if not spool.complete:
+                        if up.offset < blob.size:
                             continue  # the source stalled and the body was cut: go on
                     await spool.wait_complete()
                     await dst.finish_upload(up, blob.digest)

@@ -21,10 +21,10 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from registry_client import Manifest, mediatypes
 from registry_client.errors import NotFound, PermissionDenied, RegistryError
@@ -48,6 +48,7 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _DIGEST = re.compile(r"^sha(256:[a-f0-9]{64}|512:[a-f0-9]{128})$")
 
 ProgressFn = Callable[[CopyProgress], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -126,10 +127,9 @@ class CopyEngine:
         images = [m for m in [*plan.children, plan.top] if mediatypes.is_image(m.media_type)]
         rep.p.manifests_total = len(plan.children) + (1 if plan.push_top else 0)
         # Manifests already at the destination need nothing: their blobs are there.
-        present = set()
-        for m in [*plan.children, plan.top]:
-            if (await req.dst.head_manifest(req.dst_repo, m.digest)) is not None:
-                present.add(m.digest)
+        manifests = [*plan.children, plan.top]
+        heads = await _all(req.dst.head_manifest(req.dst_repo, m.digest) for m in manifests)
+        present = {m.digest for m, h in zip(manifests, heads, strict=True) if h is not None}
         needed: dict[str, Blob] = {}
         there: dict[str, Blob] = {}
         for m in images:
@@ -185,7 +185,7 @@ class CopyEngine:
         plan = _Plan(top, platforms=[_platform_of(e) for e in chosen])
         if len(chosen) < len(entries):
             rest = [e for e in entries if e not in chosen]
-            have = [await req.dst.head_manifest(req.dst_repo, e["digest"]) for e in rest]
+            have = await _all(req.dst.head_manifest(req.dst_repo, e["digest"]) for e in rest)
             if any(h is None for h in have):
                 if len(chosen) > 1:
                     raise PlatformFilterError(
@@ -194,8 +194,8 @@ class CopyEngine:
                         "digest. Select one platform, or all."
                     )
                 plan.push_top = False
-        for e in chosen:
-            child = await req.src.get_manifest(req.src_repo, e["digest"])
+        children = await _all(req.src.get_manifest(req.src_repo, e["digest"]) for e in chosen)
+        for child in children:
             if mediatypes.is_index(child.media_type):
                 raise UnsupportedManifest("an index inside an index is not supported")
             plan.children.append(child)
@@ -295,6 +295,17 @@ class CopyEngine:
         if count:
             rep.p.manifests_done += 1
             rep.emit()
+
+
+async def _all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run concurrently; results in order. On failure the rest are cancelled and the first
+    error is raised as itself (callers expect registry_client errors, not groups)."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(c) for c in coros]
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
+    return [t.result() for t in tasks]
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
