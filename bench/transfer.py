@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import subprocess
@@ -77,9 +78,16 @@ async def _ours_async(
         return time.perf_counter() - t0
 
 
+def settle() -> None:
+    """Flush dirty pages (image building, earlier runs) so their writeback does not land
+    inside the next timed run."""
+    os.sync()
+
+
 def run_once(tool: str, case: Case, src: RegistryProcess, work: Path) -> float:
     """One timed copy into a fresh destination registry; returns seconds."""
     opts = RegistryOptions(log_level="error")
+    settle()
     with start_registry(opts, Path(tempfile.mkdtemp(dir=work, prefix="dst-"))) as dst:
         spool = Path(tempfile.mkdtemp(dir=work, prefix="spool-"))
         dst_repo = case.repo + ("-second" if case.second_repo else "")
@@ -123,6 +131,7 @@ def curl_upload_seconds(path: Path, digest: str, work: Path) -> float:
             if ln.lower().startswith("location:")
         )
         url = loc + ("&" if "?" in loc else "?") + f"digest={digest}"
+        settle()
         t0 = time.perf_counter()
         subprocess.run(
             [
