@@ -276,11 +276,16 @@ class RegistryClient:
         ) as resp:
             return Upload(repo, self._location(resp), 0)
 
-    async def upload_chunk(self, up: Upload, data: bytes | AsyncIterable[bytes]) -> Upload:
+    async def upload_chunk(
+        self, up: Upload, data: bytes | AsyncIterable[bytes], length: int | None = None
+    ) -> Upload:
         """PATCH bytes (or a stream) at the client-tracked offset; returns the advanced upload.
 
         2.8.2 ignores Content-Range and appends, so the offset is ours to track; a registry
-        whose Range disagrees raises so the caller can resume from `upload_status`.
+        whose Range disagrees raises so the caller can resume from `upload_status`. A stream
+        of known `length` goes with Content-Length instead of chunked (no framing copies); if
+        it yields more or fewer bytes the request is broken off (ConnectError), never sent
+        short.
         """
         sent = 0
         headers = {"Content-Type": "application/octet-stream"}
@@ -298,9 +303,18 @@ class RegistryClient:
                 nonlocal sent
                 async for chunk in data:
                     sent += len(chunk)
+                    if length is not None and sent > length:
+                        raise ValueError(f"upload stream longer than its length {length}")
                     yield chunk
+                if length is not None and sent != length:
+                    raise ValueError(f"upload stream ended at {sent} of {length} bytes")
 
             body = counted()
+            if length is not None:
+                if length == 0:
+                    return up
+                headers["Content-Length"] = str(length)
+                headers["Content-Range"] = f"{up.offset}-{up.offset + length - 1}"
         async with self.transport.request(
             "PATCH",
             up.location,

@@ -137,7 +137,7 @@ class BlobMover:
                         on_bytes(len(chunk))
                         yield chunk
 
-                up = await dst.upload_chunk(up, body(hasher))
+                up = await dst.upload_chunk(up, body(hasher), blob.size)
                 _verify(blob, sent, hasher)
                 await dst.finish_upload(up, blob.digest)
                 return
@@ -235,7 +235,10 @@ class BlobMover:
                             yield chunk
 
                     if up.offset < blob.size:
-                        up = await dst.upload_chunk(up, body(up.offset))
+                        # All on disk already (a retry): the exact length is known. While the
+                        # download runs, chunked, so that a stalled source can end the body.
+                        length = blob.size - up.offset if spool.complete else None
+                        up = await dst.upload_chunk(up, body(up.offset), length)
                         if up.offset < blob.size:
                             continue  # the source stalled and the body was cut: go on
                     await spool.wait_complete()
