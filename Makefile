@@ -44,9 +44,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy -p mirror -p policy_service -p transfer_service -p gateway -p scanner -p registry_client -p servicekit -p stack
+	$(BIN)/mypy -p mirror -p policy_service -p transfer_service -p gateway -p scanner -p registry_client -p servicekit -p stack -p registry_testkit
 
-test: $(STAMP) check-protos lint
+test: $(STAMP) check-protos lint typecheck
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q -p no:cacheprovider
 
 demo: $(STAMP)

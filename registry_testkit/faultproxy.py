@@ -69,6 +69,7 @@ class FaultProxy:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     @property
     def url(self) -> str:
@@ -217,9 +218,10 @@ class FaultProxy:
             return resp
 
     async def _serve(self) -> None:
-        self._session = aiohttp.ClientSession(
+        session = aiohttp.ClientSession(
             auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)
         )
+        self._session = session
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -230,10 +232,10 @@ class FaultProxy:
         self._ready.set()
         await self._stop.wait()
         await runner.cleanup()
-        await self._session.close()
+        await session.close()
 
     def start(self) -> FaultProxy:
-        self._session: aiohttp.ClientSession | None = None
+        self._session = None
 
         def run() -> None:
             self._loop = asyncio.new_event_loop()
