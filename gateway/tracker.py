@@ -97,7 +97,8 @@ class TransferTracker:
         if tr.state == T.STATE_DONE:
             if self.before_success is not None:
                 await self.before_success(run_id, tr)
-            dest = f"{tr.destination.endpoint}/{tr.destination.repository}:{tr.destination.tag}"
+            d = tr.destination
+            dest = f"{d.repository}:{d.tag} on endpoint {d.endpoint}"
             self._record(run_id, Run.STATE_SUCCEEDED, f"mirrored to {dest}", tr.digest)
         elif tr.state == T.STATE_CANCELED:
             self._record(run_id, Run.STATE_FAILED, tr.message or "transfer canceled", tr.digest)

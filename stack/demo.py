@@ -83,7 +83,7 @@ def run_demo(workdir: Path) -> None:
         client.transfers.create_endpoint(
             name="qa", url=qa.url, username=QA_USER, secret=QA_PASSWORD
         )
-        step('creating policy: dev/website, tag endswith "stable" -> qa/qa/website')
+        step('creating policy: dev/website, tag endswith "stable" -> qa/website on endpoint qa')
         pol = client.policies.create(
             name="website-to-qa", source_repository="dev/website", rule='tag endswith "stable"',
             endpoint="qa", repository="qa/website", tag_template="%Y%m%d-%H%M%S",
@@ -133,6 +133,16 @@ def show(
         r.state == Run.STATE_SUCCEEDED for r in runs
     ) else []
     console.print(f"QA registry qa/website tags: {qa_tags}")
+    for r in runs:
+        if r.state == Run.STATE_SUCCEEDED:
+            src = digest_of(dev, "dev/website", r.source.reference)
+            dst = digest_of(qa, "qa/website", r.destination_tag, QA_USER, QA_PASSWORD)
+            same = "identical" if src == dst else "DIFFERENT"
+            left = f"dev/website:{r.source.reference}"
+            right = f"qa/website:{r.destination_tag}"
+            width = max(len(left), len(right))
+            console.print(f"  {left:<{width}}  {src}", highlight=False)
+            console.print(f"  {right:<{width}}  {dst}  ({same})", highlight=False)
     console.print(
         f"Policy status: last={Run.State.Name(status.last_state).removeprefix('STATE_')} "
         f"runs={status.runs_total} succeeded={status.runs_succeeded} failed={status.runs_failed}"

@@ -61,7 +61,7 @@ def test_running_transfer_is_tracked_to_its_end_after_sigkill(
         (done,) = c.wait_runs_final(pol.id, 1, timeout=60)
         assert done.id == run.id and done.transfer_id == run.transfer_id
         assert done.state == Run.STATE_SUCCEEDED, done.message
-        assert done.message == "mirrored to qa/qa/website:14.0-stable"
+        assert done.message == "mirrored to qa/website:14.0-stable on endpoint qa"
         tr = c.transfer.GetTransfer(transfer_pb2.GetTransferRequest(id=run.transfer_id), timeout=10)
         assert tr.state == Transfer.STATE_DONE
         assert skopeo_digest(qa, "qa/website", "14.0-stable") == img.digest

@@ -80,7 +80,7 @@ def test_scan_on_push_destination_scans_the_mirrored_image(
     assert tags_of(prod, "prod/website") == ["3.0-stable"]
 
     run = wait_message(clients, to_qa.id, "3.0-stable", SCANNED)
-    assert run.message.startswith("mirrored to qa/qa/website:3.0-stable; " + SCANNED)
+    assert run.message.startswith("mirrored to qa/website:3.0-stable on endpoint qa; " + SCANNED)
     assert "vulnerabilities: 0 critical" in run.message
 
     scan = scan_pb2_grpc.ScanServiceStub(clients.channel)
