@@ -15,6 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.inbox import Inbox, InboxEvent
 from gateway.webhook import EnvelopeError, parse_body
 from servicekit import metrics
+from servicekit.logs import context_id
+from servicekit.request_log import request_id
 
 log = logging.getLogger("gateway.http")
 
@@ -88,6 +90,8 @@ class WebhookApp:
         return hmac.compare_digest(got, b"Bearer " + self._secret)
 
     async def events(self, request: web.Request) -> web.Response:
+        # Lines logged while handling this request carry its id (X-Request-Id or a new one).
+        context_id.set(request_id(request.headers.items()))
         if not self._authorized(request):
             return _reject("unauthorized", 401, "missing or wrong Authorization bearer secret")
         if request.content_length is not None and request.content_length > self.max_body_bytes:

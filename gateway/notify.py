@@ -18,6 +18,7 @@ import aiohttp
 from mirror.v1 import gateway_pb2
 
 from gateway.runs import RunRecord
+from servicekit.logs import context_id
 
 log = logging.getLogger("gateway.notify")
 
@@ -121,6 +122,7 @@ class Notifier:
 
     async def _deliver(self, url: str, doc: dict[str, Any]) -> None:
         assert self._session is not None
+        context_id.set(str(doc.get("run_id") or "-"))
         for attempt in range(1, self.attempts + 1):
             try:
                 async with self._session.post(url, json=doc) as resp:

@@ -26,6 +26,7 @@ from gateway.servicer import GatewayServicer
 from gateway.sweep import Sweeper
 from gateway.tracker import TransferTracker
 from gateway.worker import InboxWorker
+from servicekit.logs import context_id
 
 log = logging.getLogger("gateway")
 
@@ -115,6 +116,7 @@ class Gateway:
     async def _housekeeping(self) -> None:
         """Restart sweep runs a crash left pending (retrying while the transfer service is
         unreachable), then forget finished events past the dedup window, hourly."""
+        context_id.set("housekeeping")
         delay = 1.0
         while True:
             try:

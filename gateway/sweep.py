@@ -19,6 +19,7 @@ from gateway.inbox import Inbox
 from gateway.runner import Push, Runner, TransientError
 from gateway.runs import RunRecord, RunStore
 from servicekit.errors import ApiError, failed_precondition, invalid_argument, unavailable
+from servicekit.logs import context_id
 
 log = logging.getLogger("gateway.sweep")
 
@@ -214,6 +215,7 @@ class Sweeper:
 
     async def run_periodically(self, interval_s: float) -> None:
         """Reconcile every policy every `interval_s` seconds (errors are logged, not fatal)."""
+        context_id.set("reconcile")
         while True:
             await asyncio.sleep(interval_s)
             try:

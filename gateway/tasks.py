@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+from servicekit.logs import context_id
 
 
 class KeyedTasks:
@@ -15,10 +18,14 @@ class KeyedTasks:
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def spawn(self, key: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Start `work()` for `key` unless a task for it is still running (idempotent)."""
+        """Start `work()` for `key` unless a task for it is still running (idempotent).
+
+        Lines the task logs carry `key` as their context id."""
         if key in self._tasks:
             return
-        task = asyncio.create_task(work())
+        ctx = contextvars.copy_context()
+        ctx.run(context_id.set, key)
+        task = asyncio.create_task(work(), context=ctx)
         self._tasks[key] = task
         task.add_done_callback(lambda _t: self._tasks.pop(key, None))
 

@@ -17,6 +17,7 @@ from gateway import inbox as inbox_mod
 from gateway.endpoints import EndpointDirectory
 from gateway.inbox import Inbox, InboxEvent
 from gateway.runner import Push, Runner, TransientError
+from servicekit.logs import context_id
 
 log = logging.getLogger("gateway.worker")
 
@@ -98,6 +99,8 @@ class InboxWorker:
                     await self.inbox.wake.wait()
 
     async def _handle(self, ev: InboxEvent) -> None:
+        # Each event runs in its own task: its log lines (here and in the runner) carry its id.
+        context_id.set(ev.id)
         try:
             async with self._slots:
                 await self._process(ev)
