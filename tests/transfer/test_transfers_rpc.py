@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -37,11 +38,14 @@ def start_req(
     dst: str = "qa",
     key: str = "",
     platforms: tuple[str, ...] = (),
+    fail_if_tag_exists: bool = False,
 ) -> transfer_pb2.StartTransferRequest:
     return transfer_pb2.StartTransferRequest(
         source=common_pb2.ImageLocation(endpoint=src, repository=src_repo, reference=ref),
         destination=transfer_pb2.TransferDestination(endpoint=dst, repository=dst_repo, tag=tag),
-        options=transfer_pb2.TransferOptions(platforms=list(platforms)),
+        options=transfer_pb2.TransferOptions(
+            platforms=list(platforms), fail_if_tag_exists=fail_if_tag_exists
+        ),
         idempotency_key=key,
     )
 
@@ -267,6 +271,11 @@ async def test_cancel_running_large_copy(
     assert running.state == T.STATE_RUNNING
     # The 12 MiB blob is over the spool threshold: it sits on disk while it uploads.
     assert [p for p in spool.rglob("*") if p.is_file()], "nothing was spooled"
+    # The spool usage gauge follows the spool while the job runs.
+    deadline = time.monotonic() + 5
+    while _sample("mirror_spool_bytes") <= 0:
+        assert time.monotonic() < deadline, "spool usage never reported"
+        await asyncio.sleep(0.05)
     # Progress reaches the journal periodically while the job runs (not only at the end).
     deadline = time.monotonic() + 5
     while s.servicer.journal.get(t.id).progress.bytes_total == 0:
@@ -285,6 +294,7 @@ async def test_cancel_running_large_copy(
     assert canceled.state == T.STATE_CANCELED and took < 5, (canceled, took)
     assert (await watcher)[-1].state == T.STATE_CANCELED
     assert [p for p in spool.rglob("*") if p.is_file()] == []
+    assert _sample("mirror_spool_bytes") == 0
     # Cancelling again returns the final job unchanged.
     again = await s.stub.CancelTransfer(transfer_pb2.CancelTransferRequest(id=t.id))
     assert again.state == T.STATE_CANCELED and again.end_time == canceled.end_time
@@ -325,8 +335,62 @@ async def test_max_jobs_bounds_running_transfers(
         assert not (ga.state == T.STATE_RUNNING and gb.state == T.STATE_RUNNING)
         if ga.state == T.STATE_RUNNING and gb.state == T.STATE_WAITING:
             seen_b_waiting_while_a_runs = True
+            # The queue depth gauges say the same.
+            assert _sample("mirror_transfers_active", state="waiting") == 1
+            assert _sample("mirror_transfers_active", state="running") == 1
         if gb.state == T.STATE_DONE:
             break
         await asyncio.sleep(0.02)
     assert seen_b_waiting_while_a_runs
     assert ga.state == T.STATE_DONE
+    assert _sample("mirror_transfers_active", state="waiting") == 0
+    assert _sample("mirror_transfers_active", state="running") == 0
+
+
+async def test_fail_if_tag_exists_refuses_another_digest_and_keeps_the_tag(
+    serve: ServeFn, registry: RegistryProcess, registry2: RegistryProcess, images: ImageBuilder
+) -> None:
+    first, second = images.image("1.0"), images.image("2.0")
+    push(first, registry, "team/app")
+    push(second, registry, "team/app")
+    s = await serve()
+    await add_endpoint(s, "dev", registry.url)
+    await add_endpoint(s, "qa", registry2.url)
+    done = await s.stub.StartTransfer(start_req(ref="1.0", tag="prod"))
+    assert (await watch_all(s, done.id))[-1].state == T.STATE_DONE
+    # Another digest onto the taken tag: a permanent error, nothing overwritten.
+    refused = await s.stub.StartTransfer(
+        start_req(ref="2.0", tag="prod", fail_if_tag_exists=True)
+    )
+    final = (await watch_all(s, refused.id))[-1]
+    assert final.state == T.STATE_ERROR and final.attempts == 1, final
+    assert "qa/app:prod exists" in final.message
+    assert digest_of(registry2, "qa/app", "prod") == first.digest
+    # The same digest is no conflict; without the option the tag is overwritten.
+    same = await s.stub.StartTransfer(start_req(ref="1.0", tag="prod", fail_if_tag_exists=True))
+    assert (await watch_all(s, same.id))[-1].state == T.STATE_DONE
+    moved = await s.stub.StartTransfer(start_req(ref="2.0", tag="prod"))
+    assert (await watch_all(s, moved.id))[-1].state == T.STATE_DONE
+    assert digest_of(registry2, "qa/app", "prod") == second.digest
+
+
+async def test_job_log_lines_carry_the_job_id_and_registry_errors_are_counted(
+    serve: ServeFn, registry: RegistryProcess, registry2: RegistryProcess,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from servicekit.logs import _ContextFilter
+
+    s = await serve()
+    await add_endpoint(s, "dev", registry.url)
+    await add_endpoint(s, "qa", registry2.url)
+    before = _sample("mirror_registry_errors_total", registry="dev|qa", code="MANIFEST_UNKNOWN")
+    caplog.handler.addFilter(_ContextFilter())
+    with caplog.at_level(logging.INFO, logger="transfer_service"):
+        gone = await s.stub.StartTransfer(start_req(ref="no-such-tag"))
+        final = (await watch_all(s, gone.id))[-1]
+    assert final.state == T.STATE_ERROR
+    job_lines = [r for r in caplog.records if r.name.startswith("transfer_service.worker")]
+    assert len(job_lines) >= 2, [r.getMessage() for r in job_lines]  # the attempt, the error
+    assert {getattr(r, "ctx", None) for r in job_lines} == {gone.id}
+    after = _sample("mirror_registry_errors_total", registry="dev|qa", code="MANIFEST_UNKNOWN")
+    assert after == before + 1
