@@ -1,7 +1,9 @@
-"""Crash safety: an acknowledged event survives SIGKILL; a lost event is found by Reconcile."""
+"""Crash safety: an acknowledged event survives SIGKILL; a lost event is found by Reconcile
+(called, or the periodic sweep)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -127,6 +129,34 @@ def test_sweep_run_left_pending_by_a_crash_is_started_on_restart(
         (run,) = c.wait_runs_final(pol.id, 1)
         assert run.state == Run.STATE_SUCCEEDED and run.transfer_id
         assert skopeo_digest(qa, "qa/website", "11.0-stable") == img.digest
+        c.close()
+    finally:
+        stack.stop()
+
+
+def test_periodic_reconcile_mirrors_a_lost_push_without_a_call(
+    registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    stack = StackProcess(
+        tmp_path / "data", webhook_secret=WEBHOOK_SECRET, extra_args=["--reconcile-interval", "1"]
+    )
+    stack.start()
+    try:
+        c = Clients(stack.grpc_address)
+        dev = registry_factory()  # sends no events: only the periodic sweep can see the push
+        qa = registry_factory()
+        c.add_endpoint("dev", dev)
+        c.add_endpoint("qa", qa)
+        pol = c.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
+        img = ImageBuilder(tmp_path / "img").image("12.0-stable")
+        push(img, dev, "dev/website")
+        wait_for(lambda: tags_of(qa, "qa/website") == ["12.0-stable"], 60, "the swept tag")
+        assert skopeo_digest(qa, "qa/website", "12.0-stable") == img.digest
+        (run,) = c.wait_runs_final(pol.id, 1)
+        assert run.trigger == Run.TRIGGER_RECONCILE and run.state == Run.STATE_SUCCEEDED
+        # Later sweeps see the tag covered: still one run, one transfer.
+        time.sleep(2.5)
+        assert len(c.runs(pol.id)) == 1 and len(c.transfers("qa/website")) == 1
         c.close()
     finally:
         stack.stop()
