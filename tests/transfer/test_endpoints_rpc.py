@@ -56,7 +56,10 @@ async def test_crud_secret_never_returned_and_encrypted_at_rest(
     assert all(e.secret == "" for e in listed.endpoints)
 
     # The service can still use the secret: it decrypts to the plaintext in memory.
-    assert s.servicer.endpoints.config_for("qa").password == SECRET
+    cfg = s.servicer.endpoints.config_for("qa")
+    assert cfg.password == SECRET
+    # The per-endpoint limits reach the registry client that talks to it.
+    assert (cfg.max_concurrency, cfg.requests_per_second) == (4, 2.5)
     # ... but never in repr() of the record, in the log, or in the SQLite file (WAL included).
     assert SECRET not in repr(s.servicer.endpoints.get("qa"))
     assert SECRET not in caplog.text
