@@ -7,7 +7,10 @@ from typing import Any
 
 
 class RegistryError(Exception):
-    """A registry call failed. `code` is the registry error code (e.g. MANIFEST_UNKNOWN)."""
+    """A registry call failed. `code` is the registry error code (e.g. MANIFEST_UNKNOWN);
+    `registry` the host[:port] that answered, when the transport knows it."""
+
+    registry: str = ""
 
     def __init__(self, status: int = 0, code: str = "", message: str = "", detail: Any = None):
         self.status = status

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, 
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Union
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -156,6 +157,11 @@ class Transport:
                     retry_statuses,
                     context or f"{method} {path}",
                 )
+            except RegistryError as err:
+                self._sem.release()
+                # Callers that talk to two registries (the copy engine) label errors by side.
+                err.registry = err.registry or urlsplit(self.cfg.base_url).netloc
+                raise
             except BaseException:
                 self._sem.release()
                 raise

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from servicekit import metrics
 from servicekit.logs import context_id
@@ -351,9 +352,21 @@ class Worker:
     def _count_registry_error(self, job: JobRecord, exc: BaseException) -> None:
         code = registry_error_code(exc)
         if code:
-            # The error does not say which side failed: label with both endpoint names.
-            registry = f"{job.spec.src_endpoint}|{job.spec.dst_endpoint}"
+            registry = self._endpoint_of(job, getattr(exc, "registry", ""))
             metrics.REGISTRY_ERRORS.labels(registry=registry, code=code).inc()
+
+    def _endpoint_of(self, job: JobRecord, host: str) -> str:
+        """The endpoint name of the registry that answered (the transport records its host);
+        errors raised above the transport (a digest mismatch found by the engine) do not say
+        which side failed, so they name both endpoints."""
+        for name in (job.spec.src_endpoint, job.spec.dst_endpoint):
+            try:
+                base = self._endpoints.config_for(name).base_url
+            except Exception:  # the endpoint was deleted meanwhile
+                continue
+            if host and urlsplit(base).netloc == host:
+                return name
+        return f"{job.spec.src_endpoint}|{job.spec.dst_endpoint}"
 
     def _update_spool_gauge(self) -> None:
         quota = getattr(self._engine, "quota", None)
