@@ -10,27 +10,12 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from registry_testkit.ports import free_port
-
-_HOP = {
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "trailer",
-    "host",
-    "content-length",
-}
+from registry_testkit.proxyserver import HOP_HEADERS, ThreadedProxyServer, forwardable
 
 
 @dataclass
@@ -52,32 +37,19 @@ class Rule:
 
 
 @dataclass
-class FaultProxy:
+class FaultProxy(ThreadedProxyServer):
     """Proxy `upstream` (e.g. "http://127.0.0.1:5000") on a free port; `url` is its address."""
 
     upstream: str
     port: int = field(default_factory=free_port)
     rules: list[Rule] = field(default_factory=list)
     log: list[tuple[str, str, str]] = field(default_factory=list)
-    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     in_flight: int = 0
     max_in_flight: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        self._init_server()
 
     # -- rules -----------------------------------------------------------------------------
 
@@ -163,7 +135,6 @@ class FaultProxy:
         method, path = request.method, request.path
         with self._lock:
             self.log.append((method, path, request.query_string))
-            self.counts[(method, path)] += 1
         delay = self._take("delay", method, path)
         if delay is not None:
             await asyncio.sleep(delay.delay)
@@ -177,7 +148,7 @@ class FaultProxy:
                 status=st.status, body=body, headers=headers, content_type="application/json"
             )
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        headers = forwardable(request.headers)
         headers["Host"] = request.host  # the registry builds Location URLs from it
         assert self._session is not None
         async with self._session.request(
@@ -189,7 +160,7 @@ class FaultProxy:
         ) as up:
             resp = web.StreamResponse(status=up.status)
             for k, v in up.headers.items():
-                if k.lower() not in _HOP:
+                if k.lower() not in HOP_HEADERS:
                     resp.headers.add(k, v)
             if up.content_length is not None:
                 resp.content_length = up.content_length
@@ -216,47 +187,3 @@ class FaultProxy:
                 sent += len(chunk)
             await resp.write_eof()
             return resp
-
-    async def _serve(self) -> None:
-        session = aiohttp.ClientSession(
-            auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)
-        )
-        self._session = session
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port)
-        await site.start()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-        await session.close()
-
-    def start(self) -> FaultProxy:
-        self._session = None
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self._serve())
-            self._loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fault proxy did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()

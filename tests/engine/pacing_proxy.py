@@ -14,23 +14,12 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from registry_testkit.ports import free_port
-
-_HOP = {
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "upgrade",
-    "trailer",
-    "host",
-    "content-length",
-}
+from registry_testkit.proxyserver import HOP_HEADERS, ThreadedProxyServer, forwardable
 
 
 @dataclass
@@ -67,7 +56,7 @@ class _Cut:
 
 
 @dataclass
-class PacingProxy:
+class PacingProxy(ThreadedProxyServer):
     """Proxy `upstream` on a free loopback port; `url` is its address."""
 
     upstream: str
@@ -78,15 +67,7 @@ class PacingProxy:
         self._lock = threading.Lock()
         self._paces: list[_Pace] = []
         self._cuts: list[_Cut] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        self._init_server()
 
     # -- behaviour -------------------------------------------------------------------------
 
@@ -149,7 +130,7 @@ class PacingProxy:
                 ex.request_bytes += len(chunk)
                 yield chunk
 
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        headers = forwardable(request.headers)
         headers["Host"] = request.host  # the registry builds Location URLs from it
         has_body = request.body_exists and request.method not in ("GET", "HEAD")
         if not has_body:
@@ -168,7 +149,7 @@ class PacingProxy:
                 ex.status = up.status
                 resp = web.StreamResponse(status=up.status)
                 for k, v in up.headers.items():
-                    if k.lower() not in _HOP:
+                    if k.lower() not in HOP_HEADERS:
                         resp.headers.add(k, v)
                 if up.content_length is not None:
                     resp.content_length = up.content_length
@@ -195,43 +176,3 @@ class PacingProxy:
             raise
         finally:
             ex.done = time.monotonic()
-
-    async def _serve(self) -> None:
-        self._session = aiohttp.ClientSession(
-            auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)
-        )
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-        await self._session.close()
-
-    def start(self) -> PacingProxy:
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self._serve())
-            self._loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("pacing proxy did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
-
-    def __enter__(self) -> PacingProxy:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
