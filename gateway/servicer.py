@@ -15,7 +15,7 @@ from gateway.endpoints import EndpointDirectory
 from gateway.inbox import Inbox, InboxEvent
 from gateway.runs import RunStore
 from gateway.sweep import Sweeper
-from gateway.webhook import is_valid_digest, is_valid_repository, is_valid_tag
+from registry_client import names
 from servicekit import metrics
 from servicekit.errors import ApiError, invalid_argument, not_found, unavailable
 
@@ -61,11 +61,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         bad = []
         if not request.endpoint:
             bad.append(("endpoint", "required: the name of the source endpoint"))
-        if not is_valid_repository(request.repository):
+        if not names.is_repository(request.repository):
             bad.append(("repository", "required: a repository name such as dev/website"))
-        if not is_valid_tag(request.tag):
+        if not names.is_tag(request.tag):
             bad.append(("tag", "required: a valid tag"))
-        if request.digest and not is_valid_digest(request.digest):
+        if request.digest and not names.is_digest(request.digest):
             bad.append(("digest", "not a digest (algorithm:hex)"))
         if len(request.event_id) > MAX_EVENT_ID:
             bad.append(("event_id", f"longer than {MAX_EVENT_ID} characters"))

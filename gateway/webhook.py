@@ -14,10 +14,11 @@ whole per-endpoint queue, so a body is refused only when nothing in it can be us
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from registry_client import names
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
 
@@ -30,11 +31,6 @@ MANIFEST_MEDIA_TYPES = frozenset(
     }
 )
 
-_REPO_RE = re.compile(
-    r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$"
-)
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _MAX_ID = 256
 
 
@@ -69,26 +65,6 @@ class ParsedBody:
     @property
     def total(self) -> int:
         return len(self.pushes) + len(self.ignored) + len(self.rejected)
-
-
-def is_valid_repository(name: str) -> bool:
-    return len(name) <= 255 and bool(_REPO_RE.match(name))
-
-
-def is_valid_tag(tag: str) -> bool:
-    return bool(_TAG_RE.match(tag))
-
-
-_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
-
-
-def is_valid_digest(digest: str) -> bool:
-    """OCI digest grammar; registered algorithms also need their exact hex length."""
-    if not _DIGEST_RE.match(digest):
-        return False
-    algo, _, enc = digest.partition(":")
-    want = _HEX_LENGTHS.get(algo)
-    return want is None or (len(enc) == want and all(c in "0123456789abcdef" for c in enc))
 
 
 def host_of_url(url: str) -> str:
@@ -163,11 +139,11 @@ def _parse_event(index: int, ev: Any, out: ParsedBody) -> None:
     repo = target.get("repository")
     digest = target.get("digest")
     problems = []
-    if not isinstance(repo, str) or not is_valid_repository(repo):
+    if not isinstance(repo, str) or not names.is_repository(repo):
         problems.append("'target.repository' missing or invalid")
-    if not isinstance(tag, str) or not is_valid_tag(tag):
+    if not isinstance(tag, str) or not names.is_tag(tag):
         problems.append("'target.tag' invalid")
-    if not isinstance(digest, str) or not is_valid_digest(digest):
+    if not isinstance(digest, str) or not names.is_digest(digest):
         problems.append("'target.digest' missing or invalid")
     if problems:
         out.rejected.append((index, eid, "; ".join(problems)))

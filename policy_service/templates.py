@@ -7,15 +7,15 @@ rendered tag that is not valid raises TemplateError, so it is never pushed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from registry_client.names import is_tag
+
 DEFAULT_TEMPLATE = "%n"
 MAX_TAG_LENGTH = 128
-TAG_PATTERN = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 _TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _FIRST_CHARS = _TAG_CHARS - {".", "-"}
 
@@ -93,7 +93,7 @@ class Template:
             moment = moment.replace(tzinfo=UTC)
         local = moment.astimezone(zone)
         out = "".join(p if isinstance(p, str) else p.render(local, tag) for p in self._parts)
-        if not TAG_PATTERN.fullmatch(out):
+        if not is_tag(out):
             raise TemplateError(f"template {self.source!r} rendered {out!r}, which is not a valid "
                                 "tag ([a-zA-Z0-9_][a-zA-Z0-9._-]{0,127})")
         return out

@@ -5,10 +5,8 @@ from __future__ import annotations
 import re
 from zoneinfo import ZoneInfo
 
-# The OCI distribution spec's repository name grammar.
-_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-_COMPONENT_RE = re.compile(_COMPONENT)
+from registry_client.names import COMPONENT_RE, REPOSITORY_RE
+
 # Transfer-service endpoint names: lowercase letters, digits, '-' and '_'.
 ENDPOINT_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 MAX_REPOSITORY_LENGTH = 255
@@ -54,7 +52,7 @@ def source_error(source: str) -> str | None:
         if "**" in seg:
             return f"{source!r}: '**' must be a whole path segment, as in 'dev/**'"
         # A '*' stands for some letters; the segment must still be a name component.
-        if not _COMPONENT_RE.fullmatch(seg.replace("*", "a")):
+        if not COMPONENT_RE.fullmatch(seg.replace("*", "a")):
             return f"{source!r}: segment {seg!r} is not a valid repository name component"
     return None
 

@@ -23,10 +23,10 @@ from registry_client.errors import (
     NotFound,
     RegistryError,
 )
+from registry_client.names import is_digest
 from registry_client.transport import Transport
 
 MAX_MANIFEST_BYTES = 4 << 20
-_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 
@@ -67,10 +67,6 @@ class Upload:
 
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def is_digest(ref: str) -> bool:
-    return bool(_DIGEST.match(ref))
 
 
 def _pull(repo: str) -> str:

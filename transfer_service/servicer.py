@@ -12,6 +12,7 @@ from google.protobuf import empty_pb2
 from grpc import aio
 from mirror.v1 import transfer_pb2, transfer_pb2_grpc
 
+from registry_client.names import reference_problem, repository_problem, tag_problem
 from servicekit import paging
 from servicekit.errors import failed_precondition, invalid_argument
 from transfer_service.connection_check import check_connection
@@ -23,7 +24,6 @@ from transfer_service.convert import (
 )
 from transfer_service.endpoints import WRITABLE_FIELDS, EndpointStore
 from transfer_service.jobs import JobSpec, Journal
-from transfer_service.names import reference_problem, repository_problem, tag_problem
 from transfer_service.schema import open_database
 from transfer_service.secrets import load_secret_box
 from transfer_service.worker import Worker

@@ -112,7 +112,7 @@ def test_host_of_url_normalizes_default_ports() -> None:
 
 
 def test_digest_must_be_well_formed() -> None:
-    from gateway.webhook import is_valid_digest
+    from registry_client.names import is_digest as is_valid_digest
 
     assert is_valid_digest(DIGEST)
     assert not is_valid_digest("sha256:zz")

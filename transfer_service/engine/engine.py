@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from registry_client import Manifest, mediatypes
+from registry_client import Manifest, mediatypes, names
 from registry_client.errors import NotFound, PermissionDenied, RegistryError
 from transfer_service.engine.blobs import Blob, BlobMover
 from transfer_service.engine.errors import (
@@ -41,11 +40,6 @@ from transfer_service.engine.spool import SpoolQuota
 
 log = logging.getLogger(__name__)
 
-_REPO = re.compile(
-    r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$"
-)
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-_DIGEST = re.compile(r"^sha(256:[a-f0-9]{64}|512:[a-f0-9]{128})$")
 
 ProgressFn = Callable[[CopyProgress], None]
 T = TypeVar("T")
@@ -320,11 +314,11 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 
 def _validate(req: CopyRequest) -> None:
     for name in (req.src_repo, req.dst_repo):
-        if not _REPO.match(name):
+        if not names.is_repository(name):
             raise InvalidReference(f"invalid repository name {name!r}")
-    if not (_TAG.match(req.src_ref) or _DIGEST.match(req.src_ref)):
+    if not (names.is_tag(req.src_ref) or names.is_verifiable_digest(req.src_ref)):
         raise InvalidReference(f"invalid source reference {req.src_ref!r} (tag or sha256 digest)")
-    if req.dst_tag and not _TAG.match(req.dst_tag):
+    if req.dst_tag and not names.is_tag(req.dst_tag):
         raise InvalidReference(f"invalid destination tag {req.dst_tag!r}")
     for p in req.platforms:
         parts = p.split("/")
@@ -346,7 +340,7 @@ def _descriptor(d: Any, where: str) -> Blob:
     if not isinstance(d, dict) or not isinstance(d.get("digest"), str):
         raise UnsupportedManifest(f"bad descriptor in {where}")
     size = d.get("size")
-    if not isinstance(size, int) or size < 0 or not _DIGEST.match(d["digest"]):
+    if not isinstance(size, int) or size < 0 or not names.is_verifiable_digest(d["digest"]):
         raise UnsupportedManifest(f"bad descriptor {d.get('digest')!r} in {where}")
     return Blob(d["digest"], size)
 

@@ -1,16 +1,41 @@
-"""Syntax of repository names, tags and digests (OCI distribution spec)."""
+"""Syntax of repository names, tags and digests (OCI distribution spec): the one copy every
+service checks against."""
 
 from __future__ import annotations
 
 import re
 
 # Separators are always followed by an alphanumeric run, so the pattern cannot backtrack badly.
-_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+COMPONENT_RE = re.compile(COMPONENT)
+REPOSITORY_RE = re.compile(rf"{COMPONENT}(?:/{COMPONENT})*")
 TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
-SHA256_RE = re.compile(r"sha256:[a-f0-9]{64}")
 MAX_REPOSITORY_LEN = 255
+# Registered algorithms and the exact length of their lowercase hex encoding.
+HEX_LENGTHS = {"sha256": 64, "sha512": 128}
+
+
+def is_repository(name: str) -> bool:
+    return len(name) <= MAX_REPOSITORY_LEN and bool(REPOSITORY_RE.fullmatch(name))
+
+
+def is_tag(tag: str) -> bool:
+    return bool(TAG_RE.fullmatch(tag))
+
+
+def is_digest(ref: str) -> bool:
+    """The digest grammar; a registered algorithm also needs its exact hex length."""
+    if not DIGEST_RE.fullmatch(ref):
+        return False
+    algo, _, enc = ref.partition(":")
+    want = HEX_LENGTHS.get(algo)
+    return want is None or (len(enc) == want and all(c in "0123456789abcdef" for c in enc))
+
+
+def is_verifiable_digest(ref: str) -> bool:
+    """A digest of an algorithm this project can verify (sha256, sha512)."""
+    return ref.partition(":")[0] in HEX_LENGTHS and is_digest(ref)
 
 
 def repository_problem(name: str) -> str | None:
@@ -29,7 +54,7 @@ def repository_problem(name: str) -> str | None:
 
 def tag_problem(tag: str) -> str | None:
     """Why `tag` is not a valid tag, or None when it is."""
-    if not TAG_RE.fullmatch(tag):
+    if not is_tag(tag):
         return f"{tag!r} is not a valid tag: [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}"
     return None
 
@@ -39,9 +64,9 @@ def reference_problem(ref: str) -> str | None:
     if not ref:
         return "required: a tag or a digest"
     if ":" in ref:
-        if ref.startswith("sha256:") and not SHA256_RE.fullmatch(ref):
+        if ref.startswith("sha256:") and not is_digest(ref):
             return f"{ref!r} is not a valid sha256 digest (64 lowercase hex digits)"
-        if not DIGEST_RE.fullmatch(ref):
+        if not is_digest(ref):
             return f"{ref!r} is not a valid digest"
         return None
     return tag_problem(ref)
