@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from servicekit.handlers import rewrap
+
 log = logging.getLogger("servicekit.auth")
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -136,17 +138,7 @@ def _rejecting(
         await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator
 
-    kw = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary, **kw)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream, **kw)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary, **kw)
-    return grpc.stream_stream_rpc_method_handler(stream, **kw)
+    return rewrap(handler, lambda _: unary, lambda _: stream)
 
 
 class AuthInterceptor(aio.ServerInterceptor):

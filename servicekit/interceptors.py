@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -11,6 +10,7 @@ import grpc
 from grpc import aio
 
 from servicekit.errors import ApiError
+from servicekit.handlers import is_async, rewrap
 
 log = logging.getLogger("servicekit.rpc")
 
@@ -64,28 +64,8 @@ class ErrorInterceptor(aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        fn = handler.unary_unary or handler.unary_stream or handler.stream_unary
-        if fn is not None and not (
-            inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
-        ):
-            # Sync handlers (the grpc health servicer) are run by grpc as they are.
+        if not is_async(handler):
             return handler
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return rewrap(
+            handler, lambda fn: _wrap_unary(fn, method), lambda fn: _wrap_stream(fn, method)
+        )

@@ -7,7 +7,6 @@ up. Request bodies and metadata values are never logged: they may carry secrets 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from servicekit.handlers import is_async, rewrap
 from servicekit.logs import context_id
 
 log = logging.getLogger("servicekit.request")
@@ -65,11 +65,7 @@ class RequestLogInterceptor(aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None:
             return handler
-        fn = handler.unary_unary or handler.unary_stream or handler.stream_unary
-        if fn is not None and not (
-            inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
-        ):
-            # A sync handler (the grpc health servicer): grpc runs it as it is.
+        if not is_async(handler):
             return handler
         quiet = self._skip_health and method.startswith("/grpc.health.v1.Health/")
         rid = request_id(handler_call_details.invocation_metadata)
@@ -122,16 +118,4 @@ class RequestLogInterceptor(aio.ServerInterceptor):
 
             return run
 
-        kw = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), **kw)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream), **kw)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), **kw)
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), **kw)
-        return handler
+        return rewrap(handler, wrap_unary, wrap_stream)
