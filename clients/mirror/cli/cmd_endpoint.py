@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from mirror.cli.context import CliError, Context
 from mirror.cli.output import const, enum_name, when
@@ -63,14 +64,18 @@ def _ca(args: argparse.Namespace) -> str | None:
         raise CliError(f"cannot read --ca-file {args.ca_file}: {err.strerror}") from None
 
 
+def _fields_given(a: argparse.Namespace) -> dict[str, Any]:
+    """The endpoint fields given on the command line (None where a flag was not given)."""
+    return {
+        "url": a.url, "username": a.username, "secret": read_secret(a), "ca_pem": _ca(a),
+        "insecure_skip_verify": a.insecure_skip_verify, "max_concurrency": a.max_concurrency,
+        "requests_per_second": a.requests_per_second, "scan_on_push": a.scan_on_push,
+        "aliases": a.alias,
+    }
+
+
 def add(ctx: Context) -> int:
-    a = ctx.args
-    ep = ctx.client.transfers.create_endpoint(
-        name=a.name, url=a.url, username=a.username, secret=read_secret(a), ca_pem=_ca(a),
-        insecure_skip_verify=a.insecure_skip_verify, max_concurrency=a.max_concurrency,
-        requests_per_second=a.requests_per_second, scan_on_push=a.scan_on_push,
-        aliases=a.alias,
-    )
+    ep = ctx.client.transfers.create_endpoint(name=ctx.args.name, **_fields_given(ctx.args))
     if ctx.out.machine:
         ctx.out.data(ep)
     else:
@@ -80,14 +85,7 @@ def add(ctx: Context) -> int:
 
 
 def update(ctx: Context) -> int:
-    a = ctx.args
-    secret = read_secret(a)
-    ep = ctx.client.transfers.update_endpoint(
-        a.name, url=a.url, username=a.username, secret=secret, ca_pem=_ca(a),
-        insecure_skip_verify=a.insecure_skip_verify, max_concurrency=a.max_concurrency,
-        requests_per_second=a.requests_per_second, scan_on_push=a.scan_on_push,
-        aliases=a.alias,
-    )
+    ep = ctx.client.transfers.update_endpoint(ctx.args.name, **_fields_given(ctx.args))
     if ctx.out.machine:
         ctx.out.data(ep)
     else:
