@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -160,10 +161,16 @@ class ImageFacts(_message.Message):
     PLATFORMS_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     PRESENT_FIELD_NUMBER: _builtins.int
+    VULNERABILITY_DATA_TIME_FIELD_NUMBER: _builtins.int
+    COMPONENTS_UNKNOWN_FIELD_NUMBER: _builtins.int
     repository: _builtins.str
     tag: _builtins.str
     digest: _builtins.str
     size_bytes: _builtins.int
+    components_unknown: _builtins.bool
+    """No package database was recognised in the image: its components are unknown, and
+    component, license and vulnerability clauses are blocked.
+    """
     @_builtins.property
     def components(self) -> _containers.RepeatedCompositeFieldContainer[Global___Component]: ...
     @_builtins.property
@@ -180,6 +187,12 @@ class ImageFacts(_message.Message):
         do not match, and the result says why. Empty means "all kinds present".
         """
 
+    @_builtins.property
+    def vulnerability_data_time(self) -> _timestamp_pb2.Timestamp:
+        """When the scanner's vulnerability data was last updated (unset: no vulnerability data
+        loaded). Rules reading vulnerability fields are blocked when it is unset or too old.
+        """
+
     def __init__(
         self,
         *,
@@ -192,10 +205,12 @@ class ImageFacts(_message.Message):
         platforms: _abc.Iterable[_builtins.str] | None = ...,
         size_bytes: _builtins.int = ...,
         present: _abc.Iterable[Global___FactKind.ValueType] | None = ...,
+        vulnerability_data_time: _timestamp_pb2.Timestamp | None = ...,
+        components_unknown: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["vulnerabilities", b"vulnerabilities"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["vulnerabilities", b"vulnerabilities", "vulnerability_data_time", b"vulnerability_data_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "digest", b"digest", "labels", b"labels", "platforms", b"platforms", "present", b"present", "repository", b"repository", "size_bytes", b"size_bytes", "tag", b"tag", "vulnerabilities", b"vulnerabilities"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "components_unknown", b"components_unknown", "digest", b"digest", "labels", b"labels", "platforms", b"platforms", "present", b"present", "repository", b"repository", "size_bytes", b"size_bytes", "tag", b"tag", "vulnerabilities", b"vulnerabilities", "vulnerability_data_time", b"vulnerability_data_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -212,7 +227,10 @@ class Target(_message.Message):
     endpoint: _builtins.str
     """Name of a transfer-service endpoint (a remote registry)."""
     repository: _builtins.str
-    """Repository in that registry, e.g. "qa/website"."""
+    """Repository in that registry, e.g. "qa/website". In a policy it may use `{repository}`
+    (the whole source repository) and `{path}` (the part the source glob matched), e.g.
+    source `team/**` -> `mirror/{path}`; in results and runs it is the rendered name.
+    """
     def __init__(
         self,
         *,

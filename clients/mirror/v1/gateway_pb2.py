@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mirror.v1 import common_pb2 as mirror_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mirror/v1/gateway.proto\x12\tmirror.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mirror/v1/common.proto\"h\n\x11NotifyPushRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\"9\n\x12NotifyPushResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xcb\x05\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpolicy_id\x18\x02 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\'\n\x07trigger\x18\x05 \x01(\x0e\x32\x16.mirror.v1.Run.Trigger\x12(\n\x06source\x18\x06 \x01(\x0b\x32\x18.mirror.v1.ImageLocation\x12\x15\n\rsource_digest\x18\x07 \x01(\t\x12&\n\x0b\x64\x65stination\x18\x08 \x01(\x0b\x32\x11.mirror.v1.Target\x12\x17\n\x0f\x64\x65stination_tag\x18\t \x01(\t\x12#\n\x05state\x18\n \x01(\x0e\x32\x14.mirror.v1.Run.State\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x13\n\x0btransfer_id\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x15\n\x11STATE_NOT_MATCHED\x10\x05\"s\n\x07Trigger\x12\x17\n\x13TRIGGER_UNSPECIFIED\x10\x00\x12\x11\n\rTRIGGER_EVENT\x10\x01\x12\x12\n\x0eTRIGGER_NOTIFY\x10\x02\x12\x11\n\rTRIGGER_APPLY\x10\x03\x12\x15\n\x11TRIGGER_RECONCILE\x10\x04\"q\n\x0fListRunsRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12$\n\x06states\x18\x02 \x03(\x0e\x32\x14.mirror.v1.Run.State\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.mirror.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x16GetPolicyStatusRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\xb2\x02\n\x0cPolicyStatus\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12(\n\nlast_state\x18\x02 \x01(\x0e\x32\x14.mirror.v1.Run.State\x12\x14\n\x0clast_message\x18\x03 \x01(\t\x12 \n\x08last_run\x18\x04 \x01(\x0b\x32\x0e.mirror.v1.Run\x12\x35\n\x11last_success_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_failure_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nruns_total\x18\x07 \x01(\x03\x12\x16\n\x0eruns_succeeded\x18\x08 \x01(\x03\x12\x13\n\x0bruns_failed\x18\t \x01(\x03\"\'\n\x12\x41pplyPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"a\n\x13\x41pplyPolicyResponse\x12\x16\n\x0etags_evaluated\x18\x01 \x01(\x05\x12\x14\n\x0ctags_matched\x18\x02 \x01(\x05\x12\x1c\n\x04runs\x18\x03 \x03(\x0b\x32\x0e.mirror.v1.Run\"%\n\x10ReconcileRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"]\n\x11ReconcileResponse\x12\x14\n\x0ctags_checked\x18\x01 \x01(\x05\x12\x14\n\x0cruns_started\x18\x02 \x01(\x05\x12\x1c\n\x04runs\x18\x03 \x03(\x0b\x32\x0e.mirror.v1.Run2\x85\x03\n\x0eGatewayService\x12I\n\nNotifyPush\x12\x1c.mirror.v1.NotifyPushRequest\x1a\x1d.mirror.v1.NotifyPushResponse\x12\x43\n\x08ListRuns\x12\x1a.mirror.v1.ListRunsRequest\x1a\x1b.mirror.v1.ListRunsResponse\x12M\n\x0fGetPolicyStatus\x12!.mirror.v1.GetPolicyStatusRequest\x1a\x17.mirror.v1.PolicyStatus\x12L\n\x0b\x41pplyPolicy\x12\x1d.mirror.v1.ApplyPolicyRequest\x1a\x1e.mirror.v1.ApplyPolicyResponse\x12\x46\n\tReconcile\x12\x1b.mirror.v1.ReconcileRequest\x1a\x1c.mirror.v1.ReconcileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mirror/v1/gateway.proto\x12\tmirror.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mirror/v1/common.proto\"h\n\x11NotifyPushRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\"9\n\x12NotifyPushResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xac\x06\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpolicy_id\x18\x02 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\'\n\x07trigger\x18\x05 \x01(\x0e\x32\x16.mirror.v1.Run.Trigger\x12(\n\x06source\x18\x06 \x01(\x0b\x32\x18.mirror.v1.ImageLocation\x12\x15\n\rsource_digest\x18\x07 \x01(\t\x12&\n\x0b\x64\x65stination\x18\x08 \x01(\x0b\x32\x11.mirror.v1.Target\x12\x17\n\x0f\x64\x65stination_tag\x18\t \x01(\t\x12#\n\x05state\x18\n \x01(\x0e\x32\x14.mirror.v1.Run.State\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x13\n\x0btransfer_id\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\nprovenance\x18\x10 \x03(\x0b\x32\x18.mirror.v1.ImageLocation\x12\x0b\n\x03hop\x18\x11 \x01(\x05\"\xa8\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x15\n\x11STATE_NOT_MATCHED\x10\x05\x12\x11\n\rSTATE_BLOCKED\x10\x06\x12\x11\n\rSTATE_SKIPPED\x10\x07\"s\n\x07Trigger\x12\x17\n\x13TRIGGER_UNSPECIFIED\x10\x00\x12\x11\n\rTRIGGER_EVENT\x10\x01\x12\x12\n\x0eTRIGGER_NOTIFY\x10\x02\x12\x11\n\rTRIGGER_APPLY\x10\x03\x12\x15\n\x11TRIGGER_RECONCILE\x10\x04\"V\n\nSweepError\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x11\n\tpolicy_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"q\n\x0fListRunsRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12$\n\x06states\x18\x02 \x03(\x0e\x32\x14.mirror.v1.Run.State\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.mirror.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x16GetPolicyStatusRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\xb2\x02\n\x0cPolicyStatus\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12(\n\nlast_state\x18\x02 \x01(\x0e\x32\x14.mirror.v1.Run.State\x12\x14\n\x0clast_message\x18\x03 \x01(\t\x12 \n\x08last_run\x18\x04 \x01(\x0b\x32\x0e.mirror.v1.Run\x12\x35\n\x11last_success_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_failure_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nruns_total\x18\x07 \x01(\x03\x12\x16\n\x0eruns_succeeded\x18\x08 \x01(\x03\x12\x13\n\x0bruns_failed\x18\t \x01(\x03\"\'\n\x12\x41pplyPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\x88\x01\n\x13\x41pplyPolicyResponse\x12\x16\n\x0etags_evaluated\x18\x01 \x01(\x05\x12\x14\n\x0ctags_matched\x18\x02 \x01(\x05\x12\x1c\n\x04runs\x18\x03 \x03(\x0b\x32\x0e.mirror.v1.Run\x12%\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x15.mirror.v1.SweepError\"%\n\x10ReconcileRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\x84\x01\n\x11ReconcileResponse\x12\x14\n\x0ctags_checked\x18\x01 \x01(\x05\x12\x14\n\x0cruns_started\x18\x02 \x01(\x05\x12\x1c\n\x04runs\x18\x03 \x03(\x0b\x32\x0e.mirror.v1.Run\x12%\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x15.mirror.v1.SweepError\".\n\x19ListUnplacedEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\"\xb2\x01\n\rUnplacedEvent\x12\r\n\x05hosts\x18\x01 \x03(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\x12-\n\tlast_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12suggested_endpoint\x18\x06 \x01(\t\x12\x17\n\x0fsuggested_alias\x18\x07 \x01(\t\"F\n\x1aListUnplacedEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.mirror.v1.UnplacedEvent2\xe8\x03\n\x0eGatewayService\x12I\n\nNotifyPush\x12\x1c.mirror.v1.NotifyPushRequest\x1a\x1d.mirror.v1.NotifyPushResponse\x12\x43\n\x08ListRuns\x12\x1a.mirror.v1.ListRunsRequest\x1a\x1b.mirror.v1.ListRunsResponse\x12M\n\x0fGetPolicyStatus\x12!.mirror.v1.GetPolicyStatusRequest\x1a\x17.mirror.v1.PolicyStatus\x12L\n\x0b\x41pplyPolicy\x12\x1d.mirror.v1.ApplyPolicyRequest\x1a\x1e.mirror.v1.ApplyPolicyResponse\x12\x46\n\tReconcile\x12\x1b.mirror.v1.ReconcileRequest\x1a\x1c.mirror.v1.ReconcileResponse\x12\x61\n\x12ListUnplacedEvents\x12$.mirror.v1.ListUnplacedEventsRequest\x1a%.mirror.v1.ListUnplacedEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,27 +38,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFYPUSHRESPONSE']._serialized_start=201
   _globals['_NOTIFYPUSHRESPONSE']._serialized_end=258
   _globals['_RUN']._serialized_start=261
-  _globals['_RUN']._serialized_end=976
-  _globals['_RUN_STATE']._serialized_start=729
-  _globals['_RUN_STATE']._serialized_end=859
-  _globals['_RUN_TRIGGER']._serialized_start=861
-  _globals['_RUN_TRIGGER']._serialized_end=976
-  _globals['_LISTRUNSREQUEST']._serialized_start=978
-  _globals['_LISTRUNSREQUEST']._serialized_end=1091
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1093
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1166
-  _globals['_GETPOLICYSTATUSREQUEST']._serialized_start=1168
-  _globals['_GETPOLICYSTATUSREQUEST']._serialized_end=1211
-  _globals['_POLICYSTATUS']._serialized_start=1214
-  _globals['_POLICYSTATUS']._serialized_end=1520
-  _globals['_APPLYPOLICYREQUEST']._serialized_start=1522
-  _globals['_APPLYPOLICYREQUEST']._serialized_end=1561
-  _globals['_APPLYPOLICYRESPONSE']._serialized_start=1563
-  _globals['_APPLYPOLICYRESPONSE']._serialized_end=1660
-  _globals['_RECONCILEREQUEST']._serialized_start=1662
-  _globals['_RECONCILEREQUEST']._serialized_end=1699
-  _globals['_RECONCILERESPONSE']._serialized_start=1701
-  _globals['_RECONCILERESPONSE']._serialized_end=1794
-  _globals['_GATEWAYSERVICE']._serialized_start=1797
-  _globals['_GATEWAYSERVICE']._serialized_end=2186
+  _globals['_RUN']._serialized_end=1073
+  _globals['_RUN_STATE']._serialized_start=788
+  _globals['_RUN_STATE']._serialized_end=956
+  _globals['_RUN_TRIGGER']._serialized_start=958
+  _globals['_RUN_TRIGGER']._serialized_end=1073
+  _globals['_SWEEPERROR']._serialized_start=1075
+  _globals['_SWEEPERROR']._serialized_end=1161
+  _globals['_LISTRUNSREQUEST']._serialized_start=1163
+  _globals['_LISTRUNSREQUEST']._serialized_end=1276
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1278
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1351
+  _globals['_GETPOLICYSTATUSREQUEST']._serialized_start=1353
+  _globals['_GETPOLICYSTATUSREQUEST']._serialized_end=1396
+  _globals['_POLICYSTATUS']._serialized_start=1399
+  _globals['_POLICYSTATUS']._serialized_end=1705
+  _globals['_APPLYPOLICYREQUEST']._serialized_start=1707
+  _globals['_APPLYPOLICYREQUEST']._serialized_end=1746
+  _globals['_APPLYPOLICYRESPONSE']._serialized_start=1749
+  _globals['_APPLYPOLICYRESPONSE']._serialized_end=1885
+  _globals['_RECONCILEREQUEST']._serialized_start=1887
+  _globals['_RECONCILEREQUEST']._serialized_end=1924
+  _globals['_RECONCILERESPONSE']._serialized_start=1927
+  _globals['_RECONCILERESPONSE']._serialized_end=2059
+  _globals['_LISTUNPLACEDEVENTSREQUEST']._serialized_start=2061
+  _globals['_LISTUNPLACEDEVENTSREQUEST']._serialized_end=2107
+  _globals['_UNPLACEDEVENT']._serialized_start=2110
+  _globals['_UNPLACEDEVENT']._serialized_end=2288
+  _globals['_LISTUNPLACEDEVENTSRESPONSE']._serialized_start=2290
+  _globals['_LISTUNPLACEDEVENTSRESPONSE']._serialized_end=2360
+  _globals['_GATEWAYSERVICE']._serialized_start=2363
+  _globals['_GATEWAYSERVICE']._serialized_end=2851
 # @@protoc_insertion_point(module_scope)

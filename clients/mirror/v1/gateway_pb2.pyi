@@ -96,6 +96,14 @@ class Run(_message.Message):
         STATE_FAILED: Run._State.ValueType  # 4
         STATE_NOT_MATCHED: Run._State.ValueType  # 5
         """The policy applies to the repository but its rule did not match (reason says why)."""
+        STATE_BLOCKED: Run._State.ValueType  # 6
+        """The gate could not be sure and copied nothing: missing or stale facts, an event it
+        could not verify, a loop it could not rule out (message says why).
+        """
+        STATE_SKIPPED: Run._State.ValueType  # 7
+        """Nothing to do: the destination already holds the digest, overwrite is never and the
+        tag holds another digest, or the event is older than what was mirrored (message says).
+        """
 
     class State(_State, metaclass=_StateEnumTypeWrapper): ...
     STATE_UNSPECIFIED: Run.State.ValueType  # 0
@@ -105,6 +113,14 @@ class Run(_message.Message):
     STATE_FAILED: Run.State.ValueType  # 4
     STATE_NOT_MATCHED: Run.State.ValueType  # 5
     """The policy applies to the repository but its rule did not match (reason says why)."""
+    STATE_BLOCKED: Run.State.ValueType  # 6
+    """The gate could not be sure and copied nothing: missing or stale facts, an event it
+    could not verify, a loop it could not rule out (message says why).
+    """
+    STATE_SKIPPED: Run.State.ValueType  # 7
+    """Nothing to do: the destination already holds the digest, overwrite is never and the
+    tag holds another digest, or the event is older than what was mirrored (message says).
+    """
 
     class _Trigger:
         ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -140,6 +156,8 @@ class Run(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    PROVENANCE_FIELD_NUMBER: _builtins.int
+    HOP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     policy_id: _builtins.str
     policy_name: _builtins.str
@@ -150,6 +168,8 @@ class Run(_message.Message):
     state: Global___Run.State.ValueType
     message: _builtins.str
     transfer_id: _builtins.str
+    hop: _builtins.int
+    """Number of image-mirror hops before this run (len(provenance)); bounded by the hop limit."""
     @_builtins.property
     def source(self) -> _common_pb2.ImageLocation:
         """Source endpoint, repository, tag."""
@@ -162,6 +182,12 @@ class Run(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def provenance(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ImageLocation]:
+        """Where the image came from before this run's source, oldest first, when the push that
+        triggered this run was made by one of image-mirror's own transfers (a promotion chain).
+        """
+
     def __init__(
         self,
         *,
@@ -180,14 +206,46 @@ class Run(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        provenance: _abc.Iterable[_common_pb2.ImageLocation] | None = ...,
+        hop: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "destination", b"destination", "end_time", b"end_time", "source", b"source", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "destination", b"destination", "destination_tag", b"destination_tag", "end_time", b"end_time", "event_id", b"event_id", "id", b"id", "message", b"message", "policy_id", b"policy_id", "policy_name", b"policy_name", "source", b"source", "source_digest", b"source_digest", "state", b"state", "transfer_id", b"transfer_id", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "destination", b"destination", "destination_tag", b"destination_tag", "end_time", b"end_time", "event_id", b"event_id", "hop", b"hop", "id", b"id", "message", b"message", "policy_id", b"policy_id", "policy_name", b"policy_name", "provenance", b"provenance", "source", b"source", "source_digest", b"source_digest", "state", b"state", "transfer_id", b"transfer_id", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class SweepError(_message.Message):
+    """A sweep (Apply, Reconcile) could not read one endpoint or repository; it carried on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    POLICY_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    repository: _builtins.str
+    policy_id: _builtins.str
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+        repository: _builtins.str = ...,
+        policy_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "message", b"message", "policy_id", b"policy_id", "repository", b"repository"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepError: _TypeAlias = SweepError  # noqa: Y015
 
 @_typing.final
 class ListRunsRequest(_message.Message):
@@ -335,20 +393,24 @@ class ApplyPolicyResponse(_message.Message):
     TAGS_EVALUATED_FIELD_NUMBER: _builtins.int
     TAGS_MATCHED_FIELD_NUMBER: _builtins.int
     RUNS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
     tags_evaluated: _builtins.int
     tags_matched: _builtins.int
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]: ...
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___SweepError]: ...
     def __init__(
         self,
         *,
         tags_evaluated: _builtins.int = ...,
         tags_matched: _builtins.int = ...,
         runs: _abc.Iterable[Global___Run] | None = ...,
+        errors: _abc.Iterable[Global___SweepError] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs", "tags_evaluated", b"tags_evaluated", "tags_matched", b"tags_matched"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "runs", b"runs", "tags_evaluated", b"tags_evaluated", "tags_matched", b"tags_matched"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -381,21 +443,111 @@ class ReconcileResponse(_message.Message):
     TAGS_CHECKED_FIELD_NUMBER: _builtins.int
     RUNS_STARTED_FIELD_NUMBER: _builtins.int
     RUNS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
     tags_checked: _builtins.int
     runs_started: _builtins.int
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]: ...
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___SweepError]: ...
     def __init__(
         self,
         *,
         tags_checked: _builtins.int = ...,
         runs_started: _builtins.int = ...,
         runs: _abc.Iterable[Global___Run] | None = ...,
+        errors: _abc.Iterable[Global___SweepError] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs", "runs_started", b"runs_started", "tags_checked", b"tags_checked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "runs", b"runs", "runs_started", b"runs_started", "tags_checked", b"tags_checked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReconcileResponse: _TypeAlias = ReconcileResponse  # noqa: Y015
+
+@_typing.final
+class ListUnplacedEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnplacedEventsRequest: _TypeAlias = ListUnplacedEventsRequest  # noqa: Y015
+
+@_typing.final
+class UnplacedEvent(_message.Message):
+    """Push events from hosts no endpoint is registered under (nothing acted on them)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTS_FIELD_NUMBER: _builtins.int
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    LAST_TIME_FIELD_NUMBER: _builtins.int
+    SUGGESTED_ENDPOINT_FIELD_NUMBER: _builtins.int
+    SUGGESTED_ALIAS_FIELD_NUMBER: _builtins.int
+    repository: _builtins.str
+    tag: _builtins.str
+    """The most recent tag seen."""
+    count: _builtins.int
+    suggested_endpoint: _builtins.str
+    """An endpoint that is probably the same registry (same port, a loopback or local name) and
+    the alias to add to it so that such events are placed.
+    """
+    suggested_alias: _builtins.str
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The host[:port] names the events carried (request.host, target.url)."""
+
+    @_builtins.property
+    def last_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        hosts: _abc.Iterable[_builtins.str] | None = ...,
+        repository: _builtins.str = ...,
+        tag: _builtins.str = ...,
+        count: _builtins.int = ...,
+        last_time: _timestamp_pb2.Timestamp | None = ...,
+        suggested_endpoint: _builtins.str = ...,
+        suggested_alias: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_time", b"last_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "hosts", b"hosts", "last_time", b"last_time", "repository", b"repository", "suggested_alias", b"suggested_alias", "suggested_endpoint", b"suggested_endpoint", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnplacedEvent: _TypeAlias = UnplacedEvent  # noqa: Y015
+
+@_typing.final
+class ListUnplacedEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnplacedEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___UnplacedEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnplacedEventsResponse: _TypeAlias = ListUnplacedEventsResponse  # noqa: Y015

@@ -60,6 +60,11 @@ class GatewayServiceStub:
                 request_serializer=mirror_dot_v1_dot_gateway__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=mirror_dot_v1_dot_gateway__pb2.ReconcileResponse.FromString,
                 _registered_method=True)
+        self.ListUnplacedEvents = channel.unary_unary(
+                '/mirror.v1.GatewayService/ListUnplacedEvents',
+                request_serializer=mirror_dot_v1_dot_gateway__pb2.ListUnplacedEventsRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_gateway__pb2.ListUnplacedEventsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -99,6 +104,14 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUnplacedEvents(self, request, context):
+        """Events that came from registries no endpoint (or alias) names, with the alias that would
+        place them (mirrorctl status).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +139,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=mirror_dot_v1_dot_gateway__pb2.ReconcileRequest.FromString,
                     response_serializer=mirror_dot_v1_dot_gateway__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'ListUnplacedEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnplacedEvents,
+                    request_deserializer=mirror_dot_v1_dot_gateway__pb2.ListUnplacedEventsRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_gateway__pb2.ListUnplacedEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +282,33 @@ class GatewayService:
             '/mirror.v1.GatewayService/Reconcile',
             mirror_dot_v1_dot_gateway__pb2.ReconcileRequest.SerializeToString,
             mirror_dot_v1_dot_gateway__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnplacedEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.GatewayService/ListUnplacedEvents',
+            mirror_dot_v1_dot_gateway__pb2.ListUnplacedEventsRequest.SerializeToString,
+            mirror_dot_v1_dot_gateway__pb2.ListUnplacedEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

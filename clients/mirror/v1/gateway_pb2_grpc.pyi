@@ -41,6 +41,10 @@ class GatewayServiceStub:
     """DTR's "Save & Apply": evaluate the tags already in the source repository and mirror matches."""
     Reconcile: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ReconcileRequest, _gateway_pb2.ReconcileResponse]
     """Compare source tags with what was mirrored and act on what lost events missed."""
+    ListUnplacedEvents: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListUnplacedEventsRequest, _gateway_pb2.ListUnplacedEventsResponse]
+    """Events that came from registries no endpoint (or alias) names, with the alias that would
+    place them (mirrorctl status).
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -55,6 +59,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """DTR's "Save & Apply": evaluate the tags already in the source repository and mirror matches."""
     Reconcile: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ReconcileRequest, _gateway_pb2.ReconcileResponse]  # type: ignore[assignment]
     """Compare source tags with what was mirrored and act on what lost events missed."""
+    ListUnplacedEvents: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListUnplacedEventsRequest, _gateway_pb2.ListUnplacedEventsResponse]  # type: ignore[assignment]
+    """Events that came from registries no endpoint (or alias) names, with the alias that would
+    place them (mirrorctl status).
+    """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """Turns registry pushes into mirrored images and keeps each policy's run history."""
@@ -96,5 +104,15 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ReconcileResponse, _abc.Awaitable[_gateway_pb2.ReconcileResponse]]:
         """Compare source tags with what was mirrored and act on what lost events missed."""
+
+    @_abc_1.abstractmethod
+    def ListUnplacedEvents(
+        self,
+        request: _gateway_pb2.ListUnplacedEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListUnplacedEventsResponse, _abc.Awaitable[_gateway_pb2.ListUnplacedEventsResponse]]:
+        """Events that came from registries no endpoint (or alias) names, with the alias that would
+        place them (mirrorctl status).
+        """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,51 +28,57 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mirror.v1 import common_pb2 as mirror_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mirror/v1/policy.proto\x12\tmirror.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mirror/v1/common.proto\"\xda\x02\n\x06Policy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x19\n\x11source_repository\x18\x04 \x01(\t\x12\x0c\n\x04rule\x18\x05 \x01(\t\x12!\n\x06target\x18\x06 \x01(\x0b\x32\x11.mirror.v1.Target\x12\x14\n\x0ctag_template\x18\x07 \x01(\t\x12\x11\n\ttime_zone\x18\x08 \x01(\t\x12\x0f\n\x07\x65nabled\x18\t \x01(\x08\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t\x12+\n\x0erequired_facts\x18\r \x03(\x0e\x32\x13.mirror.v1.FactKind\"O\n\x13\x43reatePolicyRequest\x12!\n\x06policy\x18\x01 \x01(\x0b\x32\x11.mirror.v1.Policy\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"\x1e\n\x10GetPolicyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"W\n\x13ListPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x19\n\x11source_repository\x18\x03 \x01(\t\"T\n\x14ListPoliciesResponse\x12#\n\x08policies\x18\x01 \x03(\x0b\x32\x11.mirror.v1.Policy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"i\n\x13UpdatePolicyRequest\x12!\n\x06policy\x18\x01 \x01(\x0b\x32\x11.mirror.v1.Policy\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"/\n\x13\x44\x65letePolicyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"x\n\tRuleError\x12\x0c\n\x04line\x18\x01 \x01(\x05\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x16\n\x0eoffending_text\x18\x04 \x01(\t\x12\x10\n\x08\x65xpected\x18\x05 \x03(\t\x12\x12\n\nsuggestion\x18\x06 \x01(\t\"L\n\x13ValidateRuleRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x14\n\x0ctag_template\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\"\xa1\x01\n\x14ValidateRuleResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12$\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x14.mirror.v1.RuleError\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12+\n\x0erequired_facts\x18\x04 \x03(\x0e\x32\x13.mirror.v1.FactKind\x12\x17\n\x0ftemplate_errors\x18\x05 \x03(\t\"[\n\x0c\x43lauseResult\x12\x0e\n\x06\x63lause\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06result\x18\x03 \x01(\x08\x12\x0c\n\x04line\x18\x04 \x01(\x05\x12\x0e\n\x06\x63olumn\x18\x05 \x01(\x05\"s\n\x0b\x45xplanation\x12(\n\x07\x63lauses\x18\x01 \x03(\x0b\x32\x17.mirror.v1.ClauseResult\x12\x0e\n\x06result\x18\x02 \x01(\x08\x12*\n\rmissing_facts\x18\x03 \x03(\x0e\x32\x13.mirror.v1.FactKind\"}\n\x0f\x45valuateRequest\x12$\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x15.mirror.v1.ImageFacts\x12\x0f\n\x07\x65xplain\x18\x02 \x01(\x08\x12\x33\n\x0f\x65valuation_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x01\n\x0cPolicyResult\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x02 \x01(\t\x12\x0f\n\x07matched\x18\x03 \x01(\x08\x12!\n\x06target\x18\x04 \x01(\x0b\x32\x11.mirror.v1.Target\x12\x0b\n\x03tag\x18\x05 \x01(\t\x12+\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x16.mirror.v1.Explanation\x12\x0e\n\x06reason\x18\x07 \x01(\t\"i\n\x10\x45valuateResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.mirror.v1.PolicyResult\x12+\n\x0erequired_facts\x18\x02 \x03(\x0e\x32\x13.mirror.v1.FactKind\"I\n\x13\x45valuateRuleRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12$\n\x05\x66\x61\x63ts\x18\x02 \x01(\x0b\x32\x15.mirror.v1.ImageFacts\"T\n\x14\x45valuateRuleResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x08\x12+\n\x0b\x65xplanation\x18\x02 \x01(\x0b\x32\x16.mirror.v1.Explanation\"0\n\x1aGetFactRequirementsRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\"`\n\x10\x46\x61\x63tRequirements\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\"\n\x05kinds\x18\x02 \x03(\x0e\x32\x13.mirror.v1.FactKind\x12\x14\n\x0cpolicy_count\x18\x03 \x01(\x05\x32\xad\x05\n\rPolicyService\x12\x41\n\x0c\x43reatePolicy\x12\x1e.mirror.v1.CreatePolicyRequest\x1a\x11.mirror.v1.Policy\x12;\n\tGetPolicy\x12\x1b.mirror.v1.GetPolicyRequest\x1a\x11.mirror.v1.Policy\x12O\n\x0cListPolicies\x12\x1e.mirror.v1.ListPoliciesRequest\x1a\x1f.mirror.v1.ListPoliciesResponse\x12\x41\n\x0cUpdatePolicy\x12\x1e.mirror.v1.UpdatePolicyRequest\x1a\x11.mirror.v1.Policy\x12\x46\n\x0c\x44\x65letePolicy\x12\x1e.mirror.v1.DeletePolicyRequest\x1a\x16.google.protobuf.Empty\x12O\n\x0cValidateRule\x12\x1e.mirror.v1.ValidateRuleRequest\x1a\x1f.mirror.v1.ValidateRuleResponse\x12\x43\n\x08\x45valuate\x12\x1a.mirror.v1.EvaluateRequest\x1a\x1b.mirror.v1.EvaluateResponse\x12O\n\x0c\x45valuateRule\x12\x1e.mirror.v1.EvaluateRuleRequest\x1a\x1f.mirror.v1.EvaluateRuleResponse\x12Y\n\x13GetFactRequirements\x12%.mirror.v1.GetFactRequirementsRequest\x1a\x1b.mirror.v1.FactRequirementsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mirror/v1/policy.proto\x12\tmirror.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mirror/v1/common.proto\"\x9b\x04\n\x06Policy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x1d\n\x11source_repository\x18\x04 \x01(\tB\x02\x18\x01\x12\x0c\n\x04rule\x18\x05 \x01(\t\x12!\n\x06target\x18\x06 \x01(\x0b\x32\x11.mirror.v1.Target\x12\x14\n\x0ctag_template\x18\x07 \x01(\t\x12\x11\n\ttime_zone\x18\x08 \x01(\t\x12\x0f\n\x07\x65nabled\x18\t \x01(\x08\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t\x12+\n\x0erequired_facts\x18\r \x03(\x0e\x32\x13.mirror.v1.FactKind\x12\'\n\x06source\x18\x0e \x01(\x0b\x32\x17.mirror.v1.PolicySource\x12\'\n\toverwrite\x18\x0f \x01(\x0e\x32\x14.mirror.v1.Overwrite\x12\x1e\n\x16\x61llow_incomplete_facts\x18\x10 \x01(\x08\x12\x30\n\x0c\x61\x63tive_since\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64isabled_reason\x18\x12 \x01(\t\"4\n\x0cPolicySource\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\"O\n\x13\x43reatePolicyRequest\x12!\n\x06policy\x18\x01 \x01(\x0b\x32\x11.mirror.v1.Policy\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"\x1e\n\x10GetPolicyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x82\x01\n\x13ListPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x19\n\x11source_repository\x18\x03 \x01(\t\x12\x17\n\x0fsource_endpoint\x18\x04 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\"T\n\x14ListPoliciesResponse\x12#\n\x08policies\x18\x01 \x03(\x0b\x32\x11.mirror.v1.Policy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"i\n\x13UpdatePolicyRequest\x12!\n\x06policy\x18\x01 \x01(\x0b\x32\x11.mirror.v1.Policy\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"/\n\x13\x44\x65letePolicyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"x\n\tRuleError\x12\x0c\n\x04line\x18\x01 \x01(\x05\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x16\n\x0eoffending_text\x18\x04 \x01(\t\x12\x10\n\x08\x65xpected\x18\x05 \x03(\t\x12\x12\n\nsuggestion\x18\x06 \x01(\t\"L\n\x13ValidateRuleRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x14\n\x0ctag_template\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\"\xa1\x01\n\x14ValidateRuleResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12$\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x14.mirror.v1.RuleError\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12+\n\x0erequired_facts\x18\x04 \x03(\x0e\x32\x13.mirror.v1.FactKind\x12\x17\n\x0ftemplate_errors\x18\x05 \x03(\t\"[\n\x0c\x43lauseResult\x12\x0e\n\x06\x63lause\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06result\x18\x03 \x01(\x08\x12\x0c\n\x04line\x18\x04 \x01(\x05\x12\x0e\n\x06\x63olumn\x18\x05 \x01(\x05\"s\n\x0b\x45xplanation\x12(\n\x07\x63lauses\x18\x01 \x03(\x0b\x32\x17.mirror.v1.ClauseResult\x12\x0e\n\x06result\x18\x02 \x01(\x08\x12*\n\rmissing_facts\x18\x03 \x03(\x0e\x32\x13.mirror.v1.FactKind\"\x8f\x01\n\x0f\x45valuateRequest\x12$\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x15.mirror.v1.ImageFacts\x12\x0f\n\x07\x65xplain\x18\x02 \x01(\x08\x12\x33\n\x0f\x65valuation_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\"\xee\x01\n\x0cPolicyResult\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x02 \x01(\t\x12\x0f\n\x07matched\x18\x03 \x01(\x08\x12!\n\x06target\x18\x04 \x01(\x0b\x32\x11.mirror.v1.Target\x12\x0b\n\x03tag\x18\x05 \x01(\t\x12+\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x16.mirror.v1.Explanation\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0f\n\x07\x62locked\x18\x08 \x01(\x08\x12\'\n\toverwrite\x18\t \x01(\x0e\x32\x14.mirror.v1.Overwrite\"i\n\x10\x45valuateResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.mirror.v1.PolicyResult\x12+\n\x0erequired_facts\x18\x02 \x03(\x0e\x32\x13.mirror.v1.FactKind\"I\n\x13\x45valuateRuleRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12$\n\x05\x66\x61\x63ts\x18\x02 \x01(\x0b\x32\x15.mirror.v1.ImageFacts\"T\n\x14\x45valuateRuleResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x08\x12+\n\x0b\x65xplanation\x18\x02 \x01(\x0b\x32\x16.mirror.v1.Explanation\"B\n\x1aGetFactRequirementsRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"`\n\x10\x46\x61\x63tRequirements\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\"\n\x05kinds\x18\x02 \x03(\x0e\x32\x13.mirror.v1.FactKind\x12\x14\n\x0cpolicy_count\x18\x03 \x01(\x05*Q\n\tOverwrite\x12\x19\n\x15OVERWRITE_UNSPECIFIED\x10\x00\x12\x14\n\x10OVERWRITE_ALWAYS\x10\x01\x12\x13\n\x0fOVERWRITE_NEVER\x10\x02\x32\xad\x05\n\rPolicyService\x12\x41\n\x0c\x43reatePolicy\x12\x1e.mirror.v1.CreatePolicyRequest\x1a\x11.mirror.v1.Policy\x12;\n\tGetPolicy\x12\x1b.mirror.v1.GetPolicyRequest\x1a\x11.mirror.v1.Policy\x12O\n\x0cListPolicies\x12\x1e.mirror.v1.ListPoliciesRequest\x1a\x1f.mirror.v1.ListPoliciesResponse\x12\x41\n\x0cUpdatePolicy\x12\x1e.mirror.v1.UpdatePolicyRequest\x1a\x11.mirror.v1.Policy\x12\x46\n\x0c\x44\x65letePolicy\x12\x1e.mirror.v1.DeletePolicyRequest\x1a\x16.google.protobuf.Empty\x12O\n\x0cValidateRule\x12\x1e.mirror.v1.ValidateRuleRequest\x1a\x1f.mirror.v1.ValidateRuleResponse\x12\x43\n\x08\x45valuate\x12\x1a.mirror.v1.EvaluateRequest\x1a\x1b.mirror.v1.EvaluateResponse\x12O\n\x0c\x45valuateRule\x12\x1e.mirror.v1.EvaluateRuleRequest\x1a\x1f.mirror.v1.EvaluateRuleResponse\x12Y\n\x13GetFactRequirements\x12%.mirror.v1.GetFactRequirementsRequest\x1a\x1b.mirror.v1.FactRequirementsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mirror.v1.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_POLICY'].fields_by_name['source_repository']._loaded_options = None
+  _globals['_POLICY'].fields_by_name['source_repository']._serialized_options = b'\030\001'
+  _globals['_OVERWRITE']._serialized_start=2636
+  _globals['_OVERWRITE']._serialized_end=2717
   _globals['_POLICY']._serialized_start=158
-  _globals['_POLICY']._serialized_end=504
-  _globals['_CREATEPOLICYREQUEST']._serialized_start=506
-  _globals['_CREATEPOLICYREQUEST']._serialized_end=585
-  _globals['_GETPOLICYREQUEST']._serialized_start=587
-  _globals['_GETPOLICYREQUEST']._serialized_end=617
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=619
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=706
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=708
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=792
-  _globals['_UPDATEPOLICYREQUEST']._serialized_start=794
-  _globals['_UPDATEPOLICYREQUEST']._serialized_end=899
-  _globals['_DELETEPOLICYREQUEST']._serialized_start=901
-  _globals['_DELETEPOLICYREQUEST']._serialized_end=948
-  _globals['_RULEERROR']._serialized_start=950
-  _globals['_RULEERROR']._serialized_end=1070
-  _globals['_VALIDATERULEREQUEST']._serialized_start=1072
-  _globals['_VALIDATERULEREQUEST']._serialized_end=1148
-  _globals['_VALIDATERULERESPONSE']._serialized_start=1151
-  _globals['_VALIDATERULERESPONSE']._serialized_end=1312
-  _globals['_CLAUSERESULT']._serialized_start=1314
-  _globals['_CLAUSERESULT']._serialized_end=1405
-  _globals['_EXPLANATION']._serialized_start=1407
-  _globals['_EXPLANATION']._serialized_end=1522
-  _globals['_EVALUATEREQUEST']._serialized_start=1524
-  _globals['_EVALUATEREQUEST']._serialized_end=1649
-  _globals['_POLICYRESULT']._serialized_start=1652
-  _globals['_POLICYRESULT']._serialized_end=1832
-  _globals['_EVALUATERESPONSE']._serialized_start=1834
-  _globals['_EVALUATERESPONSE']._serialized_end=1939
-  _globals['_EVALUATERULEREQUEST']._serialized_start=1941
-  _globals['_EVALUATERULEREQUEST']._serialized_end=2014
-  _globals['_EVALUATERULERESPONSE']._serialized_start=2016
-  _globals['_EVALUATERULERESPONSE']._serialized_end=2100
-  _globals['_GETFACTREQUIREMENTSREQUEST']._serialized_start=2102
-  _globals['_GETFACTREQUIREMENTSREQUEST']._serialized_end=2150
-  _globals['_FACTREQUIREMENTS']._serialized_start=2152
-  _globals['_FACTREQUIREMENTS']._serialized_end=2248
-  _globals['_POLICYSERVICE']._serialized_start=2251
-  _globals['_POLICYSERVICE']._serialized_end=2936
+  _globals['_POLICY']._serialized_end=697
+  _globals['_POLICYSOURCE']._serialized_start=699
+  _globals['_POLICYSOURCE']._serialized_end=751
+  _globals['_CREATEPOLICYREQUEST']._serialized_start=753
+  _globals['_CREATEPOLICYREQUEST']._serialized_end=832
+  _globals['_GETPOLICYREQUEST']._serialized_start=834
+  _globals['_GETPOLICYREQUEST']._serialized_end=864
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=867
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=997
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=999
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1083
+  _globals['_UPDATEPOLICYREQUEST']._serialized_start=1085
+  _globals['_UPDATEPOLICYREQUEST']._serialized_end=1190
+  _globals['_DELETEPOLICYREQUEST']._serialized_start=1192
+  _globals['_DELETEPOLICYREQUEST']._serialized_end=1239
+  _globals['_RULEERROR']._serialized_start=1241
+  _globals['_RULEERROR']._serialized_end=1361
+  _globals['_VALIDATERULEREQUEST']._serialized_start=1363
+  _globals['_VALIDATERULEREQUEST']._serialized_end=1439
+  _globals['_VALIDATERULERESPONSE']._serialized_start=1442
+  _globals['_VALIDATERULERESPONSE']._serialized_end=1603
+  _globals['_CLAUSERESULT']._serialized_start=1605
+  _globals['_CLAUSERESULT']._serialized_end=1696
+  _globals['_EXPLANATION']._serialized_start=1698
+  _globals['_EXPLANATION']._serialized_end=1813
+  _globals['_EVALUATEREQUEST']._serialized_start=1816
+  _globals['_EVALUATEREQUEST']._serialized_end=1959
+  _globals['_POLICYRESULT']._serialized_start=1962
+  _globals['_POLICYRESULT']._serialized_end=2200
+  _globals['_EVALUATERESPONSE']._serialized_start=2202
+  _globals['_EVALUATERESPONSE']._serialized_end=2307
+  _globals['_EVALUATERULEREQUEST']._serialized_start=2309
+  _globals['_EVALUATERULEREQUEST']._serialized_end=2382
+  _globals['_EVALUATERULERESPONSE']._serialized_start=2384
+  _globals['_EVALUATERULERESPONSE']._serialized_end=2468
+  _globals['_GETFACTREQUIREMENTSREQUEST']._serialized_start=2470
+  _globals['_GETFACTREQUIREMENTSREQUEST']._serialized_end=2536
+  _globals['_FACTREQUIREMENTS']._serialized_start=2538
+  _globals['_FACTREQUIREMENTS']._serialized_end=2634
+  _globals['_POLICYSERVICE']._serialized_start=2720
+  _globals['_POLICYSERVICE']._serialized_end=3405
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mirror.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -19,7 +20,35 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Overwrite:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OverwriteEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Overwrite.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OVERWRITE_UNSPECIFIED: _Overwrite.ValueType  # 0
+    """Same as OVERWRITE_ALWAYS."""
+    OVERWRITE_ALWAYS: _Overwrite.ValueType  # 1
+    """Move the destination tag to the new digest (DTR's behaviour)."""
+    OVERWRITE_NEVER: _Overwrite.ValueType  # 2
+    """Leave a destination tag that holds another digest alone; the run is SKIPPED and says so."""
+
+class Overwrite(_Overwrite, metaclass=_OverwriteEnumTypeWrapper): ...
+
+OVERWRITE_UNSPECIFIED: Overwrite.ValueType  # 0
+"""Same as OVERWRITE_ALWAYS."""
+OVERWRITE_ALWAYS: Overwrite.ValueType  # 1
+"""Move the destination tag to the new digest (DTR's behaviour)."""
+OVERWRITE_NEVER: Overwrite.ValueType  # 2
+"""Leave a destination tag that holds another digest alone; the run is SKIPPED and says so."""
+Global___Overwrite: _TypeAlias = Overwrite  # noqa: Y015
 
 @_typing.final
 class Policy(_message.Message):
@@ -38,12 +67,29 @@ class Policy(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     REQUIRED_FACTS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FIELD_NUMBER: _builtins.int
+    ALLOW_INCOMPLETE_FACTS_FIELD_NUMBER: _builtins.int
+    ACTIVE_SINCE_FIELD_NUMBER: _builtins.int
+    DISABLED_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned, immutable."""
     name: _builtins.str
     description: _builtins.str
-    source_repository: _builtins.str
-    """An exact repository name ("dev/website") or a glob ("dev/**", "dev/*")."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def source_repository(self) -> _builtins.str:
+        """Replaced by `source` {endpoint, repository}; a request that sets it is refused with
+        INVALID_ARGUMENT naming `source`. Never set in responses.
+        """
+
+    @source_repository.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def source_repository(self, value: _builtins.str) -> None:
+        """Replaced by `source` {endpoint, repository}; a request that sets it is refused with
+        INVALID_ARGUMENT naming `source`. Never set in responses.
+        """
+
     rule: _builtins.str
     """A rule in the policy language, e.g. `tag endswith "stable" and critical_vulns <= 3`."""
     tag_template: _builtins.str
@@ -53,6 +99,17 @@ class Policy(_message.Message):
     enabled: _builtins.bool
     etag: _builtins.str
     """Changes on every update; an update or delete carrying a stale etag fails with ABORTED."""
+    overwrite: Global___Overwrite.ValueType
+    """What to do when the destination tag already holds another digest."""
+    allow_incomplete_facts: _builtins.bool
+    """Fail open: evaluate component, license and vulnerability clauses even when the
+    vulnerability data is missing or stale or no package database was recognised in the
+    image. Default false: such a run is BLOCKED with the reason.
+    """
+    disabled_reason: _builtins.str
+    """Output only: why the server disabled the policy (e.g. the source migration could not
+    choose an endpoint). Cleared when the policy is updated.
+    """
     @_builtins.property
     def target(self) -> _common_pb2.Target: ...
     @_builtins.property
@@ -62,6 +119,18 @@ class Policy(_message.Message):
     @_builtins.property
     def required_facts(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.FactKind.ValueType]:
         """Fact kinds this policy's rule needs (output only)."""
+
+    @_builtins.property
+    def source(self) -> Global___PolicySource:
+        """Where the policy reads from: only pushes to this endpoint and repository trigger it, and
+        Apply and Reconcile read only this endpoint. Required.
+        """
+
+    @_builtins.property
+    def active_since(self) -> _timestamp_pb2.Timestamp:
+        """Output only: when the policy was created enabled or last enabled. Save acts on pushes
+        from this moment; Reconcile never mirrors tags that were already there before it.
+        """
 
     def __init__(
         self,
@@ -79,14 +148,45 @@ class Policy(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
         required_facts: _abc.Iterable[_common_pb2.FactKind.ValueType] | None = ...,
+        source: Global___PolicySource | None = ...,
+        overwrite: Global___Overwrite.ValueType = ...,
+        allow_incomplete_facts: _builtins.bool = ...,
+        active_since: _timestamp_pb2.Timestamp | None = ...,
+        disabled_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "target", b"target", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["active_since", b"active_since", "create_time", b"create_time", "source", b"source", "target", b"target", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "enabled", b"enabled", "etag", b"etag", "id", b"id", "name", b"name", "required_facts", b"required_facts", "rule", b"rule", "source_repository", b"source_repository", "tag_template", b"tag_template", "target", b"target", "time_zone", b"time_zone", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_since", b"active_since", "allow_incomplete_facts", b"allow_incomplete_facts", "create_time", b"create_time", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "etag", b"etag", "id", b"id", "name", b"name", "overwrite", b"overwrite", "required_facts", b"required_facts", "rule", b"rule", "source", b"source", "source_repository", b"source_repository", "tag_template", b"tag_template", "target", b"target", "time_zone", b"time_zone", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Policy: _TypeAlias = Policy  # noqa: Y015
+
+@_typing.final
+class PolicySource(_message.Message):
+    """A policy's source: one endpoint, and an exact repository or a glob in it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    """Name of a transfer-service endpoint (the source registry)."""
+    repository: _builtins.str
+    """An exact repository name ("dev/website") or a glob ("team/**", "team/*")."""
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+        repository: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "repository", b"repository"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicySource: _TypeAlias = PolicySource  # noqa: Y015
 
 @_typing.final
 class CreatePolicyRequest(_message.Message):
@@ -138,20 +238,28 @@ class ListPoliciesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     SOURCE_REPOSITORY_FIELD_NUMBER: _builtins.int
+    SOURCE_ENDPOINT_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     page_token: _builtins.str
     source_repository: _builtins.str
-    """Only policies whose source_repository equals this value or whose glob matches it."""
+    """Only policies whose source repository equals this value or whose glob matches it."""
+    source_endpoint: _builtins.str
+    """Only policies whose source endpoint is this one."""
+    endpoint: _builtins.str
+    """Only policies that use this endpoint as their source or their target."""
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         source_repository: _builtins.str = ...,
+        source_endpoint: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "source_repository", b"source_repository"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "page_size", b"page_size", "page_token", b"page_token", "source_endpoint", b"source_endpoint", "source_repository", b"source_repository"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -405,7 +513,10 @@ class EvaluateRequest(_message.Message):
     FACTS_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
     EVALUATION_TIME_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
     explain: _builtins.bool
+    endpoint: _builtins.str
+    """The endpoint the image is in: only policies whose source names it are evaluated. Required."""
     @_builtins.property
     def facts(self) -> _common_pb2.ImageFacts: ...
     @_builtins.property
@@ -418,10 +529,11 @@ class EvaluateRequest(_message.Message):
         facts: _common_pb2.ImageFacts | None = ...,
         explain: _builtins.bool = ...,
         evaluation_time: _timestamp_pb2.Timestamp | None = ...,
+        endpoint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation_time", b"evaluation_time", "facts", b"facts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_time", b"evaluation_time", "explain", b"explain", "facts", b"facts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "evaluation_time", b"evaluation_time", "explain", b"explain", "facts", b"facts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -438,6 +550,8 @@ class PolicyResult(_message.Message):
     TAG_FIELD_NUMBER: _builtins.int
     EXPLANATION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    BLOCKED_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FIELD_NUMBER: _builtins.int
     policy_id: _builtins.str
     policy_name: _builtins.str
     matched: _builtins.bool
@@ -445,6 +559,11 @@ class PolicyResult(_message.Message):
     """The rendered destination tag (only when matched)."""
     reason: _builtins.str
     """Why the policy did not match or could not be applied (missing facts, invalid rendered tag)."""
+    blocked: _builtins.bool
+    """The policy cannot be sure (missing or stale vulnerability data, unrecognised packages):
+    it must not copy; `reason` says why. `matched` is false.
+    """
+    overwrite: Global___Overwrite.ValueType
     @_builtins.property
     def target(self) -> _common_pb2.Target: ...
     @_builtins.property
@@ -459,10 +578,12 @@ class PolicyResult(_message.Message):
         tag: _builtins.str = ...,
         explanation: Global___Explanation | None = ...,
         reason: _builtins.str = ...,
+        blocked: _builtins.bool = ...,
+        overwrite: Global___Overwrite.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "matched", b"matched", "policy_id", b"policy_id", "policy_name", b"policy_name", "reason", b"reason", "tag", b"tag", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "explanation", b"explanation", "matched", b"matched", "overwrite", b"overwrite", "policy_id", b"policy_id", "policy_name", b"policy_name", "reason", b"reason", "tag", b"tag", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -545,15 +666,19 @@ class GetFactRequirementsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REPOSITORY_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
     repository: _builtins.str
+    endpoint: _builtins.str
+    """The endpoint the repository is in (only policies whose source names it count). Required."""
     def __init__(
         self,
         *,
         repository: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["repository", b"repository"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "repository", b"repository"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -193,10 +193,21 @@ class ScanReport(_message.Message):
     PLATFORMS_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    COMPONENTS_UNKNOWN_FIELD_NUMBER: _builtins.int
+    VULNERABILITY_DATA_TIME_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     digest: _builtins.str
     repository: _builtins.str
     database_version: _builtins.str
     size_bytes: _builtins.int
+    components_unknown: _builtins.bool
+    """No package database was recognised in the image's layers: its components are unknown
+    (not "none"), so component, license and vulnerability rules cannot be decided.
+    """
+    truncated: _builtins.bool
+    """The report was cut to the size limit (components or vulnerabilities left out); counts
+    still cover everything found.
+    """
     @_builtins.property
     def os(self) -> Global___OperatingSystem: ...
     @_builtins.property
@@ -215,6 +226,10 @@ class ScanReport(_message.Message):
     def platforms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def vulnerability_data_time(self) -> _timestamp_pb2.Timestamp:
+        """When the vulnerability data used for `counts` was last updated (unset: none loaded)."""
+
     def __init__(
         self,
         *,
@@ -230,14 +245,96 @@ class ScanReport(_message.Message):
         platforms: _abc.Iterable[_builtins.str] | None = ...,
         size_bytes: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        components_unknown: _builtins.bool = ...,
+        vulnerability_data_time: _timestamp_pb2.Timestamp | None = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "os", b"os", "scan_time", b"scan_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "os", b"os", "scan_time", b"scan_time", "vulnerability_data_time", b"vulnerability_data_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "counts", b"counts", "database_version", b"database_version", "digest", b"digest", "labels", b"labels", "os", b"os", "platforms", b"platforms", "repository", b"repository", "scan_time", b"scan_time", "size_bytes", b"size_bytes", "sources", b"sources", "vulnerabilities", b"vulnerabilities"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "components_unknown", b"components_unknown", "counts", b"counts", "database_version", b"database_version", "digest", b"digest", "labels", b"labels", "os", b"os", "platforms", b"platforms", "repository", b"repository", "scan_time", b"scan_time", "size_bytes", b"size_bytes", "sources", b"sources", "truncated", b"truncated", "vulnerabilities", b"vulnerabilities", "vulnerability_data_time", b"vulnerability_data_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScanReport: _TypeAlias = ScanReport  # noqa: Y015
+
+@_typing.final
+class GetVulnerabilityDatabaseStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVulnerabilityDatabaseStatusRequest: _TypeAlias = GetVulnerabilityDatabaseStatusRequest  # noqa: Y015
+
+@_typing.final
+class VulnerabilitySource(_message.Message):
+    """One source of vulnerability records (an OSV ecosystem such as "Debian:12" or "PyPI")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    records: _builtins.int
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        records: _builtins.int = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "records", b"records", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VulnerabilitySource: _TypeAlias = VulnerabilitySource  # noqa: Y015
+
+@_typing.final
+class VulnerabilityDatabaseStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOADED_FIELD_NUMBER: _builtins.int
+    DATABASE_VERSION_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    loaded: _builtins.bool
+    """False when no vulnerability record was ever imported."""
+    database_version: _builtins.str
+    records: _builtins.int
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the database last changed (the newest import)."""
+
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___VulnerabilitySource]: ...
+    def __init__(
+        self,
+        *,
+        loaded: _builtins.bool = ...,
+        database_version: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        records: _builtins.int = ...,
+        sources: _abc.Iterable[Global___VulnerabilitySource] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["database_version", b"database_version", "loaded", b"loaded", "records", b"records", "sources", b"sources", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VulnerabilityDatabaseStatus: _TypeAlias = VulnerabilityDatabaseStatus  # noqa: Y015
 
 @_typing.final
 class ImportVulnerabilitiesRequest(_message.Message):

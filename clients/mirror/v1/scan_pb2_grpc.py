@@ -55,6 +55,11 @@ class ScanServiceStub:
                 request_serializer=mirror_dot_v1_dot_scan__pb2.ImportReportRequest.SerializeToString,
                 response_deserializer=mirror_dot_v1_dot_scan__pb2.ScanReport.FromString,
                 _registered_method=True)
+        self.GetVulnerabilityDatabaseStatus = channel.unary_unary(
+                '/mirror.v1.ScanService/GetVulnerabilityDatabaseStatus',
+                request_serializer=mirror_dot_v1_dot_scan__pb2.GetVulnerabilityDatabaseStatusRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_scan__pb2.VulnerabilityDatabaseStatus.FromString,
+                _registered_method=True)
 
 
 class ScanServiceServicer:
@@ -88,6 +93,13 @@ class ScanServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetVulnerabilityDatabaseStatus(self, request, context):
+        """Sources, record counts and age of the vulnerability data (mirrorctl vulndb status).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScanServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +122,11 @@ def add_ScanServiceServicer_to_server(servicer, server):
                     servicer.ImportReport,
                     request_deserializer=mirror_dot_v1_dot_scan__pb2.ImportReportRequest.FromString,
                     response_serializer=mirror_dot_v1_dot_scan__pb2.ScanReport.SerializeToString,
+            ),
+            'GetVulnerabilityDatabaseStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVulnerabilityDatabaseStatus,
+                    request_deserializer=mirror_dot_v1_dot_scan__pb2.GetVulnerabilityDatabaseStatusRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_scan__pb2.VulnerabilityDatabaseStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +238,33 @@ class ScanService:
             '/mirror.v1.ScanService/ImportReport',
             mirror_dot_v1_dot_scan__pb2.ImportReportRequest.SerializeToString,
             mirror_dot_v1_dot_scan__pb2.ScanReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVulnerabilityDatabaseStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.ScanService/GetVulnerabilityDatabaseStatus',
+            mirror_dot_v1_dot_scan__pb2.GetVulnerabilityDatabaseStatusRequest.SerializeToString,
+            mirror_dot_v1_dot_scan__pb2.VulnerabilityDatabaseStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,8 @@ class ScanServiceStub:
     ImportVulnerabilities: _grpc.UnaryUnaryMultiCallable[_scan_pb2.ImportVulnerabilitiesRequest, _scan_pb2.ImportVulnerabilitiesResponse]
     ImportReport: _grpc.UnaryUnaryMultiCallable[_scan_pb2.ImportReportRequest, _scan_pb2.ScanReport]
     """A report made by another scanner (CycloneDX, SPDX or Trivy JSON) for an image digest."""
+    GetVulnerabilityDatabaseStatus: _grpc.UnaryUnaryMultiCallable[_scan_pb2.GetVulnerabilityDatabaseStatusRequest, _scan_pb2.VulnerabilityDatabaseStatus]
+    """Sources, record counts and age of the vulnerability data (mirrorctl vulndb status)."""
 
 @_typing.type_check_only
 class ScanServiceAsyncStub(ScanServiceStub):
@@ -55,6 +57,8 @@ class ScanServiceAsyncStub(ScanServiceStub):
     ImportVulnerabilities: _aio.UnaryUnaryMultiCallable[_scan_pb2.ImportVulnerabilitiesRequest, _scan_pb2.ImportVulnerabilitiesResponse]  # type: ignore[assignment]
     ImportReport: _aio.UnaryUnaryMultiCallable[_scan_pb2.ImportReportRequest, _scan_pb2.ScanReport]  # type: ignore[assignment]
     """A report made by another scanner (CycloneDX, SPDX or Trivy JSON) for an image digest."""
+    GetVulnerabilityDatabaseStatus: _aio.UnaryUnaryMultiCallable[_scan_pb2.GetVulnerabilityDatabaseStatusRequest, _scan_pb2.VulnerabilityDatabaseStatus]  # type: ignore[assignment]
+    """Sources, record counts and age of the vulnerability data (mirrorctl vulndb status)."""
 
 class ScanServiceServicer(metaclass=_abc_1.ABCMeta):
     """Turns an image into facts: components, licenses, vulnerabilities."""
@@ -90,5 +94,13 @@ class ScanServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scan_pb2.ScanReport, _abc.Awaitable[_scan_pb2.ScanReport]]:
         """A report made by another scanner (CycloneDX, SPDX or Trivy JSON) for an image digest."""
+
+    @_abc_1.abstractmethod
+    def GetVulnerabilityDatabaseStatus(
+        self,
+        request: _scan_pb2.GetVulnerabilityDatabaseStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scan_pb2.VulnerabilityDatabaseStatus, _abc.Awaitable[_scan_pb2.VulnerabilityDatabaseStatus]]:
+        """Sources, record counts and age of the vulnerability data (mirrorctl vulndb status)."""
 
 def add_ScanServiceServicer_to_server(servicer: ScanServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,57 +28,61 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mirror.v1 import common_pb2 as mirror_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mirror/v1/transfer.proto\x12\tmirror.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mirror/v1/common.proto\"\xc8\x02\n\x08\x45ndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x0e\n\x06secret\x18\x04 \x01(\t\x12\x12\n\nhas_secret\x18\x05 \x01(\x08\x12\x0e\n\x06\x63\x61_pem\x18\x06 \x01(\t\x12\x1c\n\x14insecure_skip_verify\x18\x07 \x01(\x08\x12\x17\n\x0fmax_concurrency\x18\x08 \x01(\x05\x12\x1b\n\x13requests_per_second\x18\t \x01(\x01\x12\x14\n\x0cscan_on_push\x18\n \x01(\x08\x12\x0f\n\x07\x61liases\x18\x0b \x03(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\x15\x43reateEndpointRequest\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.mirror.v1.Endpoint\"\"\n\x12GetEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x14ListEndpointsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x15ListEndpointsResponse\x12&\n\tendpoints\x18\x01 \x03(\x0b\x32\x13.mirror.v1.Endpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"o\n\x15UpdateEndpointRequest\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.mirror.v1.Endpoint\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"%\n\x15\x44\x65leteEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x15TestConnectionRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x12\n\ncheck_push\x18\x03 \x01(\x08\"\xec\x02\n\x0f\x43onnectionCheck\x12-\n\x04step\x18\x01 \x01(\x0e\x32\x1f.mirror.v1.ConnectionCheck.Step\x12\x31\n\x06result\x18\x02 \x01(\x0e\x32!.mirror.v1.ConnectionCheck.Result\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x8d\x01\n\x04Step\x12\x14\n\x10STEP_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTEP_REACHABLE\x10\x01\x12\x15\n\x11STEP_TLS_VERIFIED\x10\x02\x12\x16\n\x12STEP_AUTHENTICATED\x10\x03\x12\x15\n\x11STEP_PULL_ALLOWED\x10\x04\x12\x15\n\x11STEP_PUSH_ALLOWED\x10\x05\"V\n\x06Result\x12\x16\n\x12RESULT_UNSPECIFIED\x10\x00\x12\r\n\tRESULT_OK\x10\x01\x12\x11\n\rRESULT_FAILED\x10\x02\x12\x12\n\x0eRESULT_SKIPPED\x10\x03\"P\n\x16TestConnectionResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12*\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x1a.mirror.v1.ConnectionCheck\"@\n\x0fTransferOptions\x12\x11\n\tplatforms\x18\x01 \x03(\t\x12\x1a\n\x12\x66\x61il_if_tag_exists\x18\x02 \x01(\x08\"H\n\x13TransferDestination\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\"\xbb\x01\n\x14StartTransferRequest\x12(\n\x06source\x18\x01 \x01(\x0b\x32\x18.mirror.v1.ImageLocation\x12\x33\n\x0b\x64\x65stination\x18\x02 \x01(\x0b\x32\x1e.mirror.v1.TransferDestination\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.mirror.v1.TransferOptions\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"\xfe\x05\n\x08Transfer\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.mirror.v1.Transfer.State\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x06source\x18\x04 \x01(\x0b\x32\x18.mirror.v1.ImageLocation\x12\x33\n\x0b\x64\x65stination\x18\x05 \x01(\x0b\x32\x1e.mirror.v1.TransferDestination\x12+\n\x07options\x18\x06 \x01(\x0b\x32\x1a.mirror.v1.TransferOptions\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x0e\n\x06\x64igest\x18\x08 \x01(\t\x12\x12\n\nmedia_type\x18\t \x01(\t\x12\x13\n\x0b\x62ytes_total\x18\n \x01(\x03\x12\x12\n\nbytes_done\x18\x0b \x01(\x03\x12\x15\n\rbytes_skipped\x18\x0c \x01(\x03\x12\x13\n\x0b\x62lobs_total\x18\r \x01(\x05\x12\x12\n\nblobs_done\x18\x0e \x01(\x05\x12\x15\n\rblobs_skipped\x18\x0f \x01(\x05\x12\x15\n\rblobs_mounted\x18\x10 \x01(\x05\x12\x17\n\x0fmanifests_total\x18\x11 \x01(\x05\x12\x16\n\x0emanifests_done\x18\x12 \x01(\x05\x12\x10\n\x08\x61ttempts\x18\x13 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_WAITING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x0e\n\nSTATE_DONE\x10\x03\x12\x0f\n\x0bSTATE_ERROR\x10\x04\x12\x12\n\x0eSTATE_CANCELED\x10\x05\" \n\x12GetTransferRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x9a\x01\n\x14ListTransfersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12)\n\x06states\x18\x03 \x03(\x0e\x32\x19.mirror.v1.Transfer.State\x12\x1c\n\x14\x64\x65stination_endpoint\x18\x04 \x01(\t\x12\x12\n\nrepository\x18\x05 \x01(\t\"X\n\x15ListTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.mirror.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14WatchTransferRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x15\x43\x61ncelTransferRequest\x12\n\n\x02id\x18\x01 \x01(\t2\xcd\x06\n\x0fTransferService\x12G\n\x0e\x43reateEndpoint\x12 .mirror.v1.CreateEndpointRequest\x1a\x13.mirror.v1.Endpoint\x12\x41\n\x0bGetEndpoint\x12\x1d.mirror.v1.GetEndpointRequest\x1a\x13.mirror.v1.Endpoint\x12R\n\rListEndpoints\x12\x1f.mirror.v1.ListEndpointsRequest\x1a .mirror.v1.ListEndpointsResponse\x12G\n\x0eUpdateEndpoint\x12 .mirror.v1.UpdateEndpointRequest\x1a\x13.mirror.v1.Endpoint\x12J\n\x0e\x44\x65leteEndpoint\x12 .mirror.v1.DeleteEndpointRequest\x1a\x16.google.protobuf.Empty\x12U\n\x0eTestConnection\x12 .mirror.v1.TestConnectionRequest\x1a!.mirror.v1.TestConnectionResponse\x12\x45\n\rStartTransfer\x12\x1f.mirror.v1.StartTransferRequest\x1a\x13.mirror.v1.Transfer\x12\x41\n\x0bGetTransfer\x12\x1d.mirror.v1.GetTransferRequest\x1a\x13.mirror.v1.Transfer\x12R\n\rListTransfers\x12\x1f.mirror.v1.ListTransfersRequest\x1a .mirror.v1.ListTransfersResponse\x12G\n\rWatchTransfer\x12\x1f.mirror.v1.WatchTransferRequest\x1a\x13.mirror.v1.Transfer0\x01\x12G\n\x0e\x43\x61ncelTransfer\x12 .mirror.v1.CancelTransferRequest\x1a\x13.mirror.v1.Transferb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mirror/v1/transfer.proto\x12\tmirror.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mirror/v1/common.proto\">\n\x1aVerifyWebhookSecretRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\"E\n\x1bVerifyWebhookSecretResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x1a\n\x12has_webhook_secret\x18\x02 \x01(\x08\"\xfc\x02\n\x08\x45ndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x0e\n\x06secret\x18\x04 \x01(\t\x12\x12\n\nhas_secret\x18\x05 \x01(\x08\x12\x0e\n\x06\x63\x61_pem\x18\x06 \x01(\t\x12\x1c\n\x14insecure_skip_verify\x18\x07 \x01(\x08\x12\x17\n\x0fmax_concurrency\x18\x08 \x01(\x05\x12\x1b\n\x13requests_per_second\x18\t \x01(\x01\x12\x14\n\x0cscan_on_push\x18\n \x01(\x08\x12\x0f\n\x07\x61liases\x18\x0b \x03(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ewebhook_secret\x18\x0e \x01(\t\x12\x1a\n\x12has_webhook_secret\x18\x0f \x01(\x08\">\n\x15\x43reateEndpointRequest\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.mirror.v1.Endpoint\"\"\n\x12GetEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x14ListEndpointsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x15ListEndpointsResponse\x12&\n\tendpoints\x18\x01 \x03(\x0b\x32\x13.mirror.v1.Endpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"o\n\x15UpdateEndpointRequest\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.mirror.v1.Endpoint\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"%\n\x15\x44\x65leteEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x15TestConnectionRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x12\n\ncheck_push\x18\x03 \x01(\x08\"\xec\x02\n\x0f\x43onnectionCheck\x12-\n\x04step\x18\x01 \x01(\x0e\x32\x1f.mirror.v1.ConnectionCheck.Step\x12\x31\n\x06result\x18\x02 \x01(\x0e\x32!.mirror.v1.ConnectionCheck.Result\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x8d\x01\n\x04Step\x12\x14\n\x10STEP_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTEP_REACHABLE\x10\x01\x12\x15\n\x11STEP_TLS_VERIFIED\x10\x02\x12\x16\n\x12STEP_AUTHENTICATED\x10\x03\x12\x15\n\x11STEP_PULL_ALLOWED\x10\x04\x12\x15\n\x11STEP_PUSH_ALLOWED\x10\x05\"V\n\x06Result\x12\x16\n\x12RESULT_UNSPECIFIED\x10\x00\x12\r\n\tRESULT_OK\x10\x01\x12\x11\n\rRESULT_FAILED\x10\x02\x12\x12\n\x0eRESULT_SKIPPED\x10\x03\"P\n\x16TestConnectionResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12*\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x1a.mirror.v1.ConnectionCheck\"T\n\x0fTransferOptions\x12\x11\n\tplatforms\x18\x01 \x03(\t\x12\x1a\n\x12\x66\x61il_if_tag_exists\x18\x02 \x01(\x08\x12\x12\n\nsource_tag\x18\x03 \x01(\t\"H\n\x13TransferDestination\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\"\xbb\x01\n\x14StartTransferRequest\x12(\n\x06source\x18\x01 \x01(\x0b\x32\x18.mirror.v1.ImageLocation\x12\x33\n\x0b\x64\x65stination\x18\x02 \x01(\x0b\x32\x1e.mirror.v1.TransferDestination\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.mirror.v1.TransferOptions\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"\xcc\x06\n\x08Transfer\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.mirror.v1.Transfer.State\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x06source\x18\x04 \x01(\x0b\x32\x18.mirror.v1.ImageLocation\x12\x33\n\x0b\x64\x65stination\x18\x05 \x01(\x0b\x32\x1e.mirror.v1.TransferDestination\x12+\n\x07options\x18\x06 \x01(\x0b\x32\x1a.mirror.v1.TransferOptions\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x0e\n\x06\x64igest\x18\x08 \x01(\t\x12\x12\n\nmedia_type\x18\t \x01(\t\x12\x13\n\x0b\x62ytes_total\x18\n \x01(\x03\x12\x12\n\nbytes_done\x18\x0b \x01(\x03\x12\x15\n\rbytes_skipped\x18\x0c \x01(\x03\x12\x13\n\x0b\x62lobs_total\x18\r \x01(\x05\x12\x12\n\nblobs_done\x18\x0e \x01(\x05\x12\x15\n\rblobs_skipped\x18\x0f \x01(\x05\x12\x15\n\rblobs_mounted\x18\x10 \x01(\x05\x12\x17\n\x0fmanifests_total\x18\x11 \x01(\x05\x12\x16\n\x0emanifests_done\x18\x12 \x01(\x05\x12\x10\n\x08\x61ttempts\x18\x13 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_WAITING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x0e\n\nSTATE_DONE\x10\x03\x12\x0f\n\x0bSTATE_ERROR\x10\x04\x12\x12\n\x0eSTATE_CANCELED\x10\x05\x12\x14\n\x10STATE_SUPERSEDED\x10\x06\" \n\x12GetTransferRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x9a\x01\n\x14ListTransfersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12)\n\x06states\x18\x03 \x03(\x0e\x32\x19.mirror.v1.Transfer.State\x12\x1c\n\x14\x64\x65stination_endpoint\x18\x04 \x01(\t\x12\x12\n\nrepository\x18\x05 \x01(\t\"X\n\x15ListTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.mirror.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14WatchTransferRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x15\x43\x61ncelTransferRequest\x12\n\n\x02id\x18\x01 \x01(\t2\xb3\x07\n\x0fTransferService\x12G\n\x0e\x43reateEndpoint\x12 .mirror.v1.CreateEndpointRequest\x1a\x13.mirror.v1.Endpoint\x12\x41\n\x0bGetEndpoint\x12\x1d.mirror.v1.GetEndpointRequest\x1a\x13.mirror.v1.Endpoint\x12R\n\rListEndpoints\x12\x1f.mirror.v1.ListEndpointsRequest\x1a .mirror.v1.ListEndpointsResponse\x12G\n\x0eUpdateEndpoint\x12 .mirror.v1.UpdateEndpointRequest\x1a\x13.mirror.v1.Endpoint\x12J\n\x0e\x44\x65leteEndpoint\x12 .mirror.v1.DeleteEndpointRequest\x1a\x16.google.protobuf.Empty\x12U\n\x0eTestConnection\x12 .mirror.v1.TestConnectionRequest\x1a!.mirror.v1.TestConnectionResponse\x12\x45\n\rStartTransfer\x12\x1f.mirror.v1.StartTransferRequest\x1a\x13.mirror.v1.Transfer\x12\x41\n\x0bGetTransfer\x12\x1d.mirror.v1.GetTransferRequest\x1a\x13.mirror.v1.Transfer\x12R\n\rListTransfers\x12\x1f.mirror.v1.ListTransfersRequest\x1a .mirror.v1.ListTransfersResponse\x12G\n\rWatchTransfer\x12\x1f.mirror.v1.WatchTransferRequest\x1a\x13.mirror.v1.Transfer0\x01\x12G\n\x0e\x43\x61ncelTransfer\x12 .mirror.v1.CancelTransferRequest\x1a\x13.mirror.v1.Transfer\x12\x64\n\x13VerifyWebhookSecret\x12%.mirror.v1.VerifyWebhookSecretRequest\x1a&.mirror.v1.VerifyWebhookSecretResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mirror.v1.transfer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENDPOINT']._serialized_start=160
-  _globals['_ENDPOINT']._serialized_end=488
-  _globals['_CREATEENDPOINTREQUEST']._serialized_start=490
-  _globals['_CREATEENDPOINTREQUEST']._serialized_end=552
-  _globals['_GETENDPOINTREQUEST']._serialized_start=554
-  _globals['_GETENDPOINTREQUEST']._serialized_end=588
-  _globals['_LISTENDPOINTSREQUEST']._serialized_start=590
-  _globals['_LISTENDPOINTSREQUEST']._serialized_end=651
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=653
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=741
-  _globals['_UPDATEENDPOINTREQUEST']._serialized_start=743
-  _globals['_UPDATEENDPOINTREQUEST']._serialized_end=854
-  _globals['_DELETEENDPOINTREQUEST']._serialized_start=856
-  _globals['_DELETEENDPOINTREQUEST']._serialized_end=893
-  _globals['_TESTCONNECTIONREQUEST']._serialized_start=895
-  _globals['_TESTCONNECTIONREQUEST']._serialized_end=976
-  _globals['_CONNECTIONCHECK']._serialized_start=979
-  _globals['_CONNECTIONCHECK']._serialized_end=1343
-  _globals['_CONNECTIONCHECK_STEP']._serialized_start=1114
-  _globals['_CONNECTIONCHECK_STEP']._serialized_end=1255
-  _globals['_CONNECTIONCHECK_RESULT']._serialized_start=1257
-  _globals['_CONNECTIONCHECK_RESULT']._serialized_end=1343
-  _globals['_TESTCONNECTIONRESPONSE']._serialized_start=1345
-  _globals['_TESTCONNECTIONRESPONSE']._serialized_end=1425
-  _globals['_TRANSFEROPTIONS']._serialized_start=1427
-  _globals['_TRANSFEROPTIONS']._serialized_end=1491
-  _globals['_TRANSFERDESTINATION']._serialized_start=1493
-  _globals['_TRANSFERDESTINATION']._serialized_end=1565
-  _globals['_STARTTRANSFERREQUEST']._serialized_start=1568
-  _globals['_STARTTRANSFERREQUEST']._serialized_end=1755
-  _globals['_TRANSFER']._serialized_start=1758
-  _globals['_TRANSFER']._serialized_end=2524
-  _globals['_TRANSFER_STATE']._serialized_start=2403
-  _globals['_TRANSFER_STATE']._serialized_end=2524
-  _globals['_GETTRANSFERREQUEST']._serialized_start=2526
-  _globals['_GETTRANSFERREQUEST']._serialized_end=2558
-  _globals['_LISTTRANSFERSREQUEST']._serialized_start=2561
-  _globals['_LISTTRANSFERSREQUEST']._serialized_end=2715
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=2717
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=2805
-  _globals['_WATCHTRANSFERREQUEST']._serialized_start=2807
-  _globals['_WATCHTRANSFERREQUEST']._serialized_end=2841
-  _globals['_CANCELTRANSFERREQUEST']._serialized_start=2843
-  _globals['_CANCELTRANSFERREQUEST']._serialized_end=2878
-  _globals['_TRANSFERSERVICE']._serialized_start=2881
-  _globals['_TRANSFERSERVICE']._serialized_end=3726
+  _globals['_VERIFYWEBHOOKSECRETREQUEST']._serialized_start=159
+  _globals['_VERIFYWEBHOOKSECRETREQUEST']._serialized_end=221
+  _globals['_VERIFYWEBHOOKSECRETRESPONSE']._serialized_start=223
+  _globals['_VERIFYWEBHOOKSECRETRESPONSE']._serialized_end=292
+  _globals['_ENDPOINT']._serialized_start=295
+  _globals['_ENDPOINT']._serialized_end=675
+  _globals['_CREATEENDPOINTREQUEST']._serialized_start=677
+  _globals['_CREATEENDPOINTREQUEST']._serialized_end=739
+  _globals['_GETENDPOINTREQUEST']._serialized_start=741
+  _globals['_GETENDPOINTREQUEST']._serialized_end=775
+  _globals['_LISTENDPOINTSREQUEST']._serialized_start=777
+  _globals['_LISTENDPOINTSREQUEST']._serialized_end=838
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=840
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=928
+  _globals['_UPDATEENDPOINTREQUEST']._serialized_start=930
+  _globals['_UPDATEENDPOINTREQUEST']._serialized_end=1041
+  _globals['_DELETEENDPOINTREQUEST']._serialized_start=1043
+  _globals['_DELETEENDPOINTREQUEST']._serialized_end=1080
+  _globals['_TESTCONNECTIONREQUEST']._serialized_start=1082
+  _globals['_TESTCONNECTIONREQUEST']._serialized_end=1163
+  _globals['_CONNECTIONCHECK']._serialized_start=1166
+  _globals['_CONNECTIONCHECK']._serialized_end=1530
+  _globals['_CONNECTIONCHECK_STEP']._serialized_start=1301
+  _globals['_CONNECTIONCHECK_STEP']._serialized_end=1442
+  _globals['_CONNECTIONCHECK_RESULT']._serialized_start=1444
+  _globals['_CONNECTIONCHECK_RESULT']._serialized_end=1530
+  _globals['_TESTCONNECTIONRESPONSE']._serialized_start=1532
+  _globals['_TESTCONNECTIONRESPONSE']._serialized_end=1612
+  _globals['_TRANSFEROPTIONS']._serialized_start=1614
+  _globals['_TRANSFEROPTIONS']._serialized_end=1698
+  _globals['_TRANSFERDESTINATION']._serialized_start=1700
+  _globals['_TRANSFERDESTINATION']._serialized_end=1772
+  _globals['_STARTTRANSFERREQUEST']._serialized_start=1775
+  _globals['_STARTTRANSFERREQUEST']._serialized_end=1962
+  _globals['_TRANSFER']._serialized_start=1965
+  _globals['_TRANSFER']._serialized_end=2809
+  _globals['_TRANSFER_STATE']._serialized_start=2666
+  _globals['_TRANSFER_STATE']._serialized_end=2809
+  _globals['_GETTRANSFERREQUEST']._serialized_start=2811
+  _globals['_GETTRANSFERREQUEST']._serialized_end=2843
+  _globals['_LISTTRANSFERSREQUEST']._serialized_start=2846
+  _globals['_LISTTRANSFERSREQUEST']._serialized_end=3000
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=3002
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=3090
+  _globals['_WATCHTRANSFERREQUEST']._serialized_start=3092
+  _globals['_WATCHTRANSFERREQUEST']._serialized_end=3126
+  _globals['_CANCELTRANSFERREQUEST']._serialized_start=3128
+  _globals['_CANCELTRANSFERREQUEST']._serialized_end=3163
+  _globals['_TRANSFERSERVICE']._serialized_start=3166
+  _globals['_TRANSFERSERVICE']._serialized_end=4113
 # @@protoc_insertion_point(module_scope)

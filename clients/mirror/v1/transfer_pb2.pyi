@@ -23,6 +23,51 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class VerifyWebhookSecretRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    secret: _builtins.str
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyWebhookSecretRequest: _TypeAlias = VerifyWebhookSecretRequest  # noqa: Y015
+
+@_typing.final
+class VerifyWebhookSecretResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    HAS_WEBHOOK_SECRET_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    """False also when the endpoint has no webhook secret."""
+    has_webhook_secret: _builtins.bool
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        has_webhook_secret: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_webhook_secret", b"has_webhook_secret", "ok", b"ok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyWebhookSecretResponse: _TypeAlias = VerifyWebhookSecretResponse  # noqa: Y015
+
+@_typing.final
 class Endpoint(_message.Message):
     """A registry the service can pull from or push to."""
 
@@ -41,6 +86,8 @@ class Endpoint(_message.Message):
     ALIASES_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    WEBHOOK_SECRET_FIELD_NUMBER: _builtins.int
+    HAS_WEBHOOK_SECRET_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique, e.g. "qa". Lowercase letters, digits, '-' and '_'."""
     url: _builtins.str
@@ -59,6 +106,13 @@ class Endpoint(_message.Message):
     """Limit of requests per second to this registry (0: unlimited)."""
     scan_on_push: _builtins.bool
     """The registry scans images on push: the scanner scans mirrored images after they arrive."""
+    webhook_secret: _builtins.str
+    """Bearer token this registry's notifications must carry to be accepted by the gateway
+    (its `Authorization: Bearer <token>` header). Input only, like `secret`: stored encrypted,
+    never returned; see has_webhook_secret.
+    """
+    has_webhook_secret: _builtins.bool
+    """Output only."""
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Other host[:port] names under which the registry reports itself in push events
@@ -85,10 +139,12 @@ class Endpoint(_message.Message):
         aliases: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        webhook_secret: _builtins.str = ...,
+        has_webhook_secret: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "ca_pem", b"ca_pem", "create_time", b"create_time", "has_secret", b"has_secret", "insecure_skip_verify", b"insecure_skip_verify", "max_concurrency", b"max_concurrency", "name", b"name", "requests_per_second", b"requests_per_second", "scan_on_push", b"scan_on_push", "secret", b"secret", "update_time", b"update_time", "url", b"url", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "ca_pem", b"ca_pem", "create_time", b"create_time", "has_secret", b"has_secret", "has_webhook_secret", b"has_webhook_secret", "insecure_skip_verify", b"insecure_skip_verify", "max_concurrency", b"max_concurrency", "name", b"name", "requests_per_second", b"requests_per_second", "scan_on_push", b"scan_on_push", "secret", b"secret", "update_time", b"update_time", "url", b"url", "username", b"username", "webhook_secret", b"webhook_secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -342,8 +398,14 @@ class TransferOptions(_message.Message):
 
     PLATFORMS_FIELD_NUMBER: _builtins.int
     FAIL_IF_TAG_EXISTS_FIELD_NUMBER: _builtins.int
+    SOURCE_TAG_FIELD_NUMBER: _builtins.int
     fail_if_tag_exists: _builtins.bool
     """Fail when the destination tag exists with another digest (default: overwrite)."""
+    source_tag: _builtins.str
+    """When set, the destination tag is written only if this source tag still points at the
+    copied digest just before the tag is written; otherwise the job ends SUPERSEDED and the
+    destination tag is left as it was (a newer push of the tag wins).
+    """
     @_builtins.property
     def platforms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Copy only these platforms of an index ("linux/amd64", "linux/arm64/v8"); empty: all."""
@@ -353,10 +415,11 @@ class TransferOptions(_message.Message):
         *,
         platforms: _abc.Iterable[_builtins.str] | None = ...,
         fail_if_tag_exists: _builtins.bool = ...,
+        source_tag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fail_if_tag_exists", b"fail_if_tag_exists", "platforms", b"platforms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fail_if_tag_exists", b"fail_if_tag_exists", "platforms", b"platforms", "source_tag", b"source_tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -436,6 +499,10 @@ class Transfer(_message.Message):
         STATE_DONE: Transfer._State.ValueType  # 3
         STATE_ERROR: Transfer._State.ValueType  # 4
         STATE_CANCELED: Transfer._State.ValueType  # 5
+        STATE_SUPERSEDED: Transfer._State.ValueType  # 6
+        """The source tag moved on before the destination tag was written (options.source_tag):
+        nothing was tagged; message names the digest the tag points to now.
+        """
 
     class State(_State, metaclass=_StateEnumTypeWrapper): ...
     STATE_UNSPECIFIED: Transfer.State.ValueType  # 0
@@ -444,6 +511,10 @@ class Transfer(_message.Message):
     STATE_DONE: Transfer.State.ValueType  # 3
     STATE_ERROR: Transfer.State.ValueType  # 4
     STATE_CANCELED: Transfer.State.ValueType  # 5
+    STATE_SUPERSEDED: Transfer.State.ValueType  # 6
+    """The source tag moved on before the destination tag was written (options.source_tag):
+    nothing was tagged; message names the digest the tag points to now.
+    """
 
     ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
@@ -467,6 +538,7 @@ class Transfer(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___Transfer.State.ValueType
     message: _builtins.str
@@ -496,6 +568,12 @@ class Transfer(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """A WAITING job that ran out of quick retries against an unreachable registry is tried
+        again at this time (backoff up to hours); unset otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -521,10 +599,11 @@ class Transfer(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "destination", b"destination", "end_time", b"end_time", "options", b"options", "source", b"source", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "destination", b"destination", "end_time", b"end_time", "next_attempt_time", b"next_attempt_time", "options", b"options", "source", b"source", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "blobs_done", b"blobs_done", "blobs_mounted", b"blobs_mounted", "blobs_skipped", b"blobs_skipped", "blobs_total", b"blobs_total", "bytes_done", b"bytes_done", "bytes_skipped", b"bytes_skipped", "bytes_total", b"bytes_total", "create_time", b"create_time", "destination", b"destination", "digest", b"digest", "end_time", b"end_time", "id", b"id", "idempotency_key", b"idempotency_key", "manifests_done", b"manifests_done", "manifests_total", b"manifests_total", "media_type", b"media_type", "message", b"message", "options", b"options", "source", b"source", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "blobs_done", b"blobs_done", "blobs_mounted", b"blobs_mounted", "blobs_skipped", b"blobs_skipped", "blobs_total", b"blobs_total", "bytes_done", b"bytes_done", "bytes_skipped", b"bytes_skipped", "bytes_total", b"bytes_total", "create_time", b"create_time", "destination", b"destination", "digest", b"digest", "end_time", b"end_time", "id", b"id", "idempotency_key", b"idempotency_key", "manifests_done", b"manifests_done", "manifests_total", b"manifests_total", "media_type", b"media_type", "message", b"message", "next_attempt_time", b"next_attempt_time", "options", b"options", "source", b"source", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

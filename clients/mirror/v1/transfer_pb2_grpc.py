@@ -91,6 +91,11 @@ class TransferServiceStub:
                 request_serializer=mirror_dot_v1_dot_transfer__pb2.CancelTransferRequest.SerializeToString,
                 response_deserializer=mirror_dot_v1_dot_transfer__pb2.Transfer.FromString,
                 _registered_method=True)
+        self.VerifyWebhookSecret = channel.unary_unary(
+                '/mirror.v1.TransferService/VerifyWebhookSecret',
+                request_serializer=mirror_dot_v1_dot_transfer__pb2.VerifyWebhookSecretRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_transfer__pb2.VerifyWebhookSecretResponse.FromString,
+                _registered_method=True)
 
 
 class TransferServiceServicer:
@@ -165,6 +170,14 @@ class TransferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyWebhookSecret(self, request, context):
+        """Whether `secret` is the endpoint's webhook secret (the gateway authenticates registry
+        notifications with it; the stored value never leaves the transfer service).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +235,11 @@ def add_TransferServiceServicer_to_server(servicer, server):
                     servicer.CancelTransfer,
                     request_deserializer=mirror_dot_v1_dot_transfer__pb2.CancelTransferRequest.FromString,
                     response_serializer=mirror_dot_v1_dot_transfer__pb2.Transfer.SerializeToString,
+            ),
+            'VerifyWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyWebhookSecret,
+                    request_deserializer=mirror_dot_v1_dot_transfer__pb2.VerifyWebhookSecretRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_transfer__pb2.VerifyWebhookSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -522,6 +540,33 @@ class TransferService:
             '/mirror.v1.TransferService/CancelTransfer',
             mirror_dot_v1_dot_transfer__pb2.CancelTransferRequest.SerializeToString,
             mirror_dot_v1_dot_transfer__pb2.Transfer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.TransferService/VerifyWebhookSecret',
+            mirror_dot_v1_dot_transfer__pb2.VerifyWebhookSecretRequest.SerializeToString,
+            mirror_dot_v1_dot_transfer__pb2.VerifyWebhookSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,10 @@ class TransferServiceStub:
     WatchTransfer: _grpc.UnaryStreamMultiCallable[_transfer_pb2.WatchTransferRequest, _transfer_pb2.Transfer]
     """Streams the transfer's progress until it reaches a final state."""
     CancelTransfer: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.CancelTransferRequest, _transfer_pb2.Transfer]
+    VerifyWebhookSecret: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.VerifyWebhookSecretRequest, _transfer_pb2.VerifyWebhookSecretResponse]
+    """Whether `secret` is the endpoint's webhook secret (the gateway authenticates registry
+    notifications with it; the stored value never leaves the transfer service).
+    """
 
 @_typing.type_check_only
 class TransferServiceAsyncStub(TransferServiceStub):
@@ -66,6 +70,10 @@ class TransferServiceAsyncStub(TransferServiceStub):
     WatchTransfer: _aio.UnaryStreamMultiCallable[_transfer_pb2.WatchTransferRequest, _transfer_pb2.Transfer]  # type: ignore[assignment]
     """Streams the transfer's progress until it reaches a final state."""
     CancelTransfer: _aio.UnaryUnaryMultiCallable[_transfer_pb2.CancelTransferRequest, _transfer_pb2.Transfer]  # type: ignore[assignment]
+    VerifyWebhookSecret: _aio.UnaryUnaryMultiCallable[_transfer_pb2.VerifyWebhookSecretRequest, _transfer_pb2.VerifyWebhookSecretResponse]  # type: ignore[assignment]
+    """Whether `secret` is the endpoint's webhook secret (the gateway authenticates registry
+    notifications with it; the stored value never leaves the transfer service).
+    """
 
 class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
     """Owns endpoints (registries and their credentials) and transfer jobs."""
@@ -148,5 +156,15 @@ class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _transfer_pb2.CancelTransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_transfer_pb2.Transfer, _abc.Awaitable[_transfer_pb2.Transfer]]: ...
+
+    @_abc_1.abstractmethod
+    def VerifyWebhookSecret(
+        self,
+        request: _transfer_pb2.VerifyWebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.VerifyWebhookSecretResponse, _abc.Awaitable[_transfer_pb2.VerifyWebhookSecretResponse]]:
+        """Whether `secret` is the endpoint's webhook secret (the gateway authenticates registry
+        notifications with it; the stored value never leaves the transfer service).
+        """
 
 def add_TransferServiceServicer_to_server(servicer: TransferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
