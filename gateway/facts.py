@@ -32,6 +32,13 @@ class EndpointResolver(Protocol):
 
 
 @dataclass(frozen=True)
+class Gathered:
+    facts: common_pb2.ImageFacts
+    # Why some facts are missing, for the run's message.
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ImageRef:
     endpoint: str
     repository: str
@@ -54,20 +61,33 @@ class FactGatherer:
 
     async def gather(self, ref: ImageRef, kinds: set[int]) -> common_pb2.ImageFacts:
         """Facts for `kinds`; `present` lists what could actually be gathered."""
+        return (await self.gather_noted(ref, kinds)).facts
+
+    async def gather_noted(self, ref: ImageRef, kinds: set[int]) -> Gathered:
+        """Facts for `kinds` and why some could not be gathered (a failed scan...)."""
+        notes: list[str] = []
+        facts = await self._gather(ref, kinds, notes)
+        return Gathered(facts, tuple(notes))
+
+    async def _gather(
+        self, ref: ImageRef, kinds: set[int], notes: list[str]
+    ) -> common_pb2.ImageFacts:
         facts = common_pb2.ImageFacts(repository=ref.repository, tag=ref.tag, digest=ref.digest)
         present = {FactKind.FACT_KIND_REFERENCE}
         image_ref = ref.digest or ref.tag
         if kinds & SCAN_KINDS and self.scanner is not None:
-            report = await self._scan(ref, image_ref)
+            report = await self._scan(ref, image_ref, notes)
             if report is not None:
                 _apply_report(facts, report)
                 present |= {*SCAN_KINDS, FactKind.FACT_KIND_MANIFEST}
+        elif kinds & SCAN_KINDS:
+            notes.append("no scanner is configured")
         if FactKind.FACT_KIND_MANIFEST in kinds and FactKind.FACT_KIND_MANIFEST not in present:
             if self.resolver is not None:
                 await self._manifest_facts(ref, image_ref, facts)
                 present.add(FactKind.FACT_KIND_MANIFEST)
             elif self.scanner is not None:
-                report = await self._scan(ref, image_ref)
+                report = await self._scan(ref, image_ref, notes)
                 if report is not None:
                     _apply_report(facts, report)
                     present |= {*SCAN_KINDS, FactKind.FACT_KIND_MANIFEST}
@@ -82,7 +102,9 @@ class FactGatherer:
             d = await rc.head_manifest(ref.repository, ref.tag)
         return d.digest if d is not None else ""
 
-    async def _scan(self, ref: ImageRef, image_ref: str) -> scan_pb2.ScanReport | None:
+    async def _scan(
+        self, ref: ImageRef, image_ref: str, notes: list[str]
+    ) -> scan_pb2.ScanReport | None:
         assert self.scanner is not None
         try:
             return await self.scanner.ScanImage(
@@ -94,9 +116,11 @@ class FactGatherer:
                 timeout=self.scan_timeout_s,
             )
         except grpc.aio.AioRpcError as err:
-            if err.code() in _TRANSIENT:
+            if err.code() in _TRANSIENT and not _too_large(err):
                 raise
-            # A scan that cannot succeed: the policies needing it answer "not matched" and why.
+            # A scan that cannot succeed: the policies needing it are blocked, saying why.
+            what = "the scan report is too large" if _too_large(err) else "the scan failed"
+            notes.append(f"{what}: {err.code().name}: {(err.details() or '')[:300]}")
             log.warning(
                 "scan of %s/%s@%s failed: %s %s",
                 ref.endpoint,
@@ -168,8 +192,18 @@ def _apply_report(facts: common_pb2.ImageFacts, report: scan_pb2.ScanReport) -> 
     del facts.platforms[:]
     facts.platforms.extend(report.platforms)
     facts.size_bytes = report.size_bytes
+    facts.components_unknown = report.components_unknown
+    if report.HasField("vulnerability_data_time"):
+        facts.vulnerability_data_time.CopyFrom(report.vulnerability_data_time)
     if not facts.digest and report.digest:
         facts.digest = report.digest
+
+
+def _too_large(err: grpc.aio.AioRpcError) -> bool:
+    """A message over the gRPC size limit: retrying cannot help."""
+    return err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than" in (
+        err.details() or ""
+    )
 
 
 _TRANSIENT = frozenset(

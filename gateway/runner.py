@@ -18,8 +18,8 @@ from mirror.v1 import (
     transfer_pb2_grpc,
 )
 
-from gateway.facts import TRANSIENT_CODES, FactGatherer, ImageRef
-from gateway.runs import RunRecord, RunStore
+from gateway.facts import TRANSIENT_CODES, FactGatherer, Gathered, ImageRef
+from gateway.runs import Hop, RunRecord, RunStore
 from gateway.tracker import TransferTracker, run_state_name
 from servicekit import metrics
 
@@ -29,6 +29,10 @@ Run = gateway_pb2.Run
 RPC_TIMEOUT_S = 30.0
 SWEEP_TRIGGERS = frozenset({Run.TRIGGER_APPLY, Run.TRIGGER_RECONCILE})
 ACTIVE_OR_DONE = frozenset({Run.STATE_PENDING, Run.STATE_RUNNING, Run.STATE_SUCCEEDED})
+# Reconcile tries these again (nothing was copied and things may have changed since).
+RETRIED_BY_RECONCILE = frozenset({Run.STATE_FAILED, Run.STATE_BLOCKED})
+PUSH_TRIGGERS = frozenset({Run.TRIGGER_EVENT, Run.TRIGGER_NOTIFY})
+DEFAULT_MAX_HOPS = 8
 
 
 class TransientError(Exception):
@@ -47,6 +51,10 @@ class Push:
     digest: str
     # Tag templates render with this time, so a replayed event renders the same tag.
     evaluation_time: float
+
+
+def chain_text(chain: tuple[Hop, ...] | list[Hop]) -> str:
+    return " -> ".join(f"{e}/{r}:{t}" for e, r, t in chain)
 
 
 def explain(result: policy_pb2.PolicyResult) -> str:
@@ -70,7 +78,13 @@ def explain(result: policy_pb2.PolicyResult) -> str:
 
 
 class Runner:
-    """Turns a Push into runs; shared by the inbox worker, ApplyPolicy and Reconcile."""
+    """Turns a Push into runs; shared by the inbox worker, ApplyPolicy and Reconcile.
+
+    The source registry is the truth, not the event: the tag is resolved at the source (HEAD)
+    and the digest it points to now is what gets evaluated and copied. Pushes our own
+    transfers made are recognised by their destination and carry the chain they came
+    through, so a run never copies into a place already on its chain.
+    """
 
     def __init__(
         self,
@@ -79,12 +93,14 @@ class Runner:
         gatherer: FactGatherer,
         runs: RunStore,
         tracker: TransferTracker,
+        max_hops: int = DEFAULT_MAX_HOPS,
     ) -> None:
         self.policy = policy
         self.transfer = transfer
         self.gatherer = gatherer
         self.runs = runs
         self.tracker = tracker
+        self.max_hops = max_hops
         # One decision at a time per (policy, source image): an event and a sweep never both
         # start a transfer for the same thing.
         self._locks: defaultdict[tuple[str, ...], asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -101,38 +117,96 @@ class Runner:
                 raise TransientError(f"{err.code().name}: {err.details()}") from err
             raise
 
+    async def record_failure(self, push: Push, message: str) -> list[RunRecord]:
+        """The push could not be acted on at all (given up): a FAILED run per policy."""
+        try:
+            return await self._record_all(push, Run.STATE_FAILED, message)
+        except grpc.aio.AioRpcError as err:
+            log.warning("cannot record the failure of %s: %s", push.event_id, err.code().name)
+            return []
+
     async def _act(self, push: Push, only_policy: str) -> list[RunRecord]:
         req = await self.policy.GetFactRequirements(
-            policy_pb2.GetFactRequirementsRequest(repository=push.repository),
+            policy_pb2.GetFactRequirementsRequest(
+                repository=push.repository, endpoint=push.endpoint
+            ),
             timeout=RPC_TIMEOUT_S,
         )
         if req.policy_count == 0:
             return []
-        facts = await self._facts(push, set(req.kinds))
+        digest, note = await self._verify(push)
+        if not digest:
+            return await self._record_all(push, note[0], note[1], only_policy)
+        parent = (
+            self.runs.made_by_us(push.endpoint, push.repository, push.tag, digest)
+            if push.trigger in PUSH_TRIGGERS
+            else None
+        )
+        provenance = parent.chain() if parent is not None else ()
+        gathered = await self._facts(push, digest, set(req.kinds))
+        facts = gathered.facts
         when = Timestamp()
         when.FromNanoseconds(int(push.evaluation_time * 1e9))
         resp = await self.policy.Evaluate(
-            policy_pb2.EvaluateRequest(facts=facts, explain=True, evaluation_time=when),
+            policy_pb2.EvaluateRequest(
+                facts=facts, explain=True, evaluation_time=when, endpoint=push.endpoint
+            ),
             timeout=RPC_TIMEOUT_S,
         )
-        digest = facts.digest or push.digest
+        notes = [n for n in (note[1], *gathered.notes) if n]
         out: list[RunRecord] = []
         for result in resp.results:
             if only_policy and result.policy_id != only_policy:
                 continue
-            rec = await self._one(push, digest, result)
+            rec = await self._one(push, digest, result, provenance, notes)
             if rec is not None:
                 out.append(rec)
         return out
 
-    async def _facts(self, push: Push, kinds: set[int]) -> common_pb2.ImageFacts:
+    async def _verify(self, push: Push) -> tuple[str, tuple[int, str]]:
+        """The digest the tag points to at the source now, and a note on the event's claim.
+
+        Returns ("", (state, why)) when nothing may be copied: the tag is gone, or the
+        gateway cannot ask the registry (an event it cannot verify is not acted on).
+        """
+        if push.trigger not in PUSH_TRIGGERS and push.digest:
+            return push.digest, (0, "")  # a sweep has just read the tag itself
+        if self.gatherer.resolver is None:
+            return "", (
+                Run.STATE_BLOCKED,
+                "not verified: the gateway has no registry access to check the event's tag "
+                "at the source, so it does not act on it",
+            )
         ref = ImageRef(push.endpoint, push.repository, push.tag, push.digest)
         try:
-            if not ref.digest:
-                # NotifyPush without a digest: pin what the tag names now.
-                ref = ImageRef(ref.endpoint, ref.repository, ref.tag,
-                               await self.gatherer.resolve_digest(ref))
-            return await self.gatherer.gather(ref, kinds)
+            current = await self.gatherer.resolve_digest(ref)
+        except Exception as exc:
+            if _not_found(exc):
+                current = ""
+            else:
+                raise TransientError(
+                    f"cannot read {push.endpoint}/{push.repository}:{push.tag} at the source: "
+                    f"{exc}"
+                ) from exc
+        if not current:
+            claimed = f" (the event named {push.digest})" if push.digest else ""
+            return "", (
+                Run.STATE_SKIPPED,
+                f"tag {push.tag} does not exist in {push.repository} on endpoint "
+                f"{push.endpoint}{claimed}: nothing copied",
+            )
+        if push.digest and push.digest != current:
+            return current, (
+                0,
+                f"the event named {push.digest} but the tag points at {current} now: "
+                "acting on what the source holds",
+            )
+        return current, (0, "")
+
+    async def _facts(self, push: Push, digest: str, kinds: set[int]) -> Gathered:
+        ref = ImageRef(push.endpoint, push.repository, push.tag, digest)
+        try:
+            return await self.gatherer.gather_noted(ref, kinds)
         except grpc.aio.AioRpcError:
             raise
         except Exception as exc:
@@ -140,8 +214,57 @@ class Runner:
             what = f"{push.repository}:{push.tag}"
             raise TransientError(f"cannot read facts of {what}: {exc}") from exc
 
+    async def _record_all(
+        self, push: Push, state: int, message: str, only_policy: str = ""
+    ) -> list[RunRecord]:
+        """One run in `state` for every enabled policy of the push's source (no evaluation)."""
+        out = []
+        token = ""
+        while True:
+            resp = await self.policy.ListPolicies(
+                policy_pb2.ListPoliciesRequest(
+                    source_endpoint=push.endpoint,
+                    source_repository=push.repository,
+                    page_size=1000,
+                    page_token=token,
+                ),
+                timeout=RPC_TIMEOUT_S,
+            )
+            for pol in resp.policies:
+                if not pol.enabled or (only_policy and pol.id != only_policy):
+                    continue
+                rec = RunRecord(
+                    id="",
+                    policy_id=pol.id,
+                    policy_name=pol.name,
+                    event_id=push.event_id,
+                    trigger=push.trigger,
+                    src_endpoint=push.endpoint,
+                    src_repository=push.repository,
+                    src_tag=push.tag,
+                    src_digest=push.digest,
+                    dst_endpoint=pol.target.endpoint,
+                    dst_repository=pol.target.repository,
+                    dst_tag="",
+                    state=state,
+                    message=message,
+                )
+                stored = self.runs.upsert_started(rec)
+                if stored is rec:
+                    metrics.RUNS.labels(run_state_name(state)).inc()
+                    self.tracker.on_final(stored)
+                out.append(stored)
+            token = resp.next_page_token
+            if not token:
+                return out
+
     async def _one(
-        self, push: Push, digest: str, result: policy_pb2.PolicyResult
+        self,
+        push: Push,
+        digest: str,
+        result: policy_pb2.PolicyResult,
+        provenance: tuple[Hop, ...],
+        notes: list[str],
     ) -> RunRecord | None:
         base = RunRecord(
             id="",
@@ -157,6 +280,8 @@ class Runner:
             dst_repository=result.target.repository,
             dst_tag=result.tag,
             state=Run.STATE_PENDING,
+            provenance=provenance,
+            hop=len(provenance),
         )
         key = (result.policy_id, push.endpoint, push.repository, push.tag, digest)
         async with self._locks[key]:
@@ -164,20 +289,78 @@ class Runner:
                 cover = self._covering(push, digest, result)
                 if cover is not None:
                     return cover
-                if not result.matched:
-                    base.state = Run.STATE_NOT_MATCHED
-                    base.message = explain(result)
+                replay = self.runs.by_event_policy(push.event_id, result.policy_id)
+                if replay is None:
+                    base.state, base.message = await self._decide(push, digest, result, base)
+                    if notes and base.state != Run.STATE_PENDING:
+                        base.message = "; ".join([base.message, *notes])
                 rec = self.runs.upsert_started(base)
-                if rec is base and rec.state == Run.STATE_NOT_MATCHED:
+                if rec is base and rec.state != Run.STATE_PENDING:
                     metrics.RUNS.labels(run_state_name(rec.state)).inc()
+                    if rec.state != Run.STATE_NOT_MATCHED:
+                        self.tracker.on_final(rec)
                 if rec.state == Run.STATE_PENDING:
-                    rec = await self._start(push, digest, rec)
+                    rec = await self._start(push, digest, rec, result.overwrite)
                 if rec.state == Run.STATE_RUNNING:
                     self.tracker.track(rec)
                 return rec
             finally:
                 if not self._locks[key].locked():
                     self._locks.pop(key, None)
+
+    async def _decide(
+        self, push: Push, digest: str, result: policy_pb2.PolicyResult, base: RunRecord
+    ) -> tuple[int, str]:
+        """The state a new run starts in (PENDING: copy) and why it does not copy otherwise."""
+        if result.blocked:
+            return Run.STATE_BLOCKED, "blocked: " + explain(result)
+        if not result.matched:
+            return Run.STATE_NOT_MATCHED, explain(result)
+        dst = (result.target.endpoint, result.target.repository)
+        where = f"{dst[1]}:{result.tag} on endpoint {dst[0]}"
+        prior = self.runs.mirrored(
+            result.policy_id, push.endpoint, push.repository, push.tag, digest, push.event_id
+        )
+        if prior is not None and prior.state == Run.STATE_RUNNING:
+            return Run.STATE_SKIPPED, f"already being mirrored by run {prior.id}"
+        if prior is not None and prior.dst_tag != result.tag:
+            return Run.STATE_SKIPPED, (
+                f"already mirrored as {prior.dst_repository}:{prior.dst_tag} on endpoint "
+                f"{prior.dst_endpoint} by run {prior.id}"
+            )
+        held = await self._destination_digest(dst[0], dst[1], result.tag)
+        if held == digest:
+            return Run.STATE_SKIPPED, f"up to date: {where} already holds {digest}"
+        if held and result.overwrite == policy_pb2.OVERWRITE_NEVER:
+            return Run.STATE_SKIPPED, (
+                f"not overwritten: {where} holds {held} and the policy never overwrites"
+            )
+        chain = (*base.provenance, (push.endpoint, push.repository, push.tag))
+        places = {(e, r) for e, r, _ in chain}
+        if dst in places:
+            return Run.STATE_BLOCKED, (
+                f"blocked: {dst[0]}/{dst[1]} is already on this image's promotion chain "
+                f"({chain_text(chain)}): copying it there again would loop"
+            )
+        if len(base.provenance) >= self.max_hops:
+            return Run.STATE_BLOCKED, (
+                f"blocked: hop limit {self.max_hops} reached ({chain_text(chain)})"
+            )
+        return Run.STATE_PENDING, ""
+
+    async def _destination_digest(self, endpoint: str, repository: str, tag: str) -> str:
+        """What the destination tag holds now ('' when absent or when it cannot be read)."""
+        resolver = self.gatherer.resolver
+        if resolver is None or not tag:
+            return ""
+        try:
+            async with resolver.client_for(endpoint) as rc:
+                d = await rc.head_manifest(repository, tag)
+        except Exception as exc:
+            # The transfer will find out for itself (and fail_if_tag_exists still guards).
+            log.info("cannot read %s/%s:%s: %s", endpoint, repository, tag, exc)
+            return ""
+        return d.digest if d is not None else ""
 
     def _covering(
         self, push: Push, digest: str, result: policy_pb2.PolicyResult
@@ -193,7 +376,7 @@ class Runner:
             result.policy_id, push.endpoint, push.repository, push.tag, digest
         )
         if push.trigger == Run.TRIGGER_RECONCILE:
-            keep = [r for r in runs if r.state != Run.STATE_FAILED]
+            keep = [r for r in runs if r.state not in RETRIED_BY_RECONCILE]
         else:
             keep = [r for r in runs if r.state in ACTIVE_OR_DONE]
         return keep[-1] if keep else None
@@ -218,7 +401,7 @@ class Runner:
                 evaluation_time=rec.create_time,
             )
             try:
-                rec = await self._start(push, rec.src_digest, rec)
+                rec = await self._start(push, rec.src_digest, rec, await self._overwrite(rec))
             except grpc.aio.AioRpcError as err:
                 log.warning("cannot restart run %s yet: %s", rec.id, err.code().name)
                 continue
@@ -227,16 +410,71 @@ class Runner:
             started += 1
         return started
 
-    async def _start(self, push: Push, digest: str, rec: RunRecord) -> RunRecord:
+    async def repair(self, old: RunRecord, held: str, event_id: str) -> RunRecord:
+        """Copy a mirrored image again to the tag it was mirrored to (the destination drifted)."""
+        rec = RunRecord(
+            id="",
+            policy_id=old.policy_id,
+            policy_name=old.policy_name,
+            event_id=event_id,
+            trigger=Run.TRIGGER_RECONCILE,
+            src_endpoint=old.src_endpoint,
+            src_repository=old.src_repository,
+            src_tag=old.src_tag,
+            src_digest=old.src_digest,
+            dst_endpoint=old.dst_endpoint,
+            dst_repository=old.dst_repository,
+            dst_tag=old.dst_tag,
+            state=Run.STATE_PENDING,
+            message=f"repair: the destination held {held or 'nothing'} instead",
+            provenance=old.provenance,
+            hop=old.hop,
+        )
+        rec = self.runs.upsert_started(rec)
+        if rec.state == Run.STATE_PENDING:
+            push = Push(
+                event_id=event_id,
+                trigger=Run.TRIGGER_RECONCILE,
+                endpoint=rec.src_endpoint,
+                repository=rec.src_repository,
+                tag=rec.src_tag,
+                digest=rec.src_digest,
+                evaluation_time=rec.create_time,
+            )
+            rec = await self._start(push, rec.src_digest, rec, policy_pb2.OVERWRITE_ALWAYS)
+        if rec.state == Run.STATE_RUNNING:
+            self.tracker.track(rec)
+        return rec
+
+    async def _overwrite(self, rec: RunRecord) -> int:
+        try:
+            pol = await self.policy.GetPolicy(
+                policy_pb2.GetPolicyRequest(id=rec.policy_id), timeout=RPC_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return policy_pb2.OVERWRITE_NEVER  # the policy is gone: touch nothing
+            raise
+        return int(pol.overwrite)
+
+    async def _start(
+        self, push: Push, digest: str, rec: RunRecord, overwrite: int
+    ) -> RunRecord:
         req = transfer_pb2.StartTransferRequest(
             source=common_pb2.ImageLocation(
                 endpoint=push.endpoint,
                 repository=push.repository,
-                # By digest: mirror exactly what was pushed even if the tag moved since.
+                # By digest: mirror exactly what was verified even if the tag moved since.
                 reference=digest or push.tag,
             ),
             destination=transfer_pb2.TransferDestination(
                 endpoint=rec.dst_endpoint, repository=rec.dst_repository, tag=rec.dst_tag
+            ),
+            options=transfer_pb2.TransferOptions(
+                fail_if_tag_exists=overwrite == policy_pb2.OVERWRITE_NEVER,
+                # The tag is written only while the source tag still names this digest: of
+                # two pushes of one tag, the older one never wins.
+                source_tag=push.tag if digest else "",
             ),
             # Same event + same policy = same job, across redeliveries and restarts.
             idempotency_key=f"{rec.event_id}/{rec.policy_id}",
@@ -257,3 +495,9 @@ class Runner:
         )
         assert updated is not None
         return updated
+
+
+def _not_found(exc: Exception) -> bool:
+    from registry_client import errors as rc_errors
+
+    return isinstance(exc, rc_errors.NotFound)

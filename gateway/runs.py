@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import uuid
@@ -15,7 +16,17 @@ from servicekit.db import Database
 from servicekit.paging import decode_token, encode_token, page_size
 
 Run = gateway_pb2.Run
-FINAL_STATES = frozenset({Run.STATE_SUCCEEDED, Run.STATE_FAILED, Run.STATE_NOT_MATCHED})
+FINAL_STATES = frozenset(
+    {
+        Run.STATE_SUCCEEDED,
+        Run.STATE_FAILED,
+        Run.STATE_NOT_MATCHED,
+        Run.STATE_BLOCKED,
+        Run.STATE_SKIPPED,
+    }
+)
+# (endpoint, repository, tag) of each place an image passed through before a run's source.
+Hop = tuple[str, str, str]
 
 
 @dataclass
@@ -40,6 +51,12 @@ class RunRecord:
     create_time: float = 0.0
     update_time: float = 0.0
     end_time: float | None = None
+    provenance: tuple[Hop, ...] = ()
+    hop: int = 0
+
+    def chain(self) -> tuple[Hop, ...]:
+        """The provenance of a run triggered by this run's destination push."""
+        return (*self.provenance, (self.src_endpoint, self.src_repository, self.src_tag))
 
     def to_proto(self) -> gateway_pb2.Run:
         r = gateway_pb2.Run(
@@ -61,6 +78,11 @@ class RunRecord:
             state=self.state,  # type: ignore[arg-type]
             message=self.message,
             transfer_id=self.transfer_id,
+            provenance=[
+                common_pb2.ImageLocation(endpoint=e, repository=r, reference=t)
+                for e, r, t in self.provenance
+            ],
+            hop=self.hop,
         )
         r.create_time.CopyFrom(_ts(self.create_time))
         r.update_time.CopyFrom(_ts(self.update_time))
@@ -78,12 +100,15 @@ def _ts(t: float) -> Timestamp:
 _COLUMNS = (
     "id, policy_id, policy_name, event_id, trigger, src_endpoint, src_repository, src_tag,"
     " src_digest, dst_endpoint, dst_repository, dst_tag, state, message, transfer_id,"
-    " create_time, update_time, end_time"
+    " create_time, update_time, end_time, provenance, hop"
 )
+_N_COLUMNS = _COLUMNS.count(",") + 1
 
 
 def _record(row: sqlite3.Row) -> RunRecord:
-    return RunRecord(**{k: row[k] for k in row.keys() if k != "seq"})  # noqa: SIM118
+    fields = {k: row[k] for k in row.keys() if k != "seq"}  # noqa: SIM118
+    fields["provenance"] = tuple(tuple(h) for h in json.loads(fields["provenance"] or "[]"))
+    return RunRecord(**fields)
 
 
 class RunStore:
@@ -110,7 +135,7 @@ class RunStore:
             if rec.state in FINAL_STATES:
                 rec.end_time = now
             c.execute(
-                f"INSERT INTO runs ({_COLUMNS}) VALUES ({','.join('?' * 18)})",
+                f"INSERT INTO runs ({_COLUMNS}) VALUES ({','.join('?' * _N_COLUMNS)})",
                 (
                     rec.id,
                     rec.policy_id,
@@ -130,6 +155,8 @@ class RunStore:
                     rec.create_time,
                     rec.update_time,
                     rec.end_time,
+                    json.dumps([list(h) for h in rec.provenance]),
+                    rec.hop,
                 ),
             )
         return rec
@@ -215,6 +242,57 @@ class RunStore:
             (policy_id, endpoint, repository, tag, digest),
         )
         return [_record(r) for r in rows]
+
+    def by_event_policy(self, event_id: str, policy_id: str) -> RunRecord | None:
+        row = self.db.query_one(
+            f"SELECT seq, {_COLUMNS} FROM runs WHERE event_id = ? AND policy_id = ?",
+            (event_id, policy_id),
+        )
+        return _record(row) if row else None
+
+    def mirrored(
+        self,
+        policy_id: str,
+        endpoint: str,
+        repository: str,
+        tag: str,
+        digest: str,
+        other_than_event: str,
+    ) -> RunRecord | None:
+        """The newest RUNNING or SUCCEEDED run of a policy (from another event) for this image."""
+        row = self.db.query_one(
+            f"SELECT seq, {_COLUMNS} FROM runs WHERE policy_id = ? AND src_endpoint = ?"
+            " AND src_repository = ? AND src_tag = ? AND src_digest = ? AND event_id != ?"
+            " AND state IN (?, ?) ORDER BY seq DESC LIMIT 1",
+            (
+                policy_id,
+                endpoint,
+                repository,
+                tag,
+                digest,
+                other_than_event,
+                Run.STATE_RUNNING,
+                Run.STATE_SUCCEEDED,
+            ),
+        )
+        return _record(row) if row else None
+
+    def made_by_us(
+        self, endpoint: str, repository: str, tag: str, digest: str
+    ) -> RunRecord | None:
+        """The newest run whose transfer wrote `digest` as `repository:tag` on `endpoint`.
+
+        A push event (or NotifyPush) for such an image is the echo of our own write: the runs
+        it triggers inherit that run's chain.
+        """
+        if not digest:
+            return None
+        row = self.db.query_one(
+            f"SELECT seq, {_COLUMNS} FROM runs WHERE dst_endpoint = ? AND dst_repository = ?"
+            " AND dst_tag = ? AND src_digest = ? AND state IN (?, ?) ORDER BY seq DESC LIMIT 1",
+            (endpoint, repository, tag, digest, Run.STATE_RUNNING, Run.STATE_SUCCEEDED),
+        )
+        return _record(row) if row else None
 
     def list(
         self, policy_id: str, states: Sequence[int], size: int, token: str

@@ -67,6 +67,28 @@ MIGRATIONS = [
     );
     CREATE INDEX destination_scans_state ON destination_scans(state)
     """,
+    # Issue 9: a run's promotion chain (JSON list of [endpoint, repository, tag]) and hop
+    # count; own pushes are recognised by their destination; each policy activation's
+    # baseline of source tags (Reconcile never backfills what was already there).
+    """
+    ALTER TABLE runs ADD COLUMN provenance TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE runs ADD COLUMN hop INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX runs_destination ON runs(dst_endpoint, dst_repository, dst_tag, src_digest);
+    CREATE TABLE baselines (
+        policy_id TEXT NOT NULL,
+        active_since REAL NOT NULL,
+        taken_at REAL NOT NULL,
+        PRIMARY KEY (policy_id, active_since)
+    );
+    CREATE TABLE baseline_tags (
+        policy_id TEXT NOT NULL,
+        active_since REAL NOT NULL,
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (policy_id, active_since, repository, tag, digest)
+    )
+    """,
 ]
 
 

@@ -13,13 +13,14 @@ from aiohttp import web
 from grpc import aio
 from mirror.v1 import policy_pb2_grpc, scan_pb2_grpc, transfer_pb2_grpc
 
+from gateway.baselines import BaselineStore
 from gateway.dest_scan import DestinationScanner
 from gateway.endpoints import EndpointDirectory
 from gateway.facts import EndpointResolver, FactGatherer
 from gateway.http import WebhookApp, check_secret_required, split_listen, start_http
 from gateway.inbox import Inbox
 from gateway.notify import Notifier
-from gateway.runner import Runner
+from gateway.runner import DEFAULT_MAX_HOPS, Runner
 from gateway.runs import RunRecord, RunStore
 from gateway.schema import open_database
 from gateway.servicer import GatewayServicer
@@ -42,6 +43,10 @@ class GatewayConfig:
     concurrency: int = 8
     # 0 disables the periodic reconcile.
     reconcile_interval_s: float = 300.0
+    # How often newly saved policies get their baseline (what Reconcile never backfills).
+    baseline_interval_s: float = 5.0
+    # Longest promotion chain through image-mirror's own pushes (stops loops it cannot see).
+    max_hops: int = DEFAULT_MAX_HOPS
 
 
 class Gateway:
@@ -69,13 +74,24 @@ class Gateway:
             transfer, self.runs, self._on_final, before_success=self.dest_scans.prepare
         )
         self.runner = Runner(
-            policy, transfer, FactGatherer(resolver, scanner), self.runs, self.tracker
+            policy,
+            transfer,
+            FactGatherer(resolver, scanner),
+            self.runs,
+            self.tracker,
+            max_hops=cfg.max_hops,
         )
         self.worker = InboxWorker(
             self.inbox, self.runner, self.directory, concurrency=cfg.concurrency
         )
         self.sweeper = Sweeper(
-            policy, self.directory, resolver, self.runner, self.runs, self.inbox
+            policy,
+            self.directory,
+            resolver,
+            self.runner,
+            self.runs,
+            self.inbox,
+            BaselineStore(self.db),
         )
         self.servicer = GatewayServicer(
             self.inbox, self.runs, self.sweeper, self.directory, policy
@@ -91,6 +107,7 @@ class Gateway:
         self._http: web.AppRunner | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
         self._housekeeping_task: asyncio.Task[None] | None = None
+        self._baseline_task: asyncio.Task[None] | None = None
         self.http_port = 0
 
     def _on_final(self, run: RunRecord) -> None:
@@ -108,6 +125,10 @@ class Gateway:
             log.info("resumed %d scan(s) on push at destinations", owed)
         self.worker.start()
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
+        if self.cfg.baseline_interval_s > 0:
+            self._baseline_task = asyncio.create_task(
+                self.sweeper.watch_policies(self.cfg.baseline_interval_s)
+            )
         if self.cfg.reconcile_interval_s > 0:
             self._reconcile_task = asyncio.create_task(
                 self.sweeper.run_periodically(self.cfg.reconcile_interval_s)
@@ -143,7 +164,7 @@ class Gateway:
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
-        for task in (self._reconcile_task, self._housekeeping_task):
+        for task in (self._reconcile_task, self._housekeeping_task, self._baseline_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -21,6 +21,14 @@ from servicekit.errors import ApiError, invalid_argument, not_found, unavailable
 
 R = TypeVar("R")
 MAX_EVENT_ID = 256
+_STARTED = frozenset(
+    {
+        gateway_pb2.Run.STATE_PENDING,
+        gateway_pb2.Run.STATE_RUNNING,
+        gateway_pb2.Run.STATE_SUCCEEDED,
+        gateway_pb2.Run.STATE_FAILED,
+    }
+)
 
 
 async def _call(what: str, aw: Awaitable[R]) -> R:
@@ -128,15 +136,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             tags_evaluated=r.tags_evaluated,
             tags_matched=r.tags_matched,
             runs=[x.to_proto() for x in r.runs],
+            errors=r.errors,
         )
 
     async def Reconcile(
         self, request: gateway_pb2.ReconcileRequest, context: aio.ServicerContext
     ) -> gateway_pb2.ReconcileResponse:
         r = await _call("reconciling", self.sweeper.reconcile(request.policy_id))
-        started = [x for x in r.runs if x.state != gateway_pb2.Run.STATE_NOT_MATCHED]
+        started = [x for x in r.runs if x.state in _STARTED]
         return gateway_pb2.ReconcileResponse(
             tags_checked=r.tags_checked,
             runs_started=len(started),
             runs=[x.to_proto() for x in r.runs],
+            errors=r.errors,
         )

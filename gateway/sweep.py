@@ -6,19 +6,21 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from mirror.v1 import gateway_pb2, policy_pb2, policy_pb2_grpc
 
+from gateway.baselines import BaselineStore
 from gateway.catalog import list_repositories
 from gateway.endpoints import EndpointDirectory
 from gateway.facts import TRANSIENT_CODES, EndpointResolver
 from gateway.inbox import Inbox
-from gateway.runner import Push, Runner, TransientError
+from gateway.runner import RETRIED_BY_RECONCILE, Push, Runner, TransientError
 from gateway.runs import RunRecord, RunStore
-from servicekit.errors import ApiError, failed_precondition, invalid_argument, unavailable
+from servicekit.errors import ApiError, failed_precondition, invalid_argument
 from servicekit.logs import context_id
 
 log = logging.getLogger("gateway.sweep")
@@ -32,14 +34,30 @@ class SweepResult:
     tags_evaluated: int = 0
     tags_matched: int = 0
     runs: list[RunRecord] = field(default_factory=list)
+    errors: list[gateway_pb2.SweepError] = field(default_factory=list)
+
+    def add(self, other: SweepResult) -> None:
+        self.tags_checked += other.tags_checked
+        self.tags_evaluated += other.tags_evaluated
+        self.tags_matched += other.tags_matched
+        self.runs.extend(other.runs)
+        self.errors.extend(other.errors)
+
+
+class SweepFailed(Exception):
+    """One repository or endpoint could not be read; the sweep records it and carries on."""
 
 
 def is_glob(source: str) -> bool:
     return any(ch in source for ch in "*?[")
 
 
+def active_since(pol: policy_pb2.Policy) -> float:
+    return pol.active_since.ToNanoseconds() / 1e9 if pol.HasField("active_since") else 0.0
+
+
 class Sweeper:
-    """Lists source tags through registry clients and feeds them to the runner."""
+    """Lists a policy's source tags (on its source endpoint only) and feeds them to the runner."""
 
     def __init__(
         self,
@@ -49,6 +67,7 @@ class Sweeper:
         runner: Runner,
         runs: RunStore,
         inbox: Inbox,
+        baselines: BaselineStore,
     ) -> None:
         self.policy = policy
         self.directory = directory
@@ -56,6 +75,7 @@ class Sweeper:
         self.runner = runner
         self.runs = runs
         self.inbox = inbox
+        self.baselines = baselines
         self._lock = asyncio.Lock()
 
     async def apply(self, policy_id: str) -> SweepResult:
@@ -69,11 +89,14 @@ class Sweeper:
                 [("STATE", f"policies/{policy_id}", "policy is disabled")],
                 reason="POLICY_DISABLED",
             )
+        self._require_access()
         nonce = uuid.uuid4().hex[:12]
         return await self._sweep(pol, Run.TRIGGER_APPLY, f"apply:{nonce}")
 
     async def reconcile(self, policy_id: str = "") -> SweepResult:
-        """Act on source tags (or tag -> digest changes) that no run covers."""
+        """Act on source tags (or tag -> digest changes) since each policy became active that
+        no run covers, and repair mirrored tags whose destination drifted."""
+        self._require_access()
         async with self._lock:
             if policy_id:
                 pol = await self.policy.GetPolicy(
@@ -84,12 +107,45 @@ class Sweeper:
                 policies = [p for p in await self._all_policies() if p.enabled]
             total = SweepResult()
             for pol in policies:
-                r = await self._sweep(pol, Run.TRIGGER_RECONCILE, "reconcile")
-                total.tags_checked += r.tags_checked
-                total.tags_evaluated += r.tags_evaluated
-                total.tags_matched += r.tags_matched
-                total.runs.extend(r.runs)
+                if not await self._ensure_baseline(pol, total):
+                    continue  # just taken: everything there now predates the policy
+                total.add(await self._sweep(pol, Run.TRIGGER_RECONCILE, "reconcile"))
             return total
+
+    async def take_baselines(self) -> int:
+        """Record the baseline of every active policy that has none yet; returns how many."""
+        if self.resolver is None:
+            return 0
+        taken = 0
+        async with self._lock:
+            for pol in await self._all_policies():
+                fresh = pol.enabled and not self.baselines.taken(pol.id, active_since(pol))
+                if fresh and not await self._ensure_baseline(pol, SweepResult()):
+                    taken += 1
+        return taken
+
+    async def _ensure_baseline(self, pol: policy_pb2.Policy, result: SweepResult) -> bool:
+        """True when the policy already had a baseline; else take it now (False)."""
+        since = active_since(pol)
+        if self.baselines.taken(pol.id, since):
+            return True
+        seen: list[tuple[str, str, str]] = []
+        ep = pol.source.endpoint
+        try:
+            for repo in await self._repositories(pol):
+                assert self.resolver is not None
+                async with self.resolver.client_for(ep) as rc:
+                    for tag in await self._tags(rc, ep, repo):
+                        digest = await self._digest(rc, ep, repo, tag)
+                        if digest:
+                            seen.append((repo, tag, digest))
+        except SweepFailed as exc:
+            result.errors.append(_error(pol, ep, "", f"baseline not taken yet: {exc}"))
+            return False
+        self.baselines.record(pol.id, since, seen)
+        self.baselines.forget_older(pol.id, since)
+        log.info("policy %s: baseline of %d source tag(s) recorded", pol.name, len(seen))
+        return False
 
     async def _all_policies(self) -> list[policy_pb2.Policy]:
         out: list[policy_pb2.Policy] = []
@@ -103,42 +159,51 @@ class Sweeper:
             if not token:
                 return out
 
-    async def _sweep(self, pol: policy_pb2.Policy, trigger: int, prefix: str) -> SweepResult:
+    def _require_access(self) -> None:
         if self.resolver is None:
             raise failed_precondition(
                 "the gateway has no registry access (start it with the transfer service's "
                 "endpoint store) and cannot list source tags",
                 reason="NO_REGISTRY_ACCESS",
             )
+
+    async def _sweep(self, pol: policy_pb2.Policy, trigger: int, prefix: str) -> SweepResult:
+        """Only the policy's source endpoint is read; an unreadable repository is reported
+        in `errors` and the sweep carries on with the others."""
         result = SweepResult()
+        ep = pol.source.endpoint
         try:
-            endpoints = await self.directory.all(max_age_s=0.5)
-        except grpc.aio.AioRpcError as err:
-            raise unavailable(f"cannot list endpoints: {err.details()}") from err
-        for ep in endpoints:
-            for repo in await self._repositories(ep.name, pol):
-                if ep.name == pol.target.endpoint and repo == pol.target.repository:
-                    continue  # the policy's own destination is never a source
-                await self._sweep_repo(pol, trigger, prefix, ep.name, repo, result)
+            repos = await self._repositories(pol)
+        except SweepFailed as exc:
+            result.errors.append(_error(pol, ep, "", str(exc)))
+            return result
+        for repo in repos:
+            if ep == pol.target.endpoint and repo == pol.target.repository:
+                continue  # the policy's own destination is never a source
+            try:
+                await self._sweep_repo(pol, trigger, prefix, repo, result)
+            except SweepFailed as exc:
+                result.errors.append(_error(pol, ep, repo, str(exc)))
         return result
 
-    async def _repositories(self, endpoint: str, pol: policy_pb2.Policy) -> list[str]:
-        """The source repositories of `pol` in one registry (catalog + the policy service's
+    async def _repositories(self, pol: policy_pb2.Policy) -> list[str]:
+        """The source repositories of `pol` on its endpoint (catalog + the policy service's
         own glob matching, so both sides agree on what a glob means)."""
-        if not is_glob(pol.source_repository):
-            return [pol.source_repository]
+        ep = pol.source.endpoint
+        if not is_glob(pol.source.repository):
+            return [pol.source.repository]
         assert self.resolver is not None
-        async with self.resolver.client_for(endpoint) as rc:
-            try:
+        try:
+            async with self.resolver.client_for(ep) as rc:
                 names = await list_repositories(rc)
-            except Exception as exc:
-                # A registry without (or denying) the catalog holds nothing we can find.
-                log.warning("catalog of %s unavailable: %s", endpoint, exc)
-                return []
+        except Exception as exc:
+            raise SweepFailed(f"cannot list the repositories of endpoint {ep}: {exc}") from exc
         out = []
         for name in names:
             resp = await self.policy.ListPolicies(
-                policy_pb2.ListPoliciesRequest(source_repository=name, page_size=1000),
+                policy_pb2.ListPoliciesRequest(
+                    source_endpoint=ep, source_repository=name, page_size=1000
+                ),
                 timeout=30,
             )
             if any(p.id == pol.id for p in resp.policies):
@@ -150,30 +215,28 @@ class Sweeper:
         pol: policy_pb2.Policy,
         trigger: int,
         prefix: str,
-        endpoint: str,
         repo: str,
         result: SweepResult,
     ) -> None:
         assert self.resolver is not None
+        endpoint = pol.source.endpoint
+        since = active_since(pol)
         async with self.resolver.client_for(endpoint) as rc:
-            try:
-                tags = await rc.list_tags(repo)
-            except Exception as exc:
-                if _is_not_found(exc):
-                    return  # this registry does not hold the repository
-                raise unavailable(f"cannot list tags of {endpoint}/{repo}: {exc}") from exc
-            for tag in sorted(tags):
+            for tag in sorted(await self._tags(rc, endpoint, repo)):
                 result.tags_checked += 1
-                digest = await self._digest(rc, repo, tag)
-                if digest is None:
+                digest = await self._digest(rc, endpoint, repo, tag)
+                if not digest:
                     continue
-                if self._handled(pol.id, trigger, endpoint, repo, tag, digest):
-                    continue
+                if trigger == Run.TRIGGER_RECONCILE:
+                    if self.baselines.contains(pol.id, since, repo, tag, digest):
+                        continue  # there before the policy: only Apply mirrors it
+                    if await self._handled(pol, repo, tag, digest, result):
+                        continue
                 result.tags_evaluated += 1
                 failed = sum(
                     1
                     for r in self.runs.covering(pol.id, endpoint, repo, tag, digest)
-                    if r.state == Run.STATE_FAILED
+                    if r.state in RETRIED_BY_RECONCILE
                 )
                 push = Push(
                     event_id=f"{prefix}:{endpoint}/{repo}:{tag}@{digest}#{failed}",
@@ -187,48 +250,88 @@ class Sweeper:
                 try:
                     runs = await self.runner.act(push, only_policy=pol.id)
                 except TransientError as exc:
-                    raise unavailable(str(exc)) from exc
+                    raise SweepFailed(str(exc)) from exc
                 for r in runs:
                     if r.state != Run.STATE_NOT_MATCHED:
                         result.tags_matched += 1
                     result.runs.append(r)
 
-    def _handled(
-        self, policy_id: str, trigger: int, endpoint: str, repo: str, tag: str, digest: str
+    async def _handled(
+        self, pol: policy_pb2.Policy, repo: str, tag: str, digest: str, result: SweepResult
     ) -> bool:
-        """Reconcile skips what a run covers or a pending event is about to act on."""
-        if trigger != Run.TRIGGER_RECONCILE:
-            return False
+        """Reconcile skips what a pending event is about to act on and what a run covers;
+        a covered tag whose destination no longer holds the digest is repaired."""
+        endpoint = pol.source.endpoint
         if self.inbox.has_pending(repo, tag):
             return True
-        runs = self.runs.covering(policy_id, endpoint, repo, tag, digest)
-        return any(r.state != Run.STATE_FAILED for r in runs)
+        runs = self.runs.covering(pol.id, endpoint, repo, tag, digest)
+        live = [r for r in runs if r.state not in RETRIED_BY_RECONCILE]
+        if not live:
+            return False
+        done = [r for r in live if r.state == Run.STATE_SUCCEEDED and r.dst_tag]
+        if done and live[-1] is done[-1]:
+            last = done[-1]
+            held = await self.runner._destination_digest(
+                last.dst_endpoint, last.dst_repository, last.dst_tag
+            )
+            if held != last.src_digest and pol.overwrite != policy_pb2.OVERWRITE_NEVER:
+                rec = await self.runner.repair(last, held, f"repair:{last.id}:{held or 'none'}")
+                result.runs.append(rec)
+                result.tags_matched += 1
+        return True
 
-    async def _digest(self, rc: Any, repo: str, tag: str) -> str | None:
+    async def _tags(self, rc: Any, endpoint: str, repo: str) -> list[str]:
+        try:
+            return list(await rc.list_tags(repo))
+        except Exception as exc:
+            if _is_not_found(exc):
+                return []  # this registry does not hold the repository (yet)
+            raise SweepFailed(f"cannot list tags of {endpoint}/{repo}: {exc}") from exc
+
+    async def _digest(self, rc: Any, endpoint: str, repo: str, tag: str) -> str | None:
         try:
             d = await rc.head_manifest(repo, tag)
         except Exception as exc:
             if _is_not_found(exc):
                 return None  # deleted between list and head
-            raise unavailable(f"cannot read {repo}:{tag}: {exc}") from exc
+            raise SweepFailed(f"cannot read {endpoint}/{repo}:{tag}: {exc}") from exc
         return d.digest if d is not None else None
 
     async def run_periodically(self, interval_s: float) -> None:
         """Reconcile every policy every `interval_s` seconds (errors are logged, not fatal)."""
-        context_id.set("reconcile")
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                r = await self.reconcile()
-                if r.runs:
-                    log.info("reconcile: %d tag(s) acted on", len(r.runs))
-            except grpc.aio.AioRpcError as err:
-                level = logging.INFO if err.code() in TRANSIENT_CODES else logging.WARNING
-                log.log(level, "reconcile failed: %s %s", err.code().name, err.details())
-            except ApiError as err:
-                log.warning("reconcile failed: %s", err.message)
-            except Exception:
-                log.exception("reconcile failed")
+        await _every(interval_s, "reconcile", self._reconcile_logged)
+
+    async def watch_policies(self, interval_s: float) -> None:
+        """Take the baseline of newly active policies soon after they are saved."""
+        await _every(interval_s, "baselines", self.take_baselines)
+
+    async def _reconcile_logged(self) -> None:
+        r = await self.reconcile()
+        if r.runs:
+            log.info("reconcile: %d tag(s) acted on", len(r.runs))
+        for e in r.errors:
+            log.warning("reconcile: %s/%s: %s", e.endpoint, e.repository, e.message)
+
+
+async def _every(interval_s: float, name: str, job: Callable[[], Awaitable[object]]) -> None:
+    context_id.set(name)
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await job()
+        except grpc.aio.AioRpcError as err:
+            level = logging.INFO if err.code() in TRANSIENT_CODES else logging.WARNING
+            log.log(level, "%s failed: %s %s", name, err.code().name, err.details())
+        except ApiError as err:
+            log.warning("%s failed: %s", name, err.message)
+        except Exception:
+            log.exception("%s failed", name)
+
+
+def _error(pol: policy_pb2.Policy, endpoint: str, repo: str, msg: str) -> gateway_pb2.SweepError:
+    return gateway_pb2.SweepError(
+        endpoint=endpoint, repository=repo, policy_id=pol.id, message=msg[:500]
+    )
 
 
 def _is_not_found(exc: Exception) -> bool:

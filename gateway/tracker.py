@@ -17,7 +17,7 @@ log = logging.getLogger("gateway.tracker")
 
 Run = gateway_pb2.Run
 T = transfer_pb2.Transfer
-_FINAL = {T.STATE_DONE, T.STATE_ERROR, T.STATE_CANCELED}
+_FINAL = {T.STATE_DONE, T.STATE_ERROR, T.STATE_CANCELED, T.STATE_SUPERSEDED}
 
 
 def run_state_name(state: int) -> str:
@@ -100,6 +100,11 @@ class TransferTracker:
             d = tr.destination
             dest = f"{d.repository}:{d.tag} on endpoint {d.endpoint}"
             self._record(run_id, Run.STATE_SUCCEEDED, f"mirrored to {dest}", tr.digest)
+        elif tr.state == T.STATE_SUPERSEDED:
+            # A newer push of the source tag won; its own run mirrors it.
+            self._record(
+                run_id, Run.STATE_SKIPPED, "superseded: " + (tr.message or "the tag moved on")
+            )
         elif tr.state == T.STATE_CANCELED:
             self._record(run_id, Run.STATE_FAILED, tr.message or "transfer canceled", tr.digest)
         else:

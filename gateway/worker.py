@@ -141,6 +141,9 @@ class InboxWorker:
         try:
             runs = await self.runner.act(push)
         except TransientError as exc:
+            if ev.attempts + 1 >= self.max_attempts:
+                # Giving up: every policy of the source gets a FAILED run saying why.
+                await self.runner.record_failure(push, f"given up: {exc}")
             self._retry(ev, str(exc))
             return
         self.inbox.finish(ev.id, inbox_mod.DONE, f"{len(runs)} run(s)")

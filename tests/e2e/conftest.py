@@ -74,16 +74,22 @@ class Clients:
         target_repo: str,
         template: str = "%n",
         enabled: bool = True,
+        source_endpoint: str = "dev",
+        overwrite: int = policy_pb2.OVERWRITE_UNSPECIFIED,
+        allow_incomplete_facts: bool = False,
     ) -> policy_pb2.Policy:
+        """A policy reading `source` (a repository or glob) on endpoint `source_endpoint`."""
         return self.policy.CreatePolicy(
             policy_pb2.CreatePolicyRequest(
                 policy=policy_pb2.Policy(
                     name=name,
-                    source_repository=source,
+                    source=policy_pb2.PolicySource(endpoint=source_endpoint, repository=source),
                     rule=rule,
                     target=common_pb2.Target(endpoint=target_endpoint, repository=target_repo),
                     tag_template=template,
                     enabled=enabled,
+                    overwrite=overwrite,  # type: ignore[arg-type]
+                    allow_incomplete_facts=allow_incomplete_facts,
                 )
             ),
             timeout=60,
@@ -123,7 +129,13 @@ class Clients:
         self, policy_id: str, count: int, timeout: float = 60.0
     ) -> list[Any]:
         """Wait until the policy has `count` runs, all in a final state."""
-        final = {Run.STATE_SUCCEEDED, Run.STATE_FAILED, Run.STATE_NOT_MATCHED}
+        final = {
+            Run.STATE_SUCCEEDED,
+            Run.STATE_FAILED,
+            Run.STATE_NOT_MATCHED,
+            Run.STATE_BLOCKED,
+            Run.STATE_SKIPPED,
+        }
 
         def check() -> list[Any] | None:
             runs = self.runs(policy_id)
