@@ -3,21 +3,65 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import shutil
 import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import grpc
 from mirror.v1 import gateway_pb2
 
 from servicekit import metrics
 from servicekit.db import Database
+from servicekit.errors import ApiError
 
 PENDING = "pending"
 DONE = "done"
 UNKNOWN_SOURCE = "unknown_source"
 FAILED = "failed"
+# Refused on arrival (claimed the hosts of an endpoint that has a webhook secret on the shared
+# path); stored under REFUSED_PREFIX + id so that a genuine delivery of that id is never taken
+# for a duplicate of it.
+REFUSED = "refused"
+REFUSED_PREFIX = "refused/"
+
+NO_SPACE = "no space left on the data volume"
+# Below this many free bytes an I/O error while writing is taken for a full volume.
+_LOW_SPACE = 1 << 20
+
+
+class DataVolumeFull(ApiError):
+    """The data volume is full: nothing was recorded (the caller must not acknowledge)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{NO_SPACE} ({path}): the event was not recorded",
+            reason="DATA_VOLUME_FULL",
+        )
+
+
+def is_volume_full(exc: BaseException, path: str) -> bool:
+    """Whether `exc` (or what it interrupted) is SQLite failing for want of space."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sqlite3.Error):
+            code = getattr(seen, "sqlite_errorcode", None)
+            if code == sqlite3.SQLITE_FULL:
+                return True
+            if code is not None and code & 0xFF == sqlite3.SQLITE_IOERR:
+                try:
+                    if shutil.disk_usage(path).free < _LOW_SPACE:
+                        return True
+                except OSError:
+                    pass
+        # A failing ROLLBACK after SQLITE_FULL hides the first error in __context__.
+        seen = seen.__context__
+    return False
+
 
 Trigger = gateway_pb2.Run.Trigger
 
@@ -53,28 +97,9 @@ class Inbox:
         """Insert events in one transaction; per event, True when new, False when a duplicate.
 
         The transaction commits with synchronous=FULL before this returns, so an event that
-        was acknowledged survives a crash.
+        was acknowledged survives a crash. Raises DataVolumeFull when there is no space.
         """
-        added: list[bool] = []
-        with self.db.transaction() as c:
-            for e in events:
-                cur = c.execute(
-                    "INSERT OR IGNORE INTO events (id, received_at, trigger, endpoint, hosts,"
-                    " repository, tag, digest, media_type, state) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        e.id,
-                        e.received_at,
-                        int(e.trigger),
-                        e.endpoint,
-                        json.dumps(list(e.hosts)),
-                        e.repository,
-                        e.tag,
-                        e.digest,
-                        e.media_type,
-                        PENDING,
-                    ),
-                )
-                added.append(cur.rowcount == 1)
+        added = self._insert(events, PENDING)
         dups = added.count(False)
         if dups:
             metrics.EVENTS_DEDUPLICATED.inc(dups)
@@ -82,6 +107,69 @@ class Inbox:
             self.refresh_depth()
             self.wake.set()
         return added
+
+    def add_refused(self, events: Sequence[InboxEvent]) -> list[bool]:
+        """Record events refused on arrival (state REFUSED, `message` says why), finished at
+        once so that they are pruned with the rest; per event, True when new."""
+        return self._insert(
+            [dataclasses.replace(e, id=REFUSED_PREFIX + e.id) for e in events], REFUSED
+        )
+
+    def _insert(self, events: Sequence[InboxEvent], state: str) -> list[bool]:
+        added: list[bool] = []
+        done_at = None if state == PENDING else time.time()
+        try:
+            with self.db.transaction() as c:
+                for e in events:
+                    cur = c.execute(
+                        "INSERT OR IGNORE INTO events (id, received_at, trigger, endpoint, hosts,"
+                        " repository, tag, digest, media_type, state, message, done_at)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            e.id,
+                            e.received_at,
+                            int(e.trigger),
+                            e.endpoint,
+                            json.dumps(list(e.hosts)),
+                            e.repository,
+                            e.tag,
+                            e.digest,
+                            e.media_type,
+                            state,
+                            e.message,
+                            done_at,
+                        ),
+                    )
+                    added.append(cur.rowcount == 1)
+        except sqlite3.Error as exc:
+            where = str(self.db.path.parent)
+            if is_volume_full(exc, where):
+                raise DataVolumeFull(where) from exc
+            raise
+        return added
+
+    def unplaced(self, limit: int = 1000) -> list[gateway_pb2.UnplacedEvent]:
+        """Events from registries no endpoint named, per (hosts, repository), newest first:
+        count, the most recent tag and time (suggestions are added by the caller, who knows
+        the endpoints)."""
+        # SQLite takes bare columns (tag) from the row that holds the MAX().
+        rows = self.db.query(
+            "SELECT hosts, repository, tag, COUNT(*) AS n, MAX(received_at) AS last"
+            " FROM events WHERE state = ? GROUP BY hosts, repository"
+            " ORDER BY last DESC LIMIT ?",
+            (UNKNOWN_SOURCE, limit),
+        )
+        out = []
+        for r in rows:
+            ev = gateway_pb2.UnplacedEvent(
+                hosts=json.loads(r["hosts"]),
+                repository=r["repository"],
+                tag=r["tag"],
+                count=int(r["n"]),
+            )
+            ev.last_time.FromNanoseconds(int(float(r["last"]) * 1e9))
+            out.append(ev)
+        return out
 
     def get(self, event_id: str) -> InboxEvent | None:
         row = self.db.query_one("SELECT * FROM events WHERE id = ?", (event_id,))

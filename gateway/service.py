@@ -26,6 +26,7 @@ from gateway.schema import open_database
 from gateway.servicer import GatewayServicer
 from gateway.sweep import Sweeper
 from gateway.tracker import TransferTracker
+from gateway.webhook_auth import WebhookVerifier
 from gateway.worker import InboxWorker
 from servicekit.logs import context_id
 
@@ -99,6 +100,8 @@ class Gateway:
         self.webhook = WebhookApp(
             self.inbox,
             cfg.webhook_secret,
+            verifier=WebhookVerifier(transfer),
+            directory=self.directory,
             health=lambda: {
                 "tracking": self.tracker.active,
                 "destination_scans": self.dest_scans.active,

@@ -11,7 +11,7 @@ import grpc
 from grpc import aio
 from mirror.v1 import gateway_pb2, gateway_pb2_grpc, policy_pb2, policy_pb2_grpc
 
-from gateway.endpoints import EndpointDirectory
+from gateway.endpoints import EndpointDirectory, unplaced_with_suggestions
 from gateway.inbox import Inbox, InboxEvent
 from gateway.runs import RunStore
 from gateway.sweep import Sweeper
@@ -149,4 +149,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             runs_started=len(started),
             runs=[x.to_proto() for x in r.runs],
             errors=r.errors,
+        )
+
+    async def ListUnplacedEvents(
+        self, request: gateway_pb2.ListUnplacedEventsRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.ListUnplacedEventsResponse:
+        if request.page_size < 0:
+            raise invalid_argument("page_size must not be negative", [("page_size", "< 0")])
+        size = min(request.page_size or 100, 1000)
+        endpoints = await _call("listing endpoints", self.directory.all())
+        groups = self.inbox.unplaced(limit=1000)
+        return gateway_pb2.ListUnplacedEventsResponse(
+            events=unplaced_with_suggestions(groups, endpoints, size)
         )

@@ -3,8 +3,9 @@
 Per-event handling (the registry retries a non-2xx body forever, and one stuck body blocks its
 whole per-endpoint queue, so a body is refused only when nothing in it can be used):
 
-* not JSON, not an object with an ``events`` list, or *every* event malformed -> 400 with the
-  reasons (nothing is recorded; a real registry never sends such a body);
+* not JSON (also: nested too deeply, numbers too long to convert), not an object with an
+  ``events`` list, or *every* event malformed -> 400 with a short reason (nothing is recorded; a
+  real registry never sends such a body);
 * a mix of valid and malformed events -> the valid ones are recorded, the answer is 200 and its
   JSON lists the rejected ones (a 400 would make the registry retry the good ones forever);
 * valid events that are not a tagged manifest push (blob pushes, pulls, mounts, deletes,
@@ -96,8 +97,12 @@ def parse_body(raw: bytes) -> ParsedBody:
     """Parse an envelope; raise EnvelopeError when the body as a whole is unusable."""
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EnvelopeError(f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        # The C decoder stops at the interpreter's recursion limit: a hostile body, not a 500.
+        raise EnvelopeError("body is not JSON: nested too deeply") from exc
+    except ValueError as exc:
+        # JSONDecodeError, UnicodeDecodeError, and int() refusing a number of >4300 digits.
+        raise EnvelopeError(f"body is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
         raise EnvelopeError('body is not an envelope: expected {"events": [...]}')
     out = ParsedBody()
@@ -111,7 +116,8 @@ def _parse_event(index: int, ev: Any, out: ParsedBody) -> None:
         out.rejected.append((index, "", "event is not an object"))
         return
     eid = ev.get("id")
-    if not isinstance(eid, str) or not eid or len(eid) > _MAX_ID:
+    # isprintable also refuses lone surrogates, which SQLite cannot store (that was a 500).
+    if not isinstance(eid, str) or not eid or len(eid) > _MAX_ID or not eid.isprintable():
         out.rejected.append((index, "", "event has no valid 'id'"))
         return
     action = ev.get("action")
