@@ -19,7 +19,13 @@ from policy_service.rules.fields import (
     operators_for,
 )
 from policy_service.rules.nodes import And, Comparison, Const, Node, Not, Or, Span, post_order
-from policy_service.rules.regex import RegexError, compile_search
+from policy_service.rules.regex import (
+    MAX_REGEXES,
+    RegexBudget,
+    RegexError,
+    RegexTooLarge,
+    compile_search,
+)
 
 Predicate = Callable[[Any], bool]
 
@@ -93,9 +99,10 @@ def compile_rule(text: str, *, max_bytes: int = syntax.MAX_RULE_BYTES,
     root, errors = syntax.to_ast(text, tree)
     nodes = post_order(root)
     comparisons = [n for n in nodes if isinstance(n, Comparison)]
+    budget = _regex_budget(comparisons, errors)
     tests: dict[int, Predicate] = {}
     for comparison in comparisons:
-        test = _check_and_build(comparison, errors)
+        test = _check_and_build(comparison, errors, budget)
         if test is not None:
             tests[id(comparison)] = test
     if errors:
@@ -129,10 +136,24 @@ def compile_rule(text: str, *, max_bytes: int = syntax.MAX_RULE_BYTES,
     )
 
 
+def _regex_budget(comparisons: list[Comparison],
+                  errors: list[RuleErrorInfo]) -> RegexBudget | None:
+    """The program-size budget for this rule's regexes; None (and an error at the first one
+    too many) when the rule holds more than MAX_REGEXES of them, so none is compiled."""
+    regexes = [c for c in comparisons if c.operator == "matches"]
+    if len(regexes) <= MAX_REGEXES:
+        return RegexBudget()
+    errors.append(_error(regexes[MAX_REGEXES].operand.span,
+                         f"too many regular expressions: {len(regexes):,} > {MAX_REGEXES} "
+                         "'matches' comparisons in one rule", ("fewer 'matches'",)))
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Type checking
 
-def _check_and_build(node: Comparison, errors: list[RuleErrorInfo]) -> Predicate | None:
+def _check_and_build(node: Comparison, errors: list[RuleErrorInfo],
+                     budget: RegexBudget | None = None) -> Predicate | None:
     """Type-check one comparison; on success return its test on the field's value."""
     spec = FIELDS.get(node.field)
     if spec is None:
@@ -186,7 +207,7 @@ def _check_and_build(node: Comparison, errors: list[RuleErrorInfo]) -> Predicate
                              ("a string",)))
     if len(errors) > count:
         return None
-    return _build_test(spec, node, errors)
+    return _build_test(spec, node, errors, budget)
 
 
 def _error(span: Span, message: str, expected: tuple[str, ...] = (), suggestion: str = "",
@@ -206,14 +227,21 @@ def _reader(spec: FieldSpec, key: str | None) -> Callable[[Facts], Any]:
     return spec.get
 
 
-def _build_test(spec: FieldSpec, node: Comparison, errors: list[RuleErrorInfo]) -> Predicate | None:
+def _build_test(spec: FieldSpec, node: Comparison, errors: list[RuleErrorInfo],
+                budget: RegexBudget | None) -> Predicate | None:
     op = node.operator
     value: Any = node.operand.value
     if op in LIST_OPERATORS:
         value = frozenset(item.value for item in value)
     if op == "matches":
+        if budget is None or budget.exhausted:
+            return None  # the rule already failed on its regexes: compile no more of them
         try:
-            value = compile_search(value)
+            value = compile_search(value, budget)
+        except RegexTooLarge as exc:
+            errors.append(_error(node.operand.span, str(exc),
+                                 ("a smaller RE2 regular expression",)))
+            return None
         except RegexError as exc:
             errors.append(_error(node.operand.span, f"invalid regular expression: {exc}",
                                  ("an RE2 regular expression",)))
