@@ -2,6 +2,11 @@
 
 Tokens are cached per (realm, service, scope set) until shortly before they expire. Neither
 credentials nor tokens are ever logged or put into error messages.
+
+Credentials are bound to the registry they were given for: the transport sends Authorization
+only to the registry's own origin (scheme, host, port) and learns challenges only from 401s
+that origin sent; the password goes to a token realm the registry names only when that realm
+is https or on the registry's own host (else the token is asked for anonymously).
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from registry_client.bodies import read_limited
 from registry_client.config import RegistryConfig
 from registry_client.errors import AuthenticationError, ConnectError, RegistryError, error_for
+from registry_client.excerpt import strip_userinfo
+from servicekit.retry import Backoff, retryable_status
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,24 @@ _PARAM = re.compile(
 _SCHEME = re.compile(r"\s*,?\s*([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)(?=\s|$|,)")
 
 DEFAULT_TOKEN_LIFETIME = 60
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL, default ports filled in, host lower case."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def realm_may_get_credentials(realm: str, registry_url: str) -> bool:
+    """A token realm gets the password only over https or on the registry's own host."""
+    scheme, host, _ = origin_of(realm)
+    return scheme == "https" or (scheme == "http" and host == origin_of(registry_url)[1])
 
 
 @dataclass(frozen=True)
@@ -124,7 +150,13 @@ class Authenticator:
         self._tokens: dict[tuple[str, str, tuple[str, ...]], _Token] = {}
         self._no_post: set[str] = set()
         self._locks: dict[tuple[str, str, tuple[str, ...]], asyncio.Lock] = {}
+        self._backoff = Backoff(cfg.backoff_base, cfg.backoff_cap)
+        self.origin = origin_of(cfg.base_url)
         self.token_fetches = 0  # for tests and metrics
+
+    def owns(self, url: str) -> bool:
+        """Whether `url` is on the registry's own origin (the only one that gets credentials)."""
+        return origin_of(url) == self.origin
 
     @property
     def has_credentials(self) -> bool:
@@ -158,6 +190,10 @@ class Authenticator:
         challenges = parse_www_authenticate(www_authenticate or "")
         for ch in challenges:
             if ch.scheme == "bearer" and ch.realm:
+                if origin_of(ch.realm)[0] not in ("http", "https"):
+                    raise AuthenticationError(
+                        401, "UNAUTHORIZED", "the registry names a token realm that is not http(s)"
+                    )
                 self.challenge = Challenge("bearer", ch.params)
                 return ch
         for ch in challenges:
@@ -189,8 +225,19 @@ class Authenticator:
         self, session: aiohttp.ClientSession, realm: str, service: str, scopes: list[str]
     ) -> tuple[str, float]:
         self.token_fetches += 1
-        log.debug("fetching token from %s for %s", realm, " ".join(scopes) or "no scope")
-        if self.has_credentials and realm not in self._no_post:
+        log.debug(
+            "fetching token from %s for %s", strip_userinfo(realm), " ".join(scopes) or "no scope"
+        )
+        send_credentials = self.has_credentials and realm_may_get_credentials(
+            realm, self.cfg.base_url
+        )
+        if self.has_credentials and not send_credentials:
+            log.warning(
+                "token realm %s is plain http on another host than %s: asking without credentials",
+                strip_userinfo(realm),
+                self.cfg.base_url,
+            )
+        if send_credentials and realm not in self._no_post:
             form = {
                 "grant_type": "password",
                 "username": self.cfg.username,
@@ -201,7 +248,10 @@ class Authenticator:
             }
             if scopes:
                 form["scope"] = " ".join(scopes)
-            status, doc, body = await self._call(session, "POST", realm, data=form)
+            # Never follow a redirect with the password in the body.
+            status, doc, body = await self._call(
+                session, "POST", realm, data=form, allow_redirects=False
+            )
             if status == 200:
                 return _parse_token(doc)
             if status in (400, 404, 405):  # no OAuth2 form here: use the GET flow from now on
@@ -210,10 +260,19 @@ class Authenticator:
                 raise _token_error(status, body)
         params: list[tuple[str, str]] = [("service", service)] if service else []
         params += [("scope", s) for s in scopes]
-        headers = {"Authorization": self._basic()} if self.has_credentials else {}
+        # aiohttp drops Authorization on a redirect to another origin.
+        headers = {"Authorization": self._basic()} if send_credentials else {}
         status, doc, body = await self._call(session, "GET", realm, params=params, headers=headers)
         if status != 200:
-            raise _token_error(status, body)
+            err = _token_error(status, body)
+            if self.has_credentials and not send_credentials and status in (401, 403):
+                err = AuthenticationError(
+                    status,
+                    "UNAUTHORIZED",
+                    f"the token realm {strip_userinfo(realm)} is plain http on another host than"
+                    " the registry; credentials are not sent there (use https for the realm)",
+                )
+            raise err
         return _parse_token(doc)
 
     async def _call(
@@ -224,10 +283,8 @@ class Authenticator:
             try:
                 async with session.request(method, url, **kw) as resp:
                     body = await read_limited(resp, 1 << 20)
-                    if resp.status >= 500 and attempt + 1 < attempts:
-                        await asyncio.sleep(
-                            min(self.cfg.backoff_cap, self.cfg.backoff_base * 2**attempt)
-                        )
+                    if retryable_status(resp.status) and attempt + 1 < attempts:
+                        await self._backoff.sleep(attempt)
                         continue
                     doc: Any = None
                     if resp.status == 200:
@@ -236,12 +293,12 @@ class Authenticator:
                         except ValueError as e:
                             raise RegistryError(200, "", "token server answered no JSON") from e
                     return resp.status, doc, body
-            except aiohttp.ClientConnectionError as e:
+            except (aiohttp.ClientConnectionError, TimeoutError) as e:
                 if attempt + 1 >= attempts:
                     raise ConnectError(
                         0, "", f"token server unreachable: {type(e).__name__}"
                     ) from e
-                await asyncio.sleep(min(self.cfg.backoff_cap, self.cfg.backoff_base * 2**attempt))
+                await self._backoff.sleep(attempt)
         raise ConnectError(0, "", "token server unreachable")
 
 

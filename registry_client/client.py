@@ -22,6 +22,7 @@ from registry_client.errors import (
     InvalidRequest,
     NotFound,
     RegistryError,
+    Stalled,
 )
 from registry_client.names import is_digest
 from registry_client.transport import Transport
@@ -98,10 +99,13 @@ def _range_end(header: str | None) -> int | None:
 class BlobReader:
     """A blob download in progress: `size` is the full blob size, `offset` where it starts."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, offset: int, size: int | None) -> None:
+    def __init__(
+        self, resp: aiohttp.ClientResponse, offset: int, size: int | None, idle: float = 0.0
+    ) -> None:
         self._resp = resp
         self.offset = offset
         self.size = size
+        self._idle = idle
 
     async def iter_chunks(self, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         """The body as it arrives, in pieces of at most `chunk_size` bytes."""
@@ -114,7 +118,10 @@ class BlobReader:
                     continue
                 for i in range(0, len(data), chunk_size):
                     yield data[i : i + chunk_size]
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+        except (aiohttp.ServerTimeoutError, TimeoutError) as e:
+            # The transport reads GET bodies under the idle timeout: no byte for that long.
+            raise Stalled(0, "", f"blob download stalled: no bytes for {self._idle:g}s") from e
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
             raise ConnectError(0, "", f"blob download interrupted: {type(e).__name__}") from e
 
 
@@ -195,21 +202,38 @@ class RegistryClient:
         return ManifestDescriptor(ctype, digest, size)
 
     async def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
-        """Push the exact bytes under a tag or digest; returns the digest (checked)."""
+        """Push the exact bytes under a tag or digest; returns the digest (checked).
+
+        When the answer is lost (the connection broke after the registry may have stored the
+        manifest), the registry is asked (HEAD `ref`) before anything is called failed.
+        """
         digest = sha256_digest(data)
-        async with self.transport.request(
-            "PUT",
-            f"/v2/{repo}/manifests/{ref}",
-            scopes=[_push(repo)],
-            ok=(201, 200),
-            headers={"Content-Type": media_type},
-            data=data,
-            context=f"push manifest {repo}:{ref}",
-        ) as resp:
-            got = resp.headers.get("Docker-Content-Digest", digest)
+        try:
+            async with self.transport.request(
+                "PUT",
+                f"/v2/{repo}/manifests/{ref}",
+                scopes=[_push(repo)],
+                ok=(201, 200),
+                headers={"Content-Type": media_type},
+                data=data,
+                context=f"push manifest {repo}:{ref}",
+            ) as resp:
+                got = resp.headers.get("Docker-Content-Digest", digest)
+        except ConnectError:
+            if not await self._manifest_is(repo, ref, digest):
+                raise
+            return digest
         if got != digest:
             raise DigestMismatch(0, "DIGEST_INVALID", f"registry stored {got}, pushed {digest}")
         return digest
+
+    async def _manifest_is(self, repo: str, ref: str, digest: str) -> bool:
+        """Whether `ref` in `repo` names `digest` now (False also when the registry cannot say)."""
+        try:
+            have = await self.head_manifest(repo, ref)
+        except RegistryError:
+            return False
+        return have is not None and have.digest == digest
 
     async def delete_manifest(self, repo: str, digest: str) -> None:
         async with self.transport.request(
@@ -249,7 +273,7 @@ class RegistryClient:
             context=f"blob {repo}@{digest}",
         ) as resp:
             size = _total_size(resp, offset)
-            reader = BlobReader(resp, offset, size)
+            reader = BlobReader(resp, offset, size, self.cfg.idle_timeout)
             if offset and resp.status == 200:
                 # Range ignored: skip what we already have.
                 left = offset
@@ -346,21 +370,36 @@ class RegistryClient:
             return Upload(up.repo, self._location(resp, up.location), held)
 
     async def finish_upload(self, up: Upload, digest: str, data: bytes | None = None) -> str:
-        """PUT ?digest= to commit (with the last bytes, or none); returns the digest."""
+        """PUT ?digest= to commit (with the last bytes, or none); returns the digest.
+
+        The commit is not resent blindly: when its answer is lost (connection broken after the
+        registry committed, so a second PUT would find the session gone), the blob is HEADed
+        in the repository and a blob of the expected size there counts as committed.
+        """
         headers = {
             "Content-Type": "application/octet-stream",
             "Content-Length": str(len(data or b"")),
         }
-        async with self.transport.request(
-            "PUT",
-            _with_query(up.location, digest=digest),
-            scopes=[_push(up.repo)],
-            ok=(201, 204),
-            headers=headers,
-            data=data or b"",
-            context=f"finish upload {up.repo}@{digest}",
-        ) as resp:
-            return resp.headers.get("Docker-Content-Digest", digest)
+        try:
+            async with self.transport.request(
+                "PUT",
+                _with_query(up.location, digest=digest),
+                scopes=[_push(up.repo)],
+                ok=(201, 204),
+                headers=headers,
+                data=data or b"",
+                retry=False,
+                context=f"finish upload {up.repo}@{digest}",
+            ) as resp:
+                return resp.headers.get("Docker-Content-Digest", digest)
+        except (ConnectError, NotFound):
+            try:
+                held = await self.blob_size(up.repo, digest)
+            except RegistryError:
+                held = None
+            if held is None or held != up.offset + len(data or b""):
+                raise
+            return digest
 
     async def cancel_upload(self, up: Upload) -> None:
         """DELETE the upload session; an already-gone session is fine."""

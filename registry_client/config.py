@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import metadata
 from urllib.parse import urlsplit
+
+from registry_client.excerpt import strip_userinfo
+
+
+def _version() -> str:
+    try:
+        return metadata.version("image-mirror")
+    except metadata.PackageNotFoundError:  # running from a bare checkout
+        return "0"
+
+
+# Every request we make says who we are, so our own pushes can be told apart in registry
+# events (the gateway must not mirror what it just pushed as if a developer had).
+USER_AGENT = f"image-mirror/{_version()}"
 
 
 @dataclass(frozen=True)
 class RegistryConfig:
     """How to reach and authenticate to one registry.
 
-    `password` may be a password or an access token; it is never logged (repr hides it).
+    `password` may be a password or an access token; it is never logged (repr hides it), and
+    only sent to this registry's own origin (scheme, host, port) or to a token realm it names
+    that is https or on the same host. Userinfo in `url` is ignored (never sent, never shown).
     """
 
     url: str
@@ -23,24 +40,34 @@ class RegistryConfig:
     max_attempts: int = 5
     backoff_base: float = 0.2
     backoff_cap: float = 10.0
-    # Longest Retry-After we honour; a longer one is clamped (a registry may ask for hours).
+    # Longest Retry-After we wait for; a longer one fails the attempt at once
+    # (errors.RetryAfterTooLong, carrying the wait asked for) so a scheduler can come back.
     retry_after_cap: float = 60.0
     connect_timeout: float = 15.0
-    # Seconds without any bytes before a read is abandoned (and retried).
+    # Seconds to wait for the answer to a request that makes the registry work (PUT, PATCH,
+    # POST, DELETE: a commit may hash a large blob).
     read_timeout: float = 120.0
-    user_agent: str = "image-mirror/0.1"
+    # Seconds without any bytes while reading an answer to GET/HEAD (a blob body stalled
+    # mid-way) before the read is cut; the copy engine resumes, but not indefinitely.
+    idle_timeout: float = 30.0
+    user_agent: str = USER_AGENT
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"registry url must be http(s)://host[:port], got {self.url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"registry url must be http(s)://host[:port], got {strip_userinfo(self.url)!r}"
+            )
         if self.max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if self.idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive")
 
     @property
     def base_url(self) -> str:
+        """scheme://host[:port] of the registry, without any userinfo."""
         parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc}"
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
     @property
     def key(self) -> str:

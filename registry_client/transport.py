@@ -1,9 +1,12 @@
 """HTTP transport of one registry: session, TLS, auth round-trips, limits and retries.
 
-Retries 408, 429 and 5xx answers and connection errors with capped exponential backoff and
-full jitter, honouring Retry-After; never other 4xx. A 401 is answered once by (re)learning the
-challenge and fetching a fresh token. The concurrency slot is held until the response body has
-been consumed, so a streaming download counts as one request for its whole life.
+Retries what `servicekit.retry` calls retryable (408, 429, 5xx, connection errors) with its
+backoff, honouring Retry-After up to `retry_after_cap` (a longer wait fails at once with
+RetryAfterTooLong); never other 4xx. A 401 from the registry's own origin is answered once by
+(re)learning the challenge and fetching a fresh token; a 401 from anywhere else (a redirect, a
+Location on another host) is an error and never gets credentials. The concurrency slot is held
+until the response body has been consumed, so a streaming download counts as one request for
+its whole life. GET/HEAD answers are cut after `idle_timeout` seconds without a byte.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import random
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterable
@@ -30,15 +32,21 @@ from registry_client.errors import (
     ConnectError,
     PermissionDenied,
     RegistryError,
+    RetryAfterTooLong,
     TlsError,
     TooManyRequests,
     error_for,
 )
+from registry_client.excerpt import strip_userinfo
 from registry_client.ratelimit import TokenBucket
+from servicekit.retry import Backoff, retryable_status
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+RETRY_STATUSES = frozenset(s for s in range(400, 600) if retryable_status(s))
+# Methods whose answers are read under the idle timeout (the others may make the registry
+# work before it answers: a commit hashes the blob).
+_IDLE_METHODS = frozenset({"GET", "HEAD"})
 # A request body: bytes (replayable), a factory of streams (replayable), or a one-shot stream.
 Body = Union[bytes, Callable[[], AsyncIterable[bytes]], AsyncIterable[bytes], None]  # noqa: UP007
 
@@ -82,6 +90,10 @@ class Transport:
         self._sem = asyncio.Semaphore(cfg.max_concurrency)
         self._bucket = TokenBucket(cfg.requests_per_second)
         self._session: aiohttp.ClientSession | None = None
+        self._policy = Backoff(cfg.backoff_base, cfg.backoff_cap)
+        self._idle = aiohttp.ClientTimeout(
+            total=None, connect=cfg.connect_timeout, sock_read=cfg.idle_timeout
+        )
         self.retries = 0  # retried requests, for tests and metrics
 
     @property
@@ -114,8 +126,8 @@ class Transport:
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return min(retry_after, self.cfg.retry_after_cap)
-        return random.uniform(0, min(self.cfg.backoff_cap, self.cfg.backoff_base * 2**attempt))
+            return retry_after
+        return self._policy.delay(attempt)
 
     @asynccontextmanager
     async def request(
@@ -192,13 +204,16 @@ class Transport:
     ) -> aiohttp.ClientResponse | float:
         """One try: the response to yield, or the seconds to wait before the next try."""
         hdrs = dict(headers or {})
-        auth_header = await self.auth.header(self.session, st.scopes)
+        own = self.auth.owns(url)
+        # Credentials only for the registry's own origin (a Location or Link may point away).
+        auth_header = await self.auth.header(self.session, st.scopes) if own else None
         if auth_header:
             hdrs["Authorization"] = auth_header
         body: Any = data() if callable(data) else data
+        extra: dict[str, Any] = {"timeout": self._idle} if method in _IDLE_METHODS else {}
         try:
             resp = await self.session.request(
-                method, url, headers=hdrs, params=params, data=body, allow_redirects=True
+                method, url, headers=hdrs, params=params, data=body, allow_redirects=True, **extra
             )
         except (aiohttp.ClientSSLError, ssl.SSLError) as e:
             raise TlsError(0, "", f"TLS with {self.cfg.base_url} failed: {e}") from e
@@ -211,6 +226,15 @@ class Transport:
             www = resp.headers.get("WWW-Authenticate", "")
             err_body = await _read_small(resp)
             resp.release()
+            if not (own and self.auth.owns(str(resp.url))):
+                # Another host asks for credentials (after a redirect, or a foreign Location):
+                # it never gets them, and its challenge is not learnt.
+                raise AuthenticationError(
+                    401,
+                    "UNAUTHORIZED",
+                    f"{context}: {origin_text(str(resp.url))} asked for credentials; they are"
+                    f" only sent to {self.cfg.base_url}",
+                )
             if st.auth_rounds >= 1 or not st.replayable or not www:
                 raise self._unauthorized(err_body, bool(auth_header))
             st.auth_rounds += 1
@@ -225,10 +249,24 @@ class Transport:
             return 0.0
 
         can_retry = st.replayable and st.attempt + 1 < self.cfg.max_attempts
-        if resp.status in retry_statuses and can_retry:
-            resp.release()
+        if resp.status in retry_statuses and resp.status not in ok:
             wait = retry_after_seconds(resp.headers.get("Retry-After"))
-            return self._next_try(st, context, f"HTTP {resp.status}", wait)
+            if wait is not None and wait > self.cfg.retry_after_cap:
+                # Waiting hours would hold a slot with no word said: fail this attempt now
+                # and let the caller's scheduler come back (the wait rides on the error).
+                err_body = await _read_small(resp)
+                resp.release()
+                code = error_for(resp.status, err_body).code
+                raise RetryAfterTooLong(
+                    resp.status,
+                    code,
+                    f"{context}: the registry asks to retry after {wait:.0f}s (Retry-After),"
+                    f" over the {self.cfg.retry_after_cap:.0f}s cap",
+                    retry_after=wait,
+                )
+            if can_retry:
+                resp.release()
+                return self._next_try(st, context, f"HTTP {resp.status}", wait)
 
         if resp.status not in ok:
             err_body = await _read_small(resp)
@@ -264,7 +302,14 @@ class _State:
     auth_rounds: int = 0
 
 
-async def _read_small(resp: aiohttp.ClientResponse, limit: int = 64 << 10) -> bytes:
+def origin_text(url: str) -> str:
+    """scheme://host[:port] of a URL for messages (no userinfo, path or query)."""
+    parts = urlsplit(strip_userinfo(url))
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+async def _read_small(resp: aiohttp.ClientResponse, limit: int = 8 << 10) -> bytes:
+    # Only a short excerpt of an error body is ever used; the rest stays unread.
     try:
         return await read_limited(resp, limit)
     except (TimeoutError, aiohttp.ClientError):
