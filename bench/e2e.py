@@ -92,7 +92,8 @@ def run(n: int) -> dict[str, list[float]]:
             for name, reg in (("dev", dev), ("qa", qa)):
                 client.transfers.create_endpoint(name=name, url=reg.url)
             pol = client.policies.create(
-                name="bench", source_repository="dev/bench", rule='tag endswith "stable"',
+                name="bench", source_endpoint="dev", source_repository="dev/bench",
+                rule='tag endswith "stable"',
                 endpoint="qa", repository="qa/bench", tag_template="%n",
             )
             builder = ImageBuilder(work / "img")

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                 notify_urls=args.notify_url,
                 concurrency=args.inbox_concurrency,
                 reconcile_interval_s=args.reconcile_interval,
+                max_hops=args.max_hops,
             ),
             channels[0],
             channels[1],

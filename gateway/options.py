@@ -37,6 +37,13 @@ def add_gateway_arguments(p: argparse.ArgumentParser, http_default: str) -> None
         default=300.0,
         help="seconds between reconcile sweeps of every enabled policy (0: off)",
     )
+    g.add_argument(
+        "--max-hops",
+        type=int,
+        default=8,
+        help="longest promotion chain through image-mirror's own pushes; a run beyond it is "
+        "blocked (stops loops through systems the policies cannot see)",
+    )
 
 
 def webhook_secret(args: argparse.Namespace) -> str:

@@ -228,8 +228,12 @@ class Sweeper:
                 if not digest:
                     continue
                 if trigger == Run.TRIGGER_RECONCILE:
-                    if self.baselines.contains(pol.id, since, repo, tag, digest):
-                        continue  # there before the policy: only Apply mirrors it
+                    # There before the policy and never acted on since: only Apply mirrors
+                    # it. (A run means an event came after Save: then it is Reconcile's.)
+                    if not self.runs.covering(
+                        pol.id, endpoint, repo, tag, digest
+                    ) and self.baselines.contains(pol.id, since, repo, tag, digest):
+                        continue
                     if await self._handled(pol, repo, tag, digest, result):
                         continue
                 result.tags_evaluated += 1

@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.inbox_concurrency < 1 or args.max_jobs < 1:
         p.error("--inbox-concurrency and --max-jobs must be at least 1")
+    if args.max_hops < 1:
+        p.error("--max-hops must be at least 1")
     # The services inside call each other through the gRPC port, so they dial it like a client.
     if args.tls_cert and not args.peer_ca:
         p.error("--tls-cert needs --peer-ca (the CA of the server certificate): the services "
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                     notify_urls=args.notify_url,
                     inbox_concurrency=args.inbox_concurrency,
                     reconcile_interval_s=args.reconcile_interval,
+                    max_hops=args.max_hops,
                     scanner=not args.no_scanner,
                     transfer_options={"max_jobs": args.max_jobs},
                 ),

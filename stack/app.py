@@ -45,8 +45,10 @@ class StackConfig:
     notify_urls: list[str] = field(default_factory=list)
     inbox_concurrency: int = 8
     reconcile_interval_s: float = 300.0
+    max_hops: int = 8
     scanner: bool = True
     transfer_options: dict[str, Any] = field(default_factory=dict)
+    policy_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,7 +105,7 @@ async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) 
     transfer = TransferServicer.open(data, **cfg.transfer_options)
     closers.append(transfer.stop)
     store = PolicyStore.open(data)
-    policy = PolicyServicer(store, GrpcPushChecker(channel))
+    policy = PolicyServicer(store, GrpcPushChecker(channel), **cfg.policy_options)
 
     async def close_store() -> None:
         store.close()
@@ -125,6 +127,7 @@ async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) 
             notify_urls=cfg.notify_urls,
             concurrency=cfg.inbox_concurrency,
             reconcile_interval_s=cfg.reconcile_interval_s,
+            max_hops=cfg.max_hops,
         ),
         policy_channel=channel,
         transfer_channel=channel,

@@ -83,9 +83,11 @@ def run_demo(workdir: Path) -> None:
         client.transfers.create_endpoint(
             name="qa", url=qa.url, username=QA_USER, secret=QA_PASSWORD
         )
-        step('creating policy: dev/website, tag endswith "stable" -> qa/website on endpoint qa')
+        step('creating policy: dev/website on endpoint dev, tag endswith "stable" -> '
+             "qa/website on endpoint qa")
         pol = client.policies.create(
-            name="website-to-qa", source_repository="dev/website", rule='tag endswith "stable"',
+            name="website-to-qa", source_endpoint="dev", source_repository="dev/website",
+            rule='tag endswith "stable"',
             endpoint="qa", repository="qa/website", tag_template="%Y%m%d-%H%M%S",
         )
         step("building two images and pushing dev/website:1.0-dev and :1.0-stable (skopeo)")

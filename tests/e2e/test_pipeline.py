@@ -32,7 +32,8 @@ def test_dev_to_qa_to_prod(
     clients.add_endpoint("prod", prod)
     to_qa = clients.add_policy("to-qa", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
     to_prod = clients.add_policy(
-        "to-prod", "qa/website", 'tag startswith "2."', "prod", "prod/website", template="%n-prod"
+        "to-prod", "qa/website", 'tag startswith "2."', "prod", "prod/website", template="%n-prod",
+        source_endpoint="qa",
     )
     images = ImageBuilder(tmp_path / "img")
     push(images.image("2.0-stable"), dev, "dev/website")
@@ -57,3 +58,8 @@ def test_dev_to_qa_to_prod(
     stage1 = clients.wait_runs_final(to_qa.id, 2)
     assert all(r.state == Run.STATE_SUCCEEDED for r in stage1)
     assert {r.trigger for r in stage1 + stage2} == {Run.TRIGGER_EVENT}
+    # One copy per hop, and the second hop knows where its image came from.
+    assert len(clients.transfers()) == 3
+    promoted = next(r for r in stage2 if r.state == Run.STATE_SUCCEEDED)
+    assert [(p.endpoint, p.repository) for p in promoted.provenance] == [("dev", "dev/website")]
+    assert promoted.hop == 1

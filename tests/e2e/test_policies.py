@@ -83,22 +83,25 @@ def test_apply_policy_with_a_glob_source_uses_the_catalog(
     push(builder.image("a-stable"), dev, "team/app-a")
     push(builder.image("b-stable"), dev, "team/app-b")
     push(builder.image("c-stable"), dev, "other/app-c")  # outside the glob
-    pol = clients.add_policy("glob", "team/*", 'tag endswith "stable"', "qa", "qa/team")
+    pol = clients.add_policy("glob", "team/*", 'tag endswith "stable"', "qa", "qa/team/{path}")
 
     resp = clients.gateway.ApplyPolicy(gateway_pb2.ApplyPolicyRequest(policy_id=pol.id), timeout=60)
     assert (resp.tags_evaluated, resp.tags_matched) == (2, 2)
     assert sorted(r.source.repository for r in resp.runs) == ["team/app-a", "team/app-b"]
     clients.wait_runs_final(pol.id, 2)
-    assert tags_of(qa, "qa/team") == ["a-stable", "b-stable"]
+    assert tags_of(qa, "qa/team/app-a") == ["a-stable"]
+    assert tags_of(qa, "qa/team/app-b") == ["b-stable"]
 
 
 def test_scan_facts_come_from_the_scanner(
     stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
     dev, qa = dev_and_qa(clients, registry_factory, stack)
+    # This image has no package database and no vulnerability data is loaded: only a policy
+    # that opts out of failing closed evaluates the rule (tests/e2e/test_fail_closed.py).
     pol = clients.add_policy(
         "scanned", "dev/website", 'tag endswith "stable" and critical_vulns <= 3', "qa",
-        "qa/website",
+        "qa/website", allow_incomplete_facts=True,
     )
     push(ImageBuilder(tmp_path / "img").image("12.0-stable"), dev, "dev/website")
     (run,) = clients.wait_runs_final(pol.id, 1)
@@ -106,7 +109,7 @@ def test_scan_facts_come_from_the_scanner(
     assert tags_of(qa, "qa/website") == ["12.0-stable"]
 
 
-def test_without_a_scanner_scan_rules_do_not_match_and_say_why(
+def test_without_a_scanner_scan_rules_are_blocked_and_say_why(
     registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
     from tests.e2e.conftest import WEBHOOK_SECRET
@@ -125,8 +128,9 @@ def test_without_a_scanner_scan_rules_do_not_match_and_say_why(
         )
         push(ImageBuilder(tmp_path / "img").image("13.0-stable"), dev, "dev/website")
         (run,) = c.wait_runs_final(pol.id, 1)
-        assert run.state == Run.STATE_NOT_MATCHED
+        assert run.state == Run.STATE_BLOCKED
         assert "vulnerabilities" in run.message.lower()
+        assert "no scanner" in run.message
         assert tags_of(qa, "qa/website") == []
     finally:
         c.close()

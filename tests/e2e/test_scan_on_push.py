@@ -18,7 +18,7 @@ from registry_testkit.images import push
 from stack.process import StackProcess
 from tests.e2e.conftest import Clients, notify_config, wait_for
 from tests.e2e.helpers import tags_of
-from tests.e2e.scan_images import clean_image, cosign_signature, sbom_attestation
+from tests.e2e.scan_images import OSV_DIR, clean_image, cosign_signature, sbom_attestation
 from tests.support.registry import RegistryFactory
 
 pytestmark = pytest.mark.registry
@@ -56,6 +56,10 @@ def test_scan_on_push_destination_scans_the_mirrored_image(
         timeout=30,
     )
     clients.add_endpoint("prod", prod)  # scan_on_push off
+    # critical_vulns is decided only on loaded vulnerability data (fails closed otherwise).
+    scan_pb2_grpc.ScanServiceStub(clients.channel).ImportVulnerabilities(
+        scan_pb2.ImportVulnerabilitiesRequest(path=str(OSV_DIR)), timeout=60
+    )
     to_qa = clients.add_policy(
         "to-qa", "dev/website", 'tag endswith "stable" and critical_vulns == 0', "qa",
         "qa/website",

@@ -90,8 +90,9 @@ def test_mtls_stack_with_mirrorctl(tmp_path: Path, registry) -> None:
             # Creating a policy makes the policy service ask the transfer service (through
             # the stack's own mTLS port) whether the target is pushable.
             c.transfers.create_endpoint(name="qa", url=registry.url)
-            made = c.policies.create(name="p", source_repository="team/app", rule="true",
-                                     endpoint="qa", repository="team/app")
+            made = c.policies.create(name="p", source_endpoint="qa",
+                                     source_repository="team/app", rule="true",
+                                     endpoint="qa", repository="team/app-copy")
             assert made.id
         with connect(ls.address, tls=TlsOptions.from_files(pem["ca"]), token=ADMIN_TOKEN,
                      timeout=5) as c, pytest.raises(errors.Unavailable):
@@ -144,8 +145,8 @@ def test_metrics_move_when_an_image_is_mirrored(
         with connect(ls.address, token=ADMIN_TOKEN) as c:
             c.transfers.create_endpoint(name="dev", url=dev.url)
             c.transfers.create_endpoint(name="qa", url=qa.url)
-            c.policies.create(name="copy", source_repository="team/app", rule="true",
-                              endpoint="qa", repository="team/app")
+            c.policies.create(name="copy", source_endpoint="dev", source_repository="team/app",
+                              rule="true", endpoint="qa", repository="team/app")
             image = images.image("2.0", layers=[40_000])
             push(image, dev, "team/app")
             runs = wait_for("the mirror run to end", lambda: [

@@ -119,11 +119,13 @@ def test_push_mirrored_across_mtls_services(
         c.transfers.create_endpoint(name="dev", url=dev.url)
         c.transfers.create_endpoint(name="qa", url=qa.url)
         # CreatePolicy asks the transfer service (policy -> transfer hop) whether qa is
-        # pushable; the vulnerability clause makes the gateway ask the scanner too.
+        # pushable; the vulnerability clause makes the gateway ask the scanner too (this image
+        # has no package database and no vulnerability data is loaded: the policy opts out of
+        # failing closed, which tests/e2e/test_fail_closed.py covers).
         pol = c.policies.create(
-            name="promote", source_repository="team/app",
+            name="promote", source_endpoint="dev", source_repository="team/app",
             rule='tag endswith "stable" and critical_vulns == 0',
-            endpoint="qa", repository="team/app",
+            endpoint="qa", repository="team/app", allow_incomplete_facts=True,
         )
         image = ImageBuilder(tmp_path / "img").image("3.0-stable", layers=[30_000])
         push(image, dev, "team/app")

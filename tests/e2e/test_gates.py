@@ -1,0 +1,260 @@
+"""Policies that cannot leak (issue 9): source-scoped, loop-safe, mapped, Save vs Apply.
+
+Real registries send their push events to a real `mirror-stack`; what the QA registry gets is
+read back with the registry API and skopeo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from mirror.v1 import gateway_pb2, policy_pb2, transfer_pb2
+
+from registry_testkit.images import ImageBuilder, push
+from stack.process import StackProcess
+from tests.e2e.conftest import Clients, notify_config, wait_for
+from tests.e2e.helpers import healthz, skopeo_digest, tags_of
+from tests.support.registry import RegistryFactory
+
+pytestmark = pytest.mark.registry
+
+Run = gateway_pb2.Run
+
+
+def settled(stack: StackProcess, events: int) -> None:
+    """Wait until at least `events` events were received and none is left to act on."""
+
+    def check() -> bool:
+        doc = healthz(f"http://{stack.http_address}")
+        handled = sum(n for state, n in doc["events"].items() if state != "pending")
+        return handled >= events and doc["inbox_depth"] == 0
+
+    wait_for(check, 60, f"{events} events acted on")
+
+
+def transfers_to(clients: Clients, endpoint: str) -> list[Any]:
+    return [t for t in clients.transfers() if t.destination.endpoint == endpoint]
+
+
+def test_same_name_mirror_and_timestamp_mirror_copy_once(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    # Both registries send events: what our transfers push to QA comes back as events.
+    dev = registry_factory(notifications=[notify_config(stack)])
+    qa = registry_factory(notifications=[notify_config(stack)])
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    same = clients.add_policy("same-name", "team/app", "true", "qa", "team/app")
+    stamped = clients.add_policy(
+        "stamped", "team/website", "true", "qa", "team/website", template="%Y%m%d-%H%M%S-%n"
+    )
+    images = ImageBuilder(tmp_path / "img")
+    push(images.image("1.0"), dev, "team/app")
+    push(images.image("1.4-stable"), dev, "team/website")
+
+    wait_for(lambda: tags_of(qa, "team/app") == ["1.0"], 60, "team/app:1.0 in qa")
+    wait_for(lambda: len(tags_of(qa, "team/website")) == 1, 60, "one team/website tag in qa")
+    # Two pushes to dev, two echoes from qa: all four acted on, and nothing more happened.
+    settled(stack, 4)
+    assert tags_of(qa, "team/app") == ["1.0"]
+    (qa_tag,) = tags_of(qa, "team/website")
+    assert qa_tag.endswith("-1.4-stable") and qa_tag.count("-1.4-stable") == 1
+    assert len(transfers_to(clients, "qa")) == 2
+    assert [r.state for r in clients.wait_runs_final(same.id, 1)] == [Run.STATE_SUCCEEDED]
+    assert [r.state for r in clients.wait_runs_final(stamped.id, 1)] == [Run.STATE_SUCCEEDED]
+    assert skopeo_digest(qa, "team/website", qa_tag) == skopeo_digest(
+        dev, "team/website", "1.4-stable"
+    )
+
+
+def test_cycle_with_timestamp_refused_plain_cycle_converges(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory(notifications=[notify_config(stack)])
+    qa = registry_factory(notifications=[notify_config(stack)])
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    there = clients.add_policy("there", "team/app", "true", "qa", "team/app")
+    with pytest.raises(grpc.RpcError) as refused:
+        clients.add_policy(
+            "back-stamped", "team/app", "true", "dev", "team/app",
+            template="%Y%m%d-%n", source_endpoint="qa",
+        )
+    assert refused.value.code() in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert "there" in refused.value.details() and "back-stamped" in refused.value.details()
+    back = clients.add_policy("back", "team/app", "true", "dev", "team/app", source_endpoint="qa")
+
+    images = ImageBuilder(tmp_path / "img")
+    push(images.image("1.0"), dev, "team/app")
+    wait_for(lambda: tags_of(qa, "team/app") == ["1.0"], 60, "1.0 copied to qa")
+    push(images.image("2.0"), qa, "team/app")
+    wait_for(lambda: tags_of(dev, "team/app") == ["1.0", "2.0"], 60, "2.0 copied to dev")
+    # dev push, its qa echo, qa push, its dev echo.
+    settled(stack, 4)
+    assert tags_of(qa, "team/app") == ["1.0", "2.0"]
+    assert len(clients.transfers()) == 2, "one copy each way"
+    for tag in ("1.0", "2.0"):
+        assert skopeo_digest(dev, "team/app", tag) == skopeo_digest(qa, "team/app", tag)
+    echo = {r.source.reference: r for r in clients.wait_runs_final(back.id, 2)}
+    assert echo["2.0"].state == Run.STATE_SUCCEEDED
+    # The echo of 1.0 in qa: the way back is already up to date; nothing is copied.
+    assert echo["1.0"].state in (Run.STATE_SKIPPED, Run.STATE_BLOCKED)
+    assert echo["1.0"].provenance[0].endpoint == "dev" and echo["1.0"].hop == 1
+    assert {r.state for r in clients.wait_runs_final(there.id, 2)} <= {
+        Run.STATE_SUCCEEDED, Run.STATE_SKIPPED, Run.STATE_BLOCKED
+    }
+
+
+def test_same_repository_name_on_another_registry_triggers_nothing(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory(notifications=[notify_config(stack)])
+    qa = registry_factory(notifications=[notify_config(stack)])
+    prod = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    clients.add_endpoint("prod", prod)
+    to_prod = clients.add_policy(
+        "qa-to-prod", "qa/website", 'tag endswith "stable"', "prod", "prod/website",
+        source_endpoint="qa",
+    )
+    images = ImageBuilder(tmp_path / "img")
+    # A developer pushes a repository named like QA's to the dev registry: past no gate.
+    push(images.image("1.0-stable"), dev, "qa/website")
+    settled(stack, 1)
+    assert tags_of(prod, "prod/website") == []
+    assert clients.runs(to_prod.id) == []
+    # The same push to the QA registry is promoted.
+    push(images.image("1.1-stable"), qa, "qa/website")
+    wait_for(lambda: tags_of(prod, "prod/website") == ["1.1-stable"], 60, "promoted from qa")
+
+
+def test_glob_maps_each_repository_to_its_own_destination(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory(notifications=[notify_config(stack)])
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    with pytest.raises(grpc.RpcError) as refused:
+        clients.add_policy("one-target", "team/**", "true", "qa", "mirror/all")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "team/**" in refused.value.details()
+    pol = clients.add_policy("mapped", "team/**", "true", "qa", "mirror/{path}")
+    images = ImageBuilder(tmp_path / "img")
+    a = push(images.image("1.0", layers=(1000,)), dev, "team/a")
+    b = push(images.image("1.0", layers=(2000,)), dev, "team/sub/b")
+    assert a != b
+    wait_for(lambda: tags_of(qa, "mirror/a") == ["1.0"], 60, "mirror/a:1.0")
+    wait_for(lambda: tags_of(qa, "mirror/sub/b") == ["1.0"], 60, "mirror/sub/b:1.0")
+    assert skopeo_digest(qa, "mirror/a", "1.0") == a
+    assert skopeo_digest(qa, "mirror/sub/b", "1.0") == b
+    runs = clients.wait_runs_final(pol.id, 2)
+    assert sorted(r.destination.repository for r in runs) == ["mirror/a", "mirror/sub/b"]
+
+
+def test_save_acts_on_new_pushes_apply_on_what_is_there(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    # dev sends no events: only Reconcile and Apply can find its tags.
+    dev = registry_factory()
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    images = ImageBuilder(tmp_path / "img")
+    push(images.image("0.9-stable"), dev, "dev/website")
+    pol = clients.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
+
+    # The first reconcile (or the baseline watcher before it) records what was there.
+    clients.gateway.Reconcile(gateway_pb2.ReconcileRequest(policy_id=pol.id), timeout=60)
+    again = clients.gateway.Reconcile(gateway_pb2.ReconcileRequest(policy_id=pol.id), timeout=60)
+    assert again.runs_started == 0 and not again.errors
+    assert tags_of(qa, "qa/website") == []
+
+    # A push after Save whose event was lost: Reconcile fills it in, and only it.
+    push(images.image("1.0-stable"), dev, "dev/website")
+    r = clients.gateway.Reconcile(gateway_pb2.ReconcileRequest(policy_id=pol.id), timeout=60)
+    assert [x.source.reference for x in r.runs] == ["1.0-stable"]
+    wait_for(lambda: tags_of(qa, "qa/website") == ["1.0-stable"], 60, "1.0-stable mirrored")
+
+    # Save & Apply mirrors the old tag too.
+    applied = clients.gateway.ApplyPolicy(
+        gateway_pb2.ApplyPolicyRequest(policy_id=pol.id), timeout=60
+    )
+    assert applied.tags_matched == 2
+    wait_for(
+        lambda: tags_of(qa, "qa/website") == ["0.9-stable", "1.0-stable"], 60, "0.9 applied"
+    )
+    assert len(clients.transfers()) == 2, "Apply does not copy 1.0-stable a second time"
+
+
+def test_reconcile_repairs_a_destination_that_drifted(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory(notifications=[notify_config(stack)])
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    pol = clients.add_policy("p", "dev/website", "true", "qa", "qa/website")
+    images = ImageBuilder(tmp_path / "img")
+    good = push(images.image("1.0", layers=(1500,)), dev, "dev/website")
+    wait_for(lambda: tags_of(qa, "qa/website") == ["1.0"], 60, "mirrored")
+    clients.wait_runs_final(pol.id, 1)
+    # Someone overwrites the QA tag by hand.
+    push(images.image("other", layers=(2500,)), qa, "qa/website", tag="1.0")
+    assert skopeo_digest(qa, "qa/website", "1.0") != good
+    r = clients.gateway.Reconcile(gateway_pb2.ReconcileRequest(policy_id=pol.id), timeout=60)
+    assert len(r.runs) == 1 and "repair" in r.runs[0].message
+    wait_for(lambda: skopeo_digest(qa, "qa/website", "1.0") == good, 60, "repaired")
+
+
+def test_apply_and_reconcile_carry_on_past_a_broken_endpoint(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory()
+    qa = registry_factory()
+    broken = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    clients.add_endpoint("broken", broken)
+    images = ImageBuilder(tmp_path / "img")
+    push(images.image("1.0"), dev, "dev/website")
+    good = clients.add_policy("good", "dev/website", "true", "qa", "qa/website")
+    bad = clients.add_policy(
+        "bad", "team/**", "true", "qa", "from-broken/{path}", source_endpoint="broken"
+    )
+    # The broken registry goes away after the policies were saved.
+    broken.stop()
+    applied = clients.gateway.ApplyPolicy(
+        gateway_pb2.ApplyPolicyRequest(policy_id=good.id), timeout=60
+    )
+    assert applied.tags_matched == 1 and not applied.errors
+    wait_for(lambda: tags_of(qa, "qa/website") == ["1.0"], 60, "good policy applied")
+    r = clients.gateway.Reconcile(gateway_pb2.ReconcileRequest(), timeout=60)
+    assert [e.endpoint for e in r.errors] == ["broken"]
+    assert r.errors[0].policy_id == bad.id
+
+
+def test_endpoint_in_use_cannot_be_deleted(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory
+) -> None:
+    dev = registry_factory()
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    pol = clients.add_policy("p", "dev/website", "true", "qa", "qa/website")
+    for name in ("qa", "dev"):
+        with pytest.raises(grpc.RpcError) as refused:
+            clients.transfer.DeleteEndpoint(
+                transfer_pb2.DeleteEndpointRequest(name=name), timeout=30
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "p" in refused.value.details()
+    clients.policy.DeletePolicy(policy_pb2.DeletePolicyRequest(id=pol.id), timeout=30)
+    clients.transfer.DeleteEndpoint(transfer_pb2.DeleteEndpointRequest(name="qa"), timeout=30)
