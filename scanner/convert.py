@@ -9,6 +9,7 @@ from mirror.v1 import common_pb2, scan_pb2
 
 from scanner.model import Component, Counts, ImageFacts, VulnMatch
 from scanner.severity import bucket
+from scanner.vulnsources import parse_time
 
 
 def component_pb(c: Component) -> common_pb2.Component:
@@ -37,8 +38,16 @@ def vulnerability_pb(m: VulnMatch) -> scan_pb2.Vulnerability:
     )
 
 
+def _timestamp(iso: str) -> timestamp_pb2.Timestamp | None:
+    if not iso:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(parse_time(iso))
+    return ts
+
+
 def report_pb(facts: ImageFacts, scanned_at: datetime) -> scan_pb2.ScanReport:
-    """The ScanReport of an image's facts."""
+    """The ScanReport of an image's facts (whole: scanner.bounds cuts it to size)."""
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(scanned_at)
     return scan_pb2.ScanReport(
@@ -59,6 +68,8 @@ def report_pb(facts: ImageFacts, scanned_at: datetime) -> scan_pb2.ScanReport:
         platforms=facts.platforms,
         size_bytes=facts.size,
         labels=facts.labels,
+        components_unknown=facts.components_unknown,
+        vulnerability_data_time=_timestamp(facts.vulnerability_data_time),
     )
 
 
@@ -73,4 +84,6 @@ def image_facts_pb(facts: ImageFacts, tag: str = "") -> common_pb2.ImageFacts:
         labels=facts.labels,
         platforms=facts.platforms,
         size_bytes=facts.size,
+        vulnerability_data_time=_timestamp(facts.vulnerability_data_time),
+        components_unknown=facts.components_unknown,
     )

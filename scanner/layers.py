@@ -33,13 +33,20 @@ _MAX_LINK_HOPS = 8
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-image budgets; exceeding any of them refuses the image with a ScanError."""
+    """Per-image budgets; exceeding any of them refuses the image with a ScanError.
 
-    max_file_bytes: int = 64 << 20  # one package database / metadata file
+    The defaults sit far above real images (a full Ubuntu has ~3k packages and a 4 MB dpkg
+    status) and keep one scan within seconds and tens of MB; see scanner/bounds.py.
+    """
+
+    max_file_bytes: int = 16 << 20  # one package database / metadata file
     max_image_bytes: int = 16 << 30  # decompressed bytes over all layers
     max_members_per_layer: int = 500_000
-    max_captured_bytes: int = 512 << 20  # all kept files together
+    max_captured_bytes: int = 128 << 20  # all kept files together
+    max_captured_files: int = 100_000  # kept files over all layers (metadata, copyrights)
     max_blob_bytes: int = 8 << 20  # configs, attached SBOMs (read whole)
+    max_package_records: int = 25_000  # paragraphs / records / metadata files parsed
+    max_report_bytes: int = 2 << 20  # one ScanReport, well under gRPC's 4 MiB messages
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,7 @@ class LayerReader:
         self.tree = FileTree()
         self.bytes_read = 0
         self.captured_bytes = 0
+        self.captured_files = 0
         self.layers_read = 0
 
     def count_bytes(self, n: int) -> None:
@@ -251,6 +259,12 @@ class LayerReader:
             raise ScanError(
                 "TOO_MUCH_METADATA",
                 f"package metadata exceeds {limits.max_captured_bytes} bytes",
+            )
+        self.captured_files += 1
+        if self.captured_files > limits.max_captured_files:
+            raise ScanError(
+                "TOO_MUCH_METADATA",
+                f"more than {limits.max_captured_files} package metadata files (at /{path})",
             )
         f = tf.extractfile(member)
         data = f.read() if f is not None else b""

@@ -71,6 +71,14 @@ class ImageFacts:
     size: int = 0
     sources: list[str] = field(default_factory=list)
     database_version: str = ""
+    # When the vulnerability database was last updated at matching time (ISO; "" none):
+    # a cached report is re-matched when the database's time differs.
+    database_time: str = ""
+    # When the vulnerability data used for this image was last updated (ISO; "" none): the
+    # oldest of the sources its components need, "" when one of them has no records.
+    vulnerability_data_time: str = ""
+    # No package database was recognised in the layers (and no report was merged).
+    components_unknown: bool = False
     # Vulnerabilities listed by imported or attached reports (kept apart from the DB's own
     # matches so a new database version can redo the matching without losing them).
     report_vulnerabilities: list[VulnMatch] = field(default_factory=list)
@@ -93,6 +101,10 @@ class ImageFacts:
             size=int(d["size"]),
             sources=list(d["sources"]),
             database_version=d["database_version"],
+            database_time=d.get("database_time", ""),
+            vulnerability_data_time=d.get("vulnerability_data_time", ""),
+            # Rows saved before the field existed: no component found reads as unknown.
+            components_unknown=bool(d.get("components_unknown", not d["components"])),
             report_vulnerabilities=[_vuln(v) for v in d["report_vulnerabilities"]],
         )
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from registry_client import errors as registry_errors
 from registry_client import mediatypes
 from scanner import parsers
+from scanner.bounds import RecordBudget
 from scanner.errors import ScanError
 from scanner.layers import LayerReader, Limits, read_layer_chunks
 from scanner.model import Component, ImageFacts, OsInfo
@@ -84,12 +85,16 @@ async def _scan_image_manifest(
     for layer in layers:
         async with rc.open_blob(repo, layer["digest"]) as body:
             await read_layer_chunks(reader, body.iter_chunks(), layer["digest"])
-    facts.os, facts.components = parsers.extract(reader.tree)
+    facts.os, facts.components = parsers.extract(
+        reader.tree, RecordBudget(limits.max_package_records))
+    facts.components_unknown = not parsers.recognised(reader.tree)
     return facts
 
 
 def _union(index_digest: str, repo: str, children: list[ImageFacts]) -> ImageFacts:
     out = ImageFacts(digest=index_digest, repository=repo, sources=["layers"])
+    # One platform whose packages are unknown makes the index's components unknown.
+    out.components_unknown = not children or any(c.components_unknown for c in children)
     seen: set[tuple[str, str, str]] = set()
     for child in children:
         if not out.os.id:
@@ -167,7 +172,11 @@ async def attached_reports(
 
 
 def merge_report(facts: ImageFacts, source: str, report: ReportFacts) -> None:
-    """Add a report's components (deduplicated) and its own vulnerabilities to `facts`."""
+    """Add a report's components (deduplicated) and its own vulnerabilities to `facts`.
+
+    A report lists the image's components, so after it they are known (possibly none).
+    """
+    facts.components_unknown = False
     seen = {c.key for c in facts.components}
     for c in report.components:
         if c.key not in seen:
@@ -185,7 +194,15 @@ def merge_report(facts: ImageFacts, source: str, report: ReportFacts) -> None:
 
 
 def apply_vulnerabilities(facts: ImageFacts, vulndb: VulnDB | None) -> ImageFacts:
-    """Match components against the DB, add reports' own findings, count by bucket."""
+    """Match components against the DB, add reports' own findings, count by bucket.
+
+    The database's version and times are read before matching: an import racing with the
+    match leaves the facts marked older, so the next read matches again rather than claim
+    data the match did not use.
+    """
+    version = vulndb.version if vulndb is not None else ""
+    updated = vulndb.update_time if vulndb is not None else None
+    data_time = vulndb.data_time(facts.components, facts.os) if vulndb is not None else None
     matches = vulndb.match(facts.components, facts.os) if vulndb is not None else []
     known = {(m.id, m.component, m.installed_version) for m in matches}
     for m in facts.report_vulnerabilities:
@@ -194,7 +211,9 @@ def apply_vulnerabilities(facts: ImageFacts, vulndb: VulnDB | None) -> ImageFact
             matches.append(m)
     facts.vulnerabilities = matches
     facts.counts = count(matches)
-    facts.database_version = vulndb.version if vulndb is not None else ""
+    facts.database_version = version
+    facts.database_time = updated.isoformat() if updated is not None else ""
+    facts.vulnerability_data_time = data_time.isoformat() if data_time is not None else ""
     return facts
 
 

@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from google.protobuf import timestamp_pb2
 from grpc import aio
 from mirror.v1 import scan_pb2, scan_pb2_grpc
 
 from registry_client import errors as registry_errors
+from scanner.bounds import TOO_BIG, bound_report
 from scanner.convert import report_pb
 from scanner.errors import ScanError
 from scanner.layers import Limits
@@ -33,6 +35,9 @@ _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 # Refusals caused by the input the caller sent (not by the image's contents).
 _CALLER_REASONS = ("REPORT_INVALID", "IMPORT_SOURCE_MISSING", "IMPORT_TOO_LARGE",
                    "IMPORT_UNREADABLE")
+# Refusals because the image is beyond the scan's bounds (not malformed): "scan too big".
+_TOO_BIG_REASONS = (TOO_BIG, "FILE_TOO_LARGE", "TOO_MUCH_METADATA", "TOO_MANY_MEMBERS",
+                    "IMAGE_TOO_LARGE")
 
 
 class EndpointResolver(Protocol):
@@ -45,10 +50,16 @@ def scan_error(err: ScanError) -> errors.ApiError:
     """A refused image is FAILED_PRECONDITION (the image, not the request, is at fault)."""
     if err.reason in _CALLER_REASONS:
         return errors.invalid_argument(err.message, reason=err.reason)
+    if err.reason == TOO_BIG:
+        message = err.message  # already "scan too big: ..."
+    elif err.reason in _TOO_BIG_REASONS:
+        message = f"scan too big ({err.reason}): {err.message}"
+    else:
+        message = f"image refused ({err.reason}): {err.message}"
+    # FAILED_PRECONDITION, not RESOURCE_EXHAUSTED: callers retry the latter as transient,
+    # and the same image is just as big next time.
     return errors.failed_precondition(
-        f"image refused ({err.reason}): {err.message}", [("SCAN", err.reason, err.message)],
-        reason=err.reason,
-    )
+        message, [("SCAN", err.reason, err.message)], reason=err.reason)
 
 
 def registry_error(err: registry_errors.RegistryError, where: str) -> errors.ApiError:
@@ -97,35 +108,47 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         """The report row of `repository`'s copy; None: the most recently scanned copy."""
         if repository is None:
             return self.db.query_one(
-                "SELECT facts, database_version, report FROM reports WHERE digest=? "
-                "ORDER BY scanned_at DESC, rowid DESC LIMIT 1", (digest,))
+                "SELECT facts, database_version, database_time, report FROM reports "
+                "WHERE digest=? ORDER BY scanned_at DESC, rowid DESC LIMIT 1", (digest,))
         return self.db.query_one(
-            "SELECT facts, database_version, report FROM reports WHERE digest=? AND repository=?",
-            (digest, repository))
+            "SELECT facts, database_version, database_time, report FROM reports "
+            "WHERE digest=? AND repository=?", (digest, repository))
 
     def _cached(self, digest: str, repository: str | None) -> ImageFacts | None:
         row = self._row(digest, repository)
         return ImageFacts.from_json(row["facts"]) if row else None
 
     def _save(self, facts: ImageFacts) -> scan_pb2.ScanReport:
+        """Store and return the (bounded) report; ScanError(SCAN_TOO_BIG): nothing stored."""
         now = datetime.now(UTC)
-        report = report_pb(facts, now)
+        report = bound_report(report_pb(facts, now), self.limits.max_report_bytes)
         self.db.execute(
-            "INSERT INTO reports (digest, repository, facts, database_version, report, scanned_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(digest, repository) DO UPDATE SET "
+            "INSERT INTO reports (digest, repository, facts, database_version, database_time,"
+            " report, scanned_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(digest, repository) DO UPDATE SET "
             "facts=excluded.facts, database_version=excluded.database_version, "
+            "database_time=excluded.database_time, "
             "report=excluded.report, scanned_at=excluded.scanned_at",
             (facts.digest, facts.repository, facts.to_json(), facts.database_version,
-             report.SerializeToString(), now.isoformat()),
+             facts.database_time, report.SerializeToString(), now.isoformat()),
         )
         return report
 
+    def _database_time(self) -> str:
+        t = self.vulndb.update_time
+        return t.isoformat() if t is not None else ""
+
     async def _fresh(self, digest: str, repository: str | None) -> scan_pb2.ScanReport | None:
-        """The cached report, re-matched first when the vulnerability DB changed since."""
+        """The cached report, re-matched first when the vulnerability DB changed since.
+
+        "Changed" includes an import that only confirmed the data (its time moved): the
+        report's vulnerability_data_time must be that of the data it was matched against.
+        """
         row = self._row(digest, repository)
         if row is None:
             return None
-        if row["database_version"] == self.vulndb.version:
+        if (row["database_version"] == self.vulndb.version
+                and row["database_time"] == self._database_time()):
             return scan_pb2.ScanReport.FromString(row["report"])
         facts = ImageFacts.from_json(row["facts"])
         await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
@@ -180,7 +203,10 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         if not _DIGEST.match(request.digest):
             raise errors.invalid_argument(
                 "digest must be sha256:<64 hex>", [("digest", "not a sha256 digest")])
-        report = await self._fresh(request.digest, request.repository or None)
+        try:
+            report = await self._fresh(request.digest, request.repository or None)
+        except ScanError as err:
+            raise scan_error(err) from None
         if report is None:
             where = f" in {request.repository}" if request.repository else ""
             raise errors.not_found(f"no scan of {request.digest}{where}", reason="SCAN_NOT_FOUND")
@@ -241,7 +267,32 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
                 digest=request.digest, repository=repository)
             merge_report(facts, report.format, report)
             await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
-            return self._save(facts)
+            try:
+                return self._save(facts)
+            except ScanError as err:
+                raise scan_error(err) from None
+
+    async def GetVulnerabilityDatabaseStatus(
+        self, request: scan_pb2.GetVulnerabilityDatabaseStatusRequest,
+        context: aio.ServicerContext,
+    ) -> scan_pb2.VulnerabilityDatabaseStatus:
+        records, sources = await asyncio.to_thread(self.vulndb.status)
+        status = scan_pb2.VulnerabilityDatabaseStatus(
+            loaded=records > 0, database_version=self.vulndb.version, records=records,
+            update_time=_timestamp(self.vulndb.update_time) if records else None,
+            sources=[scan_pb2.VulnerabilitySource(
+                name=s.name, records=s.records, update_time=_timestamp(s.update_time))
+                for s in sources],
+        )
+        return status
+
+
+def _timestamp(t: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if t is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(t)
+    return ts
 
 
 __all__ = ["EndpointResolver", "ScanServicer"]

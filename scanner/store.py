@@ -53,6 +53,23 @@ MIGRATIONS = [
     DROP TABLE reports;
     ALTER TABLE reports_by_repository RENAME TO reports
     """,
+    # Sources (OSV ecosystems) with their record counts and last import time, and the
+    # database time each cached report was matched at. Data imported before this existed
+    # gets its newest record's `modified` as its time: older than the real import, so an
+    # age limit errs on the side of blocking.
+    """
+    CREATE TABLE vuln_sources (
+        name TEXT PRIMARY KEY,
+        records INTEGER NOT NULL,
+        update_time TEXT NOT NULL
+    );
+    INSERT INTO vuln_sources (name, records, update_time)
+        SELECT a.ecosystem, COUNT(DISTINCT a.vuln_id), MAX(v.modified)
+        FROM affected a JOIN vulns v ON v.id = a.vuln_id GROUP BY a.ecosystem;
+    INSERT INTO meta (key, value)
+        SELECT 'update_time', MAX(modified) FROM vulns HAVING COUNT(*) > 0;
+    ALTER TABLE reports ADD COLUMN database_time TEXT NOT NULL DEFAULT ''
+    """,
 ]
 
 

@@ -10,7 +10,7 @@ import logging
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from scanner.errors import ScanError
 from scanner.model import Component, OsInfo, VulnMatch
 from scanner.parsers.python import normalize_name
 from scanner.severity import osv_score
+from scanner.vulnsources import Source, SourceTable
 from servicekit.db import Database
 
 log = logging.getLogger("scanner.vulndb")
@@ -53,6 +54,11 @@ class ImportResult:
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
     database_version: str = ""
+    # Valid records seen (new, newer or already held), and the ecosystems they name.
+    valid: int = field(default=0, repr=False)
+    ecosystems: set[str] = field(default_factory=set, repr=False)
+    # Ecosystems that replaced records were in before (their counts may drop).
+    replaced_ecosystems: set[str] = field(default_factory=set, repr=False)
 
     def error(self, message: str) -> None:
         self.skipped += 1
@@ -301,13 +307,27 @@ class VulnDB:
         self.db = db
         row = db.query_one("SELECT value FROM meta WHERE key='version'")
         self._version = row["value"] if row else "empty"
+        self.sources = SourceTable(db)
 
     @property
     def version(self) -> str:
         return self._version
 
+    @property
+    def update_time(self) -> datetime | None:
+        """When the newest import with valid records ran; None: nothing was ever imported."""
+        return self.sources.update_time
+
     def count(self) -> int:
         return int(self.db.query_one("SELECT COUNT(*) AS n FROM vulns")["n"])  # type: ignore[index]
+
+    def status(self) -> tuple[int, list[Source]]:
+        """(records held, sources by name)."""
+        return self.count(), self.sources.sources()
+
+    def data_time(self, components: Iterable[Component], os_info: OsInfo) -> datetime | None:
+        """How fresh the data is for these components (see SourceTable.data_time)."""
+        return self.sources.data_time(ecosystems_for(c, os_info) for c in components)
 
     def import_sources(self, sources: Iterable[tuple[str, bytes]]) -> ImportResult:
         """Import OSV records; a newer `modified` replaces a stored record, else it is skipped."""
@@ -326,6 +346,10 @@ class VulnDB:
             self._store(batch, result)
         if result.imported or result.updated:
             self._refresh_version()
+        if result.valid:
+            # Even an import that changed nothing says the data is current as of now.
+            self.sources.record_import(
+                result.ecosystems, result.replaced_ecosystems, datetime.now(UTC))
         result.database_version = self._version
         return result
 
@@ -336,6 +360,11 @@ class VulnDB:
             if old is None or _newer(rec["modified"], old["modified"]):
                 latest[rec["id"]] = rec
         result.skipped += len(batch) - len(latest)
+        result.valid += len(batch)
+        for rec in batch:
+            for aff in rec.get("affected") or []:
+                if aff.get("package"):
+                    result.ecosystems.add(aff["package"]["ecosystem"])
         with self.db.transaction() as c:
             ids = list(latest)
             existing: dict[str, str] = {}
@@ -353,6 +382,9 @@ class VulnDB:
                         result.skipped += 1
                         continue
                     replaced.append((vid,))
+                    result.replaced_ecosystems.update(
+                        r[0] for r in c.execute(
+                            "SELECT DISTINCT ecosystem FROM affected WHERE vuln_id=?", (vid,)))
                     result.updated += 1
                 else:
                     result.imported += 1

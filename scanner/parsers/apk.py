@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from packageurl import PackageURL
 
+from scanner.bounds import RecordBudget
 from scanner.layers import FileTree
 from scanner.licenses import normalize
 from scanner.model import Component, OsInfo
+from scanner.parsers.lines import iter_lines
 
 INSTALLED = "lib/apk/db/installed"
 
@@ -15,13 +19,12 @@ def wants_file(path: str) -> bool:
     return path == INSTALLED
 
 
-def _records(text: str) -> list[dict[str, str]]:
-    out: list[dict[str, str]] = []
+def _records(text: str) -> Iterator[dict[str, str]]:
     rec: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in iter_lines(text):
         if not line.strip():
             if rec:
-                out.append(rec)
+                yield rec
             rec = {}
             continue
         key, sep, value = line.partition(":")
@@ -29,8 +32,12 @@ def _records(text: str) -> list[dict[str, str]]:
         if sep and len(key) == 1 and key not in rec:
             rec[key] = value
     if rec:
-        out.append(rec)
-    return out
+        yield rec
+
+
+def present(tree: FileTree) -> bool:
+    """Whether the merged tree holds an apk database."""
+    return tree.get(INSTALLED) is not None
 
 
 def _licenses(raw: str) -> tuple[str, ...]:
@@ -46,14 +53,16 @@ def _licenses(raw: str) -> tuple[str, ...]:
     return tuple(ids)
 
 
-def parse(tree: FileTree, os_info: OsInfo) -> list[Component]:
+def parse(tree: FileTree, os_info: OsInfo, budget: RecordBudget | None = None) -> list[Component]:
     """Installed Alpine packages."""
+    budget = budget or RecordBudget(None)
     data = tree.get(INSTALLED)
     if data is None:
         return []
     namespace = os_info.id or "alpine"
     out: list[Component] = []
     for rec in _records(data.decode("utf-8", "replace")):
+        budget.take(INSTALLED)
         name, version = rec.get("P", ""), rec.get("V", "")
         if not name or not version:
             continue

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 
 from packageurl import PackageURL
 
+from scanner.bounds import RecordBudget
 from scanner.layers import FileTree
 from scanner.licenses import normalize_all
 from scanner.model import Component, OsInfo
+from scanner.parsers.lines import iter_lines
 
 STATUS = "var/lib/dpkg/status"
 STATUS_D = re.compile(r"^var/lib/dpkg/status\.d/[^/.]+$")
@@ -34,7 +36,7 @@ def paragraphs(text: str) -> Iterator[dict[str, str]]:
     """Paragraphs of a deb822 control file; continuation lines are joined with newlines."""
     fields: dict[str, str] = {}
     last = ""
-    for line in text.splitlines():
+    for line in iter_lines(text):
         if not line.strip():
             if fields:
                 yield fields
@@ -82,19 +84,27 @@ def _installed(fields: dict[str, str]) -> bool:
     return status is None or status.split()[-1:] == ["installed"]
 
 
-def parse(tree: FileTree, os_info: OsInfo) -> list[Component]:
+def present(tree: FileTree) -> bool:
+    """Whether the merged tree holds a dpkg database (status or status.d)."""
+    return tree.get(STATUS) is not None or any(STATUS_D.match(p) for p in tree.files)
+
+
+def parse(tree: FileTree, os_info: OsInfo, budget: RecordBudget | None = None) -> list[Component]:
     """Installed Debian packages of the merged tree."""
+    budget = budget or RecordBudget(None)
     texts = []
     status = tree.get(STATUS)
     if status is not None:
-        texts.append(status)
-    texts.extend(data for path, data in sorted(tree.files.items()) if STATUS_D.match(path))
+        texts.append((STATUS, status))
+    texts.extend((path, data) for path, data in sorted(tree.files.items())
+                 if STATUS_D.match(path))
     namespace = os_info.id or "debian"
     distro = f"{namespace}-{os_info.version_id}" if os_info.version_id else ""
     out: list[Component] = []
     seen: set[tuple[str, str, str]] = set()
-    for text in texts:
+    for path, text in texts:
         for fields in paragraphs(text.decode("utf-8", "replace")):
+            budget.take(path)
             name, version = fields.get("Package", ""), fields.get("Version", "")
             if not name or not version or not _installed(fields):
                 continue

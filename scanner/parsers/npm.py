@@ -8,6 +8,7 @@ from typing import Any
 
 from packageurl import PackageURL
 
+from scanner.bounds import RecordBudget
 from scanner.layers import FileTree
 from scanner.licenses import normalize
 from scanner.model import Component, OsInfo
@@ -51,13 +52,20 @@ def parse_package_json(data: bytes) -> Component | None:
     return Component(name, version, "npm", tuple(licenses), purl.to_string())
 
 
-def parse(tree: FileTree, os_info: OsInfo) -> list[Component]:
+def present(tree: FileTree) -> bool:
+    """Whether any file of the merged tree is one this parser reads."""
+    return any(PACKAGE_JSON.search(p) for p in tree.files)
+
+
+def parse(tree: FileTree, os_info: OsInfo, budget: RecordBudget | None = None) -> list[Component]:
     """npm packages found in any node_modules folder."""
+    budget = budget or RecordBudget(None)
     out: list[Component] = []
     seen: set[tuple[str, str]] = set()
     for path, data in sorted(tree.files.items()):
         if not PACKAGE_JSON.search(path):
             continue
+        budget.take(path)
         comp = parse_package_json(data)
         if comp is None or (comp.name, comp.version) in seen:
             continue

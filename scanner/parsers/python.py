@@ -8,6 +8,7 @@ from email.policy import compat32
 
 from packageurl import PackageURL
 
+from scanner.bounds import RecordBudget
 from scanner.layers import FileTree
 from scanner.licenses import classifier_license, normalize
 from scanner.model import Component, OsInfo
@@ -63,13 +64,20 @@ def parse_metadata(data: bytes) -> Component | None:
     return Component(name, version, "pypi", licenses_of(headers), purl)
 
 
-def parse(tree: FileTree, os_info: OsInfo) -> list[Component]:
+def present(tree: FileTree) -> bool:
+    """Whether any file of the merged tree is one this parser reads."""
+    return any(METADATA.search(p) for p in tree.files)
+
+
+def parse(tree: FileTree, os_info: OsInfo, budget: RecordBudget | None = None) -> list[Component]:
     """Python distributions installed anywhere in the image."""
+    budget = budget or RecordBudget(None)
     out: list[Component] = []
     seen: set[tuple[str, str]] = set()
     for path, data in sorted(tree.files.items()):
         if not METADATA.search(path):
             continue
+        budget.take(path)
         comp = parse_metadata(data)
         if comp is None or (normalize_name(comp.name), comp.version) in seen:
             continue
