@@ -1,36 +1,26 @@
-"""Which copy failures are worth retrying, and how to describe them without leaking secrets."""
+"""Which copy failures are worth retrying, and how to describe them without leaking secrets.
+
+The classification is the code base's one retry policy (`servicekit.retry`); this module
+only adds the job-message and metric views of an error.
+"""
 
 from __future__ import annotations
 
-import asyncio
-
+from registry_client.excerpt import excerpt
 from servicekit.errors import ApiError
+from servicekit.retry import Backoff, is_retryable, retry_after_hint
 
+__all__ = ["Backoff", "describe_error", "is_retryable", "registry_error_code", "retry_after_hint"]
 
-def is_retryable(exc: BaseException) -> bool:
-    """True for transient failures (connection errors, timeouts, 408/429/5xx, digest mismatch
-    in transit); False for permanent ones (401/403/404, tag exists, bad input, bugs)."""
-    from registry_client import errors as rerr
-
-    if isinstance(exc, ApiError):
-        return False  # e.g. an endpoint deleted while its job waited
-    if isinstance(exc, (rerr.AuthenticationError, rerr.PermissionDenied, rerr.NotFound)):
-        return False
-    if isinstance(exc, rerr.TlsError):
-        return False  # a certificate problem needs an operator, not a retry
-    if isinstance(exc, (rerr.ConnectError, rerr.TooManyRequests, rerr.DigestMismatch)):
-        return True
-    if isinstance(exc, rerr.RegistryError):
-        status = int(getattr(exc, "status", 0) or 0)
-        return status == 0 or status in (408, 429) or status >= 500
-    return isinstance(exc, (OSError, asyncio.TimeoutError, ConnectionError))
+# A job message is read by read-only callers: one bounded line.
+MESSAGE_CHARS = 600
 
 
 def describe_error(exc: BaseException) -> str:
-    """A one-line message for the job's `message` field."""
+    """A one-line, bounded message for the job's `message` field."""
     if isinstance(exc, ApiError):
-        return exc.message
-    text = str(exc).strip()
+        return excerpt(exc.message, MESSAGE_CHARS)
+    text = excerpt(str(exc), MESSAGE_CHARS)
     kind = type(exc).__name__
     return f"{kind}: {text}" if text else kind
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transfer_service.engine.engine import CopyEngine
 from transfer_service.engine.errors import (
     CopyError,
+    DescriptorMismatch,
     InvalidReference,
     PlatformFilterError,
     TagExists,
@@ -20,6 +21,7 @@ __all__ = [
     "CopyProgress",
     "CopyRequest",
     "CopyResult",
+    "DescriptorMismatch",
     "InvalidReference",
     "PlatformFilterError",
     "TagExists",

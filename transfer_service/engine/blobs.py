@@ -7,6 +7,10 @@ without a new download.
 Invariant: `finish_upload` (the PUT ?digest= that commits a blob) is only sent after the bytes
 that went into the upload hashed to the expected digest and had the expected size. A mismatch
 cancels the upload session instead.
+
+Stalls are bounded: a download resumes (Range) at most `download_resumes` times, and a stall
+right after a resume that brought no byte ends the attempt; a stalled source or a Retry-After
+beyond the cap is not retried here but handed to the job's scheduler, which frees the slot.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +26,13 @@ from typing import Any
 
 from registry_client import Upload
 from registry_client.errors import (
-    AuthenticationError,
     ConnectError,
     DigestMismatch,
     InvalidRequest,
     NotFound,
-    PermissionDenied,
-    RegistryError,
-    TlsError,
+    Stalled,
 )
+from servicekit.retry import Backoff, is_retryable, retry_after_hint
 from transfer_service.engine.spool import SourceFailed, SpoolFile, SpoolQuota, spool_path
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,11 @@ def hasher_for(digest: str) -> Any:
 
 
 def transient(exc: BaseException) -> bool:
-    """Worth another try of this blob (the job-level retry handles the rest)."""
-    if isinstance(exc, (AuthenticationError, PermissionDenied, TlsError, NotFound)):
+    """Worth another try of this blob now. A stalled source and a long Retry-After are
+    retryable too, but later: the job's scheduler retries them, without holding a slot."""
+    if isinstance(exc, Stalled) or retry_after_hint(exc) is not None:
         return False
-    if isinstance(exc, (ConnectError, DigestMismatch)):
-        return True
-    if isinstance(exc, RegistryError):
-        return exc.status == 0 or exc.status in (408, 429) or exc.status >= 500
-    return isinstance(exc, (OSError, asyncio.TimeoutError))
+    return is_retryable(exc)
 
 
 class BlobMover:
@@ -79,20 +77,25 @@ class BlobMover:
         self.quota = quota
         self.attempts = attempts
         self.download_resumes = download_resumes
-        self.backoff_base = backoff_base
+        self.backoff = Backoff(backoff_base, 10.0)
         # Seconds a spooled upload's request body may wait for a slow source before the
         # request is ended and continued by another (proxies drop idle uploads).
         self.idle_cut = idle_cut
 
     async def _pause(self, n: int) -> None:
-        await asyncio.sleep(random.uniform(0, min(10.0, self.backoff_base * 2**n)))
+        await self.backoff.sleep(n)
 
     async def download(
         self, src: Any, repo: str, blob: Blob, offset: int = 0
     ) -> AsyncIterator[bytes]:
-        """The blob's bytes from `offset`; a broken connection resumes with a Range request."""
+        """The blob's bytes from `offset`; a broken connection resumes with a Range request.
+
+        At most `download_resumes` resumes; a stall at the offset where the previous one
+        stalled (the resume brought nothing) ends the download at once.
+        """
         received = offset
         failures = 0
+        stalled_at = -1
         while received < blob.size:
             try:
                 async with src.open_blob(repo, blob.digest, offset=received) as body:
@@ -109,6 +112,10 @@ class BlobMover:
                 failures += 1
                 if failures > self.download_resumes:
                     raise
+                if isinstance(e, Stalled):
+                    if stalled_at == received:
+                        raise
+                    stalled_at = received
                 log.info("download of %s broke at %d (%s); resuming", blob.digest, received, e)
                 await self._pause(failures - 1)
 

@@ -29,6 +29,7 @@ from registry_client import Manifest, mediatypes, names
 from registry_client.errors import NotFound, PermissionDenied, RegistryError
 from transfer_service.engine.blobs import Blob, BlobMover
 from transfer_service.engine.errors import (
+    DescriptorMismatch,
     InvalidReference,
     PlatformFilterError,
     TagExists,
@@ -124,6 +125,11 @@ class CopyEngine:
         manifests = [*plan.children, plan.top]
         heads = await _all(req.dst.head_manifest(req.dst_repo, m.digest) for m in manifests)
         present = {m.digest for m, h in zip(manifests, heads, strict=True) if h is not None}
+        for m, h in zip(manifests, heads, strict=True):
+            if h is not None:
+                # Skipped, so the destination's HEAD must agree with what we would push.
+                entry = {"digest": m.digest, "size": m.size, "mediaType": m.media_type}
+                _check_manifest(f"{req.dst_repo} at the destination", entry, h.media_type, h.size)
         needed: dict[str, Blob] = {}
         there: dict[str, Blob] = {}
         for m in images:
@@ -180,6 +186,9 @@ class CopyEngine:
         if len(chosen) < len(entries):
             rest = [e for e in entries if e not in chosen]
             have = await _all(req.dst.head_manifest(req.dst_repo, e["digest"]) for e in rest)
+            for e, h in zip(rest, have, strict=True):
+                if h is not None:
+                    _check_manifest(f"{req.dst_repo} at the destination", e, h.media_type, h.size)
             if any(h is None for h in have):
                 if len(chosen) > 1:
                     raise PlatformFilterError(
@@ -189,6 +198,8 @@ class CopyEngine:
                     )
                 plan.push_top = False
         children = await _all(req.src.get_manifest(req.src_repo, e["digest"]) for e in chosen)
+        for e, child in zip(chosen, children, strict=True):
+            _check_manifest(f"{req.src_repo}:{req.src_ref}", e, child.media_type, child.size)
         for child in children:
             if mediatypes.is_index(child.media_type):
                 raise UnsupportedManifest("an index inside an index is not supported")
@@ -226,7 +237,10 @@ class CopyEngine:
 
     async def _place(self, req: CopyRequest, blob: Blob, rep: _Reporter) -> str:
         dst, reg = req.dst, req.dst.key
-        if await dst.blob_size(req.dst_repo, blob.digest) is not None:
+        held = await dst.blob_size(req.dst_repo, blob.digest)
+        if held is not None:
+            # Skipping trusts the manifest's size only as far as the destination confirms it.
+            _check_held(req, blob, held)
             self.locations.add(reg, blob.digest, req.dst_repo)
             return "skipped"
         candidates = [r for r in self.locations.repos(reg, blob.digest) if r != req.dst_repo]
@@ -235,6 +249,7 @@ class CopyEngine:
         for repo in candidates[:3]:
             try:
                 if await dst.mount_blob(req.dst_repo, blob.digest, repo):
+                    _check_held(req, blob, await dst.blob_size(req.dst_repo, blob.digest))
                     self.locations.add(reg, blob.digest, req.dst_repo)
                     return "mounted"
                 self.locations.forget(reg, blob.digest, repo)
@@ -300,6 +315,26 @@ async def _all(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     except BaseExceptionGroup as group:
         raise _first_error(group) from None
     return [t.result() for t in tasks]
+
+
+def _check_held(req: CopyRequest, blob: Blob, held: int | None) -> None:
+    """The destination's HEAD of a blob skipped or mounted must match the manifest's size."""
+    if held != blob.size:
+        raise DescriptorMismatch(
+            f"the manifest of {req.src_repo}:{req.src_ref} says blob {blob.digest} is"
+            f" {blob.size} bytes; {req.dst_repo} at the destination holds"
+            f" {'none' if held is None else f'{held} bytes'}: nothing committed"
+        )
+
+
+def _check_manifest(where: str, entry: dict[str, Any], media_type: str, size: int) -> None:
+    """An index entry's size and media type must match the manifest it names."""
+    want_type = entry.get("mediaType")
+    if entry.get("size") != size or (isinstance(want_type, str) and want_type != media_type):
+        raise DescriptorMismatch(
+            f"{where}: the index says {entry.get('digest')} is {want_type or 'a manifest'} of"
+            f" {entry.get('size')} bytes; it is {media_type} of {size} bytes: nothing committed"
+        )
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:

@@ -6,6 +6,8 @@ from __future__ import annotations
 class CopyError(Exception):
     """A copy cannot be done as asked; retrying will not help."""
 
+    retryable = False  # read by servicekit.retry.is_retryable
+
 
 class TagExists(CopyError):
     """The destination tag points at another digest and the request forbids overwriting."""
@@ -25,3 +27,8 @@ class InvalidReference(CopyError):
 
 class UnsupportedManifest(CopyError):
     """The source manifest has a media type or shape the engine cannot copy."""
+
+
+class DescriptorMismatch(CopyError):
+    """A manifest's descriptor (size, media type) disagrees with what the destination already
+    holds under that digest: the manifest lies, and is never committed."""
