@@ -54,13 +54,15 @@ class EndpointDirectory:
             if not token:
                 return sorted(out, key=lambda e: e.name)
 
-    async def match(self, hosts: Sequence[str]) -> transfer_pb2.Endpoint | None:
-        """The endpoint matching any of `hosts` (whatever its webhook secret); refreshes once
-        on a miss."""
+    async def match(
+        self, hosts: Sequence[str], miss_max_age_s: float = 0.5
+    ) -> transfer_pb2.Endpoint | None:
+        """The endpoint matching any of `hosts` (whatever its webhook secret); on a miss the
+        list is read again unless it is younger than `miss_max_age_s`."""
         wanted = {h for h in hosts if h}
         if not wanted:
             return None
-        for max_age in (None, 0.5):
+        for max_age in (None, miss_max_age_s):
             ep = match_hosts(wanted, await self.all(max_age))
             if ep is not None:
                 return ep

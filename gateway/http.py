@@ -15,7 +15,7 @@ from aiohttp import web
 from mirror.v1 import gateway_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.endpoints import EndpointDirectory, match_hosts
+from gateway.endpoints import EndpointDirectory
 from gateway.inbox import DataVolumeFull, Inbox, InboxEvent
 from gateway.webhook import EnvelopeError, parse_body
 from gateway.webhook_auth import Verdict, WebhookVerifier
@@ -247,16 +247,17 @@ class WebhookApp:
         with a webhook secret are refused (anyone with the shared secret could forge them)."""
         if self.directory is None or not events:
             return events, []
-        try:
-            endpoints = await self.directory.all()
-        except Exception as exc:
-            # Accept: the worker places by host only onto endpoints without a webhook secret,
-            # so the check still holds when it acts; the event is not lost meanwhile.
-            log.warning("cannot list endpoints to check webhook claims: %s", exc)
-            return events, []
         accepted, refused = [], []
         for e in events:
-            ep = match_hosts(e.hosts, endpoints)
+            try:
+                # A miss re-reads the endpoint list: an endpoint created a moment ago with a
+                # webhook secret is seen (the refusal is recorded here, not left to the worker).
+                ep = await self.directory.match(e.hosts, miss_max_age_s=0.0)
+            except Exception as exc:
+                # Accept: the worker places by host only onto endpoints without a webhook
+                # secret, so the check still holds when it acts; the event is not lost.
+                log.warning("cannot list endpoints to check webhook claims: %s", exc)
+                return events, []
             if ep is not None and ep.has_webhook_secret:
                 why = (
                     f"endpoint {ep.name!r} has a webhook secret: its events are accepted only "
