@@ -48,6 +48,8 @@ class StackConfig:
     max_hops: int = 8
     scanner: bool = True
     transfer_options: dict[str, Any] = field(default_factory=dict)
+    # Serve the web console at / on the HTTP port (it dials the gRPC port like any client).
+    console: bool = True
     policy_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -87,6 +89,21 @@ def _scanner_servicer(data_dir: Path, endpoints: Any) -> Any | None:
     return ScanServicer(data_dir, endpoints)
 
 
+def _console_mount(security: ServerSecurity, address: str) -> Any:
+    """Adds the web console's pages to the HTTP application; it calls the gRPC port with the
+    signed-in user's own token, over TLS with the peer CA when the port uses TLS."""
+    from mirror.channel import TlsOptions
+
+    from console.app import mount
+    from console.config import ConsoleConfig
+
+    peer = security.peer
+    tls: bool | TlsOptions = False
+    if peer is not None:
+        tls = TlsOptions(peer.ca_pem, peer.cert_pem, peer.key_pem, peer.server_name)
+    return lambda app: mount(app, ConsoleConfig(address=address, tls=tls))
+
+
 async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) -> Stack:
     """Open every service's state under DATA and serve them all on one gRPC server."""
     from policy_service.push_check import GrpcPushChecker
@@ -102,7 +119,8 @@ async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) 
     channel = security.channel(self_address)  # TLS and token as configured for peers
     closers: list[Any] = [channel.close]
 
-    transfer = TransferServicer.open(data, **cfg.transfer_options)
+    # The transfer service asks the policy service (on this server) before deleting endpoints.
+    transfer = TransferServicer.open(data, policy_channel=channel, **cfg.transfer_options)
     closers.append(transfer.stop)
     store = PolicyStore.open(data)
     policy = PolicyServicer(store, GrpcPushChecker(channel), **cfg.policy_options)
@@ -136,7 +154,9 @@ async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) 
     )
     servicers.append(gw.servicer)
     try:
-        http_port = await gw.start_http(cfg.http_listen)
+        http_port = await gw.start_http(
+            cfg.http_listen, _console_mount(security, self_address) if cfg.console else None
+        )
         listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         server = await start_server(
             servicers, listen, tls=security.tls, interceptors=security.interceptors

@@ -25,11 +25,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-jobs", type=int, default=4, help="transfers run at once")
     p.add_argument("--max-blobs", type=int, default=8, help="blobs copied at once (all jobs)")
     p.add_argument("--max-attempts", type=int, default=5,
-                   help="attempts of a job that fails with a retryable error")
+                   help="quick attempts of a job that fails with a retryable error, before it "
+                   "is rescheduled (registry unreachable) or fails")
+    p.add_argument("--max-jobs-per-endpoint", type=int, default=None,
+                   help="running transfers that read from one source endpoint "
+                   "(default: half of --max-jobs, at least 1)")
+    p.add_argument("--reschedule-base", type=float, default=60.0,
+                   help="seconds before the first rescheduled attempt of a job whose registry "
+                   "was unreachable; doubles each time")
+    p.add_argument("--reschedule-max", type=float, default=6 * 3600.0,
+                   help="longest wait between rescheduled attempts (seconds)")
+    p.add_argument("--policy-address", default=None,
+                   help="HOST:PORT of the policy service, asked before an endpoint is deleted "
+                   "(without it DeleteEndpoint cannot check which policies use an endpoint)")
     add_security_arguments(p)
     args = p.parse_args(argv)
     if args.max_jobs < 1 or args.max_blobs < 1 or args.max_attempts < 1:
         p.error("--max-jobs, --max-blobs and --max-attempts must be at least 1")
+    if args.max_jobs_per_endpoint is not None and args.max_jobs_per_endpoint < 1:
+        p.error("--max-jobs-per-endpoint must be at least 1")
+    if args.reschedule_base <= 0 or args.reschedule_max < args.reschedule_base:
+        p.error("--reschedule-base must be positive and --reschedule-max at least as large")
     if args.spool_threshold < 0:
         p.error("--spool-threshold must not be negative")
     return args
@@ -41,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     async def start() -> Callable[[], Awaitable[None]]:
         from transfer_service.servicer import TransferServicer
 
+        security = ServerSecurity.from_args(args)
+        policy_channel = (
+            security.channel(args.policy_address) if args.policy_address else None
+        )
         servicer = TransferServicer.open(
             args.data,
             key_file=args.key_file,
@@ -49,8 +69,11 @@ def main(argv: list[str] | None = None) -> None:
             max_jobs=args.max_jobs,
             max_concurrent_blobs=args.max_blobs,
             max_attempts=args.max_attempts,
+            max_jobs_per_endpoint=args.max_jobs_per_endpoint,
+            reschedule_base=args.reschedule_base,
+            reschedule_max=args.reschedule_max,
+            policy_channel=policy_channel,
         )
-        security = ServerSecurity.from_args(args)
         server = await start_server(
             [servicer], args.grpc_listen, tls=security.tls, interceptors=security.interceptors
         )
@@ -61,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         async def stop() -> None:
             await server.stop()
             await servicer.stop()
+            if policy_channel is not None:
+                await policy_channel.close()
 
         return stop
 

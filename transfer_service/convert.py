@@ -14,6 +14,7 @@ STATE_TO_PROTO = {
     JobState.DONE: transfer_pb2.Transfer.STATE_DONE,
     JobState.ERROR: transfer_pb2.Transfer.STATE_ERROR,
     JobState.CANCELED: transfer_pb2.Transfer.STATE_CANCELED,
+    JobState.SUPERSEDED: transfer_pb2.Transfer.STATE_SUPERSEDED,
 }
 STATE_FROM_PROTO = {v: k for k, v in STATE_TO_PROTO.items()}
 
@@ -39,6 +40,7 @@ def endpoint_to_proto(ep: EndpointRecord) -> transfer_pb2.Endpoint:
         requests_per_second=ep.requests_per_second,
         scan_on_push=ep.scan_on_push,
         aliases=list(ep.aliases),
+        has_webhook_secret=ep.has_webhook_secret,
         create_time=timestamp(ep.create_time),
         update_time=timestamp(ep.update_time),
     )
@@ -57,6 +59,7 @@ def endpoint_from_proto(msg: transfer_pb2.Endpoint) -> EndpointRecord:
         requests_per_second=msg.requests_per_second,
         scan_on_push=msg.scan_on_push,
         aliases=tuple(msg.aliases),
+        webhook_secret=msg.webhook_secret,
     )
 
 
@@ -73,7 +76,9 @@ def transfer_to_proto(job: JobRecord) -> transfer_pb2.Transfer:
             endpoint=s.dst_endpoint, repository=s.dst_repository, tag=s.dst_tag
         ),
         options=transfer_pb2.TransferOptions(
-            platforms=list(s.platforms), fail_if_tag_exists=s.fail_if_tag_exists
+            platforms=list(s.platforms),
+            fail_if_tag_exists=s.fail_if_tag_exists,
+            source_tag=s.source_tag,
         ),
         idempotency_key=job.idempotency_key,
         digest=job.digest,
@@ -91,4 +96,5 @@ def transfer_to_proto(job: JobRecord) -> transfer_pb2.Transfer:
         create_time=timestamp(job.create_time),
         start_time=timestamp(job.start_time),
         end_time=timestamp(job.end_time),
+        next_attempt_time=timestamp(job.next_attempt_time),
     )

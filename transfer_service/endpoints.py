@@ -7,6 +7,7 @@ get an `EndpointResolver`, never the secret itself; see docs/INTERFACES.md.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import math
@@ -45,7 +46,11 @@ WRITABLE_FIELDS = (
     "requests_per_second",
     "scan_on_push",
     "aliases",
+    "webhook_secret",
 )
+# Webhook secrets travel in an `Authorization: Bearer` header: printable ASCII, no spaces.
+WEBHOOK_SECRET_RE = re.compile(r"[\x21-\x7e]{16,1024}")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class EndpointRecord:
     requests_per_second: float = 0.0
     scan_on_push: bool = False
     aliases: tuple[str, ...] = ()
+    webhook_secret: str = field(default="", repr=False)
     create_time: float = 0.0
     update_time: float = 0.0
 
@@ -69,9 +75,62 @@ class EndpointRecord:
     def has_secret(self) -> bool:
         return bool(self.secret)
 
+    @property
+    def has_webhook_secret(self) -> bool:
+        return bool(self.webhook_secret)
+
     def hosts(self) -> list[str]:
         """host[:port] of the URL followed by the aliases (for matching push events)."""
         return [urlsplit(self.url).netloc, *self.aliases]
+
+
+def url_origin(url: str) -> str:
+    """scheme://host:port of an endpoint URL, lowercased, the port made explicit ('' if bad).
+
+    A secret is bound to this origin: it is only ever sent to the registry it was given for.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+    except ValueError:
+        return ""
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not host:
+        return ""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme.lower()}://{shown}:{port}"
+
+
+def _host_port(origin_or_alias: str, default_port: int | None) -> str:
+    """host:port of an origin or an alias; an alias without a port gets `default_port`."""
+    rest = origin_or_alias.split("://", 1)[-1].lower()
+    m = re.fullmatch(r"(\[[^\]]+\]|[^:]+)(?::(\d+))?", rest)
+    if m is None:
+        return rest
+    host, port = m.group(1).rstrip("."), m.group(2)
+    if port is None:
+        if default_port is None:
+            return host
+        port = str(default_port)
+    return f"{host}:{int(port)}"
+
+
+def same_registry(url: str, other: EndpointRecord) -> str | None:
+    """How `other` already names the registry at `url` ('url' or 'alias NAME'), else None.
+
+    Compared on host:port (one port serves one registry, whatever the scheme).
+    """
+    origin = url_origin(url)
+    if not origin:
+        return None
+    scheme = origin.split("://", 1)[0]
+    mine = _host_port(origin, None)
+    if url_origin(other.url) and _host_port(url_origin(other.url), None) == mine:
+        return "url"
+    for alias in other.aliases:
+        if _host_port(alias, _DEFAULT_PORTS.get(scheme)) == mine:
+            return f"alias {alias}"
+    return None
 
 
 class EndpointResolver(Protocol):
@@ -99,6 +158,14 @@ def validate_endpoint(ep: EndpointRecord) -> list[tuple[str, str]]:
     if ep.secret and not ep.username:
         # Registries (Basic and token auth alike) need a user name beside the password/token.
         v.append(("endpoint.username", "required when a secret is given"))
+    if ep.webhook_secret and not WEBHOOK_SECRET_RE.fullmatch(ep.webhook_secret):
+        # Never echo the value: it is a credential.
+        v.append(
+            (
+                "endpoint.webhook_secret",
+                "must be 16 to 1024 printable ASCII characters without spaces",
+            )
+        )
     if ep.ca_pem:
         ca_problem = _ca_problem(ep.ca_pem)
         if ca_problem:
@@ -119,11 +186,23 @@ def validate_endpoint(ep: EndpointRecord) -> list[tuple[str, str]]:
     return v
 
 
-def _url_problem(url: str) -> str | None:
-    if not url:
+def redact_url(url: str) -> str:
+    """The URL without its userinfo (`https://user:pass@h` -> `https://***@h`), for messages."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@", lambda m: f"{m.group(1) or ''}***@",
+                  url)
+
+
+def _url_problem(raw: str) -> str | None:
+    if not raw:
         return "required, e.g. https://registry.example.com"
+    # Every message below names the URL without its userinfo: a password typed into the URL
+    # must not come back in an error (which read-only clients and logs may see).
+    url = redact_url(raw)
+    if url != raw:
+        # Credentials in the URL would be stored and shown in clear: use username/secret.
+        return f"{url!r} must not contain credentials; use username and secret"
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(raw)
         port = parts.port
     except ValueError as exc:
         return f"{url!r} is not a valid URL: {exc}"
@@ -170,7 +249,12 @@ def _ca_problem(pem: str) -> str | None:
 
 
 class EndpointStore:
-    """Endpoints in SQLite; secrets encrypted with the service's key."""
+    """Endpoints in SQLite; secrets encrypted with the service's key.
+
+    A secret is bound to the origin (scheme://host:port) it was given for: an update that
+    moves the URL to another origin without a new secret clears it, and a stored secret whose
+    origin no longer matches the URL is never used (defence in depth; see docs/INTERFACES.md).
+    """
 
     def __init__(self, db: Database, box: SecretBox) -> None:
         self._db = db
@@ -202,10 +286,14 @@ class EndpointStore:
         ep = replace(ep, aliases=tuple(ep.aliases), create_time=now, update_time=now)
         try:
             with self._db.transaction() as c:
+                if c.execute("SELECT 1 FROM endpoints WHERE name = ?", (ep.name,)).fetchone():
+                    raise already_exists(f"endpoint {ep.name!r} already exists")
+                self._refuse_same_registry(c, ep)
                 c.execute(
                     "INSERT INTO endpoints (name, url, username, secret_enc, ca_pem, "
                     "insecure_skip_verify, max_concurrency, requests_per_second, scan_on_push, "
-                    "aliases, create_time, update_time) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "aliases, create_time, update_time, secret_origin, webhook_secret_enc) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     self._row_values(ep),
                 )
         except sqlite3.IntegrityError:
@@ -230,7 +318,11 @@ class EndpointStore:
         return [self._from_row(r) for r in rows]
 
     def update(self, name: str, changes: dict[str, object]) -> EndpointRecord:
-        """Apply `changes` (writable field -> new value) atomically; validate the result."""
+        """Apply `changes` (writable field -> new value) atomically; validate the result.
+
+        A URL that names another origin (scheme, host or port) clears the stored secret unless
+        the same update gives a new one; the username stays.
+        """
         unknown = set(changes) - set(WRITABLE_FIELDS)
         if unknown:
             raise invalid_argument(
@@ -246,14 +338,26 @@ class EndpointStore:
             if "aliases" in values:
                 values["aliases"] = tuple(values["aliases"])  # type: ignore[arg-type]
             updated = replace(current, **values, update_time=time.time())  # type: ignore[arg-type]
+            moved = url_origin(updated.url) != url_origin(current.url)
+            if moved and not changes.get("secret"):
+                # The secret was given for the old registry: never send it to the new one.
+                updated = replace(updated, secret="")
             violations = validate_endpoint(updated)
             if violations:
                 raise invalid_argument("the endpoint is not valid", violations)
+            if moved:
+                self._refuse_same_registry(c, updated)
             c.execute(
                 "UPDATE endpoints SET url=?, username=?, secret_enc=?, ca_pem=?, "
                 "insecure_skip_verify=?, max_concurrency=?, requests_per_second=?, "
-                "scan_on_push=?, aliases=?, update_time=? WHERE name=?",
-                (*self._row_values(updated)[1:10], updated.update_time, name),
+                "scan_on_push=?, aliases=?, update_time=?, secret_origin=?, "
+                "webhook_secret_enc=? WHERE name=?",
+                (
+                    *self._row_values(updated)[1:10],
+                    updated.update_time,
+                    *self._row_values(updated)[12:14],
+                    name,
+                ),
             )
         return updated
 
@@ -261,6 +365,14 @@ class EndpointStore:
         """Remove the endpoint; NOT_FOUND when absent."""
         if self._db.execute("DELETE FROM endpoints WHERE name = ?", (name,)) == 0:
             raise not_found(f"endpoint {name!r} not found")
+
+    def verify_webhook_secret(self, name: str, presented: str) -> tuple[bool, bool]:
+        """(ok, has_webhook_secret) for a secret presented with a notification; NOT_FOUND."""
+        stored = self.get(name).webhook_secret
+        if not stored:
+            return False, False
+        # Constant time: the comparison must not tell how much of the secret was right.
+        return hmac.compare_digest(stored.encode(), presented.encode()), True
 
     def config_for(self, name: str) -> RegistryConfig:
         """The registry client configuration of an endpoint, credentials decrypted."""
@@ -279,6 +391,18 @@ class EndpointStore:
         """A registry client for the endpoint (use it as `async with`); NOT_FOUND when absent."""
         return RegistryClient(self.config_for(name))
 
+    def _refuse_same_registry(self, c: sqlite3.Connection, ep: EndpointRecord) -> None:
+        """ALREADY_EXISTS when another endpoint's URL or alias names the registry of `ep`."""
+        for row in c.execute("SELECT * FROM endpoints WHERE name != ?", (ep.name,)).fetchall():
+            other = self._from_row(row, decrypt=False)
+            how = same_registry(ep.url, other)
+            if how is not None:
+                raise already_exists(
+                    f"endpoint {other.name!r} already names the registry at "
+                    f"{url_origin(ep.url)} ({how}); use {other.name!r}, or add other names "
+                    f"of that registry to its aliases"
+                )
+
     def _row_values(self, ep: EndpointRecord) -> tuple[object, ...]:
         return (
             ep.name,
@@ -293,25 +417,36 @@ class EndpointStore:
             json.dumps(list(ep.aliases)),
             ep.create_time,
             ep.update_time,
+            url_origin(ep.url) if ep.secret else "",
+            self._box.encrypt(ep.webhook_secret) if ep.webhook_secret else None,
         )
 
-    def _from_row(self, row: sqlite3.Row) -> EndpointRecord:
-        enc = row["secret_enc"]
+    def _from_row(self, row: sqlite3.Row, decrypt: bool = True) -> EndpointRecord:
+        keys = row.keys()
+        enc = row["secret_enc"] if decrypt else None
+        secret = self._box.decrypt(bytes(enc)) if enc is not None else ""
+        # Rows from schema v1 hold '': their secret was given for the URL they hold.
+        origin = (row["secret_origin"] if "secret_origin" in keys else "") or url_origin(
+            row["url"]
+        )
+        if secret and origin != url_origin(row["url"]):
+            secret = ""  # bound to another registry: never usable here
+        wenc = row["webhook_secret_enc"] if decrypt and "webhook_secret_enc" in keys else None
         return EndpointRecord(
             name=row["name"],
             url=row["url"],
             username=row["username"],
-            secret=self._box.decrypt(bytes(enc)) if enc is not None else "",
+            secret=secret,
             ca_pem=row["ca_pem"],
             insecure_skip_verify=bool(row["insecure_skip_verify"]),
             max_concurrency=row["max_concurrency"],
             requests_per_second=row["requests_per_second"],
             scan_on_push=bool(row["scan_on_push"]),
             aliases=tuple(json.loads(row["aliases"])),
+            webhook_secret=self._box.decrypt(bytes(wenc)) if wenc is not None else "",
             create_time=row["create_time"],
             update_time=row["update_time"],
         )
-
 
 
 class _ReadOnlyDatabase:

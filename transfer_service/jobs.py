@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from servicekit.db import Database
 from servicekit.errors import invalid_argument, not_found
@@ -20,10 +21,12 @@ class JobState(enum.StrEnum):
     DONE = "done"
     ERROR = "error"
     CANCELED = "canceled"
+    # The source tag moved on before the destination tag was written (nothing tagged).
+    SUPERSEDED = "superseded"
 
     @property
     def final(self) -> bool:
-        return self in (JobState.DONE, JobState.ERROR, JobState.CANCELED)
+        return self in (JobState.DONE, JobState.ERROR, JobState.CANCELED, JobState.SUPERSEDED)
 
 
 UNFINISHED = (JobState.WAITING, JobState.RUNNING)
@@ -41,6 +44,8 @@ class JobSpec:
     dst_tag: str = ""
     platforms: tuple[str, ...] = ()
     fail_if_tag_exists: bool = False
+    # Write the destination tag only while this source tag still names the copied digest.
+    source_tag: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,17 @@ class JobRecord:
     start_time: float | None = None
     end_time: float | None = None
     seq: int = 0
+    # When a rescheduled WAITING job is tried again (epoch seconds); None otherwise.
+    next_attempt_time: float | None = None
+    # `attempts` when the job was last rescheduled (its quick retries count from there) and
+    # how often it was rescheduled (the long backoff grows with it).
+    quick_base: int = 0
+    reschedules: int = 0
+
+    @property
+    def round_attempts(self) -> int:
+        """Attempts since the job was last rescheduled (all attempts when it never was)."""
+        return self.attempts - self.quick_base
 
 
 class Journal:
@@ -88,6 +104,11 @@ class Journal:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    @property
+    def path(self) -> Path:
+        """The database file (its folder is the data volume)."""
+        return self._db.path
 
     def create(self, spec: JobSpec, idempotency_key: str = "") -> tuple[JobRecord, bool]:
         """Record a new waiting job, or return the job already made with this key.
@@ -119,7 +140,8 @@ class Journal:
             c.execute(
                 "INSERT INTO jobs (id, idempotency_key, state, src_endpoint, src_repository, "
                 "src_reference, dst_endpoint, dst_repository, dst_tag, platforms, "
-                "fail_if_tag_exists, create_time) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "fail_if_tag_exists, create_time, source_tag) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job_id,
                     idempotency_key or None,
@@ -133,6 +155,7 @@ class Journal:
                     json.dumps(list(spec.platforms)),
                     int(spec.fail_if_tag_exists),
                     now,
+                    spec.source_tag,
                 ),
             )
             row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -192,7 +215,8 @@ class Journal:
         with self._db.transaction() as c:
             n = c.execute(
                 "UPDATE jobs SET state = ?, attempts = attempts + 1, message = '', "
-                "start_time = COALESCE(start_time, ?) WHERE id = ? AND state IN (?, ?)",
+                "next_attempt_time = NULL, start_time = COALESCE(start_time, ?) "
+                "WHERE id = ? AND state IN (?, ?)",
                 (JobState.RUNNING.value, now, job_id, *[s.value for s in UNFINISHED]),
             ).rowcount
             row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -220,6 +244,13 @@ class Journal:
     def retry_later(self, job_id: str, message: str) -> JobRecord | None:
         """Put a running job back to waiting after a retryable failure; None if not running."""
         return self._transition(job_id, (JobState.RUNNING,), JobState.WAITING, message)
+
+    def reschedule(self, job_id: str, message: str, at: float) -> JobRecord | None:
+        """Put a running job back to waiting until `at` (epoch seconds), its quick retries
+        spent; the time is stored, so it survives a restart. None if not running."""
+        return self._transition(
+            job_id, (JobState.RUNNING,), JobState.WAITING, message, next_attempt_time=at
+        )
 
     def finish(
         self,
@@ -249,6 +280,7 @@ class Journal:
         digest: str = "",
         media_type: str = "",
         end: bool = False,
+        next_attempt_time: float | None = None,
     ) -> JobRecord | None:
         with self._db.transaction() as c:
             row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -265,12 +297,16 @@ class Journal:
                 digest=digest or job.digest,
                 media_type=media_type or job.media_type,
                 end_time=time.time() if end else job.end_time,
+                next_attempt_time=next_attempt_time,
             )
+            if next_attempt_time is not None:
+                # Rescheduled: the next round of quick retries counts from here.
+                job = replace(job, quick_base=job.attempts, reschedules=job.reschedules + 1)
             c.execute(
                 "UPDATE jobs SET state=?, message=?, bytes_total=?, bytes_done=?, "
                 "bytes_skipped=?, blobs_total=?, blobs_done=?, blobs_skipped=?, blobs_mounted=?, "
-                "manifests_total=?, manifests_done=?, digest=?, media_type=?, end_time=? "
-                "WHERE id=?",
+                "manifests_total=?, manifests_done=?, digest=?, media_type=?, end_time=?, "
+                "next_attempt_time=?, quick_base=?, reschedules=? WHERE id=?",
                 (
                     job.state.value,
                     job.message,
@@ -278,6 +314,9 @@ class Journal:
                     job.digest,
                     job.media_type,
                     job.end_time,
+                    job.next_attempt_time,
+                    job.quick_base,
+                    job.reschedules,
                     job_id,
                 ),
             )
@@ -301,6 +340,7 @@ def _from_row(row: sqlite3.Row) -> JobRecord:
             dst_tag=row["dst_tag"],
             platforms=tuple(json.loads(row["platforms"])),
             fail_if_tag_exists=bool(row["fail_if_tag_exists"]),
+            source_tag=row["source_tag"],
         ),
         state=JobState(row["state"]),
         idempotency_key=row["idempotency_key"] or "",
@@ -312,4 +352,7 @@ def _from_row(row: sqlite3.Row) -> JobRecord:
         create_time=row["create_time"],
         start_time=row["start_time"],
         end_time=row["end_time"],
+        next_attempt_time=row["next_attempt_time"],
+        quick_base=row["quick_base"],
+        reschedules=row["reschedules"],
     )

@@ -1,4 +1,8 @@
-"""SQLite schema of the transfer service (one file, DATA/transfer.db): endpoints and jobs."""
+"""SQLite schema of the transfer service (one file, DATA/transfer.db): endpoints and jobs.
+
+`endpoints.secret_origin` is the scheme://host:port the secret was given for ('' in rows from
+v1: the URL they hold); a secret is only used while the URL still names that origin.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +61,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX jobs_state ON jobs(state);
     CREATE INDEX jobs_dst ON jobs(dst_endpoint, seq);
+    """,
+    # v2: secrets bound to the registry they were given for, webhook secrets, source_tag
+    # checks, superseded jobs and rescheduled attempts (issue 10).
+    """
+    ALTER TABLE endpoints ADD COLUMN secret_origin TEXT NOT NULL DEFAULT '';
+    ALTER TABLE endpoints ADD COLUMN webhook_secret_enc BLOB;
+    ALTER TABLE jobs ADD COLUMN source_tag TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN next_attempt_time REAL;
+    ALTER TABLE jobs ADD COLUMN quick_base INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN reschedules INTEGER NOT NULL DEFAULT 0;
     """,
 ]
 

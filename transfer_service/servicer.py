@@ -22,8 +22,10 @@ from transfer_service.convert import (
     endpoint_to_proto,
     transfer_to_proto,
 )
+from transfer_service.diskfull import disk_full_as_exhausted
 from transfer_service.endpoints import WRITABLE_FIELDS, EndpointStore
 from transfer_service.jobs import JobSpec, Journal
+from transfer_service.policy_refs import PolicyRefs
 from transfer_service.schema import open_database
 from transfer_service.secrets import load_secret_box
 from transfer_service.worker import Worker
@@ -32,7 +34,7 @@ log = logging.getLogger("transfer_service")
 
 PLATFORM_RE = re.compile(r"[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?")
 MAX_IDEMPOTENCY_KEY = 256
-OUTPUT_ONLY = ("has_secret", "create_time", "update_time")
+OUTPUT_ONLY = ("has_secret", "has_webhook_secret", "create_time", "update_time")
 
 
 class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
@@ -40,10 +42,19 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
 
     service_name = transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name
 
-    def __init__(self, endpoints: EndpointStore, journal: Journal, worker: Worker) -> None:
+    def __init__(
+        self,
+        endpoints: EndpointStore,
+        journal: Journal,
+        worker: Worker,
+        policy_channel: aio.Channel | None = None,
+    ) -> None:
         self.endpoints = endpoints
         self.journal = journal
         self.worker = worker
+        # Asked before an endpoint is deleted; None: no policy service in this deployment.
+        self.policy_refs = PolicyRefs(policy_channel) if policy_channel is not None else None
+        self._volume = journal.path.parent
         self._close: list[Any] = []
 
     @classmethod
@@ -60,8 +71,16 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         max_attempts: int = 5,
         backoff_base: float = 1.0,
         progress_interval: float = 1.0,
+        max_jobs_per_endpoint: int | None = None,
+        reschedule_base: float = 60.0,
+        reschedule_max: float = 6 * 3600.0,
+        policy_channel: aio.Channel | None = None,
     ) -> TransferServicer:
-        """Open DATA/transfer.db and the secret key (env or key file) and build the worker."""
+        """Open DATA/transfer.db and the secret key (env or key file) and build the worker.
+
+        `policy_channel`: a channel to the policy service, asked before DeleteEndpoint (the
+        stack passes its own channel; `python -m transfer_service --policy-address`).
+        """
         from transfer_service.engine import CopyEngine
 
         data = Path(data_dir)
@@ -89,8 +108,16 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             max_attempts=max_attempts,
             backoff_base=backoff_base,
             progress_interval=progress_interval,
+            max_jobs_per_endpoint=max_jobs_per_endpoint,
+            reschedule_base=reschedule_base,
+            reschedule_max=reschedule_max,
         )
-        servicer = cls(endpoints, journal, worker)
+        servicer = cls(endpoints, journal, worker, policy_channel=policy_channel)
+        if policy_channel is None:
+            log.warning(
+                "no policy service configured: DeleteEndpoint cannot check which policies "
+                "use an endpoint"
+            )
         servicer._close.append(db)
         return servicer
 
@@ -114,7 +141,8 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         if not request.HasField("endpoint"):
             raise invalid_argument("endpoint is required", [("endpoint", "required")])
         _reject_output_only(request.endpoint)
-        ep = self.endpoints.create(endpoint_from_proto(request.endpoint))
+        with disk_full_as_exhausted(self._volume):
+            ep = self.endpoints.create(endpoint_from_proto(request.endpoint))
         log.info("endpoint %s created (%s)", ep.name, ep.url)
         return endpoint_to_proto(ep)
 
@@ -146,8 +174,15 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         msg = request.endpoint
         _require(msg.name, "endpoint.name")
         changes = _changes_from_mask(msg, list(request.update_mask.paths))
-        ep = self.endpoints.update(msg.name, changes)
+        before = self.endpoints.get(msg.name)
+        with disk_full_as_exhausted(self._volume):
+            ep = self.endpoints.update(msg.name, changes)
         log.info("endpoint %s updated (%s)", ep.name, ", ".join(sorted(changes)) or "nothing")
+        if before.has_secret and not ep.has_secret and "secret" not in changes:
+            log.warning(
+                "endpoint %s: the URL now names another registry; its stored secret was "
+                "cleared (set the secret again for the new registry)", ep.name,
+            )
         return endpoint_to_proto(ep)
 
     async def DeleteEndpoint(
@@ -167,9 +202,28 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 [("TRANSFER", f"transfers/{i}", "waiting or running") for i in busy[:10]],
                 reason="ENDPOINT_IN_USE",
             )
-        self.endpoints.delete(request.name)
+        if self.policy_refs is not None:
+            policies = await self.policy_refs.using(request.name)  # UNAVAILABLE: not deleted
+            if policies:
+                raise failed_precondition(
+                    f"endpoint {request.name!r} is used by {len(policies)} polic"
+                    f"{'y' if len(policies) == 1 else 'ies'} ({', '.join(policies[:5])}); "
+                    "change or delete them first",
+                    [("POLICY", f"policies/{n}", "uses the endpoint as source or target")
+                     for n in policies[:20]],
+                    reason="ENDPOINT_IN_USE",
+                )
+        with disk_full_as_exhausted(self._volume):
+            self.endpoints.delete(request.name)
         log.info("endpoint %s deleted", request.name)
         return empty_pb2.Empty()
+
+    async def VerifyWebhookSecret(
+        self, request: transfer_pb2.VerifyWebhookSecretRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.VerifyWebhookSecretResponse:
+        _require(request.endpoint, "endpoint")
+        ok, has = self.endpoints.verify_webhook_secret(request.endpoint, request.secret)
+        return transfer_pb2.VerifyWebhookSecretResponse(ok=ok, has_webhook_secret=has)
 
     async def TestConnection(
         self, request: transfer_pb2.TestConnectionRequest, context: aio.ServicerContext
@@ -211,7 +265,8 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 [("ENDPOINT", f"endpoints/{n}", "does not exist") for n in missing],
                 reason="ENDPOINT_NOT_FOUND",
             )
-        job, created = self.journal.create(spec, request.idempotency_key)
+        with disk_full_as_exhausted(self._volume):
+            job, created = self.journal.create(spec, request.idempotency_key)
         if created:
             self.worker.submit(job.id)
             log.info("transfer %s queued", job.id)
@@ -290,6 +345,11 @@ def _reject_output_only(msg: transfer_pb2.Endpoint) -> None:
             "has_secret is output only; set secret to store one",
             [("endpoint.has_secret", "output only")],
         )
+    if msg.has_webhook_secret:
+        raise invalid_argument(
+            "has_webhook_secret is output only; set webhook_secret to store one",
+            [("endpoint.has_webhook_secret", "output only")],
+        )
 
 
 def _changes_from_mask(msg: transfer_pb2.Endpoint, paths: list[str]) -> dict[str, object]:
@@ -306,7 +366,7 @@ def _changes_from_mask(msg: transfer_pb2.Endpoint, paths: list[str]) -> dict[str
         defaults = {
             "url": "", "username": "", "secret": "", "ca_pem": "",
             "insecure_skip_verify": False, "max_concurrency": 0, "requests_per_second": 0.0,
-            "scan_on_push": False, "aliases": (),
+            "scan_on_push": False, "aliases": (), "webhook_secret": "",
         }
         return {
             f: getattr(given, f) for f in WRITABLE_FIELDS if getattr(given, f) != defaults[f]
@@ -346,6 +406,10 @@ def _validate_start(req: transfer_pb2.StartTransferRequest) -> JobSpec:
         problem = tag_problem(dst.tag)
         if problem:
             v.append(("destination.tag", problem))
+    if opts.source_tag:
+        problem = tag_problem(opts.source_tag)
+        if problem:
+            v.append(("options.source_tag", problem))
     for i, p in enumerate(opts.platforms):
         if not PLATFORM_RE.fullmatch(p):
             v.append((f"options.platforms[{i}]", f"{p!r} is not os/arch[/variant]"))
@@ -368,4 +432,5 @@ def _validate_start(req: transfer_pb2.StartTransferRequest) -> JobSpec:
         dst_tag=dst.tag,
         platforms=tuple(opts.platforms),
         fail_if_tag_exists=opts.fail_if_tag_exists,
+        source_tag=opts.source_tag,
     )

@@ -1,23 +1,40 @@
 """Runs journaled transfer jobs through the copy engine: bounded concurrency, retries with
-backoff, resume after a restart, prompt cancel, and progress fanned out to watchers."""
+backoff, resume after a restart, prompt cancel, and progress fanned out to watchers.
+
+Scheduling rules (see docs/INTERFACES.md, Transfer service):
+- jobs that write one destination tag (endpoint, repository, tag) run one at a time, in
+  creation order, so the last one created (the newest push) writes last;
+- at most `max_jobs_per_endpoint` running jobs read from one source endpoint, so a stalled
+  source holds only its share of the `max_jobs` slots;
+- a retryable failure is retried `max_attempts` times on a short backoff; then a job that
+  could not reach its registry (or was asked to wait longer than the client's cap) is
+  rescheduled: WAITING with `next_attempt_time` (stored), on a backoff growing up to
+  `reschedule_max`. Permanent errors fail the job.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from registry_client.errors import DigestMismatch
 from servicekit import metrics
 from servicekit.logs import context_id
+from servicekit.retry import Backoff, is_retryable, retry_after_hint
+from transfer_service.diskfull import no_space_message
 from transfer_service.endpoints import EndpointStore
 from transfer_service.jobs import JobRecord, JobSpec, JobState, Journal, Progress
-from transfer_service.retry import describe_error, is_retryable, registry_error_code
+from transfer_service.retry import describe_error, registry_error_code
+from transfer_service.source_tag import SourceTagMoved, tag_check
 
 log = logging.getLogger("transfer_service.worker")
 
@@ -30,6 +47,16 @@ def effective_tag(spec: JobSpec) -> str:
     if spec.dst_tag:
         return spec.dst_tag
     return "" if ":" in spec.src_reference else spec.src_reference
+
+
+def destination_key(spec: JobSpec) -> tuple[str, str, str] | None:
+    """(endpoint, repository, tag) the job writes; None for a copy by digest only."""
+    tag = effective_tag(spec)
+    return (spec.dst_endpoint, spec.dst_repository, tag) if tag else None
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class Worker:
@@ -46,15 +73,28 @@ class Worker:
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         progress_interval: float = 1.0,
+        max_jobs_per_endpoint: int | None = None,
+        reschedule_base: float = 60.0,
+        reschedule_max: float = 6 * 3600.0,
     ) -> None:
         self._journal = journal
         self._endpoints = endpoints
         self._engine = engine
         self._max_jobs = max_jobs
         self._max_attempts = max_attempts
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
+        self._quick = Backoff(base=backoff_base, cap=backoff_max)
+        self._long = Backoff(base=reschedule_base, cap=max(reschedule_max, reschedule_base))
+        self._per_endpoint = max(1, max_jobs_per_endpoint or max_jobs // 2)
         self._progress_interval = progress_interval
+        # Where ENOSPC is reported (the spool; the database lives beside it by default).
+        self._volume = str(getattr(engine, "spool_dir", "") or Path.cwd())
+        # Destination tag -> unfinished jobs writing it, oldest first; only the first runs.
+        self._lanes: dict[tuple[str, str, str], list[str]] = {}
+        self._lane_of: dict[str, tuple[str, str, str]] = {}
+        self._lane_parked: set[str] = set()
+        # Source endpoint -> running jobs reading from it, and jobs waiting for a slot of it.
+        self._src_running: Counter[str] = Counter()
+        self._slot_parked: dict[str, list[str]] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         # Jobs in the queue: a job is queued at most once (a StartTransfer racing the resume
         # at start-up must not run it twice).
@@ -73,8 +113,13 @@ class Worker:
         if self._runners:
             return
         resumed = self._journal.unfinished()
+        now = time.time()
         for job in resumed:
-            self._enqueue(job.id)
+            self._add_to_lane(job)
+            if job.next_attempt_time is not None and job.next_attempt_time > now:
+                self._schedule(job.id, job.next_attempt_time - now)
+            else:
+                self._enqueue(job.id)
         if resumed:
             log.info("resuming %d unfinished transfer(s)", len(resumed))
         self._runners = [
@@ -95,8 +140,69 @@ class Worker:
 
     def submit(self, job_id: str) -> None:
         """Queue a job that the journal holds in `waiting`."""
+        self._add_to_lane(self._journal.get(job_id))
         self._enqueue(job_id)
         self._update_active_gauge()
+
+    def _add_to_lane(self, job: JobRecord) -> None:
+        key = destination_key(job.spec)
+        if key is None or job.id in self._lane_of:
+            return
+        lane = self._lanes.setdefault(key, [])
+        lane.append(job.id)
+        # Creation order (seq), whatever order submit() and the resume saw them in.
+        seqs = {j: (self._journal.get(j).seq if j != job.id else job.seq) for j in lane}
+        lane.sort(key=seqs.__getitem__)
+        self._lane_of[job.id] = key
+
+    def _leave_lane(self, job_id: str) -> None:
+        """A job ended: the next job for its destination tag may run."""
+        key = self._lane_of.pop(job_id, None)
+        if key is None:
+            return
+        lane = self._lanes.get(key, [])
+        if job_id in lane:
+            lane.remove(job_id)
+        if not lane:
+            self._lanes.pop(key, None)
+        elif lane[0] in self._lane_parked:
+            self._lane_parked.discard(lane[0])
+            self._enqueue(lane[0])
+
+    def _admit(self, job_id: str) -> str | None:
+        """The source endpoint whose slot the job now holds, or None when it must not run
+        yet (final already, an older job for its tag first, or its source's share in use)."""
+        try:
+            job = self._journal.get(job_id)
+        except Exception:
+            return None
+        if job.state.final:
+            self._leave_lane(job_id)
+            return None
+        key = self._lane_of.get(job_id)
+        if key is not None and self._lanes[key][0] != job_id:
+            self._lane_parked.add(job_id)  # queued again when the one before it ends
+            return None
+        src = job.spec.src_endpoint
+        if self._src_running[src] >= self._per_endpoint:
+            self._slot_parked.setdefault(src, []).append(job_id)
+            return None
+        self._src_running[src] += 1
+        return src
+
+    def _free_slot(self, src: str) -> None:
+        self._src_running[src] -= 1
+        if self._src_running[src] <= 0:
+            del self._src_running[src]
+        for job_id in self._slot_parked.pop(src, []):
+            self._enqueue(job_id)
+
+    def _schedule(self, job_id: str, delay: float) -> None:
+        old = self._retry_handles.pop(job_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._retry_handles[job_id] = loop.call_later(delay, self._requeue, job_id)
 
     def _enqueue(self, job_id: str) -> None:
         if job_id in self._queued or job_id in self._copies:
@@ -174,12 +280,17 @@ class Worker:
         while True:
             job_id = await self._queue.get()
             self._queued.discard(job_id)
+            src = self._admit(job_id)
+            if src is None:
+                continue
             try:
                 await self._run(job_id)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("transfer %s: unexpected failure of the runner", job_id)
+            finally:
+                self._free_slot(src)
 
     async def _run(self, job_id: str) -> None:
         job = self._journal.start_attempt(job_id)
@@ -248,10 +359,22 @@ class Worker:
                 log.info("transfer %s: done (%s) in %.1fs", job_id, done.digest, seconds)
                 self._final(done)
             return
+        assert exc is not None
+        if isinstance(exc, SourceTagMoved):
+            done = self._journal.finish(
+                job_id, JobState.SUPERSEDED, str(exc), progress=live.progress, digest=exc.copied
+            )
+            if done is not None:
+                log.info("transfer %s: %s", job_id, exc)
+                self._final(done)
+            return
         self._count_registry_error(live, exc)
-        message = describe_error(exc)
-        if is_retryable(exc) and live.attempts < self._max_attempts:
-            delay = self._backoff(live.attempts)
+        full = no_space_message(exc, self._volume)
+        message = full or describe_error(exc)
+        retryable = full is None and is_retryable(exc)
+        asked = retry_after_hint(exc) if retryable else None
+        if retryable and asked is None and live.round_attempts < self._max_attempts:
+            delay = self._quick.delay(live.round_attempts - 1)
             again = self._journal.retry_later(
                 job_id, f"attempt {live.attempts} failed: {message}; retrying in {delay:.1f}s"
             )
@@ -259,25 +382,46 @@ class Worker:
                 log.warning("transfer %s: %s; retry in %.1fs", job_id, message, delay)
                 self._publish(again)
                 self._update_active_gauge()
-                loop = asyncio.get_running_loop()
-                self._retry_handles[job_id] = loop.call_later(delay, self._requeue, job_id)
+                self._schedule(job_id, delay)
             return
-        if is_retryable(exc):
-            message = f"gave up after {live.attempts} attempts: {message}"
+        if retryable and not isinstance(exc, DigestMismatch):
+            self._reschedule(live, exc, message, asked)
+            return
+        if retryable:
+            message = f"gave up after {live.round_attempts} attempts: {message}"
         done = self._journal.finish(job_id, JobState.ERROR, message, progress=live.progress)
         if done is not None:
             log.warning("transfer %s: error: %s", job_id, message)
             self._final(done)
 
+    def _reschedule(
+        self, live: JobRecord, exc: BaseException, message: str, asked: float | None
+    ) -> None:
+        """Back to WAITING until a later time: the registry is unreachable (quick retries
+        spent) or asked for a longer wait than the client honours."""
+        registry = self._endpoint_of(live, getattr(exc, "registry", ""))
+        if asked is not None:
+            delay = min(max(asked, 1.0), self._long.cap)
+            why = f"registry {registry} asked to wait {asked:.0f}s (Retry-After)"
+        else:
+            delay = self._long.ceiling(live.reschedules)
+            why = f"registry {registry} failed {live.round_attempts} attempt(s) in a row"
+        at = time.time() + delay
+        again = self._journal.reschedule(
+            live.id, f"{message}; {why}; next attempt at {_when(at)} (in {delay:.0f}s)", at
+        )
+        if again is not None:
+            log.warning("transfer %s: rescheduled in %.0fs: %s", live.id, delay, again.message)
+            self._publish(again)
+            self._update_active_gauge()
+            self._schedule(live.id, delay)
+
     def _requeue(self, job_id: str) -> None:
         self._retry_handles.pop(job_id, None)
         self._enqueue(job_id)
 
-    def _backoff(self, attempts: int) -> float:
-        delay = min(self._backoff_max, self._backoff_base * 2 ** max(0, attempts - 1))
-        return delay * random.uniform(0.8, 1.2)
-
     def _final(self, job: JobRecord) -> None:
+        self._leave_lane(job.id)
         metrics.TRANSFERS.labels(state=job.state.value).inc()
         self._publish(job)
         self._update_active_gauge()
@@ -301,6 +445,11 @@ class Worker:
                     dst_tag=effective_tag(spec),
                     platforms=list(spec.platforms),
                     fail_if_tag_exists=spec.fail_if_tag_exists,
+                    before_tag=(
+                        tag_check(src, spec.src_repository, spec.source_tag)
+                        if spec.source_tag
+                        else None
+                    ),
                 ),
                 progress=on_progress,
             )

@@ -120,6 +120,8 @@ async def test_token_writer_ok_and_token_wrong_password(
     # DELETE of an upload needs the `delete` action on 2.8.2, which a push-only account lacks:
     # the check still reports push allowed and says the session is left to the registry's purge.
     assert "can push" in resp.checks[4].message or "purges it later" in resp.checks[4].message
+    # One endpoint per registry: the wrong password is tried on a fresh endpoint for it.
+    await endpoints_only.stub.DeleteEndpoint(transfer_pb2.DeleteEndpointRequest(name="w"))
     bad = await _check(
         endpoints_only, name="w2", url=token_registry.url, username="writer", secret="nope",
     )

@@ -152,9 +152,13 @@ async def test_update_mask_semantics(endpoints_only: Served) -> None:
         )
 
     # Empty mask: only the non-default fields given change; the rest (and the secret) stay.
+    ep = await update(None, scan_on_push=True, max_concurrency=3)
+    assert ep.url == "http://127.0.0.1:5000" and ep.username == "u" and ep.max_concurrency == 3
+    assert ep.has_secret and s.servicer.endpoints.config_for("qa").password == "old"
+    # A URL naming another registry (here another port) clears the secret; the user stays.
     ep = await update(None, url="http://127.0.0.1:5001")
     assert ep.url == "http://127.0.0.1:5001" and ep.username == "u" and ep.scan_on_push
-    assert ep.has_secret and s.servicer.endpoints.config_for("qa").password == "old"
+    assert not ep.has_secret and s.servicer.endpoints.config_for("qa").password == ""
     # The secret can be replaced...
     ep = await update(["secret"], secret="new")
     assert s.servicer.endpoints.config_for("qa").password == "new" and ep.secret == ""

@@ -152,6 +152,8 @@ class CopyEngine:
         except BaseExceptionGroup as group:
             # Callers get the blob's own error (a registry_client error), not a group.
             raise _first_error(group) from None
+        if req.dst_tag and req.before_tag is not None:
+            await req.before_tag(plan.top.digest)
         if plan.push_top:
             ref = req.dst_tag if (req.dst_tag and plan.tag_target is None) else plan.top.digest
             await self._push(req, plan.top, ref, rep, count=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,9 @@ class CopyRequest:
     dst_tag: str = ""
     platforms: list[str] = field(default_factory=list)
     fail_if_tag_exists: bool = False
+    # Awaited with the source's top digest just before `dst_tag` is written (nothing tagged
+    # yet); raising stops the copy there (the transfer service's options.source_tag check).
+    before_tag: Callable[[str], Awaitable[None]] | None = None
 
 
 @dataclass
