@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ from mirror.v1 import gateway_pb2
 
 from gateway.runs import RunRecord
 from servicekit.logs import context_id
+from servicekit.retry import Backoff
 
 log = logging.getLogger("gateway.notify")
 
@@ -134,8 +134,7 @@ class Notifier:
                 problem = f"{type(exc).__name__}: {exc}"
             if attempt == self.attempts:
                 break
-            delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            await Backoff(self.base_delay_s, self.max_delay_s).sleep(attempt - 1)
         self.failed += 1
         log.warning(
             "notification of run %s to %s failed after %d attempts: %s",

@@ -12,6 +12,7 @@ from mirror.v1 import gateway_pb2, transfer_pb2, transfer_pb2_grpc
 from gateway.runs import RunRecord, RunStore
 from gateway.tasks import KeyedTasks
 from servicekit import metrics
+from servicekit.retry import Backoff
 
 log = logging.getLogger("gateway.tracker")
 
@@ -64,8 +65,11 @@ class TransferTracker:
         await self._tasks.stop()
 
     async def _follow(self, run_id: str, transfer_id: str) -> None:
-        delay = self.poll_s
+        backoff = Backoff(self.poll_s, 15.0)
+        tries = 0
         while True:
+            delay = backoff.delay(tries)
+            tries += 1
             try:
                 async for tr in self.stub.WatchTransfer(
                     transfer_pb2.WatchTransferRequest(id=transfer_id)
@@ -91,7 +95,6 @@ class TransferTracker:
                     delay,
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 15.0)
 
     async def _finish(self, run_id: str, tr: transfer_pb2.Transfer) -> None:
         if tr.state == T.STATE_DONE:

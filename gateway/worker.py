@@ -18,6 +18,7 @@ from gateway.endpoints import EndpointDirectory
 from gateway.inbox import Inbox, InboxEvent
 from gateway.runner import Push, Runner, TransientError
 from servicekit.logs import context_id
+from servicekit.retry import Backoff
 
 log = logging.getLogger("gateway.worker")
 
@@ -157,6 +158,6 @@ class InboxWorker:
             log.error("event %s given up after %d attempts: %s", ev.id, attempts, message)
             self.inbox.finish(ev.id, inbox_mod.FAILED, message)
             return
-        delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempts - 1))
+        delay = Backoff(self.base_delay_s, self.max_delay_s).delay(attempts - 1)
         log.warning("event %s: %s; retry %d in %.1fs", ev.id, message, attempts, delay)
         self.inbox.retry_later(ev.id, delay, message)
