@@ -26,10 +26,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="key file of the transfer service (default TRANSFER_DATA/secret.key)")
     p.add_argument("--import-root", action="append", default=[],
                    help="folder ImportVulnerabilities may read paths from (repeatable)")
-    p.add_argument("--max-file-mib", type=int, default=64,
+    p.add_argument("--max-file-mib", type=int, default=16,
                    help="largest package database file accepted")
     p.add_argument("--max-image-gib", type=int, default=16,
                    help="most decompressed layer bytes read per image")
+    p.add_argument("--max-package-records", type=int, default=Limits.max_package_records,
+                   help="most package records parsed per image (more: 'scan too big')")
+    p.add_argument("--max-report-kib", type=int, default=Limits.max_report_bytes >> 10,
+                   help="largest scan report sent (the vulnerability list is cut to fit; "
+                        "components that do not fit: 'scan too big')")
     add_security_arguments(p)
     return p.parse_args(argv)
 
@@ -46,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
             key_file = Path(args.secret_key_file or Path(args.transfer_data) / "secret.key")
             endpoints = EndpointStore.open_readonly(args.transfer_data, load_secret_box(key_file))
         limits = Limits(max_file_bytes=args.max_file_mib << 20,
-                        max_image_bytes=args.max_image_gib << 30)
+                        max_image_bytes=args.max_image_gib << 30,
+                        max_package_records=args.max_package_records,
+                        max_report_bytes=args.max_report_kib << 10)
         servicer = ScanServicer(args.data, endpoints, limits=limits,
                                 import_roots=args.import_root)
         security = ServerSecurity.from_args(args)

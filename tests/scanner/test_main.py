@@ -35,6 +35,10 @@ def test_python_m_scanner_serves_and_stops(tmp_path: Path) -> None:
             res = stub.ImportVulnerabilities(scan_pb2.ImportVulnerabilitiesRequest(
                 path=str(ROOT / "tests/scanner/osv")), timeout=30)
             assert res.imported > 0 and res.database_version != "empty"
+            status = stub.GetVulnerabilityDatabaseStatus(
+                scan_pb2.GetVulnerabilityDatabaseStatusRequest(), timeout=10)
+            assert status.loaded and status.records == res.imported
+            assert status.database_version == res.database_version
         assert (tmp_path / "data" / "scanner.db").is_file()
     finally:
         proc.send_signal(signal.SIGTERM)
