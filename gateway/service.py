@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,11 +156,17 @@ class Gateway:
                 log.info("forgot %d finished event(s) older than the dedup window", removed)
             await asyncio.sleep(3600)
 
-    async def start_http(self, listen: str) -> int:
-        """Serve /events, /metrics and /healthz on HOST:PORT; returns the bound port."""
+    async def start_http(
+        self, listen: str, extend: Callable[[web.Application], object] | None = None
+    ) -> int:
+        """Serve /events, /metrics and /healthz on HOST:PORT; returns the bound port.
+        `extend` may add routes of its own to the application (the stack's web console)."""
         host, port = split_listen(listen)
         check_secret_required(host, self.cfg.webhook_secret)
-        self._http, self.http_port = await start_http(self.webhook.make_app(), host, port)
+        app = self.webhook.make_app()
+        if extend is not None:
+            extend(app)
+        self._http, self.http_port = await start_http(app, host, port)
         return self.http_port
 
     async def stop(self) -> None:

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                 ),
                 security,
             )
-        except (ConfigError, ValueError, OSError) as exc:
+        except ConfigError as exc:
             raise SystemExit(f"mirror-stack: {exc}") from exc
         security.warn_if_exposed(args.grpc_listen)
         print(
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
             f"  webhook   {stack.webhook_url}\n"
             f"  metrics   {stack.metrics_url}\n"
             f"  health    http://{stack.http_address}/healthz\n"
+            f"  console   http://{stack.http_address}/\n"
             f"  data      {stack.data_dir}\n"
             "mirror-stack ready",
             flush=True,

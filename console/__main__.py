@@ -1,0 +1,70 @@
+"""`python -m console`: the web console on its own port, talking to the services by gRPC.
+
+    python -m console --listen 127.0.0.1:8090 --address 127.0.0.1:50051
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import web
+from mirror.channel import TlsOptions
+
+from console.app import make_app
+from console.config import ConsoleConfig
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m console", description=__doc__.splitlines()[0])
+    p.add_argument("--listen", default="127.0.0.1:8090", help="HOST:PORT to serve pages on")
+    p.add_argument("--address", default="127.0.0.1:50051", help="gRPC address of the services")
+    p.add_argument("--ca", help="CA (PEM file) of the services' TLS certificate: dial with TLS")
+    p.add_argument("--cert", help="client certificate (PEM) for mutual TLS")
+    p.add_argument("--key", help="client key (PEM) for mutual TLS")
+    p.add_argument("--session-idle", type=float, default=1800.0,
+                   help="seconds without a request after which a sign-in ends")
+    p.add_argument("--session-max", type=float, default=8 * 3600.0,
+                   help="seconds after which a sign-in ends in any case")
+    p.add_argument("--secure-cookie", action="store_true",
+                   help="mark the session cookie Secure (pages served over HTTPS)")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> ConsoleConfig:
+    tls: bool | TlsOptions = False
+    if args.ca or args.cert:
+        tls = TlsOptions.from_files(args.ca, args.cert, args.key)
+    return ConsoleConfig(
+        address=args.address, tls=tls, idle_timeout_s=args.session_idle,
+        max_age_s=args.session_max, secure_cookie=args.secure_cookie,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    host, _, port = args.listen.rpartition(":")
+
+    async def serve() -> None:
+        runner = web.AppRunner(make_app(config_from_args(args)), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port))
+        await site.start()
+        print(f"console ready on http://{args.listen}/", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Policies: the list, a policy's page (runs with their explanation, live progress),
+enable / disable, apply, delete with a confirmation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from mirror import errors
+from mirror.v1 import gateway_pb2, policy_pb2, transfer_pb2
+
+from console.sessions import Session
+from console.views.mirrors import with_status
+from console.web import console_of, page, render
+
+log = logging.getLogger("console.policies")
+
+ACTIVE_RUNS = (gateway_pb2.Run.STATE_PENDING, gateway_pb2.Run.STATE_RUNNING)
+RUNS_SHOWN = 50
+
+
+def state_name(run_state: int) -> str:
+    return gateway_pb2.Run.State.Name(run_state).removeprefix("STATE_")  # type: ignore[arg-type]
+
+
+@page()
+async def list_policies(request: web.Request, session: Session) -> web.StreamResponse:
+    policies = [p async for p in session.client.policies.iter()]
+    return render(request, "policies.html", session,
+                  rows=await with_status(session, policies))
+
+
+async def runs_view(session: Session, policy_id: str) -> list[dict[str, Any]]:
+    """The newest runs, with the progress of the transfers still under way."""
+    page_ = await session.client.gateway.list_runs(policy_id=policy_id, page_size=RUNS_SHOWN)
+    out = []
+    for run in page_.runs:
+        progress: transfer_pb2.Transfer | None = None
+        if run.state in ACTIVE_RUNS and run.transfer_id:
+            try:
+                progress = await session.client.transfers.get(run.transfer_id)
+            except errors.NotFound:
+                progress = None
+        out.append({"run": run, "state": state_name(run.state), "transfer": progress})
+    return out
+
+
+@page()
+async def show_policy(request: web.Request, session: Session) -> web.StreamResponse:
+    policy_id = request.match_info["id"]
+    policy = await session.client.policies.get(policy_id)
+    status = await session.client.gateway.get_policy_status(policy_id)
+    return render(
+        request, "policy.html", session, policy=policy, status=status,
+        last_state=state_name(status.last_state) if status.last_state else "never ran",
+        runs=await runs_view(session, policy_id),
+        applied=request.query.get("applied"), evaluated=request.query.get("evaluated"),
+        overwrite=policy_pb2.Overwrite.Name(policy.overwrite).removeprefix("OVERWRITE_"),
+    )
+
+
+@page()
+async def live_runs(request: web.Request, session: Session) -> web.StreamResponse:
+    """Server-sent events: the runs table again each time it changes (transfer progress)."""
+    c = console_of(request)
+    policy_id = request.match_info["id"]
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-store"})
+    await resp.prepare(request)
+    last = ""
+    templates = c.templates.get_template("_runs.html")
+    try:
+        # Bounded by the session: a signed-out or expired session ends the stream (an open
+        # stream is not activity: it does not keep the session alive).
+        while c.sessions.alive(session):
+            html = templates.render(runs=await runs_view(session, policy_id))
+            if html != last:
+                data = "".join(f"data: {line}\n" for line in html.splitlines())
+                await resp.write(f"event: runs\n{data}\n".encode())
+                last = html
+            await asyncio.sleep(c.cfg.live_interval_s)
+    except (ConnectionResetError, errors.MirrorError) as exc:
+        log.debug("live runs of %s ended: %s", policy_id, exc)
+    return resp
+
+
+async def _set_enabled(request: web.Request, session: Session, enabled: bool
+                       ) -> web.StreamResponse:
+    policy_id = request.match_info["id"]
+    policy = await session.client.policies.get(policy_id)
+    await session.client.policies.update(policy_id, enabled=enabled, etag=policy.etag)
+    raise web.HTTPSeeOther(f"/policies/{policy_id}")
+
+
+@page(write=True)
+async def enable_policy(request: web.Request, session: Session) -> web.StreamResponse:
+    return await _set_enabled(request, session, True)
+
+
+@page(write=True)
+async def disable_policy(request: web.Request, session: Session) -> web.StreamResponse:
+    return await _set_enabled(request, session, False)
+
+
+@page(write=True)
+async def apply_policy(request: web.Request, session: Session) -> web.StreamResponse:
+    policy_id = request.match_info["id"]
+    applied = await session.client.gateway.apply_policy(policy_id)
+    raise web.HTTPSeeOther(f"/policies/{policy_id}?applied={applied.tags_matched}"
+                           f"&evaluated={applied.tags_evaluated}")
+
+
+@page(write=True)
+async def confirm_delete(request: web.Request, session: Session) -> web.StreamResponse:
+    policy = await session.client.policies.get(request.match_info["id"])
+    return render(request, "policy_delete.html", session, policy=policy)
+
+
+@page(write=True)
+async def delete_policy(request: web.Request, session: Session) -> web.StreamResponse:
+    policy = await session.client.policies.get(request.match_info["id"])
+    await session.client.policies.delete(policy.id, etag=policy.etag)
+    raise web.HTTPSeeOther("/policies")

@@ -1,0 +1,147 @@
+"""Sign-in with an API token: cookie flags, roles, CSRF, forged writes, expiry, standalone."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect
+
+from stack.process import free_port
+from tests.clients.livestack import ADMIN_TOKEN, READ_TOKEN
+from tests.console.conftest import ROOT, Env, sign_in
+
+pytestmark = pytest.mark.registry
+
+
+def test_pages_need_a_sign_in(page: Page, env: Env) -> None:
+    page.goto(env.base + "/registries")
+    expect(page).to_have_url(re.compile(r"/login$"))
+    expect(page.get_by_label("API token")).to_be_visible()
+
+
+def test_a_wrong_token_is_refused(page: Page, env: Env) -> None:
+    page.goto(env.base + "/login")
+    page.get_by_label("API token").fill("not-a-token-of-this-stack")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("This API token is not valid.")
+    assert not [c for c in page.context.cookies() if c["name"] == "mirror_console"]
+
+
+def test_session_cookie_is_httponly_strict_and_holds_no_token(
+    page: Page, context: BrowserContext, env: Env
+) -> None:
+    sign_in(page, env)
+    cookies = {c["name"]: c for c in context.cookies()}
+    session = cookies["mirror_console"]
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert ADMIN_TOKEN not in session["value"]
+    assert "mirror_console_pre" not in cookies
+    # Scripts on the page cannot read it.
+    assert "mirror_console" not in page.evaluate("document.cookie")
+    expect(page.get_by_role("link", name="Add registry")).to_be_visible()
+    assert ADMIN_TOKEN not in page.content()
+
+
+def test_a_post_without_the_csrf_token_is_refused(page: Page, env: Env) -> None:
+    sign_in(page, env)
+    resp = page.request.post(env.base + "/registries", form={"name": "x", "url": env.dev.url})
+    assert resp.status == 403
+    assert "CSRF" in resp.text()
+    resp = page.request.post(
+        env.base + "/registries", form={"name": "x", "url": env.dev.url, "_csrf": "guess"}
+    )
+    assert resp.status == 403
+    with env.client() as c:
+        assert "x" not in [e.name for e in c.transfers.iter_endpoints()]
+
+
+def _csrf_of(page: Page) -> str:
+    return page.locator("form.signout input[name=_csrf]").get_attribute("value") or ""
+
+
+def test_read_only_token_sees_no_write_action_and_a_forged_write_gets_403(
+    page: Page, env: Env
+) -> None:
+    with env.client() as c:
+        c.transfers.create_endpoint(name="ro-dev", url=env.dev.url)
+    sign_in(page, env, READ_TOKEN)
+    expect(page.get_by_text("read-only")).to_be_visible()
+    expect(page.get_by_role("link", name="ro-dev")).to_be_visible()
+    expect(page.get_by_role("link", name="Add registry")).to_have_count(0)
+    page.get_by_role("link", name="ro-dev").click()
+    expect(page.get_by_role("heading", name="Registry ro-dev")).to_be_visible()
+    expect(page.get_by_role("link", name="Edit")).to_have_count(0)
+    expect(page.get_by_role("button", name="Connect")).to_have_count(0)
+    page.goto(env.base + "/repositories/ro-dev/team/app")
+    expect(page.get_by_role("heading", name="Mirrors")).to_be_visible()
+    expect(page.get_by_role("link", name="New mirror")).to_have_count(0)
+    # The forged write carries the session's own (valid) CSRF token: the role refuses it.
+    csrf = _csrf_of(page)
+    assert csrf
+    for url, form in [
+        ("/registries", {"name": "forged", "url": env.dev.url}),
+        ("/registries/ro-dev", {"url": "http://127.0.0.1:1"}),
+        ("/mirrors", {"name": "forged", "endpoint": "ro-dev", "repository": "team/app",
+                      "registry": "ro-dev", "remote_repository": "x/y", "rule": "true"}),
+    ]:
+        resp = page.request.post(env.base + url, form={**form, "_csrf": csrf})
+        assert resp.status == 403, url
+        assert "read-only" in resp.text()
+    assert page.request.get(env.base + "/mirrors/new").status == 403
+    with env.client() as c:
+        names = [e.name for e in c.transfers.iter_endpoints()]
+        assert "forged" not in names
+        assert c.transfers.get_endpoint("ro-dev").url == env.dev.url
+        assert [p.name for p in c.policies.iter()] == []
+
+
+def test_sign_out_ends_the_session(page: Page, context: BrowserContext, env: Env) -> None:
+    sign_in(page, env)
+    old = {c["name"]: c["value"] for c in context.cookies()}["mirror_console"]
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/login$"))
+    # The old session id is dead even if replayed.
+    context.add_cookies([{"name": "mirror_console", "value": old, "url": env.base}])
+    page.goto(env.base + "/registries")
+    expect(page).to_have_url(re.compile(r"/login$"))
+
+
+@pytest.fixture
+def standalone(env: Env) -> Iterator[str]:
+    """`python -m console` of its own, with sessions that end after 2 idle seconds."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "console", "--listen", f"127.0.0.1:{port}",
+         "--address", env.stack.grpc_address, "--session-idle", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "console ready" in line, line
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_standalone_console_and_idle_sessions_expire(page: Page, env: Env, standalone: str
+                                                     ) -> None:
+    page.goto(standalone + "/login")
+    page.get_by_label("API token").fill(ADMIN_TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Registries")).to_be_visible()
+    signed_in_at = time.monotonic()
+    # Idle for longer than 2 s: the next request finds the session gone.
+    deadline = signed_in_at + 30
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        if time.monotonic() - signed_in_at > 2.5:
+            break
+    page.goto(standalone + "/registries")
+    expect(page).to_have_url(re.compile(r"/login$"))
