@@ -12,19 +12,27 @@ from typing import Any
 
 from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
 
+from mirror import enums
 from mirror.v1 import common_pb2, gateway_pb2, policy_pb2, scan_pb2, transfer_pb2
 
 FactsArg = common_pb2.ImageFacts | Mapping[str, Any]
+OverwriteArg = int | str  # policy_pb2.OVERWRITE_NEVER, "never" or "OVERWRITE_NEVER"
 
 # Fields of Policy a caller may set; the rest are output only.
 POLICY_FIELDS = (
-    "name", "description", "source_repository", "rule", "target", "tag_template",
-    "time_zone", "enabled",
+    "name", "description", "source", "rule", "target", "tag_template", "time_zone", "enabled",
+    "overwrite", "allow_incomplete_facts",
 )
 ENDPOINT_FIELDS = (
     "url", "username", "secret", "ca_pem", "insecure_skip_verify", "max_concurrency",
-    "requests_per_second", "scan_on_push", "aliases",
+    "requests_per_second", "scan_on_push", "aliases", "webhook_secret",
 )
+# Keyword -> field path of the nested messages: endpoint/repository are the target's,
+# source_endpoint/source_repository the source's.
+_POLICY_PATHS = {
+    "endpoint": "target.endpoint", "repository": "target.repository",
+    "source_endpoint": "source.endpoint", "source_repository": "source.repository",
+}
 
 
 def facts(value: FactsArg) -> common_pb2.ImageFacts:
@@ -45,31 +53,35 @@ def timestamp(when: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
 def policy_message(
     policy: policy_pb2.Policy | None, fields: Mapping[str, Any]
 ) -> policy_pb2.Policy:
-    """A Policy from a message and/or keyword fields (target given as endpoint + repository)."""
+    """A Policy from a message and/or keyword fields (target given as endpoint + repository,
+    source as source_endpoint + source_repository)."""
     out = policy_pb2.Policy()
     if policy is not None:
         out.CopyFrom(policy)
     for key, value in fields.items():
         if value is None:
             continue
-        if key == "endpoint":
-            out.target.endpoint = value
-        elif key == "repository":
-            out.target.repository = value
-        elif key == "target":
-            out.target.CopyFrom(value)
+        if key in _POLICY_PATHS:
+            part, name = _POLICY_PATHS[key].split(".")
+            setattr(getattr(out, part), name, value)
+        elif key in ("target", "source"):
+            getattr(out, key).CopyFrom(value)
+        elif key == "overwrite":
+            out.overwrite = overwrite(value)  # type: ignore[assignment]
         else:
             setattr(out, key, value)
     return out
 
 
+def overwrite(value: OverwriteArg) -> int:
+    """An Overwrite value from a number or a name ("always", "never")."""
+    return enums.value_of(policy_pb2.Overwrite.DESCRIPTOR, value)
+
+
 def policy_mask(fields: Mapping[str, Any]) -> field_mask_pb2.FieldMask:
-    """The update mask naming each field given (endpoint/repository are target.*)."""
-    paths = [
-        f"target.{key}" if key in ("endpoint", "repository") else key
-        for key, value in fields.items()
-        if value is not None
-    ]
+    """The update mask naming each field given (endpoint/repository are target.*,
+    source_endpoint/source_repository are source.*)."""
+    paths = [_POLICY_PATHS.get(key, key) for key, value in fields.items() if value is not None]
     return field_mask_pb2.FieldMask(paths=paths)
 
 
@@ -107,17 +119,7 @@ def run_states(states: Iterable[int | str]) -> list[Any]:
 
 
 def _enum(wrapper: Any, value: int | str) -> int:
-    if isinstance(value, int):
-        return value
-    name = value.upper()
-    if not name.startswith("STATE_"):
-        name = "STATE_" + name
-    try:
-        return int(wrapper.Value(name))
-    except ValueError:
-        names = [n for n in wrapper.keys() if n != "STATE_UNSPECIFIED"]  # noqa: SIM118
-        valid = ", ".join(n[6:].lower() for n in names)
-        raise ValueError(f"unknown state {value!r}; valid: {valid}") from None
+    return enums.value_of(wrapper.DESCRIPTOR, value)
 
 
 def import_vulnerabilities(
@@ -133,12 +135,19 @@ def import_vulnerabilities(
 def create_policy(
     policy: policy_pb2.Policy | None, fields: Mapping[str, Any], validate_only: bool
 ) -> policy_pb2.CreatePolicyRequest:
-    """CreatePolicy; a policy built from keywords alone is enabled unless `enabled=False`."""
+    """CreatePolicy; a policy built from keywords alone is enabled unless `enabled=False`.
+
+    ValueError when no source endpoint is given: a policy reads from one registry only.
+    """
     if policy is None and fields.get("enabled") is None:
         fields = {**fields, "enabled": True}
-    return policy_pb2.CreatePolicyRequest(
-        policy=policy_message(policy, fields), validate_only=validate_only
-    )
+    msg = policy_message(policy, fields)
+    if not msg.source.endpoint:
+        raise ValueError(
+            "source_endpoint= is required: the endpoint whose pushes the policy acts on "
+            "(with source_repository=, an exact repository or a glob)"
+        )
+    return policy_pb2.CreatePolicyRequest(policy=msg, validate_only=validate_only)
 
 
 def update_policy(id: str, etag: str, fields: Mapping[str, Any]) -> policy_pb2.UpdatePolicyRequest:
@@ -150,10 +159,11 @@ def update_policy(id: str, etag: str, fields: Mapping[str, Any]) -> policy_pb2.U
 
 
 def evaluate(
-    facts_arg: FactsArg, explain: bool, evaluation_time: dt.datetime | None
+    facts_arg: FactsArg, endpoint: str, explain: bool, evaluation_time: dt.datetime | None
 ) -> policy_pb2.EvaluateRequest:
     return policy_pb2.EvaluateRequest(
-        facts=facts(facts_arg), explain=explain, evaluation_time=timestamp(evaluation_time)
+        facts=facts(facts_arg), endpoint=endpoint, explain=explain,
+        evaluation_time=timestamp(evaluation_time),
     )
 
 
@@ -188,6 +198,7 @@ def start_transfer(
     destination_tag: str = "",
     platforms: Iterable[str] = (),
     fail_if_tag_exists: bool = False,
+    source_tag: str = "",
     idempotency_key: str = "",
 ) -> transfer_pb2.StartTransferRequest:
     return transfer_pb2.StartTransferRequest(
@@ -198,7 +209,8 @@ def start_transfer(
             endpoint=destination_endpoint, repository=destination_repository, tag=destination_tag
         ),
         options=transfer_pb2.TransferOptions(
-            platforms=list(platforms), fail_if_tag_exists=fail_if_tag_exists
+            platforms=list(platforms), fail_if_tag_exists=fail_if_tag_exists,
+            source_tag=source_tag,
         ),
         idempotency_key=idempotency_key,
     )

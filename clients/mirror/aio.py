@@ -12,6 +12,7 @@ Every method raises a `mirror.errors.MirrorError` subclass when the call fails.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -54,6 +55,11 @@ class _Service:
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         return None if void else response
+
+    async def _then(self, result: Awaitable[Any], fn: Callable[[Any], Any]) -> Any:
+        """`fn` applied to the awaited call; `fn`'s own result is awaited when it is a call."""
+        out = fn(await result)
+        return await out if inspect.isawaitable(out) else out
 
     async def _stream(self, method: str, request: pb_message.Message) -> AsyncIterator[Any]:
         call = getattr(self._stub, method)(request, metadata=self._metadata)
@@ -107,6 +113,9 @@ def _iterated(
 class Policies(_Service):
     """PolicyService: policies, rule validation and evaluation."""
 
+    # The client's gateway facade, for Save & Apply (set by AsyncClient).
+    _gateway: Gateway | None = None
+    _apply_created = _sync.Policies._apply_created
     create = _awaited(_sync.Policies.create)
     get = _awaited(_sync.Policies.get)
     list = _awaited(_sync.Policies.list)
@@ -147,6 +156,7 @@ class Gateway(_Service):
     get_policy_status = _awaited(_sync.Gateway.get_policy_status)
     apply_policy = _awaited(_sync.Gateway.apply_policy)
     reconcile = _awaited(_sync.Gateway.reconcile)
+    list_unplaced_events = _awaited(_sync.Gateway.list_unplaced_events)
 
 
 class Scanner(_Service):
@@ -156,6 +166,7 @@ class Scanner(_Service):
     get_scan = _awaited(_sync.Scanner.get_scan)
     import_vulnerabilities = _awaited(_sync.Scanner.import_vulnerabilities)
     import_report = _awaited(_sync.Scanner.import_report)
+    vulndb_status = _awaited(_sync.Scanner.vulndb_status)
 
 
 class AsyncClient:
@@ -182,6 +193,7 @@ class AsyncClient:
         self.transfers = Transfers(stub("transfers"), metadata, timeout)
         self.gateway = Gateway(stub("gateway"), metadata, timeout)
         self.scanner = Scanner(stub("scanner"), metadata, timeout)
+        self.policies._gateway = self.gateway  # Save & Apply calls both services
         self.metadata = metadata
 
     async def close(self) -> None:

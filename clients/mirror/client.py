@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Literal, NamedTuple, overload
 
 import grpc
 from google.protobuf import message as pb_message
@@ -35,14 +35,23 @@ from mirror.v1 import (
     transfer_pb2,
 )
 
-__all__ = ["DEFAULT_ADDRESS", "Client", "TlsOptions", "connect"]
+__all__ = ["DEFAULT_ADDRESS", "Client", "PolicyApplied", "TlsOptions", "connect"]
+
+
+class PolicyApplied(NamedTuple):
+    """What Save & Apply (`policies.create(..., apply=True)`) returns: both answers."""
+
+    policy: policy_pb2.Policy
+    applied: gateway_pb2.ApplyPolicyResponse
+
 
 class _Service:
     """The blocking calls under a service facade.
 
     Facade methods only build a request and hand the call back (`return self._call(...)`,
     `return self._pages(...)`, `return self._stream(...)`): `mirror.aio` runs these same methods
-    on its awaiting `_Service`, so a method must not use the result of a call itself.
+    on its awaiting `_Service`, so a method must not use the result of a call itself; a method
+    that needs it passes a function to `self._then(call, fn)`.
     """
 
     def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...], timeout: float | None):
@@ -59,6 +68,10 @@ class _Service:
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
         return None if void else response
+
+    def _then(self, result: Any, fn: Callable[[Any], Any]) -> Any:
+        """`fn` applied to a call's result (`mirror.aio` awaits the call, and `fn`'s result)."""
+        return fn(result)
 
     def _stream(self, method: str, request: pb_message.Message) -> Iterator[Any]:
         call = getattr(self._stub, method)(request, metadata=self._metadata)
@@ -83,11 +96,37 @@ class _Service:
 class Policies(_Service):
     """PolicyService: policies, rule validation and evaluation."""
 
+    # The client's gateway facade, for Save & Apply (set by Client).
+    _gateway: Gateway | None = None
+
+    @overload
+    def create(
+        self, policy: policy_pb2.Policy | None = ..., *, name: str | None = ...,
+        source_endpoint: str | None = ..., source_repository: str | None = ...,
+        rule: str | None = ..., endpoint: str | None = ..., repository: str | None = ...,
+        tag_template: str | None = ..., time_zone: str | None = ..., enabled: bool | None = ...,
+        description: str | None = ..., overwrite: _build.OverwriteArg | None = ...,
+        allow_incomplete_facts: bool | None = ..., validate_only: bool = ...,
+        apply: Literal[False] = ...,
+    ) -> policy_pb2.Policy: ...
+
+    @overload
+    def create(
+        self, policy: policy_pb2.Policy | None = ..., *, name: str | None = ...,
+        source_endpoint: str | None = ..., source_repository: str | None = ...,
+        rule: str | None = ..., endpoint: str | None = ..., repository: str | None = ...,
+        tag_template: str | None = ..., time_zone: str | None = ..., enabled: bool | None = ...,
+        description: str | None = ..., overwrite: _build.OverwriteArg | None = ...,
+        allow_incomplete_facts: bool | None = ..., validate_only: bool = ...,
+        apply: Literal[True],
+    ) -> PolicyApplied: ...
+
     def create(
         self,
         policy: policy_pb2.Policy | None = None,
         *,
         name: str | None = None,
+        source_endpoint: str | None = None,
         source_repository: str | None = None,
         rule: str | None = None,
         endpoint: str | None = None,
@@ -96,37 +135,68 @@ class Policies(_Service):
         time_zone: str | None = None,
         enabled: bool | None = None,
         description: str | None = None,
+        overwrite: _build.OverwriteArg | None = None,
+        allow_incomplete_facts: bool | None = None,
         validate_only: bool = False,
-    ) -> policy_pb2.Policy:
-        """Create a policy from a message and/or fields; `endpoint`/`repository` are the target.
+        apply: bool = False,
+    ) -> policy_pb2.Policy | PolicyApplied:
+        """Create a policy from a message and/or fields.
 
+        The policy reads pushes to `source_endpoint` in `source_repository` (exact or a glob
+        such as "team/**"; required) and copies matches to `endpoint`/`repository` (which may
+        use `{repository}` and `{path}`). `overwrite`: "always" (default) or "never".
         Built from keywords alone, the policy is enabled unless `enabled=False`.
+
+        Save acts on pushes from now on; `apply=True` (Save & Apply) also mirrors the matching
+        tags already there (GatewayService.ApplyPolicy) and returns `PolicyApplied(policy,
+        applied)`. When the apply call fails, its error is raised and the policy stays saved.
         """
+        if apply and validate_only:
+            raise ValueError("apply=True and validate_only=True exclude each other")
         fields = {
-            "name": name, "source_repository": source_repository, "rule": rule,
-            "endpoint": endpoint, "repository": repository, "tag_template": tag_template,
-            "time_zone": time_zone, "enabled": enabled, "description": description,
+            "name": name, "source_endpoint": source_endpoint,
+            "source_repository": source_repository, "rule": rule, "endpoint": endpoint,
+            "repository": repository, "tag_template": tag_template, "time_zone": time_zone,
+            "enabled": enabled, "description": description, "overwrite": overwrite,
+            "allow_incomplete_facts": allow_incomplete_facts,
         }
-        return self._call("CreatePolicy", _build.create_policy(policy, fields, validate_only))
+        created = self._call("CreatePolicy", _build.create_policy(policy, fields, validate_only))
+        if not apply:
+            return created  # type: ignore[no-any-return]
+        return self._then(created, self._apply_created)  # type: ignore[no-any-return]
+
+    def _apply_created(self, policy: policy_pb2.Policy) -> Any:
+        if self._gateway is None:
+            raise RuntimeError("apply=True needs a client with a gateway (mirror.client.connect)")
+        return self._then(
+            self._gateway.apply_policy(policy.id), lambda applied: PolicyApplied(policy, applied)
+        )
 
     def get(self, id: str) -> policy_pb2.Policy:
+        """One policy by id; NotFound when there is none."""
         return self._call("GetPolicy", policy_pb2.GetPolicyRequest(id=id))
 
     def list(
-        self, *, page_size: int = 0, page_token: str = "", source_repository: str = ""
+        self, *, page_size: int = 0, page_token: str = "", source_repository: str = "",
+        source_endpoint: str = "", endpoint: str = "",
     ) -> policy_pb2.ListPoliciesResponse:
-        """One page of policies; see `iter` for all of them."""
+        """One page of policies; see `iter` for all of them. `source_repository`: those whose
+        source names or matches it; `source_endpoint`: those reading that endpoint;
+        `endpoint`: those using it as source or target."""
         req = policy_pb2.ListPoliciesRequest(
-            page_size=page_size, page_token=page_token, source_repository=source_repository
+            page_size=page_size, page_token=page_token, source_repository=source_repository,
+            source_endpoint=source_endpoint, endpoint=endpoint,
         )
         return self._call("ListPolicies", req)
 
     def iter(
-        self, *, source_repository: str = "", page_size: int = 0
+        self, *, source_repository: str = "", source_endpoint: str = "", endpoint: str = "",
+        page_size: int = 0,
     ) -> Iterator[policy_pb2.Policy]:
-        """Every policy, following page tokens."""
+        """Every policy (filtered as `list`), following page tokens."""
         return self._pages(
-            self.list, "policies", page_size=page_size, source_repository=source_repository
+            self.list, "policies", page_size=page_size, source_repository=source_repository,
+            source_endpoint=source_endpoint, endpoint=endpoint,
         )
 
     def update(
@@ -135,6 +205,7 @@ class Policies(_Service):
         *,
         etag: str = "",
         name: str | None = None,
+        source_endpoint: str | None = None,
         source_repository: str | None = None,
         rule: str | None = None,
         endpoint: str | None = None,
@@ -143,12 +214,19 @@ class Policies(_Service):
         time_zone: str | None = None,
         enabled: bool | None = None,
         description: str | None = None,
+        overwrite: _build.OverwriteArg | None = None,
+        allow_incomplete_facts: bool | None = None,
     ) -> policy_pb2.Policy:
-        """Change the fields given (others keep their value); a stale `etag` raises Aborted."""
+        """Change the fields given (others keep their value); a stale `etag` raises Aborted.
+
+        Enabling a policy acts on pushes from then on (it does not backfill: `Gateway.apply_policy`
+        does)."""
         fields = {
-            "name": name, "source_repository": source_repository, "rule": rule,
-            "endpoint": endpoint, "repository": repository, "tag_template": tag_template,
-            "time_zone": time_zone, "enabled": enabled, "description": description,
+            "name": name, "source_endpoint": source_endpoint,
+            "source_repository": source_repository, "rule": rule, "endpoint": endpoint,
+            "repository": repository, "tag_template": tag_template, "time_zone": time_zone,
+            "enabled": enabled, "description": description, "overwrite": overwrite,
+            "allow_incomplete_facts": allow_incomplete_facts,
         }
         return self._call("UpdatePolicy", _build.update_policy(id, etag, fields))
 
@@ -157,6 +235,7 @@ class Policies(_Service):
         return self._call("UpdatePolicy", policy_pb2.UpdatePolicyRequest(policy=policy))
 
     def delete(self, id: str, *, etag: str = "") -> None:
+        """Delete a policy; with `etag`, only if it is still that version (else Aborted)."""
         req = policy_pb2.DeletePolicyRequest(id=id, etag=etag)
         return self._call("DeletePolicy", req, void=True)
 
@@ -170,19 +249,25 @@ class Policies(_Service):
         return self._call("ValidateRule", req)
 
     def evaluate(
-        self, facts: _build.FactsArg, *, explain: bool = False,
+        self, facts: _build.FactsArg, *, endpoint: str, explain: bool = False,
         evaluation_time: dt.datetime | None = None,
     ) -> policy_pb2.EvaluateResponse:
-        """Evaluate every enabled policy of `facts.repository`."""
-        return self._call("Evaluate", _build.evaluate(facts, explain, evaluation_time))
+        """Evaluate every enabled policy reading `endpoint` whose source matches
+        `facts.repository`."""
+        return self._call(
+            "Evaluate", _build.evaluate(facts, endpoint, explain, evaluation_time)
+        )
 
     def evaluate_rule(self, rule: str, facts: _build.FactsArg) -> policy_pb2.EvaluateRuleResponse:
         """Evaluate one rule against facts, with each clause's value and result."""
         req = policy_pb2.EvaluateRuleRequest(rule=rule, facts=_build.facts(facts))
         return self._call("EvaluateRule", req)
 
-    def get_fact_requirements(self, repository: str) -> policy_pb2.FactRequirements:
-        req = policy_pb2.GetFactRequirementsRequest(repository=repository)
+    def get_fact_requirements(
+        self, repository: str, *, endpoint: str
+    ) -> policy_pb2.FactRequirements:
+        """Which fact kinds the enabled policies reading `endpoint`/`repository` need."""
+        req = policy_pb2.GetFactRequirementsRequest(repository=repository, endpoint=endpoint)
         return self._call("GetFactRequirements", req)
 
 
@@ -203,26 +288,32 @@ class Transfers(_Service):
         requests_per_second: float | None = None,
         scan_on_push: bool | None = None,
         aliases: Iterable[str] | None = None,
+        webhook_secret: str | None = None,
     ) -> transfer_pb2.Endpoint:
-        """Register a registry; the secret is stored and never returned (see has_secret)."""
+        """Register a registry; the secret and the webhook secret (the bearer token its push
+        notifications must carry) are stored and never returned (see has_secret,
+        has_webhook_secret)."""
         fields = {
             "url": url, "username": username, "secret": secret, "ca_pem": ca_pem,
             "insecure_skip_verify": insecure_skip_verify, "max_concurrency": max_concurrency,
             "requests_per_second": requests_per_second, "scan_on_push": scan_on_push,
-            "aliases": aliases,
+            "aliases": aliases, "webhook_secret": webhook_secret,
         }
         return self._call("CreateEndpoint", _build.create_endpoint(endpoint, name, fields))
 
     def get_endpoint(self, name: str) -> transfer_pb2.Endpoint:
+        """One endpoint by name (never its secrets); NotFound when there is none."""
         return self._call("GetEndpoint", transfer_pb2.GetEndpointRequest(name=name))
 
     def list_endpoints(
         self, *, page_size: int = 0, page_token: str = ""
     ) -> transfer_pb2.ListEndpointsResponse:
+        """One page of endpoints; see `iter_endpoints` for all of them."""
         req = transfer_pb2.ListEndpointsRequest(page_size=page_size, page_token=page_token)
         return self._call("ListEndpoints", req)
 
     def iter_endpoints(self, *, page_size: int = 0) -> Iterator[transfer_pb2.Endpoint]:
+        """Every endpoint, following page tokens."""
         return self._pages(self.list_endpoints, "endpoints", page_size=page_size)
 
     def update_endpoint(
@@ -238,17 +329,19 @@ class Transfers(_Service):
         requests_per_second: float | None = None,
         scan_on_push: bool | None = None,
         aliases: Iterable[str] | None = None,
+        webhook_secret: str | None = None,
     ) -> transfer_pb2.Endpoint:
-        """Change the fields given; the others keep their value."""
+        """Change the fields given; the others keep their value (`aliases` replaces the list)."""
         fields = {
             "url": url, "username": username, "secret": secret, "ca_pem": ca_pem,
             "insecure_skip_verify": insecure_skip_verify, "max_concurrency": max_concurrency,
             "requests_per_second": requests_per_second, "scan_on_push": scan_on_push,
-            "aliases": aliases,
+            "aliases": aliases, "webhook_secret": webhook_secret,
         }
         return self._call("UpdateEndpoint", _build.update_endpoint(name, fields))
 
     def delete_endpoint(self, name: str) -> None:
+        """Remove an endpoint; FailedPrecondition naming the policies while any uses it."""
         req = transfer_pb2.DeleteEndpointRequest(name=name)
         return self._call("DeleteEndpoint", req, void=True)
 
@@ -272,19 +365,25 @@ class Transfers(_Service):
         destination_tag: str = "",
         platforms: Iterable[str] = (),
         fail_if_tag_exists: bool = False,
+        source_tag: str = "",
         idempotency_key: str = "",
     ) -> transfer_pb2.Transfer:
-        """Start copying an image; returns at once with the job (see `watch`)."""
+        """Start copying an image; returns at once with the job (see `watch`).
+
+        `source_reference` is a tag or a digest ("sha256:..."); `source_tag`: write the
+        destination tag only if this source tag still points at the copied digest (else the
+        job ends SUPERSEDED)."""
         req = _build.start_transfer(
             source_endpoint=source_endpoint, source_repository=source_repository,
             source_reference=source_reference, destination_endpoint=destination_endpoint,
             destination_repository=destination_repository, destination_tag=destination_tag,
-            platforms=platforms, fail_if_tag_exists=fail_if_tag_exists,
+            platforms=platforms, fail_if_tag_exists=fail_if_tag_exists, source_tag=source_tag,
             idempotency_key=idempotency_key,
         )
         return self._call("StartTransfer", req)
 
     def get(self, id: str) -> transfer_pb2.Transfer:
+        """One transfer job by id; NotFound when there is none."""
         return self._call("GetTransfer", transfer_pb2.GetTransferRequest(id=id))
 
     def list(
@@ -311,6 +410,7 @@ class Transfers(_Service):
         repository: str = "",
         page_size: int = 0,
     ) -> Iterator[transfer_pb2.Transfer]:
+        """Every transfer (filtered as `list`), following page tokens."""
         return self._pages(
             self.list, "transfers", page_size=page_size, states=list(states),
             destination_endpoint=destination_endpoint, repository=repository,
@@ -321,6 +421,7 @@ class Transfers(_Service):
         return self._stream("WatchTransfer", transfer_pb2.WatchTransferRequest(id=id))
 
     def cancel(self, id: str) -> transfer_pb2.Transfer:
+        """Cancel a waiting or running transfer; returns the job as it is then."""
         return self._call("CancelTransfer", transfer_pb2.CancelTransferRequest(id=id))
 
 
@@ -330,6 +431,8 @@ class Gateway(_Service):
     def notify_push(
         self, *, endpoint: str, repository: str, tag: str, digest: str = "", event_id: str = ""
     ) -> gateway_pb2.NotifyPushResponse:
+        """Report a push (for registries or CI systems without webhooks); the policies reading
+        `endpoint`/`repository` act on it. A repeated `event_id` is a duplicate."""
         req = gateway_pb2.NotifyPushRequest(
             endpoint=endpoint, repository=repository, tag=tag, digest=digest, event_id=event_id
         )
@@ -343,6 +446,7 @@ class Gateway(_Service):
         page_size: int = 0,
         page_token: str = "",
     ) -> gateway_pb2.ListRunsResponse:
+        """One page of runs, newest first; states by value or name ("failed", "blocked")."""
         req = _build.list_runs(
             policy_id=policy_id, states=states, page_size=page_size, page_token=page_token
         )
@@ -351,20 +455,32 @@ class Gateway(_Service):
     def iter_runs(
         self, *, policy_id: str = "", states: Iterable[int | str] = (), page_size: int = 0
     ) -> Iterator[gateway_pb2.Run]:
+        """Every run (filtered as `list_runs`), following page tokens."""
         return self._pages(
             self.list_runs, "runs", policy_id=policy_id, states=list(states), page_size=page_size
         )
 
     def get_policy_status(self, policy_id: str) -> gateway_pb2.PolicyStatus:
+        """A policy's run counts and last run."""
         req = gateway_pb2.GetPolicyStatusRequest(policy_id=policy_id)
         return self._call("GetPolicyStatus", req)
 
     def apply_policy(self, policy_id: str) -> gateway_pb2.ApplyPolicyResponse:
-        """Evaluate the tags already in the policy's source repository and mirror matches."""
+        """Evaluate the tags already in the policy's source repository and mirror matches
+        (the Apply of DTR's Save & Apply). Endpoints it could not read are in `errors`."""
         return self._call("ApplyPolicy", gateway_pb2.ApplyPolicyRequest(policy_id=policy_id))
 
     def reconcile(self, policy_id: str = "") -> gateway_pb2.ReconcileResponse:
+        """Act on pushes that lost events missed since each policy was created or last
+        applied (one policy, or all); never older tags. Endpoints it could not read are in
+        `errors`."""
         return self._call("Reconcile", gateway_pb2.ReconcileRequest(policy_id=policy_id))
+
+    def list_unplaced_events(self, *, page_size: int = 0) -> gateway_pb2.ListUnplacedEventsResponse:
+        """Push events from hosts no endpoint is registered under, with the endpoint and the
+        alias that would place them."""
+        req = gateway_pb2.ListUnplacedEventsRequest(page_size=page_size)
+        return self._call("ListUnplacedEvents", req)
 
 
 class Scanner(_Service):
@@ -373,6 +489,8 @@ class Scanner(_Service):
     def scan_image(
         self, *, endpoint: str, repository: str, reference: str, force: bool = False
     ) -> scan_pb2.ScanReport:
+        """Scan an image (components, licenses, vulnerabilities); cached per digest unless
+        `force`."""
         req = _build.scan_image(
             endpoint=endpoint, repository=repository, reference=reference, force=force
         )
@@ -394,10 +512,17 @@ class Scanner(_Service):
     def import_report(
         self, *, digest: str, report: bytes, format: str = "", repository: str = ""
     ) -> scan_pb2.ScanReport:
+        """Store another scanner's report (CycloneDX, SPDX or Trivy JSON) for a digest."""
         req = scan_pb2.ImportReportRequest(
             digest=digest, report=report, format=format, repository=repository
         )
         return self._call("ImportReport", req)
+
+    def vulndb_status(self) -> scan_pb2.VulnerabilityDatabaseStatus:
+        """Sources, record counts and age of the vulnerability data (`loaded` is False when
+        nothing was ever imported)."""
+        req = scan_pb2.GetVulnerabilityDatabaseStatusRequest()
+        return self._call("GetVulnerabilityDatabaseStatus", req)
 
 
 class Client:
@@ -425,9 +550,11 @@ class Client:
         self.transfers = Transfers(stub("transfers"), metadata, timeout)
         self.gateway = Gateway(stub("gateway"), metadata, timeout)
         self.scanner = Scanner(stub("scanner"), metadata, timeout)
+        self.policies._gateway = self.gateway  # Save & Apply calls both services
         self.metadata = metadata
 
     def close(self) -> None:
+        """Close every channel the client opened."""
         for ch in self._channels.opened():
             ch.close()
 

@@ -7,8 +7,8 @@ import sys
 
 import yaml
 
-from mirror.cli import declarative
-from mirror.cli.context import Context
+from mirror.cli import declarative, preflight
+from mirror.cli.context import EXIT_INVALID, Context
 from mirror.cli.parsing import command
 
 _ORDER = {"create": 0, "update": 1, "delete": 2, "unchanged": 3}
@@ -22,8 +22,11 @@ def apply(ctx: Context) -> int:
         ctx.client, desired, prune=a.prune, update_secrets=a.update_secrets
     )
     counts = {k: sum(1 for c in changes if c.action == k) for k in _ORDER}
+    # Everything is checked first: one bad object and nothing is changed.
+    problems = preflight.check(ctx.client, desired, changes)
     if ctx.out.machine:
-        ctx.out.data({"dry_run": a.dry_run, "changes": [c.as_dict() for c in changes]})
+        ctx.out.data({"dry_run": a.dry_run, "changes": [c.as_dict() for c in changes],
+                      "errors": [p.as_dict() for p in problems]})
     else:
         ctx.out.rows(
             sorted(changes, key=lambda c: _ORDER[c.action]),
@@ -36,6 +39,13 @@ def apply(ctx: Context) -> int:
             f"{counts['delete']} to delete, {counts['unchanged']} unchanged"
             + (" (dry run: nothing changed)" if a.dry_run else "")
         )
+    for p in problems:
+        ctx.out.err.print(f"error: {p.kind} {p.name}: {p.message}", highlight=False,
+                          markup=False)
+    if problems:
+        ctx.out.err.print(f"{len(problems)} problem(s): nothing was changed", highlight=False,
+                          markup=False)
+        return EXIT_INVALID
     if a.dry_run:
         return 0
     for change in changes:
@@ -65,14 +75,21 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                     "  endpoints:\n"
                     "    - name: qa\n      url: https://qa.example\n      username: ci\n"
                     "      secretFrom: {env: QA_PASSWORD}   # or {file: PATH}; never inline\n"
+                    "      webhookSecretFrom: {env: QA_HOOK_TOKEN}   # optional\n"
                     "  policies:\n"
-                    "    - name: promote-stable\n      sourceRepository: dev/website\n"
+                    "    - name: promote-stable\n"
+                    "      source: {endpoint: dev, repository: team/website}\n"
                     "      rule: tag endswith \"stable\"\n"
                     "      target: {endpoint: qa, repository: qa/website}\n"
-                    "fields left out keep the server's value. Secrets cannot be read back: they\n"
-                    "are written on create, when the server has none, or with --update-secrets."))
+                    "      overwrite: never\n"
+                    "every object is validated on the server first (rules, templates, referenced\n"
+                    "endpoints): on any error nothing is changed and the exit code is 4, with\n"
+                    "--dry-run too. Fields left out keep the server's value. Secrets cannot be\n"
+                    "read back: they are written on create, when the server has none, or with\n"
+                    "--update-secrets."))
     p.add_argument("-f", "--file", required=True, help="the declarative YAML file")
-    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate everything and print the plan; change nothing")
     p.add_argument("--prune", action="store_true",
                    help="delete endpoints and policies that the file does not declare")
     p.add_argument("--update-secrets", action="store_true",
@@ -80,4 +97,5 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     command(sub, "export", help="print endpoints and policies in the apply format", func=export,
             common=common, examples=(
                 "  mirrorctl export > mirror.yaml\n  mirrorctl export -o json\n"
-                "secrets are written as references (secretFrom: {env: MIRROR_SECRET_<NAME>})"))
+                "secrets are written as references (secretFrom: {env: MIRROR_SECRET_<NAME>},\n"
+                "webhookSecretFrom: {env: MIRROR_WEBHOOK_SECRET_<NAME>})"))

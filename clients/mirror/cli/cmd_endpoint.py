@@ -18,7 +18,15 @@ COLUMNS = [
     ("URL", lambda e: e.url),
     ("USERNAME", lambda e: e.username),
     ("SECRET", lambda e: "stored" if e.has_secret else ""),
+    ("WEBHOOK SECRET", lambda e: "stored" if e.has_webhook_secret else ""),
     ("SCAN ON PUSH", lambda e: e.scan_on_push),
+]
+WIDE = [
+    ("ALIASES", lambda e: list(e.aliases)),
+    ("CA", lambda e: "custom" if e.ca_pem else ""),
+    ("INSECURE", lambda e: e.insecure_skip_verify),
+    ("MAX CONCURRENCY", lambda e: e.max_concurrency or "default"),
+    ("REQ/S", lambda e: e.requests_per_second or "unlimited"),
 ]
 
 
@@ -26,6 +34,7 @@ def _fields(e: transfer_pb2.Endpoint) -> list[tuple[str, object]]:
     return [
         ("name", e.name), ("url", e.url), ("username", e.username),
         ("secret", "stored (never shown)" if e.has_secret else "none"),
+        ("webhook secret", "stored (never shown)" if e.has_webhook_secret else "none"),
         ("ca", "custom CA" if e.ca_pem else "system CAs"),
         ("insecure skip verify", e.insecure_skip_verify),
         ("max concurrency", e.max_concurrency or "default"),
@@ -35,22 +44,26 @@ def _fields(e: transfer_pb2.Endpoint) -> list[tuple[str, object]]:
     ]
 
 
-def read_secret(args: argparse.Namespace) -> str | None:
-    """The secret from stdin or an environment variable; None when neither was asked for."""
-    if getattr(args, "secret_stdin", False):
+def read_secret(args: argparse.Namespace, kind: str = "secret") -> str | None:
+    """A secret (`kind` "secret" or "webhook_secret") from stdin or an environment variable;
+    None when neither was asked for. With both on stdin, the secret is the first line and the
+    webhook secret the second."""
+    flag = "--" + kind.replace("_", "-")
+    if getattr(args, f"{kind}_stdin", False):
         if sys.stdin.isatty():
-            sys.stderr.write("secret (end with Enter): ")
+            sys.stderr.write(f"{kind.replace('_', ' ')} (end with Enter): ")
             sys.stderr.flush()
         value = sys.stdin.readline().rstrip("\r\n")
         if not value:
-            raise CliError("--secret-stdin: nothing was read from stdin",
-                           hint="pipe it: printf %s \"$PASSWORD\" | mirrorctl endpoint add ...")
+            raise CliError(f"{flag}-stdin: nothing was read from stdin",
+                           hint="pipe it: printf '%s\\n' \"$PASSWORD\" | mirrorctl endpoint add "
+                           "...")
         return value
-    env = getattr(args, "secret_env", None)
+    env = getattr(args, f"{kind}_env", None)
     if env:
         value = os.environ.get(env, "")
         if not value:
-            raise CliError(f"--secret-env {env}: the variable is unset or empty")
+            raise CliError(f"{flag}-env {env}: the variable is unset or empty")
         return value
     return None
 
@@ -70,7 +83,7 @@ def _fields_given(a: argparse.Namespace) -> dict[str, Any]:
         "url": a.url, "username": a.username, "secret": read_secret(a), "ca_pem": _ca(a),
         "insecure_skip_verify": a.insecure_skip_verify, "max_concurrency": a.max_concurrency,
         "requests_per_second": a.requests_per_second, "scan_on_push": a.scan_on_push,
-        "aliases": a.alias,
+        "aliases": a.alias, "webhook_secret": read_secret(a, "webhook_secret"),
     }
 
 
@@ -95,7 +108,8 @@ def update(ctx: Context) -> int:
 
 def list_(ctx: Context) -> int:
     items = list(ctx.client.transfers.iter_endpoints())
-    ctx.out.rows(items, COLUMNS, empty="no endpoints; add one with: mirrorctl endpoint add")
+    ctx.out.rows(items, COLUMNS, wide=WIDE,
+                 empty="no endpoints; add one with: mirrorctl endpoint add")
     return 0
 
 
@@ -113,9 +127,8 @@ def test(ctx: Context) -> int:
     ctx.out.rows(
         list(resp.checks),
         [
-            ("STEP", lambda c: enum_name(transfer_pb2.ConnectionCheck.Step, c.step, "STEP_")),
-            ("RESULT", lambda c: enum_name(transfer_pb2.ConnectionCheck.Result, c.result,
-                                           "RESULT_")),
+            ("STEP", lambda c: enum_name(transfer_pb2.ConnectionCheck.Step, c.step)),
+            ("RESULT", lambda c: enum_name(transfer_pb2.ConnectionCheck.Result, c.result)),
             ("MESSAGE", lambda c: c.message),
         ],
         title=f"{a.name}: {'OK' if resp.ok else 'FAILED'}",
@@ -148,7 +161,14 @@ def _settings(p: argparse.ArgumentParser, *, creating: bool) -> None:
     p.add_argument("--scan-on-push", action=argparse.BooleanOptionalAction, default=None,
                    help="scan images after they are mirrored here")
     p.add_argument("--alias", action="append", metavar="HOST[:PORT]",
-                   help="other name the registry reports in push events (repeatable)")
+                   help="other name the registry reports in push events (repeatable; "
+                   "replaces the list)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--webhook-secret-stdin", action="store_true",
+                   help="read the bearer token the registry's notifications must carry from "
+                   "stdin (the line after the secret when --secret-stdin is given too)")
+    w.add_argument("--webhook-secret-env", metavar="VAR",
+                   help="take the notifications' bearer token from environment variable VAR")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
@@ -162,6 +182,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "  mirrorctl endpoint add dev --url http://127.0.0.1:5000\n"
         "  mirrorctl endpoint add qa --url https://qa.example --username ci "
         "--secret-env QA_PASSWORD --ca-file qa-ca.pem\n"
+        "  printf '%s\\n' \"$QA_PASSWORD\" \"$QA_HOOK_TOKEN\" | mirrorctl endpoint add qa "
+        "--url https://qa.example \\\n"
+        "      --username ci --secret-stdin --webhook-secret-stdin\n"
+        "the webhook secret is the token of the registry's notification header "
+        "(Authorization: Bearer TOKEN)\n"
         "secrets are never accepted as arguments (they would show in ps and shell history)"))
     _settings(p, creating=True)
     p = command(s, "update", help="change an endpoint's settings or secret", func=update,

@@ -9,38 +9,55 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from google.protobuf import json_format
 
-from mirror import errors
-from mirror.cli import rule_errors
-from mirror.cli.context import EXIT_INVALID, EXIT_NOT_FOUND, CliError, Context
+from mirror import enums, errors
+from mirror.cli import policydoc, rule_errors
+from mirror.cli.context import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_SERVER, CliError, Context
 from mirror.cli.output import const, enum_name, when
-from mirror.cli.parsing import command, image_ref
+from mirror.cli.parsing import command, image_ref, location
 from mirror.client import Client
-from mirror.v1 import common_pb2, policy_pb2
+from mirror.v1 import common_pb2, gateway_pb2, policy_pb2
+
+
+def overwrite_name(p: policy_pb2.Policy) -> str:
+    # UNSPECIFIED means ALWAYS (the proto says so): show what it does.
+    return enum_name(policy_pb2.Overwrite, p.overwrite or policy_pb2.OVERWRITE_ALWAYS)
+
 
 COLUMNS = [
     ("ID", lambda p: p.id),
     ("NAME", lambda p: p.name),
-    ("SOURCE", lambda p: p.source_repository),
+    ("SOURCE", lambda p: f"{p.source.endpoint}/{p.source.repository}"),
     ("TARGET", lambda p: f"{p.target.endpoint}/{p.target.repository}"),
     ("TAG", lambda p: p.tag_template),
     ("ENABLED", lambda p: p.enabled),
     ("RULE", lambda p: p.rule),
 ]
+WIDE = [
+    ("OVERWRITE", overwrite_name),
+    ("INCOMPLETE FACTS", lambda p: "allowed" if p.allow_incomplete_facts else "block"),
+    ("NEEDS FACTS", lambda p: _facts_names(p.required_facts)),
+    ("ACTIVE SINCE", lambda p: when(p.active_since)),
+    ("DISABLED REASON", lambda p: p.disabled_reason),
+]
 
 
 def _facts_names(kinds: Any) -> list[str]:
-    return [enum_name(common_pb2.FactKind, k, "FACT_KIND_") for k in kinds]
+    return [enum_name(common_pb2.FactKind, k) for k in kinds]
 
 
 def _fields(p: policy_pb2.Policy) -> list[tuple[str, object]]:
     return [
         ("id", p.id), ("name", p.name), ("description", p.description),
-        ("source", p.source_repository), ("rule", p.rule),
+        ("source", f"{p.source.endpoint}/{p.source.repository}"), ("rule", p.rule),
         ("target", f"{p.target.endpoint}/{p.target.repository}"),
         ("tag template", p.tag_template), ("time zone", p.time_zone or "UTC"),
-        ("enabled", p.enabled), ("needs facts", _facts_names(p.required_facts)),
+        ("overwrite", overwrite_name(p)),
+        ("incomplete facts", "evaluated anyway" if p.allow_incomplete_facts else
+         "block the run"),
+        ("enabled", p.enabled), ("disabled reason", p.disabled_reason),
+        ("active since", when(p.active_since)),
+        ("needs facts", _facts_names(p.required_facts)),
         ("etag", p.etag), ("created", when(p.create_time)), ("updated", when(p.update_time)),
     ]
 
@@ -58,28 +75,6 @@ def resolve(client: Client, id_or_name: str) -> policy_pb2.Policy:
                    hint="list them with: mirrorctl policy list")
 
 
-def policy_from_document(doc: Any, source: str) -> tuple[policy_pb2.Policy, set[str]]:
-    """A Policy from a YAML/JSON mapping (proto JSON names, camelCase or snake_case).
-
-    Returns the message and the top-level fields the document set.
-    """
-    if not isinstance(doc, dict):
-        raise CliError(f"{source}: expected a mapping of policy fields", EXIT_INVALID)
-    try:
-        msg = json_format.ParseDict(doc, policy_pb2.Policy())
-    except json_format.ParseError as err:
-        raise CliError(f"{source}: {err}", EXIT_INVALID,
-                       hint="fields: name, description, sourceRepository, rule, "
-                       "target {endpoint, repository}, tagTemplate, timeZone, enabled") from None
-    names = {f.name for f, _ in msg.ListFields()}
-    for key in doc:
-        field = policy_pb2.Policy.DESCRIPTOR.fields_by_camelcase_name.get(key) or \
-            policy_pb2.Policy.DESCRIPTOR.fields_by_name.get(key)
-        if field is not None:
-            names.add(field.name)
-    return msg, names
-
-
 def load_policy_file(path: str) -> tuple[policy_pb2.Policy, set[str]]:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
@@ -88,7 +83,7 @@ def load_policy_file(path: str) -> tuple[policy_pb2.Policy, set[str]]:
         raise CliError(f"cannot read {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise CliError(f"{path} is not valid YAML: {err}", EXIT_INVALID) from None
-    return policy_from_document(doc, path)
+    return policydoc.read(doc, path)
 
 
 def _print_rule_failure(ctx: Context, err: errors.MirrorError, rule: str) -> None:
@@ -97,7 +92,8 @@ def _print_rule_failure(ctx: Context, err: errors.MirrorError, rule: str) -> Non
         ctx.out.err.print(rule_errors.render(rule, positioned), highlight=False, markup=False)
 
 
-def create(ctx: Context) -> int:
+def _policy_from_args(ctx: Context) -> policy_pb2.Policy:
+    """The policy of `policy create`: the file's fields, overridden by the flags given."""
     a = ctx.args
     given: set[str] = set()
     if a.file:
@@ -107,21 +103,38 @@ def create(ctx: Context) -> int:
                                   ("--target", a.target)) if not v]
         if missing:
             raise CliError(f"missing {', '.join(missing)} (or give -f policy.yaml)")
-        policy = policy_pb2.Policy(name=a.name, source_repository=a.source, rule=a.rule)
-    if a.target:
-        t = image_ref(a.target, need_reference=False, what="--target")
-        policy.target.endpoint, policy.target.repository = t.endpoint, t.repository
-    for attr, field in (("name", "name"), ("source", "source_repository"), ("rule", "rule"),
-                        ("tag_template", "tag_template"), ("time_zone", "time_zone"),
-                        ("description", "description")):
+        policy = policy_pb2.Policy()
+    for flag, value, part in (("--source", a.source, policy.source),
+                              ("--target", a.target, policy.target)):
+        if value:
+            where = location(value, what=flag)
+            part.endpoint, part.repository = where.endpoint, where.repository
+    for attr in ("name", "rule", "tag_template", "time_zone", "description",
+                 "allow_incomplete_facts"):
         value = getattr(a, attr)
         if value is not None:
-            setattr(policy, field, value)
+            setattr(policy, attr, value)
+    if a.overwrite is not None:
+        policy.overwrite = getattr(policy_pb2, f"OVERWRITE_{a.overwrite.upper()}")
+    if not policy.source.endpoint:
+        raise CliError(f"{a.file}: source: {{endpoint, repository}} is required", EXIT_INVALID,
+                       hint="or give --source ENDPOINT/REPOSITORY")
     # New policies are enabled unless the file or --disabled says otherwise.
     if "enabled" not in given:
         policy.enabled = True
     if a.disabled:
         policy.enabled = False
+    return policy
+
+
+def create(ctx: Context) -> int:
+    a = ctx.args
+    if a.apply and (a.validate_only or a.disabled):
+        raise CliError("--apply mirrors tags with the new policy: it needs the policy saved and "
+                       "enabled (drop --validate-only / --disabled)")
+    policy = _policy_from_args(ctx)
+    if a.apply and not policy.enabled:
+        raise CliError("--apply needs an enabled policy; the file says enabled: false")
     try:
         created = ctx.client.policies.create(policy, validate_only=a.validate_only)
     except errors.InvalidArgument as err:
@@ -130,19 +143,70 @@ def create(ctx: Context) -> int:
     if a.validate_only:
         ctx.out.message("policy is valid (nothing saved)")
         return 0
-    if ctx.out.machine:
-        ctx.out.data(created)
-    else:
+    if not a.apply:
+        if ctx.out.machine:
+            ctx.out.data(created)
+        else:
+            ctx.out.message(f"policy {created.name} created with id {created.id}; it acts on "
+                            "pushes from now on")
+            ctx.out.message(
+                f"mirror the tags already there with: mirrorctl policy apply {created.name}"
+            )
+        return 0
+    # Save & Apply: the policy is saved whatever the apply call does.
+    if not ctx.out.machine:
         ctx.out.message(f"policy {created.name} created with id {created.id}")
+    try:
+        applied = ctx.client.gateway.apply_policy(created.id)
+    except errors.MirrorError:
+        ctx.out.err.print(f"policy {created.name} was saved but not applied; retry with: "
+                          f"mirrorctl policy apply {created.name}", highlight=False,
+                          markup=False)
+        raise
+    if ctx.out.machine:
+        ctx.out.data({"policy": created, "applied": applied})
+        return EXIT_SERVER if applied.errors else 0
+    return print_sweep(ctx, created.name, applied)
+
+
+def print_sweep(
+    ctx: Context, name: str,
+    resp: gateway_pb2.ApplyPolicyResponse | gateway_pb2.ReconcileResponse,
+) -> int:
+    """An apply's or reconcile's summary, runs and per-endpoint errors (table format);
+    exit 1 when some endpoint or repository could not be read."""
+    from mirror.cli.cmd_runs import COLUMNS as RUN_COLUMNS
+    from mirror.cli.cmd_runs import WIDE as RUN_WIDE
+
+    if isinstance(resp, gateway_pb2.ApplyPolicyResponse):
         ctx.out.message(
-            f"mirror the tags already there with: mirrorctl policy apply {created.name}"
+            f"{name}: {resp.tags_evaluated} tags evaluated, {resp.tags_matched} matched, "
+            f"{len(resp.runs)} runs started"
         )
-    return 0
+    else:
+        ctx.out.message(f"{name}: {resp.tags_checked} tags checked, {resp.runs_started} runs "
+                        "started")
+    if resp.runs:
+        ctx.out.rows(list(resp.runs), RUN_COLUMNS, wide=RUN_WIDE)
+    for e in resp.errors:
+        where = "/".join(x for x in (e.endpoint, e.repository) if x)
+        ctx.out.err.print(f"error: {where or 'sweep'}: {e.message}", highlight=False,
+                          markup=False)
+    if resp.errors:
+        ctx.out.err.print("hint: the other endpoints were swept; check the failing one with: "
+                          "mirrorctl endpoint test ENDPOINT", highlight=False, markup=False)
+    return EXIT_SERVER if resp.errors else 0
 
 
 def list_(ctx: Context) -> int:
-    items = list(ctx.client.policies.iter(source_repository=ctx.args.source or ""))
-    ctx.out.rows(items, COLUMNS, empty="no policies; create one with: mirrorctl policy create")
+    a = ctx.args
+    src = location(a.source, what="--source") if a.source else None
+    items = list(ctx.client.policies.iter(
+        source_endpoint=src.endpoint if src else "",
+        source_repository=src.repository if src else "", endpoint=a.endpoint or "",
+    ))
+    ctx.out.rows(items, COLUMNS, wide=WIDE,
+                 empty="no policies; create one with: mirrorctl policy create")
     return 0
 
 
@@ -173,7 +237,7 @@ def _rule_text(ctx: Context) -> tuple[str, str]:
         except OSError as err:
             raise CliError(f"cannot read {a.file}: {err.strerror}") from None
         if a.file.endswith((".yaml", ".yml")):
-            policy, _ = policy_from_document(yaml.safe_load(text), a.file)
+            policy, _ = policydoc.read(yaml.safe_load(text), a.file)
             return policy.rule, f"{a.file}: rule"
         return text, a.file
     if a.rule is None:
@@ -218,9 +282,8 @@ def _facts_for(ctx: Context, rule: str, image: str) -> common_pb2.ImageFacts:
         raise CliError("the rule does not compile", EXIT_INVALID)
     needed = set(check.required_facts) - {common_pb2.FACT_KIND_REFERENCE,
                                           common_pb2.FACT_KIND_UNSPECIFIED}
-    digest = ref.reference if ref.reference.startswith("sha256:") else ""
     facts = common_pb2.ImageFacts(
-        repository=ref.repository, tag="" if digest else ref.reference, digest=digest,
+        repository=ref.repository, tag=ref.tag, digest=ref.digest,
         present=[common_pb2.FACT_KIND_REFERENCE],
     )
     if not needed:
@@ -234,6 +297,9 @@ def _facts_for(ctx: Context, rule: str, image: str) -> common_pb2.ImageFacts:
     facts.labels.update(report.labels)
     facts.platforms.extend(report.platforms)
     facts.size_bytes = report.size_bytes
+    facts.components_unknown = report.components_unknown
+    if report.HasField("vulnerability_data_time"):
+        facts.vulnerability_data_time.CopyFrom(report.vulnerability_data_time)
     del facts.present[:]  # every kind gathered
     return facts
 
@@ -293,16 +359,8 @@ def apply(ctx: Context) -> int:
     resp = ctx.client.gateway.apply_policy(p.id)
     if ctx.out.machine:
         ctx.out.data(resp)
-        return 0
-    ctx.out.message(
-        f"{p.name}: {resp.tags_evaluated} tags evaluated, {resp.tags_matched} matched, "
-        f"{len(resp.runs)} runs started"
-    )
-    from mirror.cli.cmd_runs import COLUMNS as RUN_COLUMNS
-
-    if resp.runs:
-        ctx.out.rows(list(resp.runs), RUN_COLUMNS)
-    return 0
+        return EXIT_SERVER if resp.errors else 0
+    return print_sweep(ctx, p.name, resp)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
@@ -311,20 +369,40 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     s = grp.add_subparsers(title="commands", metavar="COMMAND")
     p = command(s, "create", help="create a policy from flags or a YAML file", func=create,
                 common=common, examples=(
-                    "  mirrorctl policy create --name promote-stable --source dev/website \\\n"
+                    "  mirrorctl policy create --name promote-stable --source dev/team/website \\\n"
                     "      --rule 'tag endswith \"stable\"' --target qa/qa/website "
                     "--tag-template '%Y%m%d-%n'\n"
-                    "  mirrorctl policy create -f policy.yaml\n"
+                    "  mirrorctl policy create --name mirror-team --source 'dev/team/**' \\\n"
+                    "      --rule true --target 'qa/mirror/{path}' --overwrite never --apply\n"
+                    "  mirrorctl policy create -f policy.yaml --apply   # Save & Apply\n"
                     "policy.yaml holds the Policy fields (camelCase or snake_case):\n"
-                    "  name: promote-stable\n  sourceRepository: dev/website\n"
+                    "  name: promote-stable\n"
+                    "  source: {endpoint: dev, repository: team/website}   # or a glob: team/**\n"
                     "  rule: tag endswith \"stable\" and critical_vulns == 0\n"
-                    "  target: {endpoint: qa, repository: qa/website}\n"
-                    "  tagTemplate: \"%n\"\n  enabled: true"))
+                    "  target: {endpoint: qa, repository: qa/website}      # may use {path}\n"
+                    "  tagTemplate: \"%n\"\n  overwrite: never      # default always\n"
+                    "  allowIncompleteFacts: false   # true: evaluate without vulnerability data\n"
+                    "  enabled: true\n"
+                    "Save acts on pushes from now on; --apply also mirrors the matching tags "
+                    "already there."))
     p.add_argument("-f", "--file", help="policy YAML (- for stdin); flags override its fields")
     p.add_argument("--name")
-    p.add_argument("--source", help="source repository or glob (dev/website, dev/**)")
+    p.add_argument("--source", metavar="ENDPOINT/REPOSITORY",
+                   help="the endpoint the policy reads and a repository or glob in it "
+                   "(dev/team/website, dev/team/**)")
     p.add_argument("--rule", help="rule in the policy language")
-    p.add_argument("--target", metavar="ENDPOINT/REPOSITORY", help="where matches are pushed")
+    p.add_argument("--target", metavar="ENDPOINT/REPOSITORY",
+                   help="where matches are pushed; the repository may use {repository} and "
+                   "{path} (the part the source glob matched)")
+    p.add_argument("--overwrite", choices=enums.choices(policy_pb2.Overwrite.DESCRIPTOR),
+                   help="a destination tag holding another digest: move it (always, the "
+                   "default) or leave it alone (never)")
+    p.add_argument("--allow-incomplete-facts", action=argparse.BooleanOptionalAction,
+                   default=None, help="evaluate component, license and vulnerability clauses "
+                   "even without (fresh) vulnerability data or a recognised package database "
+                   "(default: such runs are blocked)")
+    p.add_argument("--apply", action="store_true",
+                   help="Save & Apply: also mirror the matching tags already in the source")
     p.add_argument("--tag-template", help="destination tag template (default %%n: same tag)")
     p.add_argument("--time-zone", help="IANA zone for the template's dates (default UTC)")
     p.add_argument("--description")
@@ -332,9 +410,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--validate-only", action="store_true",
                    help="check everything (including push permission) but save nothing")
     p = command(s, "list", help="list policies", func=list_, common=common,
-                examples="  mirrorctl policy list\n  mirrorctl policy list --source dev/website "
-                "-o json")
-    p.add_argument("--source", help="only policies whose source matches this repository")
+                examples="  mirrorctl policy list -o wide\n"
+                "  mirrorctl policy list --source dev/team/website -o json\n"
+                "  mirrorctl policy list --endpoint qa   # reading or writing qa")
+    p.add_argument("--source", metavar="ENDPOINT/REPOSITORY",
+                   help="only policies reading this endpoint whose source matches this "
+                   "repository")
+    p.add_argument("--endpoint", help="only policies using this endpoint as source or target")
     p = command(s, "show", help="show a policy and its last run", func=show, common=common,
                 examples="  mirrorctl policy show promote-stable\n"
                 "  mirrorctl policy show ID -o yaml")
@@ -363,5 +445,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                     examples=f"  mirrorctl policy {name} promote-stable")
         p.add_argument("policy", metavar="ID-or-NAME")
     p = command(s, "apply", help="mirror the matching tags already in the source repository",
-                func=apply, common=common, examples="  mirrorctl policy apply promote-stable")
+                func=apply, common=common, examples=(
+                    "  mirrorctl policy apply promote-stable\n"
+                    "exits 1 when some endpoint or repository could not be read (listed; the "
+                    "rest was applied)"))
     p.add_argument("policy", metavar="ID-or-NAME")

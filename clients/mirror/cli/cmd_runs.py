@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import argparse
 
+from mirror import enums
 from mirror.cli.context import Context
 from mirror.cli.output import enum_name, when
-from mirror.cli.parsing import command
+from mirror.cli.parsing import command, image_text
 from mirror.v1 import gateway_pb2
 
 COLUMNS = [
     ("ID", lambda r: r.id),
     ("POLICY", lambda r: r.policy_name or r.policy_id),
     ("STATE", lambda r: enum_name(gateway_pb2.Run.State, r.state)),
-    ("TRIGGER", lambda r: enum_name(gateway_pb2.Run.Trigger, r.trigger, "TRIGGER_")),
-    ("SOURCE", lambda r: f"{r.source.endpoint}/{r.source.repository}:{r.source.reference}"),
-    ("DESTINATION", lambda r: f"{r.destination.endpoint}/{r.destination.repository}"
-     + (f":{r.destination_tag}" if r.destination_tag else "")),
+    ("TRIGGER", lambda r: enum_name(gateway_pb2.Run.Trigger, r.trigger)),
+    ("SOURCE", lambda r: image_text(r.source.endpoint, r.source.repository, r.source.reference)),
+    ("DESTINATION", lambda r: image_text(r.destination.endpoint, r.destination.repository,
+                                         r.destination_tag)),
     ("TRANSFER", lambda r: r.transfer_id),
     ("CREATED", lambda r: when(r.create_time)),
     ("MESSAGE", lambda r: r.message),
+]
+# -o wide: where the image came from before this run (a promotion chain) and the digest.
+WIDE = [
+    ("HOP", lambda r: r.hop),
+    ("PROVENANCE", lambda r: " -> ".join(
+        image_text(p.endpoint, p.repository, p.reference) for p in r.provenance)),
+    ("DIGEST", lambda r: r.source_digest),
+    ("ENDED", lambda r: when(r.end_time)),
 ]
 
 
@@ -35,7 +44,7 @@ def list_(ctx: Context) -> int:
         runs.append(r)
         if a.limit and len(runs) >= a.limit:
             break
-    ctx.out.rows(runs, COLUMNS, empty="no runs yet")
+    ctx.out.rows(runs, COLUMNS, wide=WIDE, empty="no runs yet")
     return 0
 
 
@@ -45,8 +54,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     s = grp.add_subparsers(title="commands", metavar="COMMAND")
     p = command(s, "list", help="list runs", func=list_, common=common, examples=(
         "  mirrorctl runs list\n  mirrorctl runs list --policy promote-stable --state failed\n"
+        "  mirrorctl runs list --state blocked -o wide   # why the gate held an image back\n"
         "  mirrorctl runs list -o json"))
     p.add_argument("--policy", metavar="ID-or-NAME")
     p.add_argument("--state", action="append",
-                   choices=["pending", "running", "succeeded", "failed", "not_matched"])
+                   choices=enums.choices(gateway_pb2.Run.State.DESCRIPTOR))
     p.add_argument("--limit", type=int, default=0, help="show at most N")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from pathlib import Path
+from typing import Any
 
-from mirror.cli.context import EXIT_INVALID, CliError, Context
+from mirror.cli.context import EXIT_INVALID, EXIT_NOT_FOUND, CliError, Context
 from mirror.cli.output import enum_name, human_bytes, when
 from mirror.cli.parsing import command, image_ref
 from mirror.v1 import scan_pb2
@@ -30,7 +32,7 @@ def _report(ctx: Context, r: scan_pb2.ScanReport) -> None:
     if ctx.args.vulns and r.vulnerabilities:
         ctx.out.rows(list(r.vulnerabilities), [
             ("ID", lambda v: v.id),
-            ("SEVERITY", lambda v: enum_name(scan_pb2.Vulnerability.Bucket, v.bucket, "BUCKET_")),
+            ("SEVERITY", lambda v: enum_name(scan_pb2.Vulnerability.Bucket, v.bucket)),
             ("SCORE", lambda v: f"{v.score:.1f}"), ("COMPONENT", lambda v: v.component),
             ("INSTALLED", lambda v: v.installed_version), ("FIXED", lambda v: v.fixed_version),
         ])
@@ -82,6 +84,42 @@ def vulndb_import(ctx: Context) -> int:
     return EXIT_INVALID if resp.errors else 0
 
 
+def age(ts: Any, now: dt.datetime | None = None) -> str:
+    """How long ago a Timestamp was, in the largest whole unit ("12 days", "3 hours")."""
+    if ts is None or (ts.seconds == 0 and ts.nanos == 0):
+        return ""
+    now = now or dt.datetime.now(dt.UTC)
+    seconds = max(0, int((now - ts.ToDatetime(dt.UTC)).total_seconds()))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"
+
+
+def vulndb_status(ctx: Context) -> int:
+    st = ctx.client.scanner.vulndb_status()
+    if ctx.out.machine:
+        ctx.out.data(st)
+        return 0 if st.loaded else EXIT_NOT_FOUND
+    if not st.loaded:
+        ctx.out.message("no vulnerability data loaded: runs of policies whose rules read "
+                        "vulnerabilities are blocked")
+        ctx.out.message("import OSV records with: mirrorctl vulndb import FILE")
+        return EXIT_NOT_FOUND
+    ctx.out.record(st, [
+        ("database version", lambda s: s.database_version),
+        ("records", lambda s: s.records),
+        ("updated", lambda s: when(s.update_time)),
+        ("age", lambda s: age(s.update_time)),
+    ])
+    ctx.out.rows(list(st.sources), [
+        ("SOURCE", lambda v: v.name), ("RECORDS", lambda v: v.records),
+        ("UPDATED", lambda v: when(v.update_time)), ("AGE", lambda v: age(v.update_time)),
+    ], empty="no sources")
+    return 0
+
+
 def _view_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vulns", action="store_true", help="list every vulnerability")
     p.add_argument("--components", action="store_true", help="list every component")
@@ -106,7 +144,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     _view_flags(p)
 
     grp = command(sub, "vulndb", help="the scanner's vulnerability database", common=common,
-                  examples="  mirrorctl vulndb import osv-debian.zip")
+                  examples="  mirrorctl vulndb import osv-debian.zip\n  mirrorctl vulndb status")
     s = grp.add_subparsers(title="commands", metavar="COMMAND")
     p = command(s, "import", help="import OSV records (JSON, or a zip of JSON files)",
                 func=vulndb_import, common=common, examples=(
@@ -118,3 +156,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("source", metavar="FILE", help="file to upload, - for stdin")
     p.add_argument("--server-path", action="store_true",
                    help="FILE is a path on the scanner's host (file, folder or zip)")
+    command(s, "status", help="sources, record counts and age of the vulnerability data",
+            func=vulndb_status, common=common, examples=(
+                "  mirrorctl vulndb status\n  mirrorctl vulndb status -o json\n"
+                "rules that read vulnerabilities block runs while the data is missing or "
+                "older than the scanner's limit;\nexits 3 when no data was ever imported"))

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import argparse
 
+from mirror import enums
 from mirror.cli.context import EXIT_SERVER, Context
 from mirror.cli.output import const, enum_name, human_bytes, when
-from mirror.cli.parsing import command, image_ref
+from mirror.cli.parsing import command, image_ref, image_text
 from mirror.cli.progress import FINAL, follow, summary
 from mirror.v1 import transfer_pb2
 
 COLUMNS = [
     ("ID", lambda t: t.id),
     ("STATE", lambda t: enum_name(transfer_pb2.Transfer.State, t.state)),
-    ("SOURCE", lambda t: f"{t.source.endpoint}/{t.source.repository}:{t.source.reference}"),
-    ("DESTINATION", lambda t: f"{t.destination.endpoint}/{t.destination.repository}"
-     + (f":{t.destination.tag}" if t.destination.tag else "")),
+    ("SOURCE", lambda t: image_text(t.source.endpoint, t.source.repository, t.source.reference)),
+    ("DESTINATION", lambda t: image_text(t.destination.endpoint, t.destination.repository,
+                                         t.destination.tag)),
     ("BYTES", lambda t: f"{human_bytes(t.bytes_done + t.bytes_skipped)}/"
      f"{human_bytes(t.bytes_total)}"),
     ("CREATED", lambda t: when(t.create_time)),
     ("MESSAGE", lambda t: t.message),
+]
+WIDE = [
+    ("DIGEST", lambda t: t.digest),
+    ("BLOBS", lambda t: f"{t.blobs_done + t.blobs_skipped + t.blobs_mounted}/{t.blobs_total}"),
+    ("ATTEMPTS", lambda t: t.attempts),
+    ("NEXT ATTEMPT", lambda t: when(t.next_attempt_time)),
+    ("ENDED", lambda t: when(t.end_time)),
 ]
 
 
@@ -39,11 +47,13 @@ def _watch(ctx: Context, transfer_id: str) -> int:
 def start(ctx: Context) -> int:
     a = ctx.args
     src = image_ref(a.source, what="source")
-    dst = image_ref(a.destination, need_reference=False, what="--to")
+    dst = image_ref(a.destination, need_reference=False, what="--to", digest_ok=False)
+    # A pinned `repo:tag@sha256:...` copies that digest and names it by its tag.
     t = ctx.client.transfers.start(
         source_endpoint=src.endpoint, source_repository=src.repository,
         source_reference=src.reference, destination_endpoint=dst.endpoint,
-        destination_repository=dst.repository, destination_tag=dst.reference,
+        destination_repository=dst.repository,
+        destination_tag=dst.tag or (src.tag if src.digest else ""),
         platforms=a.platform or (), fail_if_tag_exists=a.fail_if_tag_exists,
         idempotency_key=a.idempotency_key or "",
     )
@@ -67,7 +77,7 @@ def list_(ctx: Context) -> int:
         items.append(t)
         if a.limit and len(items) >= a.limit:
             break
-    ctx.out.rows(items, COLUMNS, empty="no transfers")
+    ctx.out.rows(items, COLUMNS, wide=WIDE, empty="no transfers")
     return 0
 
 
@@ -86,7 +96,7 @@ def show(ctx: Context) -> int:
                   f"of {t.blobs_total}"),
         ("manifests", f"{t.manifests_done}/{t.manifests_total}"), ("attempts", t.attempts),
         ("created", when(t.create_time)), ("started", when(t.start_time)),
-        ("ended", when(t.end_time)),
+        ("ended", when(t.end_time)), ("next attempt", when(t.next_attempt_time)),
     ]
     ctx.out.record(t, [(k, const(v)) for k, v in rows])
     return 0
@@ -112,8 +122,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = command(s, "start", help="start copying an image", func=start, common=common, examples=(
         "  mirrorctl transfer start dev/team/app:1.4 --to qa/team/app --watch\n"
         "  mirrorctl transfer start dev/team/app:1.4 --to qa/team/app:1.4-qa "
-        "--platform linux/amd64"))
-    p.add_argument("source", metavar="ENDPOINT/REPOSITORY:TAG")
+        "--platform linux/amd64\n"
+        "  mirrorctl transfer start dev/team/app@sha256:DIGEST --to qa/team/app:1.4\n"
+        "  mirrorctl transfer start dev/team/app:1.4@sha256:DIGEST --to qa/team/app  "
+        "# that digest, tagged 1.4"))
+    p.add_argument("source", metavar="ENDPOINT/REPOSITORY:TAG|@sha256:DIGEST")
     p.add_argument("--to", dest="destination", required=True,
                    metavar="ENDPOINT/REPOSITORY[:TAG]")
     p.add_argument("--platform", action="append", help="copy only this platform (repeatable)")
@@ -125,7 +138,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                 examples="  mirrorctl transfer list --state running --state waiting\n"
                 "  mirrorctl transfer list --repository team/app -o json")
     p.add_argument("--state", action="append",
-                   choices=["waiting", "running", "done", "error", "canceled"])
+                   choices=enums.choices(transfer_pb2.Transfer.State.DESCRIPTOR))
     p.add_argument("--endpoint", help="only transfers to this destination endpoint")
     p.add_argument("--repository", help="only transfers from or to this repository")
     p.add_argument("--limit", type=int, default=0, help="show at most N")

@@ -7,16 +7,18 @@ Format (proto JSON field names, camelCase or snake_case):
         url: https://qa.example
         username: ci
         secretFrom: {env: QA_PASSWORD}     # or {file: qa-password.txt}; never inline
+        webhookSecretFrom: {env: QA_HOOK_TOKEN}
     policies:
       - name: promote-stable
-        sourceRepository: dev/website
+        source: {endpoint: dev, repository: team/website}
         rule: tag endswith "stable"
         target: {endpoint: qa, repository: qa/website}
+        overwrite: never
 
 Only the fields a document names are compared and changed; a field left out keeps the
-server's value. Secrets cannot be read back, so a secret is written when the endpoint is
-created, when the server holds none, or when `--update-secrets` asks for it; otherwise an
-endpoint whose other fields match is `unchanged`.
+server's value. Secrets cannot be read back, so a secret (and a webhook secret) is written
+when the endpoint is created, when the server holds none, or when `--update-secrets` asks for
+it; otherwise an endpoint whose other fields match is `unchanged`.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ from typing import Any
 import yaml
 from google.protobuf import json_format
 
+from mirror.cli import policydoc, protodata
 from mirror.cli.context import EXIT_INVALID, CliError
 from mirror.client import Client
+from mirror.enums import short_name
 from mirror.v1 import policy_pb2, transfer_pb2
 
 _TOP_KEYS = {"apiVersion", "kind", "endpoints", "policies"}
-_POLICY_MUTABLE = ("name", "description", "source_repository", "rule", "target", "tag_template",
-                   "time_zone", "enabled")
+POLICY_MUTABLE = ("name", "description", "source", "rule", "target", "tag_template",
+                  "time_zone", "enabled", "overwrite", "allow_incomplete_facts")
 _ENDPOINT_MUTABLE = ("url", "username", "ca_pem", "insecure_skip_verify", "max_concurrency",
                      "requests_per_second", "scan_on_push", "aliases")
 
@@ -48,6 +52,7 @@ class DesiredEndpoint:
     msg: transfer_pb2.Endpoint
     fields: set[str]
     secret: str | None = None
+    webhook_secret: str | None = None
 
 
 @dataclass
@@ -77,6 +82,10 @@ class Change:
 
 def _bad(source: str, message: str) -> CliError:
     return CliError(f"{source}: {message}", EXIT_INVALID)
+
+
+def _from_key(inline: str) -> str:
+    return "webhookSecretFrom" if inline.startswith("webhook") else "secretFrom"
 
 
 def _given(doc: dict[str, Any], descriptor: Any) -> set[str]:
@@ -125,14 +134,17 @@ def parse(text: str, source: str, base: Path) -> Desired:
         if not isinstance(raw, dict):
             raise _bad(where, "expected a mapping")
         raw = dict(raw)
-        if "secret" in raw:
-            raise _bad(where, "inline secrets are refused; use secretFrom: {env: NAME} or "
-                              "{file: PATH}")
+        for inline in ("secret", "webhookSecret", "webhook_secret"):
+            if inline in raw:
+                raise _bad(where, f"inline secrets are refused; use {_from_key(inline)}: "
+                                  "{env: NAME} or {file: PATH}")
         ref = raw.pop("secretFrom", raw.pop("secret_from", None))
+        hook_ref = raw.pop("webhookSecretFrom", raw.pop("webhook_secret_from", None))
         ca_file = raw.pop("caFile", raw.pop("ca_file", None))
         try:
-            msg = json_format.ParseDict(raw, transfer_pb2.Endpoint())
-        except json_format.ParseError as err:
+            msg = transfer_pb2.Endpoint()
+            protodata.parse(raw, msg)
+        except (json_format.ParseError, ValueError) as err:
             raise _bad(where, str(err)) from None
         fields = _given(raw, transfer_pb2.Endpoint.DESCRIPTOR) - {"name"}
         if ca_file is not None:
@@ -147,18 +159,13 @@ def parse(text: str, source: str, base: Path) -> Desired:
             raise _bad(where, f"endpoint {msg.name!r} appears twice")
         seen.add(msg.name)
         secret = _read_secret(ref, where, base) if ref is not None else None
-        out.endpoints.append(DesiredEndpoint(msg, fields, secret))
+        hook = _read_secret(hook_ref, where, base) if hook_ref is not None else None
+        out.endpoints.append(DesiredEndpoint(msg, fields, secret, hook))
     seen = set()
     for i, raw in enumerate(doc.get("policies") or []):
         where = f"{source}: policies[{i}]"
-        if not isinstance(raw, dict):
-            raise _bad(where, "expected a mapping")
-        try:
-            pmsg = json_format.ParseDict(raw, policy_pb2.Policy())
-        except json_format.ParseError as err:
-            raise _bad(where, str(err)) from None
-        pfields = _given(raw, policy_pb2.Policy.DESCRIPTOR)
-        fixed = pfields - set(_POLICY_MUTABLE)
+        pmsg, pfields = policydoc.read(raw, where)
+        fixed = pfields - set(POLICY_MUTABLE)
         if fixed:
             raise _bad(where, f"{sorted(fixed)} are set by the server; remove them")
         if not pmsg.name:
@@ -180,6 +187,8 @@ def load(path: str) -> Desired:
 
 def _differs(want: Any, have: Any, name: str) -> bool:
     a, b = getattr(want, name), getattr(have, name)
+    if name == "overwrite":  # unspecified means always
+        return (a or policy_pb2.OVERWRITE_ALWAYS) != (b or policy_pb2.OVERWRITE_ALWAYS)
     if hasattr(a, "ListFields") or name == "aliases":
         return list(a) != list(b) if name == "aliases" else a != b
     return a != b
@@ -201,20 +210,28 @@ def plan(
             msg.CopyFrom(d.msg)
             if d.secret is not None:
                 msg.secret = d.secret
+            if d.webhook_secret is not None:
+                msg.webhook_secret = d.webhook_secret
             changes.append(Change("create", "endpoint", d.msg.name, sorted(d.fields),
                                   partial(tr.create_endpoint, msg)))
             continue
         diff = [f for f in _ENDPOINT_MUTABLE if f in d.fields and _differs(d.msg, have, f)]
         if d.secret is not None and (update_secrets or not have.has_secret):
             diff.append("secret")
+        if d.webhook_secret is not None and (update_secrets or not have.has_webhook_secret):
+            diff.append("webhook_secret")
         if not diff:
             changes.append(Change("unchanged", "endpoint", d.msg.name))
             continue
-        kw: dict[str, Any] = {f: getattr(d.msg, f) for f in diff if f != "secret"}
+        kw: dict[str, Any] = {
+            f: getattr(d.msg, f) for f in diff if f not in ("secret", "webhook_secret")
+        }
         if "aliases" in kw:
             kw["aliases"] = list(kw["aliases"])
         if "secret" in diff:
             kw["secret"] = d.secret
+        if "webhook_secret" in diff:
+            kw["webhook_secret"] = d.webhook_secret
         changes.append(Change("update", "endpoint", d.msg.name, diff,
                               partial(tr.update_endpoint, d.msg.name, **kw)))
 
@@ -228,14 +245,19 @@ def plan(
             changes.append(Change("create", "policy", dp.msg.name, sorted(dp.fields),
                                   partial(pol.create, pmsg)))
             continue
-        diff = [f for f in _POLICY_MUTABLE if f in dp.fields and _differs(dp.msg, cur, f)]
+        diff = [f for f in POLICY_MUTABLE if f in dp.fields and _differs(dp.msg, cur, f)]
         if not diff:
             changes.append(Change("unchanged", "policy", dp.msg.name))
             continue
-        pkw: dict[str, Any] = {f: getattr(dp.msg, f) for f in diff if f != "target"}
+        pkw: dict[str, Any] = {
+            f: getattr(dp.msg, f) for f in diff if f not in ("target", "source")
+        }
         if "target" in diff:
             pkw["endpoint"] = dp.msg.target.endpoint
             pkw["repository"] = dp.msg.target.repository
+        if "source" in diff:
+            pkw["source_endpoint"] = dp.msg.source.endpoint
+            pkw["source_repository"] = dp.msg.source.repository
         changes.append(Change("update", "policy", dp.msg.name, diff,
                               partial(pol.update, cur.id, etag=cur.etag, **pkw)))
 
@@ -258,17 +280,31 @@ def export(client: Client) -> dict[str, Any]:
     endpoints = []
     for e in client.transfers.iter_endpoints():
         d = json_format.MessageToDict(e)
-        for k in ("createTime", "updateTime", "hasSecret", "secret"):
+        for k in ("createTime", "updateTime", "hasSecret", "secret", "hasWebhookSecret",
+                  "webhookSecret"):
             d.pop(k, None)
+        suffix = re.sub(r"[^A-Z0-9]", "_", e.name.upper())
         if e.has_secret:
-            var = "MIRROR_SECRET_" + re.sub(r"[^A-Z0-9]", "_", e.name.upper())
-            d["secretFrom"] = {"env": var}
+            d["secretFrom"] = {"env": "MIRROR_SECRET_" + suffix}
+        if e.has_webhook_secret:
+            d["webhookSecretFrom"] = {"env": "MIRROR_WEBHOOK_SECRET_" + suffix}
         endpoints.append(d)
-    policies = []
-    for p in client.policies.iter():
-        d = json_format.MessageToDict(p)
-        for k in ("id", "etag", "createTime", "updateTime", "requiredFacts"):
-            d.pop(k, None)
-        d["enabled"] = p.enabled
-        policies.append(d)
-    return {"endpoints": endpoints, "policies": policies}
+    return {"endpoints": endpoints, "policies": [policy_doc(p) for p in client.policies.iter()]}
+
+
+def policy_doc(p: policy_pb2.Policy) -> dict[str, Any]:
+    """A policy in the file shape: every field a file may set, enum values by short name."""
+    d: dict[str, Any] = {"name": p.name}
+    if p.description:
+        d["description"] = p.description
+    d["source"] = {"endpoint": p.source.endpoint, "repository": p.source.repository}
+    d["rule"] = p.rule
+    d["target"] = {"endpoint": p.target.endpoint, "repository": p.target.repository}
+    d["tagTemplate"] = p.tag_template
+    if p.time_zone:
+        d["timeZone"] = p.time_zone
+    d["enabled"] = p.enabled
+    d["overwrite"] = short_name(policy_pb2.Overwrite.DESCRIPTOR,
+                                p.overwrite or policy_pb2.OVERWRITE_ALWAYS)
+    d["allowIncompleteFacts"] = p.allow_incomplete_facts
+    return d

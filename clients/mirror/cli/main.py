@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 import grpc
 
@@ -14,6 +15,7 @@ from mirror.channel import DEFAULT_ADDRESS
 from mirror.cli import (
     cmd_declarative,
     cmd_endpoint,
+    cmd_gateway,
     cmd_policy,
     cmd_runs,
     cmd_scan,
@@ -30,6 +32,7 @@ from mirror.cli.context import (
     CliError,
     Context,
 )
+from mirror.cli.output import FORMATS
 from mirror.cli.parsing import command
 
 _EXAMPLES = """examples:
@@ -39,6 +42,7 @@ _EXAMPLES = """examples:
   mirrorctl policy create -f policy.yaml
   mirrorctl transfer start dev/team/app:1.4 --to qa/team/app --watch
   mirrorctl runs list -o json
+  mirrorctl notify dev team/app:1.4      # a CI system without webhooks
   mirrorctl apply -f mirror.yaml --dry-run
 
 connection: --address or MIRROR_ADDRESS (default {address}); a token from --token-file,
@@ -86,8 +90,17 @@ def _connection_options(p: argparse.ArgumentParser, default: object) -> None:
                    help="name to verify in the server certificate")
     p.add_argument("--timeout", type=float, default=d, metavar="SECONDS",
                    help="per-call deadline (default 60)")
-    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default=d,
-                   help="output format (default table)")
+    p.add_argument("-o", "--output", choices=FORMATS, default=d,
+                   help="output format: table (default), wide (more columns), json or yaml "
+                   "(every field; enum values as the flags spell them)")
+
+
+def version() -> str:
+    """The installed image-mirror version (the SDK and mirrorctl ship in it)."""
+    try:
+        return metadata.version("image-mirror")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         # Abbreviations would make `transfer start ... --to` ambiguous with --token.
         allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"mirrorctl {version()}")
     _connection_options(parser, None)
     parser.set_defaults(output="table", timeout=60.0, tls=False)
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -111,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_scan.register(sub, common)
     cmd_status.register(sub, common)
     cmd_declarative.register(sub, common)
+    cmd_gateway.register(sub, common)
     p = command(sub, "completion", help="print a shell completion script", common=common,
                 func=completion.make_handler(parser),  # type: ignore[arg-type]
                 examples="  source <(mirrorctl completion bash)\n"

@@ -8,18 +8,22 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import yaml
-from google.protobuf import json_format
 from google.protobuf import message as pb_message
 from rich.console import Console
 from rich.table import Table
 
+from mirror import enums
+from mirror.cli.protodata import message_data
+
 Column = tuple[str, Callable[[Any], object]]
+FORMATS = ("table", "wide", "json", "yaml")
 
 
 def to_data(value: Any) -> Any:
-    """Plain data (dicts, lists, scalars) from messages, lists of messages or plain data."""
+    """Plain data (dicts, lists, scalars) from messages, lists of messages or plain data;
+    messages with every field (see `protodata.message_data`)."""
     if isinstance(value, pb_message.Message):
-        return json_format.MessageToDict(value, preserving_proto_field_name=True)
+        return message_data(value)
     if isinstance(value, dict):
         return {k: to_data(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -28,7 +32,8 @@ def to_data(value: Any) -> Any:
 
 
 class Output:
-    """Writes results in the chosen format: table (default), json or yaml."""
+    """Writes results in the chosen format: table (default), wide (a table with more
+    columns), json or yaml."""
 
     def __init__(self, fmt: str = "table") -> None:
         self.fmt = fmt
@@ -52,9 +57,10 @@ class Output:
 
     def rows(
         self, items: Sequence[Any], columns: Sequence[Column], *, title: str = "",
-        empty: str = "nothing to show",
+        empty: str = "nothing to show", wide: Sequence[Column] = (),
     ) -> None:
-        """A list: a table with `columns` for people, the items themselves for scripts."""
+        """A list: a table with `columns` (and `wide` under -o wide) for people, the items
+        themselves for scripts."""
         if self.machine:
             self.data(list(items))
             return
@@ -62,6 +68,8 @@ class Output:
             self.err.print(f"[dim]{empty}[/dim]")
             return
         table = Table(title=title or None, show_edge=False, header_style="bold")
+        if self.fmt == "wide":
+            columns = [*columns, *wide]
         for name, _ in columns:
             table.add_column(name, overflow="fold")
         for item in items:
@@ -119,10 +127,6 @@ def when(ts: Any) -> str:
     return ts.ToDatetime().replace(microsecond=0).isoformat() + "Z"
 
 
-def enum_name(enum_type: Any, value: int, prefix: str = "STATE_") -> str:
-    """`STATE_RUNNING` -> `running`."""
-    try:
-        name = enum_type.Name(value)
-    except ValueError:
-        return str(value)
-    return name.removeprefix(prefix).lower()
+def enum_name(enum_type: Any, value: int) -> str:
+    """`STATE_RUNNING` -> `running`: the one spelling of flags, YAML and -o json."""
+    return str(enums.short_name(enum_type.DESCRIPTOR, value))

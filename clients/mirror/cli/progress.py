@@ -6,7 +6,6 @@ import json
 import sys
 from collections.abc import Iterable
 
-from google.protobuf import json_format
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -18,12 +17,14 @@ from rich.progress import (
 )
 
 from mirror.cli.output import enum_name, human_bytes
+from mirror.cli.protodata import message_data
 from mirror.v1 import transfer_pb2
 
 FINAL = {
     transfer_pb2.Transfer.STATE_DONE,
     transfer_pb2.Transfer.STATE_ERROR,
     transfer_pb2.Transfer.STATE_CANCELED,
+    transfer_pb2.Transfer.STATE_SUPERSEDED,
 }
 
 
@@ -60,8 +61,7 @@ def follow(
     last: transfer_pb2.Transfer | None = None
     if fmt == "json":
         for t in snapshots:
-            print(json.dumps(json_format.MessageToDict(t, preserving_proto_field_name=True)),
-                  flush=True)
+            print(json.dumps(message_data(t)), flush=True)
             last = t
         return last
     if not tty:
