@@ -58,7 +58,7 @@ async def test_redelivery_is_deduplicated(client: TestClient, inbox: Inbox) -> N
     for _ in range(2):
         r = await client.post("/events", data=body(push("same")), headers=CT)
         assert r.status == 200
-    assert (await r.json()) ["duplicates"] == 1
+    assert (await r.json())["duplicates"] == 1
     assert inbox.depth() == 1
     assert _metric("mirror_events_deduplicated_total") == before + 1
 
@@ -76,7 +76,21 @@ async def test_pulls_and_blob_pushes_never_enter_the_inbox(
     assert after == before + 1
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b'{"foo": 1}', json.dumps({"events": [{}]})])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b'{"foo": 1}',
+        json.dumps({"events": [{}]}),
+        # 100k deep: the decoder's recursion limit (was a 500).
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"events": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}",
+        # A number too long for int() (ValueError, not JSONDecodeError; was a 500).
+        b'{"events": [{"id": ' + b"7" * 5000 + b"}]}",
+        b"\xff\xfe\x00 not utf-8",
+    ],
+    ids=["syntax", "no-events", "empty-event", "deep", "deep-event", "long-number", "binary"],
+)
 async def test_malformed_body_is_refused_with_a_reason(
     client: TestClient, inbox: Inbox, raw: bytes | str
 ) -> None:
@@ -84,6 +98,7 @@ async def test_malformed_body_is_refused_with_a_reason(
     assert r.status == 400
     doc = await r.json()
     assert doc["reason"] == "malformed" and doc["error"]
+    assert len(doc["error"]) < 300
     assert inbox.depth() == 0
 
 
@@ -157,3 +172,23 @@ async def test_metrics_and_healthz(client: TestClient) -> None:
     assert "mirror_events_received_total" in text
     r = await client.get("/healthz")
     assert r.status == 200 and (await r.json())["inbox_depth"] == 1
+
+
+async def test_an_unstorable_event_id_is_dropped_and_the_rest_kept(
+    client: TestClient, inbox: Inbox
+) -> None:
+    # A lone surrogate is valid JSON but cannot be stored as UTF-8 (was a 500 for the batch).
+    raw = body(push("good"), push("BAD")).replace(b'"BAD"', b'"\\ud800"')
+    r = await client.post("/events", data=raw, headers=CT)
+    assert r.status == 200
+    doc = await r.json()
+    assert doc["accepted"] == 1 and doc["rejected"][0]["index"] == 1
+    assert inbox.get("good") is not None and inbox.depth() == 1
+
+
+async def test_answers_list_at_most_a_few_reasons(client: TestClient, inbox: Inbox) -> None:
+    r = await client.post("/events", data=body(*[{"id": f"x{i}"} for i in range(500)]), headers=CT)
+    assert r.status == 400
+    doc = await r.json()
+    assert doc["rejected_count"] == 500 and len(doc["rejected"]) == 20
+    assert len(await r.read()) < 4096

@@ -22,7 +22,7 @@ def push(eid: str = "e1", tag: str | None = "1.0-stable", media: str = OCI, **kw
     }
     if tag is not None:
         target["tag"] = tag
-    ev = {
+    ev: dict[str, object] = {
         "id": eid,
         "timestamp": "2026-11-26T10:00:00Z",
         "action": "push",
