@@ -156,7 +156,7 @@ def error_for(status: int, body: bytes, context: str = "") -> RegistryError:
         cls = TooManyRequests
     elif code == "DIGEST_INVALID":
         cls = DigestMismatch
-    elif 400 <= status < 500:
+    elif 400 <= status < 500 and not retryable_status(status):  # 408 is a timeout
         cls = InvalidRequest
     else:
         cls = RegistryError

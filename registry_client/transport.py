@@ -308,8 +308,8 @@ def origin_text(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-async def _read_small(resp: aiohttp.ClientResponse, limit: int = 8 << 10) -> bytes:
-    # Only a short excerpt of an error body is ever used; the rest stays unread.
+async def _read_small(resp: aiohttp.ClientResponse, limit: int = 64 << 10) -> bytes:
+    # Enough for any registry error document; only a short excerpt of it is ever shown.
     try:
         return await read_limited(resp, limit)
     except (TimeoutError, aiohttp.ClientError):

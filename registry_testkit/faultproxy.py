@@ -2,12 +2,14 @@
 
 It runs its own event loop in a thread so sync code (bench, demo) and async tests can both use
 it. Rules match a method and a path regex and fire a given number of times (None: always).
-Every request is recorded in `log` as (method, path, query) for assertions.
+Every request is recorded in `log` as (method, path, query) for assertions, and its
+User-Agent in `user_agents`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from registry_testkit.proxyserver import HOP_HEADERS, ThreadedProxyServer, forwa
 
 @dataclass
 class Rule:
-    kind: str  # "corrupt" | "status" | "drop" | "delay"
+    kind: str  # "corrupt" | "status" | "drop" | "delay" | "stall"
     method: str
     path: re.Pattern[str]
     times: int | None = 1
@@ -44,6 +46,7 @@ class FaultProxy(ThreadedProxyServer):
     port: int = field(default_factory=free_port)
     rules: list[Rule] = field(default_factory=list)
     log: list[tuple[str, str, str]] = field(default_factory=list)
+    user_agents: list[str] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
 
@@ -103,6 +106,27 @@ class FaultProxy(ThreadedProxyServer):
     ) -> Rule:
         return self._add(Rule("delay", method, re.compile(path_regex), times, delay=seconds))
 
+    def stall(
+        self,
+        path_regex: str,
+        times: int | None = 1,
+        after_bytes: int = 1024,
+        seconds: float = 3600.0,
+        method: str = "GET",
+    ) -> Rule:
+        """Send headers and `after_bytes` of the body, then go silent with the connection
+        open for `seconds` (or until the proxy stops), then cut it: a registry hung mid-body."""
+        return self._add(
+            Rule(
+                "stall",
+                method,
+                re.compile(path_regex),
+                times,
+                after_bytes=after_bytes,
+                delay=seconds,
+            )
+        )
+
     def clear(self) -> None:
         with self._lock:
             self.rules.clear()
@@ -123,6 +147,14 @@ class FaultProxy(ThreadedProxyServer):
 
     # -- serving ---------------------------------------------------------------------------
 
+    async def _silence(self, seconds: float) -> None:
+        # Ends early when the proxy stops, so a stalled answer never delays its shutdown.
+        if self._stop is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -135,6 +167,7 @@ class FaultProxy(ThreadedProxyServer):
         method, path = request.method, request.path
         with self._lock:
             self.log.append((method, path, request.query_string))
+            self.user_agents.append(request.headers.get("User-Agent", ""))
         delay = self._take("delay", method, path)
         if delay is not None:
             await asyncio.sleep(delay.delay)
@@ -166,6 +199,7 @@ class FaultProxy(ThreadedProxyServer):
                 resp.content_length = up.content_length
             corrupt = self._take("corrupt", method, path) if up.status == 200 else None
             drop = self._take("drop", method, path) if up.status < 300 else None
+            stall = self._take("stall", method, path) if up.status < 300 else None
             if drop is not None and (up.content_length == 0 or method in ("PATCH", "PUT")):
                 # The registry did the work; the client never hears of it.
                 if request.transport is not None:
@@ -183,6 +217,12 @@ class FaultProxy(ThreadedProxyServer):
                     if request.transport is not None:
                         request.transport.abort()
                     raise ConnectionResetError("fault proxy: dropped mid-body")
+                if stall is not None and sent + len(chunk) > stall.after_bytes:
+                    await resp.write(chunk[: max(stall.after_bytes - sent, 0)])
+                    await self._silence(stall.delay)
+                    if request.transport is not None:
+                        request.transport.abort()
+                    raise ConnectionResetError("fault proxy: stalled, then cut")
                 await resp.write(chunk)
                 sent += len(chunk)
             await resp.write_eof()
