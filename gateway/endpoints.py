@@ -58,11 +58,15 @@ class EndpointDirectory:
         self, hosts: Sequence[str], miss_max_age_s: float = 0.5
     ) -> transfer_pb2.Endpoint | None:
         """The endpoint matching any of `hosts` (whatever its webhook secret); on a miss the
-        list is read again unless it is younger than `miss_max_age_s`."""
+        list is read again unless it is younger than `miss_max_age_s` or was read after this
+        call began (concurrent misses share one read)."""
+        started = time.monotonic()
         wanted = {h for h in hosts if h}
         if not wanted:
             return None
         for max_age in (None, miss_max_age_s):
+            if max_age is not None:
+                max_age = max(max_age, time.monotonic() - started)
             ep = match_hosts(wanted, await self.all(max_age))
             if ep is not None:
                 return ep

@@ -4,6 +4,7 @@ placed at NAME, and the token never reaches a log or an answer."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -195,3 +196,18 @@ async def test_transfer_service_unreachable_is_503(tmp_path: Path) -> None:
         await client.close()
         await channel.close()
         inbox.db.close()
+
+
+async def test_concurrent_unknown_hosts_share_one_endpoint_list_read(setup: Setup) -> None:
+    # Each miss re-reads the endpoint list (a brand-new endpoint is seen at once), but misses
+    # that overlap share a read: 20 deliveries at once must not make 20 ListEndpoints calls.
+    def unknown(i: int) -> bytes:
+        return body(push(f"u{i}", request={"host": f"unknown-{i}.example:5000"}))
+
+    before = setup.counter.calls.get("ListEndpoints", 0)
+    answers = await asyncio.gather(
+        *[setup.client.post("/events", data=unknown(i), headers=_bearer(SHARED)) for i in range(20)]
+    )
+    assert [r.status for r in answers] == [200] * 20
+    assert setup.counter.calls.get("ListEndpoints", 0) - before <= 10
+    assert setup.inbox.depth() == 20
