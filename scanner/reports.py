@@ -44,7 +44,7 @@ def _bad(message: str) -> ScanError:
 def load_json(data: bytes) -> Any:
     try:
         return json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise _bad(f"report is not JSON: {exc}") from None
 
 
@@ -251,7 +251,7 @@ def parse_attestation(data: bytes) -> ReportFacts | None:
         raise _bad("attestation is not a DSSE envelope")
     try:
         statement = json.loads(base64.b64decode(env["payload"]))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise _bad(f"DSSE payload is not base64 JSON: {exc}") from None
     if not isinstance(statement, dict):
         raise _bad("in-toto statement must be an object")

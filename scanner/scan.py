@@ -50,7 +50,7 @@ async def read_small_blob(rc: RegistryClientLike, repo: str, digest: str, limit:
 def _json(data: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ScanError("MANIFEST_INVALID", f"{what} is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ScanError("MANIFEST_INVALID", f"{what} is not a JSON object")

@@ -264,7 +264,7 @@ def _records(name: str, data: bytes, result: ImportResult) -> Iterator[dict[str,
         return
     try:
         doc = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         result.error(f"{name}: not JSON ({exc})")
         return
     items = doc if isinstance(doc, list) else [doc]

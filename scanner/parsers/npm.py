@@ -34,7 +34,7 @@ def parse_package_json(data: bytes) -> Component | None:
     """A Component from a package.json; None when it is not JSON or lacks name/version."""
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         return None
     if not isinstance(doc, dict):
         return None

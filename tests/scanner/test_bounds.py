@@ -162,3 +162,21 @@ async def test_a_report_over_the_limit_cuts_vulnerabilities_not_components(
         assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert (exc.value.details() or "").startswith(
             "scan too big: the report of 200 components is")
+
+
+async def test_json_nested_too_deeply_is_refused_not_a_crash(
+    stub: scan_pb2_grpc.ScanServiceStub, registry, tmp_path: Path
+) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    img = ocikit.image(tmp_path, "deep", [layer({
+        "app/node_modules/deep/package.json": deep,
+        "app/node_modules/ok/package.json": package_json("ok", "1.0.0")})])
+    push(img, registry, "team/deep")
+    report = await stub.ScanImage(scan_pb2.ScanImageRequest(image=loc("team/deep", "deep")))
+    assert [c.name for c in report.components] == ["ok"]
+
+    with pytest.raises(aio.AioRpcError) as exc:
+        await stub.ImportReport(scan_pb2.ImportReportRequest(digest=img.digest, report=deep))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    res = await stub.ImportVulnerabilities(scan_pb2.ImportVulnerabilitiesRequest(data=deep))
+    assert res.imported == 0 and res.skipped == 1 and "not JSON" in res.errors[0]
