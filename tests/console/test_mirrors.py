@@ -1,0 +1,137 @@
+"""The seed's flow in a real browser: registries (CA, password, Connect), the repository's
+Mirrors tab, New mirror -> Save & Apply, the image in QA with the same digest, a push that
+the policy mirrors with a timestamp tag, and no password in any page."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, Response, expect
+
+from registry_testkit.images import ImageBuilder, digest_of, list_tags, push
+from tests.console.conftest import QA_PASSWORD, QA_USER, Env, sign_in
+
+pytestmark = pytest.mark.registry
+
+TIMESTAMP_TAG = re.compile(r"^\d{8}-\d{6}$")
+
+
+@pytest.fixture(scope="module")
+def images(env: Env) -> ImageBuilder:
+    return ImageBuilder(env.tmp / "images")
+
+
+@pytest.fixture
+def pages_seen(context: BrowserContext) -> Iterator[list[str]]:
+    """Every HTML body (pages and htmx fragments) the browser received."""
+    bodies: list[str] = []
+
+    def keep(resp: Response) -> None:
+        # A redirect has no body to read.
+        if "text/html" in resp.headers.get("content-type", "") and resp.status < 300:
+            bodies.append(resp.text())
+
+    context.on("response", keep)
+    yield bodies
+
+
+def add_registry(page: Page, env: Env, name: str, url: str, *, username: str = "",
+                 password: str = "", ca_file: str = "") -> None:
+    page.goto(env.base + "/registries")
+    page.get_by_role("link", name="Add registry").click()
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Registry URL").fill(url)
+    if username:
+        page.get_by_label("Username").fill(username)
+    if password:
+        page.get_by_label("Password or access token").fill(password)
+    if ca_file:
+        page.get_by_text("Show advanced settings").click()
+        page.get_by_label("or upload the CA certificate").set_input_files(ca_file)
+    page.get_by_role("button", name="Add registry").click()
+    expect(page.get_by_role("heading", name=f"Registry {name}")).to_be_visible()
+
+
+def test_seed_flow_new_mirror_save_and_apply_then_push(
+    page: Page, env: Env, images: ImageBuilder, pages_seen: list[str]
+) -> None:
+    stable = images.image("1.0-stable", layers=[20_000, 5_000])
+    push(stable, env.dev, "dev/website")
+    ca_path = env.tmp / "qa-ca.pem"
+    ca_path.write_text(env.qa.ca_pem)
+
+    sign_in(page, env)
+    add_registry(page, env, "dev", env.dev.url)
+    add_registry(page, env, "qa", env.qa.url, username=QA_USER, password=QA_PASSWORD,
+                 ca_file=str(ca_path))
+    expect(page.get_by_text("password or token stored")).to_be_visible()
+    expect(page.get_by_text("private CA")).to_be_visible()
+
+    # Connect: the five steps, each passing (push permission on qa/website).
+    page.get_by_label("Repository to check").fill("qa/website")
+    page.get_by_role("button", name="Connect").click()
+    steps = page.locator("#connect-result li.step")
+    expect(steps).to_have_count(5)
+    expect(page.locator("#connect-result li.step.ok")).to_have_count(5)
+    expect(steps.nth(1)).to_contain_text("TLS verified")
+    expect(steps.nth(4)).to_contain_text("Push allowed")
+    expect(page.get_by_role("status")).to_have_text("Connected: every check passed.")
+
+    # The repository page of dev/website, its Mirrors tab, New mirror.
+    page.goto(env.base + "/registries/dev")
+    page.get_by_label("Open a repository").fill("dev/website")
+    page.get_by_role("button", name="Open").click()
+    expect(page.get_by_role("heading", name="dev/website")).to_be_visible()
+    expect(page.get_by_role("link", name="Mirrors", exact=True).first).to_be_visible()
+    page.get_by_role("link", name="New mirror").click()
+
+    expect(page.get_by_label("Push to remote registry")).to_be_checked()
+    page.locator("#registry").select_option("qa")
+    expect(page.locator("#new-registry")).to_be_hidden()
+    page.get_by_label("Remote repository").fill("qa/website")
+    page.get_by_role("button", name="Connect").click()
+    expect(page.locator("#connect-result li.step.ok")).to_have_count(5)
+    # The default criterion is the seed's: Tag name ends with "stable".
+    expect(page.locator("#rule")).to_have_value('tag endswith "stable"')
+    expect(page.locator("#rule-check")).to_contain_text("The rule is valid")
+    page.get_by_label("Use a tag template").check()
+    page.get_by_label("Tag template", exact=True).fill("%Y%m%d-%H%M%S")
+    expect(page.locator("#tag-preview-value")).to_have_text(re.compile(r"^\d{8}-\d{6}$"))
+    page.get_by_label("Mirror name").fill("promote-stable")
+    page.get_by_role("button", name="Save & Apply").click()
+
+    expect(page.get_by_role("heading", name="Mirror promote-stable")).to_be_visible()
+    expect(page.get_by_text("Applied: 1 of 1 tags matched.")).to_be_visible()
+    # The run reaches SUCCEEDED on the page by itself (server-sent events), no reload.
+    first = page.locator("tr.run", has_text="1.0-stable")
+    expect(first.locator(".state")).to_have_text("SUCCEEDED", timeout=60_000)
+    dest = first.locator("code.dest").inner_text()
+    repo_tag = dest.split("/", 1)[1]
+    assert repo_tag.startswith("qa/website:")
+    tag = repo_tag.split(":", 1)[1]
+    assert TIMESTAMP_TAG.match(tag), dest
+    assert digest_of(env.qa, "qa/website", tag, QA_USER, QA_PASSWORD) == stable.digest
+
+    # A push of another stable tag is mirrored too, and the page shows it live.
+    newer = images.image("1.1-stable", layers=[30_000])
+    push(newer, env.dev, "dev/website")
+    second = page.locator("tr.run", has_text="1.1-stable")
+    expect(second.locator(".state")).to_have_text("SUCCEEDED", timeout=60_000)
+    tag2 = second.locator("code.dest").inner_text().rsplit(":", 1)[1]
+    assert TIMESTAMP_TAG.match(tag2)
+    assert digest_of(env.qa, "qa/website", tag2, QA_USER, QA_PASSWORD) == newer.digest
+    assert {tag, tag2} <= set(list_tags(env.qa, "qa/website", QA_USER))
+
+    # The repository's Mirrors tab lists the policy with its last status.
+    page.goto(env.base + "/repositories/dev/dev/website")
+    row = page.locator("tr[data-policy=promote-stable]")
+    expect(row).to_contain_text("qa/qa/website")
+    expect(row.locator(".state")).to_have_text("SUCCEEDED")
+
+    # Pages visited, including the forms that took it: the password is never sent back.
+    page.goto(env.base + "/registries/qa/edit")
+    expect(page.get_by_label("Password or access token")).to_have_value("")
+    assert pages_seen
+    assert not [b for b in pages_seen if QA_PASSWORD in b]

@@ -1,0 +1,210 @@
+"""New mirror's live parts in a real browser: the criteria rows write the rule, rule errors at
+their line and column as one types, the tag template preview, a refused Save, a new registry
+made from the form (pull direction); and the policy page's actions."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from registry_testkit.images import ImageBuilder, push
+from registry_testkit.registry import RegistryOptions, RegistryProcess, start_registry
+from tests.console.conftest import QA_PASSWORD, QA_USER, Env, sign_in
+
+pytestmark = pytest.mark.registry
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dev_endpoint(env: Env) -> None:
+    with env.client() as c:
+        c.transfers.create_endpoint(name="dev", url=env.dev.url)
+        c.transfers.create_endpoint(name="qa", url=env.qa.url, username=QA_USER,
+                                    secret=QA_PASSWORD, ca_pem=env.qa.ca_pem)
+
+
+def open_form(page: Page, env: Env) -> None:
+    sign_in(page, env)
+    page.goto(env.base + "/mirrors/new?endpoint=dev&repository=dev/website")
+    expect(page.get_by_role("heading", name="New mirror")).to_be_visible()
+    expect(page.locator("#rule-check")).to_contain_text("The rule is valid")
+
+
+def test_a_bad_rule_shows_its_error_at_its_line_and_column(page: Page, env: Env) -> None:
+    open_form(page, env)
+    rule = 'tag endswith "stable" and critcal_vulns <= 3'
+    page.locator("#rule").fill(rule)
+    error = page.locator("#rule-check li.rule-error").first
+    expect(error).to_have_attribute("data-column", str(rule.index("critcal") + 1))
+    expect(error).to_have_attribute("data-line", "1")
+    expect(error).to_contain_text(f"line 1, column {rule.index('critcal') + 1}")
+    expect(error).to_contain_text("critical_vulns")
+    # The caret sits under the offending text.
+    caret = error.locator("pre.caret").inner_text().split("\n")
+    assert caret[1].index("^") == rule.index("critcal")
+
+    two_lines = 'tag endswith "stable" and\n  critical_vulns <= '
+    page.locator("#rule").fill(two_lines)
+    with env.client() as c:
+        expected = c.policies.validate_rule(two_lines).errors[0]
+    error = page.locator("#rule-check li.rule-error").first
+    expect(error).to_have_attribute("data-line", "2")
+    expect(error).to_have_attribute("data-column", str(expected.column))
+
+    page.locator("#rule").fill('tag endswith "stable" and critical_vulns <= 3')
+    expect(page.locator("#rule-check")).to_contain_text("The rule is valid")
+    expect(page.locator("#rule-check")).to_contain_text("critical_vulns")
+
+
+def test_criteria_rows_write_the_rule(page: Page, env: Env) -> None:
+    open_form(page, env)
+    rows = page.locator("#criteria .criterion")
+    expect(rows).to_have_count(1)
+    first = rows.nth(0)
+    first.get_by_label("Attribute").select_option("critical_vulns")
+    # The row comes back with the number operators.
+    expect(first.get_by_label("Operator").locator("option")).to_have_count(6)
+    first.get_by_label("Operator").select_option(label="<=")
+    first.get_by_label("Value").fill("3")
+    expect(page.locator("#rule")).to_have_value("critical_vulns <= 3")
+
+    page.get_by_role("button", name="Add criterion").click()
+    expect(rows).to_have_count(2)
+    second = rows.nth(1)
+    second.get_by_label("Operator").select_option(label="ends with")
+    second.get_by_label("Value").fill("stable")
+    expect(page.locator("#rule")).to_have_value('critical_vulns <= 3 and tag endswith "stable"')
+    page.get_by_label("rows combined with").select_option("or")
+    expect(page.locator("#rule")).to_have_value('critical_vulns <= 3 or tag endswith "stable"')
+
+    page.get_by_role("button", name="Add criterion").click()
+    third = rows.nth(2)
+    third.get_by_label("Attribute").select_option("license")
+    expect(third.get_by_label("Operator").locator("option")).to_have_count(2)
+    third.get_by_label("Operator").select_option(label="is not one of")
+    third.get_by_label("Value").fill("GPL-3.0-only, AGPL-3.0-only")
+    expect(page.locator("#rule")).to_have_value(
+        'critical_vulns <= 3 or tag endswith "stable" or '
+        'license not in ["GPL-3.0-only", "AGPL-3.0-only"]'
+    )
+    first.get_by_role("button", name="Remove this criterion").click()
+    expect(rows).to_have_count(2)
+    expect(page.locator("#rule")).to_have_value(
+        'tag endswith "stable" or license not in ["GPL-3.0-only", "AGPL-3.0-only"]'
+    )
+    expect(page.locator("#rule-check")).to_contain_text("The rule is valid")
+
+
+def test_tag_template_preview(page: Page, env: Env) -> None:
+    open_form(page, env)
+    expect(page.locator("#tag-preview-value")).to_have_text("1.4-stable")
+    page.get_by_label("Use a tag template").check()
+    template = page.get_by_label("Tag template", exact=True)
+    template.fill("%Y-%n")
+    year = datetime.now(UTC).year
+    expect(page.locator("#tag-preview-value")).to_have_text(f"{year}-1.4-stable")
+    page.get_by_label("Example tag").fill("2.0")
+    expect(page.locator("#tag-preview-value")).to_have_text(f"{year}-2.0")
+    template.fill("%Y%%")
+    expect(page.locator("#tag-preview [role=alert]")).to_be_visible()
+    expect(page.locator("#tag-preview-value")).to_have_count(0)
+
+
+def test_a_refused_save_keeps_the_form_and_names_the_error(page: Page, env: Env) -> None:
+    open_form(page, env)
+    page.locator("#registry").select_option("qa")
+    page.get_by_label("Remote repository").fill("qa/website")
+    page.locator("#rule").fill("tag endswith")
+    page.get_by_label("Mirror name").fill("broken")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_role("alert").first).to_contain_text("rule")
+    expect(page.get_by_label("Mirror name")).to_have_value("broken")
+    expect(page.locator("#rule")).to_have_value("tag endswith")
+    with env.client() as c:
+        assert "broken" not in [p.name for p in c.policies.iter()]
+
+
+@pytest.fixture(scope="module")
+def upstream(env: Env) -> Iterator[RegistryProcess]:
+    """A third registry (TLS with a private CA, a password), not registered yet."""
+    opts = RegistryOptions(tls=True, htpasswd_users={QA_USER: QA_PASSWORD})
+    with start_registry(opts, env.tmp / "upstream") as reg:
+        yield reg
+
+
+def test_pull_mirror_from_a_new_registry_made_in_the_form(
+    page: Page, env: Env, upstream: RegistryProcess
+) -> None:
+    open_form(page, env)
+    page.get_by_label("Pull from remote registry").check()
+    page.locator("#registry").select_option("__new__")
+    expect(page.locator("#new-registry")).to_be_visible()
+    page.get_by_label("Name of the new registry").fill("upstream")
+    page.locator("#new_url").fill(upstream.url)
+    page.locator("#new_username").fill(QA_USER)
+    page.locator("#new_secret").fill(QA_PASSWORD)
+    page.locator("#new-registry").get_by_text("Show advanced settings").click()
+    page.locator("#new_ca_pem").fill(upstream.ca_pem)
+    page.get_by_label("Remote repository").fill("qa/website")
+    page.get_by_role("button", name="Connect").click()
+    # Pull direction: push permission is not checked on the remote.
+    expect(page.locator("#connect-result li.step")).to_have_count(5)
+    expect(page.locator("#connect-result li.step.ok")).to_have_count(4)
+    expect(page.locator("#connect-result li.step").nth(4)).to_contain_text("skipped")
+    page.get_by_label("Mirror name").fill("pull-upstream")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_role("heading", name="Mirror pull-upstream")).to_be_visible()
+    with env.client() as c:
+        policy = next(p for p in c.policies.iter() if p.name == "pull-upstream")
+        assert (policy.source.endpoint, policy.source.repository) == ("upstream", "qa/website")
+        assert (policy.target.endpoint, policy.target.repository) == ("dev", "dev/website")
+        upstream = c.transfers.get_endpoint("upstream")
+        assert upstream.has_secret and upstream.username == QA_USER
+    page.goto(env.base + "/repositories/dev/dev/website")
+    expect(page.locator("tr[data-policy=pull-upstream]")).to_contain_text("upstream/qa/website")
+    assert QA_PASSWORD not in page.content()
+
+
+def test_policy_page_disable_enable_explain_and_delete(
+    page: Page, env: Env, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with env.client() as c:
+        c.policies.create(policy=_policy("page-actions"))
+    sign_in(page, env)
+    page.goto(env.base + "/policies")
+    page.get_by_role("link", name="page-actions").click()
+    expect(page.get_by_role("heading", name="Mirror page-actions")).to_be_visible()
+    expect(page.get_by_text("No run yet.")).to_be_visible()
+    # A push that does not match: the run says why, live.
+    images = ImageBuilder(tmp_path_factory.mktemp("img"))
+    push(images.image("2.0-dev"), env.dev, "dev/actions")
+    run = page.locator("tr.run", has_text="2.0-dev")
+    expect(run.locator(".state")).to_have_text(re.compile("NOT_MATCHED|SKIPPED"), timeout=60_000)
+    expect(run.locator(".explanation")).not_to_be_empty()
+
+    page.get_by_role("button", name="Disable").click()
+    expect(page.get_by_role("button", name="Enable")).to_be_visible()
+    with env.client() as c:
+        assert not next(p for p in c.policies.iter() if p.name == "page-actions").enabled
+    page.get_by_role("button", name="Enable").click()
+    expect(page.get_by_role("button", name="Disable")).to_be_visible()
+
+    page.get_by_role("link", name="Delete").click()
+    expect(page.get_by_role("heading", name="Delete mirror page-actions?")).to_be_visible()
+    page.get_by_role("button", name="Delete").click()
+    expect(page).to_have_url(re.compile(r"/policies$"))
+    with env.client() as c:
+        assert "page-actions" not in [p.name for p in c.policies.iter()]
+
+
+def _policy(name: str):  # type: ignore[no-untyped-def]
+    from mirror.v1 import common_pb2, policy_pb2
+
+    return policy_pb2.Policy(
+        name=name, source=policy_pb2.PolicySource(endpoint="dev", repository="dev/actions"),
+        target=common_pb2.Target(endpoint="qa", repository="qa/actions"),
+        rule='tag endswith "stable"', enabled=True,
+    )
