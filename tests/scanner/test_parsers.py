@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import random
 
+import pytest
 from license_expression import get_spdx_licensing
 
 from scanner import parsers
@@ -186,3 +188,14 @@ def test_opaque_node_modules_removes_lower_packages() -> None:
 def test_os_release_fallback_to_usr_lib() -> None:
     os_info, _ = scan_layers(layer({"usr/lib/os-release": b'ID=ubuntu\nVERSION_ID="22.04"\n'}))
     assert (os_info.id, os_info.version_id) == ("ubuntu", "22.04")  # type: ignore[attr-defined]
+
+
+def test_iter_lines_is_splitlines_across_block_edges(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scanner.parsers import lines
+
+    monkeypatch.setattr(lines, "_BLOCK", 7)  # many block edges in short texts
+    rng = random.Random(1)
+    for _ in range(3000):
+        text = "".join(rng.choice(["a", "b", " ", "\n", "\r", "\r\n", "\n\n", "\x0c"])
+                       for _ in range(rng.randint(0, 60)))
+        assert list(lines.iter_lines(text)) == text.splitlines(), repr(text)
