@@ -147,8 +147,10 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         row = self._row(digest, repository)
         if row is None:
             return None
+        # A report saved under a larger size limit is cut again rather than served whole.
         if (row["database_version"] == self.vulndb.version
-                and row["database_time"] == self._database_time()):
+                and row["database_time"] == self._database_time()
+                and len(row["report"]) <= self.limits.max_report_bytes):
             return scan_pb2.ScanReport.FromString(row["report"])
         facts = ImageFacts.from_json(row["facts"])
         await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)

@@ -153,6 +153,11 @@ async def test_a_report_over_the_limit_cuts_vulnerabilities_not_components(
         assert min(kept) >= max(dropped)  # the most severe are the ones kept
         cached = await stub.GetScan(scan_pb2.GetScanRequest(digest=img.digest))
         assert cached.truncated and cached.ByteSize() <= limit
+    # A report cached under a larger limit is cut when served under a smaller one.
+    async for stub in serve(registry, tmp_path / "whole", Limits(max_report_bytes=limit)):
+        cached = await stub.GetScan(scan_pb2.GetScanRequest(digest=img.digest))
+        assert cached.truncated and cached.ByteSize() <= limit
+        assert cached.counts == full.counts
 
     # Components are never cut: a report whose components alone do not fit is refused.
     small = components_only.ByteSize() - 100
