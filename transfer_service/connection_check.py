@@ -14,6 +14,10 @@ from urllib.parse import urlsplit
 
 from registry_client import RegistryClient, RegistryConfig
 from registry_client import errors as rerr
+from registry_client.excerpt import excerpt
+
+# Longest remote-derived text in one check's message.
+MESSAGE_CHARS = 300
 
 
 class Step(enum.IntEnum):
@@ -205,4 +209,6 @@ def _auth_message(exc: BaseException, cfg: RegistryConfig) -> str:
 
 
 def _text(exc: BaseException) -> str:
-    return str(exc).strip() or type(exc).__name__
+    """A short, sanitised line: remote servers' error text can be anything (64 KB of HTML,
+    control characters), and these messages are readable with a read-only token."""
+    return excerpt(str(exc), MESSAGE_CHARS) or type(exc).__name__
