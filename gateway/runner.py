@@ -20,8 +20,7 @@ from mirror.v1 import (
 
 from gateway.facts import TRANSIENT_CODES, FactGatherer, Gathered, ImageRef
 from gateway.runs import Hop, RunRecord, RunStore
-from gateway.tracker import TransferTracker, run_state_name
-from servicekit import metrics
+from gateway.tracker import TransferTracker, count_run, run_state_name
 
 log = logging.getLogger("gateway.runner")
 
@@ -251,7 +250,7 @@ class Runner:
                 )
                 stored = self.runs.upsert_started(rec)
                 if stored is rec:
-                    metrics.RUNS.labels(run_state_name(state)).inc()
+                    count_run(stored)
                     self.tracker.on_final(stored)
                 out.append(stored)
             token = resp.next_page_token
@@ -296,13 +295,29 @@ class Runner:
                         base.message = "; ".join([base.message, *notes])
                 rec = self.runs.upsert_started(base)
                 if rec is base and rec.state != Run.STATE_PENDING:
-                    metrics.RUNS.labels(run_state_name(rec.state)).inc()
+                    count_run(rec)
                     if rec.state != Run.STATE_NOT_MATCHED:
                         self.tracker.on_final(rec)
                 if rec.state == Run.STATE_PENDING:
                     rec = await self._start(push, digest, rec, result.overwrite)
                 if rec.state == Run.STATE_RUNNING:
                     self.tracker.track(rec)
+                log.info(
+                    "policy %s: run %s %s %s",
+                    rec.policy_name,
+                    rec.id,
+                    run_state_name(rec.state),
+                    rec.message,
+                    extra={
+                        "policy": rec.policy_name,
+                        "policy_id": rec.policy_id,
+                        "run": rec.id,
+                        "state": run_state_name(rec.state),
+                        "transfer": rec.transfer_id,
+                        "source": f"{push.endpoint}/{push.repository}:{push.tag}",
+                        "destination": f"{rec.dst_endpoint}/{rec.dst_repository}:{rec.dst_tag}",
+                    },
+                )
                 return rec
             finally:
                 if not self._locks[key].locked():
@@ -487,7 +502,7 @@ class Runner:
             msg = f"cannot start the transfer: {err.code().name}: {err.details()}"
             failed = self.runs.update(rec.id, state=Run.STATE_FAILED, message=msg)
             assert failed is not None
-            metrics.RUNS.labels("failed").inc()
+            count_run(failed)
             self.tracker.on_final(failed)
             return failed
         updated = self.runs.update(

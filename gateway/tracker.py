@@ -25,6 +25,17 @@ def run_state_name(state: int) -> str:
     return Run.State.Name(state).removeprefix("STATE_").lower()  # type: ignore[arg-type]
 
 
+def count_run(run: RunRecord) -> None:
+    """Metrics of a run that reached its state: totals, per policy, last success time."""
+    state = run_state_name(run.state)
+    metrics.RUNS.labels(state).inc()
+    metrics.POLICY_RUNS.labels(run.policy_name or run.policy_id, state).inc()
+    if run.state == Run.STATE_SUCCEEDED:
+        metrics.POLICY_LAST_SUCCESS.labels(run.policy_name or run.policy_id).set(
+            run.end_time or run.update_time
+        )
+
+
 class TransferTracker:
     """One task per running run: WatchTransfer, falling back to polling GetTransfer."""
 
@@ -118,5 +129,5 @@ class TransferTracker:
         rec = self.runs.update(run_id, state=state, message=message, src_digest=digest)
         if rec is None or before is None or before.state == rec.state:
             return
-        metrics.RUNS.labels(run_state_name(rec.state)).inc()
+        count_run(rec)
         self.on_final(rec)

@@ -17,7 +17,7 @@ from gateway import inbox as inbox_mod
 from gateway.endpoints import EndpointDirectory
 from gateway.inbox import Inbox, InboxEvent
 from gateway.runner import Push, Runner, TransientError
-from servicekit.logs import context_id
+from servicekit.logs import bind, context_id
 from servicekit.retry import Backoff
 
 log = logging.getLogger("gateway.worker")
@@ -102,6 +102,7 @@ class InboxWorker:
     async def _handle(self, ev: InboxEvent) -> None:
         # Each event runs in its own task: its log lines (here and in the runner) carry its id.
         context_id.set(ev.id)
+        bind(event=ev.id, repository=ev.repository, tag=ev.tag)
         try:
             async with self._slots:
                 await self._process(ev)

@@ -6,6 +6,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+# every gRPC server
+RPCS = Counter(
+    "mirror_rpc_requests", "RPCs served, by method and status code", ["method", "code"],
+    registry=REGISTRY,
+)
+RPC_SECONDS = Histogram(
+    "mirror_rpc_duration_seconds",
+    "Time to serve an RPC (a stream: until it ends)",
+    ["method"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+    registry=REGISTRY,
+)
+
 # gateway
 EVENTS_RECEIVED = Counter(
     "mirror_events_received", "Registry events received", ["source", "action"], registry=REGISTRY
@@ -18,6 +31,16 @@ EVENTS_REJECTED = Counter(
 )
 INBOX_DEPTH = Gauge("mirror_inbox_depth", "Events recorded but not yet acted on", registry=REGISTRY)
 RUNS = Counter("mirror_runs", "Policy runs by final state", ["state"], registry=REGISTRY)
+POLICY_RUNS = Counter(
+    "mirror_policy_runs", "Runs of each policy by final state", ["policy", "state"],
+    registry=REGISTRY,
+)
+POLICY_LAST_SUCCESS = Gauge(
+    "mirror_policy_last_success_timestamp_seconds",
+    "When each policy last mirrored an image (Unix time)",
+    ["policy"],
+    registry=REGISTRY,
+)
 
 # policy
 EVALUATIONS = Counter(

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from servicekit import metrics
 from servicekit.handlers import is_async, rewrap
 from servicekit.logs import context_id
 
@@ -72,14 +73,24 @@ class RequestLogInterceptor(aio.ServerInterceptor):
         logger = self._log
 
         def finish(context: aio.ServicerContext, started: float, default: grpc.StatusCode) -> None:
+            code = _code_name(context, default)
+            seconds = time.monotonic() - started
+            metrics.RPCS.labels(method, code).inc()
+            metrics.RPC_SECONDS.labels(method).observe(seconds)
             if quiet:
                 return
-            code = _code_name(context, default)
-            ms = (time.monotonic() - started) * 1000
+            ms = seconds * 1000
             level = logging.INFO if code in ("OK", "CANCELLED") else logging.WARNING
             if code in ("INTERNAL", "UNKNOWN", "DATA_LOSS"):
                 level = logging.ERROR
-            logger.log(level, "rpc %s %s %.1fms", method, code, ms)
+            logger.log(
+                level,
+                "rpc %s %s %.1fms",
+                method,
+                code,
+                ms,
+                extra={"rpc_method": method, "code": code, "duration_ms": round(ms, 1)},
+            )
 
         def wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def run(request: Any, context: aio.ServicerContext) -> Any:

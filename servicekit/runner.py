@@ -4,31 +4,91 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from importlib import metadata
 
 from servicekit.logs import setup_logging
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def version() -> str:
+    """The installed image-mirror version ('unknown' when run from a bare checkout)."""
+    try:
+        return metadata.version("image-mirror")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a log level; use one of {', '.join(LOG_LEVELS).lower()}"
+        )
+    return level
 
 
 def base_parser(prog: str, description: str, default_port: int) -> argparse.ArgumentParser:
     """Arguments every service takes: --grpc-listen, --data, --log-format, --log-level."""
     p = argparse.ArgumentParser(prog=prog, description=description)
+    p.set_defaults(prog_name=prog)
+    p.add_argument("--version", action="version", version=f"{prog} (image-mirror) {version()}")
     p.add_argument("--grpc-listen", default=f"127.0.0.1:{default_port}", help="HOST:PORT")
-    p.add_argument("--data", default="./data", help="folder for this service's state")
+    p.add_argument(
+        "--data", default="./data", help="folder for this service's state (default: ./data)"
+    )
     p.add_argument("--log-format", choices=["text", "json"], default="text")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-level", type=_log_level, default="INFO", help="debug, info, warning or error"
+    )
     return p
+
+
+def startup_error(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One line saying what went wrong at start and what to do, or None when unexpected."""
+    text = str(exc)
+    hint = "is another instance running? choose another port with --grpc-listen / --http-listen"
+    if "Failed to bind" in text:  # grpc's own bind error names no errno
+        return f"cannot listen on {getattr(args, 'grpc_listen', '?')}: address in use ({hint})"
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"cannot listen: {exc.strerror or text} ({hint})"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or text} (check the file's owner and mode)"
+    if isinstance(exc, FileNotFoundError):
+        return f"file not found: {exc.filename or text}"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"no space left on the data volume ({exc.filename or args.data})"
+    if isinstance(exc, IsADirectoryError):
+        return f"{exc.filename} is a folder, not a file"
+    if isinstance(exc, (OSError, ValueError)):
+        return text
+    return None
 
 
 def run_until_signal(
     args: argparse.Namespace, start: Callable[[], Awaitable[Callable[[], Awaitable[None]]]]
 ) -> None:
-    """Run `start()` (which returns an async stop function) until SIGINT or SIGTERM."""
+    """Run `start()` (which returns an async stop function) until SIGINT or SIGTERM.
+
+    A failure while starting prints one line (`prog: what; what to do`) and exits 1.
+    """
     setup_logging(args.log_format, args.log_level)
+    prog = getattr(args, "prog_name", "image-mirror")
 
     async def main() -> None:
-        stop = await start()
+        try:
+            stop = await start()
+        except SystemExit:
+            raise
+        except Exception as exc:
+            line = startup_error(exc, args)
+            if line is None:
+                raise
+            raise SystemExit(f"{prog}: {line}") from None
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

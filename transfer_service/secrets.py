@@ -14,7 +14,7 @@ log = logging.getLogger("transfer_service.secrets")
 KEY_ENV = "MIRROR_SECRET_KEY"
 
 
-class SecretKeyError(RuntimeError):
+class SecretKeyError(ValueError):
     """The key is missing, malformed, or does not match the stored secrets."""
 
 

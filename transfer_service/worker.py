@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from registry_client.errors import DigestMismatch
 from servicekit import metrics
-from servicekit.logs import context_id
+from servicekit.logs import context_id, fields
 from servicekit.retry import Backoff, is_retryable, retry_after_hint
 from transfer_service.diskfull import no_space_message
 from transfer_service.endpoints import EndpointStore
@@ -284,7 +284,8 @@ class Worker:
             if src is None:
                 continue
             try:
-                await self._run(job_id)
+                with fields(transfer=job_id):
+                    await self._run(job_id)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -28,7 +28,7 @@ def settled(stack: StackProcess, events: int) -> None:
     """Wait until at least `events` events were received and none is left to act on."""
 
     def check() -> bool:
-        doc = healthz(f"http://{stack.http_address}")
+        doc = healthz(stack.http_base)
         handled = sum(n for state, n in doc["events"].items() if state != "pending")
         return handled >= events and doc["inbox_depth"] == 0
 

@@ -1,0 +1,95 @@
+"""Operator experience (issue 15): --version everywhere; startup errors are one line, not a
+traceback, with a non-zero exit."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ["stack", "policy_service", "transfer_service", "scanner", "gateway"]
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        yield int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("module", [*SERVICES, "mirror.cli.main"])
+def test_version(module: str) -> None:
+    res = run(module, "--version")
+    assert res.returncode == 0, res.stderr
+    assert "image-mirror" in res.stdout or "mirrorctl" in res.stdout
+    assert res.stdout.strip().split()[-1][0].isdigit()
+
+
+@pytest.mark.parametrize("module", SERVICES)
+def test_bad_log_level_is_a_usage_error(module: str) -> None:
+    res = run(module, "--log-level", "loud")
+    assert res.returncode == 2
+    assert "'loud' is not a log level" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_busy_grpc_port_is_one_line(busy_port: int, tmp_path: Path) -> None:
+    res = run(
+        "stack", "--data", str(tmp_path), "--grpc-listen", f"127.0.0.1:{busy_port}",
+        "--http-listen", "127.0.0.1:0",
+    )
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"mirror-stack: cannot listen on 127.0.0.1:{busy_port}")
+    assert "--grpc-listen" in last
+
+
+def test_busy_http_port_is_one_line(busy_port: int, tmp_path: Path) -> None:
+    res = run(
+        "stack", "--data", str(tmp_path), "--grpc-listen", "127.0.0.1:0",
+        "--http-listen", f"127.0.0.1:{busy_port}",
+    )
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("mirror-stack: cannot listen:") and str(busy_port) in last
+
+
+@pytest.mark.parametrize("content", [b"not a fernet key\n", None])
+def test_unusable_key_file_is_one_line(tmp_path: Path, content: bytes | None) -> None:
+    key = tmp_path / "secret.key"
+    if content is None:
+        key.mkdir()  # a folder where the key file should be: cannot be read
+    else:
+        key.write_bytes(content)
+    res = run(
+        "transfer_service", "--data", str(tmp_path), "--grpc-listen", "127.0.0.1:0",
+        "--key-file", str(key),
+    )
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("transfer_service: ")
+    assert "secret.key" in res.stderr.strip().splitlines()[-1] or "secret key" in res.stderr
+
+
+def test_missing_tokens_file_is_one_line(tmp_path: Path) -> None:
+    res = run(
+        "stack", "--data", str(tmp_path), "--grpc-listen", "127.0.0.1:0",
+        "--http-listen", "127.0.0.1:0", "--tokens-file", str(tmp_path / "tokens"),
+    )
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert "tokens" in res.stderr.strip().splitlines()[-1]
