@@ -45,7 +45,7 @@ class Limits:
     max_captured_bytes: int = 128 << 20  # all kept files together
     max_captured_files: int = 100_000  # kept files over all layers (metadata, copyrights)
     max_blob_bytes: int = 8 << 20  # configs, attached SBOMs (read whole)
-    max_package_records: int = 25_000  # paragraphs / records / metadata files parsed
+    max_package_records: int = 50_000  # paragraphs / records / metadata files parsed
     max_report_bytes: int = 2 << 20  # one ScanReport, well under gRPC's 4 MiB messages
 
 

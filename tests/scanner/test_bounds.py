@@ -79,12 +79,14 @@ def npm_bomb(count: int) -> bytes:
                   for i in range(count)})
 
 
-@pytest.mark.parametrize(("kind", "build", "where"), [
-    ("dpkg", lambda: dpkg_bomb(140_000), "/var/lib/dpkg/status"),
-    ("npm", lambda: npm_bomb(30_000), "/app/node_modules/"),
+@pytest.mark.parametrize(("kind", "build", "limits", "where"), [
+    # Default limits: 140k paragraphs stop at the 50k-record budget.
+    ("dpkg", lambda: dpkg_bomb(140_000), Limits(), "/var/lib/dpkg/status"),
+    # One record per file (a lower budget keeps the layer small to build).
+    ("npm", lambda: npm_bomb(12_000), Limits(max_package_records=10_000), "/app/node_modules/"),
 ])
 async def test_package_database_bomb_is_refused_fast_in_bounded_memory(
-    stub: scan_pb2_grpc.ScanServiceStub, registry, tmp_path: Path, kind: str, build, where: str,
+    registry, tmp_path: Path, kind: str, build, limits: Limits, where: str,
 ) -> None:
     blob = build()
     if kind == "dpkg":
@@ -94,23 +96,25 @@ async def test_package_database_bomb_is_refused_fast_in_bounded_memory(
     img = ocikit.image(tmp_path, kind, [blob])
     del blob
     push(img, registry, f"team/{kind}")
-    start = time.monotonic()
-    with peak_rss() as rss, pytest.raises(aio.AioRpcError) as exc:
-        await stub.ScanImage(scan_pb2.ScanImageRequest(image=loc(f"team/{kind}", kind)),
-                             timeout=60)
-    took = time.monotonic() - start
-    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    details = exc.value.details() or ""
-    assert details.startswith("scan too big: more than 25000 package records"), details
-    assert where in details
-    info = _error_info(exc.value)
-    assert info is not None and info.reason == "SCAN_TOO_BIG"
-    assert took < 30, took
-    assert rss["peak"] - rss["base"] < 200 << 20, (rss["peak"] - rss["base"]) >> 20
-    # Nothing was cached: the refusal is the answer every time, never a partial report.
-    with pytest.raises(aio.AioRpcError) as exc:
-        await stub.GetScan(scan_pb2.GetScanRequest(digest=img.digest))
-    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    async for stub in serve(registry, tmp_path / "data", limits):
+        start = time.monotonic()
+        with peak_rss() as rss, pytest.raises(aio.AioRpcError) as exc:
+            await stub.ScanImage(scan_pb2.ScanImageRequest(image=loc(f"team/{kind}", kind)),
+                                 timeout=60)
+        took = time.monotonic() - start
+        assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = exc.value.details() or ""
+        assert details.startswith(
+            f"scan too big: more than {limits.max_package_records} package records"), details
+        assert where in details
+        info = _error_info(exc.value)
+        assert info is not None and info.reason == "SCAN_TOO_BIG"
+        assert took < 30, took
+        assert rss["peak"] - rss["base"] < 200 << 20, (rss["peak"] - rss["base"]) >> 20
+        # Nothing was cached: the refusal is the answer every time, never a partial report.
+        with pytest.raises(aio.AioRpcError) as exc:
+            await stub.GetScan(scan_pb2.GetScanRequest(digest=img.digest))
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def osv_records(count: int) -> bytes:
