@@ -135,16 +135,28 @@ class BlobMover:
             try:
                 up = await dst.start_upload(dst_repo)
                 hasher = hasher_for(blob.digest)
+                source_failed: list[Exception] = []
 
-                async def body(h: Any) -> AsyncIterator[bytes]:
+                async def body(h: Any, failed: list[Exception]) -> AsyncIterator[bytes]:
                     nonlocal sent
-                    async for chunk in self.download(src, src_repo, blob):
-                        h.update(chunk)
-                        sent += len(chunk)
-                        on_bytes(len(chunk))
-                        yield chunk
+                    try:
+                        async for chunk in self.download(src, src_repo, blob):
+                            h.update(chunk)
+                            sent += len(chunk)
+                            on_bytes(len(chunk))
+                            yield chunk
+                    except Exception as e:
+                        failed.append(e)
+                        raise
 
-                up = await dst.upload_chunk(up, body(hasher), blob.size)
+                try:
+                    up = await dst.upload_chunk(up, body(hasher, source_failed), blob.size)
+                except Exception:
+                    # aiohttp reports a failing body as a broken upload connection: the
+                    # source's own error (a stall, a long Retry-After) is what counts.
+                    if source_failed:
+                        raise source_failed[0] from None
+                    raise
                 _verify(blob, sent, hasher)
                 await dst.finish_upload(up, blob.digest)
                 return

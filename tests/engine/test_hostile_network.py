@@ -1,0 +1,217 @@
+"""The engine under a network that lies or hangs: real registries behind the fault proxy.
+
+A source silent mid-body is cut by the idle timeout and resumed a bounded number of times; a
+lost answer to a commit is settled by asking the destination; a manifest lying about a blob
+the destination already holds is an error and is never committed; a Retry-After beyond the
+cap fails the copy at once (the job scheduler comes back later)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from registry_client import RegistryClient, errors
+from registry_testkit.faultproxy import FaultProxy
+from registry_testkit.registry import RegistryProcess
+from tests.support.images import ImageBuilder, inspect_raw, push
+from transfer_service.engine import CopyEngine, CopyRequest, DescriptorMismatch
+
+pytestmark = pytest.mark.registry
+
+IDLE = 1.0
+
+
+def _req(src: RegistryClient, dst: RegistryClient, repo: str, ref: str, **kw) -> CopyRequest:
+    return CopyRequest(
+        src=src,
+        src_repo=repo,
+        src_ref=ref,
+        dst=dst,
+        dst_repo=kw.pop("dst_repo", repo),
+        dst_tag=kw.pop("dst_tag", ref),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("layer_size", [400_000, 2 << 20], ids=["streamed", "spooled"])
+async def test_source_silent_mid_body_fails_within_the_bound(
+    registry: RegistryProcess,
+    registry2: RegistryProcess,
+    images: ImageBuilder,
+    engine: CopyEngine,
+    clients,
+    fault_proxy,
+    layer_size: int,
+) -> None:
+    img = images.image("v1", layers=[layer_size])
+    push(img, registry, "stall/app")
+    layer = img.blobs[1]
+    proxy: FaultProxy = fault_proxy(registry.url)
+    # Every answer for the layer goes silent after 64 KiB and stays silent for minutes.
+    proxy.stall(rf"/blobs/{layer.digest}$", times=None, after_bytes=64 << 10, seconds=300)
+    t0 = time.monotonic()
+    with pytest.raises(errors.Stalled):
+        await engine.copy(_req(clients(proxy.url, idle_timeout=IDLE), clients(registry2), *_ref()))
+    elapsed = time.monotonic() - t0
+    # One first read and `download_resumes` resumes, each cut after IDLE: not 150 s.
+    gets = len(proxy.requests("GET", rf"/blobs/{layer.digest}$"))
+    assert gets == engine.mover.download_resumes + 1
+    assert elapsed < gets * IDLE + 10
+    assert not registry2.blob_exists("stall/app", layer.digest)
+    assert list(engine.spool_dir.iterdir()) == []
+
+
+def _ref() -> tuple[str, str]:
+    return "stall/app", "v1"
+
+
+async def test_a_resume_that_brings_nothing_ends_the_download(
+    registry: RegistryProcess,
+    registry2: RegistryProcess,
+    images: ImageBuilder,
+    engine: CopyEngine,
+    clients,
+    fault_proxy,
+) -> None:
+    img = images.image("v1", layers=[400_000])
+    push(img, registry, "stall/app")
+    layer = img.blobs[1]
+    proxy: FaultProxy = fault_proxy(registry.url)
+    proxy.stall(rf"/blobs/{layer.digest}$", times=1, after_bytes=100_000, seconds=300)
+    # The resume (Range from 100000) sends its headers, then nothing.
+    proxy.stall(rf"/blobs/{layer.digest}$", times=None, after_bytes=0, seconds=300)
+    t0 = time.monotonic()
+    with pytest.raises(errors.Stalled):
+        await engine.copy(_req(clients(proxy.url, idle_timeout=IDLE), clients(registry2), *_ref()))
+    # The first read stalled after progress, so it was resumed; the resume stalled where
+    # it started, so the download ended there (no further resumes).
+    assert len(proxy.requests("GET", rf"/blobs/{layer.digest}$")) == 2
+    assert time.monotonic() - t0 < 2 * IDLE + 10
+
+
+async def test_one_stall_resumes_by_range_and_the_copy_succeeds(
+    registry: RegistryProcess,
+    registry2: RegistryProcess,
+    images: ImageBuilder,
+    engine: CopyEngine,
+    clients,
+    fault_proxy,
+) -> None:
+    img = images.image("v1", layers=[400_000])
+    push(img, registry, "stall/app")
+    layer = img.blobs[1]
+    proxy: FaultProxy = fault_proxy(registry.url)
+    proxy.stall(rf"/blobs/{layer.digest}$", times=1, after_bytes=100_000, seconds=300)
+    r = await engine.copy(_req(clients(proxy.url, idle_timeout=IDLE), clients(registry2), *_ref()))
+    assert r.digest == img.digest
+    assert inspect_raw(registry2, "stall/app", "v1") == img.manifest
+    assert len(proxy.requests("GET", rf"/blobs/{layer.digest}$")) == 2
+
+
+@pytest.mark.parametrize("layer_size", [300_000, 2 << 20], ids=["streamed", "spooled"])
+async def test_lost_answer_to_a_blob_commit_still_succeeds(
+    registry: RegistryProcess,
+    registry2: RegistryProcess,
+    images: ImageBuilder,
+    engine: CopyEngine,
+    clients,
+    fault_proxy,
+    layer_size: int,
+) -> None:
+    img = images.image("v1", layers=[layer_size])
+    push(img, registry, "lost/app")
+    proxy: FaultProxy = fault_proxy(registry2.url)
+    # Every commit is taken by the registry, and every answer to it is lost.
+    proxy.drop_mid_body(r"/blobs/uploads/.+", times=None, method="PUT")
+    r = await engine.copy(_req(clients(registry), clients(proxy.url), "lost/app", "v1"))
+    assert r.digest == img.digest
+    assert inspect_raw(registry2, "lost/app", "v1") == img.manifest
+    # Each blob was uploaded once: settled by a HEAD, not by a second upload.
+    assert len(proxy.requests("POST", r"/blobs/uploads/$")) == len(img.blobs)
+    for b in img.blobs:
+        assert len(proxy.requests("HEAD", rf"/blobs/{b.digest}$")) == 2  # skip check + settle
+    assert r.progress.blobs_done == len(img.blobs)
+
+
+async def test_lost_answer_to_the_manifest_push_still_succeeds(
+    registry: RegistryProcess,
+    registry2: RegistryProcess,
+    images: ImageBuilder,
+    engine: CopyEngine,
+    clients,
+    fault_proxy,
+) -> None:
+    img = images.image("v1", layers=[2000])
+    push(img, registry, "lost/app")
+    proxy: FaultProxy = fault_proxy(registry2.url)
+    proxy.drop_mid_body(r"/manifests/v1$", times=None, method="PUT")
+    dst = clients(proxy.url, max_attempts=2)
+    r = await engine.copy(_req(clients(registry), dst, "lost/app", "v1"))
+    assert r.digest == img.digest
+    assert inspect_raw(registry2, "lost/app", "v1") == img.manifest
+    assert proxy.requests("HEAD", r"/manifests/v1$")
+
+
+async def _liar(registry: RegistryProcess, images: ImageBuilder, clients) -> tuple[str, str, int]:
+    """Push an honest image as `v1` and, under `liar`, its manifest with the layer's size + 1.
+    Returns (layer digest, liar manifest digest, the size it claims)."""
+    img = images.image("v1", layers=[5000])
+    push(img, registry, "lie/app")
+    doc = json.loads(img.manifest)
+    doc["layers"][0]["size"] += 1
+    data = json.dumps(doc).encode()
+    digest = await clients(registry).put_manifest("lie/app", "liar", data, img.media_type)
+    return img.blobs[1].digest, digest, doc["layers"][0]["size"]
+
+
+async def test_manifest_lying_about_a_skipped_blob_size_is_never_committed(
+    registry: RegistryProcess,
+    registry2: RegistryProcess,
+    images: ImageBuilder,
+    engine: CopyEngine,
+    clients,
+) -> None:
+    layer, liar, claimed = await _liar(registry, images, clients)
+    src, dst = clients(registry), clients(registry2)
+    await engine.copy(_req(src, dst, "lie/app", "v1"))  # the honest blob is there now
+    with pytest.raises(DescriptorMismatch) as info:
+        await engine.copy(_req(src, dst, "lie/app", "liar"))
+    assert layer in str(info.value)
+    assert f"{claimed} bytes" in str(info.value) and f"{claimed - 1} bytes" in str(info.value)
+    assert await dst.head_manifest("lie/app", liar) is None
+    assert await dst.head_manifest("lie/app", "liar") is None
+
+
+async def test_manifest_lying_about_a_mounted_blob_size_is_never_committed(
+    registry: RegistryProcess, images: ImageBuilder, engine: CopyEngine, clients
+) -> None:
+    _, liar, _ = await _liar(registry, images, clients)
+    rc = clients(registry)
+    with pytest.raises(DescriptorMismatch):
+        # Same registry: the layer is mounted from lie/app into lie/copy, then checked.
+        await engine.copy(_req(rc, rc, "lie/app", "liar", dst_repo="lie/copy"))
+    assert await rc.head_manifest("lie/copy", liar) is None
+    assert await rc.head_manifest("lie/copy", "liar") is None
+
+
+async def test_retry_after_beyond_the_cap_fails_the_copy_at_once(
+    registry: RegistryProcess,
+    registry2: RegistryProcess,
+    images: ImageBuilder,
+    engine: CopyEngine,
+    clients,
+    fault_proxy,
+) -> None:
+    img = images.image("v1", layers=[3000])
+    push(img, registry, "later/app")
+    layer = img.blobs[1]
+    proxy: FaultProxy = fault_proxy(registry.url)
+    proxy.status(rf"/blobs/{layer.digest}$", 503, times=None, retry_after="86400", method="GET")
+    t0 = time.monotonic()
+    with pytest.raises(errors.RetryAfterTooLong) as info:
+        await engine.copy(_req(clients(proxy.url), clients(registry2), "later/app", "v1"))
+    assert time.monotonic() - t0 < 5
+    assert info.value.retry_after == 86400
+    assert len(proxy.requests("GET", rf"/blobs/{layer.digest}$")) == 1
