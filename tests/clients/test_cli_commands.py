@@ -111,7 +111,7 @@ def test_policy_lifecycle_and_rule_errors(
     _ok(ls, "endpoint", "add", "dev", "--url", dev.url)
     _ok(ls, "endpoint", "add", "qa", "--url", qa.url)
 
-    bad = ls.ctl("policy", "create", "--name", "p", "--source", "team/app", "--target",
+    bad = ls.ctl("policy", "create", "--name", "p", "--source", "dev/team/app", "--target",
                  "qa/team/app", "--rule", 'tag endswith "stable" and\n  size > "big"')
     assert bad.code == 4, bad.stdout + bad.stderr
     lines = bad.stderr.splitlines()
@@ -120,7 +120,7 @@ def test_policy_lifecycle_and_rule_errors(
     assert lines[at + 2].strip().startswith("^")
     assert ls.ctl("policy", "list", "-o", "json").json() == []  # nothing was saved
 
-    _ok(ls, "policy", "create", "--name", "p", "--source", "team/app", "--target",
+    _ok(ls, "policy", "create", "--name", "p", "--source", "dev/team/app", "--target",
         "qa/team/app", "--rule", 'tag endswith "stable"', "--disabled")
     refused = ls.ctl("policy", "apply", "p")
     assert refused.code == 4 and "disabled" in refused.stderr
@@ -131,7 +131,7 @@ def test_policy_lifecycle_and_rule_errors(
     assert "p: 2 tags evaluated, 1 matched, 2 runs started" in applied
     runs = wait_for("the applied run to succeed", lambda: [
         r for r in ls.ctl("runs", "list", "--policy", "p", "-o", "json").json()
-        if r["state"] == "STATE_SUCCEEDED"
+        if r["state"] == "succeeded"
     ])
     assert [r["source"]["reference"] for r in runs] == ["1.0-stable"]
     skipped = ls.ctl("runs", "list", "--policy", "p", "--state", "not_matched", "-o", "json")
@@ -140,7 +140,7 @@ def test_policy_lifecycle_and_rule_errors(
     assert digest_of(qa, "team/app", "1.0-stable") == stable.digest
 
     assert "policy p disabled" in _ok(ls, "policy", "disable", "p")
-    assert ls.ctl("policy", "show", "p", "-o", "json").json().get("enabled", False) is False
+    assert ls.ctl("policy", "show", "p", "-o", "json").json()["enabled"] is False
     assert "removed" in _ok(ls, "policy", "rm", "p")
     for args in (("policy", "show", "p"), ("policy", "rm", "p"), ("policy", "enable", "p"),
                  ("policy", "apply", "p")):
@@ -202,13 +202,13 @@ def test_transfer_start_and_cancel(
     assert started.code == 0, started.stderr
     tid = started.json()["id"]
     wait_for("the copy to be reading blobs", lambda: (
-        _transfer_state(ls, tid) == "STATE_RUNNING" and slow.requests("GET", r"/blobs/")
+        _transfer_state(ls, tid) == "running" and slow.requests("GET", r"/blobs/")
     ), timeout=30)
     began = time.monotonic()
     canceled = _ok(ls, "transfer", "cancel", tid)
     assert tid in canceled
     wait_for("the transfer to be canceled", lambda: _transfer_state(ls, tid) ==
-             "STATE_CANCELED", timeout=10)
+             "canceled", timeout=10)
     assert time.monotonic() - began < 6  # well before the stalled reads would finish
     watched = ls.ctl("transfer", "watch", tid)
     assert watched.code == 1  # documented: 1 when the transfer was canceled

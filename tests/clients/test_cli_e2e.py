@@ -65,7 +65,7 @@ def test_cli_mirrors_a_pushed_image(live, tmp_path: Path, images: ImageBuilder) 
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(yaml.safe_dump({
         "name": "promote-stable",
-        "sourceRepository": "team/website",
+        "source": {"endpoint": "dev", "repository": "team/website"},
         "rule": 'tag endswith "stable"',
         "target": {"endpoint": "qa", "repository": "team/website"},
     }))
@@ -91,7 +91,7 @@ def test_cli_mirrors_a_pushed_image(live, tmp_path: Path, images: ImageBuilder) 
     table = ls.ctl("runs", "list")
     assert table.code == 0 and "promote-stable" in table.stdout
     runs = wait_for("the run to succeed", lambda: [
-        r for r in ls.ctl("runs", "list", "-o", "json").json() if r["state"] == "STATE_SUCCEEDED"
+        r for r in ls.ctl("runs", "list", "-o", "json").json() if r["state"] == "succeeded"
     ])
     assert runs[0]["policy_name"] == "promote-stable"
     assert runs[0]["source"]["reference"] == "1.0-stable"
@@ -122,7 +122,7 @@ def test_cli_mirrors_a_pushed_image(live, tmp_path: Path, images: ImageBuilder) 
 def test_apply_dry_run_changes_nothing(live, tmp_path: Path) -> None:
     ls, dev, qa = live
     _add_endpoints(ls, dev, qa, tmp_path)
-    r = ls.ctl("policy", "create", "--name", "keep", "--source", "team/app",
+    r = ls.ctl("policy", "create", "--name", "keep", "--source", "dev/team/app",
                "--rule", 'tag == "1.0"', "--target", "qa/team/app")
     assert r.code == 0, r.stderr
     before = ls.ctl("export", "-o", "json").json()
@@ -135,10 +135,11 @@ def test_apply_dry_run_changes_nothing(live, tmp_path: Path) -> None:
              "secretFrom": {"file": "qa-password"}},
         ],
         "policies": [
-            {"name": "keep", "sourceRepository": "team/app", "rule": 'tag == "1.0"',
-             "target": {"endpoint": "qa", "repository": "team/app"}},
-            {"name": "new-one", "sourceRepository": "team/api", "rule": 'tag matches "^v"',
-             "target": {"endpoint": "qa", "repository": "team/api"}},
+            {"name": "keep", "source": {"endpoint": "dev", "repository": "team/app"},
+             "rule": 'tag == "1.0"', "target": {"endpoint": "qa", "repository": "team/app"}},
+            {"name": "new-one", "source": {"endpoint": "dev", "repository": "team/api"},
+             "rule": 'tag matches "^v"', "target": {"endpoint": "qa", "repository": "team/api"},
+             "overwrite": "never"},
         ],
     }
     mirror_yaml = tmp_path / "mirror.yaml"
@@ -153,7 +154,7 @@ def test_apply_dry_run_changes_nothing(live, tmp_path: Path) -> None:
         ("endpoint", "dev"): ("unchanged", []),
         ("endpoint", "qa"): ("update", ["max_concurrency"]),
         ("policy", "keep"): ("unchanged", []),
-        ("policy", "new-one"): ("create", ["name", "rule", "source_repository", "target"]),
+        ("policy", "new-one"): ("create", ["name", "overwrite", "rule", "source", "target"]),
     }
     assert ls.ctl("export", "-o", "json").json() == before
 
@@ -185,7 +186,7 @@ def test_cli_errors_and_exit_codes(live, tmp_path: Path) -> None:
     assert lines[at + 2] == "    ^" + "~" * (len("critcal_vulns") - 1)
     assert "critical_vulns" in bad.stdout  # the suggestion
 
-    created = ls.ctl("policy", "create", "--name", "p", "--source", "team/x",
+    created = ls.ctl("policy", "create", "--name", "p", "--source", "dev/team/x",
                      "--rule", "tag ==", "--target", "qa/team/x")
     assert created.code == 4
     assert "rule:1:" in created.stderr
@@ -205,7 +206,7 @@ def test_cli_errors_and_exit_codes(live, tmp_path: Path) -> None:
 
     status = ls.ctl("status", "-o", "json", token=None)
     assert status.code == 0
-    assert {s["status"] for s in status.json()} == {"serving"}
+    assert {s["status"] for s in status.json()["services"]} == {"serving"}
     _assert_no_secret_leaked(ls)
 
 

@@ -150,3 +150,139 @@ def test_mounted_blobs_count_as_placed() -> None:
     assert out.getvalue().splitlines() == [
         "t2 done 4.0 KiB/4.0 KiB blobs 3/3 (1 already there, 2 mounted) sha256:def",
     ]
+
+
+def test_json_output_has_every_field_numbers_and_one_enum_spelling() -> None:
+    from mirror.cli.output import to_data
+    from mirror.v1 import gateway_pb2, policy_pb2
+
+    policy = to_data(policy_pb2.Policy(
+        name="p", enabled=False, overwrite=policy_pb2.OVERWRITE_NEVER,
+        source=policy_pb2.PolicySource(endpoint="dev", repository="team/**"),
+    ))
+    # Zero and false fields are there (`.enabled` is false, not missing); an unset message
+    # or time is null; the deprecated source_repository is never shown.
+    assert policy["enabled"] is False and policy["allow_incomplete_facts"] is False
+    assert policy["description"] == "" and policy["required_facts"] == []
+    assert policy["active_since"] is None and policy["target"] is None
+    assert policy["overwrite"] == "never"
+    assert policy["source"] == {"endpoint": "dev", "repository": "team/**"}
+    assert "source_repository" not in policy
+    transfer = to_data(transfer_pb2.Transfer(state=transfer_pb2.Transfer.STATE_SUPERSEDED,
+                                             bytes_total=5_000_000_000))
+    assert transfer["bytes_total"] == 5_000_000_000 and transfer["bytes_done"] == 0
+    assert transfer["state"] == "superseded"
+    run = to_data(gateway_pb2.Run(state=gateway_pb2.Run.STATE_BLOCKED,
+                                  trigger=gateway_pb2.Run.TRIGGER_NOTIFY, hop=2))
+    assert (run["state"], run["trigger"], run["hop"], run["provenance"]) == (
+        "blocked", "notify", 2, [])
+    endpoint = to_data(transfer_pb2.Endpoint(name="qa", has_secret=True))
+    assert endpoint["has_secret"] is True and endpoint["has_webhook_secret"] is False
+    assert "secret" not in endpoint and "webhook_secret" not in endpoint  # input only
+
+
+def test_flags_take_the_spelling_the_output_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mirror import enums
+    from mirror.v1 import gateway_pb2
+
+    states = enums.choices(gateway_pb2.Run.State.DESCRIPTOR)
+    assert states == ["pending", "running", "succeeded", "failed", "not_matched", "blocked",
+                      "skipped"]
+    args = build_parser().parse_args(["runs", "list", "--state", "blocked", "--state",
+                                      "skipped"])
+    assert args.state == ["blocked", "skipped"]
+    args = build_parser().parse_args(["transfer", "list", "--state", "superseded"])
+    assert args.state == ["superseded"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["runs", "list", "--state", "STATE_FAILED"])
+    capsys.readouterr()
+    assert enums.value_of(gateway_pb2.Run.State.DESCRIPTOR, "STATE_FAILED") == 4
+    with pytest.raises(ValueError, match="valid: pending, running"):
+        enums.value_of(gateway_pb2.Run.State.DESCRIPTOR, "unspecified")
+
+
+def test_policy_yaml_new_shape_and_the_old_one_refused(tmp_path: Path) -> None:
+    from mirror.cli import policydoc
+    from mirror.cli.context import CliError
+    from mirror.v1 import policy_pb2
+
+    msg, given = policydoc.read({
+        "name": "p", "source": {"endpoint": "dev", "repository": "team/**"},
+        "target": {"endpoint": "qa", "repository": "mirror/{path}"}, "rule": "true",
+        "overwrite": "never", "allowIncompleteFacts": True,
+    }, "policy.yaml")
+    assert (msg.source.endpoint, msg.source.repository) == ("dev", "team/**")
+    assert msg.target.repository == "mirror/{path}"
+    assert msg.overwrite == policy_pb2.OVERWRITE_NEVER and msg.allow_incomplete_facts
+    assert given == {"name", "source", "target", "rule", "overwrite", "allow_incomplete_facts"}
+    with pytest.raises(CliError) as old:
+        policydoc.read({"name": "p", "sourceRepository": "team/website", "rule": "true"},
+                       "policy.yaml")
+    assert old.value.exit_code == 4
+    assert "sourceRepository was replaced by source: {endpoint, repository}" in old.value.message
+    assert "source: {endpoint: ENDPOINT, repository: team/website}" in old.value.hint
+    with pytest.raises(CliError, match="unknown overwrite 'sometimes'; valid: always, never"):
+        policydoc.read({"name": "p", "overwrite": "sometimes"}, "policy.yaml")
+    # The same in a mirror.yaml for `apply -f`, naming the entry.
+    with pytest.raises(CliError, match=r"m.yaml: policies\[0\]: source_repository was "
+                                       r"replaced by source"):
+        parse("policies:\n  - {name: p, source_repository: team/x, rule: 'true'}\n",
+              "m.yaml", tmp_path)
+
+
+def test_webhook_secrets_in_files_are_references(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="inline secrets are refused; use webhookSecretFrom"):
+        parse("endpoints:\n  - {name: qa, url: 'http://x', webhookSecret: hunter2}\n",
+              "m.yaml", tmp_path)
+    (tmp_path / "hook").write_text("hook-token\n")
+    desired = parse("endpoints:\n  - {name: qa, url: 'http://x', "
+                    "webhookSecretFrom: {file: hook}}\n", "m.yaml", tmp_path)
+    assert desired.endpoints[0].webhook_secret == "hook-token"
+    assert desired.endpoints[0].secret is None
+
+
+def test_pinned_and_digest_references() -> None:
+    from mirror.cli.context import CliError
+    from mirror.cli.parsing import location
+
+    digest = "sha256:" + "b" * 64
+    pinned = image_ref(f"dev/team/app:1.4@{digest}")
+    assert (pinned.tag, pinned.digest, pinned.reference) == ("1.4", digest, digest)
+    assert str(pinned) == f"dev/team/app:1.4@{digest}"
+    assert str(image_ref(f"dev/team/app@{digest}")) == f"dev/team/app@{digest}"
+    with pytest.raises(CliError, match="is not sha256: and 64 lowercase hex digits"):
+        image_ref("dev/team/app@sha256:abc")
+    with pytest.raises(CliError, match="a digest cannot be a destination"):
+        image_ref(f"qa/team/app@{digest}", need_reference=False, digest_ok=False)
+    assert location("dev/team/**", what="--source").repository == "team/**"
+    with pytest.raises(CliError, match="names a tag or digest"):
+        location("dev/team/app:1.0", what="--source")
+
+
+def test_sdk_requires_the_source_endpoint_and_spells_overwrite() -> None:
+    from mirror import _build
+    from mirror.v1 import policy_pb2
+
+    with pytest.raises(ValueError, match="source_endpoint= is required"):
+        _build.create_policy(None, {"name": "p", "source_repository": "team/app"}, False)
+    req = _build.create_policy(None, {"name": "p", "source_endpoint": "dev",
+                                      "source_repository": "team/app", "overwrite": "never"},
+                               False)
+    assert req.policy.source.endpoint == "dev" and req.policy.source.repository == "team/app"
+    assert req.policy.overwrite == policy_pb2.OVERWRITE_NEVER and req.policy.enabled
+    assert not req.policy.source_repository  # the deprecated field stays empty
+    upd = _build.update_policy("id1", "", {"source_endpoint": "qa", "overwrite": "always",
+                                           "allow_incomplete_facts": True, "rule": None})
+    assert list(upd.update_mask.paths) == ["source.endpoint", "overwrite",
+                                           "allow_incomplete_facts"]
+
+
+def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mirrorctl {metadata.version('image-mirror')}"

@@ -45,7 +45,7 @@ def test_grpcurl_doc_commands_run_verbatim(
     work.mkdir()
     outputs = []
     code = blocks("grpcurl.md", "sh")
-    assert len(code) >= 8
+    assert len(code) == 12
     for i, block in enumerate(code):
         res = run_bash(block, env, work)
         assert res.returncode == 0, f"block {i + 1} failed:\n{block}\n{res.stderr}"
@@ -57,6 +57,7 @@ def test_grpcurl_doc_commands_run_verbatim(
     assert json.loads(outputs[1])["status"] == "SERVING"
     created = json.loads(outputs[3])
     assert created["name"] == "promote-stable" and created["id"]
+    assert created["source"] == {"endpoint": "dev", "repository": "team/app"}
     validation = json.loads(outputs[4])
     assert validation.get("valid", False) is False
     assert validation["errors"][0]["suggestion"] == "critical_vulns"
@@ -69,6 +70,12 @@ def test_grpcurl_doc_commands_run_verbatim(
     assert digest_of(registry, "team/app-copy", "1.0-stable") == image.digest
     assert json.loads(outputs[7])["event_id"]
     json.loads(outputs[8])  # ListRuns printed one JSON object
+    applied = json.loads(outputs[9])
+    assert (applied["tags_evaluated"], applied["tags_matched"]) == (1, 1)
+    assert "errors" not in applied  # grpcurl leaves out empty fields
+    assert "errors" not in json.loads(outputs[10])
+    vulndb, unplaced = json_stream(outputs[11])
+    assert vulndb.get("loaded", False) is False and unplaced.get("events", []) == []
     with connect(live.address, token=ADMIN_TOKEN) as c:
         runs = wait_for("the notified push to make a run", lambda: [
             r for r in c.gateway.iter_runs() if r.policy_name == "promote-stable"

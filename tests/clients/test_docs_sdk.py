@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from mirror.client import connect
 
-from registry_testkit.images import ImageBuilder, digest_of, push
+from registry_testkit.images import ImageBuilder, digest_of, list_tags, push
 from tests.clients.docs_blocks import blocks
-from tests.clients.livestack import ADMIN_TOKEN, LiveStack, running, start_stack
+from tests.clients.livestack import ADMIN_TOKEN, LiveStack, running, start_stack, wait_for
 
 pytestmark = pytest.mark.registry
+
+WEBHOOK_TOKEN = "docs-hook-" + "5b9e02c7"
 
 
 @pytest.fixture
@@ -30,6 +32,7 @@ def test_sdk_doc_examples_run(
     monkeypatch.setenv("MIRROR_ADDRESS", live.address)
     monkeypatch.setenv("MIRROR_TOKEN", ADMIN_TOKEN)
     monkeypatch.setenv("DEV_REGISTRY_URL", registry.url)
+    monkeypatch.setenv("DEV_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
     monkeypatch.delenv("MIRROR_CA_FILE", raising=False)
 
     code = blocks("sdk.md", "python")
@@ -46,9 +49,19 @@ def test_sdk_doc_examples_run(
     # What the examples claim to show did happen.
     assert "policy.rule -> line 2, column 3:" in printed
     assert "NOT_FOUND" in printed
+    assert "copy-app-all " in printed
+    assert "Alpine" not in printed and "no vulnerability data 0 records" in printed
     assert digest_of(registry, "team/app-mirror", "1.0") == image.digest
     with connect(live.address, token=ADMIN_TOKEN) as c:
         names = {p.name for p in c.policies.iter()}
-        assert names == {"copy-app"}
-        runs = list(c.gateway.iter_runs())
-        assert runs and runs[0].policy_name == "copy-app"
+        assert names == {"copy-app", "copy-app-all", "copy-app-async"}
+        assert c.transfers.get_endpoint("dev").has_webhook_secret
+        # team/* -> mirror/{path}: each repository to its own (team/app-copy may have come
+        # too late for the apply).
+        wait_for("the glob policy's copies", lambda: all(
+            list_tags(registry, f"mirror/{name}") == ["1.0"] for name in ("app", "app-mirror")
+        ))
+        assert digest_of(registry, "mirror/app", "1.0") == image.digest
+        assert {r.policy_name for r in c.gateway.iter_runs()} == set(names)
+    assert digest_of(registry, "team/app-async", "1.0") == image.digest
+    assert WEBHOOK_TOKEN not in printed and WEBHOOK_TOKEN not in live.log

@@ -9,16 +9,18 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mirror.client import connect
 
-from registry_testkit.images import ImageBuilder, digest_of, push
+from registry_testkit.images import ImageBuilder, LayerSpec, digest_of, push
 from registry_testkit.registry import RegistryProcess
 from tests.clients.docs_blocks import blocks, json_stream, run_bash
 from tests.clients.livestack import ADMIN_TOKEN, ROOT, LiveStack, running, start_stack, wait_for
+from tests.scanner.layerkit import ALPINE_INSTALLED, ALPINE_OS_RELEASE
 
 pytestmark = pytest.mark.registry
 
@@ -94,9 +96,14 @@ def test_readme_grpcurl_commands(
     )
     assert {"mirror.v1.PolicyService", "mirror.v1.TransferService", "mirror.v1.GatewayService",
             "mirror.v1.ScanService", "grpc.health.v1.Health"} <= set(listing.split())
-    endpoint, policy = json_stream(created)
+    endpoint, applied = json_stream(created)
     assert endpoint["name"] == "dev" and endpoint["url"] == registry.url
+    policy = json_stream((work / "policy.json").read_text())[0]
     assert policy["name"] == "promote-stable" and policy["id"]
+    assert policy["source"] == {"endpoint": "dev", "repository": "team/app"}
+    assert policy["overwrite"] == "OVERWRITE_NEVER"
+    # Save & Apply: the tag already in the repository was evaluated and matched.
+    assert (applied["tags_evaluated"], applied["tags_matched"]) == (1, 1)
     snapshots = json_stream(watched)
     assert snapshots[-1]["state"] == "STATE_DONE"
     assert digest_of(registry, "team/app-copy", "1.0-stable") == image.digest
@@ -116,30 +123,44 @@ def test_readme_mirrorctl_session(
 ) -> None:
     dev = registry_factory()
     qa = registry_factory(tls=True, htpasswd_users={QA_USER: QA_PASSWORD})
-    image = images.image("1.4-stable", layers=[40_000, 10_000])
+    # A package database the scanner recognises: `critical_vulns == 0` can be decided.
+    image = images.image("1.4-stable", layers=[LayerSpec(files={
+        "etc/os-release": ALPINE_OS_RELEASE, "lib/apk/db/installed": ALPINE_INSTALLED,
+    }), 10_000])
     push(image, dev, "team/website")
     work = tmp_path / "work"
     work.mkdir()
     (work / "qa-ca.pem").write_text(qa.ca_pem)
+    # OSV records (this one is fixed in the image's libcrypto3: no vulnerability matches).
+    with zipfile.ZipFile(work / "osv.zip", "w") as zf:
+        osv = ROOT / "tests/scanner/osv/CVE-2024-0727.json"
+        zf.writestr(osv.name, osv.read_bytes())
     env = _shell_env(live, tmp_path, DEV_REGISTRY_URL=dev.url, QA_REGISTRY_URL=qa.url,
                      QA_PASSWORD=QA_PASSWORD)
     code = blocks("README.md", "sh", section="Operating with mirrorctl")
-    assert len(code) == 4
+    assert len(code) == 5
     results = []
     for i, block in enumerate(code):
         res = run_bash(block, env, work)
         assert res.returncode == 0, f"block {i + 1} failed:\n{block}\n{res.stdout}\n{res.stderr}"
         results.append(res)
-    endpoints, policy, watch, plan = (r.stdout for r in results)
+    endpoints, policy, watch, ci, plan = (r.stdout for r in results)
     assert "endpoint qa added" in endpoints
     assert "authenticated │ ok" in endpoints and "push_allowed  │ ok" in endpoints
+    assert "imported 1, updated 0, skipped 0" in endpoints
+    source_row = next(line for line in endpoints.splitlines() if "Alpine:v3.19" in line)
+    assert source_row.split("│")[1].strip() == "1"  # vulndb status: the source, 1 record
     assert "policy promote-stable created" in policy
     assert "dev/team/website:1.4-stable: MATCHES" in policy
     assert "critical_vulns == 0" in policy  # explain scanned the image for this clause
     assert "1 tags evaluated, 1 matched, 1 runs started" in policy
+    assert "PROVENANCE" in policy  # runs list -o wide
     last = watch.strip().splitlines()[-1]
     assert " done " in last and image.digest in last
     assert digest_of(qa, "team/website", "1.4-hotfix", user=QA_USER) == image.digest
+    assert "push of team/website:1.4-stable on dev reported (event " in ci
+    assert "promote-stable: " in ci and "tags checked" in ci
+    assert ci.count("serving") == 4
     assert "0 to create, 1 to update, 0 to delete, 2 unchanged (dry run" in plan
     with connect(live.address, token=ADMIN_TOKEN) as c:
         (pol,) = list(c.policies.iter())

@@ -25,17 +25,17 @@ def test_errors_carry_code_message_and_details(live: LiveStack, registry) -> Non
     with connect(live.address, token=ADMIN_TOKEN) as c:
         c.transfers.create_endpoint(name="dev", url=registry.url)
         with pytest.raises(errors.InvalidArgument) as bad:
-            c.policies.create(name="p", source_repository="team/app", endpoint="dev",
-                              repository="team/x", rule="tag ==\n")
+            c.policies.create(name="p", source_endpoint="dev", source_repository="team/app",
+                              endpoint="dev", repository="team/x", rule="tag ==\n")
         assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
         rule_violations = [v for v in bad.value.field_violations if v.field == "policy.rule"]
         assert rule_violations and rule_violations[0].description.startswith("line 1, column")
 
-        p = c.policies.create(name="p", source_repository="team/app", endpoint="dev",
-                              repository="team/x", rule='tag == "1"')
+        p = c.policies.create(name="p", source_endpoint="dev", source_repository="team/app",
+                              endpoint="dev", repository="team/x", rule='tag == "1"')
         with pytest.raises(errors.AlreadyExists):
-            c.policies.create(name="p", source_repository="team/app", endpoint="dev",
-                              repository="team/x", rule='tag == "1"')
+            c.policies.create(name="p", source_endpoint="dev", source_repository="team/app",
+                              endpoint="dev", repository="team/x", rule='tag == "1"')
         c.policies.update(p.id, description="first", etag=p.etag)
         with pytest.raises(errors.Aborted) as stale:
             c.policies.update(p.id, description="second", etag=p.etag)
@@ -50,8 +50,8 @@ def test_iter_follows_page_tokens(live: LiveStack, registry) -> None:
     with connect(live.address, token=ADMIN_TOKEN) as c:
         c.transfers.create_endpoint(name="dev", url=registry.url)
         for i in range(5):
-            c.policies.create(name=f"p{i}", source_repository=f"team/app{i}", endpoint="dev",
-                              repository=f"team/copy{i}", rule="true")
+            c.policies.create(name=f"p{i}", source_endpoint="dev", source_repository=f"team/app{i}",
+                              endpoint="dev", repository=f"team/copy{i}", rule="true")
         first = c.policies.list(page_size=2)
         assert len(first.policies) == 2 and first.next_page_token
         names = [p.name for p in c.policies.iter(page_size=2)]

@@ -15,6 +15,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from mirror import enums
 
+# Input-only fields: never returned by the server, so never printed (has_secret says more).
+_INPUT_ONLY = {"mirror.v1.Endpoint.secret", "mirror.v1.Endpoint.webhook_secret"}
 _INT64 = {
     FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
     FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64,
@@ -22,7 +24,8 @@ _INT64 = {
 
 
 def message_data(msg: pb_message.Message) -> dict[str, Any]:
-    """`msg` as plain data with every field; deprecated fields (never set) are left out."""
+    """`msg` as plain data with every field; deprecated and input-only fields (never set in
+    answers) are left out."""
     raw = json_format.MessageToDict(
         msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
         use_integers_for_enums=True,
@@ -47,7 +50,7 @@ def _well_known(desc: Descriptor) -> bool:
 def _message(raw: dict[str, Any], desc: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in desc.fields:
-        if f.GetOptions().deprecated:
+        if f.GetOptions().deprecated or f.full_name in _INPUT_ONLY:
             continue
         if f.name not in raw:
             out[f.name] = None  # a field with presence that is not set
