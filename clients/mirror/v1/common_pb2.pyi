@@ -37,6 +37,8 @@ class _FactKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FactKind.Val
     """licenses: need a scan."""
     FACT_KIND_VULNERABILITIES: _FactKind.ValueType  # 5
     """vulnerability counts: need a scan and the vulnerability database."""
+    FACT_KIND_SIGNATURES: _FactKind.ValueType  # 6
+    """signatures (signed, signed_by): need the image's signatures and the trusted keys."""
 
 class FactKind(_FactKind, metaclass=_FactKindEnumTypeWrapper):
     """The kinds of facts a rule may need. Callers gather only what the rules use."""
@@ -52,6 +54,8 @@ FACT_KIND_LICENSES: FactKind.ValueType  # 4
 """licenses: need a scan."""
 FACT_KIND_VULNERABILITIES: FactKind.ValueType  # 5
 """vulnerability counts: need a scan and the vulnerability database."""
+FACT_KIND_SIGNATURES: FactKind.ValueType  # 6
+"""signatures (signed, signed_by): need the image's signatures and the trusted keys."""
 Global___FactKind: _TypeAlias = FactKind  # noqa: Y015
 
 @_typing.final
@@ -163,6 +167,7 @@ class ImageFacts(_message.Message):
     PRESENT_FIELD_NUMBER: _builtins.int
     VULNERABILITY_DATA_TIME_FIELD_NUMBER: _builtins.int
     COMPONENTS_UNKNOWN_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
     repository: _builtins.str
     tag: _builtins.str
     digest: _builtins.str
@@ -193,6 +198,12 @@ class ImageFacts(_message.Message):
         loaded). Rules reading vulnerability fields are blocked when it is unset or too old.
         """
 
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignatureFact]:
+        """Signatures found for the digest (cosign tag scheme or OCI referrers), with what verified
+        them. Read by `signed` and `signed_by` rules (FACT_KIND_SIGNATURES).
+        """
+
     def __init__(
         self,
         *,
@@ -207,14 +218,47 @@ class ImageFacts(_message.Message):
         present: _abc.Iterable[Global___FactKind.ValueType] | None = ...,
         vulnerability_data_time: _timestamp_pb2.Timestamp | None = ...,
         components_unknown: _builtins.bool = ...,
+        signatures: _abc.Iterable[Global___SignatureFact] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["vulnerabilities", b"vulnerabilities", "vulnerability_data_time", b"vulnerability_data_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "components_unknown", b"components_unknown", "digest", b"digest", "labels", b"labels", "platforms", b"platforms", "present", b"present", "repository", b"repository", "size_bytes", b"size_bytes", "tag", b"tag", "vulnerabilities", b"vulnerabilities", "vulnerability_data_time", b"vulnerability_data_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "components_unknown", b"components_unknown", "digest", b"digest", "labels", b"labels", "platforms", b"platforms", "present", b"present", "repository", b"repository", "signatures", b"signatures", "size_bytes", b"size_bytes", "tag", b"tag", "vulnerabilities", b"vulnerabilities", "vulnerability_data_time", b"vulnerability_data_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImageFacts: _TypeAlias = ImageFacts  # noqa: Y015
+
+@_typing.final
+class SignatureFact(_message.Message):
+    """One signature of an image and the outcome of verifying it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANIFEST_DIGEST_FIELD_NUMBER: _builtins.int
+    VERIFIED_BY_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    manifest_digest: _builtins.str
+    """Digest of the signature manifest (the `sha256-<hex>.sig` tag or the referrer)."""
+    problem: _builtins.str
+    """Why it did not verify against a key, when it did not ("wrong key", "digest mismatch")."""
+    @_builtins.property
+    def verified_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the trusted keys that verified it (empty: none did)."""
+
+    def __init__(
+        self,
+        *,
+        manifest_digest: _builtins.str = ...,
+        verified_by: _abc.Iterable[_builtins.str] | None = ...,
+        problem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifest_digest", b"manifest_digest", "problem", b"problem", "verified_by", b"verified_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignatureFact: _TypeAlias = SignatureFact  # noqa: Y015
 
 @_typing.final
 class Target(_message.Message):

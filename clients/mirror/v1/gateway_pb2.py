@@ -22,51 +22,86 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from mirror.v1 import common_pb2 as mirror_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mirror/v1/gateway.proto\x12\tmirror.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mirror/v1/common.proto\"h\n\x11NotifyPushRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\"9\n\x12NotifyPushResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xac\x06\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpolicy_id\x18\x02 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\'\n\x07trigger\x18\x05 \x01(\x0e\x32\x16.mirror.v1.Run.Trigger\x12(\n\x06source\x18\x06 \x01(\x0b\x32\x18.mirror.v1.ImageLocation\x12\x15\n\rsource_digest\x18\x07 \x01(\t\x12&\n\x0b\x64\x65stination\x18\x08 \x01(\x0b\x32\x11.mirror.v1.Target\x12\x17\n\x0f\x64\x65stination_tag\x18\t \x01(\t\x12#\n\x05state\x18\n \x01(\x0e\x32\x14.mirror.v1.Run.State\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x13\n\x0btransfer_id\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\nprovenance\x18\x10 \x03(\x0b\x32\x18.mirror.v1.ImageLocation\x12\x0b\n\x03hop\x18\x11 \x01(\x05\"\xa8\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x15\n\x11STATE_NOT_MATCHED\x10\x05\x12\x11\n\rSTATE_BLOCKED\x10\x06\x12\x11\n\rSTATE_SKIPPED\x10\x07\"s\n\x07Trigger\x12\x17\n\x13TRIGGER_UNSPECIFIED\x10\x00\x12\x11\n\rTRIGGER_EVENT\x10\x01\x12\x12\n\x0eTRIGGER_NOTIFY\x10\x02\x12\x11\n\rTRIGGER_APPLY\x10\x03\x12\x15\n\x11TRIGGER_RECONCILE\x10\x04\"V\n\nSweepError\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x11\n\tpolicy_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"q\n\x0fListRunsRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12$\n\x06states\x18\x02 \x03(\x0e\x32\x14.mirror.v1.Run.State\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.mirror.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x16GetPolicyStatusRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\xb2\x02\n\x0cPolicyStatus\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12(\n\nlast_state\x18\x02 \x01(\x0e\x32\x14.mirror.v1.Run.State\x12\x14\n\x0clast_message\x18\x03 \x01(\t\x12 \n\x08last_run\x18\x04 \x01(\x0b\x32\x0e.mirror.v1.Run\x12\x35\n\x11last_success_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_failure_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nruns_total\x18\x07 \x01(\x03\x12\x16\n\x0eruns_succeeded\x18\x08 \x01(\x03\x12\x13\n\x0bruns_failed\x18\t \x01(\x03\"\'\n\x12\x41pplyPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\x88\x01\n\x13\x41pplyPolicyResponse\x12\x16\n\x0etags_evaluated\x18\x01 \x01(\x05\x12\x14\n\x0ctags_matched\x18\x02 \x01(\x05\x12\x1c\n\x04runs\x18\x03 \x03(\x0b\x32\x0e.mirror.v1.Run\x12%\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x15.mirror.v1.SweepError\"%\n\x10ReconcileRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\x84\x01\n\x11ReconcileResponse\x12\x14\n\x0ctags_checked\x18\x01 \x01(\x05\x12\x14\n\x0cruns_started\x18\x02 \x01(\x05\x12\x1c\n\x04runs\x18\x03 \x03(\x0b\x32\x0e.mirror.v1.Run\x12%\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x15.mirror.v1.SweepError\".\n\x19ListUnplacedEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\"\xb2\x01\n\rUnplacedEvent\x12\r\n\x05hosts\x18\x01 \x03(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\x12-\n\tlast_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12suggested_endpoint\x18\x06 \x01(\t\x12\x17\n\x0fsuggested_alias\x18\x07 \x01(\t\"F\n\x1aListUnplacedEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.mirror.v1.UnplacedEvent2\xe8\x03\n\x0eGatewayService\x12I\n\nNotifyPush\x12\x1c.mirror.v1.NotifyPushRequest\x1a\x1d.mirror.v1.NotifyPushResponse\x12\x43\n\x08ListRuns\x12\x1a.mirror.v1.ListRunsRequest\x1a\x1b.mirror.v1.ListRunsResponse\x12M\n\x0fGetPolicyStatus\x12!.mirror.v1.GetPolicyStatusRequest\x1a\x17.mirror.v1.PolicyStatus\x12L\n\x0b\x41pplyPolicy\x12\x1d.mirror.v1.ApplyPolicyRequest\x1a\x1e.mirror.v1.ApplyPolicyResponse\x12\x46\n\tReconcile\x12\x1b.mirror.v1.ReconcileRequest\x1a\x1c.mirror.v1.ReconcileResponse\x12\x61\n\x12ListUnplacedEvents\x12$.mirror.v1.ListUnplacedEventsRequest\x1a%.mirror.v1.ListUnplacedEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mirror/v1/gateway.proto\x12\tmirror.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mirror/v1/common.proto\"h\n\x11NotifyPushRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\"9\n\x12NotifyPushResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\x87\x08\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpolicy_id\x18\x02 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\'\n\x07trigger\x18\x05 \x01(\x0e\x32\x16.mirror.v1.Run.Trigger\x12(\n\x06source\x18\x06 \x01(\x0b\x32\x18.mirror.v1.ImageLocation\x12\x15\n\rsource_digest\x18\x07 \x01(\t\x12&\n\x0b\x64\x65stination\x18\x08 \x01(\x0b\x32\x11.mirror.v1.Target\x12\x17\n\x0f\x64\x65stination_tag\x18\t \x01(\t\x12#\n\x05state\x18\n \x01(\x0e\x32\x14.mirror.v1.Run.State\x12\x0f\n\x07message\x18\x0b \x01(\t\x12\x13\n\x0btransfer_id\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\nprovenance\x18\x10 \x03(\x0b\x32\x18.mirror.v1.ImageLocation\x12\x0b\n\x03hop\x18\x11 \x01(\x05\x12\r\n\x05\x63\x61use\x18\x12 \x01(\t\x12\x17\n\x0fprevious_digest\x18\x13 \x01(\t\x12%\n\x06\x61\x63tion\x18\x14 \x01(\x0e\x32\x15.mirror.v1.Run.Action\x12\x0f\n\x07poll_id\x18\x15 \x01(\t\"\xa8\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x15\n\x11STATE_NOT_MATCHED\x10\x05\x12\x11\n\rSTATE_BLOCKED\x10\x06\x12\x11\n\rSTATE_SKIPPED\x10\x07\"\xa4\x01\n\x07Trigger\x12\x17\n\x13TRIGGER_UNSPECIFIED\x10\x00\x12\x11\n\rTRIGGER_EVENT\x10\x01\x12\x12\n\x0eTRIGGER_NOTIFY\x10\x02\x12\x11\n\rTRIGGER_APPLY\x10\x03\x12\x15\n\x11TRIGGER_RECONCILE\x10\x04\x12\x14\n\x10TRIGGER_SCHEDULE\x10\x05\x12\x19\n\x15TRIGGER_LATE_METADATA\x10\x06\"G\n\x06\x41\x63tion\x12\x0f\n\x0b\x41\x43TION_COPY\x10\x00\x12\x11\n\rACTION_DELETE\x10\x01\x12\x19\n\x15\x41\x43TION_DELETE_DRY_RUN\x10\x02\"\xa7\x02\n\x04Poll\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpolicy_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btags_listed\x18\x05 \x01(\x05\x12\x14\n\x0ctags_changed\x18\x06 \x01(\x05\x12\x13\n\x0btags_copied\x18\x07 \x01(\x05\x12\x14\n\x0ctags_skipped\x18\x08 \x01(\x05\x12\x13\n\x0btags_failed\x18\t \x01(\x05\x12\x14\n\x0ctags_deleted\x18\n \x01(\x05\x12\x10\n\x08requests\x18\x0b \x01(\x05\x12\x0f\n\x07message\x18\x0c \x01(\t\"L\n\x10ListPollsRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x11ListPollsResponse\x12\x1e\n\x05polls\x18\x01 \x03(\x0b\x32\x0f.mirror.v1.Poll\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x12PrunePolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"F\n\x13PrunePolicyResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.mirror.v1.Run\x12\x11\n\ttags_kept\x18\x02 \x01(\x05\"\xba\x01\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12)\n\x0b\x65vent_types\x18\x03 \x03(\x0e\x32\x14.mirror.v1.EventType\x12\x11\n\tpolicy_id\x18\x04 \x01(\t\x12\x0e\n\x06secret\x18\x05 \x01(\t\x12\x12\n\nhas_secret\x18\x06 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x19\x43reateSubscriptionRequest\x12-\n\x0csubscription\x18\x01 \x01(\x0b\x32\x17.mirror.v1.Subscription\"$\n\x16GetSubscriptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"A\n\x18ListSubscriptionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"d\n\x19ListSubscriptionsResponse\x12.\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x17.mirror.v1.Subscription\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x19\x44\x65leteSubscriptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x8f\x03\n\x08\x44\x65livery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\x12(\n\nevent_type\x18\x03 \x01(\x0e\x32\x14.mirror.v1.EventType\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12(\n\x05state\x18\x05 \x01(\x0e\x32\x19.mirror.v1.Delivery.State\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x15\n\rresponse_code\x18\x07 \x01(\x05\x12\x0f\n\x07message\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_attempt_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x13\n\x0fSTATE_DELIVERED\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\"W\n\x15ListDeliveriesRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x16ListDeliveriesResponse\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.mirror.v1.Delivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n\nSweepError\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x11\n\tpolicy_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"q\n\x0fListRunsRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12$\n\x06states\x18\x02 \x03(\x0e\x32\x14.mirror.v1.Run.State\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.mirror.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x16GetPolicyStatusRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\x8a\x03\n\x0cPolicyStatus\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12(\n\nlast_state\x18\x02 \x01(\x0e\x32\x14.mirror.v1.Run.State\x12\x14\n\x0clast_message\x18\x03 \x01(\t\x12 \n\x08last_run\x18\x04 \x01(\x0b\x32\x0e.mirror.v1.Run\x12\x35\n\x11last_success_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_failure_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nruns_total\x18\x07 \x01(\x03\x12\x16\n\x0eruns_succeeded\x18\x08 \x01(\x03\x12\x13\n\x0bruns_failed\x18\t \x01(\x03\x12\"\n\tlast_poll\x18\n \x01(\x0b\x32\x0f.mirror.v1.Poll\x12\x32\n\x0enext_poll_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\'\n\x12\x41pplyPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\x88\x01\n\x13\x41pplyPolicyResponse\x12\x16\n\x0etags_evaluated\x18\x01 \x01(\x05\x12\x14\n\x0ctags_matched\x18\x02 \x01(\x05\x12\x1c\n\x04runs\x18\x03 \x03(\x0b\x32\x0e.mirror.v1.Run\x12%\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x15.mirror.v1.SweepError\"%\n\x10ReconcileRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\x84\x01\n\x11ReconcileResponse\x12\x14\n\x0ctags_checked\x18\x01 \x01(\x05\x12\x14\n\x0cruns_started\x18\x02 \x01(\x05\x12\x1c\n\x04runs\x18\x03 \x03(\x0b\x32\x0e.mirror.v1.Run\x12%\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x15.mirror.v1.SweepError\".\n\x19ListUnplacedEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\"\xb2\x01\n\rUnplacedEvent\x12\r\n\x05hosts\x18\x01 \x03(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\x12-\n\tlast_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12suggested_endpoint\x18\x06 \x01(\t\x12\x17\n\x0fsuggested_alias\x18\x07 \x01(\t\"F\n\x1aListUnplacedEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.mirror.v1.UnplacedEvent*\x82\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45VENT_TYPE_PUSH_MIRRORING\x10\x01\x12\x1d\n\x19\x45VENT_TYPE_POLL_MIRRORING\x10\x02\x12\x1b\n\x17\x45VENT_TYPE_TAG_DELETION\x10\x03\x32\xad\x08\n\x0eGatewayService\x12I\n\nNotifyPush\x12\x1c.mirror.v1.NotifyPushRequest\x1a\x1d.mirror.v1.NotifyPushResponse\x12\x43\n\x08ListRuns\x12\x1a.mirror.v1.ListRunsRequest\x1a\x1b.mirror.v1.ListRunsResponse\x12M\n\x0fGetPolicyStatus\x12!.mirror.v1.GetPolicyStatusRequest\x1a\x17.mirror.v1.PolicyStatus\x12L\n\x0b\x41pplyPolicy\x12\x1d.mirror.v1.ApplyPolicyRequest\x1a\x1e.mirror.v1.ApplyPolicyResponse\x12\x46\n\tReconcile\x12\x1b.mirror.v1.ReconcileRequest\x1a\x1c.mirror.v1.ReconcileResponse\x12\x61\n\x12ListUnplacedEvents\x12$.mirror.v1.ListUnplacedEventsRequest\x1a%.mirror.v1.ListUnplacedEventsResponse\x12\x46\n\tListPolls\x12\x1b.mirror.v1.ListPollsRequest\x1a\x1c.mirror.v1.ListPollsResponse\x12L\n\x0bPrunePolicy\x12\x1d.mirror.v1.PrunePolicyRequest\x1a\x1e.mirror.v1.PrunePolicyResponse\x12S\n\x12\x43reateSubscription\x12$.mirror.v1.CreateSubscriptionRequest\x1a\x17.mirror.v1.Subscription\x12M\n\x0fGetSubscription\x12!.mirror.v1.GetSubscriptionRequest\x1a\x17.mirror.v1.Subscription\x12^\n\x11ListSubscriptions\x12#.mirror.v1.ListSubscriptionsRequest\x1a$.mirror.v1.ListSubscriptionsResponse\x12R\n\x12\x44\x65leteSubscription\x12$.mirror.v1.DeleteSubscriptionRequest\x1a\x16.google.protobuf.Empty\x12U\n\x0eListDeliveries\x12 .mirror.v1.ListDeliveriesRequest\x1a!.mirror.v1.ListDeliveriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mirror.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NOTIFYPUSHREQUEST']._serialized_start=95
-  _globals['_NOTIFYPUSHREQUEST']._serialized_end=199
-  _globals['_NOTIFYPUSHRESPONSE']._serialized_start=201
-  _globals['_NOTIFYPUSHRESPONSE']._serialized_end=258
-  _globals['_RUN']._serialized_start=261
-  _globals['_RUN']._serialized_end=1073
-  _globals['_RUN_STATE']._serialized_start=788
-  _globals['_RUN_STATE']._serialized_end=956
-  _globals['_RUN_TRIGGER']._serialized_start=958
-  _globals['_RUN_TRIGGER']._serialized_end=1073
-  _globals['_SWEEPERROR']._serialized_start=1075
-  _globals['_SWEEPERROR']._serialized_end=1161
-  _globals['_LISTRUNSREQUEST']._serialized_start=1163
-  _globals['_LISTRUNSREQUEST']._serialized_end=1276
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1278
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1351
-  _globals['_GETPOLICYSTATUSREQUEST']._serialized_start=1353
-  _globals['_GETPOLICYSTATUSREQUEST']._serialized_end=1396
-  _globals['_POLICYSTATUS']._serialized_start=1399
-  _globals['_POLICYSTATUS']._serialized_end=1705
-  _globals['_APPLYPOLICYREQUEST']._serialized_start=1707
-  _globals['_APPLYPOLICYREQUEST']._serialized_end=1746
-  _globals['_APPLYPOLICYRESPONSE']._serialized_start=1749
-  _globals['_APPLYPOLICYRESPONSE']._serialized_end=1885
-  _globals['_RECONCILEREQUEST']._serialized_start=1887
-  _globals['_RECONCILEREQUEST']._serialized_end=1924
-  _globals['_RECONCILERESPONSE']._serialized_start=1927
-  _globals['_RECONCILERESPONSE']._serialized_end=2059
-  _globals['_LISTUNPLACEDEVENTSREQUEST']._serialized_start=2061
-  _globals['_LISTUNPLACEDEVENTSREQUEST']._serialized_end=2107
-  _globals['_UNPLACEDEVENT']._serialized_start=2110
-  _globals['_UNPLACEDEVENT']._serialized_end=2288
-  _globals['_LISTUNPLACEDEVENTSRESPONSE']._serialized_start=2290
-  _globals['_LISTUNPLACEDEVENTSRESPONSE']._serialized_end=2360
-  _globals['_GATEWAYSERVICE']._serialized_start=2363
-  _globals['_GATEWAYSERVICE']._serialized_end=2851
+  _globals['_EVENTTYPE']._serialized_start=4379
+  _globals['_EVENTTYPE']._serialized_end=4509
+  _globals['_NOTIFYPUSHREQUEST']._serialized_start=124
+  _globals['_NOTIFYPUSHREQUEST']._serialized_end=228
+  _globals['_NOTIFYPUSHRESPONSE']._serialized_start=230
+  _globals['_NOTIFYPUSHRESPONSE']._serialized_end=287
+  _globals['_RUN']._serialized_start=290
+  _globals['_RUN']._serialized_end=1321
+  _globals['_RUN_STATE']._serialized_start=913
+  _globals['_RUN_STATE']._serialized_end=1081
+  _globals['_RUN_TRIGGER']._serialized_start=1084
+  _globals['_RUN_TRIGGER']._serialized_end=1248
+  _globals['_RUN_ACTION']._serialized_start=1250
+  _globals['_RUN_ACTION']._serialized_end=1321
+  _globals['_POLL']._serialized_start=1324
+  _globals['_POLL']._serialized_end=1619
+  _globals['_LISTPOLLSREQUEST']._serialized_start=1621
+  _globals['_LISTPOLLSREQUEST']._serialized_end=1697
+  _globals['_LISTPOLLSRESPONSE']._serialized_start=1699
+  _globals['_LISTPOLLSRESPONSE']._serialized_end=1775
+  _globals['_PRUNEPOLICYREQUEST']._serialized_start=1777
+  _globals['_PRUNEPOLICYREQUEST']._serialized_end=1833
+  _globals['_PRUNEPOLICYRESPONSE']._serialized_start=1835
+  _globals['_PRUNEPOLICYRESPONSE']._serialized_end=1905
+  _globals['_SUBSCRIPTION']._serialized_start=1908
+  _globals['_SUBSCRIPTION']._serialized_end=2094
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_start=2096
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_end=2170
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_start=2172
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_end=2208
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=2210
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=2275
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=2277
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=2377
+  _globals['_DELETESUBSCRIPTIONREQUEST']._serialized_start=2379
+  _globals['_DELETESUBSCRIPTIONREQUEST']._serialized_end=2418
+  _globals['_DELIVERY']._serialized_start=2421
+  _globals['_DELIVERY']._serialized_end=2820
+  _globals['_DELIVERY_STATE']._serialized_start=2732
+  _globals['_DELIVERY_STATE']._serialized_end=2820
+  _globals['_LISTDELIVERIESREQUEST']._serialized_start=2822
+  _globals['_LISTDELIVERIESREQUEST']._serialized_end=2909
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=2911
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=3001
+  _globals['_SWEEPERROR']._serialized_start=3003
+  _globals['_SWEEPERROR']._serialized_end=3089
+  _globals['_LISTRUNSREQUEST']._serialized_start=3091
+  _globals['_LISTRUNSREQUEST']._serialized_end=3204
+  _globals['_LISTRUNSRESPONSE']._serialized_start=3206
+  _globals['_LISTRUNSRESPONSE']._serialized_end=3279
+  _globals['_GETPOLICYSTATUSREQUEST']._serialized_start=3281
+  _globals['_GETPOLICYSTATUSREQUEST']._serialized_end=3324
+  _globals['_POLICYSTATUS']._serialized_start=3327
+  _globals['_POLICYSTATUS']._serialized_end=3721
+  _globals['_APPLYPOLICYREQUEST']._serialized_start=3723
+  _globals['_APPLYPOLICYREQUEST']._serialized_end=3762
+  _globals['_APPLYPOLICYRESPONSE']._serialized_start=3765
+  _globals['_APPLYPOLICYRESPONSE']._serialized_end=3901
+  _globals['_RECONCILEREQUEST']._serialized_start=3903
+  _globals['_RECONCILEREQUEST']._serialized_end=3940
+  _globals['_RECONCILERESPONSE']._serialized_start=3943
+  _globals['_RECONCILERESPONSE']._serialized_end=4075
+  _globals['_LISTUNPLACEDEVENTSREQUEST']._serialized_start=4077
+  _globals['_LISTUNPLACEDEVENTSREQUEST']._serialized_end=4123
+  _globals['_UNPLACEDEVENT']._serialized_start=4126
+  _globals['_UNPLACEDEVENT']._serialized_end=4304
+  _globals['_LISTUNPLACEDEVENTSRESPONSE']._serialized_start=4306
+  _globals['_LISTUNPLACEDEVENTSRESPONSE']._serialized_end=4376
+  _globals['_GATEWAYSERVICE']._serialized_start=4512
+  _globals['_GATEWAYSERVICE']._serialized_end=5581
 # @@protoc_insertion_point(module_scope)

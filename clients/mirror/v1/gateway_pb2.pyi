@@ -21,6 +21,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _EventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_TYPE_UNSPECIFIED: _EventType.ValueType  # 0
+    EVENT_TYPE_PUSH_MIRRORING: _EventType.ValueType  # 1
+    """A run of a push-triggered (or applied) policy ended."""
+    EVENT_TYPE_POLL_MIRRORING: _EventType.ValueType  # 2
+    """A run started by a scheduled poll ended."""
+    EVENT_TYPE_TAG_DELETION: _EventType.ValueType  # 3
+    """A destination tag was deleted (or a dry run recorded a deletion)."""
+
+class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
+    """Outbound notifications of what image-mirror did, POSTed as JSON with
+    `X-Mirror-Signature: sha256=<hex HMAC-SHA256 of the body under the secret>`.
+    """
+
+EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
+EVENT_TYPE_PUSH_MIRRORING: EventType.ValueType  # 1
+"""A run of a push-triggered (or applied) policy ended."""
+EVENT_TYPE_POLL_MIRRORING: EventType.ValueType  # 2
+"""A run started by a scheduled poll ended."""
+EVENT_TYPE_TAG_DELETION: EventType.ValueType  # 3
+"""A destination tag was deleted (or a dry run recorded a deletion)."""
+Global___EventType: _TypeAlias = EventType  # noqa: Y015
+
 @_typing.final
 class NotifyPushRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -133,6 +161,12 @@ class Run(_message.Message):
         TRIGGER_NOTIFY: Run._Trigger.ValueType  # 2
         TRIGGER_APPLY: Run._Trigger.ValueType  # 3
         TRIGGER_RECONCILE: Run._Trigger.ValueType  # 4
+        TRIGGER_SCHEDULE: Run._Trigger.ValueType  # 5
+        """A scheduled poll of the source (pull mirroring)."""
+        TRIGGER_LATE_METADATA: Run._Trigger.ValueType  # 6
+        """Metadata that arrived after the image (a signature, attestation, SBOM or scan report)
+        re-evaluated it; `cause` says which.
+        """
 
     class Trigger(_Trigger, metaclass=_TriggerEnumTypeWrapper): ...
     TRIGGER_UNSPECIFIED: Run.Trigger.ValueType  # 0
@@ -140,6 +174,33 @@ class Run(_message.Message):
     TRIGGER_NOTIFY: Run.Trigger.ValueType  # 2
     TRIGGER_APPLY: Run.Trigger.ValueType  # 3
     TRIGGER_RECONCILE: Run.Trigger.ValueType  # 4
+    TRIGGER_SCHEDULE: Run.Trigger.ValueType  # 5
+    """A scheduled poll of the source (pull mirroring)."""
+    TRIGGER_LATE_METADATA: Run.Trigger.ValueType  # 6
+    """Metadata that arrived after the image (a signature, attestation, SBOM or scan report)
+    re-evaluated it; `cause` says which.
+    """
+
+    class _Action:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Run._Action.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ACTION_COPY: Run._Action.ValueType  # 0
+        """Copy the image (every run before deletions existed)."""
+        ACTION_DELETE: Run._Action.ValueType  # 1
+        """Delete the destination tag this policy wrote (source tag deleted, or pruned)."""
+        ACTION_DELETE_DRY_RUN: Run._Action.ValueType  # 2
+        """A deletion that a dry run recorded without deleting."""
+
+    class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
+    ACTION_COPY: Run.Action.ValueType  # 0
+    """Copy the image (every run before deletions existed)."""
+    ACTION_DELETE: Run.Action.ValueType  # 1
+    """Delete the destination tag this policy wrote (source tag deleted, or pruned)."""
+    ACTION_DELETE_DRY_RUN: Run.Action.ValueType  # 2
+    """A deletion that a dry run recorded without deleting."""
 
     ID_FIELD_NUMBER: _builtins.int
     POLICY_ID_FIELD_NUMBER: _builtins.int
@@ -158,6 +219,10 @@ class Run(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
     HOP_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_DIGEST_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    POLL_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     policy_id: _builtins.str
     policy_name: _builtins.str
@@ -170,6 +235,13 @@ class Run(_message.Message):
     transfer_id: _builtins.str
     hop: _builtins.int
     """Number of image-mirror hops before this run (len(provenance)); bounded by the hop limit."""
+    cause: _builtins.str
+    """What made this run, in words ("signature sha256:... arrived", "poll 3f2a...")."""
+    previous_digest: _builtins.str
+    """The digest the destination tag held before (a tag that moved upstream), when known."""
+    action: Global___Run.Action.ValueType
+    poll_id: _builtins.str
+    """The poll that started this run (TRIGGER_SCHEDULE)."""
     @_builtins.property
     def source(self) -> _common_pb2.ImageLocation:
         """Source endpoint, repository, tag."""
@@ -208,14 +280,442 @@ class Run(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         provenance: _abc.Iterable[_common_pb2.ImageLocation] | None = ...,
         hop: _builtins.int = ...,
+        cause: _builtins.str = ...,
+        previous_digest: _builtins.str = ...,
+        action: Global___Run.Action.ValueType = ...,
+        poll_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "destination", b"destination", "end_time", b"end_time", "source", b"source", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "destination", b"destination", "destination_tag", b"destination_tag", "end_time", b"end_time", "event_id", b"event_id", "hop", b"hop", "id", b"id", "message", b"message", "policy_id", b"policy_id", "policy_name", b"policy_name", "provenance", b"provenance", "source", b"source", "source_digest", b"source_digest", "state", b"state", "transfer_id", b"transfer_id", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cause", b"cause", "create_time", b"create_time", "destination", b"destination", "destination_tag", b"destination_tag", "end_time", b"end_time", "event_id", b"event_id", "hop", b"hop", "id", b"id", "message", b"message", "policy_id", b"policy_id", "policy_name", b"policy_name", "poll_id", b"poll_id", "previous_digest", b"previous_digest", "provenance", b"provenance", "source", b"source", "source_digest", b"source_digest", "state", b"state", "transfer_id", b"transfer_id", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class Poll(_message.Message):
+    """One scheduled poll of a policy's source: what it saw and did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    POLICY_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    TAGS_LISTED_FIELD_NUMBER: _builtins.int
+    TAGS_CHANGED_FIELD_NUMBER: _builtins.int
+    TAGS_COPIED_FIELD_NUMBER: _builtins.int
+    TAGS_SKIPPED_FIELD_NUMBER: _builtins.int
+    TAGS_FAILED_FIELD_NUMBER: _builtins.int
+    TAGS_DELETED_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    policy_id: _builtins.str
+    tags_listed: _builtins.int
+    tags_changed: _builtins.int
+    """New tags, or tags that point at another digest than last time."""
+    tags_copied: _builtins.int
+    tags_skipped: _builtins.int
+    tags_failed: _builtins.int
+    tags_deleted: _builtins.int
+    requests: _builtins.int
+    """Registry requests the poll made (tag-list pages + HEADs + ...)."""
+    message: _builtins.str
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        policy_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        tags_listed: _builtins.int = ...,
+        tags_changed: _builtins.int = ...,
+        tags_copied: _builtins.int = ...,
+        tags_skipped: _builtins.int = ...,
+        tags_failed: _builtins.int = ...,
+        tags_deleted: _builtins.int = ...,
+        requests: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "id", b"id", "message", b"message", "policy_id", b"policy_id", "requests", b"requests", "start_time", b"start_time", "tags_changed", b"tags_changed", "tags_copied", b"tags_copied", "tags_deleted", b"tags_deleted", "tags_failed", b"tags_failed", "tags_listed", b"tags_listed", "tags_skipped", b"tags_skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Poll: _TypeAlias = Poll  # noqa: Y015
+
+@_typing.final
+class ListPollsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    policy_id: _builtins.str
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        policy_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "policy_id", b"policy_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPollsRequest: _TypeAlias = ListPollsRequest  # noqa: Y015
+
+@_typing.final
+class ListPollsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLLS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def polls(self) -> _containers.RepeatedCompositeFieldContainer[Global___Poll]: ...
+    def __init__(
+        self,
+        *,
+        polls: _abc.Iterable[Global___Poll] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "polls", b"polls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPollsResponse: _TypeAlias = ListPollsResponse  # noqa: Y015
+
+@_typing.final
+class PrunePolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_ID_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    policy_id: _builtins.str
+    dry_run: _builtins.bool
+    """Record what would be deleted; delete nothing."""
+    def __init__(
+        self,
+        *,
+        policy_id: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "policy_id", b"policy_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrunePolicyRequest: _TypeAlias = PrunePolicyRequest  # noqa: Y015
+
+@_typing.final
+class PrunePolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    TAGS_KEPT_FIELD_NUMBER: _builtins.int
+    tags_kept: _builtins.int
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]:
+        """One ACTION_DELETE (or ACTION_DELETE_DRY_RUN) run per destination tag this policy wrote
+        that no longer matches (its source tag is gone or no longer passes the rule).
+        """
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___Run] | None = ...,
+        tags_kept: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs", "tags_kept", b"tags_kept"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrunePolicyResponse: _TypeAlias = PrunePolicyResponse  # noqa: Y015
+
+@_typing.final
+class Subscription(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    POLICY_ID_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    HAS_SECRET_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Server-assigned."""
+    url: _builtins.str
+    """Where events are POSTed (http or https)."""
+    policy_id: _builtins.str
+    """Only runs of this policy (empty: all policies)."""
+    secret: _builtins.str
+    """HMAC key of the signature header. Input only (never returned; see has_secret); the server
+    makes one when empty and returns it once, in CreateSubscription's answer only.
+    """
+    has_secret: _builtins.bool
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[Global___EventType.ValueType]:
+        """Empty: every type."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        event_types: _abc.Iterable[Global___EventType.ValueType] | None = ...,
+        policy_id: _builtins.str = ...,
+        secret: _builtins.str = ...,
+        has_secret: _builtins.bool = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "event_types", b"event_types", "has_secret", b"has_secret", "id", b"id", "policy_id", b"policy_id", "secret", b"secret", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Subscription: _TypeAlias = Subscription  # noqa: Y015
+
+@_typing.final
+class CreateSubscriptionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription: ...
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSubscriptionRequest: _TypeAlias = CreateSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class GetSubscriptionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubscriptionRequest: _TypeAlias = GetSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class ListSubscriptionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubscriptionsRequest: _TypeAlias = ListSubscriptionsRequest  # noqa: Y015
+
+@_typing.final
+class ListSubscriptionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def subscriptions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Subscription]: ...
+    def __init__(
+        self,
+        *,
+        subscriptions: _abc.Iterable[Global___Subscription] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "subscriptions", b"subscriptions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubscriptionsResponse: _TypeAlias = ListSubscriptionsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteSubscriptionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSubscriptionRequest: _TypeAlias = DeleteSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class Delivery(_message.Message):
+    """One attempt history of sending one event to one subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Delivery._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: Delivery._State.ValueType  # 0
+        STATE_PENDING: Delivery._State.ValueType  # 1
+        STATE_DELIVERED: Delivery._State.ValueType  # 2
+        STATE_FAILED: Delivery._State.ValueType  # 3
+        """Gave up after the retries; `message` says why."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: Delivery.State.ValueType  # 0
+    STATE_PENDING: Delivery.State.ValueType  # 1
+    STATE_DELIVERED: Delivery.State.ValueType  # 2
+    STATE_FAILED: Delivery.State.ValueType  # 3
+    """Gave up after the retries; `message` says why."""
+
+    ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    RESPONSE_CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    subscription_id: _builtins.str
+    event_type: Global___EventType.ValueType
+    run_id: _builtins.str
+    state: Global___Delivery.State.ValueType
+    attempts: _builtins.int
+    response_code: _builtins.int
+    """HTTP status of the last attempt (0: no answer)."""
+    message: _builtins.str
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_attempt_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+        event_type: Global___EventType.ValueType = ...,
+        run_id: _builtins.str = ...,
+        state: Global___Delivery.State.ValueType = ...,
+        attempts: _builtins.int = ...,
+        response_code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        last_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_attempt_time", b"last_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "event_type", b"event_type", "id", b"id", "last_attempt_time", b"last_attempt_time", "message", b"message", "response_code", b"response_code", "run_id", b"run_id", "state", b"state", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesRequest: _TypeAlias = ListDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]: ...
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___Delivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesResponse: _TypeAlias = ListDeliveriesResponse  # noqa: Y015
 
 @_typing.final
 class SweepError(_message.Message):
@@ -333,6 +833,8 @@ class PolicyStatus(_message.Message):
     RUNS_TOTAL_FIELD_NUMBER: _builtins.int
     RUNS_SUCCEEDED_FIELD_NUMBER: _builtins.int
     RUNS_FAILED_FIELD_NUMBER: _builtins.int
+    LAST_POLL_FIELD_NUMBER: _builtins.int
+    NEXT_POLL_TIME_FIELD_NUMBER: _builtins.int
     policy_id: _builtins.str
     last_state: Global___Run.State.ValueType
     """State of the most recent run (STATE_UNSPECIFIED when it never ran)."""
@@ -346,6 +848,12 @@ class PolicyStatus(_message.Message):
     def last_success_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def last_failure_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_poll(self) -> Global___Poll:
+        """Scheduled policies: the most recent poll and when the next one is due."""
+
+    @_builtins.property
+    def next_poll_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -358,10 +866,12 @@ class PolicyStatus(_message.Message):
         runs_total: _builtins.int = ...,
         runs_succeeded: _builtins.int = ...,
         runs_failed: _builtins.int = ...,
+        last_poll: Global___Poll | None = ...,
+        next_poll_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_failure_time", b"last_failure_time", "last_run", b"last_run", "last_success_time", b"last_success_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_failure_time", b"last_failure_time", "last_poll", b"last_poll", "last_run", b"last_run", "last_success_time", b"last_success_time", "next_poll_time", b"next_poll_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_failure_time", b"last_failure_time", "last_message", b"last_message", "last_run", b"last_run", "last_state", b"last_state", "last_success_time", b"last_success_time", "policy_id", b"policy_id", "runs_failed", b"runs_failed", "runs_succeeded", b"runs_succeeded", "runs_total", b"runs_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_failure_time", b"last_failure_time", "last_message", b"last_message", "last_poll", b"last_poll", "last_run", b"last_run", "last_state", b"last_state", "last_success_time", b"last_success_time", "next_poll_time", b"next_poll_time", "policy_id", b"policy_id", "runs_failed", b"runs_failed", "runs_succeeded", b"runs_succeeded", "runs_total", b"runs_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from mirror.v1 import gateway_pb2 as mirror_dot_v1_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -65,6 +66,41 @@ class GatewayServiceStub:
                 request_serializer=mirror_dot_v1_dot_gateway__pb2.ListUnplacedEventsRequest.SerializeToString,
                 response_deserializer=mirror_dot_v1_dot_gateway__pb2.ListUnplacedEventsResponse.FromString,
                 _registered_method=True)
+        self.ListPolls = channel.unary_unary(
+                '/mirror.v1.GatewayService/ListPolls',
+                request_serializer=mirror_dot_v1_dot_gateway__pb2.ListPollsRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_gateway__pb2.ListPollsResponse.FromString,
+                _registered_method=True)
+        self.PrunePolicy = channel.unary_unary(
+                '/mirror.v1.GatewayService/PrunePolicy',
+                request_serializer=mirror_dot_v1_dot_gateway__pb2.PrunePolicyRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_gateway__pb2.PrunePolicyResponse.FromString,
+                _registered_method=True)
+        self.CreateSubscription = channel.unary_unary(
+                '/mirror.v1.GatewayService/CreateSubscription',
+                request_serializer=mirror_dot_v1_dot_gateway__pb2.CreateSubscriptionRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_gateway__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.GetSubscription = channel.unary_unary(
+                '/mirror.v1.GatewayService/GetSubscription',
+                request_serializer=mirror_dot_v1_dot_gateway__pb2.GetSubscriptionRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_gateway__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.ListSubscriptions = channel.unary_unary(
+                '/mirror.v1.GatewayService/ListSubscriptions',
+                request_serializer=mirror_dot_v1_dot_gateway__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_gateway__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSubscription = channel.unary_unary(
+                '/mirror.v1.GatewayService/DeleteSubscription',
+                request_serializer=mirror_dot_v1_dot_gateway__pb2.DeleteSubscriptionRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListDeliveries = channel.unary_unary(
+                '/mirror.v1.GatewayService/ListDeliveries',
+                request_serializer=mirror_dot_v1_dot_gateway__pb2.ListDeliveriesRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_gateway__pb2.ListDeliveriesResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -112,6 +148,51 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPolls(self, request, context):
+        """Scheduled polls of a policy, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrunePolicy(self, request, context):
+        """Delete destination tags this policy wrote that no longer match (or list them: dry_run).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSubscription(self, request, context):
+        """Outbound events (HMAC-signed webhooks) and their delivery log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSubscription(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubscriptions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSubscription(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeliveries(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +225,41 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListUnplacedEvents,
                     request_deserializer=mirror_dot_v1_dot_gateway__pb2.ListUnplacedEventsRequest.FromString,
                     response_serializer=mirror_dot_v1_dot_gateway__pb2.ListUnplacedEventsResponse.SerializeToString,
+            ),
+            'ListPolls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolls,
+                    request_deserializer=mirror_dot_v1_dot_gateway__pb2.ListPollsRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_gateway__pb2.ListPollsResponse.SerializeToString,
+            ),
+            'PrunePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrunePolicy,
+                    request_deserializer=mirror_dot_v1_dot_gateway__pb2.PrunePolicyRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_gateway__pb2.PrunePolicyResponse.SerializeToString,
+            ),
+            'CreateSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSubscription,
+                    request_deserializer=mirror_dot_v1_dot_gateway__pb2.CreateSubscriptionRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_gateway__pb2.Subscription.SerializeToString,
+            ),
+            'GetSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubscription,
+                    request_deserializer=mirror_dot_v1_dot_gateway__pb2.GetSubscriptionRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_gateway__pb2.Subscription.SerializeToString,
+            ),
+            'ListSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubscriptions,
+                    request_deserializer=mirror_dot_v1_dot_gateway__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_gateway__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'DeleteSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSubscription,
+                    request_deserializer=mirror_dot_v1_dot_gateway__pb2.DeleteSubscriptionRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveries,
+                    request_deserializer=mirror_dot_v1_dot_gateway__pb2.ListDeliveriesRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_gateway__pb2.ListDeliveriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +425,195 @@ class GatewayService:
             '/mirror.v1.GatewayService/ListUnplacedEvents',
             mirror_dot_v1_dot_gateway__pb2.ListUnplacedEventsRequest.SerializeToString,
             mirror_dot_v1_dot_gateway__pb2.ListUnplacedEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.GatewayService/ListPolls',
+            mirror_dot_v1_dot_gateway__pb2.ListPollsRequest.SerializeToString,
+            mirror_dot_v1_dot_gateway__pb2.ListPollsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrunePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.GatewayService/PrunePolicy',
+            mirror_dot_v1_dot_gateway__pb2.PrunePolicyRequest.SerializeToString,
+            mirror_dot_v1_dot_gateway__pb2.PrunePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.GatewayService/CreateSubscription',
+            mirror_dot_v1_dot_gateway__pb2.CreateSubscriptionRequest.SerializeToString,
+            mirror_dot_v1_dot_gateway__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.GatewayService/GetSubscription',
+            mirror_dot_v1_dot_gateway__pb2.GetSubscriptionRequest.SerializeToString,
+            mirror_dot_v1_dot_gateway__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.GatewayService/ListSubscriptions',
+            mirror_dot_v1_dot_gateway__pb2.ListSubscriptionsRequest.SerializeToString,
+            mirror_dot_v1_dot_gateway__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.GatewayService/DeleteSubscription',
+            mirror_dot_v1_dot_gateway__pb2.DeleteSubscriptionRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.GatewayService/ListDeliveries',
+            mirror_dot_v1_dot_gateway__pb2.ListDeliveriesRequest.SerializeToString,
+            mirror_dot_v1_dot_gateway__pb2.ListDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from mirror.v1 import gateway_pb2 as _gateway_pb2
 import abc as _abc_1
@@ -45,6 +46,16 @@ class GatewayServiceStub:
     """Events that came from registries no endpoint (or alias) names, with the alias that would
     place them (mirrorctl status).
     """
+    ListPolls: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListPollsRequest, _gateway_pb2.ListPollsResponse]
+    """Scheduled polls of a policy, newest first."""
+    PrunePolicy: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PrunePolicyRequest, _gateway_pb2.PrunePolicyResponse]
+    """Delete destination tags this policy wrote that no longer match (or list them: dry_run)."""
+    CreateSubscription: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateSubscriptionRequest, _gateway_pb2.Subscription]
+    """Outbound events (HMAC-signed webhooks) and their delivery log."""
+    GetSubscription: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetSubscriptionRequest, _gateway_pb2.Subscription]
+    ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListSubscriptionsRequest, _gateway_pb2.ListSubscriptionsResponse]
+    DeleteSubscription: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DeleteSubscriptionRequest, _empty_pb2.Empty]
+    ListDeliveries: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListDeliveriesRequest, _gateway_pb2.ListDeliveriesResponse]
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -63,6 +74,16 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Events that came from registries no endpoint (or alias) names, with the alias that would
     place them (mirrorctl status).
     """
+    ListPolls: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListPollsRequest, _gateway_pb2.ListPollsResponse]  # type: ignore[assignment]
+    """Scheduled polls of a policy, newest first."""
+    PrunePolicy: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PrunePolicyRequest, _gateway_pb2.PrunePolicyResponse]  # type: ignore[assignment]
+    """Delete destination tags this policy wrote that no longer match (or list them: dry_run)."""
+    CreateSubscription: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateSubscriptionRequest, _gateway_pb2.Subscription]  # type: ignore[assignment]
+    """Outbound events (HMAC-signed webhooks) and their delivery log."""
+    GetSubscription: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetSubscriptionRequest, _gateway_pb2.Subscription]  # type: ignore[assignment]
+    ListSubscriptions: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListSubscriptionsRequest, _gateway_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
+    DeleteSubscription: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DeleteSubscriptionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    ListDeliveries: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListDeliveriesRequest, _gateway_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """Turns registry pushes into mirrored images and keeps each policy's run history."""
@@ -114,5 +135,57 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """Events that came from registries no endpoint (or alias) names, with the alias that would
         place them (mirrorctl status).
         """
+
+    @_abc_1.abstractmethod
+    def ListPolls(
+        self,
+        request: _gateway_pb2.ListPollsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListPollsResponse, _abc.Awaitable[_gateway_pb2.ListPollsResponse]]:
+        """Scheduled polls of a policy, newest first."""
+
+    @_abc_1.abstractmethod
+    def PrunePolicy(
+        self,
+        request: _gateway_pb2.PrunePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.PrunePolicyResponse, _abc.Awaitable[_gateway_pb2.PrunePolicyResponse]]:
+        """Delete destination tags this policy wrote that no longer match (or list them: dry_run)."""
+
+    @_abc_1.abstractmethod
+    def CreateSubscription(
+        self,
+        request: _gateway_pb2.CreateSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.Subscription, _abc.Awaitable[_gateway_pb2.Subscription]]:
+        """Outbound events (HMAC-signed webhooks) and their delivery log."""
+
+    @_abc_1.abstractmethod
+    def GetSubscription(
+        self,
+        request: _gateway_pb2.GetSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.Subscription, _abc.Awaitable[_gateway_pb2.Subscription]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSubscriptions(
+        self,
+        request: _gateway_pb2.ListSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListSubscriptionsResponse, _abc.Awaitable[_gateway_pb2.ListSubscriptionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteSubscription(
+        self,
+        request: _gateway_pb2.DeleteSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDeliveries(
+        self,
+        request: _gateway_pb2.ListDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListDeliveriesResponse, _abc.Awaitable[_gateway_pb2.ListDeliveriesResponse]]: ...
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

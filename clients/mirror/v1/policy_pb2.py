@@ -22,13 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from mirror.v1 import common_pb2 as mirror_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mirror/v1/policy.proto\x12\tmirror.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mirror/v1/common.proto\"\x9b\x04\n\x06Policy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x1d\n\x11source_repository\x18\x04 \x01(\tB\x02\x18\x01\x12\x0c\n\x04rule\x18\x05 \x01(\t\x12!\n\x06target\x18\x06 \x01(\x0b\x32\x11.mirror.v1.Target\x12\x14\n\x0ctag_template\x18\x07 \x01(\t\x12\x11\n\ttime_zone\x18\x08 \x01(\t\x12\x0f\n\x07\x65nabled\x18\t \x01(\x08\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t\x12+\n\x0erequired_facts\x18\r \x03(\x0e\x32\x13.mirror.v1.FactKind\x12\'\n\x06source\x18\x0e \x01(\x0b\x32\x17.mirror.v1.PolicySource\x12\'\n\toverwrite\x18\x0f \x01(\x0e\x32\x14.mirror.v1.Overwrite\x12\x1e\n\x16\x61llow_incomplete_facts\x18\x10 \x01(\x08\x12\x30\n\x0c\x61\x63tive_since\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64isabled_reason\x18\x12 \x01(\t\"4\n\x0cPolicySource\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\"O\n\x13\x43reatePolicyRequest\x12!\n\x06policy\x18\x01 \x01(\x0b\x32\x11.mirror.v1.Policy\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"\x1e\n\x10GetPolicyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x82\x01\n\x13ListPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x19\n\x11source_repository\x18\x03 \x01(\t\x12\x17\n\x0fsource_endpoint\x18\x04 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\"T\n\x14ListPoliciesResponse\x12#\n\x08policies\x18\x01 \x03(\x0b\x32\x11.mirror.v1.Policy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"i\n\x13UpdatePolicyRequest\x12!\n\x06policy\x18\x01 \x01(\x0b\x32\x11.mirror.v1.Policy\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"/\n\x13\x44\x65letePolicyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"x\n\tRuleError\x12\x0c\n\x04line\x18\x01 \x01(\x05\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x16\n\x0eoffending_text\x18\x04 \x01(\t\x12\x10\n\x08\x65xpected\x18\x05 \x03(\t\x12\x12\n\nsuggestion\x18\x06 \x01(\t\"L\n\x13ValidateRuleRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x14\n\x0ctag_template\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\"\xa1\x01\n\x14ValidateRuleResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12$\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x14.mirror.v1.RuleError\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12+\n\x0erequired_facts\x18\x04 \x03(\x0e\x32\x13.mirror.v1.FactKind\x12\x17\n\x0ftemplate_errors\x18\x05 \x03(\t\"[\n\x0c\x43lauseResult\x12\x0e\n\x06\x63lause\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06result\x18\x03 \x01(\x08\x12\x0c\n\x04line\x18\x04 \x01(\x05\x12\x0e\n\x06\x63olumn\x18\x05 \x01(\x05\"s\n\x0b\x45xplanation\x12(\n\x07\x63lauses\x18\x01 \x03(\x0b\x32\x17.mirror.v1.ClauseResult\x12\x0e\n\x06result\x18\x02 \x01(\x08\x12*\n\rmissing_facts\x18\x03 \x03(\x0e\x32\x13.mirror.v1.FactKind\"\x8f\x01\n\x0f\x45valuateRequest\x12$\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x15.mirror.v1.ImageFacts\x12\x0f\n\x07\x65xplain\x18\x02 \x01(\x08\x12\x33\n\x0f\x65valuation_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\"\xee\x01\n\x0cPolicyResult\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x02 \x01(\t\x12\x0f\n\x07matched\x18\x03 \x01(\x08\x12!\n\x06target\x18\x04 \x01(\x0b\x32\x11.mirror.v1.Target\x12\x0b\n\x03tag\x18\x05 \x01(\t\x12+\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x16.mirror.v1.Explanation\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0f\n\x07\x62locked\x18\x08 \x01(\x08\x12\'\n\toverwrite\x18\t \x01(\x0e\x32\x14.mirror.v1.Overwrite\"i\n\x10\x45valuateResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.mirror.v1.PolicyResult\x12+\n\x0erequired_facts\x18\x02 \x03(\x0e\x32\x13.mirror.v1.FactKind\"I\n\x13\x45valuateRuleRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12$\n\x05\x66\x61\x63ts\x18\x02 \x01(\x0b\x32\x15.mirror.v1.ImageFacts\"T\n\x14\x45valuateRuleResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x08\x12+\n\x0b\x65xplanation\x18\x02 \x01(\x0b\x32\x16.mirror.v1.Explanation\"B\n\x1aGetFactRequirementsRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"`\n\x10\x46\x61\x63tRequirements\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\"\n\x05kinds\x18\x02 \x03(\x0e\x32\x13.mirror.v1.FactKind\x12\x14\n\x0cpolicy_count\x18\x03 \x01(\x05*Q\n\tOverwrite\x12\x19\n\x15OVERWRITE_UNSPECIFIED\x10\x00\x12\x14\n\x10OVERWRITE_ALWAYS\x10\x01\x12\x13\n\x0fOVERWRITE_NEVER\x10\x02\x32\xad\x05\n\rPolicyService\x12\x41\n\x0c\x43reatePolicy\x12\x1e.mirror.v1.CreatePolicyRequest\x1a\x11.mirror.v1.Policy\x12;\n\tGetPolicy\x12\x1b.mirror.v1.GetPolicyRequest\x1a\x11.mirror.v1.Policy\x12O\n\x0cListPolicies\x12\x1e.mirror.v1.ListPoliciesRequest\x1a\x1f.mirror.v1.ListPoliciesResponse\x12\x41\n\x0cUpdatePolicy\x12\x1e.mirror.v1.UpdatePolicyRequest\x1a\x11.mirror.v1.Policy\x12\x46\n\x0c\x44\x65letePolicy\x12\x1e.mirror.v1.DeletePolicyRequest\x1a\x16.google.protobuf.Empty\x12O\n\x0cValidateRule\x12\x1e.mirror.v1.ValidateRuleRequest\x1a\x1f.mirror.v1.ValidateRuleResponse\x12\x43\n\x08\x45valuate\x12\x1a.mirror.v1.EvaluateRequest\x1a\x1b.mirror.v1.EvaluateResponse\x12O\n\x0c\x45valuateRule\x12\x1e.mirror.v1.EvaluateRuleRequest\x1a\x1f.mirror.v1.EvaluateRuleResponse\x12Y\n\x13GetFactRequirements\x12%.mirror.v1.GetFactRequirementsRequest\x1a\x1b.mirror.v1.FactRequirementsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mirror/v1/policy.proto\x12\tmirror.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mirror/v1/common.proto\"\xe5\x05\n\x06Policy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x1d\n\x11source_repository\x18\x04 \x01(\tB\x02\x18\x01\x12\x0c\n\x04rule\x18\x05 \x01(\t\x12!\n\x06target\x18\x06 \x01(\x0b\x32\x11.mirror.v1.Target\x12\x14\n\x0ctag_template\x18\x07 \x01(\t\x12\x11\n\ttime_zone\x18\x08 \x01(\t\x12\x0f\n\x07\x65nabled\x18\t \x01(\x08\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t\x12+\n\x0erequired_facts\x18\r \x03(\x0e\x32\x13.mirror.v1.FactKind\x12\'\n\x06source\x18\x0e \x01(\x0b\x32\x17.mirror.v1.PolicySource\x12\'\n\toverwrite\x18\x0f \x01(\x0e\x32\x14.mirror.v1.Overwrite\x12\x1e\n\x16\x61llow_incomplete_facts\x18\x10 \x01(\x08\x12\x30\n\x0c\x61\x63tive_since\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64isabled_reason\x18\x12 \x01(\t\x12)\n\x07trigger\x18\x13 \x01(\x0b\x32\x18.mirror.v1.PolicyTrigger\x12\x11\n\tplatforms\x18\x14 \x03(\t\x12\x13\n\x0bkeep_newest\x18\x15 \x01(\x05\x12*\n\tdeletions\x18\x16 \x01(\x0e\x32\x17.mirror.v1.DeletionMode\x12\x16\n\x0e\x63opy_referrers\x18\x17 \x03(\t\x12\x31\n\x0esignature_wait\x18\x18 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9b\x01\n\rPolicyTrigger\x12&\n\x04push\x18\x01 \x01(\x0b\x32\x16.mirror.v1.PushTriggerH\x00\x12.\n\x08schedule\x18\x02 \x01(\x0b\x32\x1a.mirror.v1.ScheduleTriggerH\x00\x12*\n\x06manual\x18\x03 \x01(\x0b\x32\x18.mirror.v1.ManualTriggerH\x00\x42\x06\n\x04kind\"\r\n\x0bPushTrigger\"w\n\x0fScheduleTrigger\x12+\n\x08interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x63ron\x18\x02 \x01(\t\x12)\n\x06jitter\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x0f\n\rManualTrigger\"\x8b\x01\n\nTrustedKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x02 \x01(\t\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x17\x43reateTrustedKeyRequest\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.mirror.v1.TrustedKey\"$\n\x14GetTrustedKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x16ListTrustedKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x17ListTrustedKeysResponse\x12#\n\x04keys\x18\x01 \x03(\x0b\x32\x15.mirror.v1.TrustedKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteTrustedKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x0cPolicySource\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\"O\n\x13\x43reatePolicyRequest\x12!\n\x06policy\x18\x01 \x01(\x0b\x32\x11.mirror.v1.Policy\x12\x15\n\rvalidate_only\x18\x02 \x01(\x08\"\x1e\n\x10GetPolicyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x82\x01\n\x13ListPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x19\n\x11source_repository\x18\x03 \x01(\t\x12\x17\n\x0fsource_endpoint\x18\x04 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\"T\n\x14ListPoliciesResponse\x12#\n\x08policies\x18\x01 \x03(\x0b\x32\x11.mirror.v1.Policy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"i\n\x13UpdatePolicyRequest\x12!\n\x06policy\x18\x01 \x01(\x0b\x32\x11.mirror.v1.Policy\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"/\n\x13\x44\x65letePolicyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"x\n\tRuleError\x12\x0c\n\x04line\x18\x01 \x01(\x05\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x16\n\x0eoffending_text\x18\x04 \x01(\t\x12\x10\n\x08\x65xpected\x18\x05 \x03(\t\x12\x12\n\nsuggestion\x18\x06 \x01(\t\"L\n\x13ValidateRuleRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x14\n\x0ctag_template\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\"\xa1\x01\n\x14ValidateRuleResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12$\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x14.mirror.v1.RuleError\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12+\n\x0erequired_facts\x18\x04 \x03(\x0e\x32\x13.mirror.v1.FactKind\x12\x17\n\x0ftemplate_errors\x18\x05 \x03(\t\"[\n\x0c\x43lauseResult\x12\x0e\n\x06\x63lause\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0e\n\x06result\x18\x03 \x01(\x08\x12\x0c\n\x04line\x18\x04 \x01(\x05\x12\x0e\n\x06\x63olumn\x18\x05 \x01(\x05\"s\n\x0b\x45xplanation\x12(\n\x07\x63lauses\x18\x01 \x03(\x0b\x32\x17.mirror.v1.ClauseResult\x12\x0e\n\x06result\x18\x02 \x01(\x08\x12*\n\rmissing_facts\x18\x03 \x03(\x0e\x32\x13.mirror.v1.FactKind\"\x8f\x01\n\x0f\x45valuateRequest\x12$\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x15.mirror.v1.ImageFacts\x12\x0f\n\x07\x65xplain\x18\x02 \x01(\x08\x12\x33\n\x0f\x65valuation_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\"\xee\x01\n\x0cPolicyResult\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x02 \x01(\t\x12\x0f\n\x07matched\x18\x03 \x01(\x08\x12!\n\x06target\x18\x04 \x01(\x0b\x32\x11.mirror.v1.Target\x12\x0b\n\x03tag\x18\x05 \x01(\t\x12+\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x16.mirror.v1.Explanation\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0f\n\x07\x62locked\x18\x08 \x01(\x08\x12\'\n\toverwrite\x18\t \x01(\x0e\x32\x14.mirror.v1.Overwrite\"i\n\x10\x45valuateResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.mirror.v1.PolicyResult\x12+\n\x0erequired_facts\x18\x02 \x03(\x0e\x32\x13.mirror.v1.FactKind\"I\n\x13\x45valuateRuleRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12$\n\x05\x66\x61\x63ts\x18\x02 \x01(\x0b\x32\x15.mirror.v1.ImageFacts\"T\n\x14\x45valuateRuleResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x08\x12+\n\x0b\x65xplanation\x18\x02 \x01(\x0b\x32\x16.mirror.v1.Explanation\"B\n\x1aGetFactRequirementsRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"`\n\x10\x46\x61\x63tRequirements\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\"\n\x05kinds\x18\x02 \x03(\x0e\x32\x13.mirror.v1.FactKind\x12\x14\n\x0cpolicy_count\x18\x03 \x01(\x05*|\n\x0c\x44\x65letionMode\x12\x1d\n\x19\x44\x45LETION_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x45LETION_MODE_OFF\x10\x01\x12\x1b\n\x17\x44\x45LETION_MODE_PROPAGATE\x10\x02\x12\x19\n\x15\x44\x45LETION_MODE_DRY_RUN\x10\x03*Q\n\tOverwrite\x12\x19\n\x15OVERWRITE_UNSPECIFIED\x10\x00\x12\x14\n\x10OVERWRITE_ALWAYS\x10\x01\x12\x13\n\x0fOVERWRITE_NEVER\x10\x02\x32\xef\x07\n\rPolicyService\x12\x41\n\x0c\x43reatePolicy\x12\x1e.mirror.v1.CreatePolicyRequest\x1a\x11.mirror.v1.Policy\x12;\n\tGetPolicy\x12\x1b.mirror.v1.GetPolicyRequest\x1a\x11.mirror.v1.Policy\x12O\n\x0cListPolicies\x12\x1e.mirror.v1.ListPoliciesRequest\x1a\x1f.mirror.v1.ListPoliciesResponse\x12\x41\n\x0cUpdatePolicy\x12\x1e.mirror.v1.UpdatePolicyRequest\x1a\x11.mirror.v1.Policy\x12\x46\n\x0c\x44\x65letePolicy\x12\x1e.mirror.v1.DeletePolicyRequest\x1a\x16.google.protobuf.Empty\x12O\n\x0cValidateRule\x12\x1e.mirror.v1.ValidateRuleRequest\x1a\x1f.mirror.v1.ValidateRuleResponse\x12\x43\n\x08\x45valuate\x12\x1a.mirror.v1.EvaluateRequest\x1a\x1b.mirror.v1.EvaluateResponse\x12O\n\x0c\x45valuateRule\x12\x1e.mirror.v1.EvaluateRuleRequest\x1a\x1f.mirror.v1.EvaluateRuleResponse\x12Y\n\x13GetFactRequirements\x12%.mirror.v1.GetFactRequirementsRequest\x1a\x1b.mirror.v1.FactRequirements\x12M\n\x10\x43reateTrustedKey\x12\".mirror.v1.CreateTrustedKeyRequest\x1a\x15.mirror.v1.TrustedKey\x12G\n\rGetTrustedKey\x12\x1f.mirror.v1.GetTrustedKeyRequest\x1a\x15.mirror.v1.TrustedKey\x12X\n\x0fListTrustedKeys\x12!.mirror.v1.ListTrustedKeysRequest\x1a\".mirror.v1.ListTrustedKeysResponse\x12N\n\x10\x44\x65leteTrustedKey\x12\".mirror.v1.DeleteTrustedKeyRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,48 +38,70 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POLICY'].fields_by_name['source_repository']._loaded_options = None
   _globals['_POLICY'].fields_by_name['source_repository']._serialized_options = b'\030\001'
-  _globals['_OVERWRITE']._serialized_start=2636
-  _globals['_OVERWRITE']._serialized_end=2717
-  _globals['_POLICY']._serialized_start=158
-  _globals['_POLICY']._serialized_end=697
-  _globals['_POLICYSOURCE']._serialized_start=699
-  _globals['_POLICYSOURCE']._serialized_end=751
-  _globals['_CREATEPOLICYREQUEST']._serialized_start=753
-  _globals['_CREATEPOLICYREQUEST']._serialized_end=832
-  _globals['_GETPOLICYREQUEST']._serialized_start=834
-  _globals['_GETPOLICYREQUEST']._serialized_end=864
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=867
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=997
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=999
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1083
-  _globals['_UPDATEPOLICYREQUEST']._serialized_start=1085
-  _globals['_UPDATEPOLICYREQUEST']._serialized_end=1190
-  _globals['_DELETEPOLICYREQUEST']._serialized_start=1192
-  _globals['_DELETEPOLICYREQUEST']._serialized_end=1239
-  _globals['_RULEERROR']._serialized_start=1241
-  _globals['_RULEERROR']._serialized_end=1361
-  _globals['_VALIDATERULEREQUEST']._serialized_start=1363
-  _globals['_VALIDATERULEREQUEST']._serialized_end=1439
-  _globals['_VALIDATERULERESPONSE']._serialized_start=1442
-  _globals['_VALIDATERULERESPONSE']._serialized_end=1603
-  _globals['_CLAUSERESULT']._serialized_start=1605
-  _globals['_CLAUSERESULT']._serialized_end=1696
-  _globals['_EXPLANATION']._serialized_start=1698
-  _globals['_EXPLANATION']._serialized_end=1813
-  _globals['_EVALUATEREQUEST']._serialized_start=1816
-  _globals['_EVALUATEREQUEST']._serialized_end=1959
-  _globals['_POLICYRESULT']._serialized_start=1962
-  _globals['_POLICYRESULT']._serialized_end=2200
-  _globals['_EVALUATERESPONSE']._serialized_start=2202
-  _globals['_EVALUATERESPONSE']._serialized_end=2307
-  _globals['_EVALUATERULEREQUEST']._serialized_start=2309
-  _globals['_EVALUATERULEREQUEST']._serialized_end=2382
-  _globals['_EVALUATERULERESPONSE']._serialized_start=2384
-  _globals['_EVALUATERULERESPONSE']._serialized_end=2468
-  _globals['_GETFACTREQUIREMENTSREQUEST']._serialized_start=2470
-  _globals['_GETFACTREQUIREMENTSREQUEST']._serialized_end=2536
-  _globals['_FACTREQUIREMENTS']._serialized_start=2538
-  _globals['_FACTREQUIREMENTS']._serialized_end=2634
-  _globals['_POLICYSERVICE']._serialized_start=2720
-  _globals['_POLICYSERVICE']._serialized_end=3405
+  _globals['_DELETIONMODE']._serialized_start=3619
+  _globals['_DELETIONMODE']._serialized_end=3743
+  _globals['_OVERWRITE']._serialized_start=3745
+  _globals['_OVERWRITE']._serialized_end=3826
+  _globals['_POLICY']._serialized_start=190
+  _globals['_POLICY']._serialized_end=931
+  _globals['_POLICYTRIGGER']._serialized_start=934
+  _globals['_POLICYTRIGGER']._serialized_end=1089
+  _globals['_PUSHTRIGGER']._serialized_start=1091
+  _globals['_PUSHTRIGGER']._serialized_end=1104
+  _globals['_SCHEDULETRIGGER']._serialized_start=1106
+  _globals['_SCHEDULETRIGGER']._serialized_end=1225
+  _globals['_MANUALTRIGGER']._serialized_start=1227
+  _globals['_MANUALTRIGGER']._serialized_end=1242
+  _globals['_TRUSTEDKEY']._serialized_start=1245
+  _globals['_TRUSTEDKEY']._serialized_end=1384
+  _globals['_CREATETRUSTEDKEYREQUEST']._serialized_start=1386
+  _globals['_CREATETRUSTEDKEYREQUEST']._serialized_end=1447
+  _globals['_GETTRUSTEDKEYREQUEST']._serialized_start=1449
+  _globals['_GETTRUSTEDKEYREQUEST']._serialized_end=1485
+  _globals['_LISTTRUSTEDKEYSREQUEST']._serialized_start=1487
+  _globals['_LISTTRUSTEDKEYSREQUEST']._serialized_end=1550
+  _globals['_LISTTRUSTEDKEYSRESPONSE']._serialized_start=1552
+  _globals['_LISTTRUSTEDKEYSRESPONSE']._serialized_end=1639
+  _globals['_DELETETRUSTEDKEYREQUEST']._serialized_start=1641
+  _globals['_DELETETRUSTEDKEYREQUEST']._serialized_end=1680
+  _globals['_POLICYSOURCE']._serialized_start=1682
+  _globals['_POLICYSOURCE']._serialized_end=1734
+  _globals['_CREATEPOLICYREQUEST']._serialized_start=1736
+  _globals['_CREATEPOLICYREQUEST']._serialized_end=1815
+  _globals['_GETPOLICYREQUEST']._serialized_start=1817
+  _globals['_GETPOLICYREQUEST']._serialized_end=1847
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=1850
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=1980
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1982
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=2066
+  _globals['_UPDATEPOLICYREQUEST']._serialized_start=2068
+  _globals['_UPDATEPOLICYREQUEST']._serialized_end=2173
+  _globals['_DELETEPOLICYREQUEST']._serialized_start=2175
+  _globals['_DELETEPOLICYREQUEST']._serialized_end=2222
+  _globals['_RULEERROR']._serialized_start=2224
+  _globals['_RULEERROR']._serialized_end=2344
+  _globals['_VALIDATERULEREQUEST']._serialized_start=2346
+  _globals['_VALIDATERULEREQUEST']._serialized_end=2422
+  _globals['_VALIDATERULERESPONSE']._serialized_start=2425
+  _globals['_VALIDATERULERESPONSE']._serialized_end=2586
+  _globals['_CLAUSERESULT']._serialized_start=2588
+  _globals['_CLAUSERESULT']._serialized_end=2679
+  _globals['_EXPLANATION']._serialized_start=2681
+  _globals['_EXPLANATION']._serialized_end=2796
+  _globals['_EVALUATEREQUEST']._serialized_start=2799
+  _globals['_EVALUATEREQUEST']._serialized_end=2942
+  _globals['_POLICYRESULT']._serialized_start=2945
+  _globals['_POLICYRESULT']._serialized_end=3183
+  _globals['_EVALUATERESPONSE']._serialized_start=3185
+  _globals['_EVALUATERESPONSE']._serialized_end=3290
+  _globals['_EVALUATERULEREQUEST']._serialized_start=3292
+  _globals['_EVALUATERULEREQUEST']._serialized_end=3365
+  _globals['_EVALUATERULERESPONSE']._serialized_start=3367
+  _globals['_EVALUATERULERESPONSE']._serialized_end=3451
+  _globals['_GETFACTREQUIREMENTSREQUEST']._serialized_start=3453
+  _globals['_GETFACTREQUIREMENTSREQUEST']._serialized_end=3519
+  _globals['_FACTREQUIREMENTS']._serialized_start=3521
+  _globals['_FACTREQUIREMENTS']._serialized_end=3617
+  _globals['_POLICYSERVICE']._serialized_start=3829
+  _globals['_POLICYSERVICE']._serialized_end=4836
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -26,6 +27,35 @@ else:
     from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _DeletionMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeletionModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeletionMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELETION_MODE_UNSPECIFIED: _DeletionMode.ValueType  # 0
+    """Same as DELETION_MODE_OFF."""
+    DELETION_MODE_OFF: _DeletionMode.ValueType  # 1
+    DELETION_MODE_PROPAGATE: _DeletionMode.ValueType  # 2
+    """Delete the destination tag when its source tag is deleted (a delete event, or gone at a
+    poll), only if this policy wrote it.
+    """
+    DELETION_MODE_DRY_RUN: _DeletionMode.ValueType  # 3
+    """Record the deletion it would make as a run, delete nothing."""
+
+class DeletionMode(_DeletionMode, metaclass=_DeletionModeEnumTypeWrapper): ...
+
+DELETION_MODE_UNSPECIFIED: DeletionMode.ValueType  # 0
+"""Same as DELETION_MODE_OFF."""
+DELETION_MODE_OFF: DeletionMode.ValueType  # 1
+DELETION_MODE_PROPAGATE: DeletionMode.ValueType  # 2
+"""Delete the destination tag when its source tag is deleted (a delete event, or gone at a
+poll), only if this policy wrote it.
+"""
+DELETION_MODE_DRY_RUN: DeletionMode.ValueType  # 3
+"""Record the deletion it would make as a run, delete nothing."""
+Global___DeletionMode: _TypeAlias = DeletionMode  # noqa: Y015
 
 class _Overwrite:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -72,6 +102,12 @@ class Policy(_message.Message):
     ALLOW_INCOMPLETE_FACTS_FIELD_NUMBER: _builtins.int
     ACTIVE_SINCE_FIELD_NUMBER: _builtins.int
     DISABLED_REASON_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    PLATFORMS_FIELD_NUMBER: _builtins.int
+    KEEP_NEWEST_FIELD_NUMBER: _builtins.int
+    DELETIONS_FIELD_NUMBER: _builtins.int
+    COPY_REFERRERS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_WAIT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned, immutable."""
     name: _builtins.str
@@ -110,6 +146,14 @@ class Policy(_message.Message):
     """Output only: why the server disabled the policy (e.g. the source migration could not
     choose an endpoint). Cleared when the policy is updated.
     """
+    keep_newest: _builtins.int
+    """Only the newest K matching tags of each source repository are mirrored (0: all). Tags are
+    ordered by semantic version when both parse (`v1.2.3`, `1.25.3-alpine`), else by name.
+    """
+    deletions: Global___DeletionMode.ValueType
+    """Whether a tag deleted at the source is deleted at the destination (only tags this policy
+    wrote there).
+    """
     @_builtins.property
     def target(self) -> _common_pb2.Target: ...
     @_builtins.property
@@ -130,6 +174,28 @@ class Policy(_message.Message):
     def active_since(self) -> _timestamp_pb2.Timestamp:
         """Output only: when the policy was created enabled or last enabled. Save acts on pushes
         from this moment; Reconcile never mirrors tags that were already there before it.
+        """
+
+    @_builtins.property
+    def trigger(self) -> Global___PolicyTrigger:
+        """What starts the policy: registry pushes (the default), a schedule (a pull mirror polls its
+        source) or only ApplyPolicy. mirrorctl YAML: `trigger: {schedule: {interval: 30s}}`.
+        """
+
+    @_builtins.property
+    def platforms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Copy only these platforms of an index ("linux/amd64", "linux/arm64/v8"); empty: all."""
+
+    @_builtins.property
+    def copy_referrers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Referrers copied after the image, byte for byte: "signatures", "attestations", "sboms" or
+        "all" (empty: none). mirrorctl YAML: `copyReferrers: [signatures]`.
+        """
+
+    @_builtins.property
+    def signature_wait(self) -> _duration_pb2.Duration:
+        """How long an image pushed without what a `signed`/`signed_by` rule needs waits for its
+        signature before the run is decided (0: the service default).
         """
 
     def __init__(
@@ -153,14 +219,256 @@ class Policy(_message.Message):
         allow_incomplete_facts: _builtins.bool = ...,
         active_since: _timestamp_pb2.Timestamp | None = ...,
         disabled_reason: _builtins.str = ...,
+        trigger: Global___PolicyTrigger | None = ...,
+        platforms: _abc.Iterable[_builtins.str] | None = ...,
+        keep_newest: _builtins.int = ...,
+        deletions: Global___DeletionMode.ValueType = ...,
+        copy_referrers: _abc.Iterable[_builtins.str] | None = ...,
+        signature_wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["active_since", b"active_since", "create_time", b"create_time", "source", b"source", "target", b"target", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["active_since", b"active_since", "create_time", b"create_time", "signature_wait", b"signature_wait", "source", b"source", "target", b"target", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_since", b"active_since", "allow_incomplete_facts", b"allow_incomplete_facts", "create_time", b"create_time", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "etag", b"etag", "id", b"id", "name", b"name", "overwrite", b"overwrite", "required_facts", b"required_facts", "rule", b"rule", "source", b"source", "source_repository", b"source_repository", "tag_template", b"tag_template", "target", b"target", "time_zone", b"time_zone", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_since", b"active_since", "allow_incomplete_facts", b"allow_incomplete_facts", "copy_referrers", b"copy_referrers", "create_time", b"create_time", "deletions", b"deletions", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "etag", b"etag", "id", b"id", "keep_newest", b"keep_newest", "name", b"name", "overwrite", b"overwrite", "platforms", b"platforms", "required_facts", b"required_facts", "rule", b"rule", "signature_wait", b"signature_wait", "source", b"source", "source_repository", b"source_repository", "tag_template", b"tag_template", "target", b"target", "time_zone", b"time_zone", "trigger", b"trigger", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Policy: _TypeAlias = Policy  # noqa: Y015
+
+@_typing.final
+class PolicyTrigger(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUSH_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    MANUAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def push(self) -> Global___PushTrigger: ...
+    @_builtins.property
+    def schedule(self) -> Global___ScheduleTrigger: ...
+    @_builtins.property
+    def manual(self) -> Global___ManualTrigger: ...
+    def __init__(
+        self,
+        *,
+        push: Global___PushTrigger | None = ...,
+        schedule: Global___ScheduleTrigger | None = ...,
+        manual: Global___ManualTrigger | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "manual", b"manual", "push", b"push", "schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "manual", b"manual", "push", b"push", "schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["push", "schedule", "manual"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___PolicyTrigger: _TypeAlias = PolicyTrigger  # noqa: Y015
+
+@_typing.final
+class PushTrigger(_message.Message):
+    """Registry events and NotifyPush (the default when no trigger is set)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushTrigger: _TypeAlias = PushTrigger  # noqa: Y015
+
+@_typing.final
+class ScheduleTrigger(_message.Message):
+    """Poll the source: every `interval`, or on the `cron` expression (UTC, or the policy's
+    time_zone), each poll delayed by a random part of `jitter`. Exactly one of interval / cron.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    JITTER_FIELD_NUMBER: _builtins.int
+    cron: _builtins.str
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def jitter(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        interval: _duration_pb2.Duration | None = ...,
+        cron: _builtins.str = ...,
+        jitter: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "jitter", b"jitter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "interval", b"interval", "jitter", b"jitter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleTrigger: _TypeAlias = ScheduleTrigger  # noqa: Y015
+
+@_typing.final
+class ManualTrigger(_message.Message):
+    """Only ApplyPolicy (DTR's Save & Apply) and mirrorctl policy apply start it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManualTrigger: _TypeAlias = ManualTrigger  # noqa: Y015
+
+@_typing.final
+class TrustedKey(_message.Message):
+    """A public key that `signed_by "NAME"` rules verify signatures against."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _builtins.int
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Unique, e.g. "ci". Lowercase letters, digits, '-' and '_'."""
+    public_key_pem: _builtins.str
+    """PEM SubjectPublicKeyInfo: ECDSA P-256 or Ed25519."""
+    algorithm: _builtins.str
+    """Output only: "ecdsa-p256" or "ed25519"."""
+    fingerprint: _builtins.str
+    """Output only: sha256 of the DER public key, hex."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        public_key_pem: _builtins.str = ...,
+        algorithm: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "create_time", b"create_time", "fingerprint", b"fingerprint", "name", b"name", "public_key_pem", b"public_key_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrustedKey: _TypeAlias = TrustedKey  # noqa: Y015
+
+@_typing.final
+class CreateTrustedKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___TrustedKey: ...
+    def __init__(
+        self,
+        *,
+        key: Global___TrustedKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTrustedKeyRequest: _TypeAlias = CreateTrustedKeyRequest  # noqa: Y015
+
+@_typing.final
+class GetTrustedKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrustedKeyRequest: _TypeAlias = GetTrustedKeyRequest  # noqa: Y015
+
+@_typing.final
+class ListTrustedKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTrustedKeysRequest: _TypeAlias = ListTrustedKeysRequest  # noqa: Y015
+
+@_typing.final
+class ListTrustedKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrustedKey]: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___TrustedKey] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTrustedKeysResponse: _TypeAlias = ListTrustedKeysResponse  # noqa: Y015
+
+@_typing.final
+class DeleteTrustedKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTrustedKeyRequest: _TypeAlias = DeleteTrustedKeyRequest  # noqa: Y015
 
 @_typing.final
 class PolicySource(_message.Message):

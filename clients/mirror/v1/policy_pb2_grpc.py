@@ -81,6 +81,26 @@ class PolicyServiceStub:
                 request_serializer=mirror_dot_v1_dot_policy__pb2.GetFactRequirementsRequest.SerializeToString,
                 response_deserializer=mirror_dot_v1_dot_policy__pb2.FactRequirements.FromString,
                 _registered_method=True)
+        self.CreateTrustedKey = channel.unary_unary(
+                '/mirror.v1.PolicyService/CreateTrustedKey',
+                request_serializer=mirror_dot_v1_dot_policy__pb2.CreateTrustedKeyRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_policy__pb2.TrustedKey.FromString,
+                _registered_method=True)
+        self.GetTrustedKey = channel.unary_unary(
+                '/mirror.v1.PolicyService/GetTrustedKey',
+                request_serializer=mirror_dot_v1_dot_policy__pb2.GetTrustedKeyRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_policy__pb2.TrustedKey.FromString,
+                _registered_method=True)
+        self.ListTrustedKeys = channel.unary_unary(
+                '/mirror.v1.PolicyService/ListTrustedKeys',
+                request_serializer=mirror_dot_v1_dot_policy__pb2.ListTrustedKeysRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_policy__pb2.ListTrustedKeysResponse.FromString,
+                _registered_method=True)
+        self.DeleteTrustedKey = channel.unary_unary(
+                '/mirror.v1.PolicyService/DeleteTrustedKey',
+                request_serializer=mirror_dot_v1_dot_policy__pb2.DeleteTrustedKeyRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -146,6 +166,31 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTrustedKey(self, request, context):
+        """Keys that `signed_by` rules verify against.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrustedKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTrustedKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTrustedKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +238,26 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.GetFactRequirements,
                     request_deserializer=mirror_dot_v1_dot_policy__pb2.GetFactRequirementsRequest.FromString,
                     response_serializer=mirror_dot_v1_dot_policy__pb2.FactRequirements.SerializeToString,
+            ),
+            'CreateTrustedKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTrustedKey,
+                    request_deserializer=mirror_dot_v1_dot_policy__pb2.CreateTrustedKeyRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_policy__pb2.TrustedKey.SerializeToString,
+            ),
+            'GetTrustedKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrustedKey,
+                    request_deserializer=mirror_dot_v1_dot_policy__pb2.GetTrustedKeyRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_policy__pb2.TrustedKey.SerializeToString,
+            ),
+            'ListTrustedKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTrustedKeys,
+                    request_deserializer=mirror_dot_v1_dot_policy__pb2.ListTrustedKeysRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_policy__pb2.ListTrustedKeysResponse.SerializeToString,
+            ),
+            'DeleteTrustedKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTrustedKey,
+                    request_deserializer=mirror_dot_v1_dot_policy__pb2.DeleteTrustedKeyRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +504,114 @@ class PolicyService:
             '/mirror.v1.PolicyService/GetFactRequirements',
             mirror_dot_v1_dot_policy__pb2.GetFactRequirementsRequest.SerializeToString,
             mirror_dot_v1_dot_policy__pb2.FactRequirements.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTrustedKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.PolicyService/CreateTrustedKey',
+            mirror_dot_v1_dot_policy__pb2.CreateTrustedKeyRequest.SerializeToString,
+            mirror_dot_v1_dot_policy__pb2.TrustedKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrustedKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.PolicyService/GetTrustedKey',
+            mirror_dot_v1_dot_policy__pb2.GetTrustedKeyRequest.SerializeToString,
+            mirror_dot_v1_dot_policy__pb2.TrustedKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTrustedKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.PolicyService/ListTrustedKeys',
+            mirror_dot_v1_dot_policy__pb2.ListTrustedKeysRequest.SerializeToString,
+            mirror_dot_v1_dot_policy__pb2.ListTrustedKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTrustedKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.PolicyService/DeleteTrustedKey',
+            mirror_dot_v1_dot_policy__pb2.DeleteTrustedKeyRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,11 @@ class PolicyServiceStub:
     """Evaluates one ad-hoc rule against facts, with its explanation (mirrorctl policy explain)."""
     GetFactRequirements: _grpc.UnaryUnaryMultiCallable[_policy_pb2.GetFactRequirementsRequest, _policy_pb2.FactRequirements]
     """Which fact kinds the enabled policies of a repository need."""
+    CreateTrustedKey: _grpc.UnaryUnaryMultiCallable[_policy_pb2.CreateTrustedKeyRequest, _policy_pb2.TrustedKey]
+    """Keys that `signed_by` rules verify against."""
+    GetTrustedKey: _grpc.UnaryUnaryMultiCallable[_policy_pb2.GetTrustedKeyRequest, _policy_pb2.TrustedKey]
+    ListTrustedKeys: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ListTrustedKeysRequest, _policy_pb2.ListTrustedKeysResponse]
+    DeleteTrustedKey: _grpc.UnaryUnaryMultiCallable[_policy_pb2.DeleteTrustedKeyRequest, _empty_pb2.Empty]
 
 @_typing.type_check_only
 class PolicyServiceAsyncStub(PolicyServiceStub):
@@ -68,6 +73,11 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     """Evaluates one ad-hoc rule against facts, with its explanation (mirrorctl policy explain)."""
     GetFactRequirements: _aio.UnaryUnaryMultiCallable[_policy_pb2.GetFactRequirementsRequest, _policy_pb2.FactRequirements]  # type: ignore[assignment]
     """Which fact kinds the enabled policies of a repository need."""
+    CreateTrustedKey: _aio.UnaryUnaryMultiCallable[_policy_pb2.CreateTrustedKeyRequest, _policy_pb2.TrustedKey]  # type: ignore[assignment]
+    """Keys that `signed_by` rules verify against."""
+    GetTrustedKey: _aio.UnaryUnaryMultiCallable[_policy_pb2.GetTrustedKeyRequest, _policy_pb2.TrustedKey]  # type: ignore[assignment]
+    ListTrustedKeys: _aio.UnaryUnaryMultiCallable[_policy_pb2.ListTrustedKeysRequest, _policy_pb2.ListTrustedKeysResponse]  # type: ignore[assignment]
+    DeleteTrustedKey: _aio.UnaryUnaryMultiCallable[_policy_pb2.DeleteTrustedKeyRequest, _empty_pb2.Empty]  # type: ignore[assignment]
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Owns mirroring policies and the rule language; answers which policies an image matches."""
@@ -139,5 +149,34 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.FactRequirements, _abc.Awaitable[_policy_pb2.FactRequirements]]:
         """Which fact kinds the enabled policies of a repository need."""
+
+    @_abc_1.abstractmethod
+    def CreateTrustedKey(
+        self,
+        request: _policy_pb2.CreateTrustedKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.TrustedKey, _abc.Awaitable[_policy_pb2.TrustedKey]]:
+        """Keys that `signed_by` rules verify against."""
+
+    @_abc_1.abstractmethod
+    def GetTrustedKey(
+        self,
+        request: _policy_pb2.GetTrustedKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.TrustedKey, _abc.Awaitable[_policy_pb2.TrustedKey]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTrustedKeys(
+        self,
+        request: _policy_pb2.ListTrustedKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.ListTrustedKeysResponse, _abc.Awaitable[_policy_pb2.ListTrustedKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteTrustedKey(
+        self,
+        request: _policy_pb2.DeleteTrustedKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,6 +23,55 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class DeleteTagRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    repository: _builtins.str
+    tag: _builtins.str
+    digest: _builtins.str
+    """Required: the digest the caller expects the tag to hold; FAILED_PRECONDITION otherwise."""
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+        repository: _builtins.str = ...,
+        tag: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "endpoint", b"endpoint", "repository", b"repository", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTagRequest: _TypeAlias = DeleteTagRequest  # noqa: Y015
+
+@_typing.final
+class DeleteTagResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.bool
+    """False when the tag was already gone."""
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTagResponse: _TypeAlias = DeleteTagResponse  # noqa: Y015
+
+@_typing.final
 class VerifyWebhookSecretRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -399,6 +448,7 @@ class TransferOptions(_message.Message):
     PLATFORMS_FIELD_NUMBER: _builtins.int
     FAIL_IF_TAG_EXISTS_FIELD_NUMBER: _builtins.int
     SOURCE_TAG_FIELD_NUMBER: _builtins.int
+    COPY_REFERRERS_FIELD_NUMBER: _builtins.int
     fail_if_tag_exists: _builtins.bool
     """Fail when the destination tag exists with another digest (default: overwrite)."""
     source_tag: _builtins.str
@@ -410,16 +460,24 @@ class TransferOptions(_message.Message):
     def platforms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Copy only these platforms of an index ("linux/amd64", "linux/arm64/v8"); empty: all."""
 
+    @_builtins.property
+    def copy_referrers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Referrers of the image copied after it, byte for byte: "signatures", "attestations",
+        "sboms" or "all" (empty: none). Found through the OCI referrers API where the source has
+        it, else through the `sha256-<hex>` tag scheme (.sig, .att, .sbom).
+        """
+
     def __init__(
         self,
         *,
         platforms: _abc.Iterable[_builtins.str] | None = ...,
         fail_if_tag_exists: _builtins.bool = ...,
         source_tag: _builtins.str = ...,
+        copy_referrers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fail_if_tag_exists", b"fail_if_tag_exists", "platforms", b"platforms", "source_tag", b"source_tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["copy_referrers", b"copy_referrers", "fail_if_tag_exists", b"fail_if_tag_exists", "platforms", b"platforms", "source_tag", b"source_tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -539,6 +597,7 @@ class Transfer(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    REFERRERS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___Transfer.State.ValueType
     message: _builtins.str
@@ -574,6 +633,10 @@ class Transfer(_message.Message):
         again at this time (backoff up to hours); unset otherwise.
         """
 
+    @_builtins.property
+    def referrers(self) -> _containers.RepeatedCompositeFieldContainer[Global___CopiedReferrer]:
+        """Referrers copied after the image (options.copy_referrers): digest and kind of each."""
+
     def __init__(
         self,
         *,
@@ -600,14 +663,44 @@ class Transfer(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        referrers: _abc.Iterable[Global___CopiedReferrer] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "destination", b"destination", "end_time", b"end_time", "next_attempt_time", b"next_attempt_time", "options", b"options", "source", b"source", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "blobs_done", b"blobs_done", "blobs_mounted", b"blobs_mounted", "blobs_skipped", b"blobs_skipped", "blobs_total", b"blobs_total", "bytes_done", b"bytes_done", "bytes_skipped", b"bytes_skipped", "bytes_total", b"bytes_total", "create_time", b"create_time", "destination", b"destination", "digest", b"digest", "end_time", b"end_time", "id", b"id", "idempotency_key", b"idempotency_key", "manifests_done", b"manifests_done", "manifests_total", b"manifests_total", "media_type", b"media_type", "message", b"message", "next_attempt_time", b"next_attempt_time", "options", b"options", "source", b"source", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "blobs_done", b"blobs_done", "blobs_mounted", b"blobs_mounted", "blobs_skipped", b"blobs_skipped", "blobs_total", b"blobs_total", "bytes_done", b"bytes_done", "bytes_skipped", b"bytes_skipped", "bytes_total", b"bytes_total", "create_time", b"create_time", "destination", b"destination", "digest", b"digest", "end_time", b"end_time", "id", b"id", "idempotency_key", b"idempotency_key", "manifests_done", b"manifests_done", "manifests_total", b"manifests_total", "media_type", b"media_type", "message", b"message", "next_attempt_time", b"next_attempt_time", "options", b"options", "referrers", b"referrers", "source", b"source", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Transfer: _TypeAlias = Transfer  # noqa: Y015
+
+@_typing.final
+class CopiedReferrer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    kind: _builtins.str
+    """"signature", "attestation", "sbom" or the artifact type."""
+    tag: _builtins.str
+    """The tag it was pushed under at the destination ("sha256-<hex>.sig"), empty for a
+    referrer pushed by digest (found through the referrers API).
+    """
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "kind", b"kind", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CopiedReferrer: _TypeAlias = CopiedReferrer  # noqa: Y015
 
 @_typing.final
 class GetTransferRequest(_message.Message):

@@ -96,6 +96,11 @@ class TransferServiceStub:
                 request_serializer=mirror_dot_v1_dot_transfer__pb2.VerifyWebhookSecretRequest.SerializeToString,
                 response_deserializer=mirror_dot_v1_dot_transfer__pb2.VerifyWebhookSecretResponse.FromString,
                 _registered_method=True)
+        self.DeleteTag = channel.unary_unary(
+                '/mirror.v1.TransferService/DeleteTag',
+                request_serializer=mirror_dot_v1_dot_transfer__pb2.DeleteTagRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_transfer__pb2.DeleteTagResponse.FromString,
+                _registered_method=True)
 
 
 class TransferServiceServicer:
@@ -178,6 +183,14 @@ class TransferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteTag(self, request, context):
+        """Delete a tag at an endpoint (deletion propagation and prune: the gateway checks first that
+        the policy wrote it). The manifest is deleted by digest only when `digest` matches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -240,6 +253,11 @@ def add_TransferServiceServicer_to_server(servicer, server):
                     servicer.VerifyWebhookSecret,
                     request_deserializer=mirror_dot_v1_dot_transfer__pb2.VerifyWebhookSecretRequest.FromString,
                     response_serializer=mirror_dot_v1_dot_transfer__pb2.VerifyWebhookSecretResponse.SerializeToString,
+            ),
+            'DeleteTag': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTag,
+                    request_deserializer=mirror_dot_v1_dot_transfer__pb2.DeleteTagRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_transfer__pb2.DeleteTagResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -567,6 +585,33 @@ class TransferService:
             '/mirror.v1.TransferService/VerifyWebhookSecret',
             mirror_dot_v1_dot_transfer__pb2.VerifyWebhookSecretRequest.SerializeToString,
             mirror_dot_v1_dot_transfer__pb2.VerifyWebhookSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.TransferService/DeleteTag',
+            mirror_dot_v1_dot_transfer__pb2.DeleteTagRequest.SerializeToString,
+            mirror_dot_v1_dot_transfer__pb2.DeleteTagResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,10 @@ class TransferServiceStub:
     """Whether `secret` is the endpoint's webhook secret (the gateway authenticates registry
     notifications with it; the stored value never leaves the transfer service).
     """
+    DeleteTag: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.DeleteTagRequest, _transfer_pb2.DeleteTagResponse]
+    """Delete a tag at an endpoint (deletion propagation and prune: the gateway checks first that
+    the policy wrote it). The manifest is deleted by digest only when `digest` matches.
+    """
 
 @_typing.type_check_only
 class TransferServiceAsyncStub(TransferServiceStub):
@@ -73,6 +77,10 @@ class TransferServiceAsyncStub(TransferServiceStub):
     VerifyWebhookSecret: _aio.UnaryUnaryMultiCallable[_transfer_pb2.VerifyWebhookSecretRequest, _transfer_pb2.VerifyWebhookSecretResponse]  # type: ignore[assignment]
     """Whether `secret` is the endpoint's webhook secret (the gateway authenticates registry
     notifications with it; the stored value never leaves the transfer service).
+    """
+    DeleteTag: _aio.UnaryUnaryMultiCallable[_transfer_pb2.DeleteTagRequest, _transfer_pb2.DeleteTagResponse]  # type: ignore[assignment]
+    """Delete a tag at an endpoint (deletion propagation and prune: the gateway checks first that
+    the policy wrote it). The manifest is deleted by digest only when `digest` matches.
     """
 
 class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -165,6 +173,16 @@ class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_transfer_pb2.VerifyWebhookSecretResponse, _abc.Awaitable[_transfer_pb2.VerifyWebhookSecretResponse]]:
         """Whether `secret` is the endpoint's webhook secret (the gateway authenticates registry
         notifications with it; the stored value never leaves the transfer service).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteTag(
+        self,
+        request: _transfer_pb2.DeleteTagRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.DeleteTagResponse, _abc.Awaitable[_transfer_pb2.DeleteTagResponse]]:
+        """Delete a tag at an endpoint (deletion propagation and prune: the gateway checks first that
+        the policy wrote it). The manifest is deleted by digest only when `digest` matches.
         """
 
 def add_TransferServiceServicer_to_server(servicer: TransferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
