@@ -7,6 +7,7 @@ platforms' images).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, Protocol
@@ -85,10 +86,17 @@ async def _scan_image_manifest(
     for layer in layers:
         async with rc.open_blob(repo, layer["digest"]) as body:
             await read_layer_chunks(reader, body.iter_chunks(), layer["digest"])
-    facts.os, facts.components = parsers.extract(
-        reader.tree, RecordBudget(limits.max_package_records))
-    facts.components_unknown = not parsers.recognised(reader.tree)
+    # In a worker thread: tens of thousands of records take seconds, which must not stall
+    # every other RPC and the webhook on the event loop.
+    facts.os, facts.components, facts.components_unknown = await asyncio.to_thread(
+        _extract, reader, limits)
     return facts
+
+
+def _extract(reader: LayerReader, limits: Limits) -> tuple[OsInfo, list[Component], bool]:
+    """(OS, components, components unknown) of the merged tree."""
+    os_info, components = parsers.extract(reader.tree, RecordBudget(limits.max_package_records))
+    return os_info, components, not parsers.recognised(reader.tree)
 
 
 def _union(index_digest: str, repo: str, children: list[ImageFacts]) -> ImageFacts:

@@ -119,7 +119,10 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         return ImageFacts.from_json(row["facts"]) if row else None
 
     def _save(self, facts: ImageFacts) -> scan_pb2.ScanReport:
-        """Store and return the (bounded) report; ScanError(SCAN_TOO_BIG): nothing stored."""
+        """Store and return the (bounded) report; ScanError(SCAN_TOO_BIG): nothing stored.
+
+        Called in a worker thread: a report of many thousand components takes a while.
+        """
         now = datetime.now(UTC)
         report = bound_report(report_pb(facts, now), self.limits.max_report_bytes)
         self.db.execute(
@@ -154,7 +157,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             return scan_pb2.ScanReport.FromString(row["report"])
         facts = ImageFacts.from_json(row["facts"])
         await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
-        return self._save(facts)
+        return await asyncio.to_thread(self._save, facts)
 
     def _lock(self, digest: str, repository: str) -> asyncio.Lock:
         return self._digest_locks.setdefault(f"{digest} {repository}", asyncio.Lock())
@@ -190,7 +193,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
                             rc, img.repository, digest, vulndb=None, limits=self.limits)
                     await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
                     SCANS.labels(result="ok").inc()
-                    return self._save(facts)
+                    return await asyncio.to_thread(self._save, facts)
         except ScanError as err:
             SCANS.labels(result="refused").inc()
             log.warning("scan of %s refused: %s", where, err)
@@ -270,7 +273,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             merge_report(facts, report.format, report)
             await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
             try:
-                return self._save(facts)
+                return await asyncio.to_thread(self._save, facts)
             except ScanError as err:
                 raise scan_error(err) from None
 
