@@ -102,6 +102,9 @@ async def new_mirror(request: web.Request, session: Session) -> web.StreamRespon
         "endpoint": request.query.get("endpoint", ""),
         "repository": request.query.get("repository", ""),
         "direction": "push", "tag_mode": "keep", "overwrite": "always",
+        # The remote registry: another one than this repository's, or a new one.
+        "registry": next((e.name for e in endpoints if e.name != request.query.get("endpoint")),
+                         "__new__"),
     }
     return render(request, "new_mirror.html", session, **ctx)
 

@@ -57,7 +57,7 @@ async def show_policy(request: web.Request, session: Session) -> web.StreamRespo
         last_state=state_name(status.last_state) if status.last_state else "never ran",
         runs=await runs_view(session, policy_id),
         applied=request.query.get("applied"), evaluated=request.query.get("evaluated"),
-        overwrite=policy_pb2.Overwrite.Name(policy.overwrite).removeprefix("OVERWRITE_"),
+        overwrite="never" if policy.overwrite == policy_pb2.OVERWRITE_NEVER else "always",
     )
 
 
