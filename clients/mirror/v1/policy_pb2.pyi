@@ -860,6 +860,9 @@ class PolicyResult(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     BLOCKED_FIELD_NUMBER: _builtins.int
     OVERWRITE_FIELD_NUMBER: _builtins.int
+    PLATFORMS_FIELD_NUMBER: _builtins.int
+    COPY_REFERRERS_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
     policy_id: _builtins.str
     policy_name: _builtins.str
     matched: _builtins.bool
@@ -876,6 +879,16 @@ class PolicyResult(_message.Message):
     def target(self) -> _common_pb2.Target: ...
     @_builtins.property
     def explanation(self) -> Global___Explanation: ...
+    @_builtins.property
+    def platforms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The policy's copy settings, so that the caller can start the transfer without another read."""
+
+    @_builtins.property
+    def copy_referrers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def trigger(self) -> Global___PolicyTrigger:
+        """The policy's trigger: registry events act only on push-triggered policies."""
+
     def __init__(
         self,
         *,
@@ -888,10 +901,13 @@ class PolicyResult(_message.Message):
         reason: _builtins.str = ...,
         blocked: _builtins.bool = ...,
         overwrite: Global___Overwrite.ValueType = ...,
+        platforms: _abc.Iterable[_builtins.str] | None = ...,
+        copy_referrers: _abc.Iterable[_builtins.str] | None = ...,
+        trigger: Global___PolicyTrigger | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "target", b"target", "trigger", b"trigger"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "explanation", b"explanation", "matched", b"matched", "overwrite", b"overwrite", "policy_id", b"policy_id", "policy_name", b"policy_name", "reason", b"reason", "tag", b"tag", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "copy_referrers", b"copy_referrers", "explanation", b"explanation", "matched", b"matched", "overwrite", b"overwrite", "platforms", b"platforms", "policy_id", b"policy_id", "policy_name", b"policy_name", "reason", b"reason", "tag", b"tag", "target", b"target", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
