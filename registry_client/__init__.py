@@ -12,9 +12,10 @@ from registry_client.client import (
     is_digest,
     sha256_digest,
 )
-from registry_client.config import RegistryConfig
+from registry_client.config import USER_AGENT, RegistryConfig
 
 __all__ = [
+    "USER_AGENT",
     "BlobReader",
     "Manifest",
     "ManifestDescriptor",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 
@@ -100,16 +100,48 @@ class BlobReader:
     """A blob download in progress: `size` is the full blob size, `offset` where it starts."""
 
     def __init__(
-        self, resp: aiohttp.ClientResponse, offset: int, size: int | None, idle: float = 0.0
+        self,
+        resp: aiohttp.ClientResponse,
+        offset: int,
+        size: int | None,
+        idle: float = 0.0,
+        registry: str = "",
     ) -> None:
         self._resp = resp
         self.offset = offset
         self.size = size
         self._idle = idle
+        self._registry = registry
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Body read failures as typed errors naming the registry."""
+        err: RegistryError
+        try:
+            yield
+            return
+        except (aiohttp.ServerTimeoutError, TimeoutError) as e:
+            # The transport reads GET bodies under the idle timeout: no byte for that long.
+            err = Stalled(0, "", f"blob download stalled: no bytes for {self._idle:g}s")
+            cause: BaseException = e
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
+            err = ConnectError(0, "", f"blob download interrupted: {type(e).__name__}")
+            cause = e
+        err.registry = self._registry
+        raise err from cause
+
+    async def skip(self, n: int) -> None:
+        """Read and drop `n` bytes (a registry that ignored our Range)."""
+        with self._reading():
+            while n > 0:
+                chunk = await self._resp.content.read(min(n, 1 << 20))
+                if not chunk:
+                    raise ConnectError(0, "", "blob shorter than the resume offset")
+                n -= len(chunk)
 
     async def iter_chunks(self, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         """The body as it arrives, in pieces of at most `chunk_size` bytes."""
-        try:
+        with self._reading():
             # The network reads as they came (no copying them together); only a piece
             # larger than asked for is split.
             async for data, _ in self._resp.content.iter_chunks():
@@ -118,11 +150,6 @@ class BlobReader:
                     continue
                 for i in range(0, len(data), chunk_size):
                     yield data[i : i + chunk_size]
-        except (aiohttp.ServerTimeoutError, TimeoutError) as e:
-            # The transport reads GET bodies under the idle timeout: no byte for that long.
-            raise Stalled(0, "", f"blob download stalled: no bytes for {self._idle:g}s") from e
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
-            raise ConnectError(0, "", f"blob download interrupted: {type(e).__name__}") from e
 
 
 class RegistryClient:
@@ -273,15 +300,11 @@ class RegistryClient:
             context=f"blob {repo}@{digest}",
         ) as resp:
             size = _total_size(resp, offset)
-            reader = BlobReader(resp, offset, size, self.cfg.idle_timeout)
+            reader = BlobReader(
+                resp, offset, size, self.cfg.idle_timeout, urlsplit(self.cfg.base_url).netloc
+            )
             if offset and resp.status == 200:
-                # Range ignored: skip what we already have.
-                left = offset
-                while left > 0:
-                    chunk = await resp.content.read(min(left, 1 << 20))
-                    if not chunk:
-                        raise ConnectError(0, "", "blob shorter than the resume offset")
-                    left -= len(chunk)
+                await reader.skip(offset)  # Range ignored: skip what we already have
             yield reader
 
     async def start_upload(self, repo: str) -> Upload:
