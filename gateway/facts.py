@@ -23,6 +23,7 @@ INDEX_TYPES = frozenset(
     }
 )
 MAX_CONFIG_BYTES = 4 << 20
+SCAN_FAILED = "the scan failed"
 
 
 class EndpointResolver(Protocol):
@@ -36,6 +37,8 @@ class Gathered:
     facts: common_pb2.ImageFacts
     # Why some facts are missing, for the run's message.
     notes: tuple[str, ...] = ()
+    # The scan failed for good (too big, unreadable image): runs needing it fail, saying why.
+    scan_failed: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ class FactGatherer:
         """Facts for `kinds` and why some could not be gathered (a failed scan...)."""
         notes: list[str] = []
         facts = await self._gather(ref, kinds, notes)
-        return Gathered(facts, tuple(notes))
+        failed = next((n for n in notes if n.startswith(SCAN_FAILED)), "")
+        return Gathered(facts, tuple(n for n in notes if n != failed), failed)
 
     async def _gather(
         self, ref: ImageRef, kinds: set[int], notes: list[str]
@@ -119,7 +123,7 @@ class FactGatherer:
             if err.code() in _TRANSIENT and not _too_large(err):
                 raise
             # A scan that cannot succeed: the policies needing it are blocked, saying why.
-            what = "the scan report is too large" if _too_large(err) else "the scan failed"
+            what = "the scan report is too large" if _too_large(err) else SCAN_FAILED
             notes.append(f"{what}: {err.code().name}: {(err.details() or '')[:300]}")
             log.warning(
                 "scan of %s/%s@%s failed: %s %s",

@@ -157,7 +157,7 @@ class Runner:
         for result in resp.results:
             if only_policy and result.policy_id != only_policy:
                 continue
-            rec = await self._one(push, digest, result, provenance, notes)
+            rec = await self._one(push, digest, result, provenance, notes, gathered.scan_failed)
             if rec is not None:
                 out.append(rec)
         return out
@@ -264,6 +264,7 @@ class Runner:
         result: policy_pb2.PolicyResult,
         provenance: tuple[Hop, ...],
         notes: list[str],
+        scan_failed: str = "",
     ) -> RunRecord | None:
         base = RunRecord(
             id="",
@@ -289,7 +290,10 @@ class Runner:
                 if cover is not None:
                     return cover
                 replay = self.runs.by_event_policy(push.event_id, result.policy_id)
-                if replay is None:
+                if replay is None and result.blocked and scan_failed:
+                    # Not a gate that lacks data to decide: the image cannot be scanned.
+                    base.state, base.message = Run.STATE_FAILED, scan_failed
+                elif replay is None:
                     base.state, base.message = await self._decide(push, digest, result, base)
                     if notes and base.state != Run.STATE_PENDING:
                         base.message = "; ".join([base.message, *notes])

@@ -96,3 +96,21 @@ def test_unrecognised_image_blocks_component_rules_unless_opted_out(
     assert opted_out.state == Run.STATE_SUCCEEDED, opted_out.message
     assert tags_of(qa, "qa/strict") == []
     assert tags_of(qa, "qa/lax") == ["1.0"]
+
+
+def test_package_database_bomb_gives_a_failed_run_with_its_reason(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    from tests.scanner import ocikit
+    from tests.scanner.test_bounds import dpkg_bomb
+
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
+    pol = clients.add_policy("no-gpl", "dev/app", 'license != "GPL-3.0-only"', "qa", "qa/app")
+    # The 2.2 MB package-database layer (140,000 dpkg records).
+    push(ocikit.image(tmp_path, "bomb", [dpkg_bomb(140_000)]), dev, "dev/app")
+    started = time.monotonic()
+    (run,) = clients.wait_runs_final(pol.id, 1, timeout=60)
+    assert time.monotonic() - started < 60
+    assert run.state == Run.STATE_FAILED
+    assert "scan too big" in run.message, run.message
+    assert tags_of(qa, "qa/app") == []
