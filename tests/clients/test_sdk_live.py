@@ -8,7 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 from mirror import aio, errors
-from mirror.client import connect
+from mirror.client import PolicyApplied, connect
+from mirror.v1 import policy_pb2
 
 from registry_testkit.images import ImageBuilder, push
 from tests.clients.livestack import ADMIN_TOKEN, LiveStack, running, start_stack
@@ -77,3 +78,63 @@ async def test_asyncio_client_watches_a_transfer(
         with pytest.raises(errors.NotFound):
             async for _ in c.transfers.watch("no-such-transfer"):
                 pass
+
+
+def test_save_and_apply_sync(live: LiveStack, registry, images: ImageBuilder) -> None:
+    image = images.image("1.0", layers=[10_000])
+    push(image, registry, "team/app")
+    with connect(live.address, token=ADMIN_TOKEN) as c:
+        c.transfers.create_endpoint(name="dev", url=registry.url,
+                                    webhook_secret="sdk-hook-" + "4d2c9e71a0b3")
+        assert c.transfers.get_endpoint("dev").has_webhook_secret
+        with pytest.raises(ValueError, match="source_endpoint= is required"):
+            c.policies.create(name="p", source_repository="team/app", rule="true",
+                              endpoint="dev", repository="team/copy")
+        with pytest.raises(ValueError, match="exclude each other"):
+            c.policies.create(name="p", source_endpoint="dev", source_repository="team/app",
+                              rule="true", endpoint="dev", repository="team/copy",
+                              validate_only=True, apply=True)
+        saved = c.policies.create(
+            name="p", source_endpoint="dev", source_repository="team/app", rule="true",
+            endpoint="dev", repository="team/copy", overwrite="never", apply=True,
+        )
+        assert isinstance(saved, PolicyApplied)
+        assert saved.policy.source.endpoint == "dev"
+        assert saved.policy.overwrite == policy_pb2.OVERWRITE_NEVER
+        assert (saved.applied.tags_evaluated, saved.applied.tags_matched) == (1, 1)
+        assert list(saved.applied.errors) == []
+        # Save alone returns the policy and copies nothing of what is already there.
+        plain = c.policies.create(name="q", source_endpoint="dev", source_repository="team/app",
+                                  rule="true", endpoint="dev", repository="team/other")
+        assert isinstance(plain, policy_pb2.Policy)
+        assert [p.name for p in c.policies.iter(source_endpoint="dev")] == ["p", "q"]
+        assert [p.name for p in c.policies.iter(endpoint="elsewhere")] == []
+        updated = c.policies.update(plain.id, overwrite="never", allow_incomplete_facts=True,
+                                    etag=plain.etag)
+        assert updated.overwrite == policy_pb2.OVERWRITE_NEVER and updated.allow_incomplete_facts
+        status = c.scanner.vulndb_status()
+        assert status.loaded is False and status.records == 0
+        assert list(c.gateway.list_unplaced_events().events) == []
+        req = c.policies.get_fact_requirements("team/app", endpoint="dev")
+        assert req is not None
+
+
+async def test_save_and_apply_asyncio(live: LiveStack, registry, images: ImageBuilder) -> None:
+    image = images.image("2.0", layers=[10_000])
+    push(image, registry, "team/app")
+    async with aio.connect(live.address, token=ADMIN_TOKEN) as c:
+        await c.transfers.create_endpoint(name="dev", url=registry.url)
+        saved = await c.policies.create(
+            name="p", source_endpoint="dev", source_repository="team/app", rule="true",
+            endpoint="dev", repository="team/copy", apply=True,
+        )
+        assert saved.policy.name == "p" and saved.applied.tags_matched == 1
+        plain = await c.policies.create(
+            name="q", source_endpoint="dev", source_repository="team/app", rule="true",
+            endpoint="dev", repository="team/other",
+        )
+        assert plain.name == "q"
+        assert (await c.scanner.vulndb_status()).loaded is False
+        assert list((await c.gateway.list_unplaced_events()).events) == []
+        with pytest.raises(errors.NotFound):
+            await c.gateway.apply_policy("no-such-policy")

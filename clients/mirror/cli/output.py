@@ -40,7 +40,8 @@ class Output:
         # Piped output is read by grep and friends: do not fold it to 80 columns.
         width = None if sys.stdout.isatty() else 240
         self.console = Console(soft_wrap=False, width=width)
-        self.err = Console(stderr=True)
+        # Errors and hints stay one line each, whatever the width (greppable, copyable).
+        self.err = Console(stderr=True, soft_wrap=True)
 
     @property
     def machine(self) -> bool:
