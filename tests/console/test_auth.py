@@ -32,6 +32,16 @@ def test_a_wrong_token_is_refused(page: Page, env: Env) -> None:
     assert not [c for c in page.context.cookies() if c["name"] == "mirror_console"]
 
 
+def test_the_sign_in_form_needs_its_own_csrf_token(page: Page, env: Env) -> None:
+    page.goto(env.base + "/login")
+    # A sign-in posted from elsewhere has neither the form's token nor its cookie.
+    resp = page.request.post(env.base + "/login", form={"token": ADMIN_TOKEN})
+    assert resp.status == 403
+    resp = page.request.post(env.base + "/login", form={"token": ADMIN_TOKEN, "_csrf": "x"})
+    assert resp.status == 403
+    assert not [c for c in page.context.cookies() if c["name"] == "mirror_console"]
+
+
 def test_session_cookie_is_httponly_strict_and_holds_no_token(
     page: Page, context: BrowserContext, env: Env
 ) -> None:

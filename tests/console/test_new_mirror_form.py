@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from playwright.sync_api import Page, expect
 
+from registry_testkit.faultproxy import FaultProxy
 from registry_testkit.images import ImageBuilder, push
 from registry_testkit.registry import RegistryOptions, RegistryProcess, start_registry
 from tests.console.conftest import QA_PASSWORD, QA_USER, Env, sign_in
@@ -210,3 +211,69 @@ def _policy(name: str):  # type: ignore[no-untyped-def]
         target=common_pb2.Target(endpoint="qa", repository="qa/actions"),
         rule='tag endswith "stable"', enabled=True,
     )
+
+
+def test_policy_page_shows_transfer_progress_live(
+    page: Page, env: Env, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A blob held back by a proxy keeps the run RUNNING: the page shows its transfer's
+    progress, then SUCCEEDED, with no reload (server-sent events)."""
+    from mirror.v1 import common_pb2, policy_pb2
+
+    images = ImageBuilder(tmp_path_factory.mktemp("big"))
+    image = images.image("3.0-stable", layers=[64_000, 900_000])
+    push(image, env.dev, "dev/big")
+    big_blob = max(image.blobs, key=lambda b: b.size)
+    with FaultProxy(env.dev.url) as proxy, env.client() as c:
+        proxy.delay(rf"/blobs/{re.escape(big_blob.digest)}$", seconds=4, times=1, method="GET")
+        c.transfers.create_endpoint(name="slowdev", url=proxy.url)
+        policy = c.policies.create(policy=policy_pb2.Policy(
+            name="slow", source=policy_pb2.PolicySource(endpoint="slowdev", repository="dev/big"),
+            target=common_pb2.Target(endpoint="qa", repository="qa/big"),
+            rule='tag endswith "stable"', enabled=True,
+        ))
+        sign_in(page, env)
+        page.goto(env.base + f"/policies/{policy.id}")
+        expect(page.get_by_text("No run yet.")).to_be_visible()
+        page.get_by_role("button", name="Apply now").click()
+        run = page.locator("tr.run", has_text="3.0-stable")
+        expect(run.locator("progress")).to_be_visible(timeout=30_000)
+        expect(run.locator(".state")).to_have_text(re.compile("PENDING|RUNNING"))
+        expect(run.locator(".progress")).to_contain_text("blobs")
+        reloads: list[str] = []
+        page.on("framenavigated", lambda frame: reloads.append(frame.url))
+        expect(run.locator(".state")).to_have_text("SUCCEEDED", timeout=60_000)
+        expect(run.locator("progress")).to_have_count(0)
+        assert reloads == []
+        assert proxy.requests("GET", rf"/blobs/{re.escape(big_blob.digest)}$")
+
+
+def test_edit_a_registry_keeps_the_stored_password(
+    page: Page, env: Env, upstream: RegistryProcess
+) -> None:
+    with env.client() as c:
+        # No CA yet: TLS cannot be verified until the edit adds it.
+        c.transfers.create_endpoint(name="editme", url=upstream.url, username=QA_USER,
+                                    secret=QA_PASSWORD)
+    sign_in(page, env)
+    page.goto(env.base + "/registries")
+    page.get_by_role("link", name="editme").click()
+    page.get_by_label("Repository to check").fill("team/app")
+    page.get_by_role("button", name="Connect").click()
+    expect(page.locator("#connect-result li.step.failed")).to_contain_text("TLS verified")
+    page.get_by_role("link", name="Edit").click()
+    expect(page.get_by_label("Password or access token")).to_have_value("")
+    expect(page.get_by_label("Password or access token")).to_have_attribute(
+        "placeholder", "stored: leave empty to keep it")
+    page.get_by_text("Show advanced settings").click()
+    page.get_by_label("CA certificate (PEM)").fill(upstream.ca_pem)
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("heading", name="Registry editme")).to_be_visible()
+    page.get_by_label("Repository to check").fill("team/app")
+    page.get_by_role("button", name="Connect").click()
+    # The stored password still signs in: authenticated, and push allowed.
+    expect(page.locator("#connect-result li.step.ok")).to_have_count(5)
+    with env.client() as c:
+        e = c.transfers.get_endpoint("editme")
+        assert e.has_secret and e.username == QA_USER and e.ca_pem.strip()
+    assert QA_PASSWORD not in page.content()
