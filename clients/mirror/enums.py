@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import EnumDescriptor
 
+# Enums whose zero value the proto defines as another value: it is shown as that one, so a
+# printed value can be given back (Overwrite: "UNSPECIFIED: same as OVERWRITE_ALWAYS").
+_ZERO_IS = {"mirror.v1.Overwrite": 1}
+
 
 def prefix(enum: EnumDescriptor) -> str:
     """The prefix every value name of `enum` shares (`STATE_` for Run.State)."""
@@ -21,6 +25,8 @@ def prefix(enum: EnumDescriptor) -> str:
 
 def short_name(enum: EnumDescriptor, value: int) -> str | int:
     """`succeeded` for Run.STATE_SUCCEEDED; a number the descriptor does not know stays one."""
+    if value == 0:
+        value = _ZERO_IS.get(enum.full_name, 0)
     v = enum.values_by_number.get(value)
     if v is None:
         return value

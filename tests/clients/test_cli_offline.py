@@ -166,6 +166,7 @@ def test_json_output_has_every_field_numbers_and_one_enum_spelling() -> None:
     assert policy["description"] == "" and policy["required_facts"] == []
     assert policy["active_since"] is None and policy["target"] is None
     assert policy["overwrite"] == "never"
+    assert to_data(policy_pb2.Policy())["overwrite"] == "always"  # unspecified means always
     assert policy["source"] == {"endpoint": "dev", "repository": "team/**"}
     assert "source_repository" not in policy
     transfer = to_data(transfer_pb2.Transfer(state=transfer_pb2.Transfer.STATE_SUPERSEDED,

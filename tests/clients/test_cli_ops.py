@@ -84,9 +84,9 @@ def test_notify_reconcile_and_json_for_ci(
     doc = ls.ctl("policy", "show", "ci", "-o", "json").json()
     assert doc["enabled"] is False and doc["allow_incomplete_facts"] is False
     assert doc["description"] == "" and doc["disabled_reason"] == ""
-    assert doc["overwrite"] in ("always", "unspecified")
+    assert doc["overwrite"] == "always"  # what unspecified means, as the flag spells it
     mutable = ("name", "description", "source", "rule", "target", "tag_template", "time_zone",
-               "enabled", "allow_incomplete_facts")
+               "enabled", "overwrite", "allow_incomplete_facts")
     policy_file = tmp_path / "ci.yaml"
     policy_file.write_text(yaml.safe_dump({"policies": [{k: doc[k] for k in mutable}]}))
     plan = ls.ctl("apply", "-f", str(policy_file), "--dry-run", "-o", "json")
