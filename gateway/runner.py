@@ -50,6 +50,11 @@ class Push:
     digest: str
     # Tag templates render with this time, so a replayed event renders the same tag.
     evaluation_time: float
+    # What made it, in words (a poll, late metadata), for the run.
+    cause: str = ""
+    poll_id: str = ""
+    # The digest the source tag had before (a poll saw the tag move), for the run.
+    previous_digest: str = ""
 
 
 def chain_text(chain: tuple[Hop, ...] | list[Hop]) -> str:
@@ -156,6 +161,8 @@ class Runner:
         out: list[RunRecord] = []
         for result in resp.results:
             if only_policy and result.policy_id != only_policy:
+                continue
+            if not _triggered_by(result, push.trigger):
                 continue
             rec = await self._one(push, digest, result, provenance, notes, gathered.scan_failed)
             if rec is not None:
@@ -282,6 +289,9 @@ class Runner:
             state=Run.STATE_PENDING,
             provenance=provenance,
             hop=len(provenance),
+            cause=push.cause,
+            poll_id=push.poll_id,
+            previous_digest=push.previous_digest,
         )
         key = (result.policy_id, push.endpoint, push.repository, push.tag, digest)
         async with self._locks[key]:
@@ -303,7 +313,7 @@ class Runner:
                     if rec.state != Run.STATE_NOT_MATCHED:
                         self.tracker.on_final(rec)
                 if rec.state == Run.STATE_PENDING:
-                    rec = await self._start(push, digest, rec, result.overwrite)
+                    rec = await self._start(push, digest, rec, result.overwrite, result)
                 if rec.state == Run.STATE_RUNNING:
                     self.tracker.track(rec)
                 log.info(
@@ -477,7 +487,12 @@ class Runner:
         return int(pol.overwrite)
 
     async def _start(
-        self, push: Push, digest: str, rec: RunRecord, overwrite: int
+        self,
+        push: Push,
+        digest: str,
+        rec: RunRecord,
+        overwrite: int,
+        result: policy_pb2.PolicyResult | None = None,
     ) -> RunRecord:
         req = transfer_pb2.StartTransferRequest(
             source=common_pb2.ImageLocation(
@@ -494,6 +509,8 @@ class Runner:
                 # The tag is written only while the source tag still names this digest: of
                 # two pushes of one tag, the older one never wins.
                 source_tag=push.tag if digest else "",
+                platforms=list(result.platforms) if result is not None else [],
+                copy_referrers=list(result.copy_referrers) if result is not None else [],
             ),
             # Same event + same policy = same job, across redeliveries and restarts.
             idempotency_key=f"{rec.event_id}/{rec.policy_id}",
@@ -514,6 +531,15 @@ class Runner:
         )
         assert updated is not None
         return updated
+
+
+def _triggered_by(result: policy_pb2.PolicyResult, trigger: int) -> bool:
+    """Registry events and Reconcile act only on push-triggered policies (the default);
+    Apply, polls and late metadata act on the policy they were asked for."""
+    kind = result.trigger.WhichOneof("kind") if result.HasField("trigger") else None
+    if trigger in PUSH_TRIGGERS or trigger == Run.TRIGGER_RECONCILE:
+        return kind in (None, "push")
+    return True
 
 
 def _not_found(exc: Exception) -> bool:

@@ -53,6 +53,10 @@ class RunRecord:
     end_time: float | None = None
     provenance: tuple[Hop, ...] = ()
     hop: int = 0
+    cause: str = ""
+    previous_digest: str = ""
+    action: int = 0
+    poll_id: str = ""
 
     def chain(self) -> tuple[Hop, ...]:
         """The provenance of a run triggered by this run's destination push."""
@@ -83,6 +87,10 @@ class RunRecord:
                 for e, r, t in self.provenance
             ],
             hop=self.hop,
+            cause=self.cause,
+            previous_digest=self.previous_digest,
+            action=self.action,  # type: ignore[arg-type]
+            poll_id=self.poll_id,
         )
         r.create_time.CopyFrom(_ts(self.create_time))
         r.update_time.CopyFrom(_ts(self.update_time))
@@ -100,7 +108,8 @@ def _ts(t: float) -> Timestamp:
 _COLUMNS = (
     "id, policy_id, policy_name, event_id, trigger, src_endpoint, src_repository, src_tag,"
     " src_digest, dst_endpoint, dst_repository, dst_tag, state, message, transfer_id,"
-    " create_time, update_time, end_time, provenance, hop"
+    " create_time, update_time, end_time, provenance, hop, cause, previous_digest, action,"
+    " poll_id"
 )
 _N_COLUMNS = _COLUMNS.count(",") + 1
 
@@ -157,6 +166,10 @@ class RunStore:
                     rec.end_time,
                     json.dumps([list(h) for h in rec.provenance]),
                     rec.hop,
+                    rec.cause,
+                    rec.previous_digest,
+                    rec.action,
+                    rec.poll_id,
                 ),
             )
         return rec

@@ -89,6 +89,76 @@ MIGRATIONS = [
         PRIMARY KEY (policy_id, active_since, repository, tag, digest)
     )
     """,
+    # Issue 12: scheduled polls (pull mirroring): when each policy polls next, what each poll
+    # saw, the digest each source tag had at the last poll; a run's cause, previous digest,
+    # action (copy or delete) and poll.
+    """
+    ALTER TABLE runs ADD COLUMN cause TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN previous_digest TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN action INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN poll_id TEXT NOT NULL DEFAULT '';
+    CREATE TABLE poll_schedule (
+        policy_id TEXT PRIMARY KEY,
+        schedule TEXT NOT NULL,
+        next_time REAL NOT NULL
+    );
+    CREATE TABLE polls (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        policy_id TEXT NOT NULL,
+        start_time REAL NOT NULL,
+        end_time REAL,
+        tags_listed INTEGER NOT NULL DEFAULT 0,
+        tags_changed INTEGER NOT NULL DEFAULT 0,
+        tags_copied INTEGER NOT NULL DEFAULT 0,
+        tags_skipped INTEGER NOT NULL DEFAULT 0,
+        tags_failed INTEGER NOT NULL DEFAULT 0,
+        tags_deleted INTEGER NOT NULL DEFAULT 0,
+        requests INTEGER NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX polls_policy ON polls(policy_id, seq);
+    CREATE TABLE poll_tags (
+        policy_id TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        matched INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (policy_id, repository, tag)
+    )
+    """,
+    # Issue 12: outbound-event subscriptions (secret: Fernet token, empty for --notify-url
+    # ones) and one durable row per event and subscription: the exact body, and its attempts.
+    """
+    CREATE TABLE subscriptions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        url TEXT NOT NULL,
+        event_types TEXT NOT NULL DEFAULT '[]',
+        policy_id TEXT NOT NULL DEFAULT '',
+        secret BLOB NOT NULL DEFAULT x'',
+        create_time REAL NOT NULL,
+        origin TEXT NOT NULL DEFAULT 'api'
+    );
+    CREATE TABLE deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        subscription_id TEXT NOT NULL REFERENCES subscriptions(id) ON DELETE CASCADE,
+        event_id TEXT NOT NULL,
+        event_type INTEGER NOT NULL,
+        run_id TEXT NOT NULL DEFAULT '',
+        body BLOB NOT NULL,
+        state INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        response_code INTEGER NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT '',
+        create_time REAL NOT NULL,
+        last_attempt_time REAL,
+        next_attempt_at REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);
+    CREATE INDEX deliveries_subscription ON deliveries(subscription_id, seq)
+    """,
 ]
 
 

@@ -20,10 +20,13 @@ from gateway.facts import EndpointResolver, FactGatherer
 from gateway.http import WebhookApp, check_secret_required, split_listen, start_http
 from gateway.inbox import Inbox
 from gateway.notify import Notifier
+from gateway.polls import PollStore
 from gateway.runner import DEFAULT_MAX_HOPS, Runner
 from gateway.runs import RunRecord, RunStore
+from gateway.scheduler import PollScheduler
 from gateway.schema import open_database
 from gateway.servicer import GatewayServicer
+from gateway.subscriptions import LazySecretBox
 from gateway.sweep import Sweeper
 from gateway.tracker import TransferTracker
 from gateway.webhook_auth import WebhookVerifier
@@ -68,7 +71,11 @@ class Gateway:
         policy = policy_pb2_grpc.PolicyServiceStub(policy_channel)
         transfer = transfer_pb2_grpc.TransferServiceStub(transfer_channel)
         scanner = scan_pb2_grpc.ScanServiceStub(scanner_channel) if scanner_channel else None
-        self.notifier = Notifier(cfg.notify_urls)
+        # Outbound events: --notify-url and API subscriptions, secrets under the deployment's
+        # key (the transfer service's in the stack, which shares the data folder).
+        self.notifier = Notifier(
+            cfg.notify_urls, db=self.db, cipher=LazySecretBox(Path(cfg.data_dir) / "secret.key")
+        )
         self.directory = EndpointDirectory(transfer)
         self.dest_scans = DestinationScanner(self.db, self.directory, scanner, self.runs)
         self.tracker = TransferTracker(
@@ -94,8 +101,17 @@ class Gateway:
             self.inbox,
             BaselineStore(self.db),
         )
+        self.polls = PollStore(self.db)
+        self.scheduler = (
+            PollScheduler(
+                policy, resolver, self.runner, self.runs, self.polls, self.sweeper.repositories
+            )
+            if resolver is not None
+            else None
+        )
         self.servicer = GatewayServicer(
-            self.inbox, self.runs, self.sweeper, self.directory, policy
+            self.inbox, self.runs, self.sweeper, self.directory, policy, self.polls,
+            subscriptions=self.notifier.store,
         )
         self.webhook = WebhookApp(
             self.inbox,
@@ -111,6 +127,7 @@ class Gateway:
         self._reconcile_task: asyncio.Task[None] | None = None
         self._housekeeping_task: asyncio.Task[None] | None = None
         self._baseline_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
         self.http_port = 0
 
     def _on_final(self, run: RunRecord) -> None:
@@ -128,6 +145,8 @@ class Gateway:
             log.info("resumed %d scan(s) on push at destinations", owed)
         self.worker.start()
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
+        if self.scheduler is not None:
+            self._poll_task = asyncio.create_task(self.scheduler.run_forever())
         if self.cfg.baseline_interval_s > 0:
             self._baseline_task = asyncio.create_task(
                 self.sweeper.watch_policies(self.cfg.baseline_interval_s)
@@ -173,7 +192,12 @@ class Gateway:
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
-        for task in (self._reconcile_task, self._housekeeping_task, self._baseline_task):
+        for task in (
+            self._reconcile_task,
+            self._housekeeping_task,
+            self._baseline_task,
+            self._poll_task,
+        ):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

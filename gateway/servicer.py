@@ -8,16 +8,25 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import grpc
+from google.protobuf import empty_pb2
 from grpc import aio
 from mirror.v1 import gateway_pb2, gateway_pb2_grpc, policy_pb2, policy_pb2_grpc
 
 from gateway.endpoints import EndpointDirectory, unplaced_with_suggestions
 from gateway.inbox import Inbox, InboxEvent
+from gateway.polls import PollStore
 from gateway.runs import RunStore
+from gateway.subscriptions import SubscriptionStore, check_subscription
 from gateway.sweep import Sweeper
 from registry_client import names
 from servicekit import metrics
-from servicekit.errors import ApiError, invalid_argument, not_found, unavailable
+from servicekit.errors import (
+    ApiError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    unavailable,
+)
 
 R = TypeVar("R")
 MAX_EVENT_ID = 256
@@ -53,12 +62,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         sweeper: Sweeper,
         directory: EndpointDirectory,
         policy: policy_pb2_grpc.PolicyServiceStub,
+        polls: PollStore | None = None,
+        subscriptions: SubscriptionStore | None = None,
     ) -> None:
         self.inbox = inbox
         self.runs = runs
         self.sweeper = sweeper
         self.directory = directory
         self.policy = policy
+        self.polls = polls
+        self.subscriptions = subscriptions
 
     def mount(self, server: aio.Server) -> None:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self, server)
@@ -126,7 +139,26 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     policy_pb2.GetPolicyRequest(id=request.policy_id), timeout=30
                 ),
             )
+        if self.polls is not None:
+            last = self.polls.last(request.policy_id)
+            if last is not None:
+                st.last_poll.CopyFrom(last.to_proto())
+            nxt = self.polls.planned(request.policy_id)
+            if nxt is not None:
+                st.next_poll_time.FromNanoseconds(int(nxt * 1e9))
         return st
+
+    async def ListPolls(
+        self, request: gateway_pb2.ListPollsRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.ListPollsResponse:
+        if not request.policy_id:
+            raise invalid_argument("policy_id is required", [("policy_id", "empty")])
+        if self.polls is None:
+            return gateway_pb2.ListPollsResponse()
+        recs, token = self.polls.page(request.policy_id, request.page_size, request.page_token)
+        return gateway_pb2.ListPollsResponse(
+            polls=[r.to_proto() for r in recs], next_page_token=token
+        )
 
     async def ApplyPolicy(
         self, request: gateway_pb2.ApplyPolicyRequest, context: aio.ServicerContext
@@ -161,4 +193,60 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         groups = self.inbox.unplaced(limit=1000)
         return gateway_pb2.ListUnplacedEventsResponse(
             events=unplaced_with_suggestions(groups, endpoints, size)
+        )
+
+    # Outbound-event subscriptions (gateway/subscriptions.py; docs/events.md).
+
+    def _subs(self) -> SubscriptionStore:
+        if self.subscriptions is None:
+            raise failed_precondition("this gateway has no subscription store")
+        return self.subscriptions
+
+    async def CreateSubscription(
+        self, request: gateway_pb2.CreateSubscriptionRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.Subscription:
+        store = self._subs()
+        sub = request.subscription
+        bad = check_subscription(sub)
+        if bad:
+            raise invalid_argument("the subscription is not valid", bad)
+        if sub.policy_id:
+            # NOT_FOUND for a policy that does not exist (a filter that could never match).
+            await _call(
+                "reading the policy",
+                self.policy.GetPolicy(policy_pb2.GetPolicyRequest(id=sub.policy_id), timeout=30),
+            )
+        return store.create(sub)
+
+    async def GetSubscription(
+        self, request: gateway_pb2.GetSubscriptionRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.Subscription:
+        if not request.id:
+            raise invalid_argument("id is required", [("id", "empty")])
+        return self._subs().get(request.id).to_proto()
+
+    async def ListSubscriptions(
+        self, request: gateway_pb2.ListSubscriptionsRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.ListSubscriptionsResponse:
+        subs, token = self._subs().page(request.page_size, request.page_token)
+        return gateway_pb2.ListSubscriptionsResponse(
+            subscriptions=[s.to_proto() for s in subs], next_page_token=token
+        )
+
+    async def DeleteSubscription(
+        self, request: gateway_pb2.DeleteSubscriptionRequest, context: aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        if not request.id:
+            raise invalid_argument("id is required", [("id", "empty")])
+        self._subs().delete(request.id)
+        return empty_pb2.Empty()
+
+    async def ListDeliveries(
+        self, request: gateway_pb2.ListDeliveriesRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.ListDeliveriesResponse:
+        recs, token = self._subs().deliveries(
+            request.subscription_id, request.page_size, request.page_token
+        )
+        return gateway_pb2.ListDeliveriesResponse(
+            deliveries=[d.to_proto() for d in recs], next_page_token=token
         )

@@ -105,6 +105,8 @@ class Sweeper:
                 policies = [pol] if pol.enabled else []
             else:
                 policies = [p for p in await self._all_policies() if p.enabled]
+            # Scheduled policies poll their source themselves; manual ones act only on Apply.
+            policies = [p for p in policies if _push_triggered(p)]
             total = SweepResult()
             for pol in policies:
                 if not await self._ensure_baseline(pol, total):
@@ -118,7 +120,7 @@ class Sweeper:
             return 0
         taken = 0
         async with self._lock:
-            for pol in await self._all_policies():
+            for pol in [p for p in await self._all_policies() if _push_triggered(p)]:
                 fresh = pol.enabled and not self.baselines.taken(pol.id, active_since(pol))
                 if fresh and not await self._ensure_baseline(pol, SweepResult()):
                     taken += 1
@@ -132,7 +134,7 @@ class Sweeper:
         seen: list[tuple[str, str, str]] = []
         ep = pol.source.endpoint
         try:
-            for repo in await self._repositories(pol):
+            for repo in await self.repositories(pol):
                 assert self.resolver is not None
                 async with self.resolver.client_for(ep) as rc:
                     for tag in await self._tags(rc, ep, repo):
@@ -173,7 +175,7 @@ class Sweeper:
         result = SweepResult()
         ep = pol.source.endpoint
         try:
-            repos = await self._repositories(pol)
+            repos = await self.repositories(pol)
         except SweepFailed as exc:
             result.errors.append(_error(pol, ep, "", str(exc)))
             return result
@@ -186,7 +188,7 @@ class Sweeper:
                 result.errors.append(_error(pol, ep, repo, str(exc)))
         return result
 
-    async def _repositories(self, pol: policy_pb2.Policy) -> list[str]:
+    async def repositories(self, pol: policy_pb2.Policy) -> list[str]:
         """The source repositories of `pol` on its endpoint (catalog + the policy service's
         own glob matching, so both sides agree on what a glob means)."""
         ep = pol.source.endpoint
@@ -330,6 +332,10 @@ async def _every(interval_s: float, name: str, job: Callable[[], Awaitable[objec
             log.warning("%s failed: %s", name, err.message)
         except Exception:
             log.exception("%s failed", name)
+
+
+def _push_triggered(pol: policy_pb2.Policy) -> bool:
+    return not pol.HasField("trigger") or pol.trigger.WhichOneof("kind") in (None, "push")
 
 
 def _error(pol: policy_pb2.Policy, endpoint: str, repo: str, msg: str) -> gateway_pb2.SweepError:

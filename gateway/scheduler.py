@@ -1,0 +1,259 @@
+"""Scheduled policies (pull mirroring): poll each source on its interval or cron, cheaply.
+
+A poll lists the source's tags (all pages) and HEADs each one; only a tag that is new or
+points at another digest than at the last poll is acted on (evaluated, copied). An unchanged
+poll of N tags therefore costs the tag-list pages plus N HEADs: no manifest GET, no blob GET,
+nothing that Docker Hub-style registries count against their pull limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+from mirror.v1 import gateway_pb2, policy_pb2, policy_pb2_grpc
+
+from gateway.polls import PollRecord, PollStore
+from gateway.runner import Push, Runner, TransientError
+from gateway.runs import RunStore
+from servicekit.logs import bind, context_id
+
+log = logging.getLogger("gateway.scheduler")
+
+Run = gateway_pb2.Run
+COPIED = frozenset({Run.STATE_PENDING, Run.STATE_RUNNING, Run.STATE_SUCCEEDED})
+FAILED = frozenset({Run.STATE_FAILED, Run.STATE_BLOCKED})
+_VERSION = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(.*)$")
+
+
+def is_scheduled(pol: policy_pb2.Policy) -> bool:
+    return pol.HasField("trigger") and pol.trigger.WhichOneof("kind") == "schedule"
+
+
+def schedule_key(pol: policy_pb2.Policy) -> str:
+    """The schedule as text: a changed schedule is planned anew."""
+    s = pol.trigger.schedule
+    return f"{s.interval.ToJsonString()}|{s.cron}|{s.jitter.ToJsonString()}|{pol.time_zone}"
+
+
+def next_poll(pol: policy_pb2.Policy, after: float, rng: random.Random | None = None) -> float:
+    """When the poll after `after` is due: interval or cron, plus a random part of jitter."""
+    s = pol.trigger.schedule
+    jitter = (rng or random).uniform(0, s.jitter.ToNanoseconds() / 1e9)
+    if s.cron:
+        tz = ZoneInfo(pol.time_zone) if pol.time_zone else UTC
+        base = datetime.fromtimestamp(after, tz)
+        return float(croniter(s.cron, base).get_next(float)) + jitter
+    return after + max(1.0, s.interval.ToNanoseconds() / 1e9) + jitter
+
+
+def version_key(tag: str) -> tuple[Any, ...]:
+    """Newest first ordering: semantic versions (v1.2.3, 1.25.3-alpine) above other names."""
+    m = _VERSION.match(tag)
+    if m is None:
+        return (0, tag)
+    major, minor, patch, rest = m.groups()
+    # A release sorts above its pre-releases and suffixed variants of the same number.
+    return (1, int(major), int(minor or 0), int(patch or 0), rest == "", rest)
+
+
+class PollScheduler:
+    """Runs each scheduled policy's polls, one at a time per policy, a few policies at once."""
+
+    def __init__(
+        self,
+        policy: policy_pb2_grpc.PolicyServiceStub,
+        resolver: Any,
+        runner: Runner,
+        runs: RunStore,
+        polls: PollStore,
+        repositories: Callable[[policy_pb2.Policy], Awaitable[list[str]]],
+        on_deleted: Callable[[policy_pb2.Policy, PollRecord, str, str, str], Awaitable[None]]
+        | None = None,
+        concurrency: int = 4,
+    ) -> None:
+        self.policy = policy
+        self.resolver = resolver
+        self.runner = runner
+        self.runs = runs
+        self.polls = polls
+        self.repositories = repositories
+        self.on_deleted = on_deleted
+        self._slots = asyncio.Semaphore(concurrency)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._policies: list[policy_pb2.Policy] = []
+        self._listed_at = 0.0
+
+    async def run_forever(self, tick_s: float = 1.0) -> None:
+        context_id.set("polls")
+        try:
+            while True:
+                try:
+                    await self.tick()
+                except Exception as exc:  # a failed listing is retried at the next tick
+                    log.warning("cannot plan polls: %s", exc)
+                await asyncio.sleep(tick_s)
+        finally:
+            for task in self._running.values():
+                task.cancel()
+            for task in list(self._running.values()):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def tick(self) -> None:
+        """Start the polls that are due."""
+        now = time.time()
+        for pol in await self._scheduled():
+            key = schedule_key(pol)
+            due = self.polls.next_time(pol.id, key)
+            if due is None:
+                # First sight of this schedule: a pull mirror syncs what is there at once.
+                due = now
+                self.polls.plan(pol.id, key, due)
+            if due <= now and pol.id not in self._running:
+                self.polls.plan(pol.id, key, next_poll(pol, now))
+                self._running[pol.id] = asyncio.create_task(self._guarded(pol))
+
+    async def _scheduled(self) -> list[policy_pb2.Policy]:
+        if time.monotonic() - self._listed_at > 5.0:
+            out: list[policy_pb2.Policy] = []
+            token = ""
+            while True:
+                resp = await self.policy.ListPolicies(
+                    policy_pb2.ListPoliciesRequest(page_size=1000, page_token=token), timeout=30
+                )
+                out.extend(p for p in resp.policies if p.enabled and is_scheduled(p))
+                token = resp.next_page_token
+                if not token:
+                    break
+            self._policies, self._listed_at = out, time.monotonic()
+        return self._policies
+
+    async def _guarded(self, pol: policy_pb2.Policy) -> None:
+        try:
+            async with self._slots:
+                await self.poll(pol)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("poll of policy %s failed", pol.name)
+        finally:
+            self._running.pop(pol.id, None)
+
+    async def poll(self, pol: policy_pb2.Policy) -> PollRecord:
+        """One poll of the policy's source; its record says what it saw and did."""
+        rec = self.polls.start(pol.id)
+        bind(policy=pol.name, poll=rec.id)
+        try:
+            repos = await self.repositories(pol)
+            for repo in repos:
+                await self._poll_repo(pol, rec, repo)
+            for repo in set(self.polls.repositories(pol.id)) - set(repos):
+                await self._poll_gone(pol, rec, repo, set())  # the repository itself is gone
+        except Exception as exc:
+            rec.message = f"poll failed: {exc}"[:500]
+            log.warning("policy %s: %s", pol.name, rec.message)
+        finally:
+            self.polls.finish(rec)
+        log.info(
+            "policy %s: poll %s: %d listed, %d changed, %d copied, %d failed",
+            pol.name, rec.id, rec.tags_listed, rec.tags_changed, rec.tags_copied,
+            rec.tags_failed,
+            extra={k: getattr(rec, k) for k in ("tags_listed", "tags_changed", "tags_copied")},
+        )
+        return rec
+
+    async def _poll_repo(self, pol: policy_pb2.Policy, rec: PollRecord, repo: str) -> None:
+        ep = pol.source.endpoint
+        seen = self.polls.seen(pol.id, repo)
+        async with self.resolver.client_for(ep) as rc:
+            tags = await _list_tags(rc, repo)
+            rec.requests += 1
+            rec.tags_listed += len(tags)
+            matched = 0
+            for tag in sorted(tags, key=version_key, reverse=True):
+                desc = await rc.head_manifest(repo, tag)
+                rec.requests += 1
+                if desc is None:
+                    continue  # deleted since the listing
+                before = seen.get(tag)
+                if before is not None and before[0] == desc.digest:
+                    matched += before[1]
+                    continue
+                rec.tags_changed += 1
+                if pol.keep_newest and matched >= pol.keep_newest:
+                    rec.tags_skipped += 1  # older than the newest K matching tags
+                    continue
+                state = await self._act(pol, rec, repo, tag, desc.digest, before)
+                if state is None or state in FAILED:
+                    rec.tags_failed += 1  # not remembered: the next poll tries again
+                    continue
+                if state in COPIED:
+                    rec.tags_copied += 1
+                else:
+                    rec.tags_skipped += 1
+                hit = state != Run.STATE_NOT_MATCHED
+                matched += hit
+                self.polls.remember(pol.id, repo, tag, desc.digest, hit)
+        await self._poll_gone(pol, rec, repo, set(tags))
+
+    async def _act(
+        self,
+        pol: policy_pb2.Policy,
+        rec: PollRecord,
+        repo: str,
+        tag: str,
+        digest: str,
+        before: tuple[str, bool] | None,
+    ) -> int | None:
+        why = "new tag" if before is None else f"tag moved from {before[0]} to {digest}"
+        push = Push(
+            event_id=f"poll:{rec.id}:{repo}:{tag}",
+            trigger=Run.TRIGGER_SCHEDULE,
+            endpoint=pol.source.endpoint,
+            repository=repo,
+            tag=tag,
+            digest=digest,
+            evaluation_time=time.time(),
+            cause=f"poll {rec.id}: {why}",
+            poll_id=rec.id,
+            previous_digest=before[0] if before else "",
+        )
+        try:
+            runs = await self.runner.act(push, only_policy=pol.id)
+        except TransientError as exc:
+            log.info("policy %s: %s:%s not acted on yet: %s", pol.name, repo, tag, exc)
+            return None
+        return runs[0].state if runs else Run.STATE_NOT_MATCHED
+
+    async def _poll_gone(
+        self, pol: policy_pb2.Policy, rec: PollRecord, repo: str, listed: set[str]
+    ) -> None:
+        """Tags seen at the last poll and gone now: forgotten, and deleted if opted in."""
+        for tag, (digest, _) in self.polls.seen(pol.id, repo).items():
+            if tag in listed:
+                continue
+            if self.on_deleted is not None and pol.deletions in (
+                policy_pb2.DELETION_MODE_PROPAGATE,
+                policy_pb2.DELETION_MODE_DRY_RUN,
+            ):
+                await self.on_deleted(pol, rec, repo, tag, digest)
+            self.polls.forget(pol.id, repo, tag)
+
+
+async def _list_tags(rc: Any, repo: str) -> list[str]:
+    from registry_client import errors as rc_errors
+
+    try:
+        return list(await rc.list_tags(repo))
+    except rc_errors.NotFound:
+        return []

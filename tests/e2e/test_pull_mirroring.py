@@ -1,0 +1,169 @@
+"""Pull mirroring (issue 12): scheduled policies poll an upstream behind token auth that sends
+no events, copy new and moved tags, and an unchanged poll costs only tag lists and HEADs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from mirror.v1 import common_pb2, gateway_pb2, policy_pb2, transfer_pb2
+
+from registry_testkit.faultproxy import FaultProxy
+from registry_testkit.images import ImageBuilder, push
+from registry_testkit.registry import RegistryProcess
+from registry_testkit.token_server import TokenServer, TokenUser
+from stack.process import StackProcess
+from tests.e2e.conftest import Clients, wait_for
+from tests.e2e.helpers import skopeo_digest, tags_of
+from tests.support.registry import RegistryFactory
+
+pytestmark = pytest.mark.registry
+
+Run = gateway_pb2.Run
+WRITER = ("writer", "writer-secret-1")
+
+
+@pytest.fixture
+def upstream(
+    registry_factory: RegistryFactory, tmp_path: Path
+) -> Iterator[tuple[RegistryProcess, FaultProxy]]:
+    """A registry behind token auth that lets anyone pull (Docker Hub's anonymous tokens),
+    reached through a proxy that logs every request."""
+    with TokenServer(
+        tmp_path / "token",
+        users={WRITER[0]: TokenUser(WRITER[1], frozenset({"pull", "push"}))},
+        anonymous_actions=frozenset({"pull"}),
+    ) as ts:
+        reg = registry_factory(token_server=ts)
+        proxy = FaultProxy(reg.url).start()
+        try:
+            yield reg, proxy
+        finally:
+            proxy.stop()
+
+
+def pull_policy(
+    clients: Clients, name: str, source: str, target: str, *, interval_s: float = 1.0,
+    keep_newest: int = 0, rule: str = "true",
+) -> policy_pb2.Policy:
+    trigger = policy_pb2.PolicyTrigger(
+        schedule=policy_pb2.ScheduleTrigger(interval=Duration(seconds=int(interval_s)))
+    )
+    return clients.policy.CreatePolicy(
+        policy_pb2.CreatePolicyRequest(
+            policy=policy_pb2.Policy(
+                name=name,
+                source=policy_pb2.PolicySource(endpoint="hub", repository=source),
+                rule=rule,
+                target=common_pb2.Target(endpoint="local", repository=target),
+                tag_template="%n",
+                enabled=True,
+                trigger=trigger,
+                keep_newest=keep_newest,
+            )
+        ),
+        timeout=60,
+    )
+
+
+def polls(clients: Clients, policy_id: str) -> list[gateway_pb2.Poll]:
+    return list(
+        clients.gateway.ListPolls(
+            gateway_pb2.ListPollsRequest(policy_id=policy_id, page_size=100), timeout=10
+        ).polls
+    )
+
+
+def add_endpoints(
+    clients: Clients, proxy: FaultProxy, local: RegistryProcess
+) -> None:
+    # Anonymous: the upstream hands out pull tokens to anyone, as Docker Hub does.
+    clients.transfer.CreateEndpoint(
+        transfer_pb2.CreateEndpointRequest(
+            endpoint=transfer_pb2.Endpoint(name="hub", url=proxy.url)
+        ),
+        timeout=30,
+    )
+    clients.add_endpoint("local", local)
+
+
+def test_pull_mirror_copies_new_and_moved_tags_and_idle_polls_are_cheap(
+    stack: StackProcess,
+    clients: Clients,
+    registry_factory: RegistryFactory,
+    upstream: tuple[RegistryProcess, FaultProxy],
+    tmp_path: Path,
+) -> None:
+    reg, proxy = upstream
+    local = registry_factory()
+    add_endpoints(clients, proxy, local)
+    images = ImageBuilder(tmp_path / "img")
+    for tag in ("1.0", "1.1"):
+        push(images.image(tag), reg, "lib/app", user=WRITER[0], password=WRITER[1])
+    pol = pull_policy(clients, "pull-app", "lib/app", "mirror/app")
+
+    wait_for(lambda: tags_of(local, "mirror/app") == ["1.0", "1.1"], 60, "initial sync")
+    for tag in ("1.0", "1.1"):
+        assert skopeo_digest(local, "mirror/app", tag) == skopeo_digest(
+            reg, "lib/app", tag, *WRITER
+        )
+    status = clients.gateway.GetPolicyStatus(
+        gateway_pb2.GetPolicyStatusRequest(policy_id=pol.id), timeout=10
+    )
+    assert status.HasField("next_poll_time") and status.HasField("last_poll")
+
+    # The tag moves upstream: the next poll copies it again and says from which digest.
+    old = skopeo_digest(reg, "lib/app", "1.1", *WRITER)
+    new = push(images.image("1.1-new", layers=(4321,)), reg, "lib/app", tag="1.1",
+               user=WRITER[0], password=WRITER[1])
+    wait_for(lambda: skopeo_digest(local, "mirror/app", "1.1") == new, 60, "moved tag copied")
+    moved = [r for r in clients.runs(pol.id) if r.source_digest == new]
+    assert moved and moved[0].previous_digest == old and "moved" in moved[0].cause
+    assert moved[0].trigger == Run.TRIGGER_SCHEDULE and moved[0].poll_id
+
+    # Idle polls: only tag lists and manifest HEADs reach the upstream.
+    clients.wait_runs_final(pol.id, 3)
+    mark = time.time()
+    proxy.clear()
+
+    def idle_polls() -> list[gateway_pb2.Poll] | None:
+        after = [p for p in polls(clients, pol.id)
+                 if p.start_time.ToNanoseconds() / 1e9 > mark and p.HasField("end_time")]
+        return after if len(after) >= 2 else None
+
+    done = wait_for(idle_polls, 30, "two idle polls")
+    assert all(p.tags_listed == 2 and p.tags_changed == 0 and p.tags_copied == 0 for p in done)
+    log = list(proxy.log)
+    manifest_gets = [r for r in log if r[0] == "GET" and "/manifests/" in r[1]]
+    blob_gets = [r for r in log if r[0] == "GET" and "/blobs/" in r[1]]
+    assert manifest_gets == [] and blob_gets == [], log
+    heads = [r for r in log if r[0] == "HEAD" and "/manifests/" in r[1]]
+    assert len(heads) >= 4  # two tags, two polls
+    assert len(clients.transfers()) == 3
+
+
+def test_keep_newest_mirrors_only_the_newest_matching_tags(
+    stack: StackProcess,
+    clients: Clients,
+    registry_factory: RegistryFactory,
+    upstream: tuple[RegistryProcess, FaultProxy],
+    tmp_path: Path,
+) -> None:
+    reg, proxy = upstream
+    local = registry_factory()
+    add_endpoints(clients, proxy, local)
+    images = ImageBuilder(tmp_path / "img")
+    for tag in ("1.9.0", "1.10.0", "v1.11.0-alpine", "2.0.0", "nightly"):
+        push(images.image(tag), reg, "lib/tool", user=WRITER[0], password=WRITER[1])
+    # 2.x is excluded by the rule; of the rest, the two newest versions are kept.
+    pol = pull_policy(
+        clients, "newest", "lib/tool", "mirror/tool", keep_newest=2,
+        rule='not (tag startswith "2.")',
+    )
+    wait_for(lambda: polls(clients, pol.id) and polls(clients, pol.id)[0].HasField("end_time"),
+             60, "the first poll")
+    wait_for(lambda: len(tags_of(local, "mirror/tool")) == 2, 60, "two tags mirrored")
+    assert tags_of(local, "mirror/tool") == ["1.10.0", "v1.11.0-alpine"]
