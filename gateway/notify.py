@@ -1,35 +1,63 @@
-"""Outbound webhooks on every mirror success or failure (like DTR's PUSH_MIRRORING).
+"""Outbound events, the one home: every final run that did something becomes an event for each
+subscription that wants it (API subscriptions and the `--notify-url` flag alike).
 
-Sends never block the pipeline: events go into a bounded queue (the oldest is dropped, with a
-log line, when it is full) and a few sender tasks POST them with bounded, backed-off retries.
+Which runs: SUCCEEDED, FAILED and BLOCKED (a gate refused the image: worth telling). Not
+NOT_MATCHED (the rule did not select the tag: nothing happened) nor SKIPPED (up to date,
+superseded, overwrite never: nothing changed). Event type: TAG_DELETION for delete actions
+(dry runs too), POLL_MIRRORING for runs started by a scheduled poll, PUSH_MIRRORING otherwise.
+
+`send` never blocks the pipeline: it writes one durable delivery per subscription and wakes
+the worker (gateway/deliveries.py), which POSTs with bounded, backed-off retries.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from mirror.v1 import gateway_pb2
 
+from gateway.deliveries import DeliveryWorker
 from gateway.runs import RunRecord
-from servicekit.logs import context_id
-from servicekit.retry import Backoff
+from gateway.schema import MIGRATIONS
+from gateway.subscriptions import SecretCipher, SubscriptionStore
+from servicekit.db import Database
 
 log = logging.getLogger("gateway.notify")
 
-EVENT_TYPE = "PUSH_MIRRORING"
+Run = gateway_pb2.Run
+EventType = gateway_pb2.EventType
+NOTIFIED_STATES = frozenset({Run.STATE_SUCCEEDED, Run.STATE_FAILED, Run.STATE_BLOCKED})
+_DELETIONS = frozenset({Run.ACTION_DELETE, Run.ACTION_DELETE_DRY_RUN})
 
 
-def mirror_event(run: RunRecord) -> dict[str, Any]:
-    """The JSON document sent for a finished run."""
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    try:
+        return str(enum.Name(value)).removeprefix(prefix)
+    except ValueError:
+        return str(value)
+
+
+def event_type_of(run: RunRecord) -> int:
+    """The outbound event type of a final run."""
+    # getattr: runs recorded before issue 12's columns have no action.
+    if getattr(run, "action", 0) in _DELETIONS:
+        return EventType.EVENT_TYPE_TAG_DELETION
+    if run.trigger == Run.TRIGGER_SCHEDULE:
+        return EventType.EVENT_TYPE_POLL_MIRRORING
+    return EventType.EVENT_TYPE_PUSH_MIRRORING
+
+
+def mirror_event(run: RunRecord, event_id: str = "") -> dict[str, Any]:
+    """The JSON document sent for a finished run (docs/events.md)."""
     end = run.end_time or run.update_time
+    etype = event_type_of(run)
     return {
-        "type": EVENT_TYPE,
+        "id": event_id or uuid.uuid4().hex,
+        "type": _enum_name(EventType, etype, "EVENT_TYPE_"),
         "policy": {"id": run.policy_id, "name": run.policy_name},
         "source": {
             "endpoint": run.src_endpoint,
@@ -42,7 +70,12 @@ def mirror_event(run: RunRecord) -> dict[str, Any]:
             "tag": run.dst_tag,
         },
         "digest": run.src_digest,
-        "state": gateway_pb2.Run.State.Name(run.state).removeprefix("STATE_"),  # type: ignore[arg-type]
+        "previous_digest": str(getattr(run, "previous_digest", "")),
+        "state": _enum_name(Run.State, run.state, "STATE_"),
+        "action": _enum_name(Run.Action, int(getattr(run, "action", 0)), "ACTION_"),
+        "trigger": _enum_name(Run.Trigger, run.trigger, "TRIGGER_"),
+        "cause": str(getattr(run, "cause", "")),
+        "poll_id": str(getattr(run, "poll_id", "")),
         "message": run.message,
         "run_id": run.id,
         "transfer_id": run.transfer_id,
@@ -51,99 +84,71 @@ def mirror_event(run: RunRecord) -> dict[str, Any]:
 
 
 class Notifier:
-    """POSTs mirror events to the configured URLs."""
+    """Turns final runs into deliveries; owns the subscription store and the delivery worker.
+
+    `urls` (--notify-url) become unsigned subscriptions to every type. Without `db` (tests,
+    embedding) the store lives in memory and only those URLs exist.
+    """
 
     def __init__(
         self,
-        urls: Sequence[str],
+        urls: Sequence[str] = (),
         *,
-        attempts: int = 5,
-        base_delay_s: float = 0.5,
-        max_delay_s: float = 30.0,
-        timeout_s: float = 5.0,
+        db: Database | None = None,
+        cipher: SecretCipher | None = None,
+        attempts: int = 8,
+        max_age_s: float = 24 * 3600.0,
+        base_delay_s: float = 1.0,
+        max_delay_s: float = 300.0,
+        timeout_s: float = 10.0,
         queue_size: int = 1000,
         senders: int = 4,
     ) -> None:
-        self.urls = list(urls)
-        self.attempts = attempts
-        self.base_delay_s = base_delay_s
-        self.max_delay_s = max_delay_s
-        self.timeout_s = timeout_s
-        self.senders = senders
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(queue_size)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
-        self.delivered = 0
-        self.failed = 0
+        self._own_db = db is None
+        self.db = db if db is not None else Database(":memory:", MIGRATIONS)
+        self.store = SubscriptionStore(self.db, cipher)
+        self.store.sync_flag_urls(urls)
+        self.worker = DeliveryWorker(
+            self.store,
+            attempts=attempts,
+            max_age_s=max_age_s,
+            base_delay_s=base_delay_s,
+            max_delay_s=max_delay_s,
+            timeout_s=timeout_s,
+            queue_size=queue_size,
+            senders=senders,
+        )
+
+    @property
+    def delivered(self) -> int:
+        return self.worker.delivered
+
+    @property
+    def failed(self) -> int:
+        return self.worker.failed
 
     async def start(self) -> None:
-        if not self.urls:
-            return
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-            headers={"User-Agent": "image-mirror-gateway"},
-        )
-        self._tasks = [asyncio.create_task(self._sender()) for _ in range(self.senders)]
+        await self.worker.start()
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        self._tasks = []
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.worker.stop()
+        if self._own_db:
+            self.db.close()
 
     def send(self, run: RunRecord) -> None:
-        """Queue the event for every URL; returns at once."""
-        if not self.urls:
+        """Record the run's event for every subscription that wants it; returns at once."""
+        if run.state not in NOTIFIED_STATES:
             return
-        doc = mirror_event(run)
-        for url in self.urls:
-            if self._queue.full():
-                dropped_url, dropped = self._queue.get_nowait()
-                self.failed += 1
-                log.warning(
-                    "notification queue full: dropped run %s for %s",
-                    dropped.get("run_id"),
-                    dropped_url,
-                )
-            self._queue.put_nowait((url, doc))
-
-    async def _sender(self) -> None:
-        while True:
-            url, doc = await self._queue.get()
-            try:
-                await self._deliver(url, doc)
-            finally:
-                self._queue.task_done()
-
-    async def _deliver(self, url: str, doc: dict[str, Any]) -> None:
-        assert self._session is not None
-        context_id.set(str(doc.get("run_id") or "-"))
-        for attempt in range(1, self.attempts + 1):
-            try:
-                async with self._session.post(url, json=doc) as resp:
-                    if 200 <= resp.status < 300:
-                        self.delivered += 1
-                        return
-                    problem = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if attempt == self.attempts:
-                break
-            await Backoff(self.base_delay_s, self.max_delay_s).sleep(attempt - 1)
-        self.failed += 1
-        log.warning(
-            "notification of run %s to %s failed after %d attempts: %s",
-            doc.get("run_id"),
-            url,
-            self.attempts,
-            problem,
-        )
+        etype = event_type_of(run)
+        try:
+            ids = self.store.enqueue(etype, run.policy_id, run.id, mirror_event(run))
+        except Exception:
+            # The run is recorded; losing its notification must not fail the pipeline.
+            log.exception("recording the outbound event of run %s failed", run.id)
+            return
+        if ids:
+            self.worker.wake()
 
     async def drain(self) -> None:
-        """Wait until every queued notification was delivered or given up (for tests)."""
-        await self._queue.join()
+        """Wait until every recorded delivery was delivered or given up (for tests)."""
+        await self.worker.drain()
