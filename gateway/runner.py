@@ -32,6 +32,9 @@ ACTIVE_OR_DONE = frozenset({Run.STATE_PENDING, Run.STATE_RUNNING, Run.STATE_SUCC
 RETRIED_BY_RECONCILE = frozenset({Run.STATE_FAILED, Run.STATE_BLOCKED})
 PUSH_TRIGGERS = frozenset({Run.TRIGGER_EVENT, Run.TRIGGER_NOTIFY})
 DEFAULT_MAX_HOPS = 8
+# distribution 2.8.2 sends a manifest push event before it links the tag (the PUT has not
+# answered yet), so a HEAD right after the event can 404: ask again for up to ~1.5 s.
+TAG_LINK_RETRY_DELAYS_S = (0.1, 0.2, 0.4, 0.8)
 
 
 class TransientError(Exception):
@@ -184,16 +187,21 @@ class Runner:
                 "at the source, so it does not act on it",
             )
         ref = ImageRef(push.endpoint, push.repository, push.tag, push.digest)
-        try:
-            current = await self.gatherer.resolve_digest(ref)
-        except Exception as exc:
-            if _not_found(exc):
-                current = ""
-            else:
-                raise TransientError(
-                    f"cannot read {push.endpoint}/{push.repository}:{push.tag} at the source: "
-                    f"{exc}"
-                ) from exc
+        delays = TAG_LINK_RETRY_DELAYS_S if push.trigger == Run.TRIGGER_EVENT else ()
+        for delay in (*delays, None):
+            try:
+                current = await self.gatherer.resolve_digest(ref)
+            except Exception as exc:
+                if _not_found(exc):
+                    current = ""
+                else:
+                    raise TransientError(
+                        f"cannot read {push.endpoint}/{push.repository}:{push.tag} at the "
+                        f"source: {exc}"
+                    ) from exc
+            if current or delay is None:
+                break
+            await asyncio.sleep(delay)
         if not current:
             claimed = f" (the event named {push.digest})" if push.digest else ""
             return "", (
