@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -328,9 +330,19 @@ class RegistryClient:
         whose Range disagrees raises so the caller can resume from `upload_status`. A stream
         of known `length` goes with Content-Length instead of chunked (no framing copies); if
         it yields more or fewer bytes the request is broken off (ConnectError), never sent
-        short.
+        short. A registry that accepts no byte of a stream for `idle_timeout` seconds (it
+        stopped reading) ends the request with Stalled; waits for the stream itself do not
+        count.
         """
         sent = 0
+        loop = asyncio.get_running_loop()
+        idle = self.cfg.idle_timeout
+        watch = asyncio.timeout(None)
+
+        def arm(when: float | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the request already ended
+                watch.reschedule(when)
+
         headers = {"Content-Type": "application/octet-stream"}
         body: bytes | AsyncIterable[bytes]
         if isinstance(data, bytes):
@@ -348,7 +360,11 @@ class RegistryClient:
                     sent += len(chunk)
                     if length is not None and sent > length:
                         raise ValueError(f"upload stream longer than its length {length}")
+                    # aiohttp asks for the next piece once this one is written: until then
+                    # the registry is taking it, and must within the idle timeout.
+                    arm(loop.time() + idle)
                     yield chunk
+                    arm(None)
                 if length is not None and sent != length:
                     raise ValueError(f"upload stream ended at {sent} of {length} bytes")
 
@@ -358,19 +374,29 @@ class RegistryClient:
                     return up
                 headers["Content-Length"] = str(length)
                 headers["Content-Range"] = f"{up.offset}-{up.offset + length - 1}"
-        async with self.transport.request(
-            "PATCH",
-            up.location,
-            scopes=[_push(up.repo)],
-            ok=(202, 204),
-            headers=headers,
-            data=body,
-            retry=False,
-            retry_statuses=(408, 429),
-            context=f"upload chunk {up.repo}",
-        ) as resp:
-            location = self._location(resp, up.location)
-            held = _range_end(resp.headers.get("Range"))
+        try:
+            async with (
+                watch,
+                self.transport.request(
+                    "PATCH",
+                    up.location,
+                    scopes=[_push(up.repo)],
+                    ok=(202, 204),
+                    headers=headers,
+                    data=body,
+                    retry=False,
+                    retry_statuses=(408, 429),
+                    context=f"upload chunk {up.repo}",
+                ) as resp,
+            ):
+                location = self._location(resp, up.location)
+                held = _range_end(resp.headers.get("Range"))
+        except TimeoutError as e:
+            if not watch.expired():
+                raise
+            err = Stalled(0, "", f"upload chunk {up.repo}: no bytes accepted for {idle:g}s")
+            err.registry = urlsplit(self.cfg.base_url).netloc
+            raise err from e
         offset = up.offset + sent
         if held is not None and held != offset and not (offset == 1 and held == 0):
             raise RegistryError(0, "BLOB_UPLOAD_INVALID", f"registry holds {held}, sent {offset}")

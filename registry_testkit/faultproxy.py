@@ -147,13 +147,15 @@ class FaultProxy(ThreadedProxyServer):
 
     # -- serving ---------------------------------------------------------------------------
 
-    async def _silence(self, seconds: float) -> None:
-        # Ends early when the proxy stops, so a stalled answer never delays its shutdown.
+    async def _silence(self, seconds: float) -> bool:
+        """Wait `seconds`, or less when the proxy stops (True then), so that a stalled
+        answer never delays its shutdown."""
         if self._stop is None:
             await asyncio.sleep(seconds)
-            return
+            return False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1
@@ -169,8 +171,11 @@ class FaultProxy(ThreadedProxyServer):
             self.log.append((method, path, request.query_string))
             self.user_agents.append(request.headers.get("User-Agent", ""))
         delay = self._take("delay", method, path)
-        if delay is not None:
-            await asyncio.sleep(delay.delay)
+        # Before the request body is read: a long delay is a registry not reading it.
+        if delay is not None and await self._silence(delay.delay):
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("fault proxy: stopping")
         st = self._take("status", method, path)
         if st is not None:
             await request.read()

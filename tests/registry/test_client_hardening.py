@@ -3,6 +3,7 @@ hostile error pages, URLs with userinfo; and every request says who we are (User
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -197,3 +198,41 @@ async def test_every_request_carries_the_user_agent(
         await rc.list_tags("ua/copy")
     assert len(proxy.user_agents) >= 10
     assert set(proxy.user_agents) == {USER_AGENT}
+
+
+async def test_upload_to_a_registry_that_stops_reading_is_cut(
+    registry: RegistryProcess, fault_proxy
+) -> None:
+    proxy: FaultProxy = fault_proxy(registry.url)
+    # The upload session opens; then the registry takes no byte of the PATCH body.
+    proxy.delay(r"/blobs/uploads/.+", 300, times=1, method="PATCH")
+    source_waits = 0
+
+    async def stream():
+        nonlocal source_waits
+        for _ in range(64):
+            source_waits += 1
+            yield b"z" * (1 << 20)
+
+    async with RegistryClient(_cfg(proxy.url, idle_timeout=1.0)) as rc:
+        up = await rc.start_upload("slow/app")
+        t0 = time.monotonic()
+        with pytest.raises(errors.Stalled) as info:
+            await rc.upload_chunk(up, stream(), 64 << 20)
+        assert time.monotonic() - t0 < 10
+    assert "no bytes accepted for 1s" in str(info.value)
+    assert source_waits < 64  # cut while writing, not after the whole body
+
+
+async def test_slow_source_does_not_count_as_a_stalled_upload(
+    registry: RegistryProcess, fault_proxy
+) -> None:
+    async def slow():
+        for _ in range(3):
+            await asyncio.sleep(0.6)  # the source is slow; the registry takes every byte
+            yield b"y" * 1000
+
+    async with RegistryClient(_cfg(registry.url, idle_timeout=0.5)) as rc:
+        up = await rc.start_upload("slow/app")
+        up = await rc.upload_chunk(up, slow(), 3000)
+    assert up.offset == 3000
