@@ -12,6 +12,7 @@ from aiohttp import web
 from google.protobuf import timestamp_pb2
 
 from console.config import ConsoleConfig
+from console.policyform import describe_trigger
 from console.sessions import SessionStore
 from console.views import auth, mirrors, policies, registries
 from console.views.policies import state_name
@@ -45,6 +46,7 @@ def templates() -> jinja2.Environment:
     env.filters["when"] = _when
     env.filters["bytes"] = _bytes
     env.filters["run_state"] = state_name
+    env.filters["trigger"] = describe_trigger
     env.globals["now"] = lambda: datetime.now(UTC)
     return env
 

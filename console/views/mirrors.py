@@ -8,9 +8,10 @@ from typing import Any
 
 from aiohttp import web
 from mirror import errors
-from mirror.v1 import common_pb2, gateway_pb2, policy_pb2
+from mirror.v1 import gateway_pb2, policy_pb2
 
 from console.criteria import FIELDS, OPERATORS, CriteriaError, Criterion, rule_of
+from console.policyform import policy_from_form, registry_name
 from console.sessions import Session
 from console.views.forms import FormError, endpoint_fields, endpoint_message, text
 from console.views.registries import connection_steps
@@ -111,32 +112,6 @@ async def new_mirror(request: web.Request, session: Session) -> web.StreamRespon
 
 def _timestamp_now() -> datetime:
     return datetime.now(UTC)
-
-
-def policy_from_form(form: Any) -> policy_pb2.Policy:
-    """The Policy a New mirror form describes (the remote registry named by `registry`)."""
-    local = policy_pb2.PolicySource(endpoint=text(form, "endpoint"),
-                                    repository=text(form, "repository"))
-    remote_name = registry_name(form)
-    remote_repo = text(form, "remote_repository")
-    if text(form, "direction") == "pull":
-        source = policy_pb2.PolicySource(endpoint=remote_name, repository=remote_repo)
-        target = common_pb2.Target(endpoint=local.endpoint, repository=local.repository)
-    else:
-        source = local
-        target = common_pb2.Target(endpoint=remote_name, repository=remote_repo)
-    template = "%n" if text(form, "tag_mode") != "template" else text(form, "tag_template")
-    overwrite = (policy_pb2.OVERWRITE_NEVER if text(form, "overwrite") == "never"
-                 else policy_pb2.OVERWRITE_ALWAYS)
-    return policy_pb2.Policy(
-        name=text(form, "name"), description=text(form, "description"), source=source,
-        target=target, rule=text(form, "rule"), tag_template=template,
-        time_zone=text(form, "time_zone"), overwrite=overwrite, enabled=True,
-    )
-
-
-def registry_name(form: Any) -> str:
-    return text(form, "new_name") if text(form, "registry") == "__new__" else text(form, "registry")
 
 
 async def ensure_new_registry(session: Session, form: Any) -> str:

@@ -248,9 +248,13 @@ def test_policy_page_shows_transfer_progress_live(
         assert proxy.requests("GET", rf"/blobs/{re.escape(big_blob.digest)}$")
 
 
-def test_edit_a_registry_keeps_the_stored_password(
-    page: Page, env: Env, upstream: RegistryProcess
-) -> None:
+def test_edit_a_registry_keeps_the_stored_password(page: Page, env: Env) -> None:
+    opts = RegistryOptions(tls=True, htpasswd_users={QA_USER: QA_PASSWORD})
+    with start_registry(opts, env.tmp / "editme") as upstream:
+        _edit_keeps_password(page, env, upstream)
+
+
+def _edit_keeps_password(page: Page, env: Env, upstream: RegistryProcess) -> None:
     with env.client() as c:
         # No CA yet: TLS cannot be verified until the edit adds it.
         c.transfers.create_endpoint(name="editme", url=upstream.url, username=QA_USER,
