@@ -124,6 +124,23 @@ class Runner:
                 raise TransientError(f"{err.code().name}: {err.details()}") from err
             raise
 
+    async def evaluate_only(
+        self, push: Push, policy_id: str
+    ) -> policy_pb2.PolicyResult | None:
+        """The policy's verdict on the image now (facts gathered as for a run), copying nothing."""
+        req = await self.policy.GetFactRequirements(
+            policy_pb2.GetFactRequirementsRequest(
+                repository=push.repository, endpoint=push.endpoint
+            ),
+            timeout=RPC_TIMEOUT_S,
+        )
+        gathered = await self._facts(push, push.digest, set(req.kinds))
+        resp = await self.policy.Evaluate(
+            policy_pb2.EvaluateRequest(facts=gathered.facts, endpoint=push.endpoint),
+            timeout=RPC_TIMEOUT_S,
+        )
+        return next((r for r in resp.results if r.policy_id == policy_id), None)
+
     async def record_failure(self, push: Push, message: str) -> list[RunRecord]:
         """The push could not be acted on at all (given up): a FAILED run per policy."""
         try:

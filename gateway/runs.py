@@ -290,6 +290,35 @@ class RunStore:
         )
         return _record(row) if row else None
 
+    def last_copy(
+        self, policy_id: str, endpoint: str, repository: str, tag: str
+    ) -> RunRecord | None:
+        """The newest SUCCEEDED copy of this source tag by the policy, unless deleted since."""
+        row = self.db.query_one(
+            f"SELECT seq, {_COLUMNS} FROM runs WHERE policy_id = ? AND src_endpoint = ?"
+            " AND src_repository = ? AND src_tag = ? AND state = ? AND action IN (?, ?)"
+            " ORDER BY seq DESC LIMIT 1",
+            (
+                policy_id, endpoint, repository, tag, Run.STATE_SUCCEEDED,
+                Run.ACTION_COPY, Run.ACTION_DELETE,
+            ),
+        )
+        if row is None or row["action"] != Run.ACTION_COPY or not row["dst_tag"]:
+            return None
+        return _record(row)
+
+    def copies_of(self, policy_id: str) -> list[RunRecord]:
+        """Per destination tag, the newest SUCCEEDED copy by the policy not deleted since."""
+        rows = self.db.query(
+            f"SELECT seq, {_COLUMNS} FROM runs WHERE policy_id = ? AND state = ?"
+            " AND action IN (?, ?) AND dst_tag != '' ORDER BY seq",
+            (policy_id, Run.STATE_SUCCEEDED, Run.ACTION_COPY, Run.ACTION_DELETE),
+        )
+        latest: dict[tuple[str, str, str], sqlite3.Row] = {}
+        for row in rows:
+            latest[(row["dst_endpoint"], row["dst_repository"], row["dst_tag"])] = row
+        return [_record(r) for r in latest.values() if r["action"] == Run.ACTION_COPY]
+
     def made_by_us(
         self, endpoint: str, repository: str, tag: str, digest: str
     ) -> RunRecord | None:

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 from mirror.v1 import gateway_pb2, policy_pb2, policy_pb2_grpc
 
+from gateway.deletions import Deleter
 from gateway.polls import PollRecord, PollStore
 from gateway.runner import Push, Runner, TransientError
 from gateway.runs import RunStore
@@ -77,8 +78,7 @@ class PollScheduler:
         runs: RunStore,
         polls: PollStore,
         repositories: Callable[[policy_pb2.Policy], Awaitable[list[str]]],
-        on_deleted: Callable[[policy_pb2.Policy, PollRecord, str, str, str], Awaitable[None]]
-        | None = None,
+        deleter: Deleter | None = None,
         concurrency: int = 4,
     ) -> None:
         self.policy = policy
@@ -87,7 +87,7 @@ class PollScheduler:
         self.runs = runs
         self.polls = polls
         self.repositories = repositories
-        self.on_deleted = on_deleted
+        self.deleter = deleter
         self._slots = asyncio.Semaphore(concurrency)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._policies: list[policy_pb2.Policy] = []
@@ -242,11 +242,18 @@ class PollScheduler:
         for tag, (digest, _) in self.polls.seen(pol.id, repo).items():
             if tag in listed:
                 continue
-            if self.on_deleted is not None and pol.deletions in (
-                policy_pb2.DELETION_MODE_PROPAGATE,
-                policy_pb2.DELETION_MODE_DRY_RUN,
-            ):
-                await self.on_deleted(pol, rec, repo, tag, digest)
+            if self.deleter is not None:
+                run = await self.deleter.source_deleted(
+                    pol,
+                    repo,
+                    tag,
+                    event_id=f"poll:{rec.id}:{repo}:{tag}:gone",
+                    trigger=Run.TRIGGER_SCHEDULE,
+                    cause=f"poll {rec.id}: {repo}:{tag} ({digest}) is gone at the source",
+                    poll_id=rec.id,
+                )
+                if run is not None and run.state == Run.STATE_SUCCEEDED:
+                    rec.tags_deleted += 1
             self.polls.forget(pol.id, repo, tag)
 
 

@@ -14,6 +14,7 @@ from grpc import aio
 from mirror.v1 import policy_pb2_grpc, scan_pb2_grpc, transfer_pb2_grpc
 
 from gateway.baselines import BaselineStore
+from gateway.deletions import Deleter
 from gateway.dest_scan import DestinationScanner
 from gateway.endpoints import EndpointDirectory
 from gateway.facts import EndpointResolver, FactGatherer
@@ -102,9 +103,16 @@ class Gateway:
             BaselineStore(self.db),
         )
         self.polls = PollStore(self.db)
+        self.deleter = Deleter(transfer, policy, self.runs, self.runner)
         self.scheduler = (
             PollScheduler(
-                policy, resolver, self.runner, self.runs, self.polls, self.sweeper.repositories
+                policy,
+                resolver,
+                self.runner,
+                self.runs,
+                self.polls,
+                self.sweeper.repositories,
+                deleter=self.deleter,
             )
             if resolver is not None
             else None
@@ -112,6 +120,7 @@ class Gateway:
         self.servicer = GatewayServicer(
             self.inbox, self.runs, self.sweeper, self.directory, policy, self.polls,
             subscriptions=self.notifier.store,
+            deleter=self.deleter,
         )
         self.webhook = WebhookApp(
             self.inbox,

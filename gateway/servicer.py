@@ -12,6 +12,7 @@ from google.protobuf import empty_pb2
 from grpc import aio
 from mirror.v1 import gateway_pb2, gateway_pb2_grpc, policy_pb2, policy_pb2_grpc
 
+from gateway.deletions import Deleter
 from gateway.endpoints import EndpointDirectory, unplaced_with_suggestions
 from gateway.inbox import Inbox, InboxEvent
 from gateway.polls import PollStore
@@ -64,6 +65,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         policy: policy_pb2_grpc.PolicyServiceStub,
         polls: PollStore | None = None,
         subscriptions: SubscriptionStore | None = None,
+        deleter: Deleter | None = None,
     ) -> None:
         self.inbox = inbox
         self.runs = runs
@@ -71,6 +73,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.directory = directory
         self.policy = policy
         self.polls = polls
+        self.deleter = deleter
         self.subscriptions = subscriptions
 
     def mount(self, server: aio.Server) -> None:
@@ -147,6 +150,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             if nxt is not None:
                 st.next_poll_time.FromNanoseconds(int(nxt * 1e9))
         return st
+
+    async def PrunePolicy(
+        self, request: gateway_pb2.PrunePolicyRequest, context: aio.ServicerContext
+    ) -> gateway_pb2.PrunePolicyResponse:
+        if not request.policy_id:
+            raise invalid_argument("policy_id is required", [("policy_id", "empty")])
+        if self.deleter is None:
+            raise unavailable("this gateway cannot delete tags")
+        pol = await _call(
+            "reading the policy",
+            self.policy.GetPolicy(policy_pb2.GetPolicyRequest(id=request.policy_id), timeout=30),
+        )
+        runs, kept = await self.deleter.prune(pol, request.dry_run)
+        return gateway_pb2.PrunePolicyResponse(
+            runs=[r.to_proto() for r in runs], tags_kept=kept
+        )
 
     async def ListPolls(
         self, request: gateway_pb2.ListPollsRequest, context: aio.ServicerContext

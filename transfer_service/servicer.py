@@ -28,6 +28,7 @@ from transfer_service.jobs import JobSpec, Journal
 from transfer_service.policy_refs import PolicyRefs
 from transfer_service.schema import open_database
 from transfer_service.secrets import load_secret_box
+from transfer_service.tag_delete import delete_tag
 from transfer_service.worker import Worker
 
 log = logging.getLogger("transfer_service")
@@ -224,6 +225,29 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         _require(request.endpoint, "endpoint")
         ok, has = self.endpoints.verify_webhook_secret(request.endpoint, request.secret)
         return transfer_pb2.VerifyWebhookSecretResponse(ok=ok, has_webhook_secret=has)
+
+    async def DeleteTag(
+        self, request: transfer_pb2.DeleteTagRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.DeleteTagResponse:
+        violations = []
+        for field, problem in (
+            ("endpoint", "" if request.endpoint else "required"),
+            ("repository", repository_problem(request.repository)),
+            ("tag", tag_problem(request.tag)),
+            ("digest", reference_problem(request.digest) if request.digest else "required"),
+        ):
+            if problem:
+                violations.append((field, problem))
+        if violations:
+            raise invalid_argument("the request is not valid", violations)
+        async with self.endpoints.client_for(request.endpoint) as rc:  # NOT_FOUND
+            deleted = await delete_tag(rc, request.repository, request.tag, request.digest)
+        if deleted:
+            log.info(
+                "deleted %s:%s (%s) on endpoint %s",
+                request.repository, request.tag, request.digest, request.endpoint,
+            )
+        return transfer_pb2.DeleteTagResponse(deleted=deleted)
 
     async def TestConnection(
         self, request: transfer_pb2.TestConnectionRequest, context: aio.ServicerContext
