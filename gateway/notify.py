@@ -43,8 +43,7 @@ def _enum_name(enum: Any, value: int, prefix: str) -> str:
 
 def event_type_of(run: RunRecord) -> int:
     """The outbound event type of a final run."""
-    # getattr: runs recorded before issue 12's columns have no action.
-    if getattr(run, "action", 0) in _DELETIONS:
+    if run.action in _DELETIONS:
         return EventType.EVENT_TYPE_TAG_DELETION
     if run.trigger == Run.TRIGGER_SCHEDULE:
         return EventType.EVENT_TYPE_POLL_MIRRORING
@@ -70,12 +69,12 @@ def mirror_event(run: RunRecord, event_id: str = "") -> dict[str, Any]:
             "tag": run.dst_tag,
         },
         "digest": run.src_digest,
-        "previous_digest": str(getattr(run, "previous_digest", "")),
+        "previous_digest": run.previous_digest,
         "state": _enum_name(Run.State, run.state, "STATE_"),
-        "action": _enum_name(Run.Action, int(getattr(run, "action", 0)), "ACTION_"),
+        "action": _enum_name(Run.Action, run.action, "ACTION_"),
         "trigger": _enum_name(Run.Trigger, run.trigger, "TRIGGER_"),
-        "cause": str(getattr(run, "cause", "")),
-        "poll_id": str(getattr(run, "poll_id", "")),
+        "cause": run.cause,
+        "poll_id": run.poll_id,
         "message": run.message,
         "run_id": run.id,
         "transfer_id": run.transfer_id,
