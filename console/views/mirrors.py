@@ -128,15 +128,18 @@ async def ensure_new_registry(session: Session, form: Any) -> str:
 @page(write=True)
 async def create_mirror(request: web.Request, session: Session) -> web.StreamResponse:
     form = await form_of(request)
+    created = text(form, "created_endpoint")
     try:
         if text(form, "registry") == "__new__":
-            await ensure_new_registry(session, form)
+            created = await ensure_new_registry(session, form)
         policy = await session.client.policies.create(policy=policy_from_form(form))
     except (FormError, errors.InvalidArgument, errors.AlreadyExists,
             errors.FailedPrecondition, errors.NotFound) as err:
         endpoints = [e async for e in session.client.transfers.iter_endpoints()]
-        return render(request, "new_mirror.html", session, http_status=400, error=err,
-                      **_form_context(form, endpoints))
+        ctx = _form_context(form, endpoints)
+        # The new registry was registered: the next Save updates it rather than adding it.
+        ctx["values"]["created_endpoint"] = created
+        return render(request, "new_mirror.html", session, http_status=400, error=err, **ctx)
     where = f"/policies/{policy.id}"
     if text(form, "action") == "apply":
         applied = await session.client.gateway.apply_policy(policy.id)

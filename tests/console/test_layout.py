@@ -66,6 +66,10 @@ def test_pages_fit_the_width_and_label_every_control(
     ctx = browser.new_context(viewport={"width": width, "height": 900})
     ctx.set_default_timeout(20_000)
     page = ctx.new_page()
+    # A Content-Security-Policy violation or a script error shows up as a console error.
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
     try:
         page.goto(env.base + "/login")
         assert page.evaluate(UNLABELLED) == []
@@ -88,6 +92,7 @@ def test_pages_fit_the_width_and_label_every_control(
                             full_page=True)
             assert page.evaluate(UNLABELLED) == [], name
             assert page.evaluate(SIDEWAYS) <= 0, f"{name} scrolls sideways at {width}px"
+            assert problems == [], name
     finally:
         ctx.close()
 

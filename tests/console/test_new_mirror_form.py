@@ -281,3 +281,25 @@ def _edit_keeps_password(page: Page, env: Env, upstream: RegistryProcess) -> Non
         e = c.transfers.get_endpoint("editme")
         assert e.has_secret and e.username == QA_USER and e.ca_pem.strip()
     assert QA_PASSWORD not in page.content()
+
+
+def test_a_refused_save_with_a_new_registry_registers_it_once(page: Page, env: Env) -> None:
+    with start_registry(RegistryOptions(), env.tmp / "another") as another:
+        open_form(page, env)
+        page.locator("#registry").select_option("__new__")
+        page.get_by_label("Name of the new registry").fill("another")
+        page.locator("#new_url").fill(another.url)
+        page.get_by_label("Remote repository").fill("team/copy")
+        page.locator("#rule").fill("tag ==")
+        page.get_by_label("Mirror name").fill("to-another")
+        page.get_by_role("button", name="Save", exact=True).click()
+        expect(page.get_by_role("alert").first).to_contain_text("rule")
+        # Fix the rule and save again: the registry made by the first Save is reused.
+        page.locator("#rule").fill('tag == "1.0"')
+        expect(page.locator("#rule-check")).to_contain_text("The rule is valid")
+        page.get_by_role("button", name="Save", exact=True).click()
+        expect(page.get_by_role("heading", name="Mirror to-another")).to_be_visible()
+        with env.client() as c:
+            assert c.transfers.get_endpoint("another").url == another.url
+            policy = next(p for p in c.policies.iter() if p.name == "to-another")
+            assert policy.target.endpoint == "another"
