@@ -7,6 +7,7 @@ import sys
 
 import yaml
 
+from mirror import errors
 from mirror.cli import declarative, preflight
 from mirror.cli.context import EXIT_INVALID, Context
 from mirror.cli.parsing import command
@@ -48,10 +49,18 @@ def apply(ctx: Context) -> int:
         return EXIT_INVALID
     if a.dry_run:
         return 0
-    for change in changes:
-        if change.run is not None and change.action != "unchanged":
-            change.run()
-            ctx.out.message(f"{_DONE[change.action]} {change.kind} {change.name}")
+    todo = [(c, c.run) for c in changes if c.run is not None and c.action != "unchanged"]
+    for done, (change, run) in enumerate(todo):
+        try:
+            run()
+        except errors.MirrorError:
+            # Refused by a check only the server can make at write time (UpdatePolicy has no
+            # validate_only): say how far it got.
+            ctx.out.err.print(f"stopped at {change.action} {change.kind} {change.name}: "
+                              f"{done} of {len(todo)} changes made", highlight=False,
+                              markup=False)
+            raise
+        ctx.out.message(f"{_DONE[change.action]} {change.kind} {change.name}")
     return 0
 
 

@@ -115,7 +115,8 @@ def _policy_from_args(ctx: Context) -> policy_pb2.Policy:
         if value is not None:
             setattr(policy, attr, value)
     if a.overwrite is not None:
-        policy.overwrite = getattr(policy_pb2, f"OVERWRITE_{a.overwrite.upper()}")
+        policy.overwrite = enums.value_of(  # type: ignore[assignment]
+            policy_pb2.Overwrite.DESCRIPTOR, a.overwrite)
     if not policy.source.endpoint:
         raise CliError(f"{a.file}: source: {{endpoint, repository}} is required", EXIT_INVALID,
                        hint="or give --source ENDPOINT/REPOSITORY")
