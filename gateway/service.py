@@ -93,6 +93,7 @@ class Gateway:
         self.worker = InboxWorker(
             self.inbox, self.runner, self.directory, concurrency=cfg.concurrency
         )
+        self.deleter = Deleter(transfer, policy, self.runs, self.runner)
         self.sweeper = Sweeper(
             policy,
             self.directory,
@@ -101,9 +102,9 @@ class Gateway:
             self.runs,
             self.inbox,
             BaselineStore(self.db),
+            self.deleter,
         )
         self.polls = PollStore(self.db)
-        self.deleter = Deleter(transfer, policy, self.runs, self.runner)
         self.scheduler = (
             PollScheduler(
                 policy,

@@ -15,6 +15,7 @@ from mirror.v1 import gateway_pb2, policy_pb2, policy_pb2_grpc
 
 from gateway.baselines import BaselineStore
 from gateway.catalog import list_repositories
+from gateway.deletions import DELETING, Deleter
 from gateway.endpoints import EndpointDirectory
 from gateway.facts import TRANSIENT_CODES, EndpointResolver
 from gateway.inbox import Inbox
@@ -35,6 +36,8 @@ class SweepResult:
     tags_matched: int = 0
     runs: list[RunRecord] = field(default_factory=list)
     errors: list[gateway_pb2.SweepError] = field(default_factory=list)
+    # repository -> the tags listed in it (only repositories whose listing succeeded).
+    listed: dict[str, set[str]] = field(default_factory=dict)
 
     def add(self, other: SweepResult) -> None:
         self.tags_checked += other.tags_checked
@@ -68,6 +71,7 @@ class Sweeper:
         runs: RunStore,
         inbox: Inbox,
         baselines: BaselineStore,
+        deleter: Deleter | None = None,
     ) -> None:
         self.policy = policy
         self.directory = directory
@@ -76,6 +80,7 @@ class Sweeper:
         self.runs = runs
         self.inbox = inbox
         self.baselines = baselines
+        self.deleter = deleter
         self._lock = asyncio.Lock()
 
     async def apply(self, policy_id: str) -> SweepResult:
@@ -186,7 +191,28 @@ class Sweeper:
                 await self._sweep_repo(pol, trigger, prefix, repo, result)
             except SweepFailed as exc:
                 result.errors.append(_error(pol, ep, repo, str(exc)))
+        if trigger == Run.TRIGGER_RECONCILE:
+            await self._deleted_at_source(pol, result)
         return result
+
+    async def _deleted_at_source(self, pol: policy_pb2.Policy, result: SweepResult) -> None:
+        """Mirrored tags whose source tag is gone (a lost delete event): deleted if opted in."""
+        if self.deleter is None or pol.deletions not in DELETING:
+            return
+        for wrote in self.runs.copies_of(pol.id):
+            tags = result.listed.get(wrote.src_repository)
+            if tags is None or wrote.src_tag in tags:
+                continue  # not listed (unreadable or another repository), or still there
+            run = await self.deleter.source_deleted(
+                pol,
+                wrote.src_repository,
+                wrote.src_tag,
+                event_id=f"reconcile:deleted:{wrote.id}",
+                trigger=Run.TRIGGER_RECONCILE,
+                cause=f"{wrote.src_repository}:{wrote.src_tag} is gone at the source",
+            )
+            if run is not None:
+                result.runs.append(run)
 
     async def repositories(self, pol: policy_pb2.Policy) -> list[str]:
         """The source repositories of `pol` on its endpoint (catalog + the policy service's
@@ -224,7 +250,9 @@ class Sweeper:
         endpoint = pol.source.endpoint
         since = active_since(pol)
         async with self.resolver.client_for(endpoint) as rc:
-            for tag in sorted(await self._tags(rc, endpoint, repo)):
+            listed = await self._tags(rc, endpoint, repo)
+            result.listed[repo] = set(listed)
+            for tag in sorted(listed):
                 result.tags_checked += 1
                 digest = await self._digest(rc, endpoint, repo, tag)
                 if not digest:
