@@ -14,6 +14,7 @@ import pytest
 
 from registry_client import RegistryClient, errors
 from registry_testkit.faultproxy import FaultProxy
+from registry_testkit.images import ImageRef
 from registry_testkit.registry import RegistryProcess
 from tests.support.images import ImageBuilder, inspect_raw, push
 from transfer_service.engine import CopyEngine, CopyRequest, DescriptorMismatch
@@ -35,6 +36,24 @@ def _req(src: RegistryClient, dst: RegistryClient, repo: str, ref: str, **kw) ->
     )
 
 
+def _stalling_source(
+    registry: RegistryProcess, images: ImageBuilder, fault_proxy, layer_size: int
+) -> tuple[ImageRef, str, FaultProxy]:
+    """`stall/app:v1` with one layer in `registry`, behind a fresh proxy; (image, the layer's
+    path regex, proxy). The test adds the stall rules."""
+    img = images.image("v1", layers=[layer_size])
+    push(img, registry, "stall/app")
+    return img, rf"/blobs/{img.blobs[1].digest}$", fault_proxy(registry.url)
+
+
+async def _copy_stalled(engine: CopyEngine, clients, proxy: FaultProxy, dst) -> float:
+    """Copy stall/app:v1 through `proxy` (idle timeout IDLE); seconds until Stalled."""
+    t0 = time.monotonic()
+    with pytest.raises(errors.Stalled):
+        await engine.copy(_req(clients(proxy.url, idle_timeout=IDLE), dst, "stall/app", "v1"))
+    return time.monotonic() - t0
+
+
 @pytest.mark.parametrize("layer_size", [400_000, 2 << 20], ids=["streamed", "spooled"])
 async def test_source_silent_mid_body_fails_within_the_bound(
     registry: RegistryProcess,
@@ -45,26 +64,16 @@ async def test_source_silent_mid_body_fails_within_the_bound(
     fault_proxy,
     layer_size: int,
 ) -> None:
-    img = images.image("v1", layers=[layer_size])
-    push(img, registry, "stall/app")
-    layer = img.blobs[1]
-    proxy: FaultProxy = fault_proxy(registry.url)
+    img, layer_path, proxy = _stalling_source(registry, images, fault_proxy, layer_size)
     # Every answer for the layer goes silent after 64 KiB and stays silent for minutes.
-    proxy.stall(rf"/blobs/{layer.digest}$", times=None, after_bytes=64 << 10, seconds=300)
-    t0 = time.monotonic()
-    with pytest.raises(errors.Stalled):
-        await engine.copy(_req(clients(proxy.url, idle_timeout=IDLE), clients(registry2), *_ref()))
-    elapsed = time.monotonic() - t0
+    proxy.stall(layer_path, times=None, after_bytes=64 << 10, seconds=300)
+    elapsed = await _copy_stalled(engine, clients, proxy, clients(registry2))
     # One first read and `download_resumes` resumes, each cut after IDLE: not 150 s.
-    gets = len(proxy.requests("GET", rf"/blobs/{layer.digest}$"))
+    gets = len(proxy.requests("GET", layer_path))
     assert gets == engine.mover.download_resumes + 1
     assert elapsed < gets * IDLE + 10
-    assert not registry2.blob_exists("stall/app", layer.digest)
+    assert not registry2.blob_exists("stall/app", img.blobs[1].digest)
     assert list(engine.spool_dir.iterdir()) == []
-
-
-def _ref() -> tuple[str, str]:
-    return "stall/app", "v1"
 
 
 async def test_a_resume_that_brings_nothing_ends_the_download(
@@ -75,20 +84,15 @@ async def test_a_resume_that_brings_nothing_ends_the_download(
     clients,
     fault_proxy,
 ) -> None:
-    img = images.image("v1", layers=[400_000])
-    push(img, registry, "stall/app")
-    layer = img.blobs[1]
-    proxy: FaultProxy = fault_proxy(registry.url)
-    proxy.stall(rf"/blobs/{layer.digest}$", times=1, after_bytes=100_000, seconds=300)
+    _, layer_path, proxy = _stalling_source(registry, images, fault_proxy, 400_000)
+    proxy.stall(layer_path, times=1, after_bytes=100_000, seconds=300)
     # The resume (Range from 100000) sends its headers, then nothing.
-    proxy.stall(rf"/blobs/{layer.digest}$", times=None, after_bytes=0, seconds=300)
-    t0 = time.monotonic()
-    with pytest.raises(errors.Stalled):
-        await engine.copy(_req(clients(proxy.url, idle_timeout=IDLE), clients(registry2), *_ref()))
+    proxy.stall(layer_path, times=None, after_bytes=0, seconds=300)
+    elapsed = await _copy_stalled(engine, clients, proxy, clients(registry2))
     # The first read stalled after progress, so it was resumed; the resume stalled where
     # it started, so the download ended there (no further resumes).
-    assert len(proxy.requests("GET", rf"/blobs/{layer.digest}$")) == 2
-    assert time.monotonic() - t0 < 2 * IDLE + 10
+    assert len(proxy.requests("GET", layer_path)) == 2
+    assert elapsed < 2 * IDLE + 10
 
 
 async def test_one_stall_resumes_by_range_and_the_copy_succeeds(
@@ -99,15 +103,13 @@ async def test_one_stall_resumes_by_range_and_the_copy_succeeds(
     clients,
     fault_proxy,
 ) -> None:
-    img = images.image("v1", layers=[400_000])
-    push(img, registry, "stall/app")
-    layer = img.blobs[1]
-    proxy: FaultProxy = fault_proxy(registry.url)
-    proxy.stall(rf"/blobs/{layer.digest}$", times=1, after_bytes=100_000, seconds=300)
-    r = await engine.copy(_req(clients(proxy.url, idle_timeout=IDLE), clients(registry2), *_ref()))
+    img, layer_path, proxy = _stalling_source(registry, images, fault_proxy, 400_000)
+    proxy.stall(layer_path, times=1, after_bytes=100_000, seconds=300)
+    src = clients(proxy.url, idle_timeout=IDLE)
+    r = await engine.copy(_req(src, clients(registry2), "stall/app", "v1"))
     assert r.digest == img.digest
     assert inspect_raw(registry2, "stall/app", "v1") == img.manifest
-    assert len(proxy.requests("GET", rf"/blobs/{layer.digest}$")) == 2
+    assert len(proxy.requests("GET", layer_path)) == 2
 
 
 @pytest.mark.parametrize("layer_size", [300_000, 2 << 20], ids=["streamed", "spooled"])
