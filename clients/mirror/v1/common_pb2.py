@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mirror/v1/common.proto\x12\tmirror.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\tComponent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08licenses\x18\x04 \x03(\t\x12\x0c\n\x04purl\x18\x05 \x01(\t\"R\n\x13VulnerabilityCounts\x12\x10\n\x08\x63ritical\x18\x01 \x01(\x03\x12\r\n\x05major\x18\x02 \x01(\x03\x12\r\n\x05minor\x18\x03 \x01(\x03\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x03\"\xd6\x03\n\nImageFacts\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12(\n\ncomponents\x18\x04 \x03(\x0b\x32\x14.mirror.v1.Component\x12\x37\n\x0fvulnerabilities\x18\x05 \x01(\x0b\x32\x1e.mirror.v1.VulnerabilityCounts\x12\x31\n\x06labels\x18\x06 \x03(\x0b\x32!.mirror.v1.ImageFacts.LabelsEntry\x12\x11\n\tplatforms\x18\x07 \x03(\t\x12\x12\n\nsize_bytes\x18\x08 \x01(\x03\x12$\n\x07present\x18\t \x03(\x0e\x32\x13.mirror.v1.FactKind\x12;\n\x17vulnerability_data_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x63omponents_unknown\x18\x0b \x01(\x08\x12,\n\nsignatures\x18\x0c \x03(\x0b\x32\x18.mirror.v1.SignatureFact\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\rSignatureFact\x12\x17\n\x0fmanifest_digest\x18\x01 \x01(\t\x12\x13\n\x0bverified_by\x18\x02 \x03(\t\x12\x0f\n\x07problem\x18\x03 \x01(\t\".\n\x06Target\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\"H\n\rImageLocation\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t*\xc1\x01\n\x08\x46\x61\x63tKind\x12\x19\n\x15\x46\x41\x43T_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x41\x43T_KIND_REFERENCE\x10\x01\x12\x16\n\x12\x46\x41\x43T_KIND_MANIFEST\x10\x02\x12\x18\n\x14\x46\x41\x43T_KIND_COMPONENTS\x10\x03\x12\x16\n\x12\x46\x41\x43T_KIND_LICENSES\x10\x04\x12\x1d\n\x19\x46\x41\x43T_KIND_VULNERABILITIES\x10\x05\x12\x18\n\x14\x46\x41\x43T_KIND_SIGNATURES\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mirror/v1/common.proto\x12\tmirror.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\tComponent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08licenses\x18\x04 \x03(\t\x12\x0c\n\x04purl\x18\x05 \x01(\t\"R\n\x13VulnerabilityCounts\x12\x10\n\x08\x63ritical\x18\x01 \x01(\x03\x12\r\n\x05major\x18\x02 \x01(\x03\x12\r\n\x05minor\x18\x03 \x01(\x03\x12\x0b\n\x03\x61ll\x18\x04 \x01(\x03\"\xd6\x03\n\nImageFacts\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12(\n\ncomponents\x18\x04 \x03(\x0b\x32\x14.mirror.v1.Component\x12\x37\n\x0fvulnerabilities\x18\x05 \x01(\x0b\x32\x1e.mirror.v1.VulnerabilityCounts\x12\x31\n\x06labels\x18\x06 \x03(\x0b\x32!.mirror.v1.ImageFacts.LabelsEntry\x12\x11\n\tplatforms\x18\x07 \x03(\t\x12\x12\n\nsize_bytes\x18\x08 \x01(\x03\x12$\n\x07present\x18\t \x03(\x0e\x32\x13.mirror.v1.FactKind\x12;\n\x17vulnerability_data_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x63omponents_unknown\x18\x0b \x01(\x08\x12,\n\nsignatures\x18\x0c \x03(\x0b\x32\x18.mirror.v1.SignatureFact\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\rSignatureFact\x12\x17\n\x0fmanifest_digest\x18\x01 \x01(\t\x12\x13\n\x0bverified_by\x18\x02 \x03(\t\x12\x0f\n\x07problem\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\t\x12\x10\n\x08\x66ound_by\x18\x06 \x01(\t\".\n\x06Target\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\"H\n\rImageLocation\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t*\xc1\x01\n\x08\x46\x61\x63tKind\x12\x19\n\x15\x46\x41\x43T_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x41\x43T_KIND_REFERENCE\x10\x01\x12\x16\n\x12\x46\x41\x43T_KIND_MANIFEST\x10\x02\x12\x18\n\x14\x46\x41\x43T_KIND_COMPONENTS\x10\x03\x12\x16\n\x12\x46\x41\x43T_KIND_LICENSES\x10\x04\x12\x1d\n\x19\x46\x41\x43T_KIND_VULNERABILITIES\x10\x05\x12\x18\n\x14\x46\x41\x43T_KIND_SIGNATURES\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMAGEFACTS_LABELSENTRY']._loaded_options = None
   _globals['_IMAGEFACTS_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_FACTKIND']._serialized_start=920
-  _globals['_FACTKIND']._serialized_end=1113
+  _globals['_FACTKIND']._serialized_start=975
+  _globals['_FACTKIND']._serialized_end=1168
   _globals['_COMPONENT']._serialized_start=70
   _globals['_COMPONENT']._serialized_end=158
   _globals['_VULNERABILITYCOUNTS']._serialized_start=160
@@ -44,10 +44,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGEFACTS']._serialized_end=715
   _globals['_IMAGEFACTS_LABELSENTRY']._serialized_start=670
   _globals['_IMAGEFACTS_LABELSENTRY']._serialized_end=715
-  _globals['_SIGNATUREFACT']._serialized_start=717
-  _globals['_SIGNATUREFACT']._serialized_end=795
-  _globals['_TARGET']._serialized_start=797
-  _globals['_TARGET']._serialized_end=843
-  _globals['_IMAGELOCATION']._serialized_start=845
-  _globals['_IMAGELOCATION']._serialized_end=917
+  _globals['_SIGNATUREFACT']._serialized_start=718
+  _globals['_SIGNATUREFACT']._serialized_end=850
+  _globals['_TARGET']._serialized_start=852
+  _globals['_TARGET']._serialized_end=898
+  _globals['_IMAGELOCATION']._serialized_start=900
+  _globals['_IMAGELOCATION']._serialized_end=972
 # @@protoc_insertion_point(module_scope)

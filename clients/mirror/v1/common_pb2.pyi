@@ -230,20 +230,34 @@ Global___ImageFacts: _TypeAlias = ImageFacts  # noqa: Y015
 
 @_typing.final
 class SignatureFact(_message.Message):
-    """One signature of an image and the outcome of verifying it."""
+    """One signature of an image as found in the registry (cosign's format: a simple-signing
+    payload layer and its `dev.cosignproject.cosign/signature` annotation). The gateway finds
+    them; the policy service verifies them against its trusted keys.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MANIFEST_DIGEST_FIELD_NUMBER: _builtins.int
     VERIFIED_BY_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    FOUND_BY_FIELD_NUMBER: _builtins.int
     manifest_digest: _builtins.str
     """Digest of the signature manifest (the `sha256-<hex>.sig` tag or the referrer)."""
     problem: _builtins.str
-    """Why it did not verify against a key, when it did not ("wrong key", "digest mismatch")."""
+    """Set by the policy service: why it verified against no key ("signed by another key",
+    "the payload names another digest").
+    """
+    payload: _builtins.bytes
+    """The signed payload (the simple-signing JSON layer, exact bytes)."""
+    signature: _builtins.str
+    """The signature over the payload, base64 (the layer's cosign annotation)."""
+    found_by: _builtins.str
+    """Where it was found: "tag" (sha256-<hex>.sig) or "referrers" (OCI 1.1 API)."""
     @_builtins.property
     def verified_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Names of the trusted keys that verified it (empty: none did)."""
+        """Set by the policy service: names of the trusted keys that verified it."""
 
     def __init__(
         self,
@@ -251,10 +265,13 @@ class SignatureFact(_message.Message):
         manifest_digest: _builtins.str = ...,
         verified_by: _abc.Iterable[_builtins.str] | None = ...,
         problem: _builtins.str = ...,
+        payload: _builtins.bytes = ...,
+        signature: _builtins.str = ...,
+        found_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifest_digest", b"manifest_digest", "problem", b"problem", "verified_by", b"verified_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["found_by", b"found_by", "manifest_digest", b"manifest_digest", "payload", b"payload", "problem", b"problem", "signature", b"signature", "verified_by", b"verified_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
