@@ -21,6 +21,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m console", description=__doc__.splitlines()[0])
     p.add_argument("--listen", default="127.0.0.1:8090", help="HOST:PORT to serve pages on")
     p.add_argument("--address", default="127.0.0.1:50051", help="gRPC address of the services")
+    p.add_argument(
+        "--service-address", action="append", default=[], metavar="SERVICE=HOST:PORT",
+        help="a service of a split deployment at its own address (policies, transfers, "
+             "gateway, scanner); repeat for each; the others use --address",
+    )
     p.add_argument("--ca", help="CA (PEM file) of the services' TLS certificate: dial with TLS")
     p.add_argument("--cert", help="client certificate (PEM) for mutual TLS")
     p.add_argument("--key", help="client key (PEM) for mutual TLS")
@@ -34,12 +39,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+SERVICES = ("policies", "transfers", "gateway", "scanner")
+
+
+def service_addresses(values: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, address = value.partition("=")
+        if not sep or name not in SERVICES or not address:
+            raise SystemExit(f"--service-address {value!r}: expected SERVICE=HOST:PORT with "
+                             f"SERVICE one of {', '.join(SERVICES)}")
+        out[name] = address
+    return out
+
+
 def config_from_args(args: argparse.Namespace) -> ConsoleConfig:
     tls: bool | TlsOptions = False
     if args.ca or args.cert:
         tls = TlsOptions.from_files(args.ca, args.cert, args.key)
     return ConsoleConfig(
-        address=args.address, tls=tls, idle_timeout_s=args.session_idle,
+        address=args.address, addresses=service_addresses(args.service_address) or None,
+        tls=tls, idle_timeout_s=args.session_idle,
         max_age_s=args.session_max, secure_cookie=args.secure_cookie,
     )
 
