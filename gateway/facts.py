@@ -10,6 +10,8 @@ from typing import Any, Protocol
 import grpc
 from mirror.v1 import common_pb2, scan_pb2, scan_pb2_grpc
 
+from gateway.signatures import find_signatures
+
 log = logging.getLogger("gateway.facts")
 
 FactKind = common_pb2.FactKind
@@ -95,6 +97,11 @@ class FactGatherer:
                 if report is not None:
                     _apply_report(facts, report)
                     present |= {*SCAN_KINDS, FactKind.FACT_KIND_MANIFEST}
+        if FactKind.FACT_KIND_SIGNATURES in kinds and self.resolver is not None:
+            async with self.resolver.client_for(ref.endpoint) as rc:
+                digest = facts.digest or ref.digest
+                facts.signatures.extend(await find_signatures(rc, ref.repository, digest))
+            present.add(FactKind.FACT_KIND_SIGNATURES)
         facts.present.extend(sorted(present))
         return facts
 

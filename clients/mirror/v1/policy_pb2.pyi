@@ -863,6 +863,7 @@ class PolicyResult(_message.Message):
     PLATFORMS_FIELD_NUMBER: _builtins.int
     COPY_REFERRERS_FIELD_NUMBER: _builtins.int
     TRIGGER_FIELD_NUMBER: _builtins.int
+    WAIT_FOR_SIGNATURE_FIELD_NUMBER: _builtins.int
     policy_id: _builtins.str
     policy_name: _builtins.str
     matched: _builtins.bool
@@ -889,6 +890,13 @@ class PolicyResult(_message.Message):
     def trigger(self) -> Global___PolicyTrigger:
         """The policy's trigger: registry events act only on push-triggered policies."""
 
+    @_builtins.property
+    def wait_for_signature(self) -> _duration_pb2.Duration:
+        """Set when the rule did not match only for want of a signature (it reads `signed` /
+        `signed_by`, the image has none that verifies) and the policy waits for one: the caller
+        keeps the run waiting this long and re-evaluates when a signature arrives.
+        """
+
     def __init__(
         self,
         *,
@@ -904,10 +912,11 @@ class PolicyResult(_message.Message):
         platforms: _abc.Iterable[_builtins.str] | None = ...,
         copy_referrers: _abc.Iterable[_builtins.str] | None = ...,
         trigger: Global___PolicyTrigger | None = ...,
+        wait_for_signature: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "target", b"target", "trigger", b"trigger"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "target", b"target", "trigger", b"trigger", "wait_for_signature", b"wait_for_signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "copy_referrers", b"copy_referrers", "explanation", b"explanation", "matched", b"matched", "overwrite", b"overwrite", "platforms", b"platforms", "policy_id", b"policy_id", "policy_name", b"policy_name", "reason", b"reason", "tag", b"tag", "target", b"target", "trigger", b"trigger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "copy_referrers", b"copy_referrers", "explanation", b"explanation", "matched", b"matched", "overwrite", b"overwrite", "platforms", b"platforms", "policy_id", b"policy_id", "policy_name", b"policy_name", "reason", b"reason", "tag", b"tag", "target", b"target", "trigger", b"trigger", "wait_for_signature", b"wait_for_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
