@@ -169,6 +169,18 @@ def test_vulndb_status_and_blocked_runs(
     blocked = wait_for("the run to be blocked", lambda: _runs(ls, "--state", "blocked"))
     assert blocked[0]["policy_name"] == "gate" and blocked[0]["message"]
     assert list_tags(qa, "team/app") == []
+    # explain says so too, and that a push to another registry would not trigger the policy.
+    explained = ls.ctl("policy", "explain", "gate", "--image", "dev/team/app:1.0-stable")
+    assert explained.code == 1, explained.stdout + explained.stderr
+    assert "blocked: " in explained.stdout
+    _ok(ls, "policy", "create", "--name", "stable", "--source", "dev/team/app", "--rule",
+        'tag endswith "stable"', "--target", "qa/team/stable")
+    matches = ls.ctl("policy", "explain", "stable", "--image", "dev/team/app:1.0-stable")
+    assert matches.code == 0 and "would copy to qa/team/stable:1.0-stable" in matches.stdout
+    elsewhere = ls.ctl("policy", "explain", "stable", "--image", "qa/team/app:1.0-stable")
+    assert elsewhere.code == 1 and "MATCHES" in elsewhere.stdout  # the rule alone does
+    assert ("policy stable reads dev/team/app: a push of qa/team/app:1.0-stable does not "
+            "trigger it") in elsewhere.stdout
 
     osv = ROOT / "tests/scanner/osv/CVE-2024-0727.json"
     _ok(ls, "vulndb", "import", str(osv))

@@ -305,17 +305,44 @@ def _facts_for(ctx: Context, rule: str, image: str) -> common_pb2.ImageFacts:
     return facts
 
 
+def _as_the_gateway_would(
+    ctx: Context, policy: policy_pb2.Policy, facts: common_pb2.ImageFacts, image: str
+) -> tuple[policy_pb2.PolicyResult | None, str]:
+    """The policy's result as a push of `image` would get it (Evaluate: source scoping,
+    fail-closed facts, the rendered target), and a note when it would not act at all."""
+    if not policy.enabled:
+        return None, f"policy {policy.name} is disabled: pushes do not trigger it"
+    endpoint = image_ref(image, what="--image").endpoint
+    resp = ctx.client.policies.evaluate(facts, endpoint=endpoint)
+    mine = next((r for r in resp.results if r.policy_id == policy.id), None)
+    if mine is None:
+        return None, (f"policy {policy.name} reads {policy.source.endpoint}/"
+                      f"{policy.source.repository}: a push of {image} does not trigger it")
+    if mine.blocked:
+        return mine, f"blocked: {mine.reason}"
+    if mine.matched:
+        return mine, (f"would copy to {mine.target.endpoint}/{mine.target.repository}:"
+                      f"{mine.tag}")
+    return mine, mine.reason
+
+
 def explain(ctx: Context) -> int:
     a = ctx.args
     rule = a.rule_or_id
+    policy: policy_pb2.Policy | None = None
     # Not a policy's id or name: the argument is the rule itself.
     with contextlib.suppress(CliError):
-        rule = resolve(ctx.client, a.rule_or_id).rule
+        policy = resolve(ctx.client, a.rule_or_id)
+        rule = policy.rule
     facts = _facts_for(ctx, rule, a.image)
     resp = ctx.client.policies.evaluate_rule(rule, facts)
+    result, note = (_as_the_gateway_would(ctx, policy, facts, a.image) if policy is not None
+                    else (None, ""))
+    # A policy passes only when a push would copy: its rule matches and nothing blocks it.
+    passed = resp.matched and (policy is None or (result is not None and result.matched))
     if ctx.out.machine:
-        ctx.out.data({"facts": facts, "result": resp})
-        return 0 if resp.matched else 1
+        ctx.out.data({"facts": facts, "result": resp, "policy_result": result, "note": note})
+        return 0 if passed else 1
     ctx.out.rows(
         list(resp.explanation.clauses),
         [("LINE:COL", lambda c: f"{c.line}:{c.column}"), ("CLAUSE", lambda c: c.clause),
@@ -327,7 +354,9 @@ def explain(ctx: Context) -> int:
             "missing facts: " + ", ".join(_facts_names(resp.explanation.missing_facts)),
             highlight=False,
         )
-    return 0 if resp.matched else 1
+    if note:
+        ctx.out.console.print(note, highlight=False, markup=False)
+    return 0 if passed else 1
 
 
 def _set_enabled(ctx: Context, enabled: bool) -> int:
@@ -437,7 +466,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                     "  mirrorctl policy explain promote-stable --image dev/dev/website:1.4-stable\n"
                     "  mirrorctl policy explain 'critical_vulns == 0' --image dev/app:2.0\n"
                     "rules that need components, licenses or vulnerabilities scan the image "
-                    "first (needs an admin token);\nexits 0 when it matches, 1 when not"))
+                    "first (needs an admin token);\nfor a policy it also says what a push of "
+                    "the image would do (blocked, not its source, the copy);\n"
+                    "exits 0 when it matches (a policy: and a push would copy), 1 when not"))
     p.add_argument("rule_or_id", metavar="RULE-or-ID", help="a rule, or a policy id or name")
     p.add_argument("--image", required=True, metavar="ENDPOINT/REPOSITORY:TAG")
     for name, fn, what in (("enable", enable, "enable"), ("disable", disable, "disable"),
