@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
+import time
 from collections import defaultdict
-from dataclasses import dataclass
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -32,6 +34,30 @@ ACTIVE_OR_DONE = frozenset({Run.STATE_PENDING, Run.STATE_RUNNING, Run.STATE_SUCC
 RETRIED_BY_RECONCILE = frozenset({Run.STATE_FAILED, Run.STATE_BLOCKED})
 PUSH_TRIGGERS = frozenset({Run.TRIGGER_EVENT, Run.TRIGGER_NOTIFY})
 DEFAULT_MAX_HOPS = 8
+FactKind = common_pb2.FactKind
+# cosign's tag scheme: what arrives for an image after it, and which facts it feeds.
+METADATA_TAG = re.compile(r"^(sha256)-([0-9a-f]{64})\.(sig|att|sbom)$")
+METADATA_KINDS = {"sig": "signature", "att": "attestation", "sbom": "SBOM"}
+METADATA_FACTS = {
+    "sig": frozenset({FactKind.FACT_KIND_SIGNATURES}),
+    "att": frozenset(
+        {
+            FactKind.FACT_KIND_SIGNATURES,
+            FactKind.FACT_KIND_COMPONENTS,
+            FactKind.FACT_KIND_LICENSES,
+            FactKind.FACT_KIND_VULNERABILITIES,
+        }
+    ),
+    "sbom": frozenset(
+        {
+            FactKind.FACT_KIND_COMPONENTS,
+            FactKind.FACT_KIND_LICENSES,
+            FactKind.FACT_KIND_VULNERABILITIES,
+        }
+    ),
+}
+# Runs that a late signature, attestation or SBOM may change.
+UNDECIDED = frozenset({Run.STATE_NOT_MATCHED, Run.STATE_BLOCKED, Run.STATE_PENDING})
 # distribution 2.8.2 sends a manifest push event before it links the tag (the PUT has not
 # answered yet), so a HEAD right after the event can 404: ask again for up to ~1.5 s.
 TAG_LINK_RETRY_DELAYS_S = (0.1, 0.2, 0.4, 0.8)
@@ -41,7 +67,7 @@ class TransientError(Exception):
     """A dependency is unavailable right now: try the whole event again later."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Push:
     """An image to act on: where it is and which event (or sweep) brought it."""
 
@@ -150,6 +176,10 @@ class Runner:
             return []
 
     async def _act(self, push: Push, only_policy: str) -> list[RunRecord]:
+        meta = METADATA_TAG.match(push.tag)
+        if meta is not None and push.trigger in PUSH_TRIGGERS:
+            # Not an image: metadata of one, which re-evaluates that image's undecided runs.
+            return await self._late_metadata(push, f"{meta[1]}:{meta[2]}", meta[3])
         req = await self.policy.GetFactRequirements(
             policy_pb2.GetFactRequirementsRequest(
                 repository=push.repository, endpoint=push.endpoint
@@ -188,6 +218,68 @@ class Runner:
             if rec is not None:
                 out.append(rec)
         return out
+
+    async def _late_metadata(self, push: Push, subject: str, kind: str) -> list[RunRecord]:
+        """Re-evaluate, once, the runs of `subject` that the arrived metadata may change."""
+        out: list[RunRecord] = []
+        for prior in self.runs.latest_for_digest(push.endpoint, push.repository, subject):
+            if prior.state not in UNDECIDED:
+                continue
+            if prior.state == Run.STATE_PENDING and not self.runs.is_waiting(prior.id):
+                continue  # in flight, not waiting
+            try:
+                pol = await self.policy.GetPolicy(
+                    policy_pb2.GetPolicyRequest(id=prior.policy_id), timeout=RPC_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    continue
+                raise
+            if not pol.enabled or not set(pol.required_facts) & METADATA_FACTS[kind]:
+                continue
+            again = Push(
+                event_id=f"{push.event_id}/{prior.policy_id}/{prior.src_tag}",
+                trigger=Run.TRIGGER_LATE_METADATA,
+                endpoint=push.endpoint,
+                repository=push.repository,
+                tag=prior.src_tag,
+                digest=subject,
+                evaluation_time=push.evaluation_time,
+                cause=f"{METADATA_KINDS[kind]} {push.tag} arrived",
+            )
+            current, _ = await self._verify(
+                dataclasses.replace(again, trigger=Run.TRIGGER_NOTIFY, digest="")
+            )
+            if current != subject:
+                continue  # the tag has moved on: its own push decides
+            runs = await self._act(again, prior.policy_id)
+            if self.runs.is_waiting(prior.id) and runs:
+                self.runs.end_wait(prior.id)
+                closed = self.runs.update(
+                    prior.id,
+                    state=Run.STATE_SKIPPED,
+                    message=f"re-evaluated by run {runs[0].id}: {again.cause}",
+                )
+                if closed is not None:
+                    count_run(closed)
+            out.extend(runs)
+        return out
+
+    def expire_waits(self) -> int:
+        """Decide the runs whose wait for a signature is over: not matched, saying why."""
+        ended = 0
+        for run_id, why in self.runs.waits_over(time.time()):
+            self.runs.end_wait(run_id)
+            rec = self.runs.update(
+                run_id,
+                state=Run.STATE_NOT_MATCHED,
+                message=f"no signature arrived in time; {why}",
+            )
+            if rec is not None:
+                count_run(rec)
+                self.tracker.on_final(rec)
+                ended += 1
+        return ended
 
     async def _verify(self, push: Push) -> tuple[str, tuple[int, str]]:
         """The digest the tag points to at the source now, and a note on the event's claim.
@@ -325,19 +417,29 @@ class Runner:
                 if cover is not None:
                     return cover
                 replay = self.runs.by_event_policy(push.event_id, result.policy_id)
+                wait = _signature_wait(result) if replay is None else 0.0
                 if replay is None and result.blocked and scan_failed:
                     # Not a gate that lacks data to decide: the image cannot be scanned.
                     base.state, base.message = Run.STATE_FAILED, scan_failed
+                elif wait > 0:
+                    until = time.time() + wait
+                    base.message = (
+                        f"waiting up to {wait:.0f}s for a signature (until "
+                        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}); "
+                        + explain(result)
+                    )
                 elif replay is None:
                     base.state, base.message = await self._decide(push, digest, result, base)
                     if notes and base.state != Run.STATE_PENDING:
                         base.message = "; ".join([base.message, *notes])
                 rec = self.runs.upsert_started(base)
+                if rec is base and wait > 0:
+                    self.runs.wait_for_signature(rec.id, time.time() + wait, explain(result))
                 if rec is base and rec.state != Run.STATE_PENDING:
                     count_run(rec)
                     if rec.state != Run.STATE_NOT_MATCHED:
                         self.tracker.on_final(rec)
-                if rec.state == Run.STATE_PENDING:
+                if rec.state == Run.STATE_PENDING and not self.runs.is_waiting(rec.id):
                     rec = await self._start(push, digest, rec, result.overwrite, result)
                 if rec.state == Run.STATE_RUNNING:
                     self.tracker.track(rec)
@@ -443,7 +545,7 @@ class Runner:
         """
         started = 0
         for rec in self.runs.in_states([Run.STATE_PENDING]):
-            if rec.trigger not in SWEEP_TRIGGERS:
+            if rec.trigger not in SWEEP_TRIGGERS or self.runs.is_waiting(rec.id):
                 continue
             push = Push(
                 event_id=rec.event_id,
@@ -556,6 +658,13 @@ class Runner:
         )
         assert updated is not None
         return updated
+
+
+def _signature_wait(result: policy_pb2.PolicyResult) -> float:
+    """Seconds to wait for a signature (0: decide now)."""
+    if result.matched or result.blocked or not result.HasField("wait_for_signature"):
+        return 0.0
+    return max(0.0, result.wait_for_signature.ToNanoseconds() / 1e9)
 
 
 def _triggered_by(result: policy_pb2.PolicyResult, trigger: int) -> bool:

@@ -319,6 +319,40 @@ class RunStore:
             latest[(row["dst_endpoint"], row["dst_repository"], row["dst_tag"])] = row
         return [_record(r) for r in latest.values() if r["action"] == Run.ACTION_COPY]
 
+    def latest_for_digest(self, endpoint: str, repository: str, digest: str) -> list[RunRecord]:
+        """The newest run of each (policy, source tag) whose source is this image."""
+        rows = self.db.query(
+            f"SELECT seq, {_COLUMNS} FROM runs WHERE src_endpoint = ? AND src_repository = ?"
+            " AND src_digest = ? AND action = 0 ORDER BY seq",
+            (endpoint, repository, digest),
+        )
+        latest: dict[tuple[str, str], sqlite3.Row] = {}
+        for row in rows:
+            latest[(row["policy_id"], row["src_tag"])] = row
+        return [_record(r) for r in latest.values()]
+
+    # -- runs waiting for a signature
+    def wait_for_signature(self, run_id: str, until: float, explanation: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO signature_waits (run_id, until, explanation) VALUES (?, ?, ?)",
+            (run_id, until, explanation),
+        )
+
+    def waits_over(self, now: float) -> list[tuple[str, str]]:
+        """(run id, explanation) of waits that ended."""
+        rows = self.db.query(
+            "SELECT run_id, explanation FROM signature_waits WHERE until <= ?", (now,)
+        )
+        return [(str(r["run_id"]), str(r["explanation"])) for r in rows]
+
+    def is_waiting(self, run_id: str) -> bool:
+        return self.db.query_one(
+            "SELECT 1 FROM signature_waits WHERE run_id = ?", (run_id,)
+        ) is not None
+
+    def end_wait(self, run_id: str) -> None:
+        self.db.execute("DELETE FROM signature_waits WHERE run_id = ?", (run_id,))
+
     def made_by_us(
         self, endpoint: str, repository: str, tag: str, digest: str
     ) -> RunRecord | None:

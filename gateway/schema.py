@@ -159,6 +159,16 @@ MIGRATIONS = [
     CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);
     CREATE INDEX deliveries_subscription ON deliveries(subscription_id, seq)
     """,
+    # Issue 13: runs waiting for a signature (a `signed_by` policy and an unsigned image), and
+    # until when; the run is decided when a signature arrives or the wait ends.
+    """
+    CREATE TABLE signature_waits (
+        run_id TEXT PRIMARY KEY,
+        until REAL NOT NULL,
+        explanation TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX signature_waits_until ON signature_waits(until)
+    """,
 ]
 
 

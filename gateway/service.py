@@ -138,6 +138,7 @@ class Gateway:
         self._housekeeping_task: asyncio.Task[None] | None = None
         self._baseline_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
+        self._waits_task: asyncio.Task[None] | None = None
         self.http_port = 0
 
     def _on_final(self, run: RunRecord) -> None:
@@ -155,6 +156,7 @@ class Gateway:
             log.info("resumed %d scan(s) on push at destinations", owed)
         self.worker.start()
         self._housekeeping_task = asyncio.create_task(self._housekeeping())
+        self._waits_task = asyncio.create_task(self._expire_waits())
         if self.scheduler is not None:
             self._poll_task = asyncio.create_task(self.scheduler.run_forever())
         if self.cfg.baseline_interval_s > 0:
@@ -165,6 +167,16 @@ class Gateway:
             self._reconcile_task = asyncio.create_task(
                 self.sweeper.run_periodically(self.cfg.reconcile_interval_s)
             )
+
+    async def _expire_waits(self) -> None:
+        """Decide runs whose wait for a signature ended (checked every second)."""
+        context_id.set("signature-waits")
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.runner.expire_waits()
+            except Exception:
+                log.exception("deciding runs that waited for a signature failed")
 
     async def _housekeeping(self) -> None:
         """Restart sweep runs a crash left pending (retrying while the transfer service is
@@ -207,6 +219,7 @@ class Gateway:
             self._housekeeping_task,
             self._baseline_task,
             self._poll_task,
+            self._waits_task,
         ):
             if task is not None:
                 task.cancel()
