@@ -107,10 +107,10 @@ def test_seed_flow_new_mirror_save_and_apply_then_push(
     # The run reaches SUCCEEDED on the page by itself (server-sent events), no reload.
     first = page.locator("tr.run", has_text="1.0-stable")
     expect(first.locator(".state")).to_have_text("SUCCEEDED", timeout=60_000)
+    expect(first).to_contain_text(" on qa")
     dest = first.locator("code.dest").inner_text()
-    repo_tag = dest.split("/", 1)[1]
-    assert repo_tag.startswith("qa/website:")
-    tag = repo_tag.split(":", 1)[1]
+    assert dest.startswith("qa/website:")
+    tag = dest.split(":", 1)[1]
     assert TIMESTAMP_TAG.match(tag), dest
     assert digest_of(env.qa, "qa/website", tag, QA_USER, QA_PASSWORD) == stable.digest
 
@@ -127,7 +127,7 @@ def test_seed_flow_new_mirror_save_and_apply_then_push(
     # The repository's Mirrors tab lists the policy with its last status.
     page.goto(env.base + "/repositories/dev/dev/website")
     row = page.locator("tr[data-policy=promote-stable]")
-    expect(row).to_contain_text("qa/qa/website")
+    expect(row).to_contain_text("qa/website on qa")
     expect(row.locator(".state")).to_have_text("SUCCEEDED")
 
     # Pages visited, including the forms that took it: the password is never sent back.

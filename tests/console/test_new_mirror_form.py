@@ -165,7 +165,7 @@ def test_pull_mirror_from_a_new_registry_made_in_the_form(
         upstream = c.transfers.get_endpoint("upstream")
         assert upstream.has_secret and upstream.username == QA_USER
     page.goto(env.base + "/repositories/dev/dev/website")
-    expect(page.locator("tr[data-policy=pull-upstream]")).to_contain_text("upstream/qa/website")
+    expect(page.locator("tr[data-policy=pull-upstream]")).to_contain_text("qa/website on upstream")
     assert QA_PASSWORD not in page.content()
 
 
