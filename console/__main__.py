@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds after which a sign-in ends in any case")
     p.add_argument("--secure-cookie", action="store_true",
                    help="mark the session cookie Secure (pages served over HTTPS)")
+    p.add_argument("--events-url", metavar="URL",
+                   help="the gateway's HTTP base URL, shown as where registries send push "
+                        "notifications (e.g. https://mirror.example:8080)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -61,6 +64,7 @@ def config_from_args(args: argparse.Namespace) -> ConsoleConfig:
         address=args.address, addresses=service_addresses(args.service_address) or None,
         tls=tls, idle_timeout_s=args.session_idle,
         max_age_s=args.session_max, secure_cookie=args.secure_cookie,
+        events_base=args.events_url.rstrip("/") if args.events_url else None,
     )
 
 

@@ -20,6 +20,9 @@ class ConsoleConfig:
     max_sessions: int = 1000
     # Set the cookie's Secure flag (serve the console behind TLS).
     secure_cookie: bool = False
+    # Where registries send push notifications (the gateway's HTTP port), shown on a
+    # registry's page: "" for the console's own origin (mounted on the stack), None: not shown.
+    events_base: str | None = None
     # Seconds between refreshes of the live runs table (server-sent events).
     live_interval_s: float = 1.0
     # Deadline of one SDK call made for a page.

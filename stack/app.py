@@ -101,7 +101,8 @@ def _console_mount(security: ServerSecurity, address: str) -> Any:
     tls: bool | TlsOptions = False
     if peer is not None:
         tls = TlsOptions(peer.ca_pem, peer.cert_pem, peer.key_pem, peer.server_name)
-    return lambda app: mount(app, ConsoleConfig(address=address, tls=tls))
+    # The gateway's webhooks share the console's origin.
+    return lambda app: mount(app, ConsoleConfig(address=address, tls=tls, events_base=""))
 
 
 async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) -> Stack:

@@ -45,9 +45,10 @@ def endpoint_fields(form: Mapping[str, Any], prefix: str = "") -> dict[str, Any]
         "scan_on_push": checked(sub, "scan_on_push"),
         "aliases": aliases(sub),
     }
-    secret = sub.get("secret", "")
-    if isinstance(secret, str) and secret:
-        out["secret"] = secret
+    for key in ("secret", "webhook_secret"):  # write-only: only when typed
+        value = sub.get(key, "")
+        if isinstance(value, str) and value:
+            out[key] = value
     for key, conv in (("max_concurrency", int), ("requests_per_second", float)):
         raw = text(sub, key)
         if raw:

@@ -10,7 +10,7 @@ from mirror.v1 import policy_pb2, transfer_pb2
 
 from console.sessions import Session
 from console.views.forms import FormError, endpoint_fields, endpoint_message, text
-from console.web import form_of, page, render
+from console.web import console_of, form_of, page, render
 
 STEP_LABELS = {
     transfer_pb2.ConnectionCheck.STEP_REACHABLE: "Reachable",
@@ -90,7 +90,16 @@ async def show_registry(request: web.Request, session: Session) -> web.StreamRes
         if p.target.endpoint == name and "{" not in p.target.repository:
             repos.add(p.target.repository)
     return render(request, "registry.html", session, endpoint=endpoint,
-                  repositories=sorted(repos), policies=policies)
+                  repositories=sorted(repos), policies=policies,
+                  events_url=events_url(request, name))
+
+
+def events_url(request: web.Request, name: str) -> str:
+    """Where this registry's push notifications go (empty when the console does not know)."""
+    base = console_of(request).cfg.events_base
+    if base is None:
+        return ""
+    return f"{base or f'{request.scheme}://{request.host}'}/events/{name}"
 
 
 @page(write=True)

@@ -303,3 +303,45 @@ def test_a_refused_save_with_a_new_registry_registers_it_once(page: Page, env: E
             assert c.transfers.get_endpoint("another").url == another.url
             policy = next(p for p in c.policies.iter() if p.name == "to-another")
             assert policy.target.endpoint == "another"
+
+
+def test_webhook_secret_is_write_only_and_the_page_shows_where_to_send_events(
+    page: Page, env: Env
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    secret = "hook-" + "5a0c19e7d2b84f36"
+    with start_registry(RegistryOptions(), env.tmp / "hooked") as hooked:
+        sign_in(page, env)
+        page.goto(env.base + "/registries/new")
+        page.get_by_label("Name", exact=True).fill("hooked")
+        page.get_by_label("Registry URL").fill(hooked.url)
+        page.get_by_text("Show advanced settings").click()
+        page.get_by_label("Webhook secret").fill(secret)
+        page.get_by_role("button", name="Add registry").click()
+        expect(page.get_by_role("heading", name="Registry hooked")).to_be_visible()
+        expect(page.locator(".facts")).to_contain_text("Webhook secret")
+        expect(page.locator("#events-url")).to_have_text(env.base + "/events/hooked")
+        assert secret not in page.content()
+        page.get_by_role("link", name="Edit").click()
+        expect(page.get_by_label("Webhook secret")).to_have_value("")
+        assert secret not in page.content()
+        with env.client() as c:
+            assert c.transfers.get_endpoint("hooked").has_webhook_secret
+
+        # The URL shown takes this registry's notifications with its secret, and only so.
+        def deliver(token: str) -> int:
+            req = urllib.request.Request(
+                env.base + "/events/hooked", data=b'{"events": []}', method="POST",
+                headers={"Authorization": f"Bearer {token}",
+                         "Content-Type": "application/vnd.docker.distribution.events.v1+json"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return int(resp.status)
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        assert deliver(secret) == 200
+        assert deliver("not-the-secret-0000") == 401
