@@ -1,0 +1,144 @@
+"""Signatures (issue 13): gate on them, wait for late ones, carry them when asked.
+
+Signatures are in cosign's own format, made by the tests' own code with real keys
+(tests/e2e/signing.py); the destination's copy is verified with `cryptography` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from mirror.v1 import common_pb2, gateway_pb2, policy_pb2
+
+from registry_testkit.images import ImageBuilder, push
+from registry_testkit.registry import RegistryProcess
+from stack.process import StackProcess
+from tests.e2e.conftest import Clients, dev_and_qa, wait_for
+from tests.e2e.helpers import skopeo_digest, tags_of
+from tests.e2e.signing import ANNOTATION, new_key, public_pem, signature_image, verify
+from tests.support.registry import RegistryFactory
+
+pytestmark = pytest.mark.registry
+
+Run = gateway_pb2.Run
+
+
+def trust(clients: Clients, name: str, pem: str) -> policy_pb2.TrustedKey:
+    return clients.policy.CreateTrustedKey(
+        policy_pb2.CreateTrustedKeyRequest(
+            key=policy_pb2.TrustedKey(name=name, public_key_pem=pem)
+        ),
+        timeout=30,
+    )
+
+
+def policy(
+    clients: Clients, name: str, rule: str, target: str, *, wait_s: int = 0,
+    copy_referrers: tuple[str, ...] = (),
+) -> policy_pb2.Policy:
+    return clients.policy.CreatePolicy(
+        policy_pb2.CreatePolicyRequest(
+            policy=policy_pb2.Policy(
+                name=name,
+                source=policy_pb2.PolicySource(endpoint="dev", repository="dev/app"),
+                rule=rule,
+                target=common_pb2.Target(endpoint="qa", repository=target),
+                tag_template="%n",
+                enabled=True,
+                signature_wait=Duration(seconds=wait_s),
+                copy_referrers=list(copy_referrers),
+            )
+        ),
+        timeout=60,
+    )
+
+
+def get_json(reg: RegistryProcess, path: str, accept: str = "") -> tuple[dict, bytes]:
+    req = urllib.request.Request(f"{reg.url}{path}")
+    if accept:
+        req.add_header("Accept", accept)
+    with urllib.request.urlopen(req, timeout=10, context=reg.ssl_context()) as resp:
+        raw = resp.read()
+    return json.loads(raw), raw
+
+
+def test_signed_by_waits_for_the_signature_then_mirrors_once(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
+    ci = new_key("ecdsa")
+    trust(clients, "ci", public_pem(ci))
+    pol = policy(clients, "signed", 'signed_by "ci"', "qa/app", wait_s=120)
+    image = push(ImageBuilder(tmp_path / "img").image("1.0"), dev, "dev/app")
+
+    def waiting() -> gateway_pb2.Run | None:
+        runs = clients.runs(pol.id)
+        return runs[0] if runs and "waiting" in runs[0].message else None
+
+    first = wait_for(waiting, 60, "the run to wait for a signature")
+    assert first.state == Run.STATE_PENDING
+    assert tags_of(qa, "qa/app") == []
+
+    sig = signature_image(tmp_path, "dev/app", image, ci)
+    push(sig, dev, "dev/app")
+    wait_for(lambda: tags_of(qa, "qa/app") == ["1.0"], 60, "mirrored once signed")
+    assert skopeo_digest(qa, "qa/app", "1.0") == image
+    runs = {r.id: r for r in clients.wait_runs_final(pol.id, 2)}
+    done = [r for r in runs.values() if r.state == Run.STATE_SUCCEEDED]
+    assert len(done) == 1 and done[0].trigger == Run.TRIGGER_LATE_METADATA
+    assert sig.tag in done[0].cause and "signature" in done[0].cause
+    assert runs[first.id].state == Run.STATE_SKIPPED
+    assert len(clients.transfers()) == 1
+
+
+def test_signed_by_refuses_another_key_and_an_image_that_stays_unsigned(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
+    trust(clients, "ci", public_pem(new_key("ed25519")))
+    pol = policy(clients, "signed", 'signed_by "ci"', "qa/app", wait_s=2)
+    images = ImageBuilder(tmp_path / "img")
+    other = images.image("2.0")
+    # Signed, but by a key nobody registered: refused at once, saying why.
+    push(signature_image(tmp_path, "dev/app", other.digest, new_key("ecdsa")), dev, "dev/app")
+    push(other, dev, "dev/app")
+    # Never signed: refused when the wait ends.
+    push(images.image("3.0"), dev, "dev/app")
+    runs = {r.source.reference: r for r in clients.wait_runs_final(pol.id, 2, timeout=60)}
+    assert runs["2.0"].state == Run.STATE_NOT_MATCHED
+    assert "ci" in runs["2.0"].message
+    assert runs["3.0"].state == Run.STATE_NOT_MATCHED
+    assert "no signature arrived in time" in runs["3.0"].message
+    assert tags_of(qa, "qa/app") == []
+
+
+def test_copied_signature_verifies_at_the_destination_default_copies_none(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
+    ci = new_key("ecdsa")
+    carry = policy(clients, "carry", "true", "qa/app", copy_referrers=("signatures",))
+    plain = policy(clients, "plain", "true", "qa/plain")
+    image = ImageBuilder(tmp_path / "img").image("1.0")
+    sig = signature_image(tmp_path, "dev/app", image.digest, ci)
+    push(sig, dev, "dev/app")
+    push(image, dev, "dev/app")
+    wait_for(lambda: sig.tag in tags_of(qa, "qa/app"), 60, "the signature copied")
+    clients.wait_runs_final(carry.id, 1)
+    clients.wait_runs_final(plain.id, 1)
+    assert tags_of(qa, "qa/app") == sorted(["1.0", sig.tag])
+    assert tags_of(qa, "qa/plain") == ["1.0"]
+    # Byte for byte: same manifest digest, and the signature verifies with the public key.
+    assert skopeo_digest(qa, "qa/app", sig.tag) == sig.digest
+    doc, _ = get_json(qa, f"/v2/qa/app/manifests/{sig.tag}",
+                      "application/vnd.oci.image.manifest.v1+json")
+    layer = doc["layers"][0]
+    with urllib.request.urlopen(f"{qa.url}/v2/qa/app/blobs/{layer['digest']}", timeout=10,
+                                context=qa.ssl_context()) as resp:
+        payload = resp.read()
+    assert verify(public_pem(ci), payload, layer["annotations"][ANNOTATION])
+    assert json.loads(payload)["critical"]["image"]["docker-manifest-digest"] == image.digest
