@@ -1,14 +1,19 @@
-"""`python -m policy_service --grpc-listen HOST:PORT --data DIR [--transfer-address HOST:PORT]`.
+"""`python -m policy_service --grpc-listen HOST:PORT --data DIR [--transfer-address HOST:PORT]
+[--max-vulnerability-age 7d]`.
 
-Without --transfer-address the target push check is skipped: that mode is for running the
-policy service alone (development, tests, benchmarks), never for production.
+Without --transfer-address the checks that ask the transfer service (source endpoint, target
+push permission) and the source migration of old policies are skipped: that mode is for
+running the policy service alone (development, tests, benchmarks), never for production.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
+from policy_service.freshness import parse_age
 from policy_service.push_check import GrpcPushChecker
 from policy_service.servicer import PolicyServicer
 from policy_service.store import PolicyStore
@@ -20,6 +25,13 @@ DEFAULT_PORT = 50052
 log = logging.getLogger("policy_service")
 
 
+def _age(text: str) -> timedelta:
+    try:
+        return parse_age(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(
         "policy_service", "image-mirror policy service (mirror.v1.PolicyService)", DEFAULT_PORT
@@ -29,6 +41,13 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="HOST:PORT of the transfer service, asked whether policy targets are pushable; "
         "without it the check is skipped (only for running the policy service alone)",
+    )
+    parser.add_argument(
+        "--max-vulnerability-age",
+        type=_age,
+        default="7d",
+        help="rules reading vulnerabilities are blocked when the scanner's vulnerability data "
+        "is older than this (e.g. 7d, 12h; default 7d)",
     )
     add_security_arguments(parser)
     add_peer_arguments(parser)
@@ -47,14 +66,18 @@ def main(argv: list[str] | None = None) -> None:
                 "no --transfer-address: policy targets are NOT checked for push permission; "
                 "use this only to run the policy service alone"
             )
-        servicer = PolicyServicer(store, checker)
+        servicer = PolicyServicer(
+            store, checker, max_vulnerability_age=args.max_vulnerability_age
+        )
         running = await start_server(
             [servicer], args.grpc_listen, tls=security.tls, interceptors=security.interceptors
         )
+        await servicer.start()
         host = args.grpc_listen.rsplit(":", 1)[0]
         print(f"policy service listening on {host}:{running.port}", flush=True)
 
         async def stop() -> None:
+            await servicer.stop()
             await running.stop()
             if channel is not None:
                 await channel.close()

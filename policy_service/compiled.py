@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from google.protobuf import timestamp_pb2
 from mirror.v1 import common_pb2, policy_pb2
 
-from policy_service import validate
+from policy_service import mapping, validate
 from policy_service.rules import RuleCompileError, compile_rule
 from policy_service.store import PolicyRecord
 from policy_service.templates import TemplateError, compile_template
@@ -28,7 +28,9 @@ class CompiledPolicy:
     zone: ZoneInfo
     # Proto FactKind values, sorted.
     required: tuple[int, ...]
+    # The target as stored; when `mapped` its repository holds placeholders to render.
     target: common_pb2.Target
+    mapped: bool = False
 
 
 def rule_error_text(err: Any) -> str:
@@ -51,8 +53,15 @@ def check_rule(rule: str, field: str) -> tuple[Any, list[tuple[str, str]]]:
         return None, [(field, rule_error_text(e)) for e in err.errors]
 
 
-def compile_policy(rec: PolicyRecord, prefix: str = "policy.") -> CompiledPolicy:
-    """Validate every field of `rec` and compile it; INVALID_ARGUMENT listing every problem."""
+def compile_policy(
+    rec: PolicyRecord, prefix: str = "policy.", strict: bool = True
+) -> CompiledPolicy:
+    """Validate every field of `rec` and compile it; INVALID_ARGUMENT listing every problem.
+
+    `strict` False (loading what an older version stored) accepts a policy with no source
+    endpoint yet and a glob source mapped onto one repository; the start-up migration and
+    the save checks deal with those.
+    """
     violations: list[tuple[str, str]] = []
 
     def check(field: str, problem: str | None) -> None:
@@ -60,9 +69,20 @@ def compile_policy(rec: PolicyRecord, prefix: str = "policy.") -> CompiledPolicy
             violations.append((prefix + field, problem))
 
     check("name", validate.name_error(rec.name))
-    check("source_repository", validate.source_error(rec.source_repository))
+    if strict or rec.source_endpoint:
+        check("source.endpoint", validate.endpoint_error(rec.source_endpoint))
+    source_problem = validate.source_error(rec.source_repository)
+    check("source.repository", source_problem)
     check("target.endpoint", validate.endpoint_error(rec.target_endpoint))
-    check("target.repository", validate.repository_error(rec.target_repository))
+    check(
+        "target.repository",
+        mapping.target_error(rec.source_repository, rec.target_repository, fan_in=not strict)
+        if not source_problem else validate.repository_error(
+            mapping.render(rec.target_repository, "a", "a")
+        ),
+    )
+    if rec.overwrite not in policy_pb2.Overwrite.values():
+        check("overwrite", f"unknown value {rec.overwrite}; use OVERWRITE_ALWAYS or _NEVER")
     tz_problem = validate.time_zone_error(rec.time_zone)
     check("time_zone", tz_problem)
     rule, rule_problems = check_rule(rec.rule, prefix + "rule")
@@ -85,6 +105,7 @@ def compile_policy(rec: PolicyRecord, prefix: str = "policy.") -> CompiledPolicy
         zone=validate.zone(rec.time_zone),
         required=tuple(sorted(int(k) for k in rule.required_facts)),
         target=common_pb2.Target(endpoint=rec.target_endpoint, repository=rec.target_repository),
+        mapped=bool(mapping.placeholders(rec.target_repository)),
     )
 
 
@@ -99,12 +120,13 @@ def to_proto(p: CompiledPolicy) -> policy_pb2.Policy:
 
 
 def record_to_proto(r: PolicyRecord, required: tuple[int, ...] = ()) -> policy_pb2.Policy:
-    """The API form of a stored policy (`required` from its compiled rule)."""
+    """The API form of a stored policy (`required` from its compiled rule); the deprecated
+    source_repository is never set."""
     return policy_pb2.Policy(
         id=r.id,
         name=r.name,
         description=r.description,
-        source_repository=r.source_repository,
+        source=policy_pb2.PolicySource(endpoint=r.source_endpoint, repository=r.source_repository),
         rule=r.rule,
         target=common_pb2.Target(endpoint=r.target_endpoint, repository=r.target_repository),
         tag_template=r.tag_template,
@@ -114,4 +136,8 @@ def record_to_proto(r: PolicyRecord, required: tuple[int, ...] = ()) -> policy_p
         update_time=_timestamp(r.update_time_us) if r.update_time_us else None,
         etag=r.etag,
         required_facts=required,  # type: ignore[arg-type]
+        overwrite=r.overwrite,  # type: ignore[arg-type]
+        allow_incomplete_facts=r.allow_incomplete_facts,
+        active_since=_timestamp(r.active_since_us) if r.active_since_us else None,
+        disabled_reason=r.disabled_reason,
     )

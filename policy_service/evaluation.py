@@ -9,19 +9,12 @@ from typing import Any
 
 from mirror.v1 import common_pb2, policy_pb2
 
+from policy_service import mapping
 from policy_service.compiled import CompiledPolicy
+from policy_service.freshness import FactQuality, missing_reason
 from policy_service.rules import ComponentFact, Facts, VulnCounts
 from policy_service.templates import TemplateError
-
-# What each fact kind is called in a "needs ... facts" reason.
-_KIND_NOUNS: dict[int, str] = {
-    common_pb2.FACT_KIND_REFERENCE: "reference",
-    common_pb2.FACT_KIND_MANIFEST: "manifest",
-    common_pb2.FACT_KIND_COMPONENTS: "component",
-    common_pb2.FACT_KIND_LICENSES: "license",
-    common_pb2.FACT_KIND_VULNERABILITIES: "vulnerability",
-}
-
+from registry_client.names import repository_problem
 
 _COMPONENT_KINDS = frozenset({common_pb2.FACT_KIND_COMPONENTS, common_pb2.FACT_KIND_LICENSES})
 
@@ -61,12 +54,6 @@ def missing_kinds(required: Iterable[int], present: Collection[int] | None) -> l
     if present is None:
         return []
     return [k for k in required if k not in present]
-
-
-def missing_reason(missing: Iterable[int]) -> str:
-    nouns = [_KIND_NOUNS.get(k, f"kind {k}") for k in missing]
-    listed = nouns[0] if len(nouns) == 1 else ", ".join(nouns[:-1]) + " and " + nouns[-1]
-    return f"needs {listed} facts, which were not provided"
 
 
 def render_value(value: Any) -> str:
@@ -115,16 +102,54 @@ def evaluate_rule(
     return bool(rule.evaluate(facts)), None, ""
 
 
+def _target(p: CompiledPolicy, repository: str) -> tuple[common_pb2.Target, str]:
+    """The rendered target for `repository`, and why it cannot be used ("" when it can)."""
+    if not p.mapped:
+        return p.target, ""
+    rec = p.record
+    name = mapping.render_for(rec.source_repository, rec.target_repository, repository)
+    problem = repository_problem(name)
+    target = common_pb2.Target(endpoint=rec.target_endpoint, repository=name)
+    if problem:
+        return target, (
+            f"target repository {rec.target_repository!r} renders as {name!r} for "
+            f"{repository!r}, which cannot be used: {problem}"
+        )
+    return target, ""
+
+
 def evaluate_policy(
     p: CompiledPolicy, facts: Facts, present: Collection[int] | None, explain: bool,
     when: datetime, rendered: dict[tuple[str, str], str | TemplateError] | None = None,
+    quality: FactQuality | None = None,
 ) -> policy_pb2.PolicyResult:
-    """One policy's result: matched with the rendered tag, or not matched with a reason.
+    """One policy's result: matched with the rendered tag and target; blocked (the facts
+    cannot support the rule, see `freshness`); or not matched with a reason.
 
     `rendered` caches tags across the policies of one request: many share a template and zone.
+    `quality` None evaluates whatever facts there are (as `allow_incomplete_facts` does).
     """
+    target, target_problem = _target(p, facts.repository)
+    # Only set fields are passed: protobuf construction costs per keyword.
+    fields: dict[str, Any] = {}
+    if p.record.overwrite:
+        fields["overwrite"] = p.record.overwrite
+    if quality is not None and not p.record.allow_incomplete_facts:
+        why = quality.blocked_reason(p.required)
+        if why:
+            if explain:
+                lacking = missing_kinds(p.required, present)
+                fields["explanation"] = policy_pb2.Explanation(
+                    result=False, missing_facts=lacking  # type: ignore[arg-type]
+                )
+            return policy_pb2.PolicyResult(
+                policy_id=p.record.id, policy_name=p.record.name, target=target, blocked=True,
+                reason=why, **fields,
+            )
     matched, exp, reason = evaluate_rule(p.rule, p.required, facts, present, explain)
     tag = ""
+    if matched and target_problem:
+        matched, reason = False, target_problem
     if matched:
         key = (p.record.tag_template, p.record.time_zone)
         out = rendered.get(key) if rendered is not None else None
@@ -143,8 +168,6 @@ def evaluate_policy(
             )
         else:
             tag = out
-    # Only set fields are passed: protobuf construction costs per keyword.
-    fields: dict[str, Any] = {}
     if matched:
         fields["matched"] = True
         fields["tag"] = tag
@@ -153,5 +176,5 @@ def evaluate_policy(
     if reason:
         fields["reason"] = reason
     return policy_pb2.PolicyResult(
-        policy_id=p.record.id, policy_name=p.record.name, target=p.target, **fields
+        policy_id=p.record.id, policy_name=p.record.name, target=target, **fields
     )

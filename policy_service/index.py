@@ -134,3 +134,48 @@ class SourceIndex:
             if bucket is not None:
                 out |= bucket.match(repository)
         return out
+
+
+class EndpointIndex:
+    """One SourceIndex per source endpoint: a policy applies to a push only on its own
+    endpoint, whatever the repository is called elsewhere."""
+
+    def __init__(self) -> None:
+        self._endpoint_of: dict[str, str] = {}
+        self._by_endpoint: dict[str, SourceIndex] = {}
+
+    def __len__(self) -> int:
+        return len(self._endpoint_of)
+
+    def put(self, policy_id: str, endpoint: str, source: str) -> None:
+        """Add a policy, or move it when its endpoint or source changed."""
+        old = self._endpoint_of.get(policy_id)
+        if old is not None and old != endpoint:
+            self.remove(policy_id)
+        self._endpoint_of[policy_id] = endpoint
+        self._by_endpoint.setdefault(endpoint, SourceIndex()).put(policy_id, source)
+
+    def remove(self, policy_id: str) -> None:
+        endpoint = self._endpoint_of.pop(policy_id, None)
+        if endpoint is None:
+            return
+        idx = self._by_endpoint[endpoint]
+        idx.remove(policy_id)
+        if not len(idx):
+            del self._by_endpoint[endpoint]
+
+    def match(self, endpoint: str, repository: str) -> set[str]:
+        """Ids of the policies reading `endpoint` whose source names or matches `repository`."""
+        idx = self._by_endpoint.get(endpoint)
+        return idx.match(repository) if idx is not None else set()
+
+    def match_any(self, repository: str) -> set[str]:
+        """As `match`, on every endpoint."""
+        out: set[str] = set()
+        for idx in self._by_endpoint.values():
+            out |= idx.match(repository)
+        return out
+
+    def on(self, endpoint: str) -> set[str]:
+        """Ids of the policies reading `endpoint`."""
+        return {i for i, e in self._endpoint_of.items() if e == endpoint}

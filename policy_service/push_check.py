@@ -1,4 +1,5 @@
-"""Asks the transfer service whether a policy's target repository accepts pushes.
+"""Asks the transfer service about endpoints: whether a policy's target repository accepts
+pushes, whether a source endpoint exists, and which endpoints are registered.
 
 The policy service holds no credentials: the transfer service owns the endpoints and tests
 them (`TestConnection(check_push=True)`), and the policy service only reads the verdict.
@@ -21,9 +22,16 @@ CHECK_TIMEOUT_SECONDS = 30.0
 
 
 class PushChecker(Protocol):
-    """Raises an ApiError (FAILED_PRECONDITION, ...) when the target cannot be pushed to."""
+    """The transfer service as the policy service sees it; failures are ApiErrors."""
 
-    async def check(self, endpoint: str, repository: str) -> None: ...
+    async def check(self, endpoint: str, repository: str) -> None:
+        """Raises FAILED_PRECONDITION (...) when the target cannot be pushed to."""
+
+    async def require_endpoint(self, endpoint: str) -> None:
+        """Raises FAILED_PRECONDITION reason ENDPOINT_NOT_FOUND when `endpoint` is unknown."""
+
+    async def endpoint_names(self) -> list[str]:
+        """Every registered endpoint's name; UNAVAILABLE while the service cannot answer."""
 
 
 class GrpcPushChecker:
@@ -32,6 +40,44 @@ class GrpcPushChecker:
     def __init__(self, channel: aio.Channel, timeout: float = CHECK_TIMEOUT_SECONDS) -> None:
         self._stub = transfer_pb2_grpc.TransferServiceStub(channel)
         self._timeout = timeout
+
+    def _unavailable(self, what: str, err: grpc.RpcError) -> errors.ApiError:
+        code = err.code()  # type: ignore[attr-defined]
+        detail = err.details() or ""  # type: ignore[attr-defined]
+        log.warning("%s failed: %s %s", what, code, detail)
+        return errors.unavailable(
+            f"cannot {what}: transfer service answered {code.name}: {detail}"
+        )
+
+    async def require_endpoint(self, endpoint: str) -> None:
+        try:
+            await self._stub.GetEndpoint(
+                transfer_pb2.GetEndpointRequest(name=endpoint), timeout=self._timeout
+            )
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                raise errors.failed_precondition(
+                    f"source endpoint {endpoint!r} does not exist in the transfer service",
+                    [("ENDPOINT_EXISTS", f"endpoints/{endpoint}", "no such endpoint")],
+                    reason="ENDPOINT_NOT_FOUND",
+                ) from err
+            raise self._unavailable(f"check that endpoint {endpoint!r} exists", err) from err
+
+    async def endpoint_names(self) -> list[str]:
+        names: list[str] = []
+        token = ""
+        while True:
+            try:
+                resp = await self._stub.ListEndpoints(
+                    transfer_pb2.ListEndpointsRequest(page_size=1000, page_token=token),
+                    timeout=self._timeout,
+                )
+            except grpc.RpcError as err:
+                raise self._unavailable("list the endpoints", err) from err
+            names += [e.name for e in resp.endpoints]
+            token = resp.next_page_token
+            if not token:
+                return names
 
     async def check(self, endpoint: str, repository: str) -> None:
         subject = f"endpoints/{endpoint}/repositories/{repository}"

@@ -3,44 +3,64 @@
 Every policy is compiled once per version (on start and on each write) and kept in memory
 beside a source index, so Evaluate never parses a rule nor scans all policies.
 
-UpdatePolicy masks: the mutable fields are name, description, source_repository, rule,
-target (or target.endpoint / target.repository), tag_template, time_zone and enabled; an
-empty mask (or "*") replaces all of them. A mask naming id, create_time, update_time, etag or
-required_facts is refused with INVALID_ARGUMENT (they are immutable or output only); values
+UpdatePolicy masks: the mutable fields are name, description, source (or source.endpoint /
+source.repository), rule, target (or target.endpoint / target.repository), tag_template,
+time_zone, enabled, overwrite and allow_incomplete_facts; an empty mask (or "*") replaces all
+of them. A mask naming id, create_time, update_time, etag, required_facts, active_since or
+disabled_reason is refused with INVALID_ARGUMENT (they are immutable or output only); values
 of those fields in the request body are ignored, except etag, which when set must be current.
+The deprecated source_repository is refused wherever a request sets or names it.
+
+Policies are scoped by their source endpoint: Evaluate and GetFactRequirements name the
+endpoint the image is in, and only policies reading that endpoint count. Saving (and
+validate_only) checks the whole policy: fields, target mapping, loops, cycles and collisions
+with other policies (`checks`), the source endpoint and the target's push permission.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import empty_pb2
 from grpc import aio
 from mirror.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
-from policy_service import compiled, evaluation
+from policy_service import checks, compiled, evaluation, mapping, source_migration
 from policy_service.compiled import CompiledPolicy
-from policy_service.index import SourceIndex
+from policy_service.freshness import DEFAULT_MAX_VULNERABILITY_AGE, FactQuality
+from policy_service.index import EndpointIndex
 from policy_service.push_check import PushChecker
-from policy_service.rules import RuleCompileError, compile_rule
+from policy_service.rules import RuleCompileError
+from policy_service.rules.guard import RuleGuard
 from policy_service.store import EtagMismatch, NameTaken, PolicyMissing, PolicyRecord, PolicyStore
 from policy_service.templates import TemplateError, compile_template
 from policy_service.validate import time_zone_error, zone
 from servicekit import errors, metrics, paging
+from servicekit.retry import Backoff
 
 log = logging.getLogger("policy_service")
 
 SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 
 _MUTABLE_PATHS = {
-    "name", "description", "source_repository", "rule", "target", "target.endpoint",
-    "target.repository", "tag_template", "time_zone", "enabled",
+    "name", "description", "source", "source.endpoint", "source.repository", "rule", "target",
+    "target.endpoint", "target.repository", "tag_template", "time_zone", "enabled",
+    "overwrite", "allow_incomplete_facts",
 }
-_FIXED_PATHS = {"id", "create_time", "update_time", "etag", "required_facts"}
+_FIXED_PATHS = {
+    "id", "create_time", "update_time", "etag", "required_facts", "active_since",
+    "disabled_reason",
+}
+_SOURCE_REPLACED = (
+    "source_repository was replaced by source {endpoint, repository}: name the source "
+    "endpoint and its repository, e.g. source: {endpoint: dev, repository: \"team/**\"}"
+)
 _MATCHED = metrics.EVALUATIONS.labels(matched="true")
 _NOT_MATCHED = metrics.EVALUATIONS.labels(matched="false")
 
@@ -56,9 +76,16 @@ def _new_etag(version: int) -> str:
 def _fields_from(p: policy_pb2.Policy, paths: set[str]) -> dict[str, object]:
     """The record fields named by mask `paths`, with values taken from `p`."""
     out: dict[str, object] = {}
-    for name in ("name", "description", "source_repository", "rule", "time_zone", "enabled"):
+    for name in (
+        "name", "description", "rule", "time_zone", "enabled", "overwrite",
+        "allow_incomplete_facts",
+    ):
         if name in paths:
             out[name] = getattr(p, name)
+    if "source" in paths or "source.endpoint" in paths:
+        out["source_endpoint"] = p.source.endpoint
+    if "source" in paths or "source.repository" in paths:
+        out["source_repository"] = p.source.repository
     if "tag_template" in paths:
         out["tag_template"] = p.tag_template or compiled.DEFAULT_TAG_TEMPLATE
     if "target" in paths or "target.endpoint" in paths:
@@ -66,6 +93,15 @@ def _fields_from(p: policy_pb2.Policy, paths: set[str]) -> dict[str, object]:
     if "target" in paths or "target.repository" in paths:
         out["target_repository"] = p.target.repository
     return out
+
+
+def _refuse_source_repository(p: policy_pb2.Policy, mask: Sequence[str] = ()) -> None:
+    """The deprecated field, set in a request body or named in a mask, is refused."""
+    if p.source_repository or "source_repository" in mask:
+        raise errors.invalid_argument(
+            "policy.source_repository: " + _SOURCE_REPLACED,
+            [("policy.source_repository", _SOURCE_REPLACED)],
+        )
 
 
 def _mask_paths(mask: list[str]) -> set[str]:
@@ -89,18 +125,59 @@ def _mask_paths(mask: list[str]) -> set[str]:
     return set(mask)
 
 
+def _require_endpoint(endpoint: str) -> None:
+    if not endpoint:
+        raise errors.invalid_argument(
+            "endpoint is required: only policies whose source names the endpoint the image "
+            "is in are evaluated",
+            [("endpoint", "must not be empty")],
+        )
+
+
+def _evaluate_rule(request: policy_pb2.EvaluateRuleRequest) -> policy_pb2.EvaluateRuleResponse:
+    """EvaluateRule's work, run in a rule worker process (see RuleGuard)."""
+    rule, problems = compiled.check_rule(request.rule, "rule")
+    if problems:
+        raise errors.invalid_argument(
+            "rule does not compile: " + "; ".join(d for _, d in problems), problems
+        )
+    required = sorted(int(k) for k in rule.required_facts)
+    matched, exp, _ = evaluation.evaluate_rule(
+        rule,
+        required,
+        evaluation.facts_from_proto(request.facts),
+        evaluation.present_kinds(request.facts),
+        explain=True,
+    )
+    return policy_pb2.EvaluateRuleResponse(matched=matched, explanation=exp)
+
+
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    """The policy service; `push_checker` None skips the target push check (standalone use)."""
+    """The policy service; `push_checker` None skips the checks that ask the transfer service
+    (source endpoint, target push permission) and the source migration (standalone use).
+
+    `max_vulnerability_age`: older vulnerability data blocks rules that read vulnerabilities.
+    """
 
     service_name = SERVICE_NAME
 
-    def __init__(self, store: PolicyStore, push_checker: PushChecker | None) -> None:
+    def __init__(
+        self, store: PolicyStore, push_checker: PushChecker | None, *,
+        max_vulnerability_age: timedelta = DEFAULT_MAX_VULNERABILITY_AGE,
+        migration_backoff: Backoff | None = None,
+    ) -> None:
         self._store = store
         self._push = push_checker
+        # Rules sent by callers: rate-limited, compiled and evaluated in a worker process
+        # with a deadline (policy_service.rules.guard), never on the event loop.
+        self._rules = RuleGuard(preload=("policy_service.rules", __name__))
+        self._max_vulnerability_age = max_vulnerability_age
+        self._migration_backoff = migration_backoff or Backoff(base=0.5, cap=30.0)
+        self._migration: asyncio.Task[None] | None = None
         self._policies: dict[str, CompiledPolicy] = {}
         # Stored policies that no longer compile: listed, never evaluated.
         self._broken: dict[str, PolicyRecord] = {}
-        self._index = SourceIndex()
+        self._index = EndpointIndex()
         # Serializes store writes with their in-memory effect, so memory follows commit order.
         self._write_lock = asyncio.Lock()
         self._load()
@@ -108,20 +185,88 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     def mount(self, server: aio.Server) -> None:
         policy_pb2_grpc.add_PolicyServiceServicer_to_server(self, server)
 
+    async def start(self) -> None:
+        """Start the source migration in the background (it waits for the transfer service)."""
+        if self._migration is None:
+            self._migration = asyncio.create_task(self._migrate_sources())
+
+    async def stop(self) -> None:
+        if self._migration is not None:
+            self._migration.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._migration
+
+    async def migrated(self) -> None:
+        """Wait until the source migration has finished (tests, tools)."""
+        if self._migration is not None:
+            await asyncio.shield(self._migration)
+
     def _load(self) -> None:
         for rec in self._store.all():
-            try:
-                self._apply(compiled.compile_policy(rec))
-            except errors.ApiError as err:
-                log.error("policy %s (%s) no longer compiles: %s", rec.id, rec.name, err.message)
-                self._broken[rec.id] = rec
-                self._index.put(rec.id, rec.source_repository)
+            self._load_one(rec)
         log.info("loaded %d policies", len(self._policies))
+
+    def _load_one(self, rec: PolicyRecord) -> None:
+        """Compile a stored policy (leniently: see compile_policy), or keep it as broken."""
+        try:
+            self._apply(compiled.compile_policy(rec, strict=False))
+        except errors.ApiError as err:
+            log.error("policy %s (%s) no longer compiles: %s", rec.id, rec.name, err.message)
+            self._policies.pop(rec.id, None)
+            self._broken[rec.id] = rec
+            self._index.put(rec.id, rec.source_endpoint, rec.source_repository)
+
+    def _records(self) -> list[PolicyRecord]:
+        """Every stored policy that compiles: what the graph checks compare against."""
+        return [p.record for p in self._policies.values()]
+
+    async def _migrate_sources(self) -> None:
+        """Give each policy stored without a source endpoint one, or disable it (see
+        source_migration); policies without one are never evaluated meanwhile."""
+        if not any(not r.source_endpoint for r in [*self._records(), *self._broken.values()]):
+            return
+        if self._push is None:
+            log.warning("policies without a source endpoint stay unmigrated: no transfer service")
+            return
+        names = await source_migration.wait_for_endpoints(self._push, self._migration_backoff)
+        async with self._write_lock:
+            for rec in [*self._records(), *self._broken.values()]:
+                if not rec.source_endpoint:
+                    await self._migrate_one(rec, names)
+
+    async def _migrate_one(self, rec: PolicyRecord, endpoints: list[str]) -> None:
+        endpoint, reason = source_migration.choose(rec, endpoints)
+        new = rec.evolve(source_endpoint=endpoint)
+        if endpoint and rec.id not in self._broken:
+            problem = mapping.target_error(rec.source_repository, rec.target_repository)
+            if problem:
+                reason = f"{source_migration.PREFIX}{problem}"
+            else:
+                try:
+                    checks.check_graph(new, self._records())
+                except errors.ApiError as err:
+                    reason = f"{source_migration.PREFIX}{err.message}"
+        if reason:
+            new = new.evolve(enabled=False, disabled_reason=reason)
+        version = rec.version + 1
+        new = new.evolve(
+            update_time_us=max(_now_us(), rec.update_time_us + 1), etag=_new_etag(version),
+            version=version,
+        )
+        try:
+            await asyncio.to_thread(self._store.update, new, rec.etag)
+        except (EtagMismatch, PolicyMissing):
+            return  # changed or deleted meanwhile: the writer's version stands
+        self._load_one(new)
+        if reason:
+            log.warning("policy %s (%s) disabled: %s", rec.id, rec.name, reason)
+        else:
+            log.info("policy %s (%s) now reads endpoint %r", rec.id, rec.name, endpoint)
 
     def _apply(self, p: CompiledPolicy) -> None:
         self._policies[p.record.id] = p
         self._broken.pop(p.record.id, None)
-        self._index.put(p.record.id, p.record.source_repository)
+        self._index.put(p.record.id, p.record.source_endpoint, p.record.source_repository)
 
     def _forget(self, policy_id: str) -> None:
         self._policies.pop(policy_id, None)
@@ -144,20 +289,21 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             raise errors.not_found(f"policy {policy_id!r} not found", reason="POLICY_NOT_FOUND")
         return rec
 
-    async def _check_target(self, endpoint: str, repository: str) -> None:
-        if self._push is not None:
-            await self._push.check(endpoint, repository)
-
     async def CreatePolicy(
         self, request: policy_pb2.CreatePolicyRequest, context: aio.ServicerContext
     ) -> policy_pb2.Policy:
         p = request.policy
+        _refuse_source_repository(p)
         now = _now_us()
         rec = PolicyRecord(
             id="" if request.validate_only else secrets.token_hex(8),
             name=p.name,
             description=p.description,
-            source_repository=p.source_repository,
+            source_endpoint=p.source.endpoint,
+            source_repository=p.source.repository,
+            overwrite=p.overwrite,
+            allow_incomplete_facts=p.allow_incomplete_facts,
+            active_since_us=now if p.enabled and not request.validate_only else 0,
             rule=p.rule,
             target_endpoint=p.target.endpoint,
             target_repository=p.target.repository,
@@ -169,13 +315,15 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             etag="" if request.validate_only else _new_etag(1),
             version=1,
         )
-        cp = compiled.compile_policy(rec)
+        cp = await self._rules.vetted(compiled.compile_policy, rec)
         if self._store.name_exists(rec.name):
             raise errors.already_exists(f"a policy named {rec.name!r} already exists")
-        await self._check_target(rec.target_endpoint, rec.target_repository)
+        checks.check_graph(rec, self._records())
+        await checks.check_remote(self._push, rec)
         if request.validate_only:
             return compiled.to_proto(cp)
         async with self._write_lock:
+            checks.check_graph(rec, self._records())  # again: others may have been saved
             try:
                 await asyncio.to_thread(self._store.insert, rec)
             except NameTaken as err:
@@ -197,9 +345,13 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     ) -> policy_pb2.ListPoliciesResponse:
         size = paging.page_size(request.page_size)
         source = request.source_repository
-        state = paging.decode_token(request.page_token, expect={"source_repository": source})
+        filters = {
+            "source_repository": source, "source_endpoint": request.source_endpoint,
+            "endpoint": request.endpoint,
+        }
+        state = paging.decode_token(request.page_token, expect=filters)
         after = str(state.get("after", ""))
-        only = self._index.match(source) if source else None
+        only = self._listed(source, request.source_endpoint, request.endpoint)
         recs = self._store.page(after, size + 1, only)
         more = len(recs) > size
         recs = recs[:size]
@@ -208,15 +360,36 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             p = self._policies.get(rec.id)
             out.policies.append(compiled.record_to_proto(rec, p.required if p else ()))
         if more:
-            out.next_page_token = paging.encode_token(
-                {"source_repository": source, "after": recs[-1].name}
-            )
+            out.next_page_token = paging.encode_token({**filters, "after": recs[-1].name})
         return out
+
+    def _listed(self, source: str, source_endpoint: str, endpoint: str) -> set[str] | None:
+        """Ids passing ListPolicies' filters (None: no filter, every policy)."""
+        if not (source or source_endpoint or endpoint):
+            return None
+        if source:
+            ids = (
+                self._index.match(source_endpoint, source) if source_endpoint
+                else self._index.match_any(source)
+            )
+        elif source_endpoint:
+            ids = self._index.on(source_endpoint)
+        else:
+            ids = set(self._policies) | set(self._broken)
+        if endpoint:
+            recs = {p.record.id: p.record for p in self._policies.values()} | self._broken
+            ids = {
+                i for i in ids
+                if (r := recs.get(i)) is not None
+                and endpoint in (r.source_endpoint, r.target_endpoint)
+            }
+        return ids
 
     async def UpdatePolicy(
         self, request: policy_pb2.UpdatePolicyRequest, context: aio.ServicerContext
     ) -> policy_pb2.Policy:
         p = request.policy
+        _refuse_source_repository(p, list(request.update_mask.paths))
         paths = _mask_paths(list(request.update_mask.paths))
         current = self._current(p.id)
         if p.etag and p.etag != current.etag:
@@ -225,20 +398,30 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 f"{current.etag!r}); read it again and retry"
             )
         version = current.version + 1
+        now = max(_now_us(), current.update_time_us + 1)
         new = current.evolve(
             **_fields_from(p, paths),
-            update_time_us=max(_now_us(), current.update_time_us + 1),
+            update_time_us=now,
             etag=_new_etag(version),
             version=version,
+            disabled_reason="",
         )
-        cp = compiled.compile_policy(new)
+        if new.enabled and not current.enabled:
+            new = new.evolve(active_since_us=now)
+        cp = await self._rules.vetted(compiled.compile_policy, new)
         if new.name != current.name and self._store.name_exists(new.name, except_id=new.id):
             raise errors.already_exists(f"a policy named {new.name!r} already exists")
-        if (new.target_endpoint, new.target_repository) != (
-            current.target_endpoint, current.target_repository
-        ):
-            await self._check_target(new.target_endpoint, new.target_repository)
+        checks.check_graph(new, self._records())
+        sample = mapping.sample_target
+        await checks.check_remote(
+            self._push, new,
+            source=new.source_endpoint != current.source_endpoint,
+            target=(new.target_endpoint, sample(new.source_repository, new.target_repository))
+            != (current.target_endpoint, sample(current.source_repository,
+                                                current.target_repository)),
+        )
         async with self._write_lock:
+            checks.check_graph(new, self._records())  # again: others may have been saved
             try:
                 await asyncio.to_thread(self._store.update, new, current.etag)
             except EtagMismatch as err:
@@ -274,9 +457,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def ValidateRule(
         self, request: policy_pb2.ValidateRuleRequest, context: aio.ServicerContext
     ) -> policy_pb2.ValidateRuleResponse:
+        self._rules.admit(context)
         out = policy_pb2.ValidateRuleResponse()
         try:
-            rule = compile_rule(request.rule)
+            rule = await self._rules.compile(request.rule)
         except RuleCompileError as err:
             for e in err.errors:
                 out.errors.append(
@@ -307,18 +491,21 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         out.valid = not out.errors and not out.template_errors
         return out
 
-    def _matching(self, repository: str) -> list[CompiledPolicy]:
-        """Enabled policies whose source names or matches `repository`, ordered by name."""
+    def _matching(self, endpoint: str, repository: str) -> list[CompiledPolicy]:
+        """Enabled policies reading `endpoint` whose source names or matches `repository`,
+        ordered by name."""
         ps = [
-            p for i in self._index.match(repository)
+            p for i in self._index.match(endpoint, repository)
             if (p := self._policies.get(i)) is not None and p.record.enabled
         ]
         ps.sort(key=lambda p: p.record.name)
         return ps
 
-    def _add_broken(self, repository: str, out: policy_pb2.EvaluateResponse) -> None:
+    def _add_broken(
+        self, endpoint: str, repository: str, out: policy_pb2.EvaluateResponse
+    ) -> None:
         """A not-matched result for each enabled stored policy that no longer compiles."""
-        for i in sorted(self._index.match(repository) & self._broken.keys()):
+        for i in sorted(self._index.match(endpoint, repository) & self._broken.keys()):
             rec = self._broken[i]
             if rec.enabled:
                 out.results.append(policy_pb2.PolicyResult(
@@ -333,6 +520,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self, request: policy_pb2.EvaluateRequest, context: aio.ServicerContext
     ) -> policy_pb2.EvaluateResponse:
         f = request.facts
+        _require_endpoint(request.endpoint)
         if not f.repository:
             raise errors.invalid_argument(
                 "facts.repository is required", [("facts.repository", "must not be empty")]
@@ -342,20 +530,24 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             if request.HasField("evaluation_time")
             else datetime.now(UTC)
         )
-        policies = self._matching(f.repository)
+        policies = self._matching(request.endpoint, f.repository)
         kinds = {k for p in policies for k in p.required}
         facts = evaluation.facts_from_proto(f, kinds)
         present = evaluation.present_kinds(f)
+        # Data age against the clock, not evaluation_time (which only renders tags).
+        quality = FactQuality.of(f, present, self._max_vulnerability_age, datetime.now(UTC))
         out = policy_pb2.EvaluateResponse()
         rendered: dict[tuple[str, str], str | TemplateError] = {}
         results = [
-            evaluation.evaluate_policy(p, facts, present, request.explain, when, rendered)
+            evaluation.evaluate_policy(
+                p, facts, present, request.explain, when, rendered, quality
+            )
             for p in policies
         ]
         matched = sum(r.matched for r in results)
         out.results.extend(results)  # one copy for the lot, cheaper than append per result
         if self._broken:
-            self._add_broken(f.repository, out)
+            self._add_broken(request.endpoint, f.repository, out)
         out.required_facts.extend(sorted(kinds))  # type: ignore[arg-type]
         if matched:
             _MATCHED.inc(matched)
@@ -366,29 +558,18 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def EvaluateRule(
         self, request: policy_pb2.EvaluateRuleRequest, context: aio.ServicerContext
     ) -> policy_pb2.EvaluateRuleResponse:
-        rule, problems = compiled.check_rule(request.rule, "rule")
-        if problems:
-            raise errors.invalid_argument(
-                "rule does not compile: " + "; ".join(d for _, d in problems), problems
-            )
-        required = sorted(int(k) for k in rule.required_facts)
-        matched, exp, _ = evaluation.evaluate_rule(
-            rule,
-            required,
-            evaluation.facts_from_proto(request.facts),
-            evaluation.present_kinds(request.facts),
-            explain=True,
-        )
-        return policy_pb2.EvaluateRuleResponse(matched=matched, explanation=exp)
+        self._rules.admit(context)
+        return await self._rules.run(_evaluate_rule, request)
 
     async def GetFactRequirements(
         self, request: policy_pb2.GetFactRequirementsRequest, context: aio.ServicerContext
     ) -> policy_pb2.FactRequirements:
+        _require_endpoint(request.endpoint)
         if not request.repository:
             raise errors.invalid_argument(
                 "repository is required", [("repository", "must not be empty")]
             )
-        policies = self._matching(request.repository)
+        policies = self._matching(request.endpoint, request.repository)
         kinds = sorted({k for p in policies for k in p.required})
         return policy_pb2.FactRequirements(
             repository=request.repository, kinds=kinds, policy_count=len(policies)  # type: ignore[arg-type]

@@ -31,6 +31,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX policies_source ON policies(source_repository);
     """,
+    # 2: the source endpoint (empty until the start-up migration picks one), overwrite
+    # control, the fail-open opt-out, when the policy became active, and why the server
+    # disabled it. Policies enabled before this version count as active since their last
+    # update: Reconcile must not backfill what was there before.
+    """
+    ALTER TABLE policies ADD COLUMN source_endpoint TEXT NOT NULL DEFAULT '';
+    ALTER TABLE policies ADD COLUMN overwrite INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE policies ADD COLUMN allow_incomplete_facts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE policies ADD COLUMN active_since_us INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE policies ADD COLUMN disabled_reason TEXT NOT NULL DEFAULT '';
+    UPDATE policies SET active_since_us = update_time_us WHERE enabled = 1;
+    CREATE INDEX policies_source_endpoint ON policies(source_endpoint);
+    """,
 ]
 
 DB_FILE = "policy.sqlite3"
@@ -54,6 +67,14 @@ class PolicyRecord:
     update_time_us: int
     etag: str
     version: int
+    # Empty only for a policy stored before sources had endpoints, until it is migrated.
+    source_endpoint: str = ""
+    # A mirror.v1.Overwrite value.
+    overwrite: int = 0
+    allow_incomplete_facts: bool = False
+    # 0: never active (created disabled and not enabled since).
+    active_since_us: int = 0
+    disabled_reason: str = ""
 
     def evolve(self, **changes: object) -> PolicyRecord:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -73,8 +94,10 @@ class EtagMismatch(Exception):
 
 _COLUMNS = (
     "id, name, description, source_repository, rule, target_endpoint, target_repository, "
-    "tag_template, time_zone, enabled, create_time_us, update_time_us, etag, version"
+    "tag_template, time_zone, enabled, create_time_us, update_time_us, etag, version, "
+    "source_endpoint, overwrite, allow_incomplete_facts, active_since_us, disabled_reason"
 )
+_PLACEHOLDERS = ", ".join("?" * len(_COLUMNS.split(",")))
 
 
 def _record(row: sqlite3.Row) -> PolicyRecord:
@@ -93,6 +116,11 @@ def _record(row: sqlite3.Row) -> PolicyRecord:
         update_time_us=row["update_time_us"],
         etag=row["etag"],
         version=row["version"],
+        source_endpoint=row["source_endpoint"],
+        overwrite=row["overwrite"],
+        allow_incomplete_facts=bool(row["allow_incomplete_facts"]),
+        active_since_us=row["active_since_us"],
+        disabled_reason=row["disabled_reason"],
     )
 
 
@@ -100,7 +128,8 @@ def _values(r: PolicyRecord) -> tuple[object, ...]:
     return (
         r.id, r.name, r.description, r.source_repository, r.rule, r.target_endpoint,
         r.target_repository, r.tag_template, r.time_zone, int(r.enabled), r.create_time_us,
-        r.update_time_us, r.etag, r.version,
+        r.update_time_us, r.etag, r.version, r.source_endpoint, r.overwrite,
+        int(r.allow_incomplete_facts), r.active_since_us, r.disabled_reason,
     )
 
 
@@ -138,8 +167,7 @@ class PolicyStore:
         try:
             with self.db.transaction() as c:
                 c.execute(
-                    f"INSERT INTO policies ({_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO policies ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
                     _values(rec),
                 )
         except sqlite3.IntegrityError as err:
@@ -151,8 +179,7 @@ class PolicyStore:
         """Bulk load in one transaction (benchmarks and imports)."""
         with self.db.transaction() as c:
             c.executemany(
-                f"INSERT INTO policies ({_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO policies ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
                 [_values(r) for r in recs],
             )
 
@@ -165,15 +192,20 @@ class PolicyStore:
                     raise PolicyMissing(rec.id)
                 if row["etag"] != expected_etag:
                     raise EtagMismatch(rec.id)
+                # Every column but id and create_time_us (immutable).
                 c.execute(
                     "UPDATE policies SET name=?, description=?, source_repository=?, rule=?, "
                     "target_endpoint=?, target_repository=?, tag_template=?, time_zone=?, "
-                    "enabled=?, update_time_us=?, etag=?, version=? WHERE id=?",
+                    "enabled=?, update_time_us=?, etag=?, version=?, source_endpoint=?, "
+                    "overwrite=?, allow_incomplete_facts=?, active_since_us=?, "
+                    "disabled_reason=? WHERE id=?",
                     (
                         rec.name, rec.description, rec.source_repository, rec.rule,
                         rec.target_endpoint, rec.target_repository, rec.tag_template,
                         rec.time_zone, int(rec.enabled), rec.update_time_us, rec.etag,
-                        rec.version, rec.id,
+                        rec.version, rec.source_endpoint, rec.overwrite,
+                        int(rec.allow_incomplete_facts), rec.active_since_us,
+                        rec.disabled_reason, rec.id,
                     ),
                 )
         except sqlite3.IntegrityError as err:

@@ -30,21 +30,45 @@ SEED_RULE = 'tag endswith "stable" and critical_vulns <= 3'
 
 
 class TransferDouble(transfer_pb2_grpc.TransferServiceServicer):
-    """A stand-in for the transfer service that answers TestConnection as configured.
+    """A stand-in for the transfer service that answers TestConnection, GetEndpoint and
+    ListEndpoints as configured.
 
     Endpoints not in `endpoints` answer NOT_FOUND; `failures[(endpoint, repo)]` names a step
-    that fails with a message. Every request is recorded.
+    that fails with a message; while `list_down` > 0 ListEndpoints answers UNAVAILABLE (and
+    counts down). TestConnection requests are recorded in `calls`, GetEndpoint names in `gets`.
     """
 
     service_name = transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name
 
     def __init__(self) -> None:
-        self.endpoints: set[str] = {"qa"}
+        self.endpoints: set[str] = {"dev", "qa"}
         self.failures: dict[tuple[str, str], tuple[int, str]] = {}
         self.calls: list[transfer_pb2.TestConnectionRequest] = []
+        self.gets: list[str] = []
+        self.list_down = 0
+        self.list_calls = 0
 
     def mount(self, server: aio.Server) -> None:
         transfer_pb2_grpc.add_TransferServiceServicer_to_server(self, server)
+
+    async def GetEndpoint(
+        self, request: transfer_pb2.GetEndpointRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.Endpoint:
+        self.gets.append(request.name)
+        if request.name not in self.endpoints:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"endpoint {request.name!r}")
+        return transfer_pb2.Endpoint(name=request.name, url=f"http://{request.name}.invalid")
+
+    async def ListEndpoints(
+        self, request: transfer_pb2.ListEndpointsRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.ListEndpointsResponse:
+        self.list_calls += 1
+        if self.list_down > 0:
+            self.list_down -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "starting")
+        return transfer_pb2.ListEndpointsResponse(
+            endpoints=[transfer_pb2.Endpoint(name=n) for n in sorted(self.endpoints)]
+        )
 
     async def TestConnection(
         self, request: transfer_pb2.TestConnectionRequest, context: aio.ServicerContext
@@ -98,11 +122,18 @@ async def env(
 
 
 def policy(**kw: object) -> policy_pb2.Policy:
-    """The seed's policy (dev/website -> qa:qa/website), with overrides."""
+    """The seed's policy (endpoint dev, dev/website -> qa:qa/website), with overrides;
+    `source` may be a repository name (on endpoint dev) or a PolicySource. A glob source
+    without a given target maps onto qa:qa/{repository}."""
+    if isinstance(kw.get("source"), str):
+        kw["source"] = policy_pb2.PolicySource(endpoint="dev", repository=kw["source"])  # type: ignore[arg-type]
+    source = kw.get("source")
+    if isinstance(source, policy_pb2.PolicySource) and "*" in source.repository:
+        kw.setdefault("target", common_pb2.Target(endpoint="qa", repository="qa/{repository}"))
     base: dict[str, object] = {
         "name": "promote-website",
         "description": "stable builds to QA",
-        "source_repository": "dev/website",
+        "source": policy_pb2.PolicySource(endpoint="dev", repository="dev/website"),
         "rule": SEED_RULE,
         "target": common_pb2.Target(endpoint="qa", repository="qa/website"),
         "enabled": True,

@@ -19,9 +19,14 @@ def _stub(address: str) -> tuple[grpc.Channel, policy_pb2_grpc.PolicyServiceStub
 
 def _evaluate(stub: policy_pb2_grpc.PolicyServiceStub) -> list[tuple[str, bool, str]]:
     when = timestamp_pb2.Timestamp(seconds=1_795_707_000)  # 2026-11-26T15:30:00Z
+    fresh = timestamp_pb2.Timestamp()
+    fresh.GetCurrentTime()
     resp = stub.Evaluate(
         policy_pb2.EvaluateRequest(
-            facts=common_pb2.ImageFacts(repository="dev/website", tag="1.4-stable"),
+            endpoint="dev",
+            facts=common_pb2.ImageFacts(
+                repository="dev/website", tag="1.4-stable", vulnerability_data_time=fresh
+            ),
             evaluation_time=when,
         ),
         timeout=10,
@@ -38,7 +43,7 @@ def test_policies_survive_a_killed_process(tmp_path: Path) -> None:
         )
         glob = stub.CreatePolicy(
             policy_pb2.CreatePolicyRequest(
-                policy=policy(name="all-dev", source_repository="dev/**", rule="true")
+                policy=policy(name="all-dev", source="dev/**", rule="true")
             ),
             timeout=10,
         )

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,8 @@ def test_health_reports_serving(server: PolicyProcess) -> None:
 def test_create_then_evaluate_the_seed_policy(server: PolicyProcess) -> None:
     created = grpcurl(server, "mirror.v1.PolicyService/CreatePolicy", data={
         "policy": {
-            "name": "seed", "sourceRepository": "dev/website", "rule": SEED_RULE,
+            "name": "seed", "source": {"endpoint": "dev", "repository": "dev/website"},
+            "rule": SEED_RULE,
             "target": {"endpoint": "qa", "repository": "qa/website"},
             "tagTemplate": "%Y%m%d-%H%M", "enabled": True,
         }
@@ -75,9 +77,11 @@ def test_create_then_evaluate_the_seed_policy(server: PolicyProcess) -> None:
     policy = json.loads(created.stdout)
     assert policy["required_facts"] == ["FACT_KIND_REFERENCE", "FACT_KIND_VULNERABILITIES"]
 
+    fresh = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     evaluated = grpcurl(server, "mirror.v1.PolicyService/Evaluate", data={
+        "endpoint": "dev",
         "facts": {"repository": "dev/website", "tag": "1.4-stable",
-                  "vulnerabilities": {"critical": "3"}},
+                  "vulnerabilities": {"critical": "3"}, "vulnerabilityDataTime": fresh},
         "evaluationTime": "2026-11-26T15:30:00Z",
     })
     assert evaluated.returncode == 0, evaluated.stderr
@@ -91,7 +95,7 @@ def test_create_then_evaluate_the_seed_policy(server: PolicyProcess) -> None:
 def test_bad_rule_is_reported_with_its_position(server: PolicyProcess) -> None:
     out = grpcurl(server, "mirror.v1.PolicyService/CreatePolicy", data={
         "policy": {
-            "name": "typo", "sourceRepository": "dev/website",
+            "name": "typo", "source": {"endpoint": "dev", "repository": "dev/website"},
             "rule": "critcal_vulns <= 3", "target": {"endpoint": "qa", "repository": "qa/x"},
         }
     })
@@ -101,6 +105,21 @@ def test_bad_rule_is_reported_with_its_position(server: PolicyProcess) -> None:
     assert "did you mean 'critical_vulns'?" in out.stderr
 
 
+def test_old_source_repository_shape_is_refused_naming_the_new_field(
+    server: PolicyProcess,
+) -> None:
+    out = grpcurl(server, "mirror.v1.PolicyService/CreatePolicy", data={
+        "policy": {
+            "name": "old", "sourceRepository": "dev/website", "rule": "true",
+            "target": {"endpoint": "qa", "repository": "qa/x"},
+        }
+    })
+    assert out.returncode != 0
+    assert "InvalidArgument" in out.stderr
+    assert '"field":"policy.source_repository"' in out.stderr
+    assert "replaced by source {endpoint, repository}" in out.stderr
+
+
 async def test_with_transfer_address_targets_are_checked(
     tmp_path: Path, transfer_double: tuple[TransferDouble, int]  # noqa: F811
 ) -> None:
@@ -108,7 +127,8 @@ async def test_with_transfer_address_targets_are_checked(
     p = start_policy_process(tmp_path, "--transfer-address", f"127.0.0.1:{port}")
     try:
         body = {"policy": {
-            "name": "to-prod", "sourceRepository": "dev/website", "rule": "true",
+            "name": "to-prod", "source": {"endpoint": "dev", "repository": "dev/website"},
+            "rule": "true",
             "target": {"endpoint": "prod", "repository": "prod/website"},
         }}
         # grpcurl blocks; run it in a thread so the double keeps answering on this loop.

@@ -85,10 +85,10 @@ async def test_validate_only_checks_everything_and_saves_nothing(env: PolicyEnv)
             "policy.tag_template",
             "not valid in a tag",
         ),
-        ({"source_repository": "Dev/Website"}, "policy.source_repository", "not a valid"),
-        ({"source_repository": "dev//website"}, "policy.source_repository", "not a valid"),
-        ({"source_repository": "dev/web**"}, "policy.source_repository", "whole path segment"),
-        ({"source_repository": "dev/*-"}, "policy.source_repository", "segment"),
+        ({"source": "Dev/Website"}, "policy.source.repository", "not a valid"),
+        ({"source": "dev//website"}, "policy.source.repository", "not a valid"),
+        ({"source": "dev/web**"}, "policy.source.repository", "whole path segment"),
+        ({"source": "dev/*-"}, "policy.source.repository", "segment"),
         ({"name": ""}, "policy.name", "must not be empty"),
         ({"target": common_pb2.Target()}, "policy.target.endpoint", "must not be empty"),
         (
@@ -121,7 +121,7 @@ async def test_every_problem_is_reported_at_once(env: PolicyEnv) -> None:  # noq
 async def test_names_are_unique(env: PolicyEnv) -> None:  # noqa: F811
     await _create(env)
     with pytest.raises(grpc.RpcError) as exc:
-        await _create(env, source_repository="dev/other")
+        await _create(env, source="dev/other")
     assert exc.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert await _count(env) == 1
 
@@ -184,12 +184,12 @@ async def test_update_with_mask_changes_only_named_fields(env: PolicyEnv) -> Non
 async def test_update_with_empty_mask_replaces_every_mutable_field(env: PolicyEnv) -> None:  # noqa: F811
     created = await _create(env)
     replacement = policy(
-        id=created.id, name="renamed", description="", source_repository="dev/**",
+        id=created.id, name="renamed", description="", source="dev/**",
         rule="true", tag_template="%Y", time_zone="Asia/Tokyo", enabled=False,
     )
     replacement.create_time.seconds = 1  # ignored: immutable
     updated = await env.stub.UpdatePolicy(policy_pb2.UpdatePolicyRequest(policy=replacement))
-    assert (updated.name, updated.description, updated.source_repository, updated.rule) == (
+    assert (updated.name, updated.description, updated.source.repository, updated.rule) == (
         "renamed", "", "dev/**", "true"
     )
     assert (updated.tag_template, updated.time_zone, updated.enabled) == ("%Y", "Asia/Tokyo", False)
@@ -315,7 +315,9 @@ async def test_delete_checks_the_etag_then_deletes(env: PolicyEnv) -> None:  # n
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
     # Deleted policies are no longer evaluated.
     resp = await env.stub.Evaluate(
-        policy_pb2.EvaluateRequest(facts=common_pb2.ImageFacts(repository="dev/website", tag="s"))
+        policy_pb2.EvaluateRequest(
+            endpoint="dev", facts=common_pb2.ImageFacts(repository="dev/website", tag="s")
+        )
     )
     assert list(resp.results) == []
 
@@ -362,7 +364,10 @@ async def test_list_filters_by_source_including_globs(env: PolicyEnv) -> None:  
         "prefix": "dev/web*",
     }
     for name, src in sources.items():
-        await _create(env, name=name, source_repository=src)
+        await _create(
+            env, name=name, source=src,
+            target=common_pb2.Target(endpoint="qa", repository="qa/{repository}"),
+        )
 
     async def names(filter_: str) -> set[str]:
         resp = await env.stub.ListPolicies(
@@ -385,7 +390,8 @@ async def test_stored_policy_that_no_longer_compiles_is_listed_not_evaluated(
     store = PolicyStore.open(tmp_path)
     good = PolicyRecord(
         id="good", name="good", description="", source_repository="dev/*", rule="true",
-        target_endpoint="qa", target_repository="qa/x", tag_template="%n", time_zone="",
+        source_endpoint="dev", target_endpoint="qa", target_repository="qa/{path}",
+        tag_template="%n", time_zone="",
         enabled=True, create_time_us=1, update_time_us=1, etag="1-a", version=1,
     )
     # As if written by a version whose rule language knew a field this one does not.
@@ -395,7 +401,9 @@ async def test_stored_policy_that_no_longer_compiles_is_listed_not_evaluated(
     got = await servicer.GetPolicy(policy_pb2.GetPolicyRequest(id="stale"), None)  # type: ignore[arg-type]
     assert got.rule == "signed == true" and list(got.required_facts) == []
     resp = await servicer.Evaluate(
-        policy_pb2.EvaluateRequest(facts=common_pb2.ImageFacts(repository="dev/a", tag="t")),
+        policy_pb2.EvaluateRequest(
+            endpoint="dev", facts=common_pb2.ImageFacts(repository="dev/a", tag="t")
+        ),
         None,  # type: ignore[arg-type]
     )
     assert [(r.policy_id, r.matched) for r in resp.results] == [("good", True), ("stale", False)]
@@ -409,7 +417,9 @@ async def test_stored_policy_that_no_longer_compiles_is_listed_not_evaluated(
     )
     assert fixed.rule == "true"
     resp = await servicer.Evaluate(
-        policy_pb2.EvaluateRequest(facts=common_pb2.ImageFacts(repository="dev/a", tag="t")),
+        policy_pb2.EvaluateRequest(
+            endpoint="dev", facts=common_pb2.ImageFacts(repository="dev/a", tag="t")
+        ),
         None,  # type: ignore[arg-type]
     )
     assert [(r.policy_id, r.matched) for r in resp.results] == [("good", True), ("stale", True)]

@@ -3,7 +3,7 @@ grpc.aio server."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -33,6 +33,8 @@ def _ts(d: datetime) -> timestamp_pb2.Timestamp:
 
 def _facts(repository: str = "dev/website", tag: str = "1.4-stable", critical: int = 2,
            **kw: object) -> common_pb2.ImageFacts:
+    """Facts with vulnerability data updated an hour ago (fresh) unless told otherwise."""
+    kw.setdefault("vulnerability_data_time", _ts(datetime.now(UTC) - timedelta(hours=1)))
     return common_pb2.ImageFacts(
         repository=repository, tag=tag,
         vulnerabilities=common_pb2.VulnerabilityCounts(critical=critical), **kw,  # type: ignore[arg-type]
@@ -44,9 +46,11 @@ async def _add(env: PolicyEnv, **kw: object) -> policy_pb2.Policy:  # noqa: F811
 
 
 async def _evaluate(env: PolicyEnv, facts: common_pb2.ImageFacts,  # noqa: F811
-                    explain: bool = False) -> policy_pb2.EvaluateResponse:
+                    explain: bool = False, endpoint: str = "dev") -> policy_pb2.EvaluateResponse:
     return await env.stub.Evaluate(
-        policy_pb2.EvaluateRequest(facts=facts, explain=explain, evaluation_time=_ts(WHEN))
+        policy_pb2.EvaluateRequest(
+            endpoint=endpoint, facts=facts, explain=explain, evaluation_time=_ts(WHEN)
+        )
     )
 
 
@@ -77,7 +81,7 @@ async def test_template_renders_in_the_policy_time_zone(env: PolicyEnv) -> None:
 async def test_evaluation_time_defaults_to_now(env: PolicyEnv) -> None:  # noqa: F811
     await _add(env, tag_template="%Y%m%d")
     before = datetime.now(UTC).strftime("%Y%m%d")
-    resp = await env.stub.Evaluate(policy_pb2.EvaluateRequest(facts=_facts()))
+    resp = await env.stub.Evaluate(policy_pb2.EvaluateRequest(endpoint="dev", facts=_facts()))
     after = datetime.now(UTC).strftime("%Y%m%d")
     assert resp.results[0].tag in {before, after}
 
@@ -92,12 +96,12 @@ async def test_rule_outcomes(env: PolicyEnv) -> None:  # noqa: F811
 
 
 async def test_glob_sources_and_disabled_policies(env: PolicyEnv) -> None:  # noqa: F811
-    await _add(env, name="exact", source_repository="dev/website")
-    await _add(env, name="one", source_repository="dev/*")
-    await _add(env, name="deep", source_repository="dev/**", rule='component == "bash"')
-    await _add(env, name="off", source_repository="dev/**", enabled=False,
+    await _add(env, name="exact", source="dev/website")
+    await _add(env, name="one", source="dev/*")
+    await _add(env, name="deep", source="dev/**", rule='component == "bash"')
+    await _add(env, name="off", source="dev/**", enabled=False,
                rule='license in ["MIT"]')
-    await _add(env, name="prod", source_repository="prod/*")
+    await _add(env, name="prod", source="prod/*")
 
     resp = await _evaluate(env, _facts())
     assert [r.policy_name for r in resp.results] == ["deep", "exact", "one"]
@@ -275,17 +279,17 @@ async def test_evaluate_rule_refuses_a_bad_rule(env: PolicyEnv) -> None:  # noqa
 
 async def test_fact_requirements(env: PolicyEnv) -> None:  # noqa: F811
     await _add(env, name="a")
-    await _add(env, name="b", source_repository="dev/*", rule='license in ["MIT"]')
+    await _add(env, name="b", source="dev/*", rule='license in ["MIT"]')
     await _add(env, name="c", enabled=False, rule='component == "x"')
     req = await env.stub.GetFactRequirements(
-        policy_pb2.GetFactRequirementsRequest(repository="dev/website")
+        policy_pb2.GetFactRequirementsRequest(endpoint="dev", repository="dev/website")
     )
     assert (req.repository, req.policy_count) == ("dev/website", 2)
     assert list(req.kinds) == [
         K.FACT_KIND_REFERENCE, K.FACT_KIND_LICENSES, K.FACT_KIND_VULNERABILITIES,
     ]
     none = await env.stub.GetFactRequirements(
-        policy_pb2.GetFactRequirementsRequest(repository="ops/tools")
+        policy_pb2.GetFactRequirementsRequest(endpoint="dev", repository="ops/tools")
     )
     assert (none.policy_count, list(none.kinds)) == (0, [])
     with pytest.raises(grpc.RpcError) as exc:

@@ -28,13 +28,21 @@ SERVICE = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"]
 
 
 class RefusingChecker:
-    """A PushChecker that refuses one repository, as the transfer service would."""
+    """A PushChecker that knows endpoints dev and qa and refuses one repository, as the
+    transfer service would."""
 
     async def check(self, endpoint: str, repository: str) -> None:
         if repository == "qa/locked":
             raise errors.failed_precondition(
                 "not pushable", [("STEP_PUSH_ALLOWED", f"{endpoint}/{repository}", "denied")]
             )
+
+    async def require_endpoint(self, endpoint: str) -> None:
+        if endpoint not in ("dev", "qa"):
+            raise errors.failed_precondition("no such endpoint", reason="ENDPOINT_NOT_FOUND")
+
+    async def endpoint_names(self) -> list[str]:
+        return ["dev", "qa"]
 
 
 class SyncAdapter:
@@ -92,8 +100,9 @@ def _status(trailing: Any) -> status_pb2.Status:
 
 def _policy(**kw: object) -> policy_pb2.Policy:
     base: dict[str, object] = dict(
-        name="p", source_repository="dev/*", rule='tag endswith "stable"', enabled=True,
-        target=common_pb2.Target(endpoint="qa", repository="qa/website"),
+        name="p", source=policy_pb2.PolicySource(endpoint="dev", repository="dev/*"),
+        rule='tag endswith "stable"', enabled=True,
+        target=common_pb2.Target(endpoint="qa", repository="qa/{path}"),
     )
     base.update(kw)
     return policy_pb2.Policy(**base)  # type: ignore[arg-type]
@@ -107,12 +116,13 @@ def test_create_and_evaluate(server: grpc_testing.Server) -> None:
     resp, _, code, _ = _call(
         server, "Evaluate",
         policy_pb2.EvaluateRequest(
+            endpoint="dev",
             facts=common_pb2.ImageFacts(repository="dev/website", tag="2.0-stable")
         ),
     )
     assert code == grpc.StatusCode.OK
-    assert [(r.policy_id, r.matched, r.tag) for r in resp.results] == [
-        (created.id, True, "2.0-stable")
+    assert [(r.policy_id, r.matched, r.tag, r.target.repository) for r in resp.results] == [
+        (created.id, True, "2.0-stable", "qa/website")
     ]
 
 
@@ -133,7 +143,10 @@ def test_refused_target_is_failed_precondition(server: grpc_testing.Server) -> N
     _, trailing, code, _ = _call(
         server, "CreatePolicy",
         policy_pb2.CreatePolicyRequest(
-            policy=_policy(target=common_pb2.Target(endpoint="qa", repository="qa/locked"))
+            policy=_policy(
+                source=policy_pb2.PolicySource(endpoint="dev", repository="dev/website"),
+                target=common_pb2.Target(endpoint="qa", repository="qa/locked"),
+            )
         ),
     )
     assert code == grpc.StatusCode.FAILED_PRECONDITION

@@ -113,6 +113,7 @@ def test_moving_a_policy_to_another_source() -> None:
 def _rec(i: int, **kw: object) -> PolicyRecord:
     base = dict(
         id=f"id{i}", name=f"name{i}", description="", source_repository="dev/website",
+        source_endpoint="dev",
         rule="true", target_endpoint="qa", target_repository="qa/website", tag_template="%n",
         time_zone="", enabled=True, create_time_us=1, update_time_us=1, etag=f"1-{i}",
         version=1,
@@ -123,7 +124,7 @@ def _rec(i: int, **kw: object) -> PolicyRecord:
 
 def test_store_survives_reopen_and_keeps_its_schema_version(tmp_path: Path) -> None:
     store = PolicyStore.open(tmp_path)
-    assert store.db.schema_version == 1
+    assert store.db.schema_version == 2
     store.insert(_rec(1, description="kept", enabled=False))
     store.close()
     again = PolicyStore.open(tmp_path)
