@@ -157,6 +157,13 @@ class Gateway(_Service):
     apply_policy = _awaited(_sync.Gateway.apply_policy)
     reconcile = _awaited(_sync.Gateway.reconcile)
     list_unplaced_events = _awaited(_sync.Gateway.list_unplaced_events)
+    create_subscription = _awaited(_sync.Gateway.create_subscription)
+    get_subscription = _awaited(_sync.Gateway.get_subscription)
+    list_subscriptions = _awaited(_sync.Gateway.list_subscriptions)
+    iter_subscriptions = _iterated(_sync.Gateway.iter_subscriptions)
+    delete_subscription = _awaited(_sync.Gateway.delete_subscription)
+    list_deliveries = _awaited(_sync.Gateway.list_deliveries)
+    iter_deliveries = _iterated(_sync.Gateway.iter_deliveries)
 
 
 class Scanner(_Service):

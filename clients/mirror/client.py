@@ -482,6 +482,66 @@ class Gateway(_Service):
         req = gateway_pb2.ListUnplacedEventsRequest(page_size=page_size)
         return self._call("ListUnplacedEvents", req)
 
+    def create_subscription(
+        self,
+        *,
+        url: str,
+        event_types: Iterable[int | str] = (),
+        policy_id: str = "",
+        secret: str = "",
+    ) -> gateway_pb2.Subscription:
+        """POST outbound events to `url` (docs/events.md): `event_types` by value or name
+        ("push_mirroring", "poll_mirroring", "tag_deletion"; none: every type), only of
+        `policy_id` when given. Without `secret` the server makes one and returns it in this
+        answer only (keep it: Get/List never show it)."""
+        sub = gateway_pb2.Subscription(
+            url=url,
+            event_types=[_build._enum(gateway_pb2.EventType, t) for t in event_types],  # type: ignore[misc]
+            policy_id=policy_id,
+            secret=secret,
+        )
+        req = gateway_pb2.CreateSubscriptionRequest(subscription=sub)
+        return self._call("CreateSubscription", req)
+
+    def get_subscription(self, id: str) -> gateway_pb2.Subscription:
+        """One subscription (`has_secret`, never the secret)."""
+        return self._call("GetSubscription", gateway_pb2.GetSubscriptionRequest(id=id))
+
+    def list_subscriptions(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> gateway_pb2.ListSubscriptionsResponse:
+        """One page of subscriptions, oldest first (--notify-url ones included)."""
+        req = gateway_pb2.ListSubscriptionsRequest(page_size=page_size, page_token=page_token)
+        return self._call("ListSubscriptions", req)
+
+    def iter_subscriptions(self, *, page_size: int = 0) -> Iterator[gateway_pb2.Subscription]:
+        """Every subscription, following page tokens."""
+        return self._pages(self.list_subscriptions, "subscriptions", page_size=page_size)
+
+    def delete_subscription(self, id: str) -> None:
+        """Stop sending to a subscription; its delivery log goes with it."""
+        req = gateway_pb2.DeleteSubscriptionRequest(id=id)
+        return self._call("DeleteSubscription", req, void=True)
+
+    def list_deliveries(
+        self, subscription_id: str = "", *, page_size: int = 0, page_token: str = ""
+    ) -> gateway_pb2.ListDeliveriesResponse:
+        """One page of a subscription's delivery log (all when empty), newest first: state,
+        attempts, last HTTP status and message of each event sent."""
+        req = gateway_pb2.ListDeliveriesRequest(
+            subscription_id=subscription_id, page_size=page_size, page_token=page_token
+        )
+        return self._call("ListDeliveries", req)
+
+    def iter_deliveries(
+        self, subscription_id: str = "", *, page_size: int = 0
+    ) -> Iterator[gateway_pb2.Delivery]:
+        """Every delivery of the log (as `list_deliveries`), following page tokens."""
+        return self._pages(
+            self.list_deliveries, "deliveries", subscription_id=subscription_id,
+            page_size=page_size,
+        )
+
 
 class Scanner(_Service):
     """ScanService: components, licenses and vulnerabilities of images."""

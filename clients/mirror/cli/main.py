@@ -20,6 +20,7 @@ from mirror.cli import (
     cmd_runs,
     cmd_scan,
     cmd_status,
+    cmd_subscription,
     cmd_transfer,
     completion,
 )
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_status.register(sub, common)
     cmd_declarative.register(sub, common)
     cmd_gateway.register(sub, common)
+    cmd_subscription.register(sub, common)
     p = command(sub, "completion", help="print a shell completion script", common=common,
                 func=completion.make_handler(parser),  # type: ignore[arg-type]
                 examples="  source <(mirrorctl completion bash)\n"
