@@ -6,7 +6,8 @@ RetryAfterTooLong); never other 4xx. A 401 from the registry's own origin is ans
 (re)learning the challenge and fetching a fresh token; a 401 from anywhere else (a redirect, a
 Location on another host) is an error and never gets credentials. The concurrency slot is held
 until the response body has been consumed, so a streaming download counts as one request for
-its whole life. GET/HEAD answers are cut after `idle_timeout` seconds without a byte.
+its whole life. GET/HEAD answers are cut after `idle_timeout` seconds without a byte, other
+answers after `read_timeout`; such a stall (errors.Stalled) is not retried here.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from registry_client.errors import (
     PermissionDenied,
     RegistryError,
     RetryAfterTooLong,
+    Stalled,
     TlsError,
     TooManyRequests,
     error_for,
@@ -217,6 +219,11 @@ class Transport:
             )
         except (aiohttp.ClientSSLError, ssl.SSLError) as e:
             raise TlsError(0, "", f"TLS with {self.cfg.base_url} failed: {e}") from e
+        except aiohttp.SocketTimeoutError as e:
+            # Connected, but no answer for the read timeout: a hung registry. Not retried
+            # here (five more waits would hold the slot for minutes); callers decide.
+            waited = self.cfg.idle_timeout if method in _IDLE_METHODS else self.cfg.read_timeout
+            raise Stalled(0, "", f"{context}: no answer for {waited:g}s") from e
         except (TimeoutError, aiohttp.ClientConnectionError) as e:
             if not (retry and st.replayable and st.attempt + 1 < self.cfg.max_attempts):
                 raise ConnectError(0, "", f"{context}: {type(e).__name__} {e}".strip()) from e

@@ -95,6 +95,22 @@ async def test_a_resume_that_brings_nothing_ends_the_download(
     assert elapsed < 2 * IDLE + 10
 
 
+async def test_source_that_never_answers_a_blob_get_fails_within_the_bound(
+    registry: RegistryProcess,
+    registry2: RegistryProcess,
+    images: ImageBuilder,
+    engine: CopyEngine,
+    clients,
+    fault_proxy,
+) -> None:
+    _, layer_path, proxy = _stalling_source(registry, images, fault_proxy, 400_000)
+    proxy.delay(layer_path, 300, times=None, method="GET")  # no headers, ever
+    elapsed = await _copy_stalled(engine, clients, proxy, clients(registry2))
+    # The first GET stalled at byte 0, and so did its resume: the download ended there.
+    assert len(proxy.requests("GET", layer_path)) == 2
+    assert elapsed < 2 * IDLE + 10
+
+
 async def test_one_stall_resumes_by_range_and_the_copy_succeeds(
     registry: RegistryProcess,
     registry2: RegistryProcess,

@@ -236,3 +236,20 @@ async def test_slow_source_does_not_count_as_a_stalled_upload(
         up = await rc.start_upload("slow/app")
         up = await rc.upload_chunk(up, slow(), 3000)
     assert up.offset == 3000
+
+
+async def test_a_registry_that_never_answers_is_stalled_not_retried_for_minutes() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        await asyncio.sleep(60)  # connected, then nothing
+        return web.Response(status=200)
+
+    async with (
+        hostile_server(handler) as server,
+        RegistryClient(_cfg(server.url, idle_timeout=0.5)) as rc,
+    ):
+        t0 = time.monotonic()
+        with pytest.raises(errors.Stalled) as info:
+            await rc.get_manifest("team/app", "1.0")
+        assert time.monotonic() - t0 < 5
+    assert len(server.seen) == 1
+    assert "no answer for 0.5s" in str(info.value)
