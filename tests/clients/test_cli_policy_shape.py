@@ -149,13 +149,22 @@ def test_apply_validates_everything_before_changing_anything(
 
     # A policy naming an endpoint that neither exists nor is declared; one registry under two
     # endpoint names.
-    doc = {"endpoints": [new_prod, {"name": "prod-again", "url": prod.url + "/"}],
+    # A bad name and URL; an alias naming a registered registry (dev) again.
+    doc = {"endpoints": [new_prod, {"name": "prod-again", "url": prod.url + "/"},
+                         {"name": "Bad_Name", "url": "ftp://x"},
+                         {"name": "dev-alias", "url": "http://127.0.0.1:1",
+                          "aliases": [dev.host]}],
            "policies": [{**good, "target": {"endpoint": "nope", "repository": "team/app"}}]}
     dry = ls.ctl("apply", "-f", _write(tmp_path / "m2.yaml", doc), "--dry-run", "-o", "json")
     assert dry.code == 4
-    messages = {(e["kind"], e["name"]): e["message"] for e in dry.json()["errors"]}
-    assert "unknown endpoint(s) nope" in messages[("policy", "good")]
-    assert "endpoints prod, prod-again name one registry" in messages[("endpoint", "prod-again")]
+    found = [(e["kind"], e["name"], e["message"]) for e in dry.json()["errors"]]
+    assert [f[:2] for f in found] == [
+        ("endpoint", "Bad_Name"), ("endpoint", "Bad_Name"), ("endpoint", "dev-alias"),
+        ("endpoint", "prod-again"), ("policy", "good")]
+    assert "not a valid name" in found[0][2] and "is not http(s)://" in found[1][2]
+    assert "endpoints dev, dev-alias name one registry" in found[2][2]
+    assert "endpoints prod, prod-again name one registry" in found[3][2]
+    assert "unknown endpoint(s) nope" in found[4][2]
 
     # Valid: a policy on an endpoint the same file creates.
     doc = {"endpoints": [new_prod], "policies": [

@@ -10,6 +10,7 @@ endpoints the plan deletes while a policy still uses them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -29,12 +30,22 @@ class Problem:
         return {"kind": self.kind, "name": self.name, "message": self.message}
 
 
-def _registry_key(url: str) -> str:
-    """The registry a URL names, for spotting one registry under two endpoints."""
-    parts = urlsplit(url.strip())
+# The transfer service's endpoint name rule (checked here too, so a bad name in the file
+# stops the whole apply before anything is created).
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def _registry_key(url_or_host: str, scheme: str = "") -> str:
+    """host:port of a URL or an alias: one port serves one registry, whatever the scheme (the
+    transfer service compares endpoints the same way)."""
+    text = url_or_host.strip()
+    parts = urlsplit(text if "://" in text else f"{scheme or 'https'}://{text}")
     host = (parts.hostname or "").lower()
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{host}:{port}{parts.path.rstrip('/')}"
+    try:
+        port = parts.port or (80 if parts.scheme == "http" else 443)
+    except ValueError:
+        return text
+    return f"{host}:{port}"
 
 
 def _error_text(err: errors.MirrorError) -> str:
@@ -50,13 +61,22 @@ def check(client: Client, desired: Desired, changes: list[Change]) -> list[Probl
     server_eps = {e.name: e for e in client.transfers.iter_endpoints()}
     server_pols = {p.name: p for p in client.policies.iter()}
     deleted = {(c.kind, c.name) for c in changes if c.action == "delete"}
-    final_eps: dict[str, str] = {
-        n: e.url for n, e in server_eps.items() if ("endpoint", n) not in deleted
+    final_eps: dict[str, transfer_pb2.Endpoint] = {
+        n: e for n, e in server_eps.items() if ("endpoint", n) not in deleted
     }
     for d in desired.endpoints:
-        if "url" in d.fields or d.msg.name not in final_eps:
-            final_eps[d.msg.name] = d.msg.url
-    problems += _endpoint_problems(desired, final_eps)
+        ep = transfer_pb2.Endpoint()
+        if d.msg.name in final_eps:
+            ep.CopyFrom(final_eps[d.msg.name])
+        for f in d.fields:
+            if f == "aliases":
+                del ep.aliases[:]
+                ep.aliases.extend(d.msg.aliases)
+            else:
+                setattr(ep, f, getattr(d.msg, f))
+        ep.name = d.msg.name
+        final_eps[d.msg.name] = ep
+    problems += _endpoint_problems(desired, final_eps, server_eps)
 
     final_pols: dict[str, policy_pb2.Policy] = {
         n: p for n, p in server_pols.items() if ("policy", n) not in deleted
@@ -98,21 +118,33 @@ def check(client: Client, desired: Desired, changes: list[Change]) -> list[Probl
     return problems
 
 
-def _endpoint_problems(desired: Desired, final_eps: dict[str, str]) -> list[Problem]:
+def _endpoint_problems(
+    desired: Desired, final_eps: dict[str, transfer_pb2.Endpoint],
+    server_eps: dict[str, transfer_pb2.Endpoint],
+) -> list[Problem]:
     problems = []
     for d in desired.endpoints:
-        url = d.msg.url if ("url" in d.fields or d.msg.url) else final_eps.get(d.msg.name, "")
-        parts = urlsplit(url)
+        ep = final_eps[d.msg.name]
+        if not _NAME_RE.fullmatch(ep.name):
+            problems.append(Problem("endpoint", ep.name, "not a valid name: 1-63 characters, "
+                                    "lowercase letters, digits, '-' and '_'"))
+        parts = urlsplit(ep.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            problems.append(Problem("endpoint", d.msg.name,
-                                    f"url {url!r} is not http(s)://HOST[:PORT]"))
-    by_registry: dict[str, list[str]] = {}
-    for name, url in final_eps.items():
-        if url:
-            by_registry.setdefault(_registry_key(url), []).append(name)
+            problems.append(Problem("endpoint", ep.name,
+                                    f"url {ep.url!r} is not http(s)://HOST[:PORT]"))
+        has_secret = d.secret is not None or server_eps.get(ep.name, ep).has_secret
+        if has_secret and not ep.username:
+            problems.append(Problem("endpoint", ep.name, "a secret needs a username"))
+    # One registry (host:port, by URL or alias) under two endpoints is refused by the server.
+    by_registry: dict[str, set[str]] = {}
+    for name, ep in final_eps.items():
+        scheme = urlsplit(ep.url).scheme
+        for where in [ep.url, *ep.aliases]:
+            if where:
+                by_registry.setdefault(_registry_key(where, scheme), set()).add(name)
     declared = {d.msg.name for d in desired.endpoints}
-    for names in by_registry.values():
-        if len(names) > 1 and declared & set(names):
+    for names in sorted(by_registry.values(), key=sorted):
+        if len(names) > 1 and declared & names:
             problems.append(Problem("endpoint", sorted(names)[-1],
                                     "endpoints " + ", ".join(sorted(names)) + " name one "
                                     "registry; keep one and list other names as aliases"))
