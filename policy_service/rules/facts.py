@@ -17,6 +17,7 @@ class FactKind(enum.IntEnum):
     COMPONENTS = 3
     LICENSES = 4
     VULNERABILITIES = 5
+    SIGNATURES = 6
 
 
 @dataclass(frozen=True)
