@@ -64,6 +64,10 @@ def mount(app: web.Application, cfg: ConsoleConfig) -> web.Application:
     async def close_sessions(_: web.Application) -> None:
         await console.sessions.close()
 
+    async def closing(_: web.Application) -> None:
+        console.closing.set()
+
+    app.on_shutdown.append(closing)
     app.on_cleanup.append(close_sessions)
     r = app.router
     r.add_get("/", auth.index)

@@ -7,13 +7,14 @@ that application's own routes.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import hmac
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
@@ -52,6 +53,9 @@ class Console:
     templates: jinja2.Environment
     # Signs the sign-in form's CSRF token (there is no session yet to hold one).
     login_key: bytes
+    # Set when the server shuts down: long-lived responses (server-sent events) end then, so
+    # a shutdown does not wait for open browser tabs.
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 CONSOLE: web.AppKey[Console] = web.AppKey("console", Console)

@@ -4,6 +4,7 @@ enable / disable, apply, delete with a confirmation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -74,13 +75,15 @@ async def live_runs(request: web.Request, session: Session) -> web.StreamRespons
     try:
         # Bounded by the session: a signed-out or expired session ends the stream (an open
         # stream is not activity: it does not keep the session alive).
-        while c.sessions.alive(session):
+        while c.sessions.alive(session) and not c.closing.is_set():
             html = templates.render(runs=await runs_view(session, policy_id))
             if html != last:
                 data = "".join(f"data: {line}\n" for line in html.splitlines())
                 await resp.write(f"event: runs\n{data}\n".encode())
                 last = html
-            await asyncio.sleep(c.cfg.live_interval_s)
+            # The refresh cadence; a shutdown ends the wait (and the stream) at once.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(c.closing.wait(), c.cfg.live_interval_s)
     except (ConnectionResetError, errors.MirrorError) as exc:
         log.debug("live runs of %s ended: %s", policy_id, exc)
     return resp
