@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 EXCERPT_CHARS = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]+")
-_CODE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
