@@ -33,6 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds without a request after which a sign-in ends")
     p.add_argument("--session-max", type=float, default=8 * 3600.0,
                    help="seconds after which a sign-in ends in any case")
+    p.add_argument("--sign-in-attempts", type=int, default=10,
+                   help="failed sign-ins per client address within --sign-in-window before "
+                        "it must wait")
+    p.add_argument("--sign-in-window", type=float, default=300.0, help="seconds")
     p.add_argument("--secure-cookie", action="store_true",
                    help="mark the session cookie Secure (pages served over HTTPS)")
     p.add_argument("--events-url", metavar="URL",
@@ -65,6 +69,7 @@ def config_from_args(args: argparse.Namespace) -> ConsoleConfig:
         tls=tls, idle_timeout_s=args.session_idle,
         max_age_s=args.session_max, secure_cookie=args.secure_cookie,
         events_base=args.events_url.rstrip("/") if args.events_url else None,
+        sign_in_attempts=args.sign_in_attempts, sign_in_window_s=args.sign_in_window,
     )
 
 

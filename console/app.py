@@ -14,6 +14,7 @@ from google.protobuf import timestamp_pb2
 from console.config import ConsoleConfig
 from console.policyform import describe_trigger
 from console.sessions import SessionStore
+from console.throttle import SignInThrottle
 from console.views import auth, mirrors, policies, registries
 from console.views.policies import state_name
 from console.web import CONSOLE, Console
@@ -58,6 +59,7 @@ def mount(app: web.Application, cfg: ConsoleConfig) -> web.Application:
         sessions=SessionStore(cfg.idle_timeout_s, cfg.max_age_s, cfg.max_sessions),
         templates=templates(),
         login_key=secrets.token_bytes(32),
+        throttle=SignInThrottle(cfg.sign_in_attempts, cfg.sign_in_window_s),
     )
     app[CONSOLE] = console
 

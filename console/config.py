@@ -18,6 +18,9 @@ class ConsoleConfig:
     idle_timeout_s: float = 30 * 60
     max_age_s: float = 8 * 3600
     max_sessions: int = 1000
+    # Failed sign-ins allowed per client address within the window before it must wait.
+    sign_in_attempts: int = 10
+    sign_in_window_s: float = 300.0
     # Set the cookie's Secure flag (serve the console behind TLS).
     secure_cookie: bool = False
     # Where registries send push notifications (the gateway's HTTP port), shown on a

@@ -23,6 +23,7 @@ from mirror import errors
 
 from console.config import ConsoleConfig
 from console.sessions import Session, SessionStore
+from console.throttle import SignInThrottle
 
 log = logging.getLogger("console")
 
@@ -56,6 +57,7 @@ class Console:
     # Set when the server shuts down: long-lived responses (server-sent events) end then, so
     # a shutdown does not wait for open browser tabs.
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    throttle: SignInThrottle = field(default_factory=lambda: SignInThrottle(10, 300.0))
 
 
 CONSOLE: web.AppKey[Console] = web.AppKey("console", Console)

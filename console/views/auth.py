@@ -75,6 +75,14 @@ async def login(request: web.Request) -> web.StreamResponse:
     presented = str(form.get(CSRF_FIELD, ""))
     if not nonce or not hmac.compare_digest(login_csrf(c, nonce), presented):
         return _login_page(request, c, "The sign-in form expired; please try again.", 403)
+    client_key = request.remote or ""
+    wait = c.throttle.retry_after(client_key)
+    if wait > 0:
+        resp = _login_page(
+            request, c, f"Too many failed sign-ins: try again in {int(wait) + 1} s.", 429
+        )
+        resp.headers["Retry-After"] = str(int(wait) + 1)
+        return resp
     token = str(form.get("token", "")).strip()
     if not token:
         return _login_page(request, c, "Enter an API token.", 400)
@@ -86,12 +94,14 @@ async def login(request: web.Request) -> web.StreamResponse:
         role = await probe_role(client)
     except errors.Unauthenticated:
         await client.close()
-        log.info("sign-in refused: invalid token")
+        c.throttle.failed(client_key)
+        log.info("sign-in refused: invalid token (from %s)", client_key)
         return _login_page(request, c, "This API token is not valid.", 401)
     except errors.MirrorError as err:
         await client.close()
         log.warning("sign-in failed: %s", err.message)
         return _login_page(request, c, f"The services did not answer: {err.message}", 503)
+    c.throttle.succeeded(client_key)
     session = await c.sessions.create(role, client)
     log.info("signed in (%s)", role.name.lower())
     resp = web.HTTPSeeOther("/registries")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -122,13 +123,13 @@ def test_sign_out_ends_the_session(page: Page, context: BrowserContext, env: Env
     expect(page).to_have_url(re.compile(r"/login$"))
 
 
-@pytest.fixture
-def standalone(env: Env) -> Iterator[str]:
-    """`python -m console` of its own, with sessions that end after 2 idle seconds."""
+@contextmanager
+def standalone_console(env: Env, *args: str) -> Iterator[str]:
+    """`python -m console` of its own against the stack's gRPC port."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "console", "--listen", f"127.0.0.1:{port}",
-         "--address", env.stack.grpc_address, "--session-idle", "2"],
+         "--address", env.stack.grpc_address, *args],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -139,6 +140,31 @@ def standalone(env: Env) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def standalone(env: Env) -> Iterator[str]:
+    """A console whose sessions end after 2 idle seconds."""
+    with standalone_console(env, "--session-idle", "2") as base:
+        yield base
+
+
+def test_repeated_failed_sign_ins_must_wait(page: Page, env: Env) -> None:
+    with standalone_console(env, "--sign-in-attempts", "3", "--sign-in-window", "120") as base:
+        for _ in range(3):
+            page.goto(base + "/login")
+            page.get_by_label("API token").fill("wrong-token-0123456789")
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("alert")).to_have_text("This API token is not valid.")
+        # Even the right token waits now: guessing gets no faster by trying on.
+        page.goto(base + "/login")
+        page.get_by_label("API token").fill(ADMIN_TOKEN)
+        with page.expect_response(lambda r: r.request.method == "POST") as answer:
+            page.get_by_role("button", name="Sign in").click()
+        assert answer.value.status == 429
+        assert int(answer.value.headers["retry-after"]) > 100
+        expect(page.get_by_role("alert")).to_contain_text("Too many failed sign-ins")
+        assert not [c for c in page.context.cookies() if c["name"] == "mirror_console"]
 
 
 def test_standalone_console_and_idle_sessions_expire(page: Page, env: Env, standalone: str

@@ -9,6 +9,7 @@ from multidict import MultiDict
 from console.criteria import CriteriaError, Criterion, rule_of
 from console.policyform import describe_trigger, parse_duration, policy_from_form
 from console.sessions import Role, SessionStore
+from console.throttle import SignInThrottle
 from console.views.forms import FormError
 
 
@@ -108,3 +109,21 @@ async def test_sessions_expire_when_idle_or_too_old_and_are_bounded() -> None:
     assert b.csrf != c.csrf and b.csrf_ok(b.csrf) and not b.csrf_ok(c.csrf)
     assert not b.csrf_ok("") and not b.csrf_ok(None)
     assert _Client.closed == 3
+
+
+def test_sign_in_throttle_counts_failures_in_a_window_per_client() -> None:
+    now = [0.0]
+    t = SignInThrottle(limit=2, window_s=60, max_clients=2, clock=lambda: now[0])
+    t.failed("a")
+    assert t.retry_after("a") == 0
+    now[0] = 10.0
+    t.failed("a")
+    assert t.retry_after("a") == 50.0 and t.retry_after("b") == 0
+    now[0] = 61.0  # the first failure left the window
+    assert t.retry_after("a") == 0
+    t.failed("a")
+    assert t.retry_after("a") > 0
+    t.succeeded("a")
+    assert t.retry_after("a") == 0
+    t.failed("b"), t.failed("c"), t.failed("d")
+    assert len(t._failures) == 2  # bounded: the oldest client is forgotten
