@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -104,21 +106,35 @@ async def transfer_double() -> AsyncIterator[tuple[TransferDouble, int]]:
     await running.stop(0)
 
 
+@asynccontextmanager
+async def serving(
+    data: Path, transfer: tuple[TransferDouble, int], **options: Any
+) -> AsyncIterator[PolicyEnv]:
+    """A PolicyServicer on `data` (options go to its constructor), started as
+    `python -m policy_service` starts it, on a real server; stopped on exit."""
+    double, tport = transfer
+    tchannel = aio.insecure_channel(f"127.0.0.1:{tport}")
+    store = PolicyStore.open(data)
+    servicer = PolicyServicer(store, GrpcPushChecker(tchannel, timeout=5), **options)
+    running = await start_server([servicer], "127.0.0.1:0")
+    await servicer.start()
+    channel = aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        yield PolicyEnv(policy_pb2_grpc.PolicyServiceStub(channel), double, servicer, data)
+    finally:
+        await servicer.stop()
+        await channel.close()
+        await running.stop(0)
+        await tchannel.close()
+        store.close()
+
+
 @pytest.fixture
 async def env(
     tmp_path: Path, transfer_double: tuple[TransferDouble, int]
 ) -> AsyncIterator[PolicyEnv]:
-    double, tport = transfer_double
-    tchannel = aio.insecure_channel(f"127.0.0.1:{tport}")
-    store = PolicyStore.open(tmp_path)
-    servicer = PolicyServicer(store, GrpcPushChecker(tchannel))
-    running = await start_server([servicer], "127.0.0.1:0")
-    channel = aio.insecure_channel(f"127.0.0.1:{running.port}")
-    yield PolicyEnv(policy_pb2_grpc.PolicyServiceStub(channel), double, servicer, tmp_path)
-    await channel.close()
-    await running.stop(0)
-    await tchannel.close()
-    store.close()
+    async with serving(tmp_path, transfer_double) as e:
+        yield e
 
 
 def policy(**kw: object) -> policy_pb2.Policy:
