@@ -47,7 +47,8 @@ def services(tmp_path: Path) -> Iterator[dict[str, str]]:
     addr = {n: f"127.0.0.1:{p}" for n, p in ports.items()}
     tdata = tmp_path / "transfer"
     cmds = {
-        "transfer": ["transfer_service", "--grpc-listen", addr["transfer"], "--data", str(tdata)],
+        "transfer": ["transfer_service", "--grpc-listen", addr["transfer"], "--data", str(tdata),
+                     "--policy-address", addr["policy"]],
         "policy": ["policy_service", "--grpc-listen", addr["policy"],
                    "--data", str(tmp_path / "policy"), "--transfer-address", addr["transfer"]],
         "scanner": ["scanner", "--grpc-listen", addr["scanner"],
