@@ -8,7 +8,7 @@ the deadline, the memory ceiling or a worker slot does (a loaded machine is slow
 are RESOURCE_EXHAUSTED, which tells a client it may retry later, or send a cheaper request.
 
 Settings (constructor arguments, or the environment for the embedded stack):
-MIRROR_RULE_CHECK_RATE (per caller, e.g. "10/second"; "" for none), MIRROR_RULE_CHECK_DEADLINE
+MIRROR_RULE_CHECK_RATE (per caller, default "20/second"; "" for none), MIRROR_RULE_CHECK_DEADLINE
 (seconds), MIRROR_RULE_CHECK_MEMORY_MB, MIRROR_RULE_CHECK_WORKERS.
 """
 
@@ -42,7 +42,9 @@ log = logging.getLogger("policy_service.rules.guard")
 
 T = TypeVar("T")
 
-DEFAULT_RATE = "10/second"
+# Per caller: room for `mirrorctl apply` validating a file of policies, not for one caller
+# keeping every worker slot busy.
+DEFAULT_RATE = "20/second"
 DEFAULT_DEADLINE = 5.0
 DEFAULT_MEMORY_MB = 256
 DEFAULT_WORKERS = 2

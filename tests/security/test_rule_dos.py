@@ -99,7 +99,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     proc = StackProcess(
         tmp_path / "stack-data", webhook_secret=WEBHOOK_SECRET,
         env={"MIRROR_ADMIN_TOKEN": ADMIN_TOKEN, "MIRROR_READ_TOKEN": READ_TOKEN,
-             "MIRROR_RULE_CHECK_DEADLINE": "2"},
+             "MIRROR_RULE_CHECK_DEADLINE": "2", "MIRROR_RULE_CHECK_RATE": "5/minute"},
         extra_args=["--reconcile-interval", "0"],
     )
     proc.start(timeout=60)
@@ -184,8 +184,14 @@ def test_rule_checks_are_rate_limited_per_token(stack: Stack) -> None:
             lambda _: _outcome(lambda: stack.stub.ValidateRule(request, metadata=READ,
                                                                timeout=30)),
             range(30)))
-    refused = [o for o in outcomes if isinstance(o, grpc.RpcError)]
-    assert len(refused) >= 10, outcomes  # 10 a second per caller by default
+    refused = [o for o in outcomes if isinstance(o, grpc.RpcError)
+               and "too many rule checks" in o.details()]  # type: ignore[attr-defined]
+    assert len(refused) == 25, outcomes  # 5 a minute per caller on this stack
+    # the accepted ones answered (on a loaded machine some may have waited past the 2 s
+    # deadline for a worker slot: that is another refusal, not a rate one)
+    assert all((isinstance(o, policy_pb2.ValidateRuleResponse) and o.valid)
+               or "busy checking other rules" in o.details()  # type: ignore[attr-defined]
+               for o in outcomes if o not in refused), outcomes
     err = refused[0]
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
     st = rpc_status.from_call(err)  # type: ignore[arg-type]
@@ -194,7 +200,7 @@ def test_rule_checks_are_rate_limited_per_token(stack: Stack) -> None:
     assert retry, "no RetryInfo in the error details"
     info = error_details_pb2.RetryInfo()
     retry[0].Unpack(info)
-    assert 0 < info.retry_delay.ToTimedelta().total_seconds() <= 1.0
+    assert 0 < info.retry_delay.ToTimedelta().total_seconds() <= 60.0
     # the admin token is another caller, with its own share
     assert stack.stub.ValidateRule(request, metadata=ADMIN, timeout=30).valid
 
