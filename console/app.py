@@ -98,6 +98,8 @@ def mount(app: web.Application, cfg: ConsoleConfig) -> web.Application:
     r.add_post("/policies/{id}/enable", policies.enable_policy)
     r.add_post("/policies/{id}/disable", policies.disable_policy)
     r.add_post("/policies/{id}/apply", policies.apply_policy)
+    r.add_get("/policies/{id}/edit", policies.edit_policy)
+    r.add_post("/policies/{id}/edit", policies.update_policy)
     r.add_get("/policies/{id}/delete", policies.confirm_delete)
     r.add_post("/policies/{id}/delete", policies.delete_policy)
     r.add_static("/static/", HERE / "static", append_version=False)

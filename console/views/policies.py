@@ -13,8 +13,9 @@ from mirror import errors
 from mirror.v1 import gateway_pb2, policy_pb2, transfer_pb2
 
 from console.sessions import Session
+from console.views.forms import text
 from console.views.mirrors import with_status
-from console.web import console_of, page, render
+from console.web import console_of, form_of, page, render
 
 log = logging.getLogger("console.policies")
 
@@ -126,3 +127,45 @@ async def delete_policy(request: web.Request, session: Session) -> web.StreamRes
     policy = await session.client.policies.get(request.match_info["id"])
     await session.client.policies.delete(policy.id, etag=policy.etag)
     raise web.HTTPSeeOther("/policies")
+
+
+def _edit_values(policy: policy_pb2.Policy) -> dict[str, str]:
+    template = policy.tag_template or "%n"
+    return {
+        "name": policy.name, "description": policy.description,
+        "tag_mode": "keep" if template == "%n" else "template",
+        "tag_template": template if template != "%n" else "%Y%m%d-%H%M%S",
+        "time_zone": policy.time_zone,
+        "overwrite": "never" if policy.overwrite == policy_pb2.OVERWRITE_NEVER else "always",
+    }
+
+
+@page(write=True)
+async def edit_policy(request: web.Request, session: Session) -> web.StreamResponse:
+    policy = await session.client.policies.get(request.match_info["id"])
+    return render(request, "policy_edit.html", session, policy=policy,
+                  values=_edit_values(policy), rule=policy.rule)
+
+
+@page(write=True)
+async def update_policy(request: web.Request, session: Session) -> web.StreamResponse:
+    """Save the edit: the whole policy as read, with the form's fields, under the etag the
+    form was made from (a policy changed meanwhile is refused, not overwritten)."""
+    form = await form_of(request)
+    policy = await session.client.policies.get(request.match_info["id"])
+    policy.etag = text(form, "etag")
+    policy.name = text(form, "name")
+    policy.description = text(form, "description")
+    policy.rule = text(form, "rule")
+    policy.tag_template = ("%n" if text(form, "tag_mode") != "template"
+                           else text(form, "tag_template"))
+    policy.time_zone = text(form, "time_zone")
+    policy.overwrite = (policy_pb2.OVERWRITE_NEVER if text(form, "overwrite") == "never"
+                        else policy_pb2.OVERWRITE_ALWAYS)
+    try:
+        await session.client.policies.replace(policy)
+    except (errors.InvalidArgument, errors.Aborted, errors.AlreadyExists) as err:
+        values = {k: text(form, k) for k in form if isinstance(form[k], str) and k != "_csrf"}
+        return render(request, "policy_edit.html", session, http_status=400, policy=policy,
+                      values=values, rule=policy.rule, error=err)
+    raise web.HTTPSeeOther(f"/policies/{policy.id}")

@@ -345,3 +345,38 @@ def test_webhook_secret_is_write_only_and_the_page_shows_where_to_send_events(
 
         assert deliver(secret) == 200
         assert deliver("not-the-secret-0000") == 401
+
+
+def test_edit_a_policy_and_a_stale_edit_is_refused(page: Page, env: Env) -> None:
+    with env.client() as c:
+        created = c.policies.create(policy=_policy("to-edit"))
+    sign_in(page, env)
+    page.goto(env.base + f"/policies/{created.id}")
+    page.get_by_role("link", name="Edit").click()
+    expect(page.locator("#rule")).to_have_value('tag endswith "stable"')
+    expect(page.locator("#rule-check")).to_contain_text("The rule is valid")
+    page.locator("#rule").fill('tag endswith "stable" and')
+    expect(page.locator("#rule-check li.rule-error")).to_have_count(1)
+    page.locator("#rule").fill('tag endswith "-rc"')
+    page.get_by_label("Use a tag template").check()
+    page.get_by_label("Tag template", exact=True).fill("%Y-%n")
+    expect(page.locator("#tag-preview-value")).to_contain_text("-1.4-stable")
+    page.get_by_label("When the remote tag already holds another image").select_option("never")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("heading", name="Mirror to-edit")).to_be_visible()
+    expect(page.locator(".facts")).to_contain_text('tag endswith "-rc"')
+    with env.client() as c:
+        edited = c.policies.get(created.id)
+    assert (edited.rule, edited.tag_template) == ('tag endswith "-rc"', "%Y-%n")
+    assert edited.overwrite == 2 and edited.etag != created.etag
+    assert (edited.source.endpoint, edited.target.repository) == ("dev", "qa/actions")
+
+    # Someone else changes it while this form is open: the form's save is refused.
+    page.get_by_role("link", name="Edit").click()
+    with env.client() as c:
+        c.policies.update(created.id, description="changed elsewhere", etag=edited.etag)
+    page.get_by_label("Description").fill("mine")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("alert").first).to_be_visible()
+    with env.client() as c:
+        assert c.policies.get(created.id).description == "changed elsewhere"
