@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gateway.http import ConfigError
 from gateway.options import add_gateway_arguments, webhook_secret
+from policy_service.__main__ import _age
 from servicekit.runner import base_parser, run_until_signal
 from servicekit.security import ServerSecurity, add_peer_arguments, add_security_arguments
 
@@ -27,6 +28,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_gateway_arguments(p, "127.0.0.1:8080")
     p.add_argument("--no-scanner", action="store_true", help="do not run the scanner")
     p.add_argument("--max-jobs", type=int, default=4, help="transfers run at once")
+    p.add_argument(
+        "--max-vulnerability-age",
+        type=_age,
+        default="7d",
+        help="rules reading vulnerabilities are blocked when the vulnerability data is older "
+        "than this (e.g. 7d, 12h, 30s; default 7d)",
+    )
     add_security_arguments(p)
     add_peer_arguments(p)
     args = p.parse_args(argv)
@@ -64,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
                     max_hops=args.max_hops,
                     scanner=not args.no_scanner,
                     transfer_options={"max_jobs": args.max_jobs},
+                    policy_options={"max_vulnerability_age": args.max_vulnerability_age},
                 ),
                 security,
             )
