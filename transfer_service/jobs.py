@@ -241,6 +241,16 @@ class Journal:
             ),
         )
 
+    def note_waiting(self, job_id: str, message: str) -> JobRecord | None:
+        """Say why a waiting job has not started yet; None when it is not waiting."""
+        with self._db.transaction() as c:
+            n = c.execute(
+                "UPDATE jobs SET message = ? WHERE id = ? AND state = ? AND message != ?",
+                (message, job_id, JobState.WAITING.value, message),
+            ).rowcount
+            row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _from_row(row) if n else None
+
     def retry_later(self, job_id: str, message: str) -> JobRecord | None:
         """Put a running job back to waiting after a retryable failure; None if not running."""
         return self._transition(job_id, (JobState.RUNNING,), JobState.WAITING, message)

@@ -160,6 +160,7 @@ class Worker:
         key = self._lane_of.pop(job_id, None)
         if key is None:
             return
+        self._lane_parked.discard(job_id)
         lane = self._lanes.get(key, [])
         if job_id in lane:
             lane.remove(job_id)
@@ -182,13 +183,30 @@ class Worker:
         key = self._lane_of.get(job_id)
         if key is not None and self._lanes[key][0] != job_id:
             self._lane_parked.add(job_id)  # queued again when the one before it ends
+            self._note(
+                job, f"waiting for transfer {self._lanes[key][0]}, which writes "
+                f"{key[1]}:{key[2]} on {key[0]} first (one at a time per tag)",
+            )
             return None
         src = job.spec.src_endpoint
         if self._src_running[src] >= self._per_endpoint:
             self._slot_parked.setdefault(src, []).append(job_id)
+            self._note(
+                job, f"waiting for a job slot of source endpoint {src} "
+                f"({self._per_endpoint} running at most)",
+            )
             return None
         self._src_running[src] += 1
         return src
+
+    def _note(self, job: JobRecord, message: str) -> None:
+        """Record why a waiting job does not start yet (kept when it is already said, and
+        never over a retry's message, which says more)."""
+        if job.message and not job.message.startswith("waiting for "):
+            return
+        noted = self._journal.note_waiting(job.id, message)
+        if noted is not None:
+            self._publish(noted)
 
     def _free_slot(self, src: str) -> None:
         self._src_running[src] -= 1

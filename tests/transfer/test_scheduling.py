@@ -102,6 +102,8 @@ async def test_slow_older_transfer_is_superseded_and_destination_ends_on_newer(
     push(b, registry, "team/app")  # the newer push of the tag
     tb = await _start(s, b.digest, source_tag="rel")
     assert (await _get(s, ta.id)).state == T.STATE_RUNNING  # B really came while A ran
+    parked = await _until(s, tb.id, lambda x: ta.id in x.message, 30, "B says why it waits")
+    assert parked.state == T.STATE_WAITING and "one at a time" in parked.message
 
     fa = await _until(s, ta.id, _final, 60, "A ends")
     fb = await _until(s, tb.id, _final, 60, "B ends")
@@ -165,6 +167,8 @@ async def test_silent_source_does_not_delay_a_healthy_transfer(
     states = [(await _get(s, t.id)).state for t in stuck]
     assert all(st in (T.STATE_RUNNING, T.STATE_WAITING) for st in states), states
     assert sum(st == T.STATE_RUNNING for st in states) == 1  # its share, no more
+    messages = [(await _get(s, t.id)).message for t in stuck]
+    assert sum("waiting for a job slot of source endpoint slow" in m for m in messages) == 2
     assert took < 20, took
     for t in stuck:
         await s.stub.CancelTransfer(transfer_pb2.CancelTransferRequest(id=t.id))
