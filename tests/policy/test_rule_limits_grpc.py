@@ -108,7 +108,7 @@ async def test_rule_checks_are_rate_limited_per_caller(
                                 metadata=_as("token-of-alice-0001"))
     err = info.value
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "too many rule checks: at most 3 per 1 minute per caller" in err.details()
+    assert "too many rule checks: at most 3 per 1 minute per caller;" in err.details()
     [retry] = details(err, error_details_pb2.RetryInfo)
     delay = retry.retry_delay.ToTimedelta().total_seconds()  # type: ignore[attr-defined]
     assert 30 < delay <= 60
@@ -148,3 +148,17 @@ async def test_a_rule_past_its_deadline_is_stopped_while_the_server_answers(
     assert "took longer than 1.5 s" in info.value.details()
     assert time.monotonic() - started < 5
     assert worst < 0.5, f"the server stalled for {worst:.2f} s while the rule ran"
+
+
+async def test_made_up_tokens_do_not_buy_a_new_share(
+    limited: tuple[policy_pb2_grpc.PolicyServiceStub, aio.Channel],
+) -> None:
+    # Without configured tokens any bearer value passes; its host still counts, at 4x the rate.
+    stub, _ = limited
+    request = policy_pb2.ValidateRuleRequest(rule="true")
+    for i in range(12):
+        assert (await stub.ValidateRule(request, metadata=_as(f"made-up-token-{i:04}"))).valid
+    with pytest.raises(grpc.RpcError) as info:
+        await stub.ValidateRule(request, metadata=_as("made-up-token-9999"))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "at most 12 per 1 minute per host" in info.value.details()
