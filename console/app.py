@@ -83,6 +83,8 @@ def mount(app: web.Application, cfg: ConsoleConfig) -> web.Application:
     r.add_get("/registries/{name}/edit", registries.edit_registry)
     r.add_post("/registries/{name}", registries.update_registry)
     r.add_post("/registries/{name}/connect", registries.connect)
+    r.add_get("/registries/{name}/delete", registries.confirm_delete)
+    r.add_post("/registries/{name}/delete", registries.delete_registry)
     r.add_get("/repositories/{endpoint}", mirrors.open_repository)
     r.add_get("/repositories/{endpoint}/{repository:.+}", mirrors.repository)
     r.add_get("/mirrors/new", mirrors.new_mirror)

@@ -131,3 +131,25 @@ async def connect(request: web.Request, session: Session) -> web.StreamResponse:
         name, repository=text(form, "repository"), check_push=text(form, "check_push") == "on"
     )
     return render(request, "_connect.html", session, ok=resp.ok, steps=connection_steps(resp))
+
+
+@page(write=True)
+async def confirm_delete(request: web.Request, session: Session) -> web.StreamResponse:
+    name = request.match_info["name"]
+    endpoint = await session.client.transfers.get_endpoint(name)
+    return render(request, "registry_delete.html", session, endpoint=endpoint,
+                  policies=await endpoint_policies(session, name))
+
+
+@page(write=True)
+async def delete_registry(request: web.Request, session: Session) -> web.StreamResponse:
+    """DeleteEndpoint; the services refuse it while a policy uses the registry."""
+    name = request.match_info["name"]
+    try:
+        await session.client.transfers.delete_endpoint(name)
+    except errors.FailedPrecondition as err:
+        endpoint = await session.client.transfers.get_endpoint(name)
+        return render(request, "registry_delete.html", session, http_status=409,
+                      endpoint=endpoint, policies=await endpoint_policies(session, name),
+                      error=err)
+    raise web.HTTPSeeOther("/registries")

@@ -380,3 +380,31 @@ def test_edit_a_policy_and_a_stale_edit_is_refused(page: Page, env: Env) -> None
     expect(page.get_by_role("alert").first).to_be_visible()
     with env.client() as c:
         assert c.policies.get(created.id).description == "changed elsewhere"
+
+
+def test_delete_a_registry_after_confirming_and_not_while_a_mirror_uses_it(
+    page: Page, env: Env
+) -> None:
+    with start_registry(RegistryOptions(), env.tmp / "doomed") as doomed, env.client() as c:
+        from mirror.v1 import common_pb2, policy_pb2
+
+        c.transfers.create_endpoint(name="doomed", url=doomed.url)
+        user = c.policies.create(policy=policy_pb2.Policy(
+            name="uses-doomed",
+            source=policy_pb2.PolicySource(endpoint="doomed", repository="team/a"),
+            target=common_pb2.Target(endpoint="doomed", repository="team/b"),
+            rule="true", enabled=True,
+        ))
+        sign_in(page, env)
+        page.goto(env.base + "/registries/doomed")
+        page.get_by_role("link", name="Delete").click()
+        expect(page.get_by_role("heading", name="Delete registry doomed?")).to_be_visible()
+        expect(page.get_by_role("link", name="uses-doomed")).to_be_visible()
+        page.get_by_role("button", name="Delete").click()
+        expect(page.get_by_role("alert")).to_be_visible()
+        assert c.transfers.get_endpoint("doomed").name == "doomed"
+        c.policies.delete(user.id)
+        page.goto(env.base + "/registries/doomed/delete")
+        page.get_by_role("button", name="Delete").click()
+        expect(page).to_have_url(re.compile(r"/registries$"))
+        assert "doomed" not in [e.name for e in c.transfers.iter_endpoints()]
