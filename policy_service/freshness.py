@@ -89,6 +89,10 @@ class FactQuality:
 
     def blocked_reason(self, required: Collection[int]) -> str:
         """Why a rule needing `required` must not be evaluated on these facts ("" if it may)."""
+        if self.present is None and not self.components_unknown and not (
+            self.vulnerability_problem
+        ):
+            return ""  # the common case, once per policy: nothing to look at
         lacking = missing(required, self.present)
         reasons = [missing_reason(lacking)] if lacking else []
         have = [k for k in required if k not in lacking]

@@ -230,7 +230,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             return
         names = await source_migration.wait_for_endpoints(self._push, self._migration_backoff)
         async with self._write_lock:
-            for rec in [*self._records(), *self._broken.values()]:
+            # In name order, so which of two conflicting policies is disabled is predictable.
+            for rec in sorted([*self._records(), *self._broken.values()], key=lambda r: r.name):
                 if not rec.source_endpoint:
                     await self._migrate_one(rec, names)
 
