@@ -178,8 +178,11 @@ class RuleWorkers:
             if process.pid is not None:
                 if process.is_alive():
                     process.kill()
-                process.join()
-                process.close()
+                process.join(5)  # bounded: a stuck fork server must not hang this thread
+                if process.exitcode is None:
+                    log.error("rule job %s did not exit after SIGKILL", process.pid)
+                else:
+                    process.close()
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
