@@ -295,9 +295,12 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     ) -> policy_pb2.Policy:
         p = request.policy
         _refuse_source_repository(p)
+        # validate_only with an id: checked as the replacement of that policy (its name and
+        # its old version do not clash), which `mirrorctl apply --dry-run` needs for updates.
+        replaces = self._current(p.id).id if request.validate_only and p.id else ""
         now = _now_us()
         rec = PolicyRecord(
-            id="" if request.validate_only else secrets.token_hex(8),
+            id=replaces if request.validate_only else secrets.token_hex(8),
             name=p.name,
             description=p.description,
             source_endpoint=p.source.endpoint,
@@ -317,7 +320,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             version=1,
         )
         cp = await self._rules.vetted(compiled.compile_policy, rec)
-        if self._store.name_exists(rec.name):
+        if self._store.name_exists(rec.name, except_id=replaces):
             raise errors.already_exists(f"a policy named {rec.name!r} already exists")
         checks.check_graph(rec, self._records())
         await checks.check_remote(self._push, rec)

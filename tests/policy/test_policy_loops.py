@@ -150,3 +150,24 @@ async def test_promotion_chain_is_no_cycle(env: PolicyEnv) -> None:  # noqa: F81
     await _save(env, _hop("to-prod", "qa/qa/team/website", "prod/team/website", "%n"))
     listed = await env.stub.ListPolicies(policy_pb2.ListPoliciesRequest())
     assert len(listed.policies) == 2
+
+
+async def test_validate_only_with_an_id_checks_a_replacement(env: PolicyEnv) -> None:  # noqa: F811
+    a = await _save(env, _hop("a", "dev/team/app", "qa/team/app"))
+    await _save(env, _hop("b", "qa/team/app", "dev/team/app"))
+    same = _hop("a", "dev/team/app", "qa/team/app", id=a.id)
+    out = await _save(env, same, validate_only=True)  # its own name and old version: no clash
+    assert out.id == a.id
+    with pytest.raises(grpc.RpcError) as exc:
+        await _save(env, _hop("a", "dev/team/app", "qa/team/app"), validate_only=True)
+    assert exc.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    stamped = _hop("a", "dev/team/app", "qa/team/app", "%Y%m%d%H%M%S", id=a.id)
+    with pytest.raises(grpc.RpcError) as exc:
+        await _save(env, stamped, validate_only=True)
+    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "policy a (dev/team/app -> qa/team/app) -> policy b" in (exc.value.details() or "")
+    with pytest.raises(grpc.RpcError) as exc:
+        await _save(env, _hop("z", "dev/z", "qa/z", id="missing"), validate_only=True)
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    got = await env.stub.GetPolicy(policy_pb2.GetPolicyRequest(id=a.id))
+    assert got == a
