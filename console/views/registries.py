@@ -12,6 +12,9 @@ from console.sessions import Session
 from console.views.forms import FormError, endpoint_fields, endpoint_message, text
 from console.web import console_of, form_of, page, render
 
+# How many of the newest runs name the repositories a registry page lists.
+RECENT_RUNS = 200
+
 STEP_LABELS = {
     transfer_pb2.ConnectionCheck.STEP_REACHABLE: "Reachable",
     transfer_pb2.ConnectionCheck.STEP_TLS_VERIFIED: "TLS verified",
@@ -89,6 +92,13 @@ async def show_registry(request: web.Request, session: Session) -> web.StreamRes
             repos.add(p.source.repository)
         if p.target.endpoint == name and "{" not in p.target.repository:
             repos.add(p.target.repository)
+    # And those recent runs read or wrote (a glob source, a mapped target).
+    recent = await session.client.gateway.list_runs(page_size=RECENT_RUNS)
+    for run in recent.runs:
+        if run.source.endpoint == name:
+            repos.add(run.source.repository)
+        if run.destination.endpoint == name:
+            repos.add(run.destination.repository)
     return render(request, "registry.html", session, endpoint=endpoint,
                   repositories=sorted(repos), policies=policies,
                   events_url=events_url(request, name))

@@ -408,3 +408,45 @@ def test_delete_a_registry_after_confirming_and_not_while_a_mirror_uses_it(
         page.get_by_role("button", name="Delete").click()
         expect(page).to_have_url(re.compile(r"/registries$"))
         assert "doomed" not in [e.name for e in c.transfers.iter_endpoints()]
+
+
+def test_connect_shows_the_steps_pending_while_it_checks(page: Page, env: Env) -> None:
+    with FaultProxy(env.dev.url) as proxy, env.client() as c:
+        proxy.delay(r"^/v2/$", seconds=3, times=1, method="GET")
+        c.transfers.create_endpoint(name="slowcheck", url=proxy.url)
+        sign_in(page, env)
+        page.goto(env.base + "/registries/slowcheck")
+        page.get_by_label("Repository to check").fill("team/app")
+        pending = page.locator("#connect-pending")
+        expect(pending).to_be_hidden()
+        page.get_by_role("button", name="Connect").click()
+        expect(pending).to_be_visible()
+        expect(pending.locator("li.step.pending")).to_have_count(5)
+        expect(page.locator("#connect-result li.step")).to_have_count(5, timeout=30_000)
+        expect(pending).to_be_hidden()
+        expect(page.locator("#connect-result li.step").nth(0)).to_contain_text("Reachable")
+
+
+def test_a_registry_lists_the_repositories_its_mirrors_and_runs_name(
+    page: Page, env: Env, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from mirror.v1 import common_pb2, policy_pb2
+
+    with env.client() as c:
+        policy = c.policies.create(policy=policy_pb2.Policy(
+            name="globbed", source=policy_pb2.PolicySource(endpoint="dev", repository="globs/**"),
+            target=common_pb2.Target(endpoint="qa", repository="mirror/{path}"),
+            rule='tag endswith "stable"', enabled=True,
+        ))
+        push(ImageBuilder(tmp_path_factory.mktemp("glob")).image("1.0-stable"), env.dev,
+             "globs/app")
+        sign_in(page, env)
+        page.goto(env.base + f"/policies/{policy.id}")
+        expect(page.locator("tr.run .state").first).to_have_text("SUCCEEDED", timeout=60_000)
+    page.goto(env.base + "/registries/qa")
+    # Neither the glob nor the template: the repositories the run read and wrote.
+    expect(page.get_by_role("link", name="mirror/app")).to_be_visible()
+    expect(page.get_by_role("link", name="mirror/{path}")).to_have_count(0)
+    page.goto(env.base + "/registries/dev")
+    page.get_by_role("link", name="globs/app").click()
+    expect(page.locator("tr[data-policy=globbed]")).to_contain_text("mirror/{path} on qa")
