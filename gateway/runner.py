@@ -582,9 +582,12 @@ class Runner:
             dst_repository=old.dst_repository,
             dst_tag=old.dst_tag,
             state=Run.STATE_PENDING,
-            message=f"repair: the destination held {held or 'nothing'} instead",
             provenance=old.provenance,
             hop=old.hop,
+            cause=(
+                f"repair: {old.dst_repository}:{old.dst_tag} held {held or 'nothing'} instead "
+                f"of {old.src_digest}"
+            ),
         )
         rec = self.runs.upsert_started(rec)
         if rec.state == Run.STATE_PENDING:

@@ -114,8 +114,10 @@ class Sweeper:
             policies = [p for p in policies if _push_triggered(p)]
             total = SweepResult()
             for pol in policies:
-                if not await self._ensure_baseline(pol, total):
-                    continue  # just taken: everything there now predates the policy
+                errors = len(total.errors)
+                await self._ensure_baseline(pol, total)
+                if len(total.errors) > errors:
+                    continue  # no baseline: sweeping could backfill what predates the policy
                 total.add(await self._sweep(pol, Run.TRIGGER_RECONCILE, "reconcile"))
             return total
 

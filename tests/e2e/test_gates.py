@@ -210,7 +210,7 @@ def test_reconcile_repairs_a_destination_that_drifted(
     push(images.image("other", layers=(2500,)), qa, "qa/website", tag="1.0")
     assert skopeo_digest(qa, "qa/website", "1.0") != good
     r = clients.gateway.Reconcile(gateway_pb2.ReconcileRequest(policy_id=pol.id), timeout=60)
-    assert len(r.runs) == 1 and "repair" in r.runs[0].message
+    assert len(r.runs) == 1 and r.runs[0].cause.startswith("repair:"), r.runs
     wait_for(lambda: skopeo_digest(qa, "qa/website", "1.0") == good, 60, "repaired")
 
 
