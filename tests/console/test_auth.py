@@ -79,8 +79,16 @@ def _csrf_of(page: Page) -> str:
 def test_read_only_token_sees_no_write_action_and_a_forged_write_gets_403(
     page: Page, env: Env
 ) -> None:
+    from mirror.v1 import common_pb2, policy_pb2
+
     with env.client() as c:
         c.transfers.create_endpoint(name="ro-dev", url=env.dev.url)
+        policy = c.policies.create(policy=policy_pb2.Policy(
+            name="ro-policy", source=policy_pb2.PolicySource(endpoint="ro-dev",
+                                                             repository="team/app"),
+            target=common_pb2.Target(endpoint="ro-dev", repository="team/copy"),
+            rule="true", enabled=True,
+        ))
     sign_in(page, env, READ_TOKEN)
     expect(page.get_by_text("read-only")).to_be_visible()
     expect(page.get_by_role("link", name="ro-dev")).to_be_visible()
@@ -92,12 +100,22 @@ def test_read_only_token_sees_no_write_action_and_a_forged_write_gets_403(
     page.goto(env.base + "/repositories/ro-dev/team/app")
     expect(page.get_by_role("heading", name="Mirrors")).to_be_visible()
     expect(page.get_by_role("link", name="New mirror")).to_have_count(0)
+    expect(page.locator("tr[data-policy=ro-policy]")).to_be_visible()
+    page.get_by_role("link", name="ro-policy").click()
+    expect(page.get_by_role("heading", name="Mirror ro-policy")).to_be_visible()
+    for name in ("Apply now", "Disable", "Edit", "Delete"):
+        expect(page.get_by_role("button", name=name)).to_have_count(0)
+        expect(page.get_by_role("link", name=name)).to_have_count(0)
     # The forged write carries the session's own (valid) CSRF token: the role refuses it.
     csrf = _csrf_of(page)
     assert csrf
     for url, form in [
         ("/registries", {"name": "forged", "url": env.dev.url}),
         ("/registries/ro-dev", {"url": "http://127.0.0.1:1"}),
+        (f"/policies/{policy.id}/disable", {}),
+        (f"/policies/{policy.id}/delete", {}),
+        (f"/policies/{policy.id}/edit", {"name": "renamed", "rule": "false"}),
+        ("/registries/ro-dev/delete", {}),
         ("/mirrors", {"name": "forged", "endpoint": "ro-dev", "repository": "team/app",
                       "registry": "ro-dev", "remote_repository": "x/y", "rule": "true"}),
     ]:
@@ -109,7 +127,8 @@ def test_read_only_token_sees_no_write_action_and_a_forged_write_gets_403(
         names = [e.name for e in c.transfers.iter_endpoints()]
         assert "forged" not in names
         assert c.transfers.get_endpoint("ro-dev").url == env.dev.url
-        assert [p.name for p in c.policies.iter()] == []
+        assert [(p.name, p.enabled, p.rule) for p in c.policies.iter()] == [
+            ("ro-policy", True, "true")]
 
 
 def test_sign_out_ends_the_session(page: Page, context: BrowserContext, env: Env) -> None:
