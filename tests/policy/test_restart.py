@@ -39,7 +39,10 @@ def test_policies_survive_a_killed_process(tmp_path: Path) -> None:
     try:
         channel, stub = _stub(first.address)
         seed = stub.CreatePolicy(
-            policy_pb2.CreatePolicyRequest(policy=policy(tag_template="%Y%m%d-%H%M")), timeout=10
+            policy_pb2.CreatePolicyRequest(policy=policy(
+                tag_template="%Y%m%d-%H%M", overwrite=policy_pb2.OVERWRITE_NEVER,
+                allow_incomplete_facts=True,
+            )), timeout=10
         )
         glob = stub.CreatePolicy(
             policy_pb2.CreatePolicyRequest(
@@ -68,6 +71,8 @@ def test_policies_survive_a_killed_process(tmp_path: Path) -> None:
     try:
         channel, stub = _stub(second.address)
         assert stub.GetPolicy(policy_pb2.GetPolicyRequest(id=seed.id), timeout=10) == seed
+        assert seed.overwrite == policy_pb2.OVERWRITE_NEVER and seed.allow_incomplete_facts
+        assert (seed.source.endpoint, glob.target.repository) == ("dev", "qa/{repository}")
         assert stub.GetPolicy(policy_pb2.GetPolicyRequest(id=glob.id), timeout=10) == glob
         assert stub.ListPolicies(policy_pb2.ListPoliciesRequest(), timeout=10) == listed_before
         assert len(listed_before.policies) == 3

@@ -137,7 +137,8 @@ async def test_missing_facts_do_not_match_and_say_why(env: PolicyEnv) -> None:  
     resp = await _evaluate(env, facts, explain=True)
     tag_only, vulns = resp.results
     assert tag_only.matched and tag_only.reason == ""
-    assert not vulns.matched and vulns.tag == ""
+    assert not vulns.matched and vulns.blocked and vulns.tag == ""
+    assert not tag_only.blocked
     assert vulns.reason == "needs vulnerability facts, which were not provided"
     assert list(vulns.explanation.missing_facts) == [K.FACT_KIND_VULNERABILITIES]
     assert list(vulns.explanation.clauses) == []  # never evaluated with zero values
