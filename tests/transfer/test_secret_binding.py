@@ -55,6 +55,12 @@ async def test_url_to_another_host_clears_secret_and_capture_never_sees_it(
         resp = await _test_connection(s, "qa")
         assert not resp.ok and cap.requests > 0  # it did talk to the capture server
         assert not cap.saw_password(PASSWORD), cap.authorizations
+        # Control: a secret given for the capture server's URL does reach it (the capture
+        # would have seen the old one, had it been kept).
+        await _update(s, ["secret"], name="qa", secret="given-for-capture-42")
+        await _test_connection(s, "qa")
+        assert cap.saw_password("given-for-capture-42")
+        assert not cap.saw_password(PASSWORD)
 
 
 async def test_scheme_change_clears_secret_and_new_secret_binds_to_new_url(
