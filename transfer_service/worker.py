@@ -306,8 +306,13 @@ class Worker:
                     await self._run(job_id)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("transfer %s: unexpected failure of the runner", job_id)
+            except Exception as exc:
+                full = no_space_message(exc, self._volume)
+                if full is not None:
+                    # The journal could not record the outcome; a restart resumes the job.
+                    log.error("transfer %s: %s; the outcome was not recorded", job_id, full)
+                else:
+                    log.exception("transfer %s: unexpected failure of the runner", job_id)
             finally:
                 self._free_slot(src)
 

@@ -232,3 +232,24 @@ async def test_retry_after_beyond_the_cap_reschedules_with_a_message(
     assert wait <= 3.5  # capped by reschedule_max, not a day
     done = await _until(s, t.id, _final, 60, "done after the wait")
     assert done.state == T.STATE_DONE, done.message
+
+
+async def test_digest_mismatch_after_retries_fails_and_is_not_rescheduled(
+    serve: ServeFn,
+    registry: RegistryProcess,
+    registry2: RegistryProcess,
+    images: ImageBuilder,
+    fault_proxy: Callable[[str], FaultProxy],
+) -> None:
+    img = images.image("1.0", layers=[40_000])
+    push(img, registry, "team/app")
+    src = fault_proxy(registry.url)
+    layer = max(img.blobs, key=lambda d: d.size).digest
+    src.corrupt_blob(layer, times=None)  # every read of it is corrupted
+    s = await serve(max_attempts=2, reschedule_base=1.0, reschedule_max=2.0)
+    await _add(s, "dev", src.url)
+    await _add(s, "qa", registry2.url)
+    done = await _until(s, (await _start(s, "1.0")).id, _final, 120, "fails")
+    assert done.state == T.STATE_ERROR and done.attempts == 2, done
+    assert "gave up after 2 attempts" in done.message
+    assert not done.HasField("next_attempt_time")
