@@ -51,6 +51,7 @@ WRITABLE_FIELDS = (
 # Webhook secrets travel in an `Authorization: Bearer` header: printable ASCII, no spaces.
 WEBHOOK_SECRET_RE = re.compile(r"[\x21-\x7e]{16,1024}")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,8 @@ def _host_port(origin_or_alias: str, default_port: int | None) -> str:
     if m is None:
         return rest
     host, port = m.group(1).rstrip("."), m.group(2)
+    # This machine's loopback names reach one and the same local registry.
+    host = "localhost" if host in _LOOPBACK else host
     if port is None:
         if default_port is None:
             return host
@@ -273,9 +276,12 @@ class EndpointStore:
 
     def check_key(self) -> None:
         """Raise SecretKeyError when the key cannot decrypt the stored secrets (wrong key)."""
-        row = self._db.query_one("SELECT secret_enc FROM endpoints WHERE secret_enc IS NOT NULL")
-        if row is not None:
-            self._box.decrypt(bytes(row["secret_enc"]))
+        for column in ("secret_enc", "webhook_secret_enc"):
+            row = self._db.query_one(
+                f"SELECT {column} AS enc FROM endpoints WHERE {column} IS NOT NULL"
+            )
+            if row is not None:
+                self._box.decrypt(bytes(row["enc"]))
 
     def create(self, ep: EndpointRecord) -> EndpointRecord:
         """Validate and store a new endpoint: INVALID_ARGUMENT, ALREADY_EXISTS."""

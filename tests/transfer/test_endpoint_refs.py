@@ -132,6 +132,8 @@ async def test_second_endpoint_for_one_registry_refused(endpoints_only: Served) 
         ("https://127.0.0.1:5000", "url"),  # one port serves one registry
         ("http://qa-registry:5000", "alias qa-registry:5000"),
         ("http://qa.internal", "alias qa.internal"),
+        ("http://localhost:5000", "url"),  # loopback names: one local registry
+        ("http://[::1]:5000", "url"),
     ):
         with pytest.raises(aio.AioRpcError) as info:
             await _add(s, "again", url)
