@@ -28,6 +28,8 @@ class ConsoleConfig:
     events_base: str | None = None
     # Seconds between refreshes of the live runs table (server-sent events).
     live_interval_s: float = 1.0
+    # Runs on one page of a policy's history.
+    runs_per_page: int = 50
     # Deadline of one SDK call made for a page.
     call_timeout_s: float = 30.0
     extra: dict[str, str] = field(default_factory=dict)

@@ -20,7 +20,6 @@ from console.web import console_of, form_of, page, render
 log = logging.getLogger("console.policies")
 
 ACTIVE_RUNS = (gateway_pb2.Run.STATE_PENDING, gateway_pb2.Run.STATE_RUNNING)
-RUNS_SHOWN = 50
 
 
 def state_name(run_state: int) -> str:
@@ -34,9 +33,18 @@ async def list_policies(request: web.Request, session: Session) -> web.StreamRes
                   rows=await with_status(session, policies))
 
 
-async def runs_view(session: Session, policy_id: str) -> list[dict[str, Any]]:
-    """The newest runs, with the progress of the transfers still under way."""
-    page_ = await session.client.gateway.list_runs(policy_id=policy_id, page_size=RUNS_SHOWN)
+FILTERS = ("succeeded", "failed", "blocked", "skipped", "not_matched", "running", "pending")
+
+
+async def runs_view(
+    session: Session, policy_id: str, page_size: int, state: str = "", page_token: str = ""
+) -> tuple[list[dict[str, Any]], str]:
+    """One page of runs, newest first (only those in `state` when given), with the progress
+    of the transfers still under way, and the next page's token."""
+    states = [state] if state in FILTERS else []
+    page_ = await session.client.gateway.list_runs(
+        policy_id=policy_id, states=states, page_size=page_size, page_token=page_token
+    )
     out = []
     for run in page_.runs:
         progress: transfer_pb2.Transfer | None = None
@@ -46,7 +54,7 @@ async def runs_view(session: Session, policy_id: str) -> list[dict[str, Any]]:
             except errors.NotFound:
                 progress = None
         out.append({"run": run, "state": state_name(run.state), "transfer": progress})
-    return out
+    return out, page_.next_page_token
 
 
 @page()
@@ -54,10 +62,16 @@ async def show_policy(request: web.Request, session: Session) -> web.StreamRespo
     policy_id = request.match_info["id"]
     policy = await session.client.policies.get(policy_id)
     status = await session.client.gateway.get_policy_status(policy_id)
+    state = request.query.get("state", "")
+    state = state if state in FILTERS else ""
+    page_token = request.query.get("page", "")
+    per_page = console_of(request).cfg.runs_per_page
+    runs, next_token = await runs_view(session, policy_id, per_page, state, page_token)
     return render(
         request, "policy.html", session, policy=policy, status=status,
         last_state=state_name(status.last_state) if status.last_state else "never ran",
-        runs=await runs_view(session, policy_id),
+        runs=runs, next_token=next_token, state=state, filters=FILTERS,
+        older=bool(page_token),
         applied=request.query.get("applied"), evaluated=request.query.get("evaluated"),
         overwrite="never" if policy.overwrite == policy_pb2.OVERWRITE_NEVER else "always",
     )
@@ -68,6 +82,7 @@ async def live_runs(request: web.Request, session: Session) -> web.StreamRespons
     """Server-sent events: the runs table again each time it changes (transfer progress)."""
     c = console_of(request)
     policy_id = request.match_info["id"]
+    state = request.query.get("state", "")
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-store"})
     await resp.prepare(request)
@@ -77,7 +92,8 @@ async def live_runs(request: web.Request, session: Session) -> web.StreamRespons
         # Bounded by the session: a signed-out or expired session ends the stream (an open
         # stream is not activity: it does not keep the session alive).
         while c.sessions.alive(session) and not c.closing.is_set():
-            html = templates.render(runs=await runs_view(session, policy_id))
+            runs, _ = await runs_view(session, policy_id, c.cfg.runs_per_page, state)
+            html = templates.render(runs=runs)
             if html != last:
                 data = "".join(f"data: {line}\n" for line in html.splitlines())
                 await resp.write(f"event: runs\n{data}\n".encode())

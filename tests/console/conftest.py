@@ -7,8 +7,10 @@ test gets a fresh browser context, so cookies never leak from one test to the ne
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from mirror.client import Client, connect
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from registry_testkit.registry import RegistryOptions, RegistryProcess, start_registry
-from stack.process import StackProcess
+from stack.process import StackProcess, free_port
 from tests.clients.livestack import ADMIN_TOKEN, READ_TOKEN, WEBHOOK_SECRET
 
 CHROMIUM = "/usr/bin/chromium"
@@ -86,11 +88,30 @@ def page(context: BrowserContext) -> Page:
     return context.new_page()
 
 
-def sign_in(page: Page, env: Env, token: str = ADMIN_TOKEN) -> None:
-    page.goto(env.base + "/login")
+def sign_in(page: Page, env: Env, token: str = ADMIN_TOKEN, base: str = "") -> None:
+    page.goto((base or env.base) + "/login")
     page.get_by_label("API token").fill(token)
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(re.compile(r"/registries$"))
 
 
 ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@contextmanager
+def standalone_console(env: Env, *args: str) -> Iterator[str]:
+    """`python -m console` of its own against the stack's gRPC port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "console", "--listen", f"127.0.0.1:{port}",
+         "--address", env.stack.grpc_address, *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "console ready" in line, line
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

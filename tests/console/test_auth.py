@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from stack.process import StackProcess, free_port
+from stack.process import StackProcess
 from tests.clients.livestack import ADMIN_TOKEN, READ_TOKEN
-from tests.console.conftest import ROOT, Env, sign_in
+from tests.console.conftest import Env, sign_in, standalone_console
 
 pytestmark = pytest.mark.registry
 
@@ -140,25 +137,6 @@ def test_sign_out_ends_the_session(page: Page, context: BrowserContext, env: Env
     context.add_cookies([{"name": "mirror_console", "value": old, "url": env.base}])
     page.goto(env.base + "/registries")
     expect(page).to_have_url(re.compile(r"/login$"))
-
-
-@contextmanager
-def standalone_console(env: Env, *args: str) -> Iterator[str]:
-    """`python -m console` of its own against the stack's gRPC port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "console", "--listen", f"127.0.0.1:{port}",
-         "--address", env.stack.grpc_address, *args],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "console ready" in line, line
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture

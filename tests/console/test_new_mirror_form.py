@@ -14,7 +14,8 @@ from playwright.sync_api import Page, expect
 from registry_testkit.faultproxy import FaultProxy
 from registry_testkit.images import ImageBuilder, push
 from registry_testkit.registry import RegistryOptions, RegistryProcess, start_registry
-from tests.console.conftest import QA_PASSWORD, QA_USER, Env, sign_in
+from tests.clients.livestack import wait_for
+from tests.console.conftest import QA_PASSWORD, QA_USER, Env, sign_in, standalone_console
 
 pytestmark = pytest.mark.registry
 
@@ -450,3 +451,37 @@ def test_a_registry_lists_the_repositories_its_mirrors_and_runs_name(
     page.goto(env.base + "/registries/dev")
     page.get_by_role("link", name="globs/app").click()
     expect(page.locator("tr[data-policy=globbed]")).to_contain_text("mirror/{path} on qa")
+
+
+def test_runs_filter_by_state_and_page_back(
+    page: Page, env: Env, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from mirror.v1 import common_pb2, policy_pb2
+
+    images = ImageBuilder(tmp_path_factory.mktemp("paged"))
+    with env.client() as c:
+        policy = c.policies.create(policy=policy_pb2.Policy(
+            name="paged", source=policy_pb2.PolicySource(endpoint="dev", repository="dev/paged"),
+            target=common_pb2.Target(endpoint="qa", repository="qa/paged"),
+            rule='tag endswith "stable"', enabled=True,
+        ))
+        for tag in ("1-stable", "2-dev", "3-stable"):
+            push(images.image(tag, layers=[1000 + len(tag)]), env.dev, "dev/paged")
+        wait_for("three finished runs", lambda: [
+            r for r in c.gateway.iter_runs(policy_id=policy.id)
+            if r.state in (r.STATE_SUCCEEDED, r.STATE_NOT_MATCHED)
+        ][2:])
+    with standalone_console(env, "--runs-per-page", "2") as base:
+        sign_in(page, env, base=base)
+        page.goto(base + f"/policies/{policy.id}")
+        expect(page.locator("tr.run")).to_have_count(2)
+        page.get_by_role("link", name="Older runs").click()
+        expect(page.locator("tr.run")).to_have_count(1)
+        expect(page.get_by_role("link", name="Older runs")).to_have_count(0)
+        page.get_by_role("link", name="Newest runs").click()
+        expect(page.locator("tr.run")).to_have_count(2)
+        page.get_by_label("Show").select_option("not_matched")
+        page.get_by_role("button", name="Show").click()
+        expect(page.locator("tr.run")).to_have_count(1)
+        expect(page.locator("tr.run")).to_contain_text("2-dev")
+        expect(page.locator("tr.run .state")).to_have_text("NOT_MATCHED")
