@@ -1,5 +1,5 @@
 """`python -m policy_service --grpc-listen HOST:PORT --data DIR [--transfer-address HOST:PORT]
-[--max-vulnerability-age 7d]`.
+[--max-vulnerability-age 7d] [--signature-wait 0s]`.
 
 Without --transfer-address the checks that ask the transfer service (source endpoint, target
 push permission) and the source migration of old policies are skipped: that mode is for
@@ -32,6 +32,16 @@ def _age(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _wait(text: str) -> timedelta:
+    """A duration up to 24h; 0 (or 0s) means no wait."""
+    if text.strip().lower() in ("0", "0s"):
+        return timedelta(0)
+    wait = _age(text)
+    if wait > timedelta(hours=24):
+        raise argparse.ArgumentTypeError(f"{text!r}: at most 24h")
+    return wait
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(
         "policy_service", "image-mirror policy service (mirror.v1.PolicyService)", DEFAULT_PORT
@@ -48,6 +58,14 @@ def main(argv: list[str] | None = None) -> None:
         default="7d",
         help="rules reading vulnerabilities are blocked when the scanner's vulnerability data "
         "is older than this (e.g. 7d, 12h; default 7d)",
+    )
+    parser.add_argument(
+        "--signature-wait",
+        type=_wait,
+        default="0s",
+        help="how long an image with no signature waits for one under a policy whose rule "
+        "reads signatures and that sets no signature_wait of its own (e.g. 10m; default 0s: "
+        "decide at once)",
     )
     add_security_arguments(parser)
     add_peer_arguments(parser)
@@ -67,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
                 "use this only to run the policy service alone"
             )
         servicer = PolicyServicer(
-            store, checker, max_vulnerability_age=args.max_vulnerability_age
+            store, checker, max_vulnerability_age=args.max_vulnerability_age,
+            signature_wait=args.signature_wait,
         )
         running = await start_server(
             [servicer], args.grpc_listen, tls=security.tls, interceptors=security.interceptors

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from google.protobuf import timestamp_pb2
 from mirror.v1 import common_pb2, policy_pb2
 
-from policy_service import mapping, validate
+from policy_service import mapping, settings, validate
 from policy_service.rules import RuleCompileError, compile_rule
 from policy_service.store import PolicyRecord
 from policy_service.templates import TemplateError, compile_template
@@ -31,6 +31,8 @@ class CompiledPolicy:
     # The target as stored; when `mapped` its repository holds placeholders to render.
     target: common_pb2.Target
     mapped: bool = False
+    # PolicyResult keywords of the copy settings (platforms, copy_referrers, trigger).
+    result_fields: dict[str, Any] = field(default_factory=dict)
 
 
 def rule_error_text(err: Any) -> str:
@@ -83,6 +85,8 @@ def compile_policy(
     )
     if rec.overwrite not in policy_pb2.Overwrite.values():
         check("overwrite", f"unknown value {rec.overwrite}; use OVERWRITE_ALWAYS or _NEVER")
+    for where, problem in settings.problems(rec):
+        check(where, problem)
     tz_problem = validate.time_zone_error(rec.time_zone)
     check("time_zone", tz_problem)
     rule, rule_problems = check_rule(rec.rule, prefix + "rule")
@@ -106,6 +110,7 @@ def compile_policy(
         required=tuple(sorted(int(k) for k in rule.required_facts)),
         target=common_pb2.Target(endpoint=rec.target_endpoint, repository=rec.target_repository),
         mapped=bool(mapping.placeholders(rec.target_repository)),
+        result_fields=settings.result_fields(rec),
     )
 
 
@@ -140,4 +145,5 @@ def record_to_proto(r: PolicyRecord, required: tuple[int, ...] = ()) -> policy_p
         allow_incomplete_facts=r.allow_incomplete_facts,
         active_since=_timestamp(r.active_since_us) if r.active_since_us else None,
         disabled_reason=r.disabled_reason,
+        **settings.proto_fields(r),
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,14 +18,26 @@ from policy_service.templates import TemplateError
 from registry_client.names import repository_problem
 
 _COMPONENT_KINDS = frozenset({common_pb2.FACT_KIND_COMPONENTS, common_pb2.FACT_KIND_LICENSES})
+_FACTS_HAVE_SIGNATURES = "signatures" in {f.name for f in dataclasses.fields(Facts)}
 
 
-def facts_from_proto(f: common_pb2.ImageFacts, needed: Collection[int] | None = None) -> Facts:
+def facts_from_proto(
+    f: common_pb2.ImageFacts, needed: Collection[int] | None = None,
+    signatures: Sequence[common_pb2.SignatureFact] | None = None,
+) -> Facts:
     """The rule-language facts; components are converted only when `needed` (None: all
-    kinds) includes components or licenses, as they are the costly part."""
+    kinds) includes components or licenses, as they are the costly part.
+
+    `signatures`: the verified signatures (policy_service.signatures) to give the rule; None
+    passes the request's as they are (EvaluateRule, whose caller states the facts).
+    """
     v = f.vulnerabilities
     with_components = needed is None or not _COMPONENT_KINDS.isdisjoint(needed)
+    extra: dict[str, Any] = {}
+    if _FACTS_HAVE_SIGNATURES:
+        extra["signatures"] = tuple(f.signatures if signatures is None else signatures)
     return Facts(
+        **extra,
         repository=f.repository,
         tag=f.tag,
         digest=f.digest,
@@ -131,7 +144,7 @@ def evaluate_policy(
     """
     target, target_problem = _target(p, facts.repository)
     # Only set fields are passed: protobuf construction costs per keyword.
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = dict(p.result_fields)
     if p.record.overwrite:
         fields["overwrite"] = p.record.overwrite
     if quality is not None and not p.record.allow_incomplete_facts:

@@ -5,7 +5,8 @@ beside a source index, so Evaluate never parses a rule nor scans all policies.
 
 UpdatePolicy masks: the mutable fields are name, description, source (or source.endpoint /
 source.repository), rule, target (or target.endpoint / target.repository), tag_template,
-time_zone, enabled, overwrite and allow_incomplete_facts; an empty mask (or "*") replaces all
+time_zone, enabled, overwrite, allow_incomplete_facts and the trigger and copy settings
+(trigger, platforms, keep_newest, deletions, copy_referrers, signature_wait); an empty mask (or "*") replaces all
 of them. A mask naming id, create_time, update_time, etag, required_facts, active_since or
 disabled_reason is refused with INVALID_ARGUMENT (they are immutable or output only); values
 of those fields in the request body are ignored, except etag, which when set must be current.
@@ -31,15 +32,18 @@ from google.protobuf import empty_pb2
 from grpc import aio
 from mirror.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
-from policy_service import checks, compiled, evaluation, mapping, source_migration
+from policy_service import checks, compiled, evaluation, mapping, settings, source_migration
 from policy_service.compiled import CompiledPolicy
 from policy_service.freshness import DEFAULT_MAX_VULNERABILITY_AGE, FactQuality
 from policy_service.index import EndpointIndex
+from policy_service.key_rpcs import TrustedKeyRpcs, check_rule_keys
 from policy_service.push_check import PushChecker
 from policy_service.rules import RuleCompileError
 from policy_service.rules.guard import RuleGuard
+from policy_service.signature_gate import SignatureGate
 from policy_service.store import EtagMismatch, NameTaken, PolicyMissing, PolicyRecord, PolicyStore
 from policy_service.templates import TemplateError, compile_template
+from policy_service.trusted_keys import KeyStore
 from policy_service.validate import time_zone_error, zone
 from servicekit import errors, metrics, paging
 from servicekit.retry import Backoff
@@ -51,7 +55,7 @@ SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 _MUTABLE_PATHS = {
     "name", "description", "source", "source.endpoint", "source.repository", "rule", "target",
     "target.endpoint", "target.repository", "tag_template", "time_zone", "enabled",
-    "overwrite", "allow_incomplete_facts",
+    "overwrite", "allow_incomplete_facts", *settings.MASK_PATHS,
 }
 _FIXED_PATHS = {
     "id", "create_time", "update_time", "etag", "required_facts", "active_since",
@@ -92,6 +96,7 @@ def _fields_from(p: policy_pb2.Policy, paths: set[str]) -> dict[str, object]:
         out["target_endpoint"] = p.target.endpoint
     if "target" in paths or "target.repository" in paths:
         out["target_repository"] = p.target.repository
+    out.update(settings.record_fields(p, paths))
     return out
 
 
@@ -152,11 +157,13 @@ def _evaluate_rule(request: policy_pb2.EvaluateRuleRequest) -> policy_pb2.Evalua
     return policy_pb2.EvaluateRuleResponse(matched=matched, explanation=exp)
 
 
-class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
     """The policy service; `push_checker` None skips the checks that ask the transfer service
     (source endpoint, target push permission) and the source migration (standalone use).
 
     `max_vulnerability_age`: older vulnerability data blocks rules that read vulnerabilities.
+    `signature_wait`: how long a policy without its own signature_wait waits for a signature
+    (0: decide at once). Trusted-key RPCs: policy_service.key_rpcs.
     """
 
     service_name = SERVICE_NAME
@@ -165,8 +172,11 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self, store: PolicyStore, push_checker: PushChecker | None, *,
         max_vulnerability_age: timedelta = DEFAULT_MAX_VULNERABILITY_AGE,
         migration_backoff: Backoff | None = None,
+        signature_wait: timedelta = timedelta(0),
     ) -> None:
         self._store = store
+        self._keys = KeyStore(store.db)
+        self._signatures = SignatureGate(self._keys, signature_wait // timedelta(microseconds=1))
         self._push = push_checker
         # Rules sent by callers: rate-limited, compiled and evaluated in a worker process
         # with a deadline (policy_service.rules.guard), never on the event loop.
@@ -318,8 +328,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             update_time_us=0 if request.validate_only else now,
             etag="" if request.validate_only else _new_etag(1),
             version=1,
+            **settings.record_fields(p),
         )
         cp = await self._rules.vetted(compiled.compile_policy, rec)
+        check_rule_keys(cp, self._keys)
         if self._store.name_exists(rec.name, except_id=replaces):
             raise errors.already_exists(f"a policy named {rec.name!r} already exists")
         checks.check_graph(rec, self._records())
@@ -328,6 +340,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             return compiled.to_proto(cp)
         async with self._write_lock:
             checks.check_graph(rec, self._records())  # again: others may have been saved
+            check_rule_keys(cp, self._keys)  # again: a key may have been deleted meanwhile
             try:
                 await asyncio.to_thread(self._store.insert, rec)
             except NameTaken as err:
@@ -413,6 +426,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         if new.enabled and not current.enabled:
             new = new.evolve(active_since_us=now)
         cp = await self._rules.vetted(compiled.compile_policy, new)
+        check_rule_keys(cp, self._keys)
         if new.name != current.name and self._store.name_exists(new.name, except_id=new.id):
             raise errors.already_exists(f"a policy named {new.name!r} already exists")
         checks.check_graph(new, self._records())
@@ -426,6 +440,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         )
         async with self._write_lock:
             checks.check_graph(new, self._records())  # again: others may have been saved
+            check_rule_keys(cp, self._keys)  # again: a key may have been deleted meanwhile
             try:
                 await asyncio.to_thread(self._store.update, new, current.etag)
             except EtagMismatch as err:
@@ -536,7 +551,11 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         )
         policies = self._matching(request.endpoint, f.repository)
         kinds = {k for p in policies for k in p.required}
-        facts = evaluation.facts_from_proto(f, kinds)
+        # Only the service's own verification counts: the caller's verified_by is dropped.
+        verified = (
+            self._signatures.verify(f) if common_pb2.FACT_KIND_SIGNATURES in kinds else []
+        )
+        facts = evaluation.facts_from_proto(f, kinds, verified)
         present = evaluation.present_kinds(f)
         # Data age against the clock, not evaluation_time (which only renders tags).
         quality = FactQuality.of(f, present, self._max_vulnerability_age, datetime.now(UTC))
@@ -548,6 +567,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             )
             for p in policies
         ]
+        if verified or common_pb2.FACT_KIND_SIGNATURES in kinds:
+            for p, r in zip(policies, results, strict=True):
+                self._signatures.amend(r, p, facts, verified)
         matched = sum(r.matched for r in results)
         out.results.extend(results)  # one copy for the lot, cheaper than append per result
         if self._broken:

@@ -44,6 +44,27 @@ MIGRATIONS: list[str] = [
     UPDATE policies SET active_since_us = update_time_us WHERE enabled = 1;
     CREATE INDEX policies_source_endpoint ON policies(source_endpoint);
     """,
+    # 3: trigger, copy settings and signature wait (issues 12, 13; JSON lists, durations in
+    # microseconds; existing policies keep today's behaviour: push, everything, no deletions),
+    # and the trusted keys `signed_by` rules verify against.
+    """
+    ALTER TABLE policies ADD COLUMN trigger_kind TEXT NOT NULL DEFAULT '';
+    ALTER TABLE policies ADD COLUMN schedule_interval_us INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE policies ADD COLUMN schedule_cron TEXT NOT NULL DEFAULT '';
+    ALTER TABLE policies ADD COLUMN schedule_jitter_us INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE policies ADD COLUMN platforms TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE policies ADD COLUMN keep_newest INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE policies ADD COLUMN deletions INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE policies ADD COLUMN copy_referrers TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE policies ADD COLUMN signature_wait_us INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE trusted_keys (
+        name TEXT PRIMARY KEY,
+        public_key_pem TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        create_time_us INTEGER NOT NULL
+    );
+    """,
 ]
 
 DB_FILE = "policy.sqlite3"
@@ -75,6 +96,17 @@ class PolicyRecord:
     # 0: never active (created disabled and not enabled since).
     active_since_us: int = 0
     disabled_reason: str = ""
+    # Trigger and copy settings (policy_service.settings); "" trigger_kind means push.
+    trigger_kind: str = ""
+    schedule_interval_us: int = 0
+    schedule_cron: str = ""
+    schedule_jitter_us: int = 0
+    platforms: tuple[str, ...] = ()
+    keep_newest: int = 0
+    # A mirror.v1.DeletionMode value.
+    deletions: int = 0
+    copy_referrers: tuple[str, ...] = ()
+    signature_wait_us: int = 0
 
     def evolve(self, **changes: object) -> PolicyRecord:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -95,7 +127,9 @@ class EtagMismatch(Exception):
 _COLUMNS = (
     "id, name, description, source_repository, rule, target_endpoint, target_repository, "
     "tag_template, time_zone, enabled, create_time_us, update_time_us, etag, version, "
-    "source_endpoint, overwrite, allow_incomplete_facts, active_since_us, disabled_reason"
+    "source_endpoint, overwrite, allow_incomplete_facts, active_since_us, disabled_reason, "
+    "trigger_kind, schedule_interval_us, schedule_cron, schedule_jitter_us, platforms, "
+    "keep_newest, deletions, copy_referrers, signature_wait_us"
 )
 _PLACEHOLDERS = ", ".join("?" * len(_COLUMNS.split(",")))
 
@@ -121,6 +155,15 @@ def _record(row: sqlite3.Row) -> PolicyRecord:
         allow_incomplete_facts=bool(row["allow_incomplete_facts"]),
         active_since_us=row["active_since_us"],
         disabled_reason=row["disabled_reason"],
+        trigger_kind=row["trigger_kind"],
+        schedule_interval_us=row["schedule_interval_us"],
+        schedule_cron=row["schedule_cron"],
+        schedule_jitter_us=row["schedule_jitter_us"],
+        platforms=tuple(json.loads(row["platforms"])),
+        keep_newest=row["keep_newest"],
+        deletions=row["deletions"],
+        copy_referrers=tuple(json.loads(row["copy_referrers"])),
+        signature_wait_us=row["signature_wait_us"],
     )
 
 
@@ -130,6 +173,16 @@ def _values(r: PolicyRecord) -> tuple[object, ...]:
         r.target_repository, r.tag_template, r.time_zone, int(r.enabled), r.create_time_us,
         r.update_time_us, r.etag, r.version, r.source_endpoint, r.overwrite,
         int(r.allow_incomplete_facts), r.active_since_us, r.disabled_reason,
+        *_settings(r),
+    )
+
+
+def _settings(r: PolicyRecord) -> tuple[object, ...]:
+    """The issue 12/13 columns, in _COLUMNS order."""
+    return (
+        r.trigger_kind, r.schedule_interval_us, r.schedule_cron, r.schedule_jitter_us,
+        json.dumps(list(r.platforms)), r.keep_newest, r.deletions,
+        json.dumps(list(r.copy_referrers)), r.signature_wait_us,
     )
 
 
@@ -198,14 +251,16 @@ class PolicyStore:
                     "target_endpoint=?, target_repository=?, tag_template=?, time_zone=?, "
                     "enabled=?, update_time_us=?, etag=?, version=?, source_endpoint=?, "
                     "overwrite=?, allow_incomplete_facts=?, active_since_us=?, "
-                    "disabled_reason=? WHERE id=?",
+                    "disabled_reason=?, trigger_kind=?, schedule_interval_us=?, "
+                    "schedule_cron=?, schedule_jitter_us=?, platforms=?, keep_newest=?, "
+                    "deletions=?, copy_referrers=?, signature_wait_us=? WHERE id=?",
                     (
                         rec.name, rec.description, rec.source_repository, rec.rule,
                         rec.target_endpoint, rec.target_repository, rec.tag_template,
                         rec.time_zone, int(rec.enabled), rec.update_time_us, rec.etag,
                         rec.version, rec.source_endpoint, rec.overwrite,
                         int(rec.allow_incomplete_facts), rec.active_since_us,
-                        rec.disabled_reason, rec.id,
+                        rec.disabled_reason, *_settings(rec), rec.id,
                     ),
                 )
         except sqlite3.IntegrityError as err:

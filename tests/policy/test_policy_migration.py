@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import field_mask_pb2
 from mirror.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
-from policy_service.store import PolicyStore
+from policy_service.store import MIGRATIONS, PolicyStore
 from servicekit.retry import Backoff
 from tests.policy.policy_servicer_support import (  # noqa: F401  (fixtures)
     PolicyEnv,
@@ -158,7 +158,7 @@ async def test_old_database_is_migrated_once_the_transfer_service_answers(
         assert len(listed.policies) == len(OLD_ROWS)
 
     store = PolicyStore.open(tmp_path)
-    assert store.db.schema_version == 2
+    assert store.db.schema_version == len(MIGRATIONS)
     versions = {r.id: r.version for r in store.all()}
     store.close()
     # A second start finds nothing to migrate and changes nothing.

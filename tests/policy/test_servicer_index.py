@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from policy_service.index import SourceIndex, glob_to_regex
 from policy_service.store import (
+    MIGRATIONS,
     EtagMismatch,
     NameTaken,
     PolicyMissing,
@@ -124,7 +125,7 @@ def _rec(i: int, **kw: object) -> PolicyRecord:
 
 def test_store_survives_reopen_and_keeps_its_schema_version(tmp_path: Path) -> None:
     store = PolicyStore.open(tmp_path)
-    assert store.db.schema_version == 2
+    assert store.db.schema_version == len(MIGRATIONS)
     store.insert(_rec(1, description="kept", enabled=False))
     store.close()
     again = PolicyStore.open(tmp_path)
