@@ -118,6 +118,19 @@ def _host_port(origin_or_alias: str, default_port: int | None) -> str:
     return f"{host}:{int(port)}"
 
 
+def _alias_taken(alias: str, other: EndpointRecord) -> str | None:
+    """How `other` already answers to the host[:port] `alias` ('url' or 'alias NAME')."""
+    origin = url_origin(other.url)
+    if origin:
+        default = _DEFAULT_PORTS.get(origin.split("://", 1)[0])
+        if _host_port(alias, default) == _host_port(origin, None):
+            return "url"
+    for theirs in other.aliases:
+        if _host_port(alias, None) == _host_port(theirs, None):
+            return f"alias {theirs}"
+    return None
+
+
 def same_registry(url: str, other: EndpointRecord) -> str | None:
     """How `other` already names the registry at `url` ('url' or 'alias NAME'), else None.
 
@@ -351,7 +364,7 @@ class EndpointStore:
             violations = validate_endpoint(updated)
             if violations:
                 raise invalid_argument("the endpoint is not valid", violations)
-            if moved:
+            if moved or updated.aliases != current.aliases:
                 self._refuse_same_registry(c, updated)
             c.execute(
                 "UPDATE endpoints SET url=?, username=?, secret_enc=?, ca_pem=?, "
@@ -408,6 +421,14 @@ class EndpointStore:
                     f"{url_origin(ep.url)} ({how}); use {other.name!r}, or add other names "
                     f"of that registry to its aliases"
                 )
+            for alias in ep.aliases:
+                # An event's host must place it at one endpoint only.
+                taken = _alias_taken(alias, other)
+                if taken is not None:
+                    raise already_exists(
+                        f"alias {alias!r} already names endpoint {other.name!r} ({taken}); "
+                        "one host name places events at one endpoint"
+                    )
 
     def _row_values(self, ep: EndpointRecord) -> tuple[object, ...]:
         return (

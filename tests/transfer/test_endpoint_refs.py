@@ -159,3 +159,21 @@ async def test_second_endpoint_for_one_registry_refused(endpoints_only: Served) 
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
     got = await s.stub.GetEndpoint(transfer_pb2.GetEndpointRequest(name="qa2"))
     assert got.url == "http://127.0.0.1:5001"
+    # An alias that another endpoint already answers to (its URL or an alias) is refused too.
+    for alias in ("127.0.0.1:5000", "qa-registry:5000", "QA.internal", "prod.example"):
+        with pytest.raises(aio.AioRpcError) as info:
+            await s.stub.UpdateEndpoint(
+                transfer_pb2.UpdateEndpointRequest(
+                    endpoint=endpoint_msg("qa2", aliases=[alias]),
+                    update_mask=field_mask_pb2.FieldMask(paths=["aliases"]),
+                )
+            )
+        assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS, alias
+        assert "one host name places events at one endpoint" in info.value.details()
+    ok = await s.stub.UpdateEndpoint(
+        transfer_pb2.UpdateEndpointRequest(
+            endpoint=endpoint_msg("qa2", aliases=["localhost:5001", "qa2.internal"]),
+            update_mask=field_mask_pb2.FieldMask(paths=["aliases"]),
+        )
+    )
+    assert list(ok.aliases) == ["localhost:5001", "qa2.internal"]
