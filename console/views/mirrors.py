@@ -133,8 +133,9 @@ async def create_mirror(request: web.Request, session: Session) -> web.StreamRes
         if text(form, "registry") == "__new__":
             created = await ensure_new_registry(session, form)
         policy = await session.client.policies.create(policy=policy_from_form(form))
-    except (FormError, errors.InvalidArgument, errors.AlreadyExists,
+    except (ValueError, errors.InvalidArgument, errors.AlreadyExists,
             errors.FailedPrecondition, errors.NotFound) as err:
+        # ValueError: a FormError, or the SDK refusing a policy without a source endpoint.
         endpoints = [e async for e in session.client.transfers.iter_endpoints()]
         ctx = _form_context(form, endpoints)
         # The new registry was registered: the next Save updates it rather than adding it.

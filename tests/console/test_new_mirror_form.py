@@ -485,3 +485,16 @@ def test_runs_filter_by_state_and_page_back(
         expect(page.locator("tr.run")).to_have_count(1)
         expect(page.locator("tr.run")).to_contain_text("2-dev")
         expect(page.locator("tr.run .state")).to_have_text("NOT_MATCHED")
+
+
+def test_a_form_without_a_source_registry_is_refused_not_a_server_error(
+    page: Page, env: Env
+) -> None:
+    open_form(page, env)
+    csrf = page.locator("#new-mirror input[name=_csrf]").get_attribute("value") or ""
+    resp = page.request.post(env.base + "/mirrors", multipart={
+        "_csrf": csrf, "direction": "pull", "registry": "", "remote_repository": "x/y",
+        "endpoint": "dev", "repository": "dev/website", "rule": "true", "name": "no-source",
+    })
+    assert resp.status == 400
+    assert "source" in resp.text()
