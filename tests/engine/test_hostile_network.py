@@ -233,3 +233,21 @@ async def test_retry_after_beyond_the_cap_fails_the_copy_at_once(
     assert time.monotonic() - t0 < 5
     assert info.value.retry_after == 86400
     assert len(proxy.requests("GET", rf"/blobs/{layer.digest}$")) == 1
+
+
+async def test_a_size_lie_about_a_blob_the_engine_verified_is_refused_before_mounting(
+    registry: RegistryProcess, images: ImageBuilder, engine: CopyEngine, clients, fault_proxy
+) -> None:
+    layer, liar, _ = await _liar(registry, images, clients)
+    proxy: FaultProxy = fault_proxy(registry.url)
+    rc = clients(proxy.url)
+    await engine.copy(_req(rc, rc, "lie/app", "v1", dst_repo="lie/first"))  # mounted, checked
+    with pytest.raises(DescriptorMismatch):
+        await engine.copy(_req(rc, rc, "lie/app", "liar", dst_repo="lie/copy"))
+
+    def mounts(repo: str) -> list[str]:
+        return [q for _, _, q in proxy.requests("POST", rf"^/v2/{repo}/blobs/uploads/$")]
+
+    assert any(layer in q for q in mounts("lie/first"))
+    assert not any(layer in q for q in mounts("lie/copy"))  # the lying layer: never mounted
+    assert await rc.head_manifest("lie/copy", liar) is None

@@ -35,7 +35,7 @@ from transfer_service.engine.errors import (
     TagExists,
     UnsupportedManifest,
 )
-from transfer_service.engine.locations import BlobLocations
+from transfer_service.engine.locations import BlobLocations, KnownSizes
 from transfer_service.engine.models import CopyProgress, CopyRequest, CopyResult
 from transfer_service.engine.spool import SpoolQuota
 
@@ -95,6 +95,7 @@ class CopyEngine:
         self.spool_threshold = spool_threshold
         self.quota = SpoolQuota(spool_quota)
         self.locations = blob_locations or BlobLocations()
+        self.sizes = KnownSizes()
         self.mover = BlobMover(
             self.spool_dir, self.quota, attempts=blob_attempts, backoff_base=backoff_base
         )
@@ -243,15 +244,22 @@ class CopyEngine:
         if held is not None:
             # Skipping trusts the manifest's size only as far as the destination confirms it.
             _check_held(req, blob, held)
+            self.sizes.add(blob.digest, held)
             self.locations.add(reg, blob.digest, req.dst_repo)
             return "skipped"
         candidates = [r for r in self.locations.repos(reg, blob.digest) if r != req.dst_repo]
         if req.src.key == reg and req.src_repo != req.dst_repo:
             candidates.insert(0, req.src_repo)
+        known = self.sizes.get(blob.digest)
+        if candidates and known is not None:
+            _check_held(req, blob, known)  # a lie is refused before anything is mounted
         for repo in candidates[:3]:
             try:
                 if await dst.mount_blob(req.dst_repo, blob.digest, repo):
-                    _check_held(req, blob, await dst.blob_size(req.dst_repo, blob.digest))
+                    if known is None:
+                        known = await dst.blob_size(req.dst_repo, blob.digest)
+                        _check_held(req, blob, known)
+                        self.sizes.add(blob.digest, blob.size)
                     self.locations.add(reg, blob.digest, req.dst_repo)
                     return "mounted"
                 self.locations.forget(reg, blob.digest, repo)
@@ -276,6 +284,7 @@ class CopyEngine:
                 await self.mover.stream(
                     req.src, req.src_repo, dst, req.dst_repo, blob, rep.add_bytes
                 )
+        self.sizes.add(blob.digest, blob.size)  # hashed and counted on the way
         self.locations.add(reg, blob.digest, req.dst_repo)
         return "copied"
 

@@ -44,3 +44,22 @@ class BlobLocations:
     def load(self, entries: Iterable[tuple[str, str, str]]) -> None:
         for registry, digest, repo in entries:
             self.add(registry, digest, repo, notify=False)
+
+
+class KnownSizes:
+    """digest -> size, for blobs whose size this engine has verified (hashed while copying,
+    or confirmed by a destination's HEAD). A digest names one content, so one size: a
+    descriptor claiming another is a lie, and a mount need not be HEADed again. Bounded LRU."""
+
+    def __init__(self, max_blobs: int = 200_000) -> None:
+        self._sizes: OrderedDict[str, int] = OrderedDict()
+        self._max = max_blobs
+
+    def add(self, digest: str, size: int) -> None:
+        self._sizes.pop(digest, None)
+        self._sizes[digest] = size
+        while len(self._sizes) > self._max:
+            self._sizes.popitem(last=False)
+
+    def get(self, digest: str) -> int | None:
+        return self._sizes.get(digest)
