@@ -55,6 +55,7 @@ class Guide:
     def __init__(self, work: Path, env: dict[str, str]) -> None:
         self.work = work
         self.env = env
+        self.umask = "0022"
         self.outputs: list[str] = []
 
     def section(self, heading: str) -> list[str]:
@@ -64,17 +65,20 @@ class Guide:
         return [self.run(block, f"{heading} block {i + 1}") for i, block in enumerate(code)]
 
     def run(self, block: str, where: str) -> str:
-        exported = self.work / ".exported-env"
-        # The block as written, then a record of what it left exported (a shell of its own
-        # per block, so the next block sees what the guide's one shell would).
-        script = f'{block}\nenv -0 > "{exported}"\n'
+        exported, mask = self.work / ".exported-env", self.work / ".umask"
+        # The block as written, between the shell state the blocks before it left (exported
+        # variables and umask: a shell of its own per block, so the next block sees what the
+        # guide's one shell would).
+        script = f'umask {self.umask}\n{block}\nenv -0 > "{exported}"; umask > "{mask}"\n'
         res = run_bash(script, self.env, self.work, timeout=180)
         self.outputs += [res.stdout, res.stderr]
         assert res.returncode == 0, f"{where} failed:\n{block}\n{res.stdout}\n{res.stderr}"
         self.env = dict(
             item.split("=", 1) for item in exported.read_text().split("\0") if "=" in item
         )
+        self.umask = mask.read_text().strip()
         exported.unlink()
+        mask.unlink()
         return res.stdout
 
 
@@ -187,6 +191,8 @@ def test_operating_guide_runs_verbatim(work: Path, tmp_path: Path) -> None:
     assert "stored" in dev_row  # the webhook secret, never shown
 
     guide.section("Start the registries")
+    # The registry configs hold webhook secrets: private, as everything after `umask 077`.
+    assert all((work / f).stat().st_mode & 0o077 == 0 for f in ("dev.yml", "qa.yml"))
     assert _manifest_digest(dev, "team/website", "1.0-stable") == ""
 
     vulndb, created = guide.section("A policy")
@@ -230,6 +236,13 @@ def test_operating_guide_runs_verbatim(work: Path, tmp_path: Path) -> None:
         r'^mirror_policy_runs_total\{[^}]*policy="promote-stable"[^}]*state="succeeded"[^}]*\}'
         r" [1-9]", metrics, re.M), metrics
     assert "SUCCESS" in config
+    # Every metric the guide names is served (a labelled family with no sample yet still has
+    # its # TYPE line; counters are typed without the _total suffix).
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10) as resp:
+        served = resp.read().decode()
+    named = set(re.findall(r"`(mirror_[a-z_]+)", text))
+    assert len(named) >= 9
+    assert [n for n in sorted(named) if n.removesuffix("_total") not in served] == []
 
     (logged,) = guide.section("Logs")
     docs = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
@@ -238,6 +251,13 @@ def test_operating_guide_runs_verbatim(work: Path, tmp_path: Path) -> None:
     assert len(run_lines) + len(rpc_lines) == len(docs) and len(rpc_lines) == 3, logged
     # The warnings of this session: the localhost push no endpoint placed, named as such.
     assert "came from an unknown registry (localhost:" in logged
+    # Every field the guide names is on some line of this session's log.
+    logs_prose = text[text.index("## Logs"):text.index("## Backups")].split("```")[0]
+    fields = set(re.findall(r"`([a-z_]+)`", logs_prose))
+    assert {"rpc_method", "code", "duration_ms", "event", "policy", "run", "transfer"} <= fields
+    keys = {k for line in (work / "mirror-stack.log").read_text().splitlines()
+            if line.startswith("{") for k in json.loads(line)}
+    assert sorted(fields - keys) == []
     assert run_lines and all(r["policy"] == "promote-stable" and r["run"] for r in run_lines)
     assert any(r.get("transfer") for r in run_lines)
     assert rpc_lines and all(r["rpc_method"].startswith("/") and r["code"] for r in rpc_lines)
@@ -249,7 +269,14 @@ def test_operating_guide_runs_verbatim(work: Path, tmp_path: Path) -> None:
     assert {p.name for p in (work / "backup").iterdir()} == files
     assert (work / "secret.key.backup").read_bytes() == (work / "data/secret.key").read_bytes()
 
+    # A push after the backup: the restored gateway.db has no run for it, reconcile finds it.
+    _skopeo_push(work, f"127.0.0.1:{dev}", "team/website:1.1.1-stable")
+    wait_for("1.1.1-stable mirrored before the restore",
+             _mirrored(qa, "1.1.1-stable", image.digest))
     (restored,) = guide.section("Restore")
+    assert "reconcile: 3 tags checked" in restored
+    found = next(line for line in restored.splitlines() if "1.1.1-stable" in line)
+    assert "skipped" in found and "up to date" in found
     assert "dev " in restored and "qa " in restored and "promote-stable" in restored
     assert "stored" in next(line for line in restored.splitlines() if line.strip().startswith(
         "dev "))
