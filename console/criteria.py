@@ -44,7 +44,7 @@ OPERATORS: dict[str, list[tuple[str, str, str]]] = {
 
 class CriteriaError(ValueError):
     def __init__(self, row: int, message: str) -> None:
-        super().__init__(f"criterion {row}: {message}")
+        super().__init__(f"criterion {row}: {message}" if row else message)
         self.row = row
         self.message = message
 

@@ -56,6 +56,10 @@ def policy_from_form(form: Any) -> policy_pb2.Policy:
     local = (text(form, "endpoint"), text(form, "repository"))
     remote = (registry_name(form), text(form, "remote_repository"))
     src, dst = (remote, local) if text(form, "direction") == "pull" else (local, remote)
+    if not remote[0]:
+        raise FormError("registry", "choose the remote registry, or name the new one")
+    if not local[0]:
+        raise FormError("endpoint", "choose the registry of this repository")
     template = "%n" if text(form, "tag_mode") != "template" else text(form, "tag_template")
     policy = policy_pb2.Policy(
         name=text(form, "name"), description=text(form, "description"),

@@ -83,6 +83,7 @@ async def live_runs(request: web.Request, session: Session) -> web.StreamRespons
     c = console_of(request)
     policy_id = request.match_info["id"]
     state = request.query.get("state", "")
+    await session.client.policies.get(policy_id)  # 404 (not an endless stream) when unknown
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-store"})
     await resp.prepare(request)

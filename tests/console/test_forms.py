@@ -81,6 +81,8 @@ def test_push_and_pull_mirrors_swap_source_and_target() -> None:
     assert manual.trigger.HasField("manual") and describe_trigger(manual) == "only when applied"
     with pytest.raises(FormError):
         policy_from_form(_form(keep_newest="many"))
+    with pytest.raises(FormError, match="remote registry"):
+        policy_from_form(_form(registry="__new__", new_name=""))
 
 
 class _Client:

@@ -497,4 +497,4 @@ def test_a_form_without_a_source_registry_is_refused_not_a_server_error(
         "endpoint": "dev", "repository": "dev/website", "rule": "true", "name": "no-source",
     })
     assert resp.status == 400
-    assert "source" in resp.text()
+    assert "choose the remote registry" in resp.text()
