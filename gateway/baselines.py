@@ -47,6 +47,14 @@ class BaselineStore:
                 [(policy_id, active_since, r, t, d) for r, t, d in tags],
             )
 
+    def taken_at(self, policy_id: str) -> float | None:
+        """When the baseline of the policy's latest activation was recorded."""
+        row = self.db.query_one(
+            "SELECT taken_at FROM baselines WHERE policy_id = ? ORDER BY active_since DESC LIMIT 1",
+            (policy_id,),
+        )
+        return float(row["taken_at"]) if row else None
+
     def contains(
         self, policy_id: str, active_since: float, repository: str, tag: str, digest: str
     ) -> bool:

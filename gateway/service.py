@@ -49,7 +49,7 @@ class GatewayConfig:
     # 0 disables the periodic reconcile.
     reconcile_interval_s: float = 300.0
     # How often newly saved policies get their baseline (what Reconcile never backfills).
-    baseline_interval_s: float = 5.0
+    baseline_interval_s: float = 2.0
     # Longest promotion chain through image-mirror's own pushes (stops loops it cannot see).
     max_hops: int = DEFAULT_MAX_HOPS
 

@@ -142,6 +142,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     policy_pb2.GetPolicyRequest(id=request.policy_id), timeout=30
                 ),
             )
+        baseline = self.sweeper.baselines.taken_at(request.policy_id)
+        if baseline is not None:
+            st.baseline_time.FromNanoseconds(int(baseline * 1e9))
         if self.polls is not None:
             last = self.polls.last(request.policy_id)
             if last is not None:

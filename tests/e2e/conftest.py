@@ -95,6 +95,18 @@ class Clients:
             timeout=60,
         )
 
+    def wait_baseline(self, policy_id: str, timeout: float = 30.0) -> None:
+        """Wait until the gateway recorded what the source held when the policy was saved
+        (pushes after that whose events are lost are Reconcile's; older tags are Apply's)."""
+
+        def taken() -> bool:
+            st = self.gateway.GetPolicyStatus(
+                gateway_pb2.GetPolicyStatusRequest(policy_id=policy_id), timeout=10
+            )
+            return st.HasField("baseline_time")
+
+        wait_for(taken, timeout, f"the baseline of policy {policy_id}")
+
     def runs(self, policy_id: str, states: list[int] | None = None) -> list[Any]:
         out: list[Any] = []
         token = ""

@@ -62,6 +62,8 @@ def test_reconcile_finds_a_push_whose_event_was_lost(
     clients.add_endpoint("dev", dev)
     clients.add_endpoint("qa", qa)
     pol = clients.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
+    # Save acts from now on: once the gateway has noted what dev held, later pushes are its.
+    clients.wait_baseline(pol.id)
     builder = ImageBuilder(tmp_path / "img")
     stable = builder.image("5.0-stable")
     push(stable, dev, "dev/website")
@@ -148,6 +150,7 @@ def test_periodic_reconcile_mirrors_a_lost_push_without_a_call(
         c.add_endpoint("dev", dev)
         c.add_endpoint("qa", qa)
         pol = c.add_policy("p", "dev/website", 'tag endswith "stable"', "qa", "qa/website")
+        c.wait_baseline(pol.id)
         img = ImageBuilder(tmp_path / "img").image("12.0-stable")
         push(img, dev, "dev/website")
         wait_for(lambda: tags_of(qa, "qa/website") == ["12.0-stable"], 60, "the swept tag")

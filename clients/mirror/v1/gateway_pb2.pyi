@@ -835,6 +835,7 @@ class PolicyStatus(_message.Message):
     RUNS_FAILED_FIELD_NUMBER: _builtins.int
     LAST_POLL_FIELD_NUMBER: _builtins.int
     NEXT_POLL_TIME_FIELD_NUMBER: _builtins.int
+    BASELINE_TIME_FIELD_NUMBER: _builtins.int
     policy_id: _builtins.str
     last_state: Global___Run.State.ValueType
     """State of the most recent run (STATE_UNSPECIFIED when it never ran)."""
@@ -854,6 +855,13 @@ class PolicyStatus(_message.Message):
 
     @_builtins.property
     def next_poll_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def baseline_time(self) -> _timestamp_pb2.Timestamp:
+        """When the gateway recorded what the source held as this policy became active (Save):
+        Reconcile fills in pushes whose events were lost after this moment, never older tags.
+        Unset until the gateway has seen the policy (within seconds of Save).
+        """
+
     def __init__(
         self,
         *,
@@ -868,10 +876,11 @@ class PolicyStatus(_message.Message):
         runs_failed: _builtins.int = ...,
         last_poll: Global___Poll | None = ...,
         next_poll_time: _timestamp_pb2.Timestamp | None = ...,
+        baseline_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_failure_time", b"last_failure_time", "last_poll", b"last_poll", "last_run", b"last_run", "last_success_time", b"last_success_time", "next_poll_time", b"next_poll_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline_time", b"baseline_time", "last_failure_time", b"last_failure_time", "last_poll", b"last_poll", "last_run", b"last_run", "last_success_time", b"last_success_time", "next_poll_time", b"next_poll_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_failure_time", b"last_failure_time", "last_message", b"last_message", "last_poll", b"last_poll", "last_run", b"last_run", "last_state", b"last_state", "last_success_time", b"last_success_time", "next_poll_time", b"next_poll_time", "policy_id", b"policy_id", "runs_failed", b"runs_failed", "runs_succeeded", b"runs_succeeded", "runs_total", b"runs_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_time", b"baseline_time", "last_failure_time", b"last_failure_time", "last_message", b"last_message", "last_poll", b"last_poll", "last_run", b"last_run", "last_state", b"last_state", "last_success_time", b"last_success_time", "next_poll_time", b"next_poll_time", "policy_id", b"policy_id", "runs_failed", b"runs_failed", "runs_succeeded", b"runs_succeeded", "runs_total", b"runs_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
