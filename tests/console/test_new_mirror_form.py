@@ -498,3 +498,30 @@ def test_a_form_without_a_source_registry_is_refused_not_a_server_error(
     })
     assert resp.status == 400
     assert "choose the remote registry" in resp.text()
+
+
+def test_pull_mirror_on_a_schedule_with_advanced_settings(page: Page, env: Env) -> None:
+    open_form(page, env)
+    page.locator("#repository").fill("dev/pulled")
+    page.get_by_label("Pull from remote registry").check()
+    page.locator("#registry").select_option("qa")
+    page.get_by_label("Remote repository").fill("qa/website")
+    page.get_by_label("Poll the source on a schedule").check()
+    page.get_by_label("Poll every").fill("30m")
+    page.get_by_text("Show advanced mirror settings").click()
+    page.get_by_label("Only these platforms").fill("linux/amd64")
+    page.get_by_label("Mirror only the newest tags").fill("3")
+    page.get_by_label("Mirror name").fill("pull-scheduled")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_role("heading", name="Mirror pull-scheduled")).to_be_visible()
+    facts = page.locator(".facts")
+    expect(facts).to_contain_text("polls every 30m")
+    expect(facts).to_contain_text("linux/amd64")
+    expect(facts).to_contain_text("3 tags")
+    with env.client() as c:
+        p = next(p for p in c.policies.iter() if p.name == "pull-scheduled")
+    assert p.trigger.schedule.interval.seconds == 1800
+    assert list(p.platforms) == ["linux/amd64"] and p.keep_newest == 3
+    assert (p.source.endpoint, p.target.repository) == ("qa", "dev/pulled")
+    page.goto(env.base + "/repositories/dev/dev/pulled")
+    expect(page.locator("tr[data-policy=pull-scheduled]")).to_contain_text("polls every 30m")
