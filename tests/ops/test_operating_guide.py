@@ -356,3 +356,13 @@ def test_rotate_refuses_one_key_and_keeps_data_on_a_wrong_key(
     with sqlite3.connect(tmp_path / "transfer.db") as conn:
         (secret,) = conn.execute("SELECT secret_enc FROM endpoints").fetchone()
     assert SecretBox([old]).decrypt(secret) == "qa-password"
+
+
+def test_operating_guide_links_resolve() -> None:
+    text = (ROOT / "docs" / GUIDE).read_text()
+    slugs = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+             for h in re.findall(r"^## (.+)$", text, re.M)}
+    anchors = re.findall(r"\]\(#([^)]+)\)", text)
+    assert anchors and sorted(set(anchors) - slugs) == []
+    files = re.findall(r"\]\(([^)#:]+)\)", text)
+    assert files and [f for f in files if not (ROOT / "docs" / f).exists()] == []
