@@ -10,6 +10,7 @@ from mirror.v1 import common_pb2, policy_pb2
 from console.views.forms import FormError, checked, text
 
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?")
+REFERRERS = ("signatures", "attestations", "sboms")
 DELETIONS = {
     "off": policy_pb2.DELETION_MODE_OFF,
     "propagate": policy_pb2.DELETION_MODE_PROPAGATE,
@@ -81,6 +82,9 @@ def policy_from_form(form: Any) -> policy_pb2.Policy:
         if not keep.isdigit():
             raise FormError("keep_newest", "keep newest: a whole number (0: every tag)")
         policy.keep_newest = int(keep)
+    getall = getattr(form, "getall", None)
+    referrers = [r for r in (getall("copy_referrers", []) if getall else []) if r in REFERRERS]
+    policy.copy_referrers.extend(referrers)
     deletions = text(form, "deletions")
     if deletions in DELETIONS and deletions != "off":
         policy.deletions = DELETIONS[deletions]

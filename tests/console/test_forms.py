@@ -68,6 +68,11 @@ def test_push_and_pull_mirrors_swap_source_and_target() -> None:
                                   tag_mode="template", tag_template="%Y-%n",
                                   overwrite="never", platforms="linux/amd64, linux/arm64",
                                   keep_newest="5", deletions="propagate"))
+    signed = _form()
+    signed.add("copy_referrers", "signatures")
+    signed.add("copy_referrers", "sboms")
+    signed.add("copy_referrers", "evil")
+    assert list(policy_from_form(signed).copy_referrers) == ["signatures", "sboms"]
     assert (pull.source.endpoint, pull.source.repository) == ("up", "qa/website")
     assert (pull.target.endpoint, pull.target.repository) == ("dev", "dev/website")
     assert pull.trigger.schedule.interval.seconds == 900

@@ -511,6 +511,7 @@ def test_pull_mirror_on_a_schedule_with_advanced_settings(page: Page, env: Env) 
     page.get_by_text("Show advanced mirror settings").click()
     page.get_by_label("Only these platforms").fill("linux/amd64")
     page.get_by_label("Mirror only the newest tags").fill("3")
+    page.get_by_label("signatures").check()
     page.get_by_label("Mirror name").fill("pull-scheduled")
     page.get_by_role("button", name="Save", exact=True).click()
     expect(page.get_by_role("heading", name="Mirror pull-scheduled")).to_be_visible()
@@ -522,6 +523,7 @@ def test_pull_mirror_on_a_schedule_with_advanced_settings(page: Page, env: Env) 
         p = next(p for p in c.policies.iter() if p.name == "pull-scheduled")
     assert p.trigger.schedule.interval.seconds == 1800
     assert list(p.platforms) == ["linux/amd64"] and p.keep_newest == 3
+    assert list(p.copy_referrers) == ["signatures"]
     assert (p.source.endpoint, p.target.repository) == ("qa", "dev/pulled")
     page.goto(env.base + "/repositories/dev/dev/pulled")
     expect(page.locator("tr[data-policy=pull-scheduled]")).to_contain_text("polls every 30m")
