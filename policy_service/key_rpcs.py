@@ -30,6 +30,7 @@ from servicekit import errors, paging
 
 if TYPE_CHECKING:
     from policy_service.compiled import CompiledPolicy
+    from policy_service.store import PolicyRecord
 
 # Fallback when a compiled rule does not list its keys: `signed_by "NAME"` in its text.
 _SIGNED_BY = re.compile(r'\bsigned_by\s+"([^"\\]*)"')
@@ -40,8 +41,13 @@ def rule_keys(rule: Any) -> frozenset[str]:
     names = getattr(rule, "key_names", None)
     if names is not None:
         return frozenset(names)
-    source = getattr(rule, "source", "")
-    return frozenset(_SIGNED_BY.findall(source)) if "signed_by" in source else frozenset()
+    return text_keys(getattr(rule, "source", ""))
+
+
+def text_keys(rule: str) -> frozenset[str]:
+    """The key names `signed_by "NAME"` clauses of a rule's text name (also a stored rule
+    that no longer compiles: its key stays protected)."""
+    return frozenset(_SIGNED_BY.findall(rule)) if "signed_by" in rule else frozenset()
 
 
 def unknown_key_problem(rule: Any, known: Iterable[str]) -> str:
@@ -71,6 +77,7 @@ class TrustedKeyRpcs:
 
     _keys: KeyStore
     _policies: dict[str, CompiledPolicy]
+    _broken: dict[str, PolicyRecord]
     _write_lock: asyncio.Lock
 
     def _key_named(self, name: str) -> TrustedKey:
@@ -135,8 +142,9 @@ class TrustedKeyRpcs:
         self._key_named(request.name)
         async with self._write_lock:
             users = sorted(
-                p.record.name for p in self._policies.values()
-                if request.name in rule_keys(p.rule)
+                [p.record.name for p in self._policies.values()
+                 if request.name in rule_keys(p.rule)]
+                + [r.name for r in self._broken.values() if request.name in text_keys(r.rule)]
             )
             if users:
                 raise errors.failed_precondition(

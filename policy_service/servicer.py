@@ -6,9 +6,9 @@ beside a source index, so Evaluate never parses a rule nor scans all policies.
 UpdatePolicy masks: the mutable fields are name, description, source (or source.endpoint /
 source.repository), rule, target (or target.endpoint / target.repository), tag_template,
 time_zone, enabled, overwrite, allow_incomplete_facts and the trigger and copy settings
-(trigger, platforms, keep_newest, deletions, copy_referrers, signature_wait); an empty mask (or "*") replaces all
-of them. A mask naming id, create_time, update_time, etag, required_facts, active_since or
-disabled_reason is refused with INVALID_ARGUMENT (they are immutable or output only); values
+(trigger, platforms, keep_newest, deletions, copy_referrers, signature_wait); an empty mask
+(or "*") replaces all of them. A mask naming id, create_time, update_time, etag,
+required_facts, active_since or disabled_reason is refused with INVALID_ARGUMENT (they are immutable or output only); values
 of those fields in the request body are ignored, except etag, which when set must be current.
 The deprecated source_repository is refused wherever a request sets or names it.
 
