@@ -8,8 +8,9 @@ source.repository), rule, target (or target.endpoint / target.repository), tag_t
 time_zone, enabled, overwrite, allow_incomplete_facts and the trigger and copy settings
 (trigger, platforms, keep_newest, deletions, copy_referrers, signature_wait); an empty mask
 (or "*") replaces all of them. A mask naming id, create_time, update_time, etag,
-required_facts, active_since or disabled_reason is refused with INVALID_ARGUMENT (they are immutable or output only); values
-of those fields in the request body are ignored, except etag, which when set must be current.
+required_facts, active_since or disabled_reason is refused with INVALID_ARGUMENT (they are
+immutable or output only); values of those fields in the request body are ignored, except
+etag, which when set must be current.
 The deprecated source_repository is refused wherever a request sets or names it.
 
 Policies are scoped by their source endpoint: Evaluate and GetFactRequirements name the
