@@ -10,6 +10,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from importlib import metadata
 
+from servicekit import datadir
 from servicekit.logs import setup_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -78,6 +79,12 @@ def run_until_signal(
     """
     setup_logging(args.log_format, args.log_level)
     prog = getattr(args, "prog_name", "image-mirror")
+    try:
+        # Held until the process exits: two writers would corrupt the state in the folder.
+        lock = datadir.claim(args.data, prog)
+    except (datadir.DataDirInUse, OSError) as exc:
+        line = str(exc) if isinstance(exc, datadir.DataDirInUse) else startup_error(exc, args)
+        raise SystemExit(f"{prog}: {line}") from None
 
     async def main() -> None:
         try:
@@ -97,4 +104,7 @@ def run_until_signal(
         logging.getLogger("servicekit").info("stopping")
         await stop()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        lock.release()
