@@ -195,10 +195,14 @@ def test_operating_guide_runs_verbatim(work: Path, tmp_path: Path) -> None:
     assert all((work / f).stat().st_mode & 0o077 == 0 for f in ("dev.yml", "qa.yml"))
     assert _manifest_digest(dev, "team/website", "1.0-stable") == ""
 
-    vulndb, created = guide.section("A policy")
-    assert "imported 1, updated 0, skipped 0" in vulndb and "Alpine:v3.19" in vulndb
+    created, applied = guide.section("A policy")
     assert "policy promote-stable created" in created
-    assert "1 tags evaluated, 1 matched, 1 runs started" in created  # Save & Apply
+    # Save & Apply evaluated the tag already there; fail closed without vulnerability data.
+    blocked = next(line for line in created.splitlines() if "1.0-stable" in line)
+    assert "blocked" in blocked and "no vulnerability data" in created
+    assert _manifest_digest(qa, "qa/website", "1.0-stable") == ""
+    assert "imported 1, updated 0, skipped 0" in applied and "Alpine:v3.19" in applied
+    assert "1 tags evaluated, 1 matched, 1 runs started" in applied
     wait_for("1.0-stable applied to qa", _mirrored(qa, "1.0-stable", image.digest))
 
     pushed, check = blocks(GUIDE, "sh", "Push and watch it mirrored")
