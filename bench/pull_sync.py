@@ -1,0 +1,182 @@
+"""Pull mirroring against `skopeo sync`: an initial sync and an unchanged re-sync.
+
+    .venv/bin/python bench/pull_sync.py [--repos 20] [--tags 10] [--base-mib 4]
+
+One source registry holds REPOS x TAGS images that share a base layer (plus a small layer of
+their own); two empty destinations. Ours: `mirror-stack` with one scheduled policy over
+`src/**` -> `mirror/{path}` (the first poll syncs everything). skopeo: `skopeo sync --all`
+of the same repositories (a YAML source listing them) into the other destination. Both read
+the source through the same counting proxy, so the requests each makes are counted the same
+way. Then both run again with nothing changed: ours is the next poll (its own start and end
+times), skopeo a second `skopeo sync`. Prints each figure beside skopeo's and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+from google.protobuf.duration_pb2 import Duration  # noqa: E402
+from mirror.client import connect  # noqa: E402
+from mirror.v1 import (  # noqa: E402
+    common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+)
+
+from registry_testkit.faultproxy import FaultProxy  # noqa: E402
+from registry_testkit.images import ImageBuilder, push  # noqa: E402
+from registry_testkit.registry import RegistryOptions, start_registry  # noqa: E402
+from stack.process import StackProcess  # noqa: E402
+
+
+def populate(src: object, work: Path, repos: int, tags: int, base_mib: int) -> int:
+    """Push REPOS x TAGS images sharing one base layer; returns the image count."""
+    builder = ImageBuilder(work / "img")
+    first = builder.image("base", layers=[base_mib << 20, 1024], name="shared")
+    base = next(b for b in first.blobs if b.size == base_mib << 20)
+    n = 0
+    for r in range(repos):
+        for t in range(tags):
+            img = builder.image(f"r{r}-t{t}", layers=[base, 4096 + t], name="shared")
+            push(img, src, f"src/app{r:02d}", tag=f"1.{t}.0")
+            n += 1
+    return n
+
+
+def count_tags(client: object, reg_url: str, repos: int) -> int:
+    import json
+    import urllib.request
+
+    total = 0
+    for r in range(repos):
+        try:
+            with urllib.request.urlopen(f"{reg_url}/v2/mirror/app{r:02d}/tags/list") as resp:
+                total += len(json.load(resp).get("tags") or [])
+        except Exception:
+            pass
+    return total
+
+
+def skopeo_sync(proxy_host: str, dest_host: str, repos: int, work: Path) -> float:
+    spec = work / "sync.yml"
+    lines = [f"{proxy_host}:", "  tls-verify: false", "  images-by-tag-regex:"]
+    lines += [f"    src/app{r:02d}: '.*'" for r in range(repos)]
+    spec.write_text("\n".join(lines) + "\n")
+    t0 = time.monotonic()
+    subprocess.run(
+        ["skopeo", "sync", "--quiet", "--all", "--src", "yaml", "--dest", "docker",
+         "--dest-tls-verify=false", str(spec), f"{dest_host}/mirror"],
+        check=True, capture_output=True,
+    )
+    return time.monotonic() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repos", type=int, default=20)
+    ap.add_argument("--tags", type=int, default=10)
+    ap.add_argument("--base-mib", type=int, default=4)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-pull-"))
+    with (
+        start_registry(RegistryOptions(), work / "src") as src,
+        start_registry(RegistryOptions(), work / "ours") as ours,
+        start_registry(RegistryOptions(), work / "theirs") as theirs,
+    ):
+        proxy = FaultProxy(src.url).start()
+        n = populate(src, work, args.repos, args.tags, args.base_mib)
+        print(f"source: {args.repos} repositories x {args.tags} tags = {n} images, "
+              f"{args.base_mib} MiB shared base layer")
+
+        proxy.clear()
+        t_skopeo = skopeo_sync(proxy.url.split("//", 1)[1], theirs.host, args.repos, work)
+        skopeo_requests = len(proxy.log)
+        assert count_tags(None, theirs.url, args.repos) == n
+
+        stack = StackProcess(
+            work / "data", extra_args=["--reconcile-interval", "0", "--log-level", "WARNING"]
+        )
+        stack.start()
+        try:
+            client = connect(stack.grpc_address)
+            client.transfers.create_endpoint(name="src", url=proxy.url)
+            client.transfers.create_endpoint(name="ours", url=ours.url)
+            proxy.clear()
+            t0 = time.monotonic()
+            channel = grpc.insecure_channel(stack.grpc_address)
+            policies = policy_pb2_grpc.PolicyServiceStub(channel)
+            gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+
+            def list_polls(policy_id: str) -> list[gateway_pb2.Poll]:
+                return list(gateway.ListPolls(
+                    gateway_pb2.ListPollsRequest(policy_id=policy_id, page_size=50), timeout=10
+                ).polls)
+
+            pol = policies.CreatePolicy(
+                policy_pb2.CreatePolicyRequest(
+                    policy=policy_pb2.Policy(
+                        name="pull-src",
+                        source=policy_pb2.PolicySource(endpoint="src", repository="src/**"),
+                        rule="true",
+                        target=common_pb2.Target(endpoint="ours", repository="mirror/{path}"),
+                        tag_template="%n",
+                        enabled=True,
+                        trigger=policy_pb2.PolicyTrigger(
+                            schedule=policy_pb2.ScheduleTrigger(interval=Duration(seconds=5))
+                        ),
+                    )
+                ),
+                timeout=60,
+            )
+            while count_tags(None, ours.url, args.repos) < n:
+                if time.monotonic() - t0 > 900:
+                    raise TimeoutError("the initial sync did not finish")
+                time.sleep(0.05)
+            t_ours = time.monotonic() - t0
+            ours_requests = len(proxy.log)
+
+            # Unchanged: the next poll of ours, a second skopeo sync.
+            polls_before = len(list_polls(pol.id))
+            proxy.clear()
+            deadline = time.monotonic() + 60
+            while True:
+                polls = list_polls(pol.id)
+                done = [p for p in polls if p.HasField("end_time")]
+                if len(done) > polls_before:
+                    idle: gateway_pb2.Poll = done[0]
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no second poll")
+                time.sleep(0.05)
+            idle_s = (idle.end_time.ToNanoseconds() - idle.start_time.ToNanoseconds()) / 1e9
+            idle_requests = idle.requests
+            proxy.clear()
+            t_skopeo2 = skopeo_sync(proxy.url.split("//", 1)[1], theirs.host, args.repos, work)
+            skopeo2_requests = len(proxy.log)
+            client.close()
+            channel.close()
+        finally:
+            stack.stop()
+            proxy.stop()
+    print(f"initial sync:   ours {t_ours:7.2f} s  skopeo sync {t_skopeo:7.2f} s  "
+          f"ratio {t_ours / t_skopeo:.2f} (target <= 0.5); source requests "
+          f"{ours_requests} vs {skopeo_requests}")
+    print(f"unchanged sync: ours {idle_s:7.2f} s  skopeo sync {t_skopeo2:7.2f} s  "
+          f"ratio {idle_s / t_skopeo2:.2f} (target <= 0.2); source requests "
+          f"{idle_requests} (counted by the poll) vs {skopeo2_requests}; "
+          f"tags changed in the idle poll: {idle.tags_changed}")
+
+
+if __name__ == "__main__":
+    main()
