@@ -138,7 +138,8 @@ class DeliveryWorker:
             self._progress.clear()
             self.wake()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._progress.wait()
 
     async def _schedule(self) -> None:
         context_id.set("deliveries")
@@ -165,16 +166,19 @@ class DeliveryWorker:
                 log.exception("reading pending deliveries failed")
                 nxt = None
             wait = 5.0 if nxt is None else min(max(nxt - self.clock(), 0.05), 5.0)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # arrives as the event is set (stop() right after a wake), and never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wakeup.wait()
 
     async def _sender(self) -> None:
         while True:
             d_id = await self._queue.get()
             try:
                 await self._attempt(d_id)
-            except Exception:
-                log.exception("delivery %s: attempt failed unexpectedly", d_id)
+            except Exception as exc:
+                self._unexpected(d_id, exc)
             finally:
                 self._inflight.discard(d_id)
                 self._queue.task_done()
@@ -213,11 +217,33 @@ class DeliveryWorker:
         except (aiohttp.ClientError, TimeoutError) as exc:
             retryable = True
             problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self._failed(d, code, problem, now, retryable=retryable, retry_after=retry_after,
+                     where=_origin(target.url))
+
+    def _unexpected(self, d_id: str, exc: Exception) -> None:
+        """Not an answer of the receiver (a database error, a secret that no longer decrypts):
+        counted as an attempt, so it can never loop hot or forever."""
+        log.error("delivery %s: %s: %s", d_id, type(exc).__name__, exc)
+        try:
+            d = self.store.get_delivery(d_id)
+            if d is None or d.state != Delivery.STATE_PENDING:
+                return
+            # A ValueError is a secret the current key cannot decrypt: no retry mends that.
+            self._failed(d, 0, f"{type(exc).__name__}: {exc}", self.clock(),
+                         retryable=not isinstance(exc, ValueError), retry_after=None,
+                         where=f"subscription {d.subscription_id}")
+        except Exception:
+            log.exception("delivery %s: cannot record the failed attempt", d_id)
+
+    def _failed(
+        self, d: DeliveryRecord, code: int, problem: str, now: float, *, retryable: bool,
+        retry_after: float | None, where: str,
+    ) -> None:
         attempts = d.attempts + 1
         if not retryable:
-            self._give_up(d, code, f"not retried: {problem}", now, target)
+            self._give_up(d, code, f"not retried: {problem}", now, where)
         elif attempts >= self.attempts:
-            self._give_up(d, code, f"given up after {attempts} attempts: {problem}", now, target)
+            self._give_up(d, code, f"given up after {attempts} attempts: {problem}", now, where)
         else:
             delay = self.backoff.delay(attempts - 1)
             if retry_after is not None:
@@ -228,16 +254,14 @@ class DeliveryWorker:
                 next_attempt_at=now + delay,
             )
 
-    def _give_up(
-        self, d: DeliveryRecord, code: int, message: str, now: float, target: Target
-    ) -> None:
+    def _give_up(self, d: DeliveryRecord, code: int, message: str, now: float, where: str) -> None:
         self.store.record_attempt(
             d.id, state=Delivery.STATE_FAILED, response_code=code, message=message, at=now
         )
         self.failed += 1
         log.warning(
             "delivery %s of run %s to subscription %s (%s) failed: %s",
-            d.id, d.run_id, d.subscription_id, _origin(target.url), message,
+            d.id, d.run_id, d.subscription_id, where, message,
         )
 
 

@@ -384,3 +384,43 @@ async def test_deleting_a_subscription_drops_its_log_and_pending_deliveries(
     db.close()
 
 
+
+
+async def test_a_secret_the_key_cannot_decrypt_fails_once_not_in_a_loop(
+    tmp_path: Path, box: SecretBox, receiver: Receiver
+) -> None:
+    db = open_database(tmp_path)
+    sub = SubscriptionStore(db, box).create(new_sub(receiver.url))
+    other_key = SubscriptionStore(db, SecretBox([Fernet.generate_key()]))
+    other_key.enqueue(ET.EVENT_TYPE_PUSH_MIRRORING, "p", "r", {"id": "e"})
+    worker = DeliveryWorker(other_key, base_delay_s=0.01)
+    await worker.start()
+    try:
+        await asyncio.wait_for(worker.drain(), 10)
+    finally:
+        await worker.stop()
+    (d,) = other_key.deliveries(sub.id, 0, "")[0]
+    assert receiver.calls == 0 and (d.state, d.attempts) == (Delivery.STATE_FAILED, 1)
+    assert d.message.startswith("not retried: SecretKeyError: a stored secret cannot be")
+    db.close()
+
+
+async def test_an_unreachable_receiver_is_retried_then_given_up(
+    tmp_path: Path, box: SecretBox
+) -> None:
+    from registry_testkit.ports import free_port
+
+    db = open_database(tmp_path)
+    store = SubscriptionStore(db, box)
+    sub = store.create(new_sub(f"http://127.0.0.1:{free_port()}/hook"))  # nothing listens
+    store.enqueue(ET.EVENT_TYPE_PUSH_MIRRORING, "p", "r", {"id": "e"})
+    worker = DeliveryWorker(store, attempts=2, base_delay_s=0.01)
+    await worker.start()
+    try:
+        await asyncio.wait_for(worker.drain(), 10)
+    finally:
+        await worker.stop()
+    (d,) = store.deliveries(sub.id, 0, "")[0]
+    assert (d.state, d.attempts, d.response_code) == (Delivery.STATE_FAILED, 2, 0)
+    assert d.message.startswith("given up after 2 attempts: ClientConnectorError")
+    db.close()
