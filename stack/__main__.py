@@ -28,6 +28,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_gateway_arguments(p, "127.0.0.1:8080")
     p.add_argument("--no-scanner", action="store_true", help="do not run the scanner")
     p.add_argument("--max-jobs", type=int, default=4, help="transfers run at once")
+    p.add_argument("--max-jobs-per-endpoint", type=int, default=None,
+                   help="running transfers that read from one source endpoint "
+                   "(default: half of --max-jobs, at least 1)")
+    p.add_argument("--reschedule-base", type=float, default=60.0,
+                   help="seconds before the first rescheduled attempt of a job whose registry "
+                   "was unreachable; doubles each time")
+    p.add_argument("--reschedule-max", type=float, default=6 * 3600.0,
+                   help="longest wait between rescheduled attempts (seconds)")
     p.add_argument(
         "--max-vulnerability-age",
         type=_age,
@@ -42,6 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--inbox-concurrency and --max-jobs must be at least 1")
     if args.max_hops < 1:
         p.error("--max-hops must be at least 1")
+    if args.max_jobs_per_endpoint is not None and args.max_jobs_per_endpoint < 1:
+        p.error("--max-jobs-per-endpoint must be at least 1")
+    if args.reschedule_base <= 0 or args.reschedule_max < args.reschedule_base:
+        p.error("--reschedule-base must be positive and --reschedule-max at least as large")
     # The services inside call each other through the gRPC port, so they dial it like a client.
     if args.tls_cert and not args.peer_ca:
         p.error("--tls-cert needs --peer-ca (the CA of the server certificate): the services "
@@ -71,7 +83,12 @@ def main(argv: list[str] | None = None) -> None:
                     reconcile_interval_s=args.reconcile_interval,
                     max_hops=args.max_hops,
                     scanner=not args.no_scanner,
-                    transfer_options={"max_jobs": args.max_jobs},
+                    transfer_options={
+                        "max_jobs": args.max_jobs,
+                        "max_jobs_per_endpoint": args.max_jobs_per_endpoint,
+                        "reschedule_base": args.reschedule_base,
+                        "reschedule_max": args.reschedule_max,
+                    },
                     policy_options={"max_vulnerability_age": args.max_vulnerability_age},
                 ),
                 security,

@@ -12,16 +12,18 @@ from typing import Any
 
 from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
 
-from mirror import enums
+from mirror import enums, policyfields
 from mirror.v1 import common_pb2, gateway_pb2, policy_pb2, scan_pb2, transfer_pb2
 
 FactsArg = common_pb2.ImageFacts | Mapping[str, Any]
 OverwriteArg = int | str  # policy_pb2.OVERWRITE_NEVER, "never" or "OVERWRITE_NEVER"
+DeletionsArg = int | str  # policy_pb2.DELETION_MODE_PROPAGATE, "propagate", "dry_run", "off"
 
 # Fields of Policy a caller may set; the rest are output only.
 POLICY_FIELDS = (
     "name", "description", "source", "rule", "target", "tag_template", "time_zone", "enabled",
-    "overwrite", "allow_incomplete_facts",
+    "overwrite", "allow_incomplete_facts", "trigger", "platforms", "keep_newest", "deletions",
+    "copy_referrers", "signature_wait",
 )
 ENDPOINT_FIELDS = (
     "url", "username", "secret", "ca_pem", "insecure_skip_verify", "max_concurrency",
@@ -68,9 +70,27 @@ def policy_message(
             getattr(out, key).CopyFrom(value)
         elif key == "overwrite":
             out.overwrite = overwrite(value)  # type: ignore[assignment]
+        elif key == "deletions":
+            out.deletions = deletions(value)  # type: ignore[assignment]
+        elif key == "trigger":
+            out.trigger.CopyFrom(policyfields.trigger(value))
+        elif key == "signature_wait":
+            out.signature_wait.CopyFrom(policyfields.duration(value))
+        elif key in ("platforms", "copy_referrers"):
+            items = [value] if isinstance(value, str) else list(value)
+            if key == "copy_referrers":
+                items = policyfields.referrer_kinds(items)
+            field = getattr(out, key)
+            del field[:]
+            field.extend(items)
         else:
             setattr(out, key, value)
     return out
+
+
+def deletions(value: DeletionsArg) -> int:
+    """A DeletionMode value from a number or a name ("off", "propagate", "dry_run")."""
+    return enums.value_of(policy_pb2.DeletionMode.DESCRIPTOR, value)
 
 
 def overwrite(value: OverwriteArg) -> int:

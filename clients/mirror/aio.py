@@ -11,6 +11,7 @@ Every method raises a `mirror.errors.MirrorError` subclass when the call fails.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -29,6 +30,7 @@ from mirror.channel import (
     auth_metadata,
 )
 from mirror.errors import from_rpc_error
+from mirror.errors import rate_limit_wait as _retry_wait
 
 __all__ = ["DEFAULT_ADDRESS", "AsyncClient", "TlsOptions", "connect"]
 
@@ -40,21 +42,34 @@ class _Service:
     """The awaiting calls under a service facade; the facade methods are `mirror.client`'s,
     which build each request and return the call (see `mirror.client._Service`)."""
 
-    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...], timeout: float | None):
+    def __init__(
+        self, stub: Any, metadata: tuple[tuple[str, str], ...], timeout: float | None,
+        rate_limit_wait: float = 0.0,
+    ):
         self._stub = stub
         self._metadata = metadata
         self._timeout = timeout
+        self._rate_limit_wait = rate_limit_wait
 
     async def _call(
         self, method: str, request: pb_message.Message, *, void: bool = False
     ) -> Any:
-        try:
-            response = await getattr(self._stub, method)(
-                request, metadata=self._metadata, timeout=self._timeout
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-        return None if void else response
+        """As `mirror.client`'s: rate-limit refusals retried within `rate_limit_wait`."""
+        waited = 0.0
+        while True:
+            try:
+                response = await getattr(self._stub, method)(
+                    request, metadata=self._metadata, timeout=self._timeout
+                )
+            except grpc.RpcError as err:
+                error = from_rpc_error(err)
+                delay = _retry_wait(error, self._rate_limit_wait - waited)
+                if delay is None:
+                    raise error from None
+                await asyncio.sleep(delay)
+                waited += delay
+                continue
+            return None if void else response
 
     async def _then(self, result: Awaitable[Any], fn: Callable[[Any], Any]) -> Any:
         """`fn` applied to the awaited call; `fn`'s own result is awaited when it is a call."""
@@ -127,6 +142,11 @@ class Policies(_Service):
     evaluate = _awaited(_sync.Policies.evaluate)
     evaluate_rule = _awaited(_sync.Policies.evaluate_rule)
     get_fact_requirements = _awaited(_sync.Policies.get_fact_requirements)
+    create_trusted_key = _awaited(_sync.Policies.create_trusted_key)
+    get_trusted_key = _awaited(_sync.Policies.get_trusted_key)
+    list_trusted_keys = _awaited(_sync.Policies.list_trusted_keys)
+    iter_trusted_keys = _iterated(_sync.Policies.iter_trusted_keys)
+    delete_trusted_key = _awaited(_sync.Policies.delete_trusted_key)
 
 
 class Transfers(_Service):
@@ -157,6 +177,9 @@ class Gateway(_Service):
     apply_policy = _awaited(_sync.Gateway.apply_policy)
     reconcile = _awaited(_sync.Gateway.reconcile)
     list_unplaced_events = _awaited(_sync.Gateway.list_unplaced_events)
+    list_polls = _awaited(_sync.Gateway.list_polls)
+    iter_polls = _iterated(_sync.Gateway.iter_polls)
+    prune_policy = _awaited(_sync.Gateway.prune_policy)
     create_subscription = _awaited(_sync.Gateway.create_subscription)
     get_subscription = _awaited(_sync.Gateway.get_subscription)
     list_subscriptions = _awaited(_sync.Gateway.list_subscriptions)
@@ -180,6 +203,7 @@ class AsyncClient:
     """An asyncio connection to image-mirror: `.policies`, `.transfers`, `.gateway`, `.scanner`.
 
     Create it inside a running event loop (grpc.aio channels belong to one loop).
+    `rate_limit_wait`: as `mirror.client.Client`'s.
     """
 
     def __init__(
@@ -190,16 +214,18 @@ class AsyncClient:
         token: str | None = None,
         timeout: float | None = 60.0,
         addresses: dict[str, str] | None = None,
+        rate_limit_wait: float = 0.0,
     ) -> None:
         metadata = auth_metadata(token)
         self.address = address
         self._channels = ChannelPool(address, addresses, lambda addr: aio_channel(addr, tls))
         self.channel = self._channels.channel("policies")
         stub = self._channels.stub
-        self.policies = Policies(stub("policies"), metadata, timeout)
-        self.transfers = Transfers(stub("transfers"), metadata, timeout)
-        self.gateway = Gateway(stub("gateway"), metadata, timeout)
-        self.scanner = Scanner(stub("scanner"), metadata, timeout)
+        w = rate_limit_wait
+        self.policies = Policies(stub("policies"), metadata, timeout, w)
+        self.transfers = Transfers(stub("transfers"), metadata, timeout, w)
+        self.gateway = Gateway(stub("gateway"), metadata, timeout, w)
+        self.scanner = Scanner(stub("scanner"), metadata, timeout, w)
         self.policies._gateway = self.gateway  # Save & Apply calls both services
         self.metadata = metadata
 
@@ -221,6 +247,8 @@ def connect(
     token: str | None = None,
     timeout: float | None = 60.0,
     addresses: dict[str, str] | None = None,
+    rate_limit_wait: float = 0.0,
 ) -> AsyncClient:
     """Open an asyncio client (inside a running loop). `tls`: False, True or TlsOptions."""
-    return AsyncClient(address, tls=tls, token=token, timeout=timeout, addresses=addresses)
+    return AsyncClient(address, tls=tls, token=token, timeout=timeout, addresses=addresses,
+                       rate_limit_wait=rate_limit_wait)

@@ -11,13 +11,14 @@ Every method raises a `mirror.errors.MirrorError` subclass when the call fails.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, NamedTuple, overload
 
 import grpc
 from google.protobuf import message as pb_message
 
-from mirror import _build
+from mirror import _build, policyfields
 from mirror.channel import (
     DEFAULT_ADDRESS,
     ChannelPool,
@@ -27,6 +28,7 @@ from mirror.channel import (
     sync_channel,
 )
 from mirror.errors import from_rpc_error
+from mirror.errors import rate_limit_wait as _retry_wait
 from mirror.v1 import (
     common_pb2,
     gateway_pb2,
@@ -54,20 +56,35 @@ class _Service:
     that needs it passes a function to `self._then(call, fn)`.
     """
 
-    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...], timeout: float | None):
+    def __init__(
+        self, stub: Any, metadata: tuple[tuple[str, str], ...], timeout: float | None,
+        rate_limit_wait: float = 0.0,
+    ):
         self._stub = stub
         self._metadata = metadata
         self._timeout = timeout
+        self._rate_limit_wait = rate_limit_wait
 
     def _call(self, method: str, request: pb_message.Message, *, void: bool = False) -> Any:
-        """Call a unary RPC; `void`: the caller gets None rather than the (empty) response."""
-        try:
-            response = getattr(self._stub, method)(
-                request, metadata=self._metadata, timeout=self._timeout
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-        return None if void else response
+        """Call a unary RPC; `void`: the caller gets None rather than the (empty) response.
+
+        A rate-limit refusal (RESOURCE_EXHAUSTED with a RetryInfo) is retried after the wait
+        it asks for, while the waits add up to at most `rate_limit_wait` seconds."""
+        waited = 0.0
+        while True:
+            try:
+                response = getattr(self._stub, method)(
+                    request, metadata=self._metadata, timeout=self._timeout
+                )
+            except grpc.RpcError as err:
+                error = from_rpc_error(err)
+                delay = _retry_wait(error, self._rate_limit_wait - waited)
+                if delay is None:
+                    raise error from None
+                time.sleep(delay)
+                waited += delay
+                continue
+            return None if void else response
 
     def _then(self, result: Any, fn: Callable[[Any], Any]) -> Any:
         """`fn` applied to a call's result (`mirror.aio` awaits the call, and `fn`'s result)."""
@@ -106,7 +123,10 @@ class Policies(_Service):
         rule: str | None = ..., endpoint: str | None = ..., repository: str | None = ...,
         tag_template: str | None = ..., time_zone: str | None = ..., enabled: bool | None = ...,
         description: str | None = ..., overwrite: _build.OverwriteArg | None = ...,
-        allow_incomplete_facts: bool | None = ..., validate_only: bool = ...,
+        allow_incomplete_facts: bool | None = ..., trigger: policyfields.TriggerArg | None = ...,
+        platforms: Iterable[str] | None = ..., keep_newest: int | None = ...,
+        deletions: _build.DeletionsArg | None = ..., copy_referrers: Iterable[str] | None = ...,
+        signature_wait: policyfields.DurationArg | None = ..., validate_only: bool = ...,
         apply: Literal[False] = ...,
     ) -> policy_pb2.Policy: ...
 
@@ -117,7 +137,10 @@ class Policies(_Service):
         rule: str | None = ..., endpoint: str | None = ..., repository: str | None = ...,
         tag_template: str | None = ..., time_zone: str | None = ..., enabled: bool | None = ...,
         description: str | None = ..., overwrite: _build.OverwriteArg | None = ...,
-        allow_incomplete_facts: bool | None = ..., validate_only: bool = ...,
+        allow_incomplete_facts: bool | None = ..., trigger: policyfields.TriggerArg | None = ...,
+        platforms: Iterable[str] | None = ..., keep_newest: int | None = ...,
+        deletions: _build.DeletionsArg | None = ..., copy_referrers: Iterable[str] | None = ...,
+        signature_wait: policyfields.DurationArg | None = ..., validate_only: bool = ...,
         apply: Literal[True],
     ) -> PolicyApplied: ...
 
@@ -137,6 +160,12 @@ class Policies(_Service):
         description: str | None = None,
         overwrite: _build.OverwriteArg | None = None,
         allow_incomplete_facts: bool | None = None,
+        trigger: policyfields.TriggerArg | None = None,
+        platforms: Iterable[str] | None = None,
+        keep_newest: int | None = None,
+        deletions: _build.DeletionsArg | None = None,
+        copy_referrers: Iterable[str] | None = None,
+        signature_wait: policyfields.DurationArg | None = None,
         validate_only: bool = False,
         apply: bool = False,
     ) -> policy_pb2.Policy | PolicyApplied:
@@ -146,6 +175,16 @@ class Policies(_Service):
         such as "team/**"; required) and copies matches to `endpoint`/`repository` (which may
         use `{repository}` and `{path}`). `overwrite`: "always" (default) or "never".
         Built from keywords alone, the policy is enabled unless `enabled=False`.
+
+        `trigger`: "push" (the default: registry events and notify_push), "manual" (only
+        apply), or a schedule for a pull mirror: {"schedule": {"interval": "30s", "jitter":
+        "5s"}} or {"schedule": {"cron": "*/5 * * * *"}} (see `mirror.policyfields.schedule`).
+        `platforms`: copy only these of an index ("linux/amd64"); `keep_newest`: only the
+        newest K matching tags of each repository; `deletions`: "off" (default), "propagate"
+        (a tag deleted at the source is deleted at the destination, if this policy wrote it)
+        or "dry_run"; `copy_referrers`: "signatures", "attestations", "sboms" or "all";
+        `signature_wait`: how long an unsigned image waits for a signature a `signed`/
+        `signed_by` rule needs ("10m", seconds or a timedelta).
 
         Save acts on pushes from now on; `apply=True` (Save & Apply) also mirrors the matching
         tags already there (GatewayService.ApplyPolicy) and returns `PolicyApplied(policy,
@@ -158,7 +197,9 @@ class Policies(_Service):
             "source_repository": source_repository, "rule": rule, "endpoint": endpoint,
             "repository": repository, "tag_template": tag_template, "time_zone": time_zone,
             "enabled": enabled, "description": description, "overwrite": overwrite,
-            "allow_incomplete_facts": allow_incomplete_facts,
+            "allow_incomplete_facts": allow_incomplete_facts, "trigger": trigger,
+            "platforms": platforms, "keep_newest": keep_newest, "deletions": deletions,
+            "copy_referrers": copy_referrers, "signature_wait": signature_wait,
         }
         created = self._call("CreatePolicy", _build.create_policy(policy, fields, validate_only))
         if not apply:
@@ -216,8 +257,15 @@ class Policies(_Service):
         description: str | None = None,
         overwrite: _build.OverwriteArg | None = None,
         allow_incomplete_facts: bool | None = None,
+        trigger: policyfields.TriggerArg | None = None,
+        platforms: Iterable[str] | None = None,
+        keep_newest: int | None = None,
+        deletions: _build.DeletionsArg | None = None,
+        copy_referrers: Iterable[str] | None = None,
+        signature_wait: policyfields.DurationArg | None = None,
     ) -> policy_pb2.Policy:
         """Change the fields given (others keep their value); a stale `etag` raises Aborted.
+        The settings take the forms `create` takes (`platforms=[]` clears the list).
 
         Enabling a policy acts on pushes from then on (it does not backfill: `Gateway.apply_policy`
         does)."""
@@ -226,7 +274,9 @@ class Policies(_Service):
             "source_repository": source_repository, "rule": rule, "endpoint": endpoint,
             "repository": repository, "tag_template": tag_template, "time_zone": time_zone,
             "enabled": enabled, "description": description, "overwrite": overwrite,
-            "allow_incomplete_facts": allow_incomplete_facts,
+            "allow_incomplete_facts": allow_incomplete_facts, "trigger": trigger,
+            "platforms": platforms, "keep_newest": keep_newest, "deletions": deletions,
+            "copy_referrers": copy_referrers, "signature_wait": signature_wait,
         }
         return self._call("UpdatePolicy", _build.update_policy(id, etag, fields))
 
@@ -269,6 +319,33 @@ class Policies(_Service):
         """Which fact kinds the enabled policies reading `endpoint`/`repository` need."""
         req = policy_pb2.GetFactRequirementsRequest(repository=repository, endpoint=endpoint)
         return self._call("GetFactRequirements", req)
+
+    def create_trusted_key(self, *, name: str, public_key_pem: str) -> policy_pb2.TrustedKey:
+        """Register a public key (PEM SubjectPublicKeyInfo, ECDSA P-256 or Ed25519) under
+        `name`, for `signed_by "NAME"` rules; the answer carries its algorithm and
+        fingerprint. AlreadyExists when the name is taken."""
+        key = policy_pb2.TrustedKey(name=name, public_key_pem=public_key_pem)
+        return self._call("CreateTrustedKey", policy_pb2.CreateTrustedKeyRequest(key=key))
+
+    def get_trusted_key(self, name: str) -> policy_pb2.TrustedKey:
+        """One trusted key by name; NotFound when there is none."""
+        return self._call("GetTrustedKey", policy_pb2.GetTrustedKeyRequest(name=name))
+
+    def list_trusted_keys(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> policy_pb2.ListTrustedKeysResponse:
+        """One page of trusted keys, by name; see `iter_trusted_keys` for all of them."""
+        req = policy_pb2.ListTrustedKeysRequest(page_size=page_size, page_token=page_token)
+        return self._call("ListTrustedKeys", req)
+
+    def iter_trusted_keys(self, *, page_size: int = 0) -> Iterator[policy_pb2.TrustedKey]:
+        """Every trusted key, following page tokens."""
+        return self._pages(self.list_trusted_keys, "keys", page_size=page_size)
+
+    def delete_trusted_key(self, name: str) -> None:
+        """Remove a trusted key; FailedPrecondition naming the policies whose rules use it."""
+        req = policy_pb2.DeleteTrustedKeyRequest(name=name)
+        return self._call("DeleteTrustedKey", req, void=True)
 
 
 class Transfers(_Service):
@@ -482,6 +559,29 @@ class Gateway(_Service):
         req = gateway_pb2.ListUnplacedEventsRequest(page_size=page_size)
         return self._call("ListUnplacedEvents", req)
 
+    def list_polls(
+        self, policy_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> gateway_pb2.ListPollsResponse:
+        """One page of a scheduled policy's polls, newest first: tags listed, changed,
+        copied, skipped, failed and deleted, and the registry requests each made."""
+        req = gateway_pb2.ListPollsRequest(
+            policy_id=policy_id, page_size=page_size, page_token=page_token
+        )
+        return self._call("ListPolls", req)
+
+    def iter_polls(self, policy_id: str, *, page_size: int = 0) -> Iterator[gateway_pb2.Poll]:
+        """Every poll of a policy (as `list_polls`), following page tokens."""
+        return self._pages(self.list_polls, "polls", policy_id=policy_id, page_size=page_size)
+
+    def prune_policy(
+        self, policy_id: str, *, dry_run: bool = False
+    ) -> gateway_pb2.PrunePolicyResponse:
+        """Delete the destination tags this policy wrote that no longer match (their source
+        tag is gone or fails the rule): one delete run each, or with `dry_run` one
+        delete_dry_run run each and nothing deleted. `tags_kept` counts the others."""
+        req = gateway_pb2.PrunePolicyRequest(policy_id=policy_id, dry_run=dry_run)
+        return self._call("PrunePolicy", req)
+
     def create_subscription(
         self,
         *,
@@ -589,7 +689,9 @@ class Client:
     """A connection to image-mirror: `.policies`, `.transfers`, `.gateway`, `.scanner`.
 
     One address serves every service in the embedded stack; give `addresses` per service
-    ({"policies": "host:port", ...}) when they run apart.
+    ({"policies": "host:port", ...}) when they run apart. `rate_limit_wait`: seconds one call
+    may spend waiting, as the server's RetryInfo asks, after rate-limit refusals
+    (RESOURCE_EXHAUSTED) before the error is raised (0, the default: raised at once).
     """
 
     def __init__(
@@ -600,16 +702,18 @@ class Client:
         token: str | None = None,
         timeout: float | None = 60.0,
         addresses: dict[str, str] | None = None,
+        rate_limit_wait: float = 0.0,
     ) -> None:
         metadata = auth_metadata(token)
         self.address = address
         self._channels = ChannelPool(address, addresses, lambda addr: sync_channel(addr, tls))
         self.channel = self._channels.channel("policies")
         stub = self._channels.stub
-        self.policies = Policies(stub("policies"), metadata, timeout)
-        self.transfers = Transfers(stub("transfers"), metadata, timeout)
-        self.gateway = Gateway(stub("gateway"), metadata, timeout)
-        self.scanner = Scanner(stub("scanner"), metadata, timeout)
+        w = rate_limit_wait
+        self.policies = Policies(stub("policies"), metadata, timeout, w)
+        self.transfers = Transfers(stub("transfers"), metadata, timeout, w)
+        self.gateway = Gateway(stub("gateway"), metadata, timeout, w)
+        self.scanner = Scanner(stub("scanner"), metadata, timeout, w)
         self.policies._gateway = self.gateway  # Save & Apply calls both services
         self.metadata = metadata
 
@@ -632,9 +736,12 @@ def connect(
     token: str | None = None,
     timeout: float | None = 60.0,
     addresses: dict[str, str] | None = None,
+    rate_limit_wait: float = 0.0,
 ) -> Client:
-    """Open a client. `tls`: False (plaintext), True (system CAs) or TlsOptions (CA, mTLS)."""
-    return Client(address, tls=tls, token=token, timeout=timeout, addresses=addresses)
+    """Open a client. `tls`: False (plaintext), True (system CAs) or TlsOptions (CA, mTLS);
+    `rate_limit_wait`: see `Client`."""
+    return Client(address, tls=tls, token=token, timeout=timeout, addresses=addresses,
+                  rate_limit_wait=rate_limit_wait)
 
 
 # Re-exported so callers need only this module for the common messages.

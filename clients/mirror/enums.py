@@ -1,9 +1,11 @@
 """One spelling for enum values everywhere: the lowercase short name (`succeeded`, `never`).
 
 A value's short name is its proto name without the prefix its `..._UNSPECIFIED` value
-carries: `Run.STATE_SUCCEEDED` -> `succeeded`, `FACT_KIND_REFERENCE` -> `reference`,
-`OVERWRITE_NEVER` -> `never`. mirrorctl prints and reads these (flags, YAML, `-o json`), and
-the SDK accepts them wherever it takes an enum value.
+carries (or, for an enum whose zero is a real value such as `Run.ACTION_COPY`, the prefix all
+its names share): `Run.STATE_SUCCEEDED` -> `succeeded`, `FACT_KIND_REFERENCE` -> `reference`,
+`OVERWRITE_NEVER` -> `never`, `ACTION_DELETE_DRY_RUN` -> `delete_dry_run`. mirrorctl prints
+and reads these (flags, YAML, `-o json`), and the SDK accepts them wherever it takes an enum
+value; on input `-` stands for `_` (`dry-run` is `dry_run`).
 """
 
 from __future__ import annotations
@@ -12,15 +14,26 @@ from google.protobuf.descriptor import EnumDescriptor
 
 # Enums whose zero value the proto defines as another value: it is shown as that one, so a
 # printed value can be given back (Overwrite: "UNSPECIFIED: same as OVERWRITE_ALWAYS").
-_ZERO_IS = {"mirror.v1.Overwrite": 1}
+_ZERO_IS = {"mirror.v1.Overwrite": 1, "mirror.v1.DeletionMode": 1}
+
+
+def _has_unspecified(enum: EnumDescriptor) -> bool:
+    zero = enum.values_by_number.get(0)
+    return zero is not None and zero.name.endswith("UNSPECIFIED")
 
 
 def prefix(enum: EnumDescriptor) -> str:
-    """The prefix every value name of `enum` shares (`STATE_` for Run.State)."""
-    zero = enum.values_by_number.get(0)
-    if zero is not None and zero.name.endswith("UNSPECIFIED"):
-        return zero.name[: -len("UNSPECIFIED")]
-    return ""
+    """The prefix every value name of `enum` shares (`STATE_` for Run.State, `ACTION_` for
+    Run.Action)."""
+    if _has_unspecified(enum):
+        return enum.values_by_number[0].name[: -len("UNSPECIFIED")]
+    names = [v.name for v in enum.values]
+    common = names[0]
+    for name in names[1:]:
+        while not name.startswith(common):
+            common = common[:-1]
+    # Up to its last '_', so that no value's short name is empty.
+    return common[: common.rfind("_") + 1] if "_" in common else ""
 
 
 def short_name(enum: EnumDescriptor, value: int) -> str | int:
@@ -35,8 +48,10 @@ def short_name(enum: EnumDescriptor, value: int) -> str | int:
 
 def choices(enum: EnumDescriptor) -> list[str]:
     """Every short name but `unspecified`, in number order (for flags and messages)."""
+    skip_zero = _has_unspecified(enum)
     return [
-        str(short_name(enum, v.number)) for v in enum.values if v.number != 0
+        str(short_name(enum, v.number)) for v in enum.values
+        if not (skip_zero and v.number == 0)
     ]
 
 
@@ -45,9 +60,9 @@ def value_of(enum: EnumDescriptor, value: int | str) -> int:
     (`OVERWRITE_NEVER`), case-insensitive. ValueError listing the valid names otherwise."""
     if isinstance(value, int):
         return value
-    name = value.strip().upper()
+    name = value.strip().upper().replace("-", "_")
     for candidate in (prefix(enum) + name, name):
         v = enum.values_by_name.get(candidate)
-        if v is not None and v.number != 0:
+        if v is not None and not (v.number == 0 and _has_unspecified(enum)):
             return int(v.number)
     raise ValueError(f"unknown {enum.name.lower()} {value!r}; valid: {', '.join(choices(enum))}")

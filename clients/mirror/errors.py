@@ -65,6 +65,15 @@ class MirrorError(Exception):
     def reason(self) -> str:
         return self.error_info.reason if self.error_info else ""
 
+    @property
+    def retry_delay(self) -> float | None:
+        """Seconds the server asked the caller to wait before retrying (google.rpc.RetryInfo),
+        or None when it sent no RetryInfo."""
+        for d in self.details:
+            if isinstance(d, error_details_pb2.RetryInfo):
+                return max(0.0, d.retry_delay.ToTimedelta().total_seconds())
+        return None
+
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
 
@@ -153,6 +162,18 @@ _DETAIL_TYPES: tuple[type[pb_message.Message], ...] = (
     error_details_pb2.LocalizedMessage,
     error_details_pb2.DebugInfo,
 )
+
+
+def rate_limit_wait(err: MirrorError, budget: float) -> float | None:
+    """How long to wait before retrying a call refused with `err`, within `budget` seconds:
+    only a RESOURCE_EXHAUSTED refusal carrying a RetryInfo (a rate limit or a busy server,
+    refused before doing anything) is retried, and only when the wait it asks for fits."""
+    if not isinstance(err, ResourceExhausted) or budget <= 0:
+        return None
+    delay = err.retry_delay
+    if delay is None or delay > budget:
+        return None
+    return delay
 
 
 def error_class(code: grpc.StatusCode) -> type[MirrorError]:
