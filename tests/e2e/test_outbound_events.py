@@ -19,12 +19,14 @@ from typing import Any
 import grpc
 import pytest
 from aiohttp import web
-from mirror.v1 import gateway_pb2
+from google.protobuf.duration_pb2 import Duration
+from mirror.v1 import common_pb2, gateway_pb2, policy_pb2
 
 from registry_testkit.images import ImageBuilder, push
 from registry_testkit.ports import free_port
 from stack.process import StackProcess
 from tests.e2e.conftest import WEBHOOK_SECRET, Clients, notify_config, wait_for
+from tests.e2e.helpers import tags_of
 from tests.support.registry import RegistryFactory
 
 pytestmark = pytest.mark.registry
@@ -308,3 +310,66 @@ def test_pending_delivery_survives_a_restart(
     finally:
         c.close()
         stack.stop()
+
+
+def test_poll_and_tag_deletion_events(
+    stack: StackProcess,
+    clients: Clients,
+    receiver: Receiver,
+    registry_factory: RegistryFactory,
+    tmp_path: Path,
+) -> None:
+    """A pull mirror's runs are POLL_MIRRORING events; a tag gone upstream, deleted at the
+    destination by the policy that wrote it, is a TAG_DELETION event."""
+    c = clients
+    upstream, local = registry_factory(), registry_factory()  # upstream sends no events
+    c.add_endpoint("hub", upstream)
+    c.add_endpoint("local", local)
+    polls_sub = subscribe(c, receiver.url("polls"), event_types=[ET.EVENT_TYPE_POLL_MIRRORING])
+    deletions_sub = subscribe(c, receiver.url("dels"), event_types=[ET.EVENT_TYPE_TAG_DELETION])
+    receiver.hook("polls", secret=polls_sub.secret)
+    receiver.hook("dels", secret=deletions_sub.secret)
+    images = ImageBuilder(tmp_path / "img")
+    one = push(images.image("1.0", layers=(1100,)), upstream, "lib/app")
+    push(images.image("2.0", layers=(2100,)), upstream, "lib/app")
+    pol = c.policy.CreatePolicy(
+        policy_pb2.CreatePolicyRequest(
+            policy=policy_pb2.Policy(
+                name="pull-app",
+                source=policy_pb2.PolicySource(endpoint="hub", repository="lib/app"),
+                rule="true",
+                target=common_pb2.Target(endpoint="local", repository="mirror/app"),
+                tag_template="%n",
+                enabled=True,
+                trigger=policy_pb2.PolicyTrigger(
+                    schedule=policy_pb2.ScheduleTrigger(interval=Duration(seconds=1))
+                ),
+                deletions=policy_pb2.DELETION_MODE_PROPAGATE,
+            )
+        ),
+        timeout=60,
+    )
+    polled = wait_for(lambda: settled(c, polls_sub.id, 2), 60, "two poll events")
+    assert {d.event_type for d in polled} == {ET.EVENT_TYPE_POLL_MIRRORING}
+    events = receiver.hooks["polls"].accepted
+    assert sorted(e["source"]["tag"] for e in events) == ["1.0", "2.0"]
+    assert all(e["type"] == "POLL_MIRRORING" and e["trigger"] == "SCHEDULE" for e in events)
+    assert all(e["poll_id"] and e["policy"]["id"] == pol.id for e in events)
+    assert deliveries(c, deletions_sub.id) == []
+
+    req = urllib.request.Request(
+        f"{upstream.url}/v2/lib/app/manifests/{one}", method="DELETE"
+    )
+    with urllib.request.urlopen(req, timeout=10, context=upstream.ssl_context()) as resp:
+        assert resp.status == 202
+    wait_for(lambda: tags_of(local, "mirror/app") == ["2.0"], 60, "1.0 deleted downstream")
+    (deleted,) = wait_for(lambda: settled(c, deletions_sub.id, 1), 60, "the deletion event")
+    assert deleted.state == Delivery.STATE_DELIVERED
+    assert deleted.event_type == ET.EVENT_TYPE_TAG_DELETION
+    (event,) = receiver.hooks["dels"].accepted
+    assert event["type"] == "TAG_DELETION" and event["action"] == "DELETE"
+    assert event["destination"] == {"endpoint": "local", "repository": "mirror/app",
+                                    "tag": "1.0"}
+    assert event["state"] == "SUCCEEDED" and event["run_id"] == deleted.run_id
+    # The deletion is not also a poll event.
+    assert len(receiver.hooks["polls"].accepted) == 2
