@@ -129,8 +129,17 @@ def _stop_started(work: Path) -> None:
                 wait_for(f"pid {pid} to exit", _exited([pid]), timeout=20)
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (its parent shell is gone: init reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def _exited(pids: list[int]) -> Callable[[], bool]:
-    return lambda: not any(Path(f"/proc/{p}").exists() for p in pids)
+    return lambda: not any(_running(p) for p in pids)
 
 
 @pytest.fixture
@@ -247,6 +256,11 @@ def test_operating_guide_runs_verbatim(work: Path, tmp_path: Path) -> None:
     named = set(re.findall(r"`(mirror_[a-z_]+)", text))
     assert len(named) >= 9
     assert [n for n in sorted(named) if n.removesuffix("_total") not in served] == []
+    # The ignore block works on 2.8.2: pushes arrive, the many pulls (the mirror's reads of
+    # dev, skopeo inspect on qa) are never sent.
+    received = {action: float(n) for action, n in re.findall(
+        r'^mirror_events_received(?:_total)?\{[^}]*action="(\w+)"[^}]*\} (\S+)', served, re.M)}
+    assert received.get("push", 0) > 0 and received.get("pull", 0) == 0, received
 
     (logged,) = guide.section("Logs")
     docs = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
