@@ -44,7 +44,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy -p mirror -p policy_service -p transfer_service -p gateway -p scanner -p registry_client -p servicekit -p stack -p registry_testkit
+	$(BIN)/mypy -p mirror -p policy_service -p transfer_service -p gateway -p scanner -p registry_client -p servicekit -p stack -p registry_testkit -p console
 
 test: $(STAMP) check-protos lint typecheck
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q -p no:cacheprovider

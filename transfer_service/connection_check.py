@@ -60,9 +60,13 @@ PING_TIMEOUT = 20.0
 
 
 async def check_connection(
-    cfg: RegistryConfig, repository: str, check_push: bool
+    cfg: RegistryConfig,
+    repository: str,
+    check_push: bool,
+    on_step: Callable[[StepResult], None] | None = None,
 ) -> ConnectionReport:
-    """Run the steps against the registry described by `cfg`."""
+    """Run the steps against the registry described by `cfg`; `on_step` hears each result as
+    soon as it is known (the skipped ones are only in the report)."""
     steps = [Step.REACHABLE, Step.TLS_VERIFIED, Step.AUTHENTICATED, Step.PULL_ALLOWED]
     if check_push:
         steps.append(Step.PUSH_ALLOWED)
@@ -70,6 +74,8 @@ async def check_connection(
 
     def record(step: Step, result: Result, message: str) -> None:
         done[step] = StepResult(step, result, message)
+        if on_step is not None:
+            on_step(done[step])
 
     def report() -> ConnectionReport:
         after_failure = False

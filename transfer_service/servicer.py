@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -12,10 +13,11 @@ from google.protobuf import empty_pb2
 from grpc import aio
 from mirror.v1 import transfer_pb2, transfer_pb2_grpc
 
+from registry_client import errors as rc_errors
 from registry_client.names import reference_problem, repository_problem, tag_problem
 from servicekit import paging
 from servicekit.errors import failed_precondition, invalid_argument
-from transfer_service.connection_check import check_connection
+from transfer_service.connection_check import ConnectionReport, StepResult, check_connection
 from transfer_service.convert import (
     STATE_FROM_PROTO,
     endpoint_from_proto,
@@ -264,15 +266,64 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         report = await check_connection(cfg, request.repository, request.check_push)
         return transfer_pb2.TestConnectionResponse(
             ok=report.ok,
-            checks=[
-                transfer_pb2.ConnectionCheck(
-                    step=transfer_pb2.ConnectionCheck.Step.ValueType(c.step),
-                    result=transfer_pb2.ConnectionCheck.Result.ValueType(c.result),
-                    message=c.message,
-                )
-                for c in report.checks
-            ],
+            checks=[_check(c) for c in report.checks],
         )
+
+    async def StreamConnectionTest(
+        self, request: transfer_pb2.TestConnectionRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[transfer_pb2.ConnectionCheck]:
+        violations = []
+        if not request.endpoint:
+            violations.append(("endpoint", "required"))
+        problem = repository_problem(request.repository)
+        if problem:
+            violations.append(("repository", problem))
+        if violations:
+            raise invalid_argument("the request is not valid", violations)
+        cfg = self.endpoints.config_for(request.endpoint)  # NOT_FOUND
+        steps: asyncio.Queue[StepResult | None] = asyncio.Queue()
+
+        async def run() -> ConnectionReport:
+            try:
+                return await check_connection(
+                    cfg, request.repository, request.check_push, on_step=steps.put_nowait
+                )
+            finally:
+                steps.put_nowait(None)
+
+        task = asyncio.create_task(run())
+        sent: set[int] = set()
+        try:
+            while (step := await steps.get()) is not None:
+                sent.add(int(step.step))
+                yield _check(step)
+            for step in (await task).checks:
+                if int(step.step) not in sent:
+                    yield _check(step)
+        finally:
+            task.cancel()
+
+    async def ListRepositories(
+        self, request: transfer_pb2.ListRepositoriesRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.ListRepositoriesResponse:
+        _require(request.endpoint, "endpoint")
+        async with self.endpoints.client_for(request.endpoint) as rc:  # NOT_FOUND
+            try:
+                names = await rc.list_repositories()
+            except rc_errors.RegistryError as exc:
+                raise failed_precondition(
+                    f"the registry of endpoint {request.endpoint} does not list its "
+                    f"repositories: {exc}",
+                    reason="CATALOG_UNAVAILABLE",
+                ) from exc
+        after = paging.decode_token(request.page_token, expect={"e": request.endpoint}).get("a", "")
+        chosen = sorted(n for n in names if n.startswith(request.prefix) and n > str(after))
+        size = paging.page_size(request.page_size)
+        nxt = ""
+        if len(chosen) > size:
+            chosen = chosen[:size]
+            nxt = paging.encode_token({"e": request.endpoint, "a": chosen[-1]})
+        return transfer_pb2.ListRepositoriesResponse(repositories=chosen, next_page_token=nxt)
 
     # -- transfers ----------------------------------------------------------------------
 
@@ -356,6 +407,14 @@ def _clear_stale_spool(spool: Path) -> None:
         f.unlink(missing_ok=True)
     if stale:
         log.info("removed %d stale spool file(s) from %s", len(stale), spool)
+
+
+def _check(c: StepResult) -> transfer_pb2.ConnectionCheck:
+    return transfer_pb2.ConnectionCheck(
+        step=transfer_pb2.ConnectionCheck.Step.ValueType(c.step),
+        result=transfer_pb2.ConnectionCheck.Result.ValueType(c.result),
+        message=c.message,
+    )
 
 
 def _require(value: str, field: str) -> None:

@@ -66,6 +66,16 @@ class TransferServiceStub:
                 request_serializer=mirror_dot_v1_dot_transfer__pb2.TestConnectionRequest.SerializeToString,
                 response_deserializer=mirror_dot_v1_dot_transfer__pb2.TestConnectionResponse.FromString,
                 _registered_method=True)
+        self.StreamConnectionTest = channel.unary_stream(
+                '/mirror.v1.TransferService/StreamConnectionTest',
+                request_serializer=mirror_dot_v1_dot_transfer__pb2.TestConnectionRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_transfer__pb2.ConnectionCheck.FromString,
+                _registered_method=True)
+        self.ListRepositories = channel.unary_unary(
+                '/mirror.v1.TransferService/ListRepositories',
+                request_serializer=mirror_dot_v1_dot_transfer__pb2.ListRepositoriesRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_transfer__pb2.ListRepositoriesResponse.FromString,
+                _registered_method=True)
         self.StartTransfer = channel.unary_unary(
                 '/mirror.v1.TransferService/StartTransfer',
                 request_serializer=mirror_dot_v1_dot_transfer__pb2.StartTransferRequest.SerializeToString,
@@ -139,6 +149,20 @@ class TransferServiceServicer:
 
     def TestConnection(self, request, context):
         """DTR's "Connect" button: each step with its own result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamConnectionTest(self, request, context):
+        """TestConnection, streamed: each step as soon as it completes, then the ones skipped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRepositories(self, request, context):
+        """The registry's repositories (its catalog), in name order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -223,6 +247,16 @@ def add_TransferServiceServicer_to_server(servicer, server):
                     servicer.TestConnection,
                     request_deserializer=mirror_dot_v1_dot_transfer__pb2.TestConnectionRequest.FromString,
                     response_serializer=mirror_dot_v1_dot_transfer__pb2.TestConnectionResponse.SerializeToString,
+            ),
+            'StreamConnectionTest': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamConnectionTest,
+                    request_deserializer=mirror_dot_v1_dot_transfer__pb2.TestConnectionRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_transfer__pb2.ConnectionCheck.SerializeToString,
+            ),
+            'ListRepositories': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRepositories,
+                    request_deserializer=mirror_dot_v1_dot_transfer__pb2.ListRepositoriesRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_transfer__pb2.ListRepositoriesResponse.SerializeToString,
             ),
             'StartTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.StartTransfer,
@@ -423,6 +457,60 @@ class TransferService:
             '/mirror.v1.TransferService/TestConnection',
             mirror_dot_v1_dot_transfer__pb2.TestConnectionRequest.SerializeToString,
             mirror_dot_v1_dot_transfer__pb2.TestConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamConnectionTest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mirror.v1.TransferService/StreamConnectionTest',
+            mirror_dot_v1_dot_transfer__pb2.TestConnectionRequest.SerializeToString,
+            mirror_dot_v1_dot_transfer__pb2.ConnectionCheck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRepositories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.TransferService/ListRepositories',
+            mirror_dot_v1_dot_transfer__pb2.ListRepositoriesRequest.SerializeToString,
+            mirror_dot_v1_dot_transfer__pb2.ListRepositoriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,10 @@ class TransferServiceStub:
     DeleteEndpoint: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.DeleteEndpointRequest, _empty_pb2.Empty]
     TestConnection: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.TestConnectionRequest, _transfer_pb2.TestConnectionResponse]
     """DTR's "Connect" button: each step with its own result."""
+    StreamConnectionTest: _grpc.UnaryStreamMultiCallable[_transfer_pb2.TestConnectionRequest, _transfer_pb2.ConnectionCheck]
+    """TestConnection, streamed: each step as soon as it completes, then the ones skipped."""
+    ListRepositories: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.ListRepositoriesRequest, _transfer_pb2.ListRepositoriesResponse]
+    """The registry's repositories (its catalog), in name order."""
     StartTransfer: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.StartTransferRequest, _transfer_pb2.Transfer]
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.GetTransferRequest, _transfer_pb2.Transfer]
     ListTransfers: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.ListTransfersRequest, _transfer_pb2.ListTransfersResponse]
@@ -68,6 +72,10 @@ class TransferServiceAsyncStub(TransferServiceStub):
     DeleteEndpoint: _aio.UnaryUnaryMultiCallable[_transfer_pb2.DeleteEndpointRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     TestConnection: _aio.UnaryUnaryMultiCallable[_transfer_pb2.TestConnectionRequest, _transfer_pb2.TestConnectionResponse]  # type: ignore[assignment]
     """DTR's "Connect" button: each step with its own result."""
+    StreamConnectionTest: _aio.UnaryStreamMultiCallable[_transfer_pb2.TestConnectionRequest, _transfer_pb2.ConnectionCheck]  # type: ignore[assignment]
+    """TestConnection, streamed: each step as soon as it completes, then the ones skipped."""
+    ListRepositories: _aio.UnaryUnaryMultiCallable[_transfer_pb2.ListRepositoriesRequest, _transfer_pb2.ListRepositoriesResponse]  # type: ignore[assignment]
+    """The registry's repositories (its catalog), in name order."""
     StartTransfer: _aio.UnaryUnaryMultiCallable[_transfer_pb2.StartTransferRequest, _transfer_pb2.Transfer]  # type: ignore[assignment]
     GetTransfer: _aio.UnaryUnaryMultiCallable[_transfer_pb2.GetTransferRequest, _transfer_pb2.Transfer]  # type: ignore[assignment]
     ListTransfers: _aio.UnaryUnaryMultiCallable[_transfer_pb2.ListTransfersRequest, _transfer_pb2.ListTransfersResponse]  # type: ignore[assignment]
@@ -128,6 +136,22 @@ class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_transfer_pb2.TestConnectionResponse, _abc.Awaitable[_transfer_pb2.TestConnectionResponse]]:
         """DTR's "Connect" button: each step with its own result."""
+
+    @_abc_1.abstractmethod
+    def StreamConnectionTest(
+        self,
+        request: _transfer_pb2.TestConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_transfer_pb2.ConnectionCheck], _abc.AsyncIterator[_transfer_pb2.ConnectionCheck]]:
+        """TestConnection, streamed: each step as soon as it completes, then the ones skipped."""
+
+    @_abc_1.abstractmethod
+    def ListRepositories(
+        self,
+        request: _transfer_pb2.ListRepositoriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.ListRepositoriesResponse, _abc.Awaitable[_transfer_pb2.ListRepositoriesResponse]]:
+        """The registry's repositories (its catalog), in name order."""
 
     @_abc_1.abstractmethod
     def StartTransfer(
