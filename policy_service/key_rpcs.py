@@ -38,7 +38,7 @@ _SIGNED_BY = re.compile(r'\bsigned_by\s+"([^"\\]*)"')
 
 def rule_keys(rule: Any) -> frozenset[str]:
     """The key names a compiled rule's `signed_by` clauses name."""
-    names = getattr(rule, "key_names", None)
+    names = getattr(rule, "signed_by_keys", None)
     if names is not None:
         return frozenset(names)
     return text_keys(getattr(rule, "source", ""))

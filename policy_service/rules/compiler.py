@@ -18,7 +18,17 @@ from policy_service.rules.fields import (
     FieldType,
     operators_for,
 )
-from policy_service.rules.nodes import And, Comparison, Const, Node, Not, Or, Span, post_order
+from policy_service.rules.nodes import (
+    And,
+    Comparison,
+    Const,
+    Node,
+    Not,
+    Or,
+    Signed,
+    Span,
+    post_order,
+)
 from policy_service.rules.regex import (
     MAX_REGEXES,
     RegexBudget,
@@ -26,8 +36,11 @@ from policy_service.rules.regex import (
     RegexTooLarge,
     compile_search,
 )
+from policy_service.rules.signed import describe, signed_test
+from policy_service.rules.versions import RangeError, VersionRange, parse_range, release_of
 
 Predicate = Callable[[Any], bool]
+Leaf = Comparison | Signed
 
 _FIELD_CHOICES = tuple('label["KEY"]' if name == "label" else name for name in FIELDS)
 
@@ -59,13 +72,16 @@ class _Clause:
 
 class CompiledRule:
     """A rule compiled once; ``evaluate(facts)`` short-circuits, ``explain(facts)`` reports every
-    comparison clause."""
+    clause (comparisons, ``signed``, ``signed_by``). ``signed_by_keys`` holds the key names the
+    rule's ``signed_by`` clauses name, so a policy naming an unknown key can be refused."""
 
-    __slots__ = ("_clauses", "_combine", "evaluate", "fields", "required_facts", "source")
+    __slots__ = ("_clauses", "_combine", "evaluate", "fields", "required_facts",
+                 "signed_by_keys", "source")
 
     def __init__(self, source: str, evaluate: Callable[[Facts], bool], clauses: list[_Clause],
                  combine: Callable[[list[bool]], bool], fields: frozenset[str],
-                 required_facts: frozenset[FactKind]) -> None:
+                 required_facts: frozenset[FactKind],
+                 signed_by_keys: frozenset[str] = frozenset()) -> None:
         self.source = source
         # An instance attribute, not a method: one call less per evaluation.
         self.evaluate: Callable[[Facts], bool] = evaluate
@@ -73,6 +89,7 @@ class CompiledRule:
         self._combine = combine
         self.fields = fields
         self.required_facts = required_facts
+        self.signed_by_keys = signed_by_keys
 
     def explain(self, facts: Facts) -> Explanation:
         """Evaluate every clause (no short-circuit) and say what each saw."""
@@ -98,42 +115,68 @@ def compile_rule(text: str, *, max_bytes: int = syntax.MAX_RULE_BYTES,
     tree = syntax.parse(text)
     root, errors = syntax.to_ast(text, tree)
     nodes = post_order(root)
-    comparisons = [n for n in nodes if isinstance(n, Comparison)]
+    leaves: list[Leaf] = [n for n in nodes if isinstance(n, (Comparison, Signed))]
+    comparisons = [n for n in leaves if isinstance(n, Comparison)]
     budget = _regex_budget(comparisons, errors)
     tests: dict[int, Predicate] = {}
-    for comparison in comparisons:
-        test = _check_and_build(comparison, errors, budget)
+    for leaf in leaves:
+        test = (_check_signed(leaf, errors) if isinstance(leaf, Signed)
+                else _check_and_build(leaf, errors, budget))
         if test is not None:
-            tests[id(comparison)] = test
+            tests[id(leaf)] = test
     if errors:
         errors.sort(key=lambda e: (e.line, e.column))
         raise RuleCompileError(errors)
 
     clauses: list[_Clause] = []
     index_of: dict[int, int] = {}
-    for comparison in comparisons:
-        spec = FIELDS[comparison.field]
-        read = _reader(spec, comparison.key)
-        index_of[id(comparison)] = len(clauses)
-        clauses.append(_Clause(comparison.span, read, _renderer(spec.type),
-                               tests[id(comparison)]))
+    for leaf in leaves:
+        index_of[id(leaf)] = len(clauses)
+        clauses.append(_clause(leaf, tests[id(leaf)]))
 
-    def facts_leaf(node: Comparison) -> Predicate:
+    def facts_leaf(node: Leaf) -> Predicate:
         return tests[id(node)]
 
-    def result_leaf(node: Comparison) -> Predicate:
+    def result_leaf(node: Leaf) -> Predicate:
         i = index_of[id(node)]
         return lambda results: results[i]
 
     used = {c.field for c in comparisons}
+    required = {FIELDS[name].fact for name in used}
+    signed = [n for n in leaves if isinstance(n, Signed)]
+    if signed:
+        used.update("signed" if n.key is None else "signed_by" for n in signed)
+        required.add(FactKind.SIGNATURES)
     return CompiledRule(
         source=text,
         evaluate=_assemble(nodes, facts_leaf),
         clauses=clauses,
         combine=_assemble(nodes, result_leaf),
         fields=frozenset(used),
-        required_facts=frozenset(FIELDS[name].fact for name in used),
+        required_facts=frozenset(required),
+        signed_by_keys=frozenset(n.key for n in signed if n.key is not None),
     )
+
+
+def _clause(leaf: Leaf, test: Predicate) -> _Clause:
+    """What explain() reads, renders and tests for one leaf."""
+    if isinstance(leaf, Signed):
+        key = leaf.key
+        return _Clause(leaf.span, _read_signatures, lambda sigs: describe(sigs, key), test)
+    spec = FIELDS[leaf.field]
+    render = _render_version if leaf.operator == "semver" else _renderer(spec.type)
+    return _Clause(leaf.span, _reader(spec, leaf.key), render, test)
+
+
+def _read_signatures(facts: Facts) -> Any:
+    return facts.signatures
+
+
+def _render_version(value: str) -> str:
+    """A string and how `semver` read it: `"v1.25.3-alpine" (1.25.3)`."""
+    release = release_of(value)
+    read = "not a version" if release is None else ".".join(map(str, release))
+    return f"{json.dumps(value, ensure_ascii=False)} ({read})"
 
 
 def _regex_budget(comparisons: list[Comparison],
@@ -210,6 +253,34 @@ def _check_and_build(node: Comparison, errors: list[RuleErrorInfo],
     return _build_test(spec, node, errors, budget)
 
 
+def _check_signed(node: Signed, errors: list[RuleErrorInfo]) -> Predicate | None:
+    if node.key is not None and not node.key.strip():
+        span = node.key_span or node.span
+        errors.append(_error(span, "signed_by needs the name of a trusted key, e.g. "
+                             'signed_by "ci"', ("a key name",)))
+        return None
+    return signed_test(node.key)
+
+
+def _semver_range(node: Comparison, errors: list[RuleErrorInfo]) -> VersionRange | None:
+    """The operand of `semver` parsed, or None and an error at the offending character."""
+    text = node.operand.value
+    assert isinstance(text, str)
+    try:
+        return parse_range(text)
+    except RangeError as exc:
+        span = node.operand.span
+        column, offending = span.column, span.text
+        if span.text[1:-1] == text:  # no escapes: columns inside the string are exact
+            column = span.column + 1 + exc.offset
+            offending = text[exc.offset : exc.offset + exc.length]
+        errors.append(RuleErrorInfo(
+            span.line, column, f"invalid version range: {exc}", offending_text=offending,
+            expected=('a range such as ">=1.25 <2"',),
+        ))
+        return None
+
+
 def _error(span: Span, message: str, expected: tuple[str, ...] = (), suggestion: str = "",
            offending: str | None = None) -> RuleErrorInfo:
     return RuleErrorInfo(span.line, span.column, message,
@@ -233,6 +304,10 @@ def _build_test(spec: FieldSpec, node: Comparison, errors: list[RuleErrorInfo],
     value: Any = node.operand.value
     if op in LIST_OPERATORS:
         value = frozenset(item.value for item in value)
+    if op == "semver":
+        value = _semver_range(node, errors)
+        if value is None:
+            return None
     if op == "matches":
         if budget is None or budget.exhausted:
             return None  # the rule already failed on its regexes: compile no more of them
@@ -267,6 +342,7 @@ def _scalar_test(op: str, v: Any, g: Callable[[Facts], Any]) -> Predicate:
         "in": lambda f: g(f) in v,
         "not in": lambda f: g(f) not in v,
         "matches": lambda f: v(g(f)),
+        "semver": lambda f: v(g(f)),
     }
     return tests[op]
 
@@ -302,12 +378,12 @@ def _renderer(type_: FieldType) -> Callable[[Any], str]:
     return lambda value: json.dumps(value, ensure_ascii=False)
 
 
-def _assemble(nodes: Sequence[Node], leaf: Callable[[Comparison], Predicate]) -> Predicate:
+def _assemble(nodes: Sequence[Node], leaf: Callable[[Leaf], Predicate]) -> Predicate:
     """Combine leaves into one short-circuiting closure; ``nodes`` is in post-order, so this
     loop is iterative whatever the nesting."""
     built: dict[int, Predicate] = {}
     for node in nodes:
-        if isinstance(node, Comparison):
+        if isinstance(node, (Comparison, Signed)):
             built[id(node)] = leaf(node)
         elif isinstance(node, Const):
             built[id(node)] = (lambda _: True) if node.value else (lambda _: False)

@@ -40,6 +40,20 @@ class VulnCounts:
     all: int = 0
 
 
+@dataclass(frozen=True)
+class SignatureFact:
+    """A signature found for an image, as verified before the rule runs.
+
+    ``verified_by`` names the trusted keys that verified it; ``problem`` says why none did.
+    ``mirror.v1.SignatureFact`` messages have the same attributes and may stand in for it.
+    """
+
+    manifest_digest: str = ""
+    verified_by: tuple[str, ...] = ()
+    problem: str = ""
+    found_by: str = ""
+
+
 def _unique(values: object) -> tuple[str, ...]:
     # dict keeps first-seen order, so explanations list values as the scanner reported them.
     return tuple(dict.fromkeys(values))  # type: ignore[call-overload]
@@ -61,6 +75,7 @@ class Facts:
     labels: Mapping[str, str] = field(default_factory=dict)
     platforms: tuple[str, ...] = ()
     size: int = 0
+    signatures: tuple[SignatureFact, ...] = ()
 
     @cached_property
     def component_names(self) -> tuple[str, ...]:

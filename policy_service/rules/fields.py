@@ -71,11 +71,15 @@ FIELDS: dict[str, FieldSpec] = {
     )
 }
 
-STRING_OPERATORS = ("==", "!=", "startswith", "endswith", "contains", "in", "not in", "matches")
+SET_OPERATORS = ("==", "!=", "startswith", "endswith", "contains", "in", "not in", "matches")
+# `semver` reads one string as a version: a set of strings has no one version to read.
+STRING_OPERATORS = (*SET_OPERATORS, "semver")
 NUMBER_OPERATORS = ("==", "!=", "<", "<=", ">", ">=")
 LIST_OPERATORS = frozenset({"in", "not in"})
 
 
 def operators_for(type_: FieldType) -> tuple[str, ...]:
     """The operators a field of this type accepts."""
-    return NUMBER_OPERATORS if type_ is FieldType.NUMBER else STRING_OPERATORS
+    if type_ is FieldType.NUMBER:
+        return NUMBER_OPERATORS
+    return SET_OPERATORS if type_ is FieldType.STRING_SET else STRING_OPERATORS

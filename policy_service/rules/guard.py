@@ -59,6 +59,7 @@ class CheckedRule:
 
     fields: frozenset[str]
     required_facts: frozenset[FactKind]
+    signed_by_keys: frozenset[str] = frozenset()
 
 
 def _check(text: str) -> tuple[list[RuleErrorInfo], CheckedRule | None]:
@@ -67,7 +68,7 @@ def _check(text: str) -> tuple[list[RuleErrorInfo], CheckedRule | None]:
         rule = compile_rule(text)
     except RuleCompileError as err:
         return err.errors, None
-    return [], CheckedRule(rule.fields, rule.required_facts)
+    return [], CheckedRule(rule.fields, rule.required_facts, rule.signed_by_keys)
 
 
 def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:

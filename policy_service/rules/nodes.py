@@ -38,6 +38,15 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class Signed:
+    """``signed`` (``key`` None: any trusted key) or ``signed_by "KEY"``."""
+
+    key: str | None
+    span: Span
+    key_span: Span | None = None
+
+
+@dataclass(frozen=True)
 class Const:
     value: bool
     span: Span
@@ -61,7 +70,7 @@ class Or:
     span: Span
 
 
-Node = Union[Comparison, Const, Not, And, Or]  # noqa: UP007 - a runtime alias
+Node = Union[Comparison, Signed, Const, Not, And, Or]  # noqa: UP007 - a runtime alias
 
 
 def children(node: Node) -> tuple[Node, ...]:

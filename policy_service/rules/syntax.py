@@ -13,7 +13,17 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.lexer import BasicLexer, LexerThread
 
 from policy_service.rules.errors import RuleCompileError, RuleErrorInfo, position
-from policy_service.rules.nodes import And, Comparison, Const, Literal, Node, Not, Or, Span
+from policy_service.rules.nodes import (
+    And,
+    Comparison,
+    Const,
+    Literal,
+    Node,
+    Not,
+    Or,
+    Signed,
+    Span,
+)
 
 MAX_RULE_BYTES = 8 * 1024
 MAX_DEPTH = 64
@@ -29,6 +39,8 @@ TERMINAL_WORDS: dict[str, str] = {
     "NOT": "'not'",
     "TRUE": "'true'",
     "FALSE": "'false'",
+    "SIGNED": "'signed'",
+    "SIGNED_BY": "'signed_by'",
     "_LPAR": "'('",
     "EQ": "'=='",
     "NE": "'!='",
@@ -40,6 +52,7 @@ TERMINAL_WORDS: dict[str, str] = {
     "ENDSWITH": "'endswith'",
     "CONTAINS": "'contains'",
     "MATCHES": "'matches'",
+    "SEMVER": "'semver'",
     "IN": "'in'",
     "_AND": "'and'",
     "_OR": "'or'",
@@ -146,7 +159,7 @@ def _check_depth(text: str, max_depth: int) -> None:
                 depth -= pending.pop() + 1
                 depth -= pending[-1]
                 pending[-1] = 0
-            elif kind in ("_AND", "_OR", "NAME", "TRUE", "FALSE"):
+            elif kind in ("_AND", "_OR", "NAME", "TRUE", "FALSE", "SIGNED", "SIGNED_BY"):
                 depth -= pending[-1]
                 pending[-1] = 0
             if depth > max_depth:
@@ -251,6 +264,9 @@ def to_ast(text: str, tree: Tree) -> tuple[Node, list[RuleErrorInfo]]:
         if node.data == "comparison":
             built[id(node)] = _comparison(text, node, errors)
             continue
+        if node.data in ("signed", "signed_by"):
+            built[id(node)] = _signed(text, node, errors)
+            continue
         if not expanded:
             stack.append((node, True))
             stack.extend((c, False) for c in node.children if isinstance(c, Tree))
@@ -306,6 +322,15 @@ def _comparison(text: str, tree: Tree, errors: list[RuleErrorInfo]) -> Compariso
         operand=_literal(text, value, errors),
         span=_tree_span(text, tree),
     )
+
+
+def _signed(text: str, tree: Tree, errors: list[RuleErrorInfo]) -> Signed:
+    span = _tree_span(text, tree)
+    if tree.data == "signed":
+        return Signed(None, span)
+    key_token = tree.children[-1]
+    assert isinstance(key_token, Token)
+    return Signed(decode_string(key_token, errors), span, _token_span(key_token))
 
 
 def _literal(text: str, value: Tree | Token, errors: list[RuleErrorInfo]) -> Literal:

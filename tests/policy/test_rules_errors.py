@@ -95,21 +95,24 @@ def test_huge_number_does_not_hit_the_int_conversion_limit() -> None:
     assert "number too large" in error.message
 
 
+# What may start an expression.
+ATOM = ("a field name", "'not'", "'true'", "'false'", "'signed'", "'signed_by'", "'('")
+
+
 @pytest.mark.parametrize(("rule", "line", "column", "offending", "expected", "needle"), [
     ('tag == ', 1, 7, "", ("a string", "a number", "'['"), "unexpected end of rule"),
-    ('', 1, 1, "", ("a field name", "'not'", "'true'", "'false'", "'('"), "empty rule"),
-    ('  \n  ', 1, 1, "", ("a field name", "'not'", "'true'", "'false'", "'('"), "empty rule"),
+    ('', 1, 1, "", ATOM, "empty rule"),
+    ('  \n  ', 1, 1, "", ATOM, "empty rule"),
     ('(tag == "a"', 1, 12, "", ("')'",), "unexpected end of rule; expected ')'"),
     ('tag == "a")', 1, 11, ")", ("end of rule",), "unexpected ')'"),
     ('tag == "a" adn true', 1, 12, "adn", ("'and'", "'or'", "end of rule"), "did you mean 'and'"),
-    ('"a" == tag', 1, 1, '"a"', ("a field name", "'not'", "'true'", "'false'", "'('"),
+    ('"a" == tag', 1, 1, '"a"', ATOM,
      "unexpected string"),
     ('tag in ["a" "b"]', 1, 13, '"b"', ("']'", "','"), "unexpected string '\"b\"'"),
-    ('tag == "a" and\n\n   or true', 3, 4, "or", ("a field name", "'not'", "'true'", "'false'",
-                                              "'('"), "unexpected 'or'"),
-    ('tag == "a" and and', 1, 16, "and", ("a field name", "'not'", "'true'", "'false'", "'('"),
+    ('tag == "a" and\n\n   or true', 3, 4, "or", ATOM, "unexpected 'or'"),
+    ('tag == "a" and and', 1, 16, "and", ATOM,
      "unexpected 'and'"),
-    ('not', 1, 4, "", ("a field name", "'not'", "'true'", "'false'", "'('"), "end of rule"),
+    ('not', 1, 4, "", ATOM, "end of rule"),
     ('true false', 1, 6, "false", ("'and'", "'or'", "end of rule"), "unexpected 'false'"),
     ('tag == "a" or\n  (size > 3\n', 2, 12, "", ("')'",), "end of rule"),
 ])
@@ -127,7 +130,8 @@ def test_misspelt_operator_names_the_operators_in_words() -> None:
     assert (error.line, error.column) == (1, 5)
     assert error.suggestion == "endswith"
     assert error.expected == ("'['", "'not in'", "'=='", "'!='", "'<'", "'<='", "'>'", "'>='",
-                              "'startswith'", "'endswith'", "'contains'", "'matches'", "'in'")
+                              "'startswith'", "'endswith'", "'contains'", "'matches'", "'semver'",
+                              "'in'")
     assert error.message.startswith("unexpected word 'endwith'; expected '[', 'not in', '=='")
 
 
