@@ -25,6 +25,7 @@ import aiohttp
 from mirror.v1 import gateway_pb2
 
 from gateway.subscriptions import DeliveryRecord, SubscriptionStore, Target
+from servicekit import metrics
 from servicekit.logs import context_id
 from servicekit.retry import Backoff, retryable_status
 
@@ -154,6 +155,7 @@ class DeliveryWorker:
                 expired = self.store.give_up_older_than(now - self.max_age_s, self._inflight)
                 if expired:
                     self.failed += expired
+                    metrics.EVENT_DELIVERIES.labels("failed").inc(expired)
                     log.warning("gave up %d delivery(ies) past the maximum age", expired)
                     self._progress.set()
                 free = self._queue.maxsize - self._queue.qsize()
@@ -208,6 +210,7 @@ class DeliveryWorker:
                         message=f"delivered: HTTP {code}", at=now,
                     )
                     self.delivered += 1
+                    metrics.EVENT_DELIVERIES.labels("delivered").inc()
                     return
                 retry_after = _retry_after(resp.headers.get("Retry-After"), self.max_delay_s)
                 retryable = retryable_status(code)
@@ -253,12 +256,14 @@ class DeliveryWorker:
                 message=f"attempt {attempts} failed: {problem}; retrying", at=now,
                 next_attempt_at=now + delay,
             )
+            metrics.EVENT_DELIVERIES.labels("retried").inc()
 
     def _give_up(self, d: DeliveryRecord, code: int, message: str, now: float, where: str) -> None:
         self.store.record_attempt(
             d.id, state=Delivery.STATE_FAILED, response_code=code, message=message, at=now
         )
         self.failed += 1
+        metrics.EVENT_DELIVERIES.labels("failed").inc()
         log.warning(
             "delivery %s of run %s to subscription %s (%s) failed: %s",
             d.id, d.run_id, d.subscription_id, where, message,

@@ -41,6 +41,12 @@ POLICY_LAST_SUCCESS = Gauge(
     ["policy"],
     registry=REGISTRY,
 )
+EVENT_DELIVERIES = Counter(
+    "mirror_event_deliveries",
+    "Outbound event (subscription) delivery attempts by outcome: delivered, retried, failed",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 # policy
 EVALUATIONS = Counter(

@@ -25,6 +25,7 @@ from gateway.notify import Notifier
 from gateway.runs import RunRecord
 from gateway.schema import open_database
 from gateway.subscriptions import SubscriptionStore
+from servicekit import metrics
 from servicekit.errors import ApiError
 from transfer_service.secrets import SecretBox
 
@@ -121,6 +122,13 @@ async def notifier(tmp_path: Path, box: SecretBox) -> AsyncIterator[Notifier]:
     n.db.close()
 
 
+def _metric(outcome: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "mirror_event_deliveries_total", {"outcome": outcome}
+    )
+    return value or 0.0
+
+
 async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -183,9 +191,13 @@ async def test_500_then_200_is_delivered_on_retry(
 ) -> None:
     created = notifier.store.create(new_sub(receiver.url))
     receiver.secret, receiver.script = created.secret, [500]
+    before = {o: _metric(o) for o in ("delivered", "retried", "failed")}
     notifier.send(run())
     await drained(notifier)
     assert receiver.calls == 2 and len(receiver.accepted) == 1
+    assert {o: _metric(o) - before[o] for o in before} == {
+        "delivered": 1, "retried": 1, "failed": 0
+    }
     (d,) = notifier.store.deliveries(created.id, 0, "")[0]
     assert (d.state, d.attempts, d.response_code) == (Delivery.STATE_DELIVERED, 2, 204)
     # Each attempt is signed afresh; the event id stays the same (receivers dedupe on it).
