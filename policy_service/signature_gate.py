@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 from google.protobuf import duration_pb2
 from mirror.v1 import common_pb2, policy_pb2
@@ -19,10 +18,10 @@ from policy_service import signatures
 from policy_service.compiled import CompiledPolicy
 from policy_service.key_rpcs import rule_keys
 from policy_service.rules import Facts
+from policy_service.rules.facts import SignatureFact
 from policy_service.trusted_keys import KeyStore
 
 SIGNATURES = common_pb2.FACT_KIND_SIGNATURES
-_FACTS_HAVE_SIGNATURES = "signatures" in {f.name for f in dataclasses.fields(Facts)}
 
 
 def reads_signatures(p: CompiledPolicy) -> bool:
@@ -68,12 +67,9 @@ class SignatureGate:
 def _signature_would_help(p: CompiledPolicy, facts: Facts, wanted: frozenset[str]) -> bool:
     """Whether the rule matches these facts with a signature verified by every key it names
     (or, for `signed`, by some key): else no arrival can change the outcome."""
-    if not _FACTS_HAVE_SIGNATURES:
-        return True
     names = sorted(wanted) or ["trusted-key"]
-    sig = common_pb2.SignatureFact(manifest_digest="sha256:pending", verified_by=names)
-    changes: dict[str, Any] = {"signatures": (sig,)}
+    sig = SignatureFact(manifest_digest="sha256:pending", verified_by=tuple(names))
     try:
-        return bool(p.rule.evaluate(dataclasses.replace(facts, **changes)))
+        return bool(p.rule.evaluate(dataclasses.replace(facts, signatures=(sig,))))
     except Exception:  # when unsure, wait: the wait ends in a decision anyway
         return True
