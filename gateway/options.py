@@ -26,7 +26,9 @@ def add_gateway_arguments(p: argparse.ArgumentParser, http_default: str) -> None
         "--notify-url",
         action="append",
         default=[],
-        help="POST a JSON event on every mirror success or failure here (repeatable)",
+        type=notify_url,
+        help="POST every outbound event here, unsigned (repeatable; signed subscriptions: "
+        "mirrorctl subscription create, docs/events.md)",
     )
     g.add_argument(
         "--inbox-concurrency", type=int, default=8, help="events acted on at once"
@@ -44,6 +46,17 @@ def add_gateway_arguments(p: argparse.ArgumentParser, http_default: str) -> None
         help="longest promotion chain through image-mirror's own pushes; a run beyond it is "
         "blocked (stops loops through systems the policies cannot see)",
     )
+
+
+def notify_url(value: str) -> str:
+    """A --notify-url value, refused at start when events could never be sent there (or it
+    holds a password: ListSubscriptions shows these URLs)."""
+    from gateway.subscriptions import url_problem
+
+    problem = url_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 def webhook_secret(args: argparse.Namespace) -> str:

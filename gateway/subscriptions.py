@@ -254,7 +254,11 @@ class SubscriptionStore:
             has_secret=True,
             create_time=time.time(),
         )
-        self._insert(rec, self.cipher.encrypt(secret))
+        try:
+            token = self.cipher.encrypt(secret)
+        except (ValueError, OSError) as exc:  # a bad $MIRROR_SECRET_KEY or key file
+            raise failed_precondition(f"cannot store the secret: {exc}") from None
+        self._insert(rec, token)
         out = rec.to_proto()
         if made:
             out.secret = secret

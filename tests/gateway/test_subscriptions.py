@@ -436,3 +436,25 @@ async def test_an_unreachable_receiver_is_retried_then_given_up(
     assert (d.state, d.attempts, d.response_code) == (Delivery.STATE_FAILED, 2, 0)
     assert d.message.startswith("given up after 2 attempts: ClientConnectorError")
     db.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [("ftp://hooks.example/", "http:// or https://"), ("https://u:pw@hooks.example/", "user:")],
+)
+def test_unusable_notify_urls_are_refused_at_start(
+    url: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from gateway.options import add_gateway_arguments
+
+    p = argparse.ArgumentParser(prog="gateway")
+    add_gateway_arguments(p, "127.0.0.1:0")
+    assert p.parse_args(["--notify-url", "http://127.0.0.1:9/h"]).notify_url == [
+        "http://127.0.0.1:9/h"
+    ]
+    with pytest.raises(SystemExit):
+        p.parse_args(["--notify-url", url])
+    err = capsys.readouterr().err
+    assert "--notify-url" in err and why in err and "pw" not in err
