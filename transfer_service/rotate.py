@@ -4,8 +4,9 @@ $MIRROR_SECRET_KEY holds the keys, newest first (`NEW,OLD`). Every secret stored
 (endpoint passwords and webhook secrets in transfer.db, subscription secrets in gateway.db)
 is decrypted with whichever key fits and encrypted again with NEW, in one transaction per
 file, and checked to open with NEW alone before it is committed; after that OLD is no longer
-needed by the data (backups made before still need it). Run it while the services using DIR
-are stopped: a service still holding only OLD could not read what was rewritten.
+needed by the data (backups made before still need it). It holds DIR's lock, so it refuses to
+run while a service uses DIR: a service still holding only OLD could not read what was
+rewritten.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from servicekit import datadir
 from transfer_service.secrets import KEY_ENV, SecretBox, SecretKeyError
 
 # (file, table, column): every place a Fernet token of the deployment's key is stored.
@@ -103,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rotate: {args.data} is not a folder", file=sys.stderr)
         return 2
     try:
+        lock = datadir.claim(args.data, "transfer_service.rotate")
+    except datadir.DataDirInUse as exc:
+        print(f"rotate: {exc}", file=sys.stderr)
+        return 1
+    try:
         done = rotate(args.data)
     except SecretKeyError as exc:
         print(f"rotate: {exc}", file=sys.stderr)
@@ -110,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     except sqlite3.Error as exc:
         print(f"rotate: {args.data}: {exc}; nothing was changed in that file", file=sys.stderr)
         return 1
+    finally:
+        lock.release()
     if not done:
         print(f"rotate: no transfer.db or gateway.db in {args.data}", file=sys.stderr)
         return 1

@@ -29,6 +29,7 @@ from cryptography.fernet import Fernet
 
 from registry_testkit.images import ImageBuilder, LayerSpec
 from registry_testkit.ports import free_port
+from servicekit import datadir
 from tests.clients.docs_blocks import blocks, run_bash
 from tests.clients.livestack import wait_for
 from tests.scanner.layerkit import ALPINE_INSTALLED, ALPINE_OS_RELEASE
@@ -384,3 +385,21 @@ def test_operating_guide_links_resolve() -> None:
     assert anchors and sorted(set(anchors) - slugs) == []
     files = re.findall(r"\]\(([^)#:]+)\)", text)
     assert files and [f for f in files if not (ROOT / "docs" / f).exists()] == []
+
+
+def test_rotate_refuses_a_data_folder_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    old = Fernet.generate_key()
+    _transfer_db(tmp_path, SecretBox([old]))
+    monkeypatch.setenv(rotate.KEY_ENV, f"{Fernet.generate_key().decode()},{old.decode()}")
+    held = datadir.claim(tmp_path, "mirror-stack")
+    try:
+        assert rotate.main(["--data", str(tmp_path)]) == 1
+    finally:
+        held.release()
+    assert "is in use by mirror-stack" in capsys.readouterr().err
+    with sqlite3.connect(tmp_path / "transfer.db") as conn:
+        (secret,) = conn.execute("SELECT secret_enc FROM endpoints").fetchone()
+    assert SecretBox([old]).decrypt(secret) == "qa-password"  # untouched
+    assert rotate.main(["--data", str(tmp_path)]) == 0  # once it is free
