@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_gateway_arguments(p, "127.0.0.1:8080")
     p.add_argument("--no-scanner", action="store_true", help="do not run the scanner")
+    p.add_argument("--no-console", action="store_true",
+                   help="do not serve the web console at / on the HTTP port (run "
+                   "`python -m console` on its own, or none)")
     p.add_argument("--max-jobs", type=int, default=4, help="transfers run at once")
     p.add_argument("--max-jobs-per-endpoint", type=int, default=None,
                    help="running transfers that read from one source endpoint "
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                     reconcile_interval_s=args.reconcile_interval,
                     max_hops=args.max_hops,
                     scanner=not args.no_scanner,
+                    console=not args.no_console,
                     transfer_options={
                         "max_jobs": args.max_jobs,
                         "max_jobs_per_endpoint": args.max_jobs_per_endpoint,
@@ -102,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
             f"  webhook   {stack.webhook_url}\n"
             f"  metrics   {stack.metrics_url}\n"
             f"  health    http://{stack.http_address}/healthz\n"
-            f"  console   http://{stack.http_address}/\n"
-            f"  data      {stack.data_dir}\n"
+            + (f"  console   http://{stack.http_address}/\n" if not args.no_console else "")
+            + f"  data      {stack.data_dir}\n"
             "mirror-stack ready",
             flush=True,
         )

@@ -431,6 +431,36 @@ class Transfers(_Service):
         )
         return self._call("TestConnection", req)
 
+    def stream_connection_test(
+        self, endpoint: str, *, repository: str = "", check_push: bool = False
+    ) -> Iterator[transfer_pb2.ConnectionCheck]:
+        """`test_connection`, streamed: each step as soon as it completes, then the ones
+        skipped."""
+        req = transfer_pb2.TestConnectionRequest(
+            endpoint=endpoint, repository=repository, check_push=check_push
+        )
+        return self._stream("StreamConnectionTest", req)
+
+    def list_repositories(
+        self, endpoint: str, *, page_size: int = 0, page_token: str = "", prefix: str = ""
+    ) -> transfer_pb2.ListRepositoriesResponse:
+        """One page of the registry's catalog, in name order (only names starting with
+        `prefix`); FailedPrecondition (reason CATALOG_UNAVAILABLE) when the registry refuses
+        to list; see `iter_repositories` for all of them."""
+        req = transfer_pb2.ListRepositoriesRequest(
+            endpoint=endpoint, page_size=page_size, page_token=page_token, prefix=prefix
+        )
+        return self._call("ListRepositories", req)
+
+    def iter_repositories(
+        self, endpoint: str, *, prefix: str = "", page_size: int = 0
+    ) -> Iterator[str]:
+        """Every repository of the registry's catalog, following page tokens."""
+        return self._pages(
+            self.list_repositories, "repositories", endpoint=endpoint, prefix=prefix,
+            page_size=page_size,
+        )
+
     def start(
         self,
         *,

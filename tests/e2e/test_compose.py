@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 PY_SERVICES = {n: s for n, s in SERVICES.items() if s.get("command", [None])[0] == "python"}
+# The services that serve gRPC (the console serves pages and dials them).
+GRPC_SERVICES = {n: s for n, s in PY_SERVICES.items() if "--grpc-listen" in s["command"]}
 SECRET = (ROOT / "deploy/webhook-secret").read_text().strip()
 
 
@@ -33,11 +35,11 @@ def _flag(cmd: list[str], name: str) -> str | None:
 
 
 def test_every_service_is_there() -> None:
-    assert set(PY_SERVICES) == {"policy", "transfer", "scanner", "gateway"}
+    assert set(PY_SERVICES) == {"policy", "transfer", "scanner", "gateway", "console"}
     assert SERVICES["registry-dev"]["image"] == SERVICES["registry-qa"]["image"] == "registry:2"
 
 
-@pytest.mark.parametrize("name", ["policy", "transfer", "scanner", "gateway"])
+@pytest.mark.parametrize("name", ["policy", "transfer", "scanner", "gateway", "console"])
 def test_command_module_and_flags_exist(name: str) -> None:
     cmd = PY_SERVICES[name]["command"]
     assert cmd[1] == "-m"
@@ -54,7 +56,7 @@ def test_command_module_and_flags_exist(name: str) -> None:
 
 def test_addresses_point_at_the_right_services_and_ports() -> None:
     listen = {n: int(_flag(s["command"], "--grpc-listen").rsplit(":", 1)[1])  # type: ignore[union-attr]
-              for n, s in PY_SERVICES.items()}
+              for n, s in GRPC_SERVICES.items()}
     wanted = {"--policy-address": "policy", "--transfer-address": "transfer",
               "--scanner-address": "scanner"}
     seen = 0
@@ -66,10 +68,29 @@ def test_addresses_point_at_the_right_services_and_ports() -> None:
             host, port = addr.rsplit(":", 1)
             assert (host, int(port)) == (target, listen[target]), f"{flag} {addr}"
             seen += 1
-    assert seen == 4  # policy->transfer, gateway->policy/transfer/scanner
-    for name, svc in PY_SERVICES.items():
+    assert seen == 5  # policy->transfer, transfer->policy, gateway->policy/transfer/scanner
+    for name, svc in GRPC_SERVICES.items():
         published = [p.split(":") for p in svc["ports"]]
         assert ["127.0.0.1", str(listen[name]), str(listen[name])] in published
+
+
+def test_console_dials_each_service_at_its_address() -> None:
+    cmd = SERVICES["console"]["command"]
+    listen = {n: int(_flag(s["command"], "--grpc-listen").rsplit(":", 1)[1])  # type: ignore[union-attr]
+              for n, s in GRPC_SERVICES.items()}
+    dialed = {"policies": _flag(cmd, "--address")}
+    for i, arg in enumerate(cmd):
+        if arg == "--service-address":
+            service, _, address = cmd[i + 1].partition("=")
+            dialed[service] = address
+    container = {"policies": "policy", "transfers": "transfer", "gateway": "gateway",
+                 "scanner": "scanner"}
+    assert dialed == {svc: f"{name}:{listen[name]}" for svc, name in container.items()}
+    port = int(_flag(cmd, "--listen").rsplit(":", 1)[1])  # type: ignore[union-attr]
+    assert f"127.0.0.1:{port}:{port}" in SERVICES["console"]["ports"]
+    # Where it tells registries to send notifications: the gateway's HTTP port.
+    gateway_http = int(_flag(SERVICES["gateway"]["command"], "--http-listen").rsplit(":", 1)[1])  # type: ignore[union-attr]
+    assert _flag(cmd, "--events-url") == f"http://gateway:{gateway_http}"
 
 
 def test_volumes_and_files_exist() -> None:
