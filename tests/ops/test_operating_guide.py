@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -30,6 +32,7 @@ from cryptography.fernet import Fernet
 from registry_testkit.images import ImageBuilder, LayerSpec
 from registry_testkit.ports import free_port
 from servicekit import datadir
+from stack import __main__ as stack_main
 from tests.clients.docs_blocks import blocks, run_bash
 from tests.clients.livestack import wait_for
 from tests.scanner.layerkit import ALPINE_INSTALLED, ALPINE_OS_RELEASE
@@ -403,3 +406,25 @@ def test_rotate_refuses_a_data_folder_in_use(
         (secret,) = conn.execute("SELECT secret_enc FROM endpoints").fetchone()
     assert SecretBox([old]).decrypt(secret) == "qa-password"  # untouched
     assert rotate.main(["--data", str(tmp_path)]) == 0  # once it is free
+
+
+def test_example_systemd_unit_runs_the_guides_command(tmp_path: Path) -> None:
+    unit = (ROOT / "deploy/examples/mirror-stack.service").read_text()
+    # ExecStart, continuation lines joined, parses with mirror-stack's own options.
+    joined = re.sub(r"\\\n\s*", " ", unit)
+    (exec_start,) = re.findall(r"^ExecStart=(.+)$", joined, re.M)
+    argv = shlex.split(exec_start)
+    assert argv[0] == "/opt/image-mirror/.venv/bin/mirror-stack"
+    args = stack_main.parse_args(argv[1:])
+    assert (args.data, args.log_format) == ("/var/lib/image-mirror/data", "json")
+    assert args.tokens_file and args.webhook_secret_file
+    assert "--data" in blocks(GUIDE, "sh", "Start mirror-stack")[0]
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    # The checkout's path here instead of /opt/image-mirror, so ExecStart is executable.
+    local = tmp_path / "mirror-stack.service"
+    local.write_text(unit.replace("/opt/image-mirror", str(ROOT)))
+    res = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True,
+                         timeout=60)
+    assert (res.returncode, res.stdout + res.stderr) == (0, "")
