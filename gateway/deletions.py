@@ -13,11 +13,11 @@ import time
 import grpc
 from mirror.v1 import gateway_pb2, policy_pb2, policy_pb2_grpc, transfer_pb2, transfer_pb2_grpc
 
-from gateway.facts import TRANSIENT_CODES
 from gateway.runner import RPC_TIMEOUT_S, Push, Runner
 from gateway.runs import RunRecord, RunStore
 from gateway.tracker import count_run
 from registry_client import errors as rc_errors
+from servicekit.retry import transient_rpc_error
 
 log = logging.getLogger("gateway.deletions")
 
@@ -154,7 +154,7 @@ class Deleter:
             if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 return Run.STATE_SKIPPED, f"not deleted: {err.details()}"
             state = Run.STATE_FAILED
-            if err.code() in TRANSIENT_CODES:
+            if transient_rpc_error(err):
                 return state, f"cannot delete {where} now: {err.code().name}: {err.details()}"
             return state, f"cannot delete {where}: {err.code().name}: {err.details()}"
         if not resp.deleted:

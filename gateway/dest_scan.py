@@ -20,10 +20,10 @@ import grpc
 from mirror.v1 import common_pb2, scan_pb2, scan_pb2_grpc, transfer_pb2
 
 from gateway.endpoints import EndpointDirectory
-from gateway.facts import TRANSIENT_CODES
 from gateway.runs import RunStore
 from gateway.tasks import KeyedTasks
 from servicekit.db import Database
+from servicekit.retry import Backoff, transient_rpc_error
 
 log = logging.getLogger("gateway.dest_scan")
 
@@ -117,7 +117,7 @@ class DestinationScanner:
                 endpoint=row["endpoint"], repository=row["repository"], reference=row["digest"]
             )
         )
-        delay = self.backoff_s
+        backoff = Backoff(base=self.backoff_s, cap=60.0)
         attempt = int(row["attempts"])
         while True:
             attempt += 1
@@ -128,10 +128,10 @@ class DestinationScanner:
                 report = await self.scanner.ScanImage(req, timeout=self.timeout_s)
             except grpc.aio.AioRpcError as err:
                 problem = f"{err.code().name}: {err.details()}"
-                if err.code() in TRANSIENT_CODES and attempt < self.attempts:
-                    log.info("scan of %s: %s; retrying in %.0fs", where, problem, delay)
+                if transient_rpc_error(err) and attempt < self.attempts:
+                    delay = backoff.delay(attempt - 1)
+                    log.info("scan of %s: %s; retrying in %.1fs", where, problem, delay)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 60.0)
                     continue
                 self._finish(run_id, FAILED, f"destination scan failed: {problem}")
                 log.warning("scan on push of %s failed: %s", where, problem)

@@ -11,6 +11,7 @@ import grpc
 from mirror.v1 import common_pb2, scan_pb2, scan_pb2_grpc
 
 from gateway.signatures import find_signatures
+from servicekit.retry import message_too_large, transient_rpc_error
 
 log = logging.getLogger("gateway.facts")
 
@@ -127,10 +128,10 @@ class FactGatherer:
                 timeout=self.scan_timeout_s,
             )
         except grpc.aio.AioRpcError as err:
-            if err.code() in _TRANSIENT and not _too_large(err):
+            if transient_rpc_error(err):
                 raise
             # A scan that cannot succeed: the policies needing it are blocked, saying why.
-            what = "the scan report is too large" if _too_large(err) else SCAN_FAILED
+            what = "the scan report is too large" if message_too_large(err) else SCAN_FAILED
             notes.append(f"{what}: {err.code().name}: {(err.details() or '')[:300]}")
             log.warning(
                 "scan of %s/%s@%s failed: %s %s",
@@ -209,20 +210,3 @@ def _apply_report(facts: common_pb2.ImageFacts, report: scan_pb2.ScanReport) -> 
     if not facts.digest and report.digest:
         facts.digest = report.digest
 
-
-def _too_large(err: grpc.aio.AioRpcError) -> bool:
-    """A message over the gRPC size limit: retrying cannot help."""
-    return err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than" in (
-        err.details() or ""
-    )
-
-
-_TRANSIENT = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-    }
-)
-TRANSIENT_CODES = _TRANSIENT

@@ -20,9 +20,10 @@ from mirror.v1 import (
     transfer_pb2_grpc,
 )
 
-from gateway.facts import TRANSIENT_CODES, FactGatherer, Gathered, ImageRef
+from gateway.facts import FactGatherer, Gathered, ImageRef
 from gateway.runs import Hop, RunRecord, RunStore
 from gateway.tracker import TransferTracker, count_run, run_state_name
+from servicekit.retry import transient_rpc_error
 
 log = logging.getLogger("gateway.runner")
 
@@ -146,7 +147,7 @@ class Runner:
         try:
             return await self._act(push, only_policy)
         except grpc.aio.AioRpcError as err:
-            if err.code() in TRANSIENT_CODES:
+            if transient_rpc_error(err):
                 raise TransientError(f"{err.code().name}: {err.details()}") from err
             raise
 
@@ -648,7 +649,7 @@ class Runner:
         try:
             tr = await self.transfer.StartTransfer(req, timeout=RPC_TIMEOUT_S)
         except grpc.aio.AioRpcError as err:
-            if err.code() in TRANSIENT_CODES:
+            if transient_rpc_error(err):
                 raise
             msg = f"cannot start the transfer: {err.code().name}: {err.details()}"
             failed = self.runs.update(rec.id, state=Run.STATE_FAILED, message=msg)

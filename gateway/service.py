@@ -33,6 +33,7 @@ from gateway.tracker import TransferTracker
 from gateway.webhook_auth import WebhookVerifier
 from gateway.worker import InboxWorker
 from servicekit.logs import context_id
+from servicekit.retry import Backoff
 
 log = logging.getLogger("gateway")
 
@@ -182,15 +183,17 @@ class Gateway:
         """Restart sweep runs a crash left pending (retrying while the transfer service is
         unreachable), then forget finished events past the dedup window, hourly."""
         context_id.set("housekeeping")
-        delay = 1.0
+        backoff = Backoff(base=1.0, cap=60.0)
+        attempt = 0
         while True:
             try:
                 await self.runner.restart_pending()
                 break
             except Exception:
-                log.exception("restarting pending runs failed; retrying in %.0fs", delay)
+                delay = backoff.delay(attempt)
+                attempt += 1
+                log.exception("restarting pending runs failed; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
         while True:
             removed = self.inbox.prune(DEDUP_WINDOW_S)
             if removed:

@@ -17,12 +17,13 @@ from gateway.baselines import BaselineStore
 from gateway.catalog import list_repositories
 from gateway.deletions import DELETING, Deleter
 from gateway.endpoints import EndpointDirectory
-from gateway.facts import TRANSIENT_CODES, EndpointResolver
+from gateway.facts import EndpointResolver
 from gateway.inbox import Inbox
 from gateway.runner import RETRIED_BY_RECONCILE, Push, Runner, TransientError
 from gateway.runs import RunRecord, RunStore
 from servicekit.errors import ApiError, failed_precondition, invalid_argument
 from servicekit.logs import context_id
+from servicekit.retry import transient_rpc_error
 
 log = logging.getLogger("gateway.sweep")
 
@@ -356,7 +357,7 @@ async def _every(interval_s: float, name: str, job: Callable[[], Awaitable[objec
         try:
             await job()
         except grpc.aio.AioRpcError as err:
-            level = logging.INFO if err.code() in TRANSIENT_CODES else logging.WARNING
+            level = logging.INFO if transient_rpc_error(err) else logging.WARNING
             log.log(level, "%s failed: %s %s", name, err.code().name, err.details())
         except ApiError as err:
             log.warning("%s failed: %s", name, err.message)

@@ -24,7 +24,31 @@ from servicekit.errors import ApiError
 
 # 501 Not Implemented never gets better by asking again.
 _NOT_TRANSIENT_5XX = frozenset({501})
+# Calls between our services that a later try may pass: down or slow, busy (a rule worker
+# slot, a rate limit), a lost etag race. A message over the size limit is RESOURCE_EXHAUSTED
+# too, but never passes: see transient_rpc_error.
+TRANSIENT_GRPC = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
 _RETRYABLE_GRPC = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def message_too_large(err: grpc.RpcError) -> bool:
+    """An RPC refused for a message over the gRPC size limit."""
+    code = err.code() if callable(getattr(err, "code", None)) else None  # type: ignore[attr-defined]
+    details = err.details() if callable(getattr(err, "details", None)) else ""  # type: ignore[attr-defined]
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than" in (details or "")
+
+
+def transient_rpc_error(err: grpc.RpcError) -> bool:
+    """Whether a failed call to another of our services is worth trying again later."""
+    code = err.code() if callable(getattr(err, "code", None)) else None  # type: ignore[attr-defined]
+    return code in TRANSIENT_GRPC and not message_too_large(err)
 
 
 def retryable_status(status: int) -> bool:
