@@ -37,7 +37,9 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """Outbound notifications of what image-mirror did, POSTed as JSON with
-    `X-Mirror-Signature: sha256=<hex HMAC-SHA256 of the body under the secret>`.
+    `X-Mirror-Timestamp: <unix seconds>` and
+    `X-Mirror-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" under the secret>`
+    (docs/events.md has the headers, the body and verification examples).
     """
 
 EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
