@@ -254,8 +254,9 @@ def _check_and_build(node: Comparison, errors: list[RuleErrorInfo],
 
 
 def _check_signed(node: Signed, errors: list[RuleErrorInfo]) -> Predicate | None:
-    if node.key is not None and not node.key.strip():
-        span = node.key_span or node.span
+    span = node.key_span or node.span
+    # A key that decodes to nothing after a bad escape already has its error.
+    if node.key is not None and not node.key.strip() and "\\" not in span.text:
         errors.append(_error(span, "signed_by needs the name of a trusted key, e.g. "
                              'signed_by "ci"', ("a key name",)))
         return None
@@ -271,7 +272,8 @@ def _semver_range(node: Comparison, errors: list[RuleErrorInfo]) -> VersionRange
     except RangeError as exc:
         span = node.operand.span
         column, offending = span.column, span.text
-        if span.text[1:-1] == text:  # no escapes: columns inside the string are exact
+        # Without escapes, columns inside the string are exact; else point at the string.
+        if exc.offset is not None and span.text[1:-1] == text:
             column = span.column + 1 + exc.offset
             offending = text[exc.offset : exc.offset + exc.length]
         errors.append(RuleErrorInfo(

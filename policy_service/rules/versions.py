@@ -40,9 +40,10 @@ OPERATOR_WORDS = (">=", ">", "<", "<=", "=", "!=")
 
 
 class RangeError(ValueError):
-    """A range that does not parse; ``offset``/``length`` locate the problem in its text."""
+    """A range that does not parse; ``offset``/``length`` locate the problem in its text
+    (``offset`` None: the whole text, e.g. an empty range)."""
 
-    def __init__(self, message: str, offset: int, length: int = 1) -> None:
+    def __init__(self, message: str, offset: int | None, length: int = 1) -> None:
         super().__init__(message)
         self.offset = offset
         self.length = max(1, length)
@@ -121,10 +122,12 @@ def parse_range(text: str) -> VersionRange:
         while i < n and text[i].isspace():
             i += 1
         if i >= n or text.startswith("||", i):
+            if not current and not text.strip():
+                raise RangeError("the range is empty; expected a comparator such as >=1.25",
+                                 None)
             if not current:
-                what = "the range is empty" if not text.strip() else "an empty alternative"
-                raise RangeError(f"{what}; expected a comparator such as >=1.25",
-                                 min(i, max(n - 1, 0)) if i < n else last_bar)
+                raise RangeError("an empty alternative; expected a comparator such as >=1.25",
+                                 i if i < n else last_bar, 2)
             alternatives.append(tuple(current))
             current = []
             if i >= n:
