@@ -288,6 +288,7 @@ def seed_policies(data: Path, n_policies: int, n_repos: int, n_teams: int = 50) 
             name=f"bench-{i:06d}",
             description="",
             source_repository=src,
+            source_endpoint="dev",
             rule=RULES[i % len(RULES)],
             target_endpoint="qa",
             target_repository=f"qa/mirror{i % 100}",
@@ -336,7 +337,8 @@ def _requests(n_repos: int, n: int, seed: int) -> list[bytes]:
             platforms=["linux/amd64", "linux/arm64"],
             size_bytes=rnd.randint(10, 900) * 1_000_000,
         )
-        out.append(policy_pb2.EvaluateRequest(facts=facts).SerializeToString())
+        facts.vulnerability_data_time.GetCurrentTime()  # fresh: rules are evaluated, not blocked
+        out.append(policy_pb2.EvaluateRequest(endpoint="dev", facts=facts).SerializeToString())
     return out
 
 

@@ -142,12 +142,13 @@ def evaluate_policy(
     `rendered` caches tags across the policies of one request: many share a template and zone.
     `quality` None evaluates whatever facts there are (as `allow_incomplete_facts` does).
     """
-    target, target_problem = _target(p, facts.repository)
+    # The common case (exact target, complete facts) is checked inline: this runs per policy.
+    target, target_problem = _target(p, facts.repository) if p.mapped else (p.target, "")
     # Only set fields are passed: protobuf construction costs per keyword.
     fields: dict[str, Any] = dict(p.result_fields)
     if p.record.overwrite:
         fields["overwrite"] = p.record.overwrite
-    if quality is not None and not p.record.allow_incomplete_facts:
+    if quality is not None and not quality.complete and not p.record.allow_incomplete_facts:
         why = quality.blocked_reason(p.required)
         if why:
             if explain:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from mirror.v1 import common_pb2
 
@@ -73,26 +73,33 @@ class FactQuality:
     components_unknown: bool
     vulnerability_problem: str  # "" when the vulnerability data is fresh enough
 
+    @property
+    def complete(self) -> bool:
+        """Every kind present, packages recognised, vulnerability data fresh."""
+        return self.present is None and not self.components_unknown and not (
+            self.vulnerability_problem
+        )
+
     @classmethod
     def of(
         cls, f: common_pb2.ImageFacts, present: frozenset[int] | None, max_age: timedelta,
-        now: datetime,
+        now: float,
     ) -> FactQuality:
+        """`now` in seconds since the epoch (plain arithmetic: this runs per Evaluate)."""
         problem = ""
         if not f.HasField("vulnerability_data_time"):
             problem = NO_VULNERABILITY_DATA
         else:
-            age = now - f.vulnerability_data_time.ToDatetime(tzinfo=now.tzinfo)
-            if age > max_age:
-                problem = describe_age(age, max_age)
+            ts = f.vulnerability_data_time
+            age = now - (ts.seconds + ts.nanos / 1e9)
+            if age > max_age.total_seconds():
+                problem = describe_age(timedelta(seconds=age), max_age)
         return cls(present, f.components_unknown, problem)
 
     def blocked_reason(self, required: Collection[int]) -> str:
         """Why a rule needing `required` must not be evaluated on these facts ("" if it may)."""
-        if self.present is None and not self.components_unknown and not (
-            self.vulnerability_problem
-        ):
-            return ""  # the common case, once per policy: nothing to look at
+        if self.complete:
+            return ""
         lacking = missing(required, self.present)
         reasons = [missing_reason(lacking)] if lacking else []
         have = [k for k in required if k not in lacking]

@@ -559,7 +559,7 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
         facts = evaluation.facts_from_proto(f, kinds, verified)
         present = evaluation.present_kinds(f)
         # Data age against the clock, not evaluation_time (which only renders tags).
-        quality = FactQuality.of(f, present, self._max_vulnerability_age, datetime.now(UTC))
+        quality = FactQuality.of(f, present, self._max_vulnerability_age, time.time())
         out = policy_pb2.EvaluateResponse()
         rendered: dict[tuple[str, str], str | TemplateError] = {}
         results = [
