@@ -25,6 +25,9 @@ from policy_service.trusted_keys import TrustedKey
 # cosign's signatures are ~70 (ECDSA) or 64 (Ed25519) bytes; payloads a few hundred bytes.
 MAX_SIGNATURE_B64 = 1024
 MAX_PAYLOAD_BYTES = 64 * 1024
+# Each signature costs one verification per trusted key, on the event loop: a caller's request
+# cannot ask for more than this many (the gateway sends at most its own, smaller, bound).
+MAX_SIGNATURES = 32
 NO_KEYS = "no trusted keys are registered"
 ANOTHER_KEY = "signed by another key (none of the trusted keys verifies it)"
 OTHER_DIGEST = "the payload names another digest"
@@ -91,7 +94,16 @@ def verify_one(
 def verify_all(
     sigs: Iterable[common_pb2.SignatureFact], digest: str, keys: Sequence[TrustedKey]
 ) -> list[common_pb2.SignatureFact]:
-    return [verify_one(s, digest, keys) for s in sigs]
+    out = []
+    for i, s in enumerate(sigs):
+        if i < MAX_SIGNATURES:
+            out.append(verify_one(s, digest, keys))
+        else:
+            out.append(common_pb2.SignatureFact(
+                manifest_digest=s.manifest_digest, found_by=s.found_by,
+                problem=f"not checked: only the first {MAX_SIGNATURES} signatures are",
+            ))
+    return out
 
 
 def _short(digest: str) -> str:

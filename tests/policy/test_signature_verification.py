@@ -117,3 +117,12 @@ def test_summary_names_keys_and_problems() -> None:
     assert "no signature verified by key 'ci'" in text and signatures.ANOTHER_KEY in text
     assert "no signature found" in signatures.summary([], ["ci"])
     assert "any trusted key" in signatures.summary([], [])
+
+
+def test_only_the_first_signatures_are_checked() -> None:
+    ci = new_key("ed25519")
+    many = [signature_fact(new_key("ed25519"))] * signatures.MAX_SIGNATURES
+    out = signatures.verify_all([*many, signature_fact(ci)], DIGEST, [trusted("ci", ci)])
+    assert len(out) == signatures.MAX_SIGNATURES + 1
+    assert not any(s.verified_by for s in out)
+    assert out[-1].problem.startswith("not checked")
