@@ -13,12 +13,14 @@ from registry_client.client import (
     sha256_digest,
 )
 from registry_client.config import USER_AGENT, RegistryConfig
+from registry_client.referrers import Referrer
 
 __all__ = [
     "USER_AGENT",
     "BlobReader",
     "Manifest",
     "ManifestDescriptor",
+    "Referrer",
     "RegistryClient",
     "RegistryConfig",
     "Upload",

@@ -26,10 +26,12 @@ from registry_client.errors import (
     RegistryError,
     Stalled,
 )
-from registry_client.names import is_digest
+from registry_client.names import is_digest, is_verifiable_digest
+from registry_client.referrers import Referrer, fallback_tag, parse_index
 from registry_client.transport import Transport
 
 MAX_MANIFEST_BYTES = 4 << 20
+_MAX_REFERRER_PAGES = 64
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 
@@ -535,6 +537,71 @@ class RegistryClient:
             url = urljoin(self.cfg.base_url + "/", m.group(1)) if m else None
         return names
 
+    # -- referrers -------------------------------------------------------------------------
+
+    async def list_referrers(
+        self, repo: str, digest: str, artifact_type: str = ""
+    ) -> list[Referrer]:
+        """The manifests whose `subject` is `digest` (optionally only of `artifact_type`).
+
+        Through the OCI 1.1 referrers API where the registry has it; where it answers 404
+        (docker-registry 2.8.2, plain text) or 405, through the referrers tag schema: the
+        index tagged `sha256-<hex>` (none: no referrers).
+        """
+        found = await self._referrers_api(repo, digest, artifact_type)
+        if found is not None:
+            return found
+        try:
+            m = await self.get_manifest(repo, fallback_tag(digest))
+        except NotFound:
+            return []
+        return parse_index(m.data, artifact_type)
+
+    async def has_referrers_api(self, repo: str, digest: str) -> bool:
+        """Whether the registry answers the referrers API for `digest` in `repo` (if not, the
+        pusher of a manifest with a subject keeps the `sha256-<hex>` tag index)."""
+        return await self._referrers_api(repo, digest) is not None
+
+    async def _referrers_api(
+        self, repo: str, digest: str, artifact_type: str = ""
+    ) -> list[Referrer] | None:
+        """The API's referrers of `digest` (every page); None when the registry has no API."""
+        if not is_verifiable_digest(digest):
+            raise InvalidRequest(0, "DIGEST_INVALID", f"not a sha256 digest: {digest!r}")
+        query = f"?artifactType={quote(artifact_type, safe='')}" if artifact_type else ""
+        url: str | None = f"/v2/{repo}/referrers/{digest}{query}"
+        out: list[Referrer] = []
+        seen: set[str] = set()
+        while url:
+            # A registry that links a page to itself (or pages forever) must not loop.
+            if url in seen or len(seen) >= _MAX_REFERRER_PAGES:
+                raise RegistryError(200, "", f"referrers of {repo}@{digest}: too many pages")
+            seen.add(url)
+            try:
+                async with self.transport.request(
+                    "GET",
+                    url,
+                    scopes=[_pull(repo)],
+                    headers={"Accept": mediatypes.OCI_INDEX},
+                    context=f"referrers {repo}@{digest}",
+                ) as resp:
+                    body = await read_limited(resp, MAX_MANIFEST_BYTES)
+                    link = resp.headers.get("Link", "")
+            except (NotFound, InvalidRequest) as e:
+                if seen != {url} or (isinstance(e, InvalidRequest) and e.status != 405):
+                    raise
+                return None  # no referrers API here: the caller falls back to the tag schema
+            if len(body) > MAX_MANIFEST_BYTES or not _is_index(body):
+                if seen == {url}:
+                    return None  # answered, but not with a referrers index: not the API
+                raise RegistryError(200, "", f"referrers of {repo}@{digest}: not an index")
+            # Filter here too: a registry may ignore the artifactType filter (it says so in
+            # OCI-Filters-Applied, or not at all).
+            out.extend(parse_index(body, artifact_type))
+            m = _LINK_NEXT.search(link)
+            url = urljoin(self.cfg.base_url + "/", m.group(1)) if m else None
+        return out
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _location(self, resp: aiohttp.ClientResponse, default: str = "") -> str:
@@ -552,6 +619,14 @@ def _total_size(resp: aiohttp.ClientResponse, offset: int) -> int | None:
     if resp.content_length is None:
         return None
     return resp.content_length + (offset if resp.status == 206 else 0)
+
+
+def _is_index(data: bytes) -> bool:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("manifests"), list)
 
 
 def _media_type_of(data: bytes, fallback: str) -> str:

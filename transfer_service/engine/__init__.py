@@ -12,10 +12,13 @@ from transfer_service.engine.errors import (
     UnsupportedManifest,
 )
 from transfer_service.engine.locations import BlobLocations
-from transfer_service.engine.models import CopyProgress, CopyRequest, CopyResult
+from transfer_service.engine.models import CopiedReferrer, CopyProgress, CopyRequest, CopyResult
+from transfer_service.engine.referrers import CHOICES as REFERRER_CHOICES
 
 __all__ = [
+    "REFERRER_CHOICES",
     "BlobLocations",
+    "CopiedReferrer",
     "CopyEngine",
     "CopyError",
     "CopyProgress",

@@ -37,6 +37,8 @@ from transfer_service.engine.errors import (
 )
 from transfer_service.engine.locations import BlobLocations, KnownSizes
 from transfer_service.engine.models import CopyProgress, CopyRequest, CopyResult
+from transfer_service.engine.referrers import CHOICES as REFERRER_CHOICES
+from transfer_service.engine.referrers import ReferrerCopier, provenance_note
 from transfer_service.engine.spool import SpoolQuota
 
 log = logging.getLogger(__name__)
@@ -103,11 +105,24 @@ class CopyEngine:
         # (destination registry, digest) -> future of the repo it landed in (None: failed).
         self._inflight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
         self.downloads = 0  # blobs fetched from a source (for tests and metrics)
+        self._referrers = ReferrerCopier(self._copy_image)
 
     # -- public ----------------------------------------------------------------------------
 
     async def copy(self, req: CopyRequest, progress: ProgressFn | None = None) -> CopyResult:
-        """Copy one image; see the module docstring for order and the platform filter."""
+        """Copy one image; see the module docstring for order and the platform filter. Then,
+        when asked (`copy_referrers`), its referrers (see `referrers`): their failures are
+        reported in the result, never raised, since the image is copied by then."""
+        result = await self._copy_image(req, progress)
+        if not req.copy_referrers:
+            return result
+        out = await self._referrers.copy(req, result.digest)
+        result.referrers = out.copied
+        result.referrer_problems = out.problems
+        result.referrer_note = provenance_note(req, result.digest, out.copied)
+        return result
+
+    async def _copy_image(self, req: CopyRequest, progress: ProgressFn | None = None) -> CopyResult:
         _validate(req)
         rep = _Reporter(progress)
         top = await req.src.get_manifest(req.src_repo, req.src_ref)
@@ -366,6 +381,10 @@ def _validate(req: CopyRequest) -> None:
         raise InvalidReference(f"invalid source reference {req.src_ref!r} (tag or sha256 digest)")
     if req.dst_tag and not names.is_tag(req.dst_tag):
         raise InvalidReference(f"invalid destination tag {req.dst_tag!r}")
+    for kind in req.copy_referrers:
+        if kind not in REFERRER_CHOICES:
+            choices = ", ".join(REFERRER_CHOICES)
+            raise InvalidReference(f"unknown referrer kind {kind!r} ({choices})")
     for p in req.platforms:
         parts = p.split("/")
         if len(parts) not in (2, 3) or not all(parts):

@@ -26,6 +26,20 @@ class CopyRequest:
     # Awaited with the source's top digest just before `dst_tag` is written (nothing tagged
     # yet); raising stops the copy there (the transfer service's options.source_tag check).
     before_tag: Callable[[str], Awaitable[None]] | None = None
+    # Referrers copied after the image (only when it was): "signatures", "attestations",
+    # "sboms", "all"; empty: none.
+    copy_referrers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CopiedReferrer:
+    """A referrer copied with the image: its digest (the source's, unchanged), its kind
+    ("signature", "attestation", "sbom" or its artifact type) and the tag it went under
+    (cosign's `sha256-<hex>.sig` scheme; empty: pushed by digest)."""
+
+    digest: str
+    kind: str
+    tag: str = ""
 
 
 @dataclass
@@ -56,3 +70,8 @@ class CopyResult:
     progress: CopyProgress
     platforms: list[str] = field(default_factory=list)
     pushed_index: bool = False
+    referrers: list[CopiedReferrer] = field(default_factory=list)
+    # Referrers that could not be copied (the image was), and what a copied signature still
+    # proves when the destination names the image otherwise: one line each, for the message.
+    referrer_problems: list[str] = field(default_factory=list)
+    referrer_note: str = ""
