@@ -554,7 +554,7 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
         kinds = {k for p in policies for k in p.required}
         # Only the service's own verification counts: the caller's verified_by is dropped.
         verified = (
-            self._signatures.verify(f) if common_pb2.FACT_KIND_SIGNATURES in kinds else []
+            await self._signatures.verify(f) if common_pb2.FACT_KIND_SIGNATURES in kinds else []
         )
         facts = evaluation.facts_from_proto(f, kinds, verified)
         present = evaluation.present_kinds(f)

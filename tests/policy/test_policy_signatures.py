@@ -205,3 +205,16 @@ async def test_a_key_a_rule_names_cannot_be_deleted(env: PolicyEnv) -> None:  # 
     await env.stub.GetTrustedKey(policy_pb2.GetTrustedKeyRequest(name="ci"))  # still there
     await env.stub.DeletePolicy(policy_pb2.DeletePolicyRequest(id=p.id))
     await env.stub.DeleteTrustedKey(policy_pb2.DeleteTrustedKeyRequest(name="ci"))
+
+
+async def test_many_keys_and_signatures_are_verified_off_the_loop(env: PolicyEnv) -> None:  # noqa: F811
+    """More checks than INLINE_VERIFICATIONS go to a thread, with the same verdicts."""
+    keys = [new_key("ed25519") for _ in range(5)]
+    for i, k in enumerate(keys):
+        await trust(env, f"k{i}", k)
+    await make(env, 'signed_by "k4"')
+    stranger = signature_fact(new_key(), manifest_digest="sha256:" + "0" * 64)
+    r = await evaluate(env, stranger, signature_fact(keys[4]))
+    assert r.matched
+    r = await evaluate(env, stranger, signature_fact(keys[1]))
+    assert not r.matched and "verified by k1" in r.reason
