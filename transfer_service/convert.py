@@ -79,6 +79,7 @@ def transfer_to_proto(job: JobRecord) -> transfer_pb2.Transfer:
             platforms=list(s.platforms),
             fail_if_tag_exists=s.fail_if_tag_exists,
             source_tag=s.source_tag,
+            copy_referrers=list(s.copy_referrers),
         ),
         idempotency_key=job.idempotency_key,
         digest=job.digest,
@@ -97,4 +98,8 @@ def transfer_to_proto(job: JobRecord) -> transfer_pb2.Transfer:
         start_time=timestamp(job.start_time),
         end_time=timestamp(job.end_time),
         next_attempt_time=timestamp(job.next_attempt_time),
+        referrers=[
+            transfer_pb2.CopiedReferrer(digest=r.digest, kind=r.kind, tag=r.tag)
+            for r in job.referrers
+        ],
     )

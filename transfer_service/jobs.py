@@ -13,6 +13,7 @@ from pathlib import Path
 
 from servicekit.db import Database
 from servicekit.errors import invalid_argument, not_found
+from transfer_service.engine.models import CopiedReferrer
 
 
 class JobState(enum.StrEnum):
@@ -46,6 +47,8 @@ class JobSpec:
     fail_if_tag_exists: bool = False
     # Write the destination tag only while this source tag still names the copied digest.
     source_tag: str = ""
+    # Referrers to copy after the image: "signatures", "attestations", "sboms", "all".
+    copy_referrers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class JobRecord:
     # how often it was rescheduled (the long backoff grows with it).
     quick_base: int = 0
     reschedules: int = 0
+    # Referrers copied after the image (set when the job is done).
+    referrers: tuple[CopiedReferrer, ...] = ()
 
     @property
     def round_attempts(self) -> int:
@@ -140,8 +145,8 @@ class Journal:
             c.execute(
                 "INSERT INTO jobs (id, idempotency_key, state, src_endpoint, src_repository, "
                 "src_reference, dst_endpoint, dst_repository, dst_tag, platforms, "
-                "fail_if_tag_exists, create_time, source_tag) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "fail_if_tag_exists, create_time, source_tag, copy_referrers) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job_id,
                     idempotency_key or None,
@@ -156,6 +161,7 @@ class Journal:
                     int(spec.fail_if_tag_exists),
                     now,
                     spec.source_tag,
+                    json.dumps(list(spec.copy_referrers)),
                 ),
             )
             row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -271,12 +277,13 @@ class Journal:
         progress: Progress | None = None,
         digest: str = "",
         media_type: str = "",
+        referrers: Sequence[CopiedReferrer] = (),
     ) -> JobRecord | None:
         """Move an unfinished job to a final state; None when it was already final."""
         assert state.final
         return self._transition(
             job_id, UNFINISHED, state, message, progress=progress, digest=digest,
-            media_type=media_type, end=True,
+            media_type=media_type, end=True, referrers=tuple(referrers),
         )
 
     def _transition(
@@ -291,6 +298,7 @@ class Journal:
         media_type: str = "",
         end: bool = False,
         next_attempt_time: float | None = None,
+        referrers: tuple[CopiedReferrer, ...] = (),
     ) -> JobRecord | None:
         with self._db.transaction() as c:
             row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -308,6 +316,7 @@ class Journal:
                 media_type=media_type or job.media_type,
                 end_time=time.time() if end else job.end_time,
                 next_attempt_time=next_attempt_time,
+                referrers=referrers or job.referrers,
             )
             if next_attempt_time is not None:
                 # Rescheduled: the next round of quick retries counts from here.
@@ -316,7 +325,7 @@ class Journal:
                 "UPDATE jobs SET state=?, message=?, bytes_total=?, bytes_done=?, "
                 "bytes_skipped=?, blobs_total=?, blobs_done=?, blobs_skipped=?, blobs_mounted=?, "
                 "manifests_total=?, manifests_done=?, digest=?, media_type=?, end_time=?, "
-                "next_attempt_time=?, quick_base=?, reschedules=? WHERE id=?",
+                "next_attempt_time=?, quick_base=?, reschedules=?, referrers=? WHERE id=?",
                 (
                     job.state.value,
                     job.message,
@@ -327,6 +336,7 @@ class Journal:
                     job.next_attempt_time,
                     job.quick_base,
                     job.reschedules,
+                    json.dumps([asdict(r) for r in job.referrers]),
                     job_id,
                 ),
             )
@@ -351,6 +361,7 @@ def _from_row(row: sqlite3.Row) -> JobRecord:
             platforms=tuple(json.loads(row["platforms"])),
             fail_if_tag_exists=bool(row["fail_if_tag_exists"]),
             source_tag=row["source_tag"],
+            copy_referrers=tuple(json.loads(row["copy_referrers"])),
         ),
         state=JobState(row["state"]),
         idempotency_key=row["idempotency_key"] or "",
@@ -365,4 +376,5 @@ def _from_row(row: sqlite3.Row) -> JobRecord:
         next_attempt_time=row["next_attempt_time"],
         quick_base=row["quick_base"],
         reschedules=row["reschedules"],
+        referrers=tuple(CopiedReferrer(**r) for r in json.loads(row["referrers"])),
     )

@@ -72,6 +72,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN quick_base INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN reschedules INTEGER NOT NULL DEFAULT 0;
     """,
+    # v3: referrers copied after the image (issue 13): the kinds asked for, and what was
+    # copied (JSON list of {digest, kind, tag}).
+    """
+    ALTER TABLE jobs ADD COLUMN copy_referrers TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE jobs ADD COLUMN referrers TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 
 

@@ -26,6 +26,7 @@ from transfer_service.convert import (
 )
 from transfer_service.diskfull import disk_full_as_exhausted
 from transfer_service.endpoints import WRITABLE_FIELDS, EndpointStore
+from transfer_service.engine.referrers import CHOICES as REFERRER_CHOICES
 from transfer_service.jobs import JobSpec, Journal
 from transfer_service.policy_refs import PolicyRefs
 from transfer_service.schema import open_database
@@ -496,6 +497,10 @@ def _validate_start(req: transfer_pb2.StartTransferRequest) -> JobSpec:
     for i, p in enumerate(opts.platforms):
         if not PLATFORM_RE.fullmatch(p):
             v.append((f"options.platforms[{i}]", f"{p!r} is not os/arch[/variant]"))
+    for i, kind in enumerate(opts.copy_referrers):
+        if kind not in REFERRER_CHOICES:
+            v.append((f"options.copy_referrers[{i}]",
+                      f"unknown referrer kind {kind[:100]!r}; use {', '.join(REFERRER_CHOICES)}"))
     if len(req.idempotency_key) > MAX_IDEMPOTENCY_KEY:
         v.append(("idempotency_key", f"longer than {MAX_IDEMPOTENCY_KEY} characters"))
     if (
@@ -516,4 +521,5 @@ def _validate_start(req: transfer_pb2.StartTransferRequest) -> JobSpec:
         platforms=tuple(opts.platforms),
         fail_if_tag_exists=opts.fail_if_tag_exists,
         source_tag=opts.source_tag,
+        copy_referrers=tuple(dict.fromkeys(opts.copy_referrers)),
     )

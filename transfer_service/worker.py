@@ -32,6 +32,7 @@ from servicekit.logs import context_id, fields
 from servicekit.retry import Backoff, is_retryable, retry_after_hint
 from transfer_service.diskfull import no_space_message
 from transfer_service.endpoints import EndpointStore
+from transfer_service.engine.referrers import summary as referrer_summary
 from transfer_service.jobs import JobRecord, JobSpec, JobState, Journal, Progress
 from transfer_service.retry import describe_error, registry_error_code
 from transfer_service.source_tag import SourceTagMoved, tag_check
@@ -374,10 +375,11 @@ class Worker:
             done = self._journal.finish(
                 job_id,
                 JobState.DONE,
-                "",
+                referrer_summary(result, live.spec.copy_referrers),
                 progress=Progress.of(getattr(result, "progress", None) or live.progress),
                 digest=str(getattr(result, "digest", "") or ""),
                 media_type=str(getattr(result, "media_type", "") or ""),
+                referrers=list(getattr(result, "referrers", None) or []),
             )
             if done is not None:
                 log.info("transfer %s: done (%s) in %.1fs", job_id, done.digest, seconds)
@@ -469,6 +471,7 @@ class Worker:
                     dst_tag=effective_tag(spec),
                     platforms=list(spec.platforms),
                     fail_if_tag_exists=spec.fail_if_tag_exists,
+                    copy_referrers=tuple(spec.copy_referrers),
                     before_tag=(
                         tag_check(src, spec.src_repository, spec.source_tag)
                         if spec.source_tag

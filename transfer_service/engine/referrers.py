@@ -250,3 +250,26 @@ def provenance_note(req: CopyRequest, subject: str, copied: list[CopiedReferrer]
         f"signatures sign the digest {subject}, unchanged at {where}, so they verify there; "
         f"a cosign payload's docker-reference still names {req.src_repo}, where it was signed"
     )
+
+
+def summary(result: Any, asked: Iterable[str]) -> str:
+    """The job message of a copy that asked for referrers: what was copied, what could not
+    be (the image was), and what a copied signature still proves; bounded."""
+    asked = list(asked)
+    if not asked:
+        return ""
+    copied: list[CopiedReferrer] = list(getattr(result, "referrers", None) or [])
+    problems: list[str] = list(getattr(result, "referrer_problems", None) or [])
+    parts = []
+    if copied:
+        names = ", ".join(f"{c.kind} {c.tag or c.digest}" for c in copied[:8])
+        more = f" and {len(copied) - 8} more" if len(copied) > 8 else ""
+        parts.append(f"copied {len(copied)} referrer(s) after the image: {names}{more}")
+    elif not problems:
+        parts.append(f"no referrers ({', '.join(asked)}) of the image to copy")
+    if problems:
+        parts.append(f"referrers NOT copied (the image was): {'; '.join(problems[:4])}")
+    note = str(getattr(result, "referrer_note", "") or "")
+    if note:
+        parts.append(note)
+    return excerpt(". ".join(parts), 1000)
