@@ -51,6 +51,12 @@ class RegistryConfig:
     # mid-way) before the read is cut; the copy engine resumes, but not indefinitely.
     idle_timeout: float = 30.0
     user_agent: str = USER_AGENT
+    # Share limits, 429 pauses, the quota window and tokens with every other client of this
+    # registry in the process (registry_client.pool); off: this client has its own.
+    shared_limits: bool = False
+    # Requests counting against an announced pull quota (RateLimit-Remaining) stop when this
+    # many are left, so that other users of the account keep some.
+    quota_reserve: int = 0
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -60,6 +66,8 @@ class RegistryConfig:
             )
         if self.max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if self.quota_reserve < 0:
+            raise ValueError("quota_reserve must be at least 0")
         if self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
 

@@ -8,6 +8,12 @@ Location on another host) is an error and never gets credentials. The concurrenc
 until the response body has been consumed, so a streaming download counts as one request for
 its whole life. GET/HEAD answers are cut after `idle_timeout` seconds without a byte, other
 answers after `read_timeout`; such a stall (errors.Stalled) is not retried here.
+
+Limits, pauses, the quota window and tokens live in a `pool.RegistryShared`: the process-wide
+one of the registry when `cfg.shared_limits`, else this transport's own. A 429 (and a 503 with
+Retry-After) pauses every request that uses it, not only the one that got the answer; requests
+that count against an announced pull quota (manifest GETs) wait while the quota is at its
+reserve (see ratelimit.QuotaWindow).
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from registry_client.auth import Authenticator
 from registry_client.bodies import read_limited
 from registry_client.config import RegistryConfig
 from registry_client.errors import (
@@ -40,7 +45,8 @@ from registry_client.errors import (
     error_for,
 )
 from registry_client.excerpt import strip_userinfo
-from registry_client.ratelimit import TokenBucket
+from registry_client.pool import POOL, RegistryShared
+from registry_client.ratelimit import counts_against_quota, read_quota
 from servicekit.retry import Backoff, retryable_status
 
 log = logging.getLogger(__name__)
@@ -87,10 +93,9 @@ class Transport:
 
     def __init__(self, cfg: RegistryConfig) -> None:
         self.cfg = cfg
-        self.auth = Authenticator(cfg)
+        self.shared = POOL.get(cfg) if cfg.shared_limits else RegistryShared(cfg)
+        self.auth = self.shared.auth
         self._ssl = make_ssl(cfg)
-        self._sem = asyncio.Semaphore(cfg.max_concurrency)
-        self._bucket = TokenBucket(cfg.requests_per_second)
         self._session: aiohttp.ClientSession | None = None
         self._policy = Backoff(cfg.backoff_base, cfg.backoff_cap)
         self._idle = aiohttp.ClientTimeout(
@@ -153,11 +158,17 @@ class Transport:
         resent.
         """
         st = _State(
-            list(scopes), replayable=data is None or isinstance(data, bytes) or callable(data)
+            list(scopes),
+            replayable=data is None or isinstance(data, bytes) or callable(data),
+            counted=counts_against_quota(method, urlsplit(self.url(path)).path),
         )
+        context = context or f"{method} {path}"
         while True:
-            await self._bucket.acquire()
-            await self._sem.acquire()
+            try:
+                await self._admit(st, context)
+            except RegistryError as err:
+                err.registry = err.registry or urlsplit(self.cfg.base_url).netloc
+                raise
             try:
                 outcome = await self._attempt(
                     st,
@@ -169,18 +180,18 @@ class Transport:
                     ok,
                     retry,
                     retry_statuses,
-                    context or f"{method} {path}",
+                    context,
                 )
             except RegistryError as err:
-                self._sem.release()
+                self._release(st)
                 # Callers that talk to two registries (the copy engine) label errors by side.
                 err.registry = err.registry or urlsplit(self.cfg.base_url).netloc
                 raise
             except BaseException:
-                self._sem.release()
+                self._release(st)
                 raise
             if isinstance(outcome, float):
-                self._sem.release()
+                self._release(st)
                 if outcome > 0:
                     await asyncio.sleep(outcome)
                 continue
@@ -188,8 +199,37 @@ class Transport:
                 yield outcome
             finally:
                 outcome.release()
-                self._sem.release()
+                self._release(st)
             return
+
+    async def _admit(self, st: _State, context: str) -> None:
+        """Wait for the registry's pause, quota, rate and a concurrency slot (then held)."""
+        sh = self.shared
+        while True:
+            await sh.pause.wait(context)
+            if st.counted:
+                await sh.quota.wait(context)
+            await sh.bucket.acquire()
+            await sh.sem.acquire()
+            # A 429 or the quota's last answer may have come in while this request queued.
+            if sh.pause.remaining() <= 0 and not (st.counted and sh.quota.wait_needed() > 0):
+                break
+            sh.sem.release()
+        if st.counted:
+            sh.quota.take()
+            st.quota_out = True
+        sh.in_flight += 1
+
+    def _release(self, st: _State) -> None:
+        sh = self.shared
+        self._answered(st)
+        sh.in_flight -= 1
+        sh.sem.release()
+
+    def _answered(self, st: _State) -> None:
+        if st.quota_out:
+            st.quota_out = False
+            self.shared.quota.done()
 
     async def _attempt(
         self,
@@ -229,6 +269,11 @@ class Transport:
                 raise ConnectError(0, "", f"{context}: {type(e).__name__} {e}".strip()) from e
             return self._next_try(st, context, type(e).__name__, None)
 
+        self._answered(st)
+        if own and self.auth.owns(str(resp.url)):
+            # Docker Hub announces its pull quota on manifest answers, HEADs included.
+            self.shared.quota.observe(read_quota(resp.headers))
+
         if resp.status == 401:
             www = resp.headers.get("WWW-Authenticate", "")
             err_body = await _read_small(resp)
@@ -258,6 +303,13 @@ class Transport:
         can_retry = st.replayable and st.attempt + 1 < self.cfg.max_attempts
         if resp.status in retry_statuses and resp.status not in ok:
             wait = retry_after_seconds(resp.headers.get("Retry-After"))
+            if resp.status == 429 or wait is not None:
+                # Retry-After applies to the client, not to one request: hold every request
+                # to this registry (for a bare 429, for this attempt's backoff).
+                hold = wait if wait is not None else self._policy.delay(st.attempt)
+                self.shared.pause.hold(
+                    hold, f"HTTP {resp.status} to {context}, Retry-After {hold:.0f}s"
+                )
             if wait is not None and wait > self.cfg.retry_after_cap:
                 # Waiting hours would hold a slot with no word said: fail this attempt now
                 # and let the caller's scheduler come back (the wait rides on the error).
@@ -305,6 +357,8 @@ class Transport:
 class _State:
     scopes: list[str]
     replayable: bool
+    counted: bool = False  # counts against the registry's pull quota
+    quota_out: bool = False  # counted as in flight in the quota window
     attempt: int = 0
     auth_rounds: int = 0
 

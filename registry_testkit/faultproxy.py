@@ -22,7 +22,7 @@ from registry_testkit.proxyserver import HOP_HEADERS, ThreadedProxyServer, forwa
 
 @dataclass
 class Rule:
-    kind: str  # "corrupt" | "status" | "drop" | "delay" | "stall"
+    kind: str  # "corrupt" | "status" | "drop" | "delay" | "stall" | "headers"
     method: str
     path: re.Pattern[str]
     times: int | None = 1
@@ -30,6 +30,7 @@ class Rule:
     retry_after: str | None = None
     after_bytes: int = 0
     delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
     fired: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -80,8 +81,9 @@ class FaultProxy(ThreadedProxyServer):
         times: int | None = 1,
         retry_after: str | None = None,
         method: str = "*",
+        headers: dict[str, str] | None = None,
     ) -> Rule:
-        """Answer `status` (with Retry-After) instead of forwarding, `times` times."""
+        """Answer `status` (with Retry-After and `headers`) instead of forwarding."""
         return self._add(
             Rule(
                 "status",
@@ -90,7 +92,20 @@ class FaultProxy(ThreadedProxyServer):
                 times,
                 status=status,
                 retry_after=retry_after,
+                headers=dict(headers or {}),
             )
+        )
+
+    def add_headers(
+        self,
+        path_regex: str,
+        headers: dict[str, str],
+        times: int | None = None,
+        method: str = "*",
+    ) -> Rule:
+        """Add (or replace) `headers` on forwarded answers, e.g. `RateLimit-Remaining`."""
+        return self._add(
+            Rule("headers", method, re.compile(path_regex), times, headers=dict(headers))
         )
 
     def drop_mid_body(
@@ -180,6 +195,7 @@ class FaultProxy(ThreadedProxyServer):
         if st is not None:
             await request.read()
             headers = {"Retry-After": st.retry_after} if st.retry_after else {}
+            headers.update(st.headers)
             code = {429: "TOOMANYREQUESTS", 503: "UNAVAILABLE"}.get(st.status, "UNSUPPORTED")
             body = b'{"errors":[{"code":"%s","message":"injected"}]}' % code.encode()
             return web.Response(
@@ -202,6 +218,9 @@ class FaultProxy(ThreadedProxyServer):
                     resp.headers.add(k, v)
             if up.content_length is not None:
                 resp.content_length = up.content_length
+            extra = self._take("headers", method, path)
+            for k, v in extra.headers.items() if extra is not None else ():
+                resp.headers[k] = v
             corrupt = self._take("corrupt", method, path) if up.status == 200 else None
             drop = self._take("drop", method, path) if up.status < 300 else None
             stall = self._take("stall", method, path) if up.status < 300 else None

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from registry_client import RegistryClient, RegistryConfig
+from registry_client.pool import POOL
 from servicekit.db import Database
 from servicekit.errors import already_exists, invalid_argument, not_found
 from transfer_service.schema import DB_FILE
@@ -381,9 +382,12 @@ class EndpointStore:
         return updated
 
     def delete(self, name: str) -> None:
-        """Remove the endpoint; NOT_FOUND when absent."""
+        """Remove the endpoint and its registry's shared limits and tokens; NOT_FOUND."""
+        row = self._db.query_one("SELECT url FROM endpoints WHERE name = ?", (name,))
         if self._db.execute("DELETE FROM endpoints WHERE name = ?", (name,)) == 0:
             raise not_found(f"endpoint {name!r} not found")
+        if row is not None:
+            POOL.forget(RegistryConfig(url=row["url"].rstrip("/")))
 
     def verify_webhook_secret(self, name: str, presented: str) -> tuple[bool, bool]:
         """(ok, has_webhook_secret) for a secret presented with a notification; NOT_FOUND."""
@@ -394,7 +398,13 @@ class EndpointStore:
         return hmac.compare_digest(stored.encode(), presented.encode()), True
 
     def config_for(self, name: str) -> RegistryConfig:
-        """The registry client configuration of an endpoint, credentials decrypted."""
+        """The registry client configuration of an endpoint, credentials decrypted.
+
+        Clients built from it share the registry's limits, 429 pauses, quota window and
+        tokens with every other client of it in this process (registry_client.pool): an
+        endpoint's max_concurrency and requests_per_second hold across all its jobs, polls
+        and scans. A changed URL, credential, CA or limit gives new shared state.
+        """
         ep = self.get(name)
         return RegistryConfig(
             url=ep.url.rstrip("/"),
@@ -404,10 +414,12 @@ class EndpointStore:
             insecure_skip_verify=ep.insecure_skip_verify,
             max_concurrency=ep.max_concurrency or 8,
             requests_per_second=ep.requests_per_second,
+            shared_limits=True,
         )
 
     def client_for(self, name: str) -> RegistryClient:
-        """A registry client for the endpoint (use it as `async with`); NOT_FOUND when absent."""
+        """A registry client for the endpoint (use it as `async with`: that closes only its own
+        HTTP session, never the shared limits); NOT_FOUND when absent."""
         return RegistryClient(self.config_for(name))
 
     def _refuse_same_registry(self, c: sqlite3.Connection, ep: EndpointRecord) -> None:

@@ -457,10 +457,18 @@ class Worker:
 
         spec = job.spec
         on_progress = self._progress_callback(job.id)
-        async with (
-            self._endpoints.client_for(spec.src_endpoint) as src,
-            self._endpoints.client_for(spec.dst_endpoint) as dst,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            src = await stack.enter_async_context(self._endpoints.client_for(spec.src_endpoint))
+            # One registry, one client: its requests share one concurrency limit, and the
+            # engine spools (instead of holding a GET while it waits for a PATCH slot) only
+            # when it sees the same client on both sides.
+            dst = (
+                src
+                if spec.dst_endpoint == spec.src_endpoint
+                else await stack.enter_async_context(
+                    self._endpoints.client_for(spec.dst_endpoint)
+                )
+            )
             return await self._engine.copy(
                 CopyRequest(
                     src=src,
