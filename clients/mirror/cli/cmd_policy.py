@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from mirror import enums, errors
-from mirror.cli import policydoc, rule_errors
+from mirror import enums, errors, policyfields
+from mirror.cli import cmd_pull, policydoc, policyflags, rule_errors
 from mirror.cli.context import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_SERVER, CliError, Context
 from mirror.cli.output import const, enum_name, when
 from mirror.cli.parsing import command, image_ref, location
@@ -39,7 +39,44 @@ WIDE = [
     ("NEEDS FACTS", lambda p: _facts_names(p.required_facts)),
     ("ACTIVE SINCE", lambda p: when(p.active_since)),
     ("DISABLED REASON", lambda p: p.disabled_reason),
+    ("TRIGGER", policyfields.trigger_text),
+    ("PLATFORMS", lambda p: list(p.platforms) or "all"),
+    ("KEEP NEWEST", lambda p: p.keep_newest or "all"),
+    ("DELETIONS", lambda p: enum_name(policy_pb2.DeletionMode, p.deletions)),
+    ("REFERRERS", lambda p: list(p.copy_referrers) or "none"),
 ]
+
+
+def deletions_name(p: policy_pb2.Policy) -> str:
+    return enum_name(policy_pb2.DeletionMode, p.deletions)
+
+
+def poll_text(poll: gateway_pb2.Poll | None) -> str:
+    """`<end time>: 12 listed, 2 changed, 2 copied, 0 failed` (empty: no poll yet)."""
+    if poll is None or not poll.id:
+        return ""
+    done = when(poll.end_time) or f"{when(poll.start_time)} (running)"
+    return (f"{done}: {poll.tags_listed} listed, {poll.tags_changed} changed, "
+            f"{poll.tags_copied} copied, {poll.tags_failed} failed")
+
+
+def _status_of(client: Client, policy_id: str) -> gateway_pb2.PolicyStatus | None:
+    try:
+        return client.gateway.get_policy_status(policy_id)
+    except errors.MirrorError:
+        return None  # the gateway may not run beside the policy service
+
+
+def _poll_columns(statuses: dict[str, gateway_pb2.PolicyStatus | None]) -> list[Any]:
+    def last(p: policy_pb2.Policy) -> str:
+        st = statuses.get(p.id)
+        return poll_text(st.last_poll) if st is not None and st.HasField("last_poll") else ""
+
+    def nxt(p: policy_pb2.Policy) -> str:
+        st = statuses.get(p.id)
+        return when(st.next_poll_time) if st is not None else ""
+
+    return [("LAST POLL", last), ("NEXT POLL", nxt)]
 
 
 def _facts_names(kinds: Any) -> list[str]:
@@ -58,6 +95,14 @@ def _fields(p: policy_pb2.Policy) -> list[tuple[str, object]]:
         ("enabled", p.enabled), ("disabled reason", p.disabled_reason),
         ("active since", when(p.active_since)),
         ("needs facts", _facts_names(p.required_facts)),
+        ("trigger", policyfields.trigger_text(p)),
+        ("platforms", list(p.platforms) or "all"),
+        ("keep newest", p.keep_newest or "all matching tags"),
+        ("deletions", deletions_name(p)),
+        ("copy referrers", list(p.copy_referrers) or "none"),
+        ("signature wait", policyfields.duration_text(p.signature_wait)
+         if p.HasField("signature_wait") and (p.signature_wait.seconds or
+                                              p.signature_wait.nanos) else "server default"),
         ("etag", p.etag), ("created", when(p.create_time)), ("updated", when(p.update_time)),
     ]
 
@@ -117,6 +162,7 @@ def _policy_from_args(ctx: Context) -> policy_pb2.Policy:
     if a.overwrite is not None:
         policy.overwrite = enums.value_of(  # type: ignore[assignment]
             policy_pb2.Overwrite.DESCRIPTOR, a.overwrite)
+    policyflags.apply(a, policy)
     if not policy.source.endpoint:
         raise CliError(f"{a.file}: source: {{endpoint, repository}} is required", EXIT_INVALID,
                        hint="or give --source ENDPOINT/REPOSITORY")
@@ -148,11 +194,12 @@ def create(ctx: Context) -> int:
         if ctx.out.machine:
             ctx.out.data(created)
         else:
-            ctx.out.message(f"policy {created.name} created with id {created.id}; it acts on "
-                            "pushes from now on")
-            ctx.out.message(
-                f"mirror the tags already there with: mirrorctl policy apply {created.name}"
-            )
+            ctx.out.message(f"policy {created.name} created with id {created.id}; "
+                            + _acts_on(created))
+            if policyfields.trigger_kind(created) != "schedule":
+                ctx.out.message(
+                    f"mirror the tags already there with: mirrorctl policy apply {created.name}"
+                )
         return 0
     # Save & Apply: the policy is saved whatever the apply call does.
     if not ctx.out.machine:
@@ -168,6 +215,17 @@ def create(ctx: Context) -> int:
         ctx.out.data({"policy": created, "applied": applied})
         return EXIT_SERVER if applied.errors else 0
     return print_sweep(ctx, created.name, applied)
+
+
+def _acts_on(p: policy_pb2.Policy) -> str:
+    """What starts a newly saved policy, in words."""
+    kind = policyfields.trigger_kind(p)
+    if kind == "schedule":
+        return (f"it polls {p.source.endpoint}/{p.source.repository} "
+                f"({policyfields.trigger_text(p)}); the first poll mirrors what is there now")
+    if kind == "manual":
+        return f"only 'mirrorctl policy apply {p.name}' starts it"
+    return "it acts on pushes from now on"
 
 
 def print_sweep(
@@ -206,7 +264,11 @@ def list_(ctx: Context) -> int:
         source_endpoint=src.endpoint if src else "",
         source_repository=src.repository if src else "", endpoint=a.endpoint or "",
     ))
-    ctx.out.rows(items, COLUMNS, wide=WIDE,
+    wide: list[Any] = list(WIDE)
+    if ctx.out.fmt == "wide":
+        # Last and next poll are the gateway's: one status call per policy, wide only.
+        wide += _poll_columns({p.id: _status_of(ctx.client, p.id) for p in items})
+    ctx.out.rows(items, COLUMNS, wide=wide,
                  empty="no policies; create one with: mirrorctl policy create")
     return 0
 
@@ -217,16 +279,23 @@ def show(ctx: Context) -> int:
         ctx.out.data(p)
         return 0
     ctx.out.record(p, [(k, const(v)) for k, v in _fields(p)])
-    try:
-        st = ctx.client.gateway.get_policy_status(p.id)
-    except errors.MirrorError:
-        return 0  # the gateway may not run beside the policy service
-    ctx.out.record(st, [
+    st = _status_of(ctx.client, p.id)
+    if st is None:
+        return 0
+    rows: list[Any] = [
         ("last run", lambda s: enum_name(type(s.last_run).State, s.last_state)
          if s.last_state else "never"),
         ("last message", lambda s: s.last_message),
         ("runs", lambda s: f"{s.runs_total} ({s.runs_succeeded} ok, {s.runs_failed} failed)"),
-    ])
+        ("baseline", lambda s: when(s.baseline_time)),
+    ]
+    if policyfields.trigger_kind(p) == "schedule":
+        rows += [
+            ("last poll", lambda s: poll_text(s.last_poll if s.HasField("last_poll") else None)
+             or "none yet"),
+            ("next poll", lambda s: when(s.next_poll_time)),
+        ]
+    ctx.out.record(st, rows)
     return 0
 
 
@@ -405,6 +474,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                     "  mirrorctl policy create --name mirror-team --source 'dev/team/**' \\\n"
                     "      --rule true --target 'qa/mirror/{path}' --overwrite never --apply\n"
                     "  mirrorctl policy create -f policy.yaml --apply   # Save & Apply\n"
+                    "  mirrorctl policy create --name pull-nginx --source hub/library/nginx \\\n"
+                    "      --rule 'tag semver \">=1.25 <2\"' --target qa/mirror/nginx "
+                    "--schedule 30m --jitter 1m \\\n"
+                    "      --platform linux/amd64 --keep-newest 3 --deletions propagate\n"
+                    "  mirrorctl policy create --name signed --source dev/team/app \\\n"
+                    "      --rule 'signed_by \"ci\"' --target qa/team/app --copy-referrers "
+                    "signatures --signature-wait 10m\n"
                     "policy.yaml holds the Policy fields (camelCase or snake_case):\n"
                     "  name: promote-stable\n"
                     "  source: {endpoint: dev, repository: team/website}   # or a glob: team/**\n"
@@ -413,6 +489,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                     "  tagTemplate: \"%n\"\n  overwrite: never      # default always\n"
                     "  allowIncompleteFacts: false   # true: evaluate without vulnerability data\n"
                     "  enabled: true\n"
+                    "  trigger: {schedule: {interval: 30s, jitter: 5s}}   # push (default), "
+                    "manual, {schedule: {cron: '*/5 * * * *'}}\n"
+                    "  platforms: [linux/amd64]\n  keepNewest: 3\n"
+                    "  deletions: propagate      # off (default), dry_run\n"
+                    "  copyReferrers: [signatures]   # attestations, sboms, all\n"
+                    "  signatureWait: 10m\n"
                     "Save acts on pushes from now on; --apply also mirrors the matching tags "
                     "already there."))
     p.add_argument("-f", "--file", help="policy YAML (- for stdin); flags override its fields")
@@ -439,17 +521,20 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--disabled", action="store_true", help="create it disabled")
     p.add_argument("--validate-only", action="store_true",
                    help="check everything (including push permission) but save nothing")
+    policyflags.add_arguments(p)
     p = command(s, "list", help="list policies", func=list_, common=common,
-                examples="  mirrorctl policy list -o wide\n"
+                examples="  mirrorctl policy list -o wide   # also trigger, settings, last and "
+                "next poll\n"
                 "  mirrorctl policy list --source dev/team/website -o json\n"
                 "  mirrorctl policy list --endpoint qa   # reading or writing qa")
     p.add_argument("--source", metavar="ENDPOINT/REPOSITORY",
                    help="only policies reading this endpoint whose source matches this "
                    "repository")
     p.add_argument("--endpoint", help="only policies using this endpoint as source or target")
-    p = command(s, "show", help="show a policy and its last run", func=show, common=common,
+    p = command(s, "show", help="show a policy, its last run and (scheduled) its polls",
+                func=show, common=common, aliases=("get",),
                 examples="  mirrorctl policy show promote-stable\n"
-                "  mirrorctl policy show ID -o yaml")
+                "  mirrorctl policy get ID -o yaml")
     p.add_argument("policy", metavar="ID-or-NAME")
     p = command(s, "validate", help="check a rule; errors point at line and column",
                 func=validate, common=common, examples=(
@@ -482,3 +567,4 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                     "exits 1 when some endpoint or repository could not be read (listed; the "
                     "rest was applied)"))
     p.add_argument("policy", metavar="ID-or-NAME")
+    cmd_pull.register(s, common)

@@ -22,8 +22,13 @@ COLUMNS = [
     ("CREATED", lambda r: when(r.create_time)),
     ("MESSAGE", lambda r: r.message),
 ]
-# -o wide: where the image came from before this run (a promotion chain) and the digest.
+# -o wide: what made the run and what it did (copy or delete, the digest the destination
+# tag held before), where the image came from before this run (a promotion chain), the digest.
 WIDE = [
+    ("ACTION", lambda r: enum_name(gateway_pb2.Run.Action, r.action)),
+    ("CAUSE", lambda r: r.cause),
+    ("PREVIOUS DIGEST", lambda r: r.previous_digest),
+    ("POLL", lambda r: r.poll_id),
     ("HOP", lambda r: r.hop),
     ("PROVENANCE", lambda r: " -> ".join(
         image_text(p.endpoint, p.repository, p.reference) for p in r.provenance)),
@@ -55,6 +60,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = command(s, "list", help="list runs", func=list_, common=common, examples=(
         "  mirrorctl runs list\n  mirrorctl runs list --policy promote-stable --state failed\n"
         "  mirrorctl runs list --state blocked -o wide   # why the gate held an image back\n"
+        "  mirrorctl runs list --policy pull-nginx -o wide   # cause, copy or delete, the "
+        "digest a moved tag held\n"
         "  mirrorctl runs list -o json"))
     p.add_argument("--policy", metavar="ID-or-NAME")
     p.add_argument("--state", action="append",

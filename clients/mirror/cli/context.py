@@ -20,6 +20,10 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_INVALID = 4
 
+# Seconds one call may wait, as the server's RetryInfo asks, after rate-limit refusals (e.g.
+# `apply -f` checking many rules) before the error is reported.
+RATE_LIMIT_WAIT = 5.0
+
 EXIT_CODES_HELP = """exit codes:
   0  success
   1  the server reported an error (or could not be reached)
@@ -84,7 +88,8 @@ class Context:
     @cached_property
     def client(self) -> Client:
         timeout = getattr(self.args, "timeout", None)
-        return Client(self.address, tls=self.tls(), token=self.token(), timeout=timeout)
+        return Client(self.address, tls=self.tls(), token=self.token(), timeout=timeout,
+                      rate_limit_wait=RATE_LIMIT_WAIT)
 
     def channel(self) -> grpc.Channel:
         return self.client.channel

@@ -14,11 +14,15 @@ Format (proto JSON field names, camelCase or snake_case):
         rule: tag endswith "stable"
         target: {endpoint: qa, repository: qa/website}
         overwrite: never
+        trigger: {schedule: {interval: 30s}}   # push (default), manual, or a cron schedule
+        deletions: propagate
+        copyReferrers: [signatures]
 
-Only the fields a document names are compared and changed; a field left out keeps the
-server's value. Secrets cannot be read back, so a secret (and a webhook secret) is written
-when the endpoint is created, when the server holds none, or when `--update-secrets` asks for
-it; otherwise an endpoint whose other fields match is `unchanged`.
+(the policy fields are those of `policydoc`). Only the fields a document names are compared
+and changed; a field left out keeps the server's value. Secrets cannot be read back, so a
+secret (and a webhook secret) is written when the endpoint is created, when the server holds
+none, or when `--update-secrets` asks for it; otherwise an endpoint whose other fields match
+is `unchanged`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 import yaml
 from google.protobuf import json_format
 
+from mirror import policyfields
 from mirror.cli import policydoc, protodata
 from mirror.cli.context import EXIT_INVALID, CliError
 from mirror.client import Client
@@ -42,7 +47,17 @@ from mirror.v1 import policy_pb2, transfer_pb2
 
 _TOP_KEYS = {"apiVersion", "kind", "endpoints", "policies"}
 POLICY_MUTABLE = ("name", "description", "source", "rule", "target", "tag_template",
-                  "time_zone", "enabled", "overwrite", "allow_incomplete_facts")
+                  "time_zone", "enabled", "overwrite", "allow_incomplete_facts", "trigger",
+                  "platforms", "keep_newest", "deletions", "copy_referrers", "signature_wait")
+# Fields whose unset value means another: compared by what they mean.
+_MEANS = {
+    "overwrite": lambda p: p.overwrite or policy_pb2.OVERWRITE_ALWAYS,
+    "deletions": lambda p: p.deletions or policy_pb2.DELETION_MODE_OFF,
+    "trigger": lambda p: (policyfields.trigger_kind(p), policyfields.trigger_doc(p)),
+    "signature_wait": lambda p: policyfields.duration_text(p.signature_wait),
+    "platforms": lambda p: list(p.platforms),
+    "copy_referrers": lambda p: list(p.copy_referrers),
+}
 _ENDPOINT_MUTABLE = ("url", "username", "ca_pem", "insecure_skip_verify", "max_concurrency",
                      "requests_per_second", "scan_on_push", "aliases")
 
@@ -186,9 +201,9 @@ def load(path: str) -> Desired:
 
 
 def _differs(want: Any, have: Any, name: str) -> bool:
+    if isinstance(want, policy_pb2.Policy) and name in _MEANS:
+        return bool(_MEANS[name](want) != _MEANS[name](have))
     a, b = getattr(want, name), getattr(have, name)
-    if name == "overwrite":  # unspecified means always
-        return (a or policy_pb2.OVERWRITE_ALWAYS) != (b or policy_pb2.OVERWRITE_ALWAYS)
     if hasattr(a, "ListFields") or name == "aliases":
         return list(a) != list(b) if name == "aliases" else a != b
     return a != b
@@ -252,6 +267,9 @@ def plan(
         pkw: dict[str, Any] = {
             f: getattr(dp.msg, f) for f in diff if f not in ("target", "source")
         }
+        for f in ("platforms", "copy_referrers"):
+            if f in pkw:
+                pkw[f] = list(pkw[f])  # [] clears the list
         if "target" in diff:
             pkw["endpoint"] = dp.msg.target.endpoint
             pkw["repository"] = dp.msg.target.repository
@@ -307,4 +325,10 @@ def policy_doc(p: policy_pb2.Policy) -> dict[str, Any]:
     d["overwrite"] = short_name(policy_pb2.Overwrite.DESCRIPTOR,
                                 p.overwrite or policy_pb2.OVERWRITE_ALWAYS)
     d["allowIncompleteFacts"] = p.allow_incomplete_facts
+    d["trigger"] = policyfields.trigger_doc(p)
+    d["platforms"] = list(p.platforms)
+    d["keepNewest"] = p.keep_newest
+    d["deletions"] = short_name(policy_pb2.DeletionMode.DESCRIPTOR, p.deletions)
+    d["copyReferrers"] = list(p.copy_referrers)
+    d["signatureWait"] = policyfields.duration_text(p.signature_wait)
     return d

@@ -16,6 +16,7 @@ from mirror.cli import (
     cmd_declarative,
     cmd_endpoint,
     cmd_gateway,
+    cmd_key,
     cmd_policy,
     cmd_runs,
     cmd_scan,
@@ -41,6 +42,7 @@ _EXAMPLES = """examples:
   printf %s "$QA_PASSWORD" | mirrorctl endpoint add qa --url https://qa.example \\
       --username ci --secret-stdin
   mirrorctl policy create -f policy.yaml
+  mirrorctl key add ci --public-key cosign.pub    # for signed_by "ci" rules
   mirrorctl transfer start dev/team/app:1.4 --to qa/team/app --watch
   mirrorctl runs list -o json
   mirrorctl notify dev team/app:1.4      # a CI system without webhooks
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_declarative.register(sub, common)
     cmd_gateway.register(sub, common)
     cmd_subscription.register(sub, common)
+    cmd_key.register(sub, common)
     p = command(sub, "completion", help="print a shell completion script", common=common,
                 func=completion.make_handler(parser),  # type: ignore[arg-type]
                 examples="  source <(mirrorctl completion bash)\n"

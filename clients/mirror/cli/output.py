@@ -37,8 +37,9 @@ class Output:
 
     def __init__(self, fmt: str = "table") -> None:
         self.fmt = fmt
-        # Piped output is read by grep and friends: do not fold it to 80 columns.
-        width = None if sys.stdout.isatty() else 240
+        # Piped output is read by grep and friends: do not fold it to 80 columns (nor the
+        # many columns of -o wide).
+        width = None if sys.stdout.isatty() else (1000 if fmt == "wide" else 240)
         self.console = Console(soft_wrap=False, width=width)
         # Errors and hints stay one line each, whatever the width (greppable, copyable).
         self.err = Console(stderr=True, soft_wrap=True)

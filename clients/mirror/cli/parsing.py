@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mirror.cli.context import EXIT_CODES_HELP, CliError, Context
@@ -20,10 +20,12 @@ def command(
     examples: str,
     common: argparse.ArgumentParser,
     func: Handler | None = None,
+    aliases: Sequence[str] = (),
 ) -> argparse.ArgumentParser:
     """A sub-command whose --help ends with examples and the exit codes."""
     p = sub.add_parser(
         name,
+        aliases=list(aliases),
         help=help,
         description=help,
         epilog=f"examples:\n{examples.rstrip()}\n\n{EXIT_CODES_HELP}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from mirror import errors
@@ -86,10 +87,7 @@ def check(client: Client, desired: Desired, changes: list[Change]) -> list[Probl
         if dp.msg.name in server_pols:
             merged.CopyFrom(server_pols[dp.msg.name])
         for f in dp.fields:
-            if f in ("source", "target"):
-                getattr(merged, f).CopyFrom(getattr(dp.msg, f))
-            else:
-                setattr(merged, f, getattr(dp.msg, f))
+            _copy_field(merged, dp.msg, f)
         final_pols[dp.msg.name] = merged
 
     for (kind, name) in sorted(deleted):
@@ -116,6 +114,21 @@ def check(client: Client, desired: Desired, changes: list[Change]) -> list[Probl
             continue
         problems += _policy_problems(client, policy, action, server_eps)
     return problems
+
+
+def _copy_field(to: Any, src: Any, name: str) -> None:
+    """Field `name` of Policy `src` copied onto `to` (a message or list field whole)."""
+    field = policy_pb2.Policy.DESCRIPTOR.fields_by_name[name]
+    if field.is_repeated:
+        del getattr(to, name)[:]
+        getattr(to, name).extend(getattr(src, name))
+    elif field.message_type is not None:
+        if src.HasField(name):
+            getattr(to, name).CopyFrom(getattr(src, name))
+        else:
+            to.ClearField(name)
+    else:
+        setattr(to, name, getattr(src, name))
 
 
 def _endpoint_problems(
@@ -157,14 +170,15 @@ def _policy_problems(
 ) -> list[Problem]:
     name = policy.name
     on_server = all(e in server_eps for e in (policy.source.endpoint, policy.target.endpoint))
-    if action == "create" and on_server:
+    if on_server:
+        # An update is checked as the replacement of the policy (`policy.id` is set).
         try:
             client.policies.create(policy, validate_only=True)
         except (errors.InvalidArgument, errors.FailedPrecondition, errors.AlreadyExists) as err:
             return [Problem("policy", name, _error_text(err))]
         return []
-    # An update, or a policy on an endpoint the file creates: the server checks the rule and
-    # the template (UpdatePolicy has no validate_only).
+    # A policy on an endpoint the file creates: the server checks the rule and the template
+    # (the endpoint it names does not exist yet for a full check).
     resp = client.policies.validate_rule(
         policy.rule, tag_template=policy.tag_template, time_zone=policy.time_zone
     )
