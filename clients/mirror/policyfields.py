@@ -122,17 +122,17 @@ def trigger(value: TriggerArg) -> policy_pb2.PolicyTrigger:
     if kind != "schedule":
         raise ValueError(f"unknown trigger {kind!r}; use {_FORMS}")
     if not isinstance(body, Mapping):
-        raise ValueError("trigger schedule needs {interval: 30s} or {cron: '*/5 * * * *'} "
+        raise ValueError("schedule needs {interval: 30s} or {cron: '*/5 * * * *'} "
                          "(and optionally jitter)")
     unknown = set(body) - {"interval", "cron", "jitter"}
     if unknown:
-        raise ValueError(f"trigger schedule: unknown {sorted(unknown)}; it takes interval, "
-                         "cron and jitter")
+        raise ValueError(f"schedule: unknown {sorted(unknown)}; it takes interval, cron "
+                         "and jitter")
     try:
         return schedule(interval=body.get("interval"), cron=str(body.get("cron") or ""),
                         jitter=body.get("jitter"))
     except ValueError as err:
-        raise ValueError(f"trigger schedule: {err}") from None
+        raise ValueError(f"schedule: {err}") from None
 
 
 def trigger_kind(p: policy_pb2.Policy) -> str:
