@@ -5,7 +5,7 @@ See docs/rule-language.md for the language and docs/INTERFACES.md for the contra
 
 from policy_service.rules.compiler import ClauseOutcome, CompiledRule, Explanation, compile_rule
 from policy_service.rules.errors import RuleCompileError, RuleErrorInfo
-from policy_service.rules.facts import ComponentFact, FactKind, Facts, VulnCounts
+from policy_service.rules.facts import ComponentFact, FactKind, Facts, SignatureFact, VulnCounts
 from policy_service.rules.fields import FIELDS, FieldType
 from policy_service.rules.syntax import MAX_DEPTH, MAX_RULE_BYTES
 
@@ -22,6 +22,7 @@ __all__ = [
     "FieldType",
     "RuleCompileError",
     "RuleErrorInfo",
+    "SignatureFact",
     "VulnCounts",
     "compile_rule",
 ]
