@@ -560,12 +560,13 @@ class RegistryClient:
     async def has_referrers_api(self, repo: str, digest: str) -> bool:
         """Whether the registry answers the referrers API for `digest` in `repo` (if not, the
         pusher of a manifest with a subject keeps the `sha256-<hex>` tag index)."""
-        return await self._referrers_api(repo, digest) is not None
+        return await self._referrers_api(repo, digest, pages=1) is not None
 
     async def _referrers_api(
-        self, repo: str, digest: str, artifact_type: str = ""
+        self, repo: str, digest: str, artifact_type: str = "", pages: int = _MAX_REFERRER_PAGES
     ) -> list[Referrer] | None:
-        """The API's referrers of `digest` (every page); None when the registry has no API."""
+        """The API's referrers of `digest` (up to `pages` pages); None when the registry has
+        no referrers API."""
         if not is_verifiable_digest(digest):
             raise InvalidRequest(0, "DIGEST_INVALID", f"not a sha256 digest: {digest!r}")
         query = f"?artifactType={quote(artifact_type, safe='')}" if artifact_type else ""
@@ -574,8 +575,16 @@ class RegistryClient:
         seen: set[str] = set()
         while url:
             # A registry that links a page to itself (or pages forever) must not loop.
-            if url in seen or len(seen) >= _MAX_REFERRER_PAGES:
+            if len(seen) >= pages:
+                if pages < _MAX_REFERRER_PAGES:
+                    break  # a probe: one page says whether there is an API
                 raise RegistryError(200, "", f"referrers of {repo}@{digest}: too many pages")
+            if url in seen:
+                raise RegistryError(
+                    200,
+                    "",
+                    f"referrers of {repo}@{digest}: too many pages (a page links to itself)",
+                )
             seen.add(url)
             try:
                 async with self.transport.request(

@@ -31,13 +31,15 @@ SPDX = "application/spdx+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
-def get(reg: RegistryProcess, path: str, accept: str = "") -> tuple[int, bytes, dict[str, str]]:
-    """A plain GET of the registry (urllib), not the project's client; 404 is returned."""
+def get(reg: Any, path: str, accept: str = "") -> tuple[int, bytes, dict[str, str]]:
+    """A plain GET of the registry (or a proxy of it) with urllib, not the project's client;
+    error statuses are returned."""
     req = urllib.request.Request(f"{reg.url}{path}")
     if accept:
         req.add_header("Accept", accept)
     try:
-        with urllib.request.urlopen(req, timeout=10, context=reg.ssl_context()) as resp:
+        ctx = reg.ssl_context() if hasattr(reg, "ssl_context") else None
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
             return resp.status, resp.read(), dict(resp.headers)
     except urllib.error.HTTPError as e:
         return e.code, e.read(), dict(e.headers)
@@ -48,7 +50,7 @@ def tags(reg: RegistryProcess, repo: str) -> list[str]:
     return sorted(json.loads(body).get("tags") or []) if status == 200 else []
 
 
-def manifest(reg: RegistryProcess, repo: str, ref: str) -> tuple[dict[str, Any], bytes]:
+def manifest(reg: Any, repo: str, ref: str) -> tuple[dict[str, Any], bytes]:
     status, body, _ = get(reg, f"/v2/{repo}/manifests/{ref}", f"{OCI_MANIFEST}, {OCI_INDEX}")
     assert status == 200, (status, body[:200])
     return json.loads(body), body
@@ -110,15 +112,16 @@ class Sbom:
     tag: str
 
 
-def _oras(reg: RegistryProcess) -> oras.client.OrasClient:
-    return oras.client.OrasClient(hostname=reg.host, insecure=reg.scheme == "http")
+def _oras(reg: Any) -> oras.client.OrasClient:
+    return oras.client.OrasClient(hostname=reg.host, insecure=reg.url.startswith("http:"))
 
 
 def push_sbom(
-    reg: RegistryProcess, repo: str, image_digest: str, image_size: int, workdir: Path,
-    name: str = "sbom",
+    reg: Any, repo: str, image_digest: str, image_size: int, workdir: Path,
+    name: str = "sbom", tag_index: bool = True, media_type: str = SPDX,
 ) -> Sbom:
-    """Push an SPDX SBOM whose subject is the image, then add it to the `sha256-<hex>` index."""
+    """Push an SPDX SBOM whose subject is the image with the oras SDK, then (`tag_index`, for
+    a registry without the referrers API) add it to the `sha256-<hex>` index."""
     workdir.mkdir(parents=True, exist_ok=True)
     doc = json.dumps({"spdxVersion": "SPDX-2.3", "name": name, "SPDXID": "SPDXRef-DOCUMENT",
                       "packages": [{"name": "busybox", "versionInfo": "1.36.1"}]}).encode()
@@ -129,22 +132,23 @@ def push_sbom(
     client = _oras(reg)
     resp = client.push(
         target=f"{reg.host}/{repo}:{name}",
-        files=[f"{sbom}:{SPDX}"],
-        manifest_config=f"{config}:{SPDX}",  # no artifactType in this SDK: the config says it
+        files=[f"{sbom}:{media_type}"],
+        manifest_config=f"{config}:{media_type}",  # no artifactType in this SDK: the config says it
         subject=oras.oci.Subject(OCI_MANIFEST, image_digest, image_size),
         disable_path_validation=True,
         quiet=True,
     )
     digest = resp.headers["Docker-Content-Digest"]
     size = len(manifest(reg, repo, digest)[1])
-    _add_to_tag_index(reg, client, repo, image_digest, {
-        "mediaType": OCI_MANIFEST, "digest": digest, "size": size, "artifactType": SPDX,
-    })
+    if tag_index:
+        _add_to_tag_index(reg, client, repo, image_digest, {
+            "mediaType": OCI_MANIFEST, "digest": digest, "size": size, "artifactType": media_type,
+        })
     return Sbom(digest, doc, name)
 
 
 def _add_to_tag_index(
-    reg: RegistryProcess, client: oras.client.OrasClient, repo: str, subject: str,
+    reg: Any, client: oras.client.OrasClient, repo: str, subject: str,
     desc: dict[str, Any],
 ) -> None:
     tag = subject.replace(":", "-")
@@ -159,7 +163,7 @@ def _add_to_tag_index(
     assert resp.status_code == 201, resp.text
 
 
-def pull_sbom(reg: RegistryProcess, repo: str, digest: str, outdir: Path) -> bytes:
+def pull_sbom(reg: Any, repo: str, digest: str, outdir: Path) -> bytes:
     """Read the SBOM back with the oras SDK."""
     files = _oras(reg).pull(target=f"{reg.host}/{repo}@{digest}", outdir=str(outdir))
     assert len(files) == 1, files
