@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from collections.abc import Iterable, Iterator
 from importlib import resources
 
@@ -236,6 +237,14 @@ def _token_error(text: str, exc: UnexpectedToken) -> RuleErrorInfo:
     if expected:
         message += f"; expected {_or_list(expected)}"
     suggestion = ""
+    if token.type == "STRING" and (key_word := _misspelt_signed_by(text, token)):
+        # `signd_by "ci"` lexes as a field name and a string: name the keyword it resembles.
+        suggestion = "signed_by"
+        message = (f"unexpected word {key_word.text!r} before a string; did you mean "
+                   f"{suggestion!r}?")
+        return RuleErrorInfo(key_word.line, key_word.column, message,
+                             offending_text=key_word.text, expected=("'signed_by'",),
+                             suggestion=suggestion)
     if token.type == "NAME":
         # A misspelt keyword ('endwith', 'adn') lexes as a name; offer the nearest keyword.
         keywords = [w[1:-1] for w in expected if w.startswith("'") and w[1:-1].isalpha()]
@@ -245,6 +254,19 @@ def _token_error(text: str, exc: UnexpectedToken) -> RuleErrorInfo:
             message += f"; did you mean {suggestion!r}?"
     return RuleErrorInfo(token.line or 1, token.column or 1, message,
                          offending_text=str(token), expected=expected, suggestion=suggestion)
+
+
+_LAST_WORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)[ \t\r\n]*\Z")
+
+
+def _misspelt_signed_by(text: str, token: Token) -> Span | None:
+    """The word before a misplaced string when it looks like 'signed_by' (and is no field)."""
+    m = _LAST_WORD.search(text, 0, token.start_pos or 0)
+    if m is None or m.group(1) == "semver" or not difflib.get_close_matches(
+            m.group(1), ["signed_by"], n=1, cutoff=0.75):
+        return None
+    line, column = position(text, m.start(1))
+    return Span(line, column, m.group(1))
 
 
 def _or_list(words: tuple[str, ...]) -> str:

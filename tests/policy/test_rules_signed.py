@@ -120,7 +120,11 @@ def test_required_facts_fields_and_keys() -> None:
     ('signed_by ["ci"]', 1, 11, "unexpected '['; expected a string"),
     ('signed == "x"', 1, 8, "unexpected '=='"),
     ('signed_by "ci" == "x"', 1, 16, "unexpected '=='"),
-    ('signd_by "ci"', 1, 10, "unexpected string"),
+    ('signd_by "ci"', 1, 1, "unexpected word 'signd_by' before a string; did you mean "
+     "'signed_by'?"),
+    ('tag == "a" and\n signed "ci"', 2, 2, "unexpected word 'signed' before a string; did you "
+     "mean 'signed_by'?"),
+    ('tag "ci"', 1, 5, "unexpected string"),  # a field name is no misspelt keyword
     ('signed_by "\\q"', 1, 12, "unknown escape"),
 ])
 def test_errors(rule: str, line: int, column: int, needle: str) -> None:
