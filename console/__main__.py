@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "it must wait")
     p.add_argument("--sign-in-window", type=float, default=300.0, help="seconds")
     p.add_argument("--runs-per-page", type=int, default=50, help="runs on a policy's page")
+    p.add_argument("--repositories-per-page", type=int, default=100,
+                   help="repositories on one page of a registry's catalog")
     p.add_argument("--secure-cookie", action="store_true",
                    help="mark the session cookie Secure (pages served over HTTPS)")
     p.add_argument("--events-url", metavar="URL",
@@ -71,7 +73,7 @@ def config_from_args(args: argparse.Namespace) -> ConsoleConfig:
         max_age_s=args.session_max, secure_cookie=args.secure_cookie,
         events_base=args.events_url.rstrip("/") if args.events_url else None,
         sign_in_attempts=args.sign_in_attempts, sign_in_window_s=args.sign_in_window,
-        runs_per_page=args.runs_per_page,
+        runs_per_page=args.runs_per_page, repositories_per_page=args.repositories_per_page,
     )
 
 

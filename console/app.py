@@ -15,8 +15,8 @@ from console.config import ConsoleConfig
 from console.policyform import describe_trigger
 from console.sessions import SessionStore
 from console.throttle import SignInThrottle
-from console.views import auth, mirrors, policies, registries
-from console.views.policies import state_name
+from console.views import auth, connect, keys, mirrors, policies, registries
+from console.views.policies import action_name, state_name, trigger_name
 from console.web import CONSOLE, Console
 
 HERE = Path(__file__).resolve().parent
@@ -47,6 +47,8 @@ def templates() -> jinja2.Environment:
     env.filters["when"] = _when
     env.filters["bytes"] = _bytes
     env.filters["run_state"] = state_name
+    env.filters["run_action"] = action_name
+    env.filters["run_trigger"] = trigger_name
     env.filters["trigger"] = describe_trigger
     env.globals["now"] = lambda: datetime.now(UTC)
     return env
@@ -90,6 +92,7 @@ def mount(app: web.Application, cfg: ConsoleConfig) -> web.Application:
     r.add_get("/mirrors/new", mirrors.new_mirror)
     r.add_post("/mirrors", mirrors.create_mirror)
     r.add_post("/mirrors/connect", mirrors.connect_new_mirror)
+    r.add_get("/connect/{id}", connect.stream)
     r.add_post("/ui/rule", mirrors.check_rule)
     r.add_post("/ui/criteria", mirrors.build_rule)
     r.add_get("/ui/criteria/row", mirrors.criteria_row)
@@ -104,6 +107,9 @@ def mount(app: web.Application, cfg: ConsoleConfig) -> web.Application:
     r.add_post("/policies/{id}/edit", policies.update_policy)
     r.add_get("/policies/{id}/delete", policies.confirm_delete)
     r.add_post("/policies/{id}/delete", policies.delete_policy)
+    r.add_get("/keys", keys.list_keys)
+    r.add_post("/keys", keys.create_key)
+    r.add_post("/keys/{name}/delete", keys.delete_key)
     r.add_static("/static/", HERE / "static", append_version=False)
     return app
 

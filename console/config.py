@@ -30,6 +30,8 @@ class ConsoleConfig:
     live_interval_s: float = 1.0
     # Runs on one page of a policy's history.
     runs_per_page: int = 50
+    # Repositories on one page of a registry's catalog.
+    repositories_per_page: int = 100
     # Deadline of one SDK call made for a page.
     call_timeout_s: float = 30.0
     extra: dict[str, str] = field(default_factory=dict)

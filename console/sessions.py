@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mirror import aio
 
@@ -30,6 +31,8 @@ class Session:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     created: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
+    # Connection checks asked for by a POST and not yet streamed (console.views.connect).
+    connects: dict[str, Any] = field(default_factory=dict)
 
     @property
     def can_write(self) -> bool:

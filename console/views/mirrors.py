@@ -13,8 +13,8 @@ from mirror.v1 import gateway_pb2, policy_pb2
 from console.criteria import FIELDS, OPERATORS, CriteriaError, Criterion, rule_of
 from console.policyform import policy_from_form, registry_name
 from console.sessions import Session
+from console.views import connect as connect_view
 from console.views.forms import FormError, endpoint_fields, endpoint_message, text
-from console.views.registries import connection_steps
 from console.web import form_of, page, render
 from policy_service.index import glob_to_regex
 from policy_service.templates import TemplateError, compile_template, validate_time_zone
@@ -150,22 +150,21 @@ async def create_mirror(request: web.Request, session: Session) -> web.StreamRes
 
 @page(write=True)
 async def connect_new_mirror(request: web.Request, session: Session) -> web.StreamResponse:
-    """Connect in New mirror: registers a new registry first, then the five steps, with push
-    permission checked on the remote repository when the mirror pushes to it."""
+    """Connect in New mirror: registers a new registry first, then the five steps as they
+    complete, with push permission checked on the remote repository when the mirror pushes
+    to it."""
     form = await form_of(request)
     created = ""
     try:
         if text(form, "registry") == "__new__":
             created = await ensure_new_registry(session, form)
         name = registry_name(form)
-        resp = await session.client.transfers.test_connection(
-            name, repository=text(form, "remote_repository"),
-            check_push=text(form, "direction") != "pull",
-        )
+        await session.client.transfers.get_endpoint(name)
     except (FormError, errors.InvalidArgument, errors.AlreadyExists, errors.NotFound) as err:
         return render(request, "_connect.html", session, error=err, created=created)
-    return render(request, "_connect.html", session, ok=resp.ok, steps=connection_steps(resp),
-                  created=created)
+    return connect_view.start(request, session, connect_view.ConnectRequest(
+        name, text(form, "remote_repository"), text(form, "direction") != "pull"
+    ), created=created)
 
 
 @page()

@@ -26,6 +26,34 @@ def state_name(run_state: int) -> str:
     return gateway_pb2.Run.State.Name(run_state).removeprefix("STATE_")  # type: ignore[arg-type]
 
 
+ACTION_LABELS: dict[int, str] = {
+    gateway_pb2.Run.ACTION_COPY: "copy",
+    gateway_pb2.Run.ACTION_DELETE: "delete",
+    gateway_pb2.Run.ACTION_DELETE_DRY_RUN: "dry-run delete",
+}
+TRIGGER_LABELS: dict[int, str] = {
+    gateway_pb2.Run.TRIGGER_EVENT: "push",
+    gateway_pb2.Run.TRIGGER_NOTIFY: "notified push",
+    gateway_pb2.Run.TRIGGER_APPLY: "applied",
+    gateway_pb2.Run.TRIGGER_RECONCILE: "reconcile",
+    gateway_pb2.Run.TRIGGER_SCHEDULE: "scheduled poll",
+    gateway_pb2.Run.TRIGGER_LATE_METADATA: "late metadata",
+}
+
+
+def action_name(action: int) -> str:
+    """What a run did: copy, delete, or a deletion a dry run only recorded."""
+    return ACTION_LABELS.get(action, "copy")
+
+
+def trigger_name(trigger: int) -> str:
+    return TRIGGER_LABELS.get(trigger, "unknown")
+
+
+# Polls of a scheduled policy shown on its page.
+RECENT_POLLS = 10
+
+
 @page()
 async def list_policies(request: web.Request, session: Session) -> web.StreamResponse:
     policies = [p async for p in session.client.policies.iter()]
@@ -67,10 +95,14 @@ async def show_policy(request: web.Request, session: Session) -> web.StreamRespo
     page_token = request.query.get("page", "")
     per_page = console_of(request).cfg.runs_per_page
     runs, next_token = await runs_view(session, policy_id, per_page, state, page_token)
+    polls = []
+    if policy.trigger.WhichOneof("kind") == "schedule":
+        polls = list((await session.client.gateway.list_polls(
+            policy_id, page_size=RECENT_POLLS)).polls)
     return render(
         request, "policy.html", session, policy=policy, status=status,
         last_state=state_name(status.last_state) if status.last_state else "never ran",
-        runs=runs, next_token=next_token, state=state, filters=FILTERS,
+        runs=runs, next_token=next_token, state=state, filters=FILTERS, polls=polls,
         older=bool(page_token),
         applied=request.query.get("applied"), evaluated=request.query.get("evaluated"),
         overwrite="never" if policy.overwrite == policy_pb2.OVERWRITE_NEVER else "always",

@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from mirror import errors
-from mirror.v1 import policy_pb2, transfer_pb2
+from mirror.v1 import policy_pb2
 
 from console.sessions import Session
+from console.views import connect as connect_view
 from console.views.forms import FormError, endpoint_fields, endpoint_message, text
 from console.web import console_of, form_of, page, render
 
 # How many of the newest runs name the repositories a registry page lists.
 RECENT_RUNS = 200
-
-STEP_LABELS = {
-    transfer_pb2.ConnectionCheck.STEP_REACHABLE: "Reachable",
-    transfer_pb2.ConnectionCheck.STEP_TLS_VERIFIED: "TLS verified",
-    transfer_pb2.ConnectionCheck.STEP_AUTHENTICATED: "Authenticated",
-    transfer_pb2.ConnectionCheck.STEP_PULL_ALLOWED: "Pull allowed",
-    transfer_pb2.ConnectionCheck.STEP_PUSH_ALLOWED: "Push allowed",
-}
-RESULT_LABELS = {
-    transfer_pb2.ConnectionCheck.RESULT_OK: "ok",
-    transfer_pb2.ConnectionCheck.RESULT_FAILED: "failed",
-    transfer_pb2.ConnectionCheck.RESULT_SKIPPED: "skipped",
-}
-
-
-def connection_steps(resp: transfer_pb2.TestConnectionResponse) -> list[dict[str, str]]:
-    """The five steps in order, each with its result (a step the server did not report is
-    shown as skipped)."""
-    by_step = {c.step: c for c in resp.checks}
-    out = []
-    for step, label in STEP_LABELS.items():
-        check = by_step.get(step)
-        result = RESULT_LABELS.get(check.result, "skipped") if check else "skipped"
-        out.append({"label": label, "result": result, "message": check.message if check else ""})
-    return out
-
 
 async def endpoint_policies(session: Session, name: str) -> list[policy_pb2.Policy]:
     """Policies reading from or writing to this endpoint."""
@@ -81,11 +57,9 @@ async def create_registry(request: web.Request, session: Session) -> web.StreamR
     raise web.HTTPSeeOther(f"/registries/{name}")
 
 
-@page()
-async def show_registry(request: web.Request, session: Session) -> web.StreamResponse:
-    name = request.match_info["name"]
-    endpoint = await session.client.transfers.get_endpoint(name)
-    policies = await endpoint_policies(session, name)
+async def mirrored_repositories(session: Session, name: str,
+                                policies: list[policy_pb2.Policy]) -> set[str]:
+    """The repositories of this registry that its mirrors and their recent runs name."""
     repos: set[str] = set()
     for p in policies:
         if p.source.endpoint == name and "*" not in p.source.repository:
@@ -99,9 +73,47 @@ async def show_registry(request: web.Request, session: Session) -> web.StreamRes
             repos.add(run.source.repository)
         if run.destination.endpoint == name:
             repos.add(run.destination.repository)
+    return repos
+
+
+@dataclass
+class Catalog:
+    """One page of the registry's own catalog, or why the registry would not list it."""
+
+    names: list[str] = field(default_factory=list)
+    next_token: str = ""
+    error: str = ""
+
+
+async def catalog_page(session: Session, name: str, page_size: int, prefix: str,
+                       token: str) -> Catalog:
+    try:
+        page_ = await session.client.transfers.list_repositories(
+            name, page_size=page_size, page_token=token, prefix=prefix
+        )
+    except (errors.FailedPrecondition, errors.Unavailable, errors.DeadlineExceeded,
+            errors.InvalidArgument) as err:
+        # Refused (an account without catalog access, a registry without the API), not
+        # reachable, or a stale page token: the page says so and lists the mirrors' names.
+        return Catalog(error=err.message)
+    return Catalog(list(page_.repositories), page_.next_page_token)
+
+
+@page()
+async def show_registry(request: web.Request, session: Session) -> web.StreamResponse:
+    name = request.match_info["name"]
+    endpoint = await session.client.transfers.get_endpoint(name)
+    policies = await endpoint_policies(session, name)
+    prefix = request.query.get("prefix", "").strip()
+    token = request.query.get("repos", "")
+    catalog = await catalog_page(session, name, console_of(request).cfg.repositories_per_page,
+                                 prefix, token)
+    mirrored = await mirrored_repositories(session, name, policies)
     return render(request, "registry.html", session, endpoint=endpoint,
-                  repositories=sorted(repos), policies=policies,
-                  events_url=events_url(request, name))
+                  catalog=catalog, prefix=prefix, older=bool(token),
+                  mirrored=mirrored,
+                  repositories=sorted(r for r in mirrored if r.startswith(prefix)),
+                  policies=policies, events_url=events_url(request, name))
 
 
 def events_url(request: web.Request, name: str) -> str:
@@ -134,13 +146,13 @@ async def update_registry(request: web.Request, session: Session) -> web.StreamR
 
 @page(write=True)
 async def connect(request: web.Request, session: Session) -> web.StreamResponse:
-    """DTR's Connect: the five TestConnection steps (TestConnection needs an admin token)."""
+    """DTR's Connect: the five steps, each shown as it completes (admin tokens only)."""
     name = request.match_info["name"]
     form = await form_of(request)
-    resp = await session.client.transfers.test_connection(
-        name, repository=text(form, "repository"), check_push=text(form, "check_push") == "on"
-    )
-    return render(request, "_connect.html", session, ok=resp.ok, steps=connection_steps(resp))
+    await session.client.transfers.get_endpoint(name)  # 404 for an unknown registry
+    return connect_view.start(request, session, connect_view.ConnectRequest(
+        name, text(form, "repository"), text(form, "check_push") == "on"
+    ))
 
 
 @page(write=True)

@@ -115,3 +115,18 @@ def standalone_console(env: Env, *args: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def public_key_pem() -> tuple[str, str]:
+    """A fresh Ed25519 public key (PEM) and its fingerprint (sha256 of the DER, hex)."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    public = Ed25519PrivateKey.generate().public_key()
+    der = public.public_bytes(serialization.Encoding.DER,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = public.public_bytes(serialization.Encoding.PEM,
+                              serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return pem, hashlib.sha256(der).hexdigest()

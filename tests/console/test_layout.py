@@ -12,7 +12,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from registry_testkit.images import ImageBuilder, push
 from tests.clients.livestack import ADMIN_TOKEN
-from tests.console.conftest import QA_PASSWORD, QA_USER, Env, sign_in
+from tests.console.conftest import QA_PASSWORD, QA_USER, Env, public_key_pem, sign_in
 
 pytestmark = pytest.mark.registry
 
@@ -41,6 +41,7 @@ def populated(env: Env) -> dict[str, str]:
             tag_template="%Y%m%d-%H%M%S", enabled=True,
         ))
         push(ImageBuilder(env.tmp / "img").image("1.4-stable"), env.dev, "dev/website")
+        c.policies.create_trusted_key(name="ci", public_key_pem=public_key_pem()[0])
     return {"policy": policy.id}
 
 
@@ -50,6 +51,7 @@ PAGES = [
     ("repository", "/repositories/dev/dev/website"),
     ("new-mirror", "/mirrors/new?endpoint=dev&repository=dev/website"),
     ("policies", "/policies"),
+    ("keys", "/keys"),
 ]
 
 

@@ -411,21 +411,56 @@ def test_delete_a_registry_after_confirming_and_not_while_a_mirror_uses_it(
         assert "doomed" not in [e.name for e in c.transfers.iter_endpoints()]
 
 
-def test_connect_shows_the_steps_pending_while_it_checks(page: Page, env: Env) -> None:
+# Notes the moment each Connect step first shows a result (the stream replaces its <li>).
+RECORD_STEPS = """() => {
+  window.__steps = {};
+  const box = document.getElementById("connect-result");
+  new MutationObserver(() => {
+    box.querySelectorAll("li.step").forEach((li) => {
+      if (!li.classList.contains("pending") && !(li.id in window.__steps)) {
+        window.__steps[li.id] = performance.now();
+      }
+    });
+  }).observe(box, {subtree: true, childList: true, attributes: true});
+}"""
+
+
+def _steps_arrive_one_by_one(page: Page) -> None:
+    page.evaluate(RECORD_STEPS)
+    page.get_by_role("button", name="Connect").click()
+    result = page.locator("#connect-result")
+    # Reachable is shown while the later (delayed) steps are still being checked.
+    expect(result.locator("#step-reachable.ok")).to_be_visible()
+    expect(result.locator("#step-push")).to_have_class(re.compile(r"\bpending\b"))
+    expect(result.locator("li.step.pending")).to_have_count(0, timeout=30_000)
+    # Plain HTTP: TLS is skipped, every other step passes.
+    expect(result.locator("li.step.ok")).to_have_count(4)
+    expect(result.locator("#step-tls")).to_have_class(re.compile(r"\bskipped\b"))
+    expect(page.locator("#connect-summary")).to_have_text("Connected: every check passed.")
+    seen = page.evaluate("() => window.__steps")
+    assert set(seen) == {f"step-{k}" for k in ("reachable", "tls", "authenticated", "pull",
+                                                "push")}, seen
+    # The proxy holds each request under /v2/team/ back 2 s: pull and push come seconds later.
+    assert seen["step-reachable"] < seen["step-pull"] - 1500 < seen["step-push"] - 1500, seen
+
+
+def test_connect_shows_each_step_as_it_completes(page: Page, env: Env) -> None:
     with FaultProxy(env.dev.url) as proxy, env.client() as c:
-        proxy.delay(r"^/v2/$", seconds=3, times=1, method="GET")
+        proxy.delay(r"^/v2/team/", seconds=2)
         c.transfers.create_endpoint(name="slowcheck", url=proxy.url)
         sign_in(page, env)
         page.goto(env.base + "/registries/slowcheck")
         page.get_by_label("Repository to check").fill("team/app")
-        pending = page.locator("#connect-pending")
-        expect(pending).to_be_hidden()
-        page.get_by_role("button", name="Connect").click()
-        expect(pending).to_be_visible()
-        expect(pending.locator("li.step.pending")).to_have_count(5)
-        expect(page.locator("#connect-result li.step")).to_have_count(5, timeout=30_000)
-        expect(pending).to_be_hidden()
-        expect(page.locator("#connect-result li.step").nth(0)).to_contain_text("Reachable")
+        _steps_arrive_one_by_one(page)
+        # New mirror's Connect streams the same way (push permission on the remote).
+        page.goto(env.base + "/mirrors/new?endpoint=dev&repository=dev/website")
+        page.locator("#registry").select_option("slowcheck")
+        page.get_by_label("Remote repository").fill("team/app")
+        _steps_arrive_one_by_one(page)
+        # A check runs once: its stream asked again only says it is over.
+        resp = page.request.get(env.base + "/connect/unknown-check-id")
+        assert resp.status == 200 and "event: close" in resp.text()
+        assert len(proxy.requests("GET", r"^/v2/$")) >= 2
 
 
 def test_a_registry_lists_the_repositories_its_mirrors_and_runs_name(
@@ -446,10 +481,13 @@ def test_a_registry_lists_the_repositories_its_mirrors_and_runs_name(
         expect(page.locator("tr.run .state").first).to_have_text("SUCCEEDED", timeout=60_000)
     page.goto(env.base + "/registries/qa")
     # Neither the glob nor the template: the repositories the run read and wrote.
-    expect(page.get_by_role("link", name="mirror/app")).to_be_visible()
+    mirrored = page.locator("#mirrored")
+    expect(mirrored.get_by_role("link", name="mirror/app")).to_be_visible()
     expect(page.get_by_role("link", name="mirror/{path}")).to_have_count(0)
+    # The catalog lists it too, marked as mirrored.
+    expect(page.locator("#catalog li", has_text="mirror/app")).to_contain_text("mirrored")
     page.goto(env.base + "/registries/dev")
-    page.get_by_role("link", name="globs/app").click()
+    page.locator("#mirrored").get_by_role("link", name="globs/app").click()
     expect(page.locator("tr[data-policy=globbed]")).to_contain_text("mirror/{path} on qa")
 
 
