@@ -127,3 +127,24 @@ def test_new_mirror_save_and_apply_against_split_services(
     run = page.locator("tr.run", has_text="2.1-stable")
     expect(run.locator(".state")).to_have_text("SUCCEEDED", timeout=60_000)
     assert digest_of(qa, "copies/app", "2.1-stable") == image.digest
+
+
+def test_mirror_stack_no_console_serves_no_pages(tmp_path: Path) -> None:
+    """`mirror-stack --no-console`: the HTTP port keeps its own paths, `/` is not the console."""
+    import urllib.error
+    import urllib.request
+
+    from stack.process import StackProcess
+
+    stack = StackProcess(tmp_path / "data", extra_args=["--no-console"])
+    stack.start(timeout=60)
+    try:
+        assert "mirror-stack ready" in stack.output and "  console " not in stack.output
+        with urllib.request.urlopen(stack.http_base + "/healthz", timeout=10) as resp:
+            assert resp.status == 200
+        for path in ("/", "/login", "/static/htmx.min.js"):
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                urllib.request.urlopen(stack.http_base + path, timeout=10)
+            assert missing.value.code == 404, path
+    finally:
+        stack.stop()
