@@ -50,35 +50,27 @@ class TokenBucket:
 class Pause:
     """Until when every request to the registry waits (a 429's Retry-After, or its backoff).
 
-    A wait longer than `cap` is not waited for: requests fail at once with RetryAfterTooLong
-    until it has passed, without asking the registry again.
+    Only waits up to `cap` are held: a longer Retry-After fails the request that got it
+    (RetryAfterTooLong) and leaves the others alone, so a job rescheduled sooner than the
+    registry asked (the worker's `reschedule_max`) can still try.
     """
 
     def __init__(self, cap: float) -> None:
         self.cap = cap
         self.until = 0.0  # monotonic
-        self.why = ""
 
     def remaining(self) -> float:
         return max(0.0, self.until - time.monotonic())
 
-    def hold(self, seconds: float, why: str) -> None:
+    def hold(self, seconds: float) -> None:
         """Pause every request for `seconds` from now (an earlier, longer pause stands)."""
-        until = time.monotonic() + seconds
-        if until > self.until:
-            self.until, self.why = until, why
+        if seconds > self.cap:
+            return
+        self.until = max(self.until, time.monotonic() + seconds)
 
-    async def wait(self, context: str) -> None:
-        """Sleep out the pause; RetryAfterTooLong when it is longer than the cap."""
+    async def wait(self) -> None:
+        """Sleep out the pause (a pause that grows meanwhile is slept out too)."""
         while (left := self.remaining()) > 0:
-            if left > self.cap:
-                raise RetryAfterTooLong(
-                    429,
-                    "TOOMANYREQUESTS",
-                    f"{context}: the registry asked every client to wait {left:.0f}s more"
-                    f" ({self.why}), over the {self.cap:.0f}s cap",
-                    retry_after=left,
-                )
             await asyncio.sleep(left)
 
 

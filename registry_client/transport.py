@@ -206,7 +206,7 @@ class Transport:
         """Wait for the registry's pause, quota, rate and a concurrency slot (then held)."""
         sh = self.shared
         while True:
-            await sh.pause.wait(context)
+            await sh.pause.wait()
             if st.counted:
                 await sh.quota.wait(context)
             await sh.bucket.acquire()
@@ -307,9 +307,7 @@ class Transport:
                 # Retry-After applies to the client, not to one request: hold every request
                 # to this registry (for a bare 429, for this attempt's backoff).
                 hold = wait if wait is not None else self._policy.delay(st.attempt)
-                self.shared.pause.hold(
-                    hold, f"HTTP {resp.status} to {context}, Retry-After {hold:.0f}s"
-                )
+                self.shared.pause.hold(hold)
             if wait is not None and wait > self.cfg.retry_after_cap:
                 # Waiting hours would hold a slot with no word said: fail this attempt now
                 # and let the caller's scheduler come back (the wait rides on the error).

@@ -67,7 +67,7 @@ async def test_429_retry_after_pauses_other_callers(
     assert len(proxy.requests("GET", r"^/v2/$")) == 2
 
 
-async def test_retry_after_over_the_cap_fails_every_caller_without_asking(
+async def test_retry_after_over_the_cap_fails_that_request_and_pauses_no_one(
     registry: RegistryProcess, fault_proxy: ProxyFn
 ) -> None:
     proxy = fault_proxy(registry.url)
@@ -76,12 +76,9 @@ async def test_retry_after_over_the_cap_fails_every_caller_without_asking(
         with pytest.raises(RetryAfterTooLong) as first:
             await a.head_manifest("team/app", "1.0")
         assert first.value.retry_after == pytest.approx(600, abs=2)
-        sent = len(proxy.log)
-        with pytest.raises(RetryAfterTooLong) as other:
-            await b.ping()
-        assert "over the 60s cap" in str(other.value)
-        assert 590 < other.value.retry_after <= 600
-        assert len(proxy.log) == sent  # the registry was not asked again
+        assert "over the 60s cap" in str(first.value)
+        # Not held for ten minutes: a job the scheduler brings back sooner may still try.
+        assert await timed(b.ping()) < 1.0
 
 
 def test_quota_headers_are_read() -> None:
