@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from google.protobuf import duration_pb2
 from mirror.v1 import policy_pb2
 
@@ -121,6 +121,24 @@ def result_fields(r: PolicyRecord) -> dict[str, Any]:
     return out
 
 
+def cron_problem(expr: str) -> str | None:
+    """Why `expr` is not a usable cron expression: five fields (minute hour day-of-month month
+    day-of-week) or a macro such as @hourly, that fires at least once. None when it is.
+
+    A sixth field is refused: tools disagree on whether it means seconds or years.
+    """
+    fields = expr.split()
+    macro = len(fields) == 1 and expr.strip().startswith("@")
+    if len(expr) > 200 or not (len(fields) == 5 or macro) or not croniter.is_valid(expr):
+        return (f"{expr[:200]!r} is not a valid cron expression (five fields: minute hour "
+                "day-of-month month day-of-week, or @hourly/@daily/...)")
+    try:
+        cron_min_gap_us(expr)
+    except (CroniterError, ValueError):
+        return f"{expr!r} never fires (no such date)"
+    return None
+
+
 def cron_min_gap_us(expr: str) -> int:
     """The shortest time between two runs of a valid cron expression (sampled)."""
     it = croniter(expr, _CRON_BASE)
@@ -146,9 +164,9 @@ def _trigger_problems(r: PolicyRecord) -> list[Violation]:
     out: list[Violation] = []
     period = 0
     if r.schedule_cron:
-        if len(r.schedule_cron) > 200 or not croniter.is_valid(r.schedule_cron):
-            return [(f + ".cron", f"{r.schedule_cron[:200]!r} is not a valid cron expression "
-                     "(five fields: minute hour day-of-month month day-of-week)")]
+        problem = cron_problem(r.schedule_cron)
+        if problem:
+            return [(f + ".cron", problem)]
         period = cron_min_gap_us(r.schedule_cron)
     elif r.schedule_interval_us < MIN_INTERVAL_US:
         out.append((f + ".interval", "must be at least 1s"))

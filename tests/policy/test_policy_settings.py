@@ -81,6 +81,10 @@ async def test_cron_and_manual_triggers_round_trip(env: PolicyEnv) -> None:  # n
     cron = await env.stub.CreatePolicy(policy_pb2.CreatePolicyRequest(policy=policy(
         trigger=schedule(cron="*/5 * * * *", jitter=D(seconds=60)))))
     assert cron.trigger == schedule(cron="*/5 * * * *", jitter=D(seconds=60))
+    hourly = await env.stub.CreatePolicy(policy_pb2.CreatePolicyRequest(policy=policy(
+        name="hourly", target=common_pb2.Target(endpoint="qa", repository="qa/h"),
+        trigger=schedule(cron="@hourly", jitter=D(seconds=3599)))))
+    assert hourly.trigger.schedule.cron == "@hourly"
     manual = await env.stub.CreatePolicy(policy_pb2.CreatePolicyRequest(policy=policy(
         name="manual", target=common_pb2.Target(endpoint="qa", repository="qa/m"),
         trigger=policy_pb2.PolicyTrigger(manual=policy_pb2.ManualTrigger()))))
@@ -97,6 +101,9 @@ async def test_cron_and_manual_triggers_round_trip(env: PolicyEnv) -> None:  # n
      "policy.trigger.schedule.cron", "not a valid cron expression"),
     (dict(trigger=schedule(cron="61 * * * *")),
      "policy.trigger.schedule.cron", "not a valid cron expression"),
+    (dict(trigger=schedule(cron="* * * * * *")),
+     "policy.trigger.schedule.cron", "five fields"),
+    (dict(trigger=schedule(cron="0 0 31 2 *")), "policy.trigger.schedule.cron", "never fires"),
     (dict(trigger=schedule(interval=D(seconds=30), jitter=D(seconds=30))),
      "policy.trigger.schedule.jitter", "shorter than the interval (30s)"),
     (dict(trigger=schedule(interval=D(seconds=30), jitter=D(seconds=-1))),
