@@ -8,11 +8,12 @@ control characters removed, reaches error messages (which read-only callers can 
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
 
 EXCERPT_CHARS = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]+")
 _CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+# `scheme://` (optional: "user:pw@host" has none) then the authority up to its last `@`.
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@")
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
@@ -31,11 +32,6 @@ def error_code(value: object) -> str:
 
 
 def strip_userinfo(url: str) -> str:
-    """`url` without `user:password@` (for messages and logs); non-URLs pass unchanged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _CONTROL.sub(" ", url.rpartition("@")[2])
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    """`url` without `user:password@` (for messages and logs), also when it has no scheme or
+    does not parse; anything else passes unchanged. The one place URLs are redacted."""
+    return _USERINFO.sub(lambda m: m.group("scheme") or "", url, count=1)

@@ -91,7 +91,8 @@ async def check_connection(
 
     # Answer within seconds: a connection test should report, not retry for a minute.
     cfg = replace(cfg, max_attempts=2, connect_timeout=min(cfg.connect_timeout, 10.0))
-    parts = urlsplit(cfg.url)
+    # base_url: the URL without any userinfo, which must never appear in a step's message.
+    parts = urlsplit(cfg.base_url)
     hostport = parts.netloc
     https = parts.scheme == "https"
     async with RegistryClient(cfg) as rc:

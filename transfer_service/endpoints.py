@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from registry_client import RegistryClient, RegistryConfig
+from registry_client.excerpt import strip_userinfo
 from registry_client.pool import POOL
 from servicekit.db import Database
 from servicekit.errors import already_exists, invalid_argument, not_found
@@ -203,18 +204,12 @@ def validate_endpoint(ep: EndpointRecord) -> list[tuple[str, str]]:
     return v
 
 
-def redact_url(url: str) -> str:
-    """The URL without its userinfo (`https://user:pass@h` -> `https://***@h`), for messages."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@", lambda m: f"{m.group(1) or ''}***@",
-                  url)
-
-
 def _url_problem(raw: str) -> str | None:
     if not raw:
         return "required, e.g. https://registry.example.com"
     # Every message below names the URL without its userinfo: a password typed into the URL
     # must not come back in an error (which read-only clients and logs may see).
-    url = redact_url(raw)
+    url = strip_userinfo(raw)
     if url != raw:
         # Credentials in the URL would be stored and shown in clear: use username/secret.
         return f"{url!r} must not contain credentials; use username and secret"

@@ -12,6 +12,7 @@ from aiohttp import web
 from registry_client import RegistryClient, RegistryConfig, errors
 from registry_client.client import sha256_digest
 from registry_client.config import USER_AGENT
+from registry_client.excerpt import strip_userinfo
 from registry_testkit.faultproxy import FaultProxy
 from registry_testkit.ports import free_port
 from registry_testkit.registry import RegistryProcess
@@ -165,6 +166,20 @@ def test_userinfo_in_a_url_is_never_echoed_nor_used() -> None:
     with pytest.raises(ValueError) as info:
         RegistryConfig(url="ftp://ci:hunter2@registry.example")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://ci:hunter2@registry.example:5000/v2/", "https://registry.example:5000/v2/"),
+        ("ci:hunter2@registry.example", "registry.example"),
+        ("https://ci:hunt@er2@[::1", "https://[::1"),  # does not parse as a URL
+        ("https://ci:hunter2@", "https://"),
+        ("https://registry.example/a@b", "https://registry.example/a@b"),  # a path's @ stays
+    ],
+)
+def test_strip_userinfo_also_without_a_scheme_or_a_valid_url(url: str, shown: str) -> None:
+    assert strip_userinfo(url) == shown
 
 
 async def test_connect_errors_name_no_userinfo() -> None:
