@@ -71,7 +71,9 @@ async def test_read_token_reads_but_cannot_write(server: RunningServer) -> None:
         states = [t.state async for t in c.transfers.watch("t1")]
         assert len(states) == 2
         with pytest.raises(errors.PermissionDenied) as exc:
-            await c.policies.create(name="p", rule="true")
+            await c.policies.create(
+                name="p", rule="true", source_endpoint="dev", source_repository="team/app"
+            )
         assert "admin token" in exc.value.message
         with pytest.raises(errors.PermissionDenied):
             await c.transfers.cancel("t1")
@@ -79,7 +81,9 @@ async def test_read_token_reads_but_cannot_write(server: RunningServer) -> None:
 
 async def test_admin_token_writes(server: RunningServer) -> None:
     async with _client(server, ADMIN) as c:
-        created = await c.policies.create(name="p1", rule='tag == "x"')
+        created = await c.policies.create(
+            name="p1", rule='tag == "x"', source_endpoint="dev", source_repository="team/app"
+        )
         assert created.name == "p1"
         names = [p.name async for p in c.policies.iter()]
         assert names == ["p1"]
@@ -113,7 +117,7 @@ async def test_refusals_are_logged_without_the_token(
             await c.policies.list()
     async with _client(server, READ) as c:
         with pytest.raises(errors.PermissionDenied):
-            await c.policies.create(name="p")
+            await c.policies.create(name="p", source_endpoint="dev", source_repository="team/app")
     text = caplog.text
     assert "refused /mirror.v1.PolicyService/ListPolicies: unknown token" in text
     assert "refused /mirror.v1.PolicyService/CreatePolicy: read-only token" in text
