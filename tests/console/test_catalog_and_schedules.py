@@ -68,6 +68,11 @@ def test_the_catalog_pages_in_name_order_and_filters_by_prefix(
         expect(page.locator("#repositories")).to_contain_text(
             "The catalog lists no repository starting with nothing-like-this/"
         )
+    # The blocking SDK pages the same catalog (the console uses its asyncio twin).
+    with env.client() as c:
+        assert list(c.transfers.iter_repositories("dev", prefix="cat/", page_size=1)) == catalog
+        steps = [ch.step for ch in c.transfers.stream_connection_test("dev", repository="cat/a")]
+        assert len(steps) == len(set(steps)) >= 4
 
 
 def test_a_refused_catalog_says_why_and_the_mirrors_names_remain(
