@@ -374,6 +374,9 @@ class EndpointStore:
                     name,
                 ),
             )
+        if moved:
+            # Other limit or credential changes replace the state at the next client_for.
+            POOL.forget(RegistryConfig(url=current.url.rstrip("/")))
         return updated
 
     def delete(self, name: str) -> None:

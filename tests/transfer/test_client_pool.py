@@ -49,8 +49,17 @@ async def test_clients_of_an_endpoint_share_state_until_it_changes(
             await d.ping()
         cfg = store.config_for("dev")
         assert POOL.peek(cfg) is not None
-        store.delete("dev")
+        # Another URL (here another name of the same loopback registry): the old state goes.
+        other = registry.url.replace("127.0.0.1", "localhost")
+        assert other != registry.url
+        store.update("dev", {"url": other})
         assert POOL.peek(cfg) is None
+        async with store.client_for("dev") as e:
+            await e.ping()
+        moved = store.config_for("dev")
+        assert POOL.peek(moved) is e.transport.shared
+        store.delete("dev")
+        assert POOL.peek(moved) is None
     finally:
         db.close()
 
