@@ -6,8 +6,9 @@ WORKDIR /src
 
 # Dependencies first, in their own layer: a code change does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); \
-print('\n'.join(d['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(d['dependencies'] + d['optional-dependencies']['server']))" \
+      > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
 
 COPY clients ./clients

@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml apt-packages.txt
 	$(MAKE) system-deps
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,dev,bench]'
+	$(BIN)/pip install -q -e '.[server,test,dev,bench]'
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 install: $(STAMP)

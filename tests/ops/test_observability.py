@@ -87,6 +87,12 @@ def test_rpc_and_run_fields_metrics_and_alert_metric_names(
     assert re.search(r'mirror_policy_runs_total\{policy="to-qa",state="succeeded"\} 1\.0', text)
     assert re.search(r'mirror_policy_last_success_timestamp_seconds\{policy="to-qa"\} 1\.\d+e\+09',
                      text)
+    # The exposition passes Prometheus' own lint.
+    promtool = shutil.which("promtool")
+    assert promtool
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=60)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
     # Every metric an example alert reads is one the stack exports.
     exported = set(re.findall(r"^# TYPE (\w+) ", text, re.M))
     exported |= {f"{n}_total" for n in exported} | {f"{n}_bucket" for n in exported}
