@@ -72,16 +72,15 @@ def _event(name: str, html: str) -> bytes:
 
 
 async def _until_closing(c: Console, checks: AsyncIterator[Check]) -> AsyncIterator[Check]:
-    """The checks as they arrive, ending early when the server shuts down."""
+    """The checks as they arrive, ending early when the server shuts down (or when the
+    caller stops, e.g. on its deadline: the call under way is cancelled, not left running)."""
     closing = asyncio.ensure_future(c.closing.wait())
+    step: asyncio.Future[Check] | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(checks))
             done, _ = await asyncio.wait({step, closing}, return_when=asyncio.FIRST_COMPLETED)
             if step not in done:
-                step.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await step
                 return
             try:
                 yield step.result()
@@ -89,6 +88,10 @@ async def _until_closing(c: Console, checks: AsyncIterator[Check]) -> AsyncItera
                 return
     finally:
         closing.cancel()
+        if step is not None and not step.done():
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await step
         with contextlib.suppress(Exception):
             await checks.aclose()  # type: ignore[attr-defined]
 

@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from playwright.sync_api import Browser, Page, expect
 
 from registry_testkit.images import ImageBuilder, push
-from tests.clients.livestack import ADMIN_TOKEN
+from tests.clients.livestack import ADMIN_TOKEN, wait_for
 from tests.console.conftest import QA_PASSWORD, QA_USER, Env, public_key_pem, sign_in
 
 pytestmark = pytest.mark.registry
@@ -42,7 +43,18 @@ def populated(env: Env) -> dict[str, str]:
         ))
         push(ImageBuilder(env.tmp / "img").image("1.4-stable"), env.dev, "dev/website")
         c.policies.create_trusted_key(name="ci", public_key_pem=public_key_pem()[0])
-    return {"policy": policy.id}
+        # A pull mirror on a schedule: its page has a polls table too.
+        scheduled = c.policies.create(policy=policy_pb2.Policy(
+            name="pull-website",
+            source=policy_pb2.PolicySource(endpoint="dev", repository="dev/website"),
+            target=common_pb2.Target(endpoint="qa", repository="pulled/website"),
+            rule="true", enabled=True,
+            trigger=policy_pb2.PolicyTrigger(
+                schedule=policy_pb2.ScheduleTrigger(interval=Duration(seconds=2))
+            ),
+        ))
+        wait_for("a poll", lambda: c.gateway.get_policy_status(scheduled.id).last_poll.id)
+    return {"policy": policy.id, "scheduled": scheduled.id}
 
 
 PAGES = [
@@ -76,7 +88,8 @@ def test_pages_fit_the_width_and_label_every_control(
         page.goto(env.base + "/login")
         assert page.evaluate(UNLABELLED) == []
         sign_in(page, env)
-        pages = [*PAGES, ("policy", f"/policies/{populated['policy']}")]
+        pages = [*PAGES, ("policy", f"/policies/{populated['policy']}"),
+                 ("scheduled", f"/policies/{populated['scheduled']}")]
         for name, url in pages:
             page.goto(env.base + url)
             expect(page.locator("main h1").first).to_be_visible()
@@ -87,6 +100,8 @@ def test_pages_fit_the_width_and_label_every_control(
                 page.get_by_label("Repository to check").fill("qa/website")
                 page.get_by_role("button", name="Connect").click()
                 expect(page.locator("#connect-result li.step.ok")).to_have_count(5)
+            if name == "scheduled":
+                expect(page.locator("table.polls tr.poll").first).to_be_visible()
             if name == "policy":
                 expect(page.locator("tr.run .state").first).to_have_text("SUCCEEDED",
                                                                         timeout=60_000)
