@@ -51,10 +51,17 @@ def test_sdk_doc_examples_run(
     assert "NOT_FOUND" in printed
     assert "copy-app-all " in printed
     assert "Alpine" not in printed and "no vulnerability data 0 records" in printed
+    assert "pull-app every 30s, jitter 5s" in printed
+    assert "ci ecdsa-p256 " in printed and "refused: trusted key 'ci' is named by" in printed
+    assert " to delete, " in printed
     assert digest_of(registry, "team/app-mirror", "1.0") == image.digest
     with connect(live.address, token=ADMIN_TOKEN) as c:
         names = {p.name for p in c.policies.iter()}
-        assert names == {"copy-app", "copy-app-all", "copy-app-async"}
+        assert names == {"copy-app", "copy-app-all", "copy-app-async", "pull-app"}
+        pull = next(p for p in c.policies.iter() if p.name == "pull-app")
+        assert (pull.trigger.WhichOneof("kind"), pull.keep_newest, pull.deletions) == (
+            "manual", 0, 2)
+        assert list(c.policies.iter_trusted_keys()) == []
         assert c.transfers.get_endpoint("dev").has_webhook_secret
         # team/* -> mirror/{path}: each repository to its own (team/app-copy may have come
         # too late for the apply).
@@ -62,6 +69,8 @@ def test_sdk_doc_examples_run(
             list_tags(registry, f"mirror/{name}") == ["1.0"] for name in ("app", "app-mirror")
         ))
         assert digest_of(registry, "mirror/app", "1.0") == image.digest
-        assert {r.policy_name for r in c.gateway.iter_runs()} == set(names)
+        # pull-app polled team/app (1.0 matches >=1.0 <2) until it was made manual.
+        assert {r.policy_name for r in c.gateway.iter_runs()} <= set(names)
+        assert {r.policy_name for r in c.gateway.iter_runs()} >= set(names) - {"pull-app"}
     assert digest_of(registry, "team/app-async", "1.0") == image.digest
     assert WEBHOOK_TOKEN not in printed and WEBHOOK_TOKEN not in live.log

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +18,11 @@ from pathlib import Path
 import pytest
 from mirror.client import connect
 
-from registry_testkit.images import ImageBuilder, LayerSpec, digest_of, push
+from registry_testkit.images import ImageBuilder, LayerSpec, digest_of, list_tags, push
 from registry_testkit.registry import RegistryProcess
 from tests.clients.docs_blocks import blocks, json_stream, run_bash
 from tests.clients.livestack import ADMIN_TOKEN, ROOT, LiveStack, running, start_stack, wait_for
+from tests.e2e.signing import ANNOTATION, new_key, public_pem, signature_image, verify
 from tests.scanner.layerkit import ALPINE_INSTALLED, ALPINE_OS_RELEASE
 
 pytestmark = pytest.mark.registry
@@ -173,3 +176,61 @@ def test_readme_mirrorctl_session(
     assert "MIRROR_SECRET_QA" in exported
     for text in [exported, live.log, *(r.stdout + r.stderr for r in results)]:
         assert QA_PASSWORD not in text and ADMIN_TOKEN not in text
+
+
+def test_readme_pull_mirror_and_signatures_session(
+    live: LiveStack, registry_factory, images: ImageBuilder, tmp_path: Path
+) -> None:
+    hub, local = registry_factory(), registry_factory()  # the upstream sends no events
+    pushed = {}
+    for i, tag in enumerate(("1.24.0", "1.25.0", "1.26.0", "1.27.0", "1.27.1", "2.0.0")):
+        pushed[tag] = push(images.image(tag, layers=[5_000 + i]), hub, "library/nginx")
+    ci = new_key("ecdsa")
+    app = images.image("1.0", layers=[9_000])
+    sig = signature_image(tmp_path, "team/app", app.digest, ci)
+    push(app, local, "team/app")
+    push(sig, local, "team/app")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "cosign.pub").write_text(public_pem(ci))
+    env = _shell_env(live, tmp_path, HUB_REGISTRY_URL=hub.url, LOCAL_REGISTRY_URL=local.url)
+    code = blocks("README.md", "sh", section="Pull mirrors, deletions and signatures")
+    assert len(code) == 4
+
+    def run(i: int) -> str:
+        res = run_bash(code[i], env, work)
+        assert res.returncode == 0, f"block {i + 1} failed:\n{code[i]}\n{res.stdout}\n{res.stderr}"
+        return res.stdout + res.stderr
+
+    def tags(repo: str) -> list[str]:
+        return sorted(list_tags(local, repo))
+
+    assert "created policy pull-nginx" in run(0)
+    # The first poll: the newest 3 tags matching >=1.25 <2, with the upstream digests.
+    wait_for("the first poll's copies", lambda: tags("mirror/nginx") == [
+        "1.26.0", "1.27.0", "1.27.1"])
+    for tag in ("1.26.0", "1.27.0", "1.27.1"):
+        assert digest_of(local, "mirror/nginx", tag) == pushed[tag]
+    wait_for("the poll recorded", lambda: "3 copied" in run(1))
+    shown = run(1)
+    assert "every 30s, jitter 5s" in shown and "LISTED" in shown and "6 listed" in shown
+    assert "PREVIOUS DIGEST" in shown and "schedule" in shown
+
+    pruned = run(2)
+    assert "pull-nginx: would delete 1 tag(s), kept 2 (dry run" in pruned
+    assert "pull-nginx: deleted 1 tag(s), kept 2" in pruned
+    assert tags("mirror/nginx") == ["1.27.0", "1.27.1"]
+
+    signed = run(3)
+    assert "trusted key ci added (ecdsa-p256" in signed
+    assert "created policy promote-signed" in signed
+    wait_for("the signed image with its signature", lambda: tags("prod/app") == ["1.0", sig.tag])
+    assert digest_of(local, "prod/app", "1.0") == app.digest
+    assert digest_of(local, "prod/app", sig.tag) == sig.digest
+    req = urllib.request.Request(f"{local.url}/v2/prod/app/manifests/{sig.tag}", headers={
+        "Accept": "application/vnd.oci.image.manifest.v1+json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        layer = json.loads(resp.read())["layers"][0]
+    with urllib.request.urlopen(f"{local.url}/v2/prod/app/blobs/{layer['digest']}",
+                                timeout=10) as resp:
+        assert verify(public_pem(ci), resp.read(), layer["annotations"][ANNOTATION])
