@@ -146,7 +146,7 @@ def test_a_scheduled_mirror_shows_next_and_last_poll_and_its_polls(
     expect(page.locator("#last-poll")).to_contain_text("tags listed")
     expect(page.locator("table.polls tr.poll").first).to_be_visible()
     # The Mirrors tab of the repository it writes (pull from a remote registry).
-    page.goto(env.base + "/repositories/qa/pulled/app")
+    page.locator("p.crumbs").get_by_role("link", name="pulled/app").click()
     row = page.locator("tr[data-policy=pull-up-app]")
     expect(row.locator(".next-poll")).to_contain_text("next poll 20")
     expect(row.locator(".last-poll")).to_contain_text("last poll 20")
