@@ -57,7 +57,8 @@ METADATA_FACTS = {
         }
     ),
 }
-# Runs that a late signature, attestation or SBOM may change.
+SCAN_FACTS = METADATA_FACTS["sbom"]
+# Runs that a late signature, attestation, SBOM or scan report may change.
 UNDECIDED = frozenset({Run.STATE_NOT_MATCHED, Run.STATE_BLOCKED, Run.STATE_PENDING})
 # distribution 2.8.2 sends a manifest push event before it links the tag (the PUT has not
 # answered yet), so a HEAD right after the event can 404: ask again for up to ~1.5 s.
@@ -221,9 +222,47 @@ class Runner:
         return out
 
     async def _late_metadata(self, push: Push, subject: str, kind: str) -> list[RunRecord]:
-        """Re-evaluate, once, the runs of `subject` that the arrived metadata may change."""
+        """A signature, attestation or SBOM arrived: re-evaluate its image's undecided runs."""
+        return await self._reevaluate(
+            push.endpoint,
+            push.repository,
+            subject,
+            METADATA_FACTS[kind],
+            f"{METADATA_KINDS[kind]} {push.tag} arrived",
+            push.event_id,
+            push.evaluation_time,
+        )
+
+    async def report_arrived(self, digest: str, repository: str) -> list[RunRecord]:
+        """A scan report was imported for an image: re-evaluate its runs that read scans."""
         out: list[RunRecord] = []
-        for prior in self.runs.latest_for_digest(push.endpoint, push.repository, subject):
+        when = time.time()
+        for endpoint in self.runs.endpoints_for_digest(repository, digest):
+            out += await self._reevaluate(
+                endpoint,
+                repository,
+                digest,
+                SCAN_FACTS,
+                "a scan report was imported",
+                f"report:{digest}:{when:.6f}",
+                when,
+            )
+        return out
+
+    async def _reevaluate(
+        self,
+        endpoint: str,
+        repository: str,
+        subject: str,
+        reads: frozenset[int],
+        cause: str,
+        event_id: str,
+        evaluation_time: float,
+    ) -> list[RunRecord]:
+        """Evaluate again, once, the latest undecided run of each policy of the image whose
+        rule reads `reads`, while its tag still names the image."""
+        out: list[RunRecord] = []
+        for prior in self.runs.latest_for_digest(endpoint, repository, subject):
             if prior.state not in UNDECIDED:
                 continue
             if prior.state == Run.STATE_PENDING and not self.runs.is_waiting(prior.id):
@@ -236,17 +275,17 @@ class Runner:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
                     continue
                 raise
-            if not pol.enabled or not set(pol.required_facts) & METADATA_FACTS[kind]:
+            if not pol.enabled or not set(pol.required_facts) & reads:
                 continue
             again = Push(
-                event_id=f"{push.event_id}/{prior.policy_id}/{prior.src_tag}",
+                event_id=f"{event_id}/{prior.policy_id}/{prior.src_tag}",
                 trigger=Run.TRIGGER_LATE_METADATA,
-                endpoint=push.endpoint,
-                repository=push.repository,
+                endpoint=endpoint,
+                repository=repository,
                 tag=prior.src_tag,
                 digest=subject,
-                evaluation_time=push.evaluation_time,
-                cause=f"{METADATA_KINDS[kind]} {push.tag} arrived",
+                evaluation_time=evaluation_time,
+                cause=cause,
             )
             current, _ = await self._verify(
                 dataclasses.replace(again, trigger=Run.TRIGGER_NOTIFY, digest="")

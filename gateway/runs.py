@@ -319,6 +319,14 @@ class RunStore:
             latest[(row["dst_endpoint"], row["dst_repository"], row["dst_tag"])] = row
         return [_record(r) for r in latest.values() if r["action"] == Run.ACTION_COPY]
 
+    def endpoints_for_digest(self, repository: str, digest: str) -> list[str]:
+        """The source endpoints whose runs copied (or considered) this image."""
+        rows = self.db.query(
+            "SELECT DISTINCT src_endpoint FROM runs WHERE src_repository = ? AND src_digest = ?",
+            (repository, digest),
+        )
+        return [str(r["src_endpoint"]) for r in rows]
+
     def latest_for_digest(self, endpoint: str, repository: str, digest: str) -> list[RunRecord]:
         """The newest run of each (policy, source tag) whose source is this image."""
         rows = self.db.query(

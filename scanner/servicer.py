@@ -6,10 +6,10 @@ import asyncio
 import logging
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.protobuf import timestamp_pb2
 from grpc import aio
@@ -96,6 +96,10 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         self._digest_locks: dict[str, asyncio.Lock] = {}
         self._import_lock = asyncio.Lock()
         self.import_roots = [Path(p).resolve() for p in import_roots]
+        # Told (digest, repository) after an imported report is saved, so that the image's
+        # policies can be evaluated again (the embedded stack wires the gateway here).
+        self.on_report: Callable[[str, str], Coroutine[Any, Any, object]] | None = None
+        self._report_tasks: set[asyncio.Task[object]] = set()
 
     def mount(self, server: aio.Server) -> None:
         scan_pb2_grpc.add_ScanServiceServicer_to_server(self, server)
@@ -273,9 +277,21 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             merge_report(facts, report.format, report)
             await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
             try:
-                return await asyncio.to_thread(self._save, facts)
+                saved = await asyncio.to_thread(self._save, facts)
             except ScanError as err:
                 raise scan_error(err) from None
+        if self.on_report is not None and repository:
+            task: asyncio.Task[object] = asyncio.create_task(
+                self.on_report(request.digest, repository)
+            )
+            self._report_tasks.add(task)
+            task.add_done_callback(self._report_done)
+        return saved
+
+    def _report_done(self, task: asyncio.Task[object]) -> None:
+        self._report_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("re-evaluating after an imported report failed: %s", task.exception())
 
     async def GetVulnerabilityDatabaseStatus(
         self, request: scan_pb2.GetVulnerabilityDatabaseStatusRequest,

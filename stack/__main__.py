@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gateway.http import ConfigError
 from gateway.options import add_gateway_arguments, webhook_secret
-from policy_service.__main__ import _age
+from policy_service.__main__ import _age, _wait
 from servicekit.runner import base_parser, run_until_signal
 from servicekit.security import ServerSecurity, add_peer_arguments, add_security_arguments
 
@@ -45,6 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="7d",
         help="rules reading vulnerabilities are blocked when the vulnerability data is older "
         "than this (e.g. 7d, 12h, 30s; default 7d)",
+    )
+    p.add_argument(
+        "--signature-wait",
+        type=_wait,
+        default="0s",
+        help="how long a run waits for a signature when its policy's rule reads signatures and "
+        "the policy sets no signature_wait of its own (e.g. 10m; default 0s: decide at once)",
     )
     add_security_arguments(p)
     add_peer_arguments(p)
@@ -93,7 +100,10 @@ def main(argv: list[str] | None = None) -> None:
                         "reschedule_base": args.reschedule_base,
                         "reschedule_max": args.reschedule_max,
                     },
-                    policy_options={"max_vulnerability_age": args.max_vulnerability_age},
+                    policy_options={
+                        "max_vulnerability_age": args.max_vulnerability_age,
+                        "signature_wait": args.signature_wait,
+                    },
                 ),
                 security,
             )

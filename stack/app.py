@@ -153,6 +153,9 @@ async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) 
         scanner_channel=channel if scanner is not None else None,
         resolver=transfer.endpoints,
     )
+    if scanner is not None:
+        # An imported scan report re-evaluates its image's undecided runs (issue 13, item 3).
+        scanner.on_report = gw.runner.report_arrived
     servicers.append(gw.servicer)
     try:
         http_port = await gw.start_http(

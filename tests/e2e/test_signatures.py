@@ -142,3 +142,35 @@ def test_copied_signature_verifies_at_the_destination_default_copies_none(
         payload = resp.read()
     assert verify(public_pem(ci), payload, layer["annotations"][ANNOTATION])
     assert json.loads(payload)["critical"]["image"]["docker-manifest-digest"] == image.digest
+
+
+def test_an_imported_scan_report_re_evaluates_the_image_once(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    from mirror.v1 import scan_pb2, scan_pb2_grpc
+
+    from tests.e2e.scan_images import clean_image
+
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
+    pol = policy(clients, "needs-requests", 'component == "requests"', "qa/app")
+    image = clean_image(tmp_path, "1.0")
+    push(image, dev, "dev/app")
+    (first,) = clients.wait_runs_final(pol.id, 1)
+    assert first.state == Run.STATE_NOT_MATCHED
+    # Another scanner's SBOM for the image arrives later and names requests.
+    bom = {"bomFormat": "CycloneDX", "specVersion": "1.5", "components": [
+        {"type": "library", "name": "requests", "version": "2.31.0",
+         "purl": "pkg:pypi/requests@2.31.0"}]}
+    scan_pb2_grpc.ScanServiceStub(clients.channel).ImportReport(
+        scan_pb2.ImportReportRequest(
+            digest=image.digest, repository="dev/app", format="cyclonedx",
+            report=json.dumps(bom).encode(),
+        ),
+        timeout=30,
+    )
+    wait_for(lambda: tags_of(qa, "qa/app") == ["1.0"], 60, "mirrored after the report")
+    runs = clients.wait_runs_final(pol.id, 2)
+    late = [r for r in runs if r.trigger == Run.TRIGGER_LATE_METADATA]
+    assert len(late) == 1 and late[0].state == Run.STATE_SUCCEEDED
+    assert late[0].cause == "a scan report was imported"
+    assert skopeo_digest(qa, "qa/app", "1.0") == image.digest
