@@ -140,6 +140,7 @@ class QuotaWindow:
         self.remaining: int | None = None
         self.reading: QuotaReading | None = None
         self.refill_at = 0.0  # monotonic; when an exhausted quota may allow again
+        self.observed_at = 0.0  # monotonic time of the last reading
         self.in_flight = 0  # counted requests sent, not yet answered
 
     def observe(self, reading: QuotaReading | None) -> None:
@@ -147,6 +148,7 @@ class QuotaWindow:
         if reading is None:
             return
         self.reading = reading
+        self.observed_at = time.monotonic()
         # Counted requests still out were probably not in this reading yet.
         self.remaining = reading.remaining - self.in_flight
         self._set_refill()
@@ -156,7 +158,8 @@ class QuotaWindow:
         if self.remaining is None or self.remaining > self.reserve or r is None:
             return
         wait = r.reset if r.reset is not None else r.window if r.window is not None else self.cap
-        self.refill_at = time.monotonic() + wait
+        # Reset and window count from the answer that told them.
+        self.refill_at = self.observed_at + wait
 
     def wait_needed(self) -> float:
         """Seconds a counted request must wait now (0: it may go)."""

@@ -171,3 +171,26 @@ async def test_anonymous_pull_token(
             assert state is not None and state.auth.token_fetches == 1
             with pytest.raises((AuthenticationError, PermissionDenied)):
                 await a.start_upload("library/app")  # the anonymous token is pull only
+
+
+async def test_quota_reserve_and_reset_header(
+    registry: RegistryProcess, fault_proxy: ProxyFn, images: ImageBuilder
+) -> None:
+    img = images.image("1.0", layers=[1000])
+    push(img, registry, "team/app")
+    proxy = fault_proxy(registry.url)
+    # Three left, two kept in reserve: one more GET may go, then wait for the reset (1 s).
+    proxy.add_headers(
+        r"/manifests/",
+        {"RateLimit-Remaining": "3", "RateLimit-Reset": "1"},
+        times=1,
+        method="HEAD",
+    )
+    async with RegistryClient(shared(proxy.url, quota_reserve=2)) as rc:
+        await rc.head_manifest("team/app", "1.0")
+        t0 = time.monotonic()
+        await rc.get_manifest("team/app", "1.0")
+        assert time.monotonic() - t0 < 0.8
+        await rc.get_manifest("team/app", "1.0")
+        assert 0.5 <= time.monotonic() - t0 <= 3.0
+        assert len(proxy.requests("GET", r"/manifests/")) == 2
