@@ -3,6 +3,7 @@ no events, copy new and moved tags, and an unchanged poll costs only tag lists a
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +168,41 @@ def test_keep_newest_mirrors_only_the_newest_matching_tags(
              60, "the first poll")
     wait_for(lambda: len(tags_of(local, "mirror/tool")) == 2, 60, "two tags mirrored")
     assert tags_of(local, "mirror/tool") == ["1.10.0", "v1.11.0-alpine"]
+
+
+def test_platform_filter_mirrors_only_the_asked_platform(
+    stack: StackProcess,
+    clients: Clients,
+    registry_factory: RegistryFactory,
+    upstream: tuple[RegistryProcess, FaultProxy],
+    tmp_path: Path,
+) -> None:
+    reg, proxy = upstream
+    local = registry_factory()
+    add_endpoints(clients, proxy, local)
+    index = ImageBuilder(tmp_path / "img").index("1.0", ("linux/amd64", "linux/arm64/v8"))
+    push(index, reg, "lib/multi", user=WRITER[0], password=WRITER[1])
+    pol = clients.policy.CreatePolicy(
+        policy_pb2.CreatePolicyRequest(
+            policy=policy_pb2.Policy(
+                name="amd64-only",
+                source=policy_pb2.PolicySource(endpoint="hub", repository="lib/multi"),
+                rule="true",
+                target=common_pb2.Target(endpoint="local", repository="mirror/multi"),
+                tag_template="%n",
+                enabled=True,
+                trigger=policy_pb2.PolicyTrigger(
+                    schedule=policy_pb2.ScheduleTrigger(interval=Duration(seconds=60))
+                ),
+                platforms=["linux/amd64"],
+            )
+        ),
+        timeout=60,
+    )
+    wait_for(lambda: tags_of(local, "mirror/multi") == ["1.0"], 60, "the amd64 image")
+    (run,) = clients.wait_runs_final(pol.id, 1)
+    assert run.state == Run.STATE_SUCCEEDED, run.message
+    entries = json.loads(index.manifest)["manifests"]
+    amd64 = next(e["digest"] for e in entries if e["platform"]["architecture"] == "amd64")
+    # One platform of an index: that platform's own manifest is what the tag names.
+    assert skopeo_digest(local, "mirror/multi", "1.0") == amd64
