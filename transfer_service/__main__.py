@@ -38,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--policy-address", default=None,
                    help="HOST:PORT of the policy service, asked before an endpoint is deleted "
                    "(without it DeleteEndpoint cannot check which policies use an endpoint)")
+    p.add_argument("--idle-timeout", type=float, default=None,
+                   help="seconds without a byte from a registry before a read is cut "
+                   "(default 30)")
+    p.add_argument("--retry-after-cap", type=float, default=None,
+                   help="longest Retry-After waited for within an attempt (default 60 s); "
+                   "a longer one reschedules the job for then")
     add_security_arguments(p)
     args = p.parse_args(argv)
     if args.max_jobs < 1 or args.max_blobs < 1 or args.max_attempts < 1:
@@ -48,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--reschedule-base must be positive and --reschedule-max at least as large")
     if args.spool_threshold < 0:
         p.error("--spool-threshold must not be negative")
+    if (args.idle_timeout is not None and args.idle_timeout <= 0) or (
+        args.retry_after_cap is not None and args.retry_after_cap < 0
+    ):
+        p.error("--idle-timeout must be positive and --retry-after-cap not negative")
     return args
 
 
@@ -73,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
             reschedule_base=args.reschedule_base,
             reschedule_max=args.reschedule_max,
             policy_channel=policy_channel,
+            idle_timeout=args.idle_timeout,
+            retry_after_cap=args.retry_after_cap,
         )
         server = await start_server(
             [servicer], args.grpc_listen, tls=security.tls, interceptors=security.interceptors

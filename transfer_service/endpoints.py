@@ -268,9 +268,20 @@ class EndpointStore:
     origin no longer matches the URL is never used (defence in depth; see docs/INTERFACES.md).
     """
 
-    def __init__(self, db: Database, box: SecretBox) -> None:
+    def __init__(
+        self,
+        db: Database,
+        box: SecretBox,
+        *,
+        idle_timeout: float | None = None,
+        retry_after_cap: float | None = None,
+    ) -> None:
+        """`idle_timeout`, `retry_after_cap`: the service's settings for every registry client
+        it builds (None: RegistryConfig's defaults)."""
         self._db = db
         self._box = box
+        self._idle_timeout = idle_timeout
+        self._retry_after_cap = retry_after_cap
 
     def __repr__(self) -> str:
         return f"EndpointStore({self._db.path})"
@@ -404,7 +415,7 @@ class EndpointStore:
         and scans. A changed URL, credential, CA or limit gives new shared state.
         """
         ep = self.get(name)
-        return RegistryConfig(
+        cfg = RegistryConfig(
             url=ep.url.rstrip("/"),
             username=ep.username,
             password=ep.secret,
@@ -414,6 +425,11 @@ class EndpointStore:
             requests_per_second=ep.requests_per_second,
             shared_limits=True,
         )
+        if self._idle_timeout is not None:
+            cfg = replace(cfg, idle_timeout=self._idle_timeout)
+        if self._retry_after_cap is not None:
+            cfg = replace(cfg, retry_after_cap=self._retry_after_cap)
+        return cfg
 
     def client_for(self, name: str) -> RegistryClient:
         """A registry client for the endpoint (use it as `async with`: that closes only its own

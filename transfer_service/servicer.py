@@ -79,11 +79,15 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         reschedule_base: float = 60.0,
         reschedule_max: float = 6 * 3600.0,
         policy_channel: aio.Channel | None = None,
+        idle_timeout: float | None = None,
+        retry_after_cap: float | None = None,
     ) -> TransferServicer:
         """Open DATA/transfer.db and the secret key (env or key file) and build the worker.
 
         `policy_channel`: a channel to the policy service, asked before DeleteEndpoint (the
         stack passes its own channel; `python -m transfer_service --policy-address`).
+        `idle_timeout`, `retry_after_cap`: of every registry client (None: the client's
+        defaults, 30 s and 60 s); a longer Retry-After reschedules the job instead.
         """
         from transfer_service.engine import CopyEngine
 
@@ -91,7 +95,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         data.mkdir(parents=True, exist_ok=True)
         box = load_secret_box(Path(key_file) if key_file else data / "secret.key")
         db = open_database(data)
-        endpoints = EndpointStore(db, box)
+        endpoints = EndpointStore(
+            db, box, idle_timeout=idle_timeout, retry_after_cap=retry_after_cap
+        )
         endpoints.check_key()
         journal = Journal(db)
         spool = Path(spool_dir) if spool_dir else data / "spool"
