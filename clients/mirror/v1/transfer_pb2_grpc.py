@@ -111,6 +111,26 @@ class TransferServiceStub:
                 request_serializer=mirror_dot_v1_dot_transfer__pb2.DeleteTagRequest.SerializeToString,
                 response_deserializer=mirror_dot_v1_dot_transfer__pb2.DeleteTagResponse.FromString,
                 _registered_method=True)
+        self.HeadManifest = channel.unary_unary(
+                '/mirror.v1.TransferService/HeadManifest',
+                request_serializer=mirror_dot_v1_dot_transfer__pb2.ReadManifestRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_transfer__pb2.ManifestHead.FromString,
+                _registered_method=True)
+        self.ReadManifest = channel.unary_unary(
+                '/mirror.v1.TransferService/ReadManifest',
+                request_serializer=mirror_dot_v1_dot_transfer__pb2.ReadManifestRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_transfer__pb2.ManifestContent.FromString,
+                _registered_method=True)
+        self.ReadBlob = channel.unary_stream(
+                '/mirror.v1.TransferService/ReadBlob',
+                request_serializer=mirror_dot_v1_dot_transfer__pb2.ReadBlobRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_transfer__pb2.BlobChunk.FromString,
+                _registered_method=True)
+        self.ReadTags = channel.unary_stream(
+                '/mirror.v1.TransferService/ReadTags',
+                request_serializer=mirror_dot_v1_dot_transfer__pb2.ReadTagsRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_transfer__pb2.TagPage.FromString,
+                _registered_method=True)
 
 
 class TransferServiceServicer:
@@ -215,6 +235,39 @@ class TransferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HeadManifest(self, request, context):
+        """Registry reads with the endpoint's credentials, for the gateway and the scanner of a split
+        deployment (the credentials never leave this service). Admin token only: a read token
+        must not read private images through the mirror. Registry failures are FAILED_PRECONDITION
+        / UNAVAILABLE / NOT_FOUND with ErrorInfo reason REGISTRY_ERROR (metadata: kind, status,
+        code, registry); an unknown endpoint is NOT_FOUND with reason ENDPOINT_NOT_FOUND.
+        The manifest's descriptor (HEAD); NOT_FOUND when the registry has no such manifest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadManifest(self, request, context):
+        """The manifest's exact bytes (at most 4 MiB), verified against a digest reference.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadBlob(self, request, context):
+        """A blob from `offset`, in chunks of at most 1 MiB, never more bytes than the blob holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadTags(self, request, context):
+        """Every tag of a repository, in pages of names as the registry lists them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -292,6 +345,26 @@ def add_TransferServiceServicer_to_server(servicer, server):
                     servicer.DeleteTag,
                     request_deserializer=mirror_dot_v1_dot_transfer__pb2.DeleteTagRequest.FromString,
                     response_serializer=mirror_dot_v1_dot_transfer__pb2.DeleteTagResponse.SerializeToString,
+            ),
+            'HeadManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.HeadManifest,
+                    request_deserializer=mirror_dot_v1_dot_transfer__pb2.ReadManifestRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_transfer__pb2.ManifestHead.SerializeToString,
+            ),
+            'ReadManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadManifest,
+                    request_deserializer=mirror_dot_v1_dot_transfer__pb2.ReadManifestRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_transfer__pb2.ManifestContent.SerializeToString,
+            ),
+            'ReadBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadBlob,
+                    request_deserializer=mirror_dot_v1_dot_transfer__pb2.ReadBlobRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_transfer__pb2.BlobChunk.SerializeToString,
+            ),
+            'ReadTags': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadTags,
+                    request_deserializer=mirror_dot_v1_dot_transfer__pb2.ReadTagsRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_transfer__pb2.TagPage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -700,6 +773,114 @@ class TransferService:
             '/mirror.v1.TransferService/DeleteTag',
             mirror_dot_v1_dot_transfer__pb2.DeleteTagRequest.SerializeToString,
             mirror_dot_v1_dot_transfer__pb2.DeleteTagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeadManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.TransferService/HeadManifest',
+            mirror_dot_v1_dot_transfer__pb2.ReadManifestRequest.SerializeToString,
+            mirror_dot_v1_dot_transfer__pb2.ManifestHead.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.TransferService/ReadManifest',
+            mirror_dot_v1_dot_transfer__pb2.ReadManifestRequest.SerializeToString,
+            mirror_dot_v1_dot_transfer__pb2.ManifestContent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mirror.v1.TransferService/ReadBlob',
+            mirror_dot_v1_dot_transfer__pb2.ReadBlobRequest.SerializeToString,
+            mirror_dot_v1_dot_transfer__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mirror.v1.TransferService/ReadTags',
+            mirror_dot_v1_dot_transfer__pb2.ReadTagsRequest.SerializeToString,
+            mirror_dot_v1_dot_transfer__pb2.TagPage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,20 @@ class TransferServiceStub:
     """Delete a tag at an endpoint (deletion propagation and prune: the gateway checks first that
     the policy wrote it). The manifest is deleted by digest only when `digest` matches.
     """
+    HeadManifest: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.ReadManifestRequest, _transfer_pb2.ManifestHead]
+    """Registry reads with the endpoint's credentials, for the gateway and the scanner of a split
+    deployment (the credentials never leave this service). Admin token only: a read token
+    must not read private images through the mirror. Registry failures are FAILED_PRECONDITION
+    / UNAVAILABLE / NOT_FOUND with ErrorInfo reason REGISTRY_ERROR (metadata: kind, status,
+    code, registry); an unknown endpoint is NOT_FOUND with reason ENDPOINT_NOT_FOUND.
+    The manifest's descriptor (HEAD); NOT_FOUND when the registry has no such manifest.
+    """
+    ReadManifest: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.ReadManifestRequest, _transfer_pb2.ManifestContent]
+    """The manifest's exact bytes (at most 4 MiB), verified against a digest reference."""
+    ReadBlob: _grpc.UnaryStreamMultiCallable[_transfer_pb2.ReadBlobRequest, _transfer_pb2.BlobChunk]
+    """A blob from `offset`, in chunks of at most 1 MiB, never more bytes than the blob holds."""
+    ReadTags: _grpc.UnaryStreamMultiCallable[_transfer_pb2.ReadTagsRequest, _transfer_pb2.TagPage]
+    """Every tag of a repository, in pages of names as the registry lists them."""
 
 @_typing.type_check_only
 class TransferServiceAsyncStub(TransferServiceStub):
@@ -90,6 +104,20 @@ class TransferServiceAsyncStub(TransferServiceStub):
     """Delete a tag at an endpoint (deletion propagation and prune: the gateway checks first that
     the policy wrote it). The manifest is deleted by digest only when `digest` matches.
     """
+    HeadManifest: _aio.UnaryUnaryMultiCallable[_transfer_pb2.ReadManifestRequest, _transfer_pb2.ManifestHead]  # type: ignore[assignment]
+    """Registry reads with the endpoint's credentials, for the gateway and the scanner of a split
+    deployment (the credentials never leave this service). Admin token only: a read token
+    must not read private images through the mirror. Registry failures are FAILED_PRECONDITION
+    / UNAVAILABLE / NOT_FOUND with ErrorInfo reason REGISTRY_ERROR (metadata: kind, status,
+    code, registry); an unknown endpoint is NOT_FOUND with reason ENDPOINT_NOT_FOUND.
+    The manifest's descriptor (HEAD); NOT_FOUND when the registry has no such manifest.
+    """
+    ReadManifest: _aio.UnaryUnaryMultiCallable[_transfer_pb2.ReadManifestRequest, _transfer_pb2.ManifestContent]  # type: ignore[assignment]
+    """The manifest's exact bytes (at most 4 MiB), verified against a digest reference."""
+    ReadBlob: _aio.UnaryStreamMultiCallable[_transfer_pb2.ReadBlobRequest, _transfer_pb2.BlobChunk]  # type: ignore[assignment]
+    """A blob from `offset`, in chunks of at most 1 MiB, never more bytes than the blob holds."""
+    ReadTags: _aio.UnaryStreamMultiCallable[_transfer_pb2.ReadTagsRequest, _transfer_pb2.TagPage]  # type: ignore[assignment]
+    """Every tag of a repository, in pages of names as the registry lists them."""
 
 class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
     """Owns endpoints (registries and their credentials) and transfer jobs."""
@@ -208,5 +236,43 @@ class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
         """Delete a tag at an endpoint (deletion propagation and prune: the gateway checks first that
         the policy wrote it). The manifest is deleted by digest only when `digest` matches.
         """
+
+    @_abc_1.abstractmethod
+    def HeadManifest(
+        self,
+        request: _transfer_pb2.ReadManifestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.ManifestHead, _abc.Awaitable[_transfer_pb2.ManifestHead]]:
+        """Registry reads with the endpoint's credentials, for the gateway and the scanner of a split
+        deployment (the credentials never leave this service). Admin token only: a read token
+        must not read private images through the mirror. Registry failures are FAILED_PRECONDITION
+        / UNAVAILABLE / NOT_FOUND with ErrorInfo reason REGISTRY_ERROR (metadata: kind, status,
+        code, registry); an unknown endpoint is NOT_FOUND with reason ENDPOINT_NOT_FOUND.
+        The manifest's descriptor (HEAD); NOT_FOUND when the registry has no such manifest.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadManifest(
+        self,
+        request: _transfer_pb2.ReadManifestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.ManifestContent, _abc.Awaitable[_transfer_pb2.ManifestContent]]:
+        """The manifest's exact bytes (at most 4 MiB), verified against a digest reference."""
+
+    @_abc_1.abstractmethod
+    def ReadBlob(
+        self,
+        request: _transfer_pb2.ReadBlobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_transfer_pb2.BlobChunk], _abc.AsyncIterator[_transfer_pb2.BlobChunk]]:
+        """A blob from `offset`, in chunks of at most 1 MiB, never more bytes than the blob holds."""
+
+    @_abc_1.abstractmethod
+    def ReadTags(
+        self,
+        request: _transfer_pb2.ReadTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_transfer_pb2.TagPage], _abc.AsyncIterator[_transfer_pb2.TagPage]]:
+        """Every tag of a repository, in pages of names as the registry lists them."""
 
 def add_TransferServiceServicer_to_server(servicer: TransferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
