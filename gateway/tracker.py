@@ -113,7 +113,9 @@ class TransferTracker:
                 await self.before_success(run_id, tr)
             d = tr.destination
             dest = f"{d.repository}:{d.tag} on endpoint {d.endpoint}"
-            self._record(run_id, Run.STATE_SUCCEEDED, f"mirrored to {dest}", tr.digest)
+            # A done transfer's message says which referrers it copied or could not (issue 13).
+            said = f"; {tr.message}" if tr.message else ""
+            self._record(run_id, Run.STATE_SUCCEEDED, f"mirrored to {dest}{said}", tr.digest)
         elif tr.state == T.STATE_SUPERSEDED:
             # A newer push of the source tag won; its own run mirrors it.
             self._record(
