@@ -14,6 +14,7 @@ times), skopeo a second `skopeo sync`. Prints each figure beside skopeo's and th
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,9 @@ def populate(src: object, work: Path, repos: int, tags: int, base_mib: int) -> i
     """Push REPOS x TAGS images sharing one base layer; returns the image count."""
     builder = ImageBuilder(work / "img")
     first = builder.image("base", layers=[base_mib << 20, 1024], name="shared")
-    base = next(b for b in first.blobs if b.size == base_mib << 20)
+    # The first layer of the manifest (blobs also hold the config).
+    base_digest = json.loads(first.manifest)["layers"][0]["digest"]
+    base = next(b for b in first.blobs if b.digest == base_digest)
     n = 0
     for r in range(repos):
         for t in range(tags):
@@ -74,11 +77,13 @@ def skopeo_sync(proxy_host: str, dest_host: str, repos: int, work: Path) -> floa
     lines += [f"    src/app{r:02d}: '.*'" for r in range(repos)]
     spec.write_text("\n".join(lines) + "\n")
     t0 = time.monotonic()
-    subprocess.run(
-        ["skopeo", "sync", "--quiet", "--all", "--src", "yaml", "--dest", "docker",
+    done = subprocess.run(
+        ["skopeo", "sync", "--all", "--src", "yaml", "--dest", "docker",
          "--dest-tls-verify=false", str(spec), f"{dest_host}/mirror"],
-        check=True, capture_output=True,
+        capture_output=True, text=True,
     )
+    if done.returncode != 0:
+        raise SystemExit(f"skopeo sync failed: {done.stderr.strip()[-2000:]}")
     return time.monotonic() - t0
 
 

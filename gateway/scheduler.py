@@ -124,7 +124,7 @@ class PollScheduler:
                 self._running[pol.id] = asyncio.create_task(self._guarded(pol))
 
     async def _scheduled(self) -> list[policy_pb2.Policy]:
-        if time.monotonic() - self._listed_at > 5.0:
+        if time.monotonic() - self._listed_at > 1.0:  # a new policy polls within a second
             out: list[policy_pb2.Policy] = []
             token = ""
             while True:

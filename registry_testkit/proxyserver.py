@@ -30,8 +30,15 @@ HOP_HEADERS = frozenset(
 
 
 def forwardable(headers: Any) -> dict[str, str]:
-    """The end-to-end headers of a request or response."""
-    return {k: v for k, v in headers.items() if k.lower() not in HOP_HEADERS}
+    """The end-to-end headers of a request or response; a header sent several times (skopeo
+    sends one `Accept` per media type) is joined into one comma-separated value, as HTTP
+    allows, instead of keeping only the last."""
+    out: dict[str, str] = {}
+    for k, v in headers.items():
+        if k.lower() in HOP_HEADERS:
+            continue
+        out[k] = f"{out[k]}, {v}" if k in out else v
+    return out
 
 
 class ThreadedProxyServer:
