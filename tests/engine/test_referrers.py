@@ -165,3 +165,29 @@ async def test_all_copies_every_kind_and_a_destination_signature_is_never_droppe
     assert art.manifest(registry2, "qa/app", sig.tag)[1] == local.manifest
     assert art.manifest(registry2, "qa/app", "2.0")[1] == img.manifest  # the image is copied
     assert "qa/app:2.0" in r.referrer_note
+
+
+async def test_the_default_asks_nothing_more_and_all_asks_five_requests_when_there_are_none(
+    registry: RegistryProcess, registry2: RegistryProcess, images: ImageBuilder,
+    engine: CopyEngine, clients, fault_proxy,
+) -> None:
+    _image(images, registry)
+    src_proxy, dst_proxy = fault_proxy(registry.url), fault_proxy(registry2.url)
+
+    def about_referrers(proxy) -> list[tuple[str, str, str]]:
+        return [r for r in proxy.log if "sha256-" in r[1] or "/referrers/" in r[1]]
+
+    async def copy(*kinds: str, repo: str) -> tuple[int, int]:
+        src_proxy.log.clear()
+        dst_proxy.log.clear()
+        await engine.copy(CopyRequest(
+            src=clients(src_proxy.url), src_repo="dev/app", src_ref="1.0",
+            dst=clients(dst_proxy.url), dst_repo=repo, dst_tag="1.0", copy_referrers=kinds,
+        ))
+        return len(about_referrers(src_proxy)), len(about_referrers(dst_proxy))
+
+    assert await copy(repo="qa/plain") == (0, 0)
+    # .sig, .att, .sbom tags, the referrers API (404 on 2.8.2) and its sha256-<hex> tag, all
+    # at the source; the destination is asked nothing (no referrer to push, no index to merge).
+    assert await copy("all", repo="qa/all") == (5, 0)
+    assert {r[0] for r in about_referrers(src_proxy)} == {"GET"}
