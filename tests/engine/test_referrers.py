@@ -14,7 +14,7 @@ import pytest
 from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import CryptoSigner
 
-from registry_testkit.images import ImageRef, push
+from registry_testkit.images import ImageRef, inspect_raw, push
 from registry_testkit.registry import RegistryProcess
 from tests.e2e.signing import ANNOTATION, new_key, public_pem, signature_image, verify
 from tests.engine import referrer_artifacts as art
@@ -191,3 +191,25 @@ async def test_the_default_asks_nothing_more_and_all_asks_five_requests_when_the
     # at the source; the destination is asked nothing (no referrer to push, no index to merge).
     assert await copy("all", repo="qa/all") == (5, 0)
     assert {r[0] for r in about_referrers(src_proxy)} == {"GET"}
+
+
+async def test_signature_over_tls_with_htpasswd_to_token_auth(
+    tls_registry: RegistryProcess, token_registry: RegistryProcess, images: ImageBuilder,
+    engine: CopyEngine, clients, tmp_path: Path,
+) -> None:
+    img = images.image("1.0", layers=[3000])
+    push(img, tls_registry, "dev/app", user="alice")
+    sig = signature_image(tmp_path, "dev/app", img.digest, new_key())
+    push(sig, tls_registry, "dev/app", user="alice")
+    r = await engine.copy(CopyRequest(
+        src=clients(tls_registry, "alice"), src_repo="dev/app", src_ref="1.0",
+        dst=clients(token_registry, "writer"), dst_repo="qa/app", dst_tag="1.0",
+        copy_referrers=("all",),
+    ))
+    assert r.referrers == [CopiedReferrer(sig.digest, "signature", sig.tag)]
+    assert r.referrer_problems == []
+    assert inspect_raw(token_registry, "qa/app", sig.tag, user="reader") == sig.manifest
+    # The referrers API asked with a pull token: 2.8.2's plain 404 after the token, no index.
+    reader = clients(token_registry, "reader")
+    assert not await reader.has_referrers_api("qa/app", img.digest)
+    assert await reader.list_referrers("qa/app", img.digest) == []
