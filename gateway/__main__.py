@@ -2,11 +2,11 @@
 
     python -m gateway --grpc-listen 127.0.0.1:50055 --http-listen 127.0.0.1:8080 --data DIR \
         --policy-address HOST:PORT --transfer-address HOST:PORT [--scanner-address HOST:PORT] \
-        [--transfer-data DIR]
 
---transfer-data (the transfer service's data folder, read only; its key via --secret-key-file or
-$MIRROR_SECRET_KEY) gives the gateway pull access to source endpoints: manifest facts without a
-scanner, ApplyPolicy and Reconcile.
+The gateway reads source endpoints (manifest facts without a scanner, ApplyPolicy, Reconcile,
+polls) through the transfer service's registry-read RPCs (transfer_service.remote): it holds
+no endpoint credential, no key and no transfer data. --transfer-data/--secret-key-file (the
+old read-only store over the transfer service's files) still work but are deprecated.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import argparse
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from grpc import aio
 
 from gateway.http import ConfigError
 from gateway.options import add_gateway_arguments, webhook_secret
@@ -34,13 +36,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--transfer-data",
         default="",
-        help="the transfer service's data folder (read only) for pulling from endpoints",
+        help="DEPRECATED: read endpoints from the transfer service's data folder (read only) "
+        "instead of through --transfer-address",
     )
     p.add_argument(
         "--secret-key-file",
         default="",
-        help="the transfer service's secret key file (default TRANSFER_DATA/secret.key; "
-        "$MIRROR_SECRET_KEY takes precedence)",
+        help="DEPRECATED (with --transfer-data): the transfer service's secret key file",
     )
     add_security_arguments(p)
     add_peer_arguments(p)
@@ -50,10 +52,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def open_resolver(transfer_data: str, key_file: str) -> object | None:
-    """A read-only endpoint store over the transfer service's data, or None."""
+def open_resolver(transfer_data: str, key_file: str, transfer: aio.Channel) -> object:
+    """Endpoint access through the transfer service's API; the deprecated read-only store over
+    its files when --transfer-data is given."""
     if not transfer_data:
-        return None
+        from transfer_service.remote import RemoteEndpoints
+
+        return RemoteEndpoints(transfer)
+    log.warning(
+        "--transfer-data/--secret-key-file are deprecated: the gateway then holds the transfer "
+        "service's key; drop them to read endpoints through --transfer-address"
+    )
     from transfer_service.endpoints import EndpointStore
     from transfer_service.secrets import load_secret_box
 
@@ -91,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
             channels[0],
             channels[1],
             scanner,
-            open_resolver(args.transfer_data, args.secret_key_file),  # type: ignore[arg-type]
+            open_resolver(  # type: ignore[arg-type]
+                args.transfer_data, args.secret_key_file, channels[1]
+            ),
         )
         try:
             http_port = await gw.start_http(args.http_listen)

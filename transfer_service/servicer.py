@@ -29,6 +29,7 @@ from transfer_service.endpoints import WRITABLE_FIELDS, EndpointStore
 from transfer_service.engine.referrers import CHOICES as REFERRER_CHOICES
 from transfer_service.jobs import JobSpec, Journal
 from transfer_service.policy_refs import PolicyRefs
+from transfer_service.registry_reads import RegistryReads
 from transfer_service.schema import open_database
 from transfer_service.secrets import load_secret_box
 from transfer_service.tag_delete import delete_tag
@@ -257,6 +258,30 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 request.repository, request.tag, request.digest, request.endpoint,
             )
         return transfer_pb2.DeleteTagResponse(deleted=deleted)
+
+    # -- registry reads for the gateway and the scanner (transfer_service.registry_reads) ----
+
+    async def HeadManifest(
+        self, request: transfer_pb2.ReadManifestRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.ManifestHead:
+        return await RegistryReads(self.endpoints.client_for).head_manifest(request)
+
+    async def ReadManifest(
+        self, request: transfer_pb2.ReadManifestRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.ManifestContent:
+        return await RegistryReads(self.endpoints.client_for).read_manifest(request)
+
+    async def ReadBlob(
+        self, request: transfer_pb2.ReadBlobRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[transfer_pb2.BlobChunk]:
+        async for chunk in RegistryReads(self.endpoints.client_for).read_blob(request):
+            yield chunk
+
+    async def ReadTags(
+        self, request: transfer_pb2.ReadTagsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[transfer_pb2.TagPage]:
+        async for page in RegistryReads(self.endpoints.client_for).read_tags(request):
+            yield page
 
     async def TestConnection(
         self, request: transfer_pb2.TestConnectionRequest, context: aio.ServicerContext

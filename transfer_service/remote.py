@@ -1,0 +1,204 @@
+"""Endpoint access over the transfer service's API, for the gateway and the scanner.
+
+`RemoteEndpoints(channel).client_for(name)` stands in for `EndpointStore.client_for` in a split
+deployment: the same subset of registry_client.RegistryClient the gateway and the scanner use
+(head_manifest, get_manifest, open_blob(...).iter_chunks(), list_tags, list_repositories),
+raising the same registry_client.errors types, but every read goes through TransferService
+(HeadManifest, ReadManifest, ReadBlob, ReadTags, ListRepositories). The endpoint's credentials
+stay in the transfer service; the channel carries the admin token those RPCs need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc import aio
+from grpc_status import rpc_status
+from mirror.v1 import transfer_pb2, transfer_pb2_grpc
+
+from registry_client import errors as rc_errors
+from registry_client.client import Manifest, ManifestDescriptor
+from servicekit.errors import ApiError
+from transfer_service.registry_reads import KINDS, REGISTRY_ERROR
+
+# Manifests are at most 4 MiB (registry_client.MAX_MANIFEST_BYTES); each blob chunk 1 MiB.
+_CALL_TIMEOUT_S = 120.0
+
+
+def _error_info(err: aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    return None
+
+
+def to_local_error(err: aio.AioRpcError) -> Exception:
+    """The exception the in-process client would have raised for this RPC failure.
+
+    A registry failure becomes its registry_client type again; an unknown endpoint (or any
+    other API refusal) the servicekit ApiError EndpointStore.client_for raises; a transfer
+    service that cannot be reached a retryable ConnectError.
+    """
+    info = _error_info(err)
+    if info is not None and info.reason == REGISTRY_ERROR:
+        md = info.metadata
+        cls = KINDS.get(md.get("kind", ""), rc_errors.RegistryError)
+        status = int(md.get("status", "0") or 0)
+        exc = cls(status, md.get("code", ""), md.get("message", "") or (err.details() or ""))
+        exc.registry = md.get("registry", "")
+        return exc
+    if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return rc_errors.ConnectError(
+            0, "", f"transfer service: {err.code().name}: {err.details() or ''}"
+        )
+    return ApiError(
+        err.code(), err.details() or "", reason=info.reason if info is not None else ""
+    )
+
+
+class RemoteBlob:
+    """A blob download through ReadBlob: `size` the full size (None: unknown), `offset`."""
+
+    def __init__(self, first: transfer_pb2.BlobChunk, rest: AsyncIterator[transfer_pb2.BlobChunk]):
+        self.size: int | None = first.size if first.size >= 0 else None
+        self.offset = first.offset
+        self._first = first.data
+        self._rest = rest
+
+    async def iter_chunks(self, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """The body as it arrives, in pieces of at most `chunk_size` bytes."""
+        try:
+            pending = [self._first] if self._first else []
+            while True:
+                for data in pending:
+                    for i in range(0, len(data), chunk_size):
+                        yield data[i : i + chunk_size]
+                nxt = await anext(self._rest, None)
+                if nxt is None:
+                    return
+                pending = [nxt.data]
+        except aio.AioRpcError as err:
+            raise to_local_error(err) from err
+
+
+class RemoteRegistryClient:
+    """One endpoint's registry, read through the transfer service. `async with` like
+    RegistryClient (it holds no connection of its own: the channel is the caller's)."""
+
+    def __init__(self, stub: transfer_pb2_grpc.TransferServiceStub, endpoint: str) -> None:
+        self._stub = stub
+        self.endpoint = endpoint
+
+    async def __aenter__(self) -> RemoteRegistryClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def _req(self, repo: str, ref: str) -> transfer_pb2.ReadManifestRequest:
+        return transfer_pb2.ReadManifestRequest(
+            endpoint=self.endpoint, repository=repo, reference=ref
+        )
+
+    async def head_manifest(self, repo: str, ref: str) -> ManifestDescriptor | None:
+        """Descriptor of the manifest, or None when absent."""
+        try:
+            d = await self._stub.HeadManifest(self._req(repo, ref), timeout=_CALL_TIMEOUT_S)
+        except aio.AioRpcError as err:
+            local = to_local_error(err)
+            if isinstance(local, rc_errors.NotFound):
+                return None
+            raise local from err
+        return ManifestDescriptor(d.media_type, d.digest, d.size)
+
+    async def get_manifest(self, repo: str, ref: str) -> Manifest:
+        """The manifest's exact bytes (verified by the transfer service against a digest ref)."""
+        try:
+            m = await self._stub.ReadManifest(self._req(repo, ref), timeout=_CALL_TIMEOUT_S)
+        except aio.AioRpcError as err:
+            raise to_local_error(err) from err
+        return Manifest(m.media_type, m.digest, m.data)
+
+    @asynccontextmanager
+    async def open_blob(self, repo: str, digest: str, offset: int = 0) -> AsyncIterator[RemoteBlob]:
+        """Stream a blob from `offset`."""
+        call = self._stub.ReadBlob(
+            transfer_pb2.ReadBlobRequest(
+                endpoint=self.endpoint, repository=repo, digest=digest, offset=offset
+            )
+        )
+        stream: AsyncIterator[transfer_pb2.BlobChunk] = call.__aiter__()
+        try:
+            try:
+                first = await anext(stream)
+            except aio.AioRpcError as err:
+                raise to_local_error(err) from err
+            except StopAsyncIteration:
+                raise rc_errors.ConnectError(0, "", f"blob {repo}@{digest}: empty answer") from None
+            yield RemoteBlob(first, stream)
+        finally:
+            # A reader that stops early must not leave the stream (and the registry's) open.
+            call.cancel()
+
+    async def list_tags(self, repo: str, page_size: int = 0) -> list[str]:
+        """All tags of `repo`."""
+        tags: list[str] = []
+        try:
+            async for page in self._stub.ReadTags(
+                transfer_pb2.ReadTagsRequest(endpoint=self.endpoint, repository=repo),
+                timeout=_CALL_TIMEOUT_S,
+            ):
+                tags.extend(page.tags)
+        except aio.AioRpcError as err:
+            raise to_local_error(err) from err
+        return tags
+
+    async def list_repositories(self, page_size: int = 0) -> list[str]:
+        """Every repository the registry's catalog lists (ListRepositories, all pages)."""
+        names: list[str] = []
+        token = ""
+        while True:
+            try:
+                resp = await self._stub.ListRepositories(
+                    transfer_pb2.ListRepositoriesRequest(
+                        endpoint=self.endpoint, page_size=page_size, page_token=token
+                    ),
+                    timeout=_CALL_TIMEOUT_S,
+                )
+            except aio.AioRpcError as err:
+                local = to_local_error(err)
+                if isinstance(local, ApiError) and local.reason == "CATALOG_UNAVAILABLE":
+                    # The in-process client raises the registry's error here.
+                    raise rc_errors.RegistryError(0, "", local.message) from err
+                raise local from err
+            names.extend(resp.repositories)
+            token = resp.next_page_token
+            if not token:
+                return names
+
+
+class RemoteEndpoints:
+    """transfer_service.endpoints.EndpointResolver over a channel to the transfer service."""
+
+    def __init__(self, channel: aio.Channel) -> None:
+        self._stub = transfer_pb2_grpc.TransferServiceStub(channel)
+
+    def __repr__(self) -> str:
+        return "RemoteEndpoints(transfer service)"
+
+    def client_for(self, name: str) -> RemoteRegistryClient:
+        return RemoteRegistryClient(self._stub, name)
