@@ -213,3 +213,26 @@ async def test_signature_over_tls_with_htpasswd_to_token_auth(
     reader = clients(token_registry, "reader")
     assert not await reader.has_referrers_api("qa/app", img.digest)
     assert await reader.list_referrers("qa/app", img.digest) == []
+
+
+async def test_an_index_copied_whole_carries_its_childrens_signatures_one_platform_only_its_own(
+    registry: RegistryProcess, registry2: RegistryProcess, images: ImageBuilder,
+    engine: CopyEngine, clients, tmp_path: Path,
+) -> None:
+    idx = images.index("1.0", platforms=("linux/amd64", "linux/arm64"))
+    push(idx, registry, "dev/app")
+    key = new_key()
+    top = _signed(tmp_path / "top", registry, idx, key)
+    arm = _signed(tmp_path / "arm", registry, idx.children[1], key)
+    r = await engine.copy(_req(clients, registry, registry2, "signatures"))
+    assert r.pushed_index
+    assert sorted(c.digest for c in r.referrers) == sorted([top.digest, arm.digest])
+    assert art.tags(registry2, "qa/app") == sorted(["1.0", top.tag, arm.tag])
+    assert art.manifest(registry2, "qa/app", arm.tag)[1] == arm.manifest
+
+    one = _req(clients, registry, registry2, "signatures", dst_repo="qa/arm")
+    one.platforms = ["linux/arm64"]
+    r = await engine.copy(one)
+    assert r.digest == idx.children[1].digest and not r.pushed_index
+    assert r.referrers == [CopiedReferrer(arm.digest, "signature", arm.tag)]
+    assert art.tags(registry2, "qa/arm") == sorted(["1.0", arm.tag])

@@ -116,7 +116,11 @@ class CopyEngine:
         result = await self._copy_image(req, progress)
         if not req.copy_referrers:
             return result
-        out = await self._referrers.copy(req, result.digest)
+        # An index pushed whole: its children are there by digest, and may be signed one by
+        # one (cosign sign --recursive). A one-platform copy tags the child: that is the
+        # subject, and the index (not at the destination) keeps its referrers.
+        children = result.children if result.pushed_index else []
+        out = await self._referrers.copy(req, result.digest, children)
         result.referrers = out.copied
         result.referrer_problems = out.problems
         result.referrer_note = provenance_note(req, result.digest, out.copied)
@@ -184,6 +188,7 @@ class CopyEngine:
             progress=replace(rep.p),
             platforms=plan.platforms,
             pushed_index=plan.push_top and mediatypes.is_index(plan.top.media_type),
+            children=[c.digest for c in plan.children],
         )
 
     # -- planning --------------------------------------------------------------------------

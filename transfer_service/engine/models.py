@@ -70,6 +70,8 @@ class CopyResult:
     progress: CopyProgress
     platforms: list[str] = field(default_factory=list)
     pushed_index: bool = False
+    # Digests of the index's children copied with it (by digest), in index order.
+    children: list[str] = field(default_factory=list)
     referrers: list[CopiedReferrer] = field(default_factory=list)
     # Referrers that could not be copied (the image was), and what a copied signature still
     # proves when the destination names the image otherwise: one line each, for the message.

@@ -100,19 +100,22 @@ class ReferrerCopier:
             weakref.WeakValueDictionary()
         )
 
-    async def copy(self, req: CopyRequest, subject: str) -> ReferrerOutcome:
+    async def copy(
+        self, req: CopyRequest, subject: str, children: Iterable[str] = ()
+    ) -> ReferrerOutcome:
+        """The referrers of `subject` (the digest the destination now names) and of the
+        `children` of an index copied whole."""
         want = wanted(req.copy_referrers)
         out = ReferrerOutcome()
         if not want:
             return out
-        for kind, suffix in TAG_SUFFIXES.items():
-            if want.takes(kind):
-                await self._guard(
-                    out,
-                    fallback_tag(subject) + suffix,
-                    self._tagged(req, fallback_tag(subject) + suffix, kind, out),
-                )
-        await self._guard(out, f"referrers of {subject}", self._attached(req, subject, want, out))
+        for digest in [subject, *list(children)[:_MAX_REFERRERS]]:
+            for kind, suffix in TAG_SUFFIXES.items():
+                if want.takes(kind):
+                    tag = fallback_tag(digest) + suffix
+                    await self._guard(out, tag, self._tagged(req, tag, kind, out))
+            step = self._attached(req, digest, want, out)
+            await self._guard(out, f"referrers of {digest}", step)
         return out
 
     async def _guard(self, out: ReferrerOutcome, what: str, work: Awaitable[None]) -> None:
