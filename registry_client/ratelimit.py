@@ -9,12 +9,15 @@ stop at a low-water mark instead of running into 429s.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from registry_client.errors import RetryAfterTooLong
+
+log = logging.getLogger(__name__)
 
 _FIRST_INT = re.compile(r"^\s*(\d+)")
 _WINDOW = re.compile(r";\s*w\s*=\s*(\d+)")
@@ -203,4 +206,6 @@ class QuotaWindow:
         while (left := self.wait_needed()) > 0:
             if left > self.cap:
                 raise self.exhausted_error(context, left)
+            log.info("%s: the registry's pull quota is at its reserve; waiting %.1fs",
+                     context, left)
             await asyncio.sleep(left)

@@ -307,6 +307,11 @@ class Transport:
                 # Retry-After applies to the client, not to one request: hold every request
                 # to this registry (for a bare 429, for this attempt's backoff).
                 hold = wait if wait is not None else self._policy.delay(st.attempt)
+                if hold <= self.cfg.retry_after_cap and self.shared.pause.remaining() < hold:
+                    log.warning(
+                        "%s answered %d to %s: every request to it waits %.1fs",
+                        self.cfg.base_url, resp.status, context, hold,
+                    )
                 self.shared.pause.hold(hold)
             if wait is not None and wait > self.cfg.retry_after_cap:
                 # Waiting hours would hold a slot with no word said: fail this attempt now
