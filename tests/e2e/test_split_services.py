@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -11,8 +13,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mirror.v1 import gateway_pb2
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from grpc_status import rpc_status
+from mirror.v1 import common_pb2, gateway_pb2, scan_pb2, scan_pb2_grpc, transfer_pb2
 
 from registry_testkit.images import ImageBuilder, push
 from registry_testkit.ports import free_port
@@ -41,9 +48,32 @@ def _wait_serving(address: str, proc: subprocess.Popen[bytes], log: Path) -> Non
     raise RuntimeError(f"{address} not serving: {log.read_text()[-2000:]}")
 
 
+# Process ids of the running services, by name (for the no-key assertions).
+pids: dict[str, int] = {}
+
+
+def _assert_holds_no_transfer_secrets(tmp_path: Path, tdata: Path) -> None:
+    """The scanner and the gateway: no key, no transfer data in their command lines,
+    environments or data folders (registry credentials never leave the transfer service)."""
+    key = (tdata / "secret.key").read_bytes().strip()
+    assert key
+    for name in ("scanner", "gateway"):
+        proc = Path(f"/proc/{pids[name]}")
+        cmdline = proc.joinpath("cmdline").read_bytes().split(b"\0")
+        assert not any(b"transfer-data" in a or b"secret-key" in a or str(tdata).encode() == a
+                       for a in cmdline), cmdline
+        assert key not in proc.joinpath("environ").read_bytes()
+        files = [f for f in (tmp_path / name).rglob("*") if f.is_file()]
+        assert files, f"{name} keeps its own data"
+        for f in files:
+            assert f.name not in ("secret.key", "transfer.db"), f
+            assert key not in f.read_bytes(), f
+
+
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[dict[str, str]]:
-    ports = {n: free_port() for n in ("policy", "transfer", "scanner", "gateway", "http")}
+    ports = {n: free_port() for n in ("policy", "transfer", "scanner", "gateway", "http",
+                                      "router")}
     addr = {n: f"127.0.0.1:{p}" for n, p in ports.items()}
     tdata = tmp_path / "transfer"
     cmds = {
@@ -52,16 +82,23 @@ def services(tmp_path: Path) -> Iterator[dict[str, str]]:
         "policy": ["policy_service", "--grpc-listen", addr["policy"],
                    "--data", str(tmp_path / "policy"), "--transfer-address", addr["transfer"]],
         "scanner": ["scanner", "--grpc-listen", addr["scanner"],
-                    "--data", str(tmp_path / "scanner"), "--transfer-data", str(tdata)],
+                    "--data", str(tmp_path / "scanner"), "--transfer-address", addr["transfer"]],
         "gateway": ["gateway", "--grpc-listen", addr["gateway"], "--http-listen", addr["http"],
                     "--data", str(tmp_path / "gateway"), "--policy-address", addr["policy"],
                     "--transfer-address", addr["transfer"], "--scanner-address", addr["scanner"],
-                    "--transfer-data", str(tdata), "--reconcile-interval", "0"],
+                    "--reconcile-interval", "0"],
+        # The one address for clients (mirrorctl, SDK, grpcurl).
+        "router": ["stack.router", "--grpc-listen", addr["router"], "--policy", addr["policy"],
+                   "--transfer", addr["transfer"], "--scanner", addr["scanner"],
+                   "--gateway", addr["gateway"]],
     }
     procs: list[subprocess.Popen[bytes]] = []
-    env = {**os.environ, "MIRROR_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    pids.clear()
+    # No key in the environment either: only the transfer service makes and holds one.
+    env = {k: v for k, v in os.environ.items() if k != "MIRROR_SECRET_KEY"}
+    env["MIRROR_WEBHOOK_SECRET"] = WEBHOOK_SECRET
     try:
-        for name in ("transfer", "policy", "scanner", "gateway"):  # compose's order
+        for name in ("transfer", "policy", "scanner", "gateway", "router"):  # compose's order
             log = tmp_path / f"{name}.log"
             p = subprocess.Popen(
                 [sys.executable, "-m", *cmds[name]], cwd=ROOT, env=env,
@@ -69,6 +106,7 @@ def services(tmp_path: Path) -> Iterator[dict[str, str]]:
             )
             procs.append(p)
             _wait_serving(addr[name], p, log)
+            pids[name] = p.pid
         yield addr
     finally:
         for p in reversed(procs):
@@ -95,7 +133,7 @@ def test_event_mirrors_across_separate_processes(
         transfer.add_endpoint("dev", dev)
         transfer.add_endpoint("qa", qa)
         # A label rule needs MANIFEST facts: the gateway reads them from the source registry
-        # through the transfer service's endpoint store (read only).
+        # through the transfer service's registry-read RPCs.
         pol = policy.add_policy(
             "p", "dev/website", 'tag endswith "stable" and label["tier"] == "web"', "qa",
             "qa/website",
@@ -109,6 +147,84 @@ def test_event_mirrors_across_separate_processes(
         assert states == {"8.0-stable": Run.STATE_SUCCEEDED, "8.1-stable": Run.STATE_NOT_MATCHED}
         assert tags_of(qa, "qa/website") == ["8.0-stable"]
         assert skopeo_digest(qa, "qa/website", "8.0-stable") == img.digest
+        # The scanner reads the image's layers through the transfer service too.
+        with grpc.insecure_channel(services["scanner"]) as ch:
+            report = scan_pb2_grpc.ScanServiceStub(ch).ScanImage(
+                scan_pb2.ScanImageRequest(image=common_pb2.ImageLocation(
+                    endpoint="dev", repository="dev/website", reference="8.0-stable")),
+                timeout=60)
+        assert report.digest == img.digest
+        _assert_holds_no_transfer_secrets(tmp_path, tmp_path / "transfer")
     finally:
         for c in (transfer, policy, gateway):
             c.close()
+
+
+def _mirrorctl(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mirror.cli.main", "--address", address, *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_router_is_one_address_for_every_service(
+    services: dict[str, str], registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    """mirrorctl, the stubs and reflection through stack.router alone: calls of the four
+    services (unary and streamed) reach their backends, errors keep their status and details."""
+    dev = registry_factory()
+    router = services["router"]
+    builder = ImageBuilder(tmp_path / "img")
+    img = builder.image("1.0")
+    push(img, dev, "dev/app")
+    one = Clients(router)
+    try:
+        one.add_endpoint("dev", dev)
+        one.add_endpoint("qa", registry_factory())
+        pol = one.add_policy("p", "dev/app", 'tag == "1.0"', "qa", "qa/app")
+        # Each answer comes from the backend that owns it.
+        assert [e.name for e in Clients(services["transfer"]).transfer.ListEndpoints(
+            transfer_pb2.ListEndpointsRequest()).endpoints] == ["dev", "qa"]
+        # A stream through the router: the connection test's steps, as the backend sends them.
+        steps = list(one.transfer.StreamConnectionTest(
+            transfer_pb2.TestConnectionRequest(endpoint="dev", repository="dev/app"), timeout=30))
+        ok = transfer_pb2.ConnectionCheck.RESULT_OK
+        pulled = transfer_pb2.ConnectionCheck.STEP_PULL_ALLOWED
+        assert any(s.step == pulled and s.result == ok for s in steps), steps
+        # An error keeps its code and google.rpc details across the router.
+        with pytest.raises(grpc.RpcError) as err:
+            one.transfer.GetEndpoint(transfer_pb2.GetEndpointRequest(name="nope"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert rpc_status.from_call(err.value) is not None  # type: ignore[arg-type]
+    finally:
+        one.close()
+
+    out = _mirrorctl(router, "-o", "json", "endpoint", "list")
+    assert out.returncode == 0, out.stderr
+    assert {e["name"] for e in json.loads(out.stdout)} == {"dev", "qa"}
+    out = _mirrorctl(router, "-o", "json", "policy", "list")
+    assert out.returncode == 0, out.stderr
+    assert pol.id in out.stdout
+    out = _mirrorctl(router, "runs", "list", "--policy", "p")
+    assert out.returncode == 0, out.stderr
+    out = _mirrorctl(router, "endpoint", "show", "nope")
+    assert out.returncode == 3, (out.stdout, out.stderr)
+
+    # Reflection of its own: every forwarded service and its methods.
+    with grpc.insecure_channel(router) as ch:
+        pool = DescriptorPool(ProtoReflectionDescriptorDatabase(ch))
+        names = set(ProtoReflectionDescriptorDatabase(ch).get_services())
+        assert {"mirror.v1.PolicyService", "mirror.v1.TransferService", "mirror.v1.ScanService",
+                "mirror.v1.GatewayService", "grpc.health.v1.Health"} <= names
+        methods = pool.FindServiceByName("mirror.v1.TransferService").methods_by_name
+        assert "ReadBlob" in methods
+    grpcurl = shutil.which("grpcurl")
+    if grpcurl is None:
+        pytest.skip("grpcurl is not installed (the reflection checks above passed)")
+    got = subprocess.run([grpcurl, "-plaintext", router, "list"], capture_output=True,
+                         text=True, timeout=30)
+    assert "mirror.v1.GatewayService" in got.stdout, got.stderr
+    got = subprocess.run([grpcurl, "-plaintext", "-d", "{}", router,
+                          "mirror.v1.TransferService/ListEndpoints"],
+                         capture_output=True, text=True, timeout=30)
+    assert '"name": "dev"' in got.stdout, got.stderr
