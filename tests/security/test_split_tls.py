@@ -66,18 +66,22 @@ def split(tmp_path: Path) -> Iterator[tuple[dict[str, str], TlsOptions, list[Pat
     dial = ["--peer-ca", str(pem["ca"]), "--peer-cert", str(pem["client-cert"]),
             "--peer-key", str(pem["client-key"])]
     addr = {n: f"127.0.0.1:{free_port()}" for n in ("policy", "transfer", "scanner", "gateway",
-                                                     "http")}
+                                                     "http", "router")}
     tdata = tmp_path / "transfer"
     cmds = {
         "transfer": ["transfer_service", "--grpc-listen", addr["transfer"], "--data", str(tdata)],
         "policy": ["policy_service", "--grpc-listen", addr["policy"], "--data",
                    str(tmp_path / "policy"), "--transfer-address", addr["transfer"], *dial],
         "scanner": ["scanner", "--grpc-listen", addr["scanner"], "--data",
-                    str(tmp_path / "scanner"), "--transfer-data", str(tdata)],
+                    str(tmp_path / "scanner"), "--transfer-address", addr["transfer"], *dial],
         "gateway": ["gateway", "--grpc-listen", addr["gateway"], "--http-listen", addr["http"],
                     "--data", str(tmp_path / "gateway"), "--policy-address", addr["policy"],
                     "--transfer-address", addr["transfer"], "--scanner-address", addr["scanner"],
-                    "--transfer-data", str(tdata), "--reconcile-interval", "0", *dial],
+                    "--reconcile-interval", "0", *dial],
+        # One address under mTLS; it passes the caller's token on and adds none of its own.
+        "router": ["stack.router", "--grpc-listen", addr["router"], "--policy", addr["policy"],
+                   "--transfer", addr["transfer"], "--scanner", addr["scanner"],
+                   "--gateway", addr["gateway"], *dial],
     }
     tls = TlsOptions.from_files(pem["ca"], pem["client-cert"], pem["client-key"])
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRROR_")}
@@ -85,7 +89,7 @@ def split(tmp_path: Path) -> Iterator[tuple[dict[str, str], TlsOptions, list[Pat
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
     try:
-        for name in ("transfer", "policy", "scanner", "gateway"):
+        for name in ("transfer", "policy", "scanner", "gateway", "router"):
             log = tmp_path / f"{name}.log"
             logs.append(log)
             with open(log, "wb") as out:
@@ -161,5 +165,22 @@ def test_a_client_without_certificate_or_token_is_refused(
         calls = [c.policies.list, c.transfers.list_endpoints, c.gateway.list_runs,
                  lambda: c.scanner.get_scan("sha256:" + "0" * 64)]
         for call in calls:
+            with pytest.raises(errors.Unauthenticated):
+                call()
+
+
+def test_the_router_passes_the_callers_token_and_adds_none(
+    split: tuple[dict[str, str], TlsOptions, list[Path]],
+) -> None:
+    addr, tls, _ = split
+    with connect(tls=tls, token=ADMIN, address=addr["router"], timeout=10) as c:
+        c.transfers.create_endpoint(name="dev", url="http://127.0.0.1:1")
+        assert [e.name for e in c.transfers.list_endpoints().endpoints] == ["dev"]
+        assert not c.policies.list().policies
+    # Without a token the backends refuse: the router has the admin token in its environment
+    # (the tokens file) but never lends it.
+    with connect(tls=tls, address=addr["router"], timeout=5) as c:
+        for call in (c.policies.list, c.transfers.list_endpoints, c.gateway.list_runs,
+                     lambda: c.scanner.get_scan("sha256:" + "0" * 64)):
             with pytest.raises(errors.Unauthenticated):
                 call()
