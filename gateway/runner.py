@@ -58,6 +58,8 @@ METADATA_FACTS = {
     ),
 }
 SCAN_FACTS = METADATA_FACTS["sbom"]
+# Which Policy.copy_referrers name carries each kind of metadata.
+REFERRER_KINDS = {"sig": "signatures", "att": "attestations", "sbom": "sboms"}
 # Runs that a late signature, attestation, SBOM or scan report may change.
 UNDECIDED = frozenset({Run.STATE_NOT_MATCHED, Run.STATE_BLOCKED, Run.STATE_PENDING})
 # distribution 2.8.2 sends a manifest push event before it links the tag (the PUT has not
@@ -222,16 +224,71 @@ class Runner:
         return out
 
     async def _late_metadata(self, push: Push, subject: str, kind: str) -> list[RunRecord]:
-        """A signature, attestation or SBOM arrived: re-evaluate its image's undecided runs."""
-        return await self._reevaluate(
+        """A signature, attestation or SBOM arrived: re-evaluate its image's undecided runs,
+        and carry it to where policies that copy such referrers already mirrored the image."""
+        cause = f"{METADATA_KINDS[kind]} {push.tag} arrived"
+        runs = await self._reevaluate(
             push.endpoint,
             push.repository,
             subject,
             METADATA_FACTS[kind],
-            f"{METADATA_KINDS[kind]} {push.tag} arrived",
+            cause,
             push.event_id,
             push.evaluation_time,
         )
+        return runs + await self._carry_referrer(push, subject, kind, cause)
+
+    async def _carry_referrer(
+        self, push: Push, subject: str, kind: str, cause: str
+    ) -> list[RunRecord]:
+        """Copy the image again (its blobs and manifest are all skipped) with the referrers of
+        `kind`, for every policy that mirrored it and copies that kind."""
+        out: list[RunRecord] = []
+        wanted = {REFERRER_KINDS[kind], "all"}
+        for prior in self.runs.latest_for_digest(push.endpoint, push.repository, subject):
+            if prior.state != Run.STATE_SUCCEEDED or not prior.dst_tag:
+                continue
+            try:
+                pol = await self.policy.GetPolicy(
+                    policy_pb2.GetPolicyRequest(id=prior.policy_id), timeout=RPC_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    continue
+                raise
+            if not pol.enabled or not wanted & set(pol.copy_referrers):
+                continue
+            rec = RunRecord(
+                id="",
+                policy_id=prior.policy_id,
+                policy_name=prior.policy_name,
+                event_id=f"{push.event_id}/{prior.policy_id}/{prior.src_tag}/carry",
+                trigger=Run.TRIGGER_LATE_METADATA,
+                src_endpoint=prior.src_endpoint,
+                src_repository=prior.src_repository,
+                src_tag=prior.src_tag,
+                src_digest=subject,
+                dst_endpoint=prior.dst_endpoint,
+                dst_repository=prior.dst_repository,
+                dst_tag=prior.dst_tag,
+                state=Run.STATE_PENDING,
+                provenance=prior.provenance,
+                hop=prior.hop,
+                cause=f"{cause}: copied to where run {prior.id} mirrored the image",
+            )
+            rec = self.runs.upsert_started(rec)
+            if rec.state == Run.STATE_PENDING:
+                again = dataclasses.replace(
+                    push, event_id=rec.event_id, tag=prior.src_tag, digest=subject
+                )
+                result = policy_pb2.PolicyResult(
+                    copy_referrers=[REFERRER_KINDS[kind]], platforms=pol.platforms
+                )
+                rec = await self._start(again, subject, rec, pol.overwrite, result)
+            if rec.state == Run.STATE_RUNNING:
+                self.tracker.track(rec)
+            out.append(rec)
+        return out
 
     async def report_arrived(self, digest: str, repository: str) -> list[RunRecord]:
         """A scan report was imported for an image: re-evaluate its runs that read scans."""

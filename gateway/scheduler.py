@@ -33,6 +33,9 @@ log = logging.getLogger("gateway.scheduler")
 Run = gateway_pb2.Run
 COPIED = frozenset({Run.STATE_PENDING, Run.STATE_RUNNING, Run.STATE_SUCCEEDED})
 FAILED = frozenset({Run.STATE_FAILED, Run.STATE_BLOCKED})
+# Registry requests and decisions in flight at once within one repository of a poll (the
+# endpoint's max_concurrency and requests_per_second still bound what reaches the registry).
+POLL_CONCURRENCY = 8
 _VERSION = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(.*)$")
 
 
@@ -155,8 +158,13 @@ class PollScheduler:
         bind(policy=pol.name, poll=rec.id)
         try:
             repos = await self.repositories(pol)
-            for repo in repos:
-                await self._poll_repo(pol, rec, repo)
+            repo_slots = asyncio.Semaphore(4)
+
+            async def sweep(repo: str) -> None:
+                async with repo_slots:
+                    await self._poll_repo(pol, rec, repo)
+
+            await asyncio.gather(*map(sweep, repos))
             for repo in set(self.polls.repositories(pol.id)) - set(repos):
                 await self._poll_gone(pol, rec, repo, set())  # the repository itself is gone
         except Exception as exc:
@@ -179,32 +187,65 @@ class PollScheduler:
             tags = await _list_tags(rc, repo)
             rec.requests += 1
             rec.tags_listed += len(tags)
-            matched = 0
-            for tag in sorted(tags, key=version_key, reverse=True):
-                desc = await rc.head_manifest(repo, tag)
+            ordered = sorted(tags, key=version_key, reverse=True)
+            # HEADs in parallel, within the endpoint's own request limits.
+            slots = asyncio.Semaphore(POLL_CONCURRENCY)
+
+            async def head(tag: str) -> str:
+                async with slots:
+                    desc = await rc.head_manifest(repo, tag)
                 rec.requests += 1
-                if desc is None:
-                    continue  # deleted since the listing
-                before = seen.get(tag)
-                if before is not None and before[0] == desc.digest:
-                    matched += before[1]
-                    continue
+                return desc.digest if desc is not None else ""
+
+            digests = dict(zip(ordered, await asyncio.gather(*map(head, ordered)), strict=True))
+        changed = []
+        matched = 0
+        for tag in ordered:
+            if not digests[tag]:
+                continue  # deleted since the listing
+            before = seen.get(tag)
+            if before is not None and before[0] == digests[tag]:
+                matched += before[1]
+            else:
                 rec.tags_changed += 1
-                if pol.keep_newest and matched >= pol.keep_newest:
+                changed.append((tag, before))
+        if pol.keep_newest:
+            # Newest first, one at a time: only the first K matching tags are mirrored.
+            for tag, before in changed:
+                if matched >= pol.keep_newest:
                     rec.tags_skipped += 1  # older than the newest K matching tags
                     continue
-                state = await self._act(pol, rec, repo, tag, desc.digest, before)
-                if state is None or state in FAILED:
-                    rec.tags_failed += 1  # not remembered: the next poll tries again
-                    continue
-                if state in COPIED:
-                    rec.tags_copied += 1
-                else:
-                    rec.tags_skipped += 1
-                hit = state != Run.STATE_NOT_MATCHED
-                matched += hit
-                self.polls.remember(pol.id, repo, tag, desc.digest, hit)
+                matched += await self._decide(pol, rec, repo, tag, digests[tag], before)
+        else:
+
+            async def one(tag: str, before: tuple[str, bool] | None) -> None:
+                async with slots:
+                    await self._decide(pol, rec, repo, tag, digests[tag], before)
+
+            await asyncio.gather(*(one(t, b) for t, b in changed))
         await self._poll_gone(pol, rec, repo, set(tags))
+
+    async def _decide(
+        self,
+        pol: policy_pb2.Policy,
+        rec: PollRecord,
+        repo: str,
+        tag: str,
+        digest: str,
+        before: tuple[str, bool] | None,
+    ) -> bool:
+        """Act on one new or moved tag and count it; True when the rule matched it."""
+        state = await self._act(pol, rec, repo, tag, digest, before)
+        if state is None or state in FAILED:
+            rec.tags_failed += 1  # not remembered: the next poll tries again
+            return False
+        if state in COPIED:
+            rec.tags_copied += 1
+        else:
+            rec.tags_skipped += 1
+        hit = state != Run.STATE_NOT_MATCHED
+        self.polls.remember(pol.id, repo, tag, digest, hit)
+        return hit
 
     async def _act(
         self,

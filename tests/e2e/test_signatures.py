@@ -143,6 +143,18 @@ def test_copied_signature_verifies_at_the_destination_default_copies_none(
     assert verify(public_pem(ci), payload, layer["annotations"][ANNOTATION])
     assert json.loads(payload)["critical"]["image"]["docker-manifest-digest"] == image.digest
 
+    # Signed after it was mirrored: the signature follows the image to where it went.
+    later = ImageBuilder(tmp_path / "img2").image("2.0")
+    push(later, dev, "dev/app")
+    wait_for(lambda: "2.0" in tags_of(qa, "qa/app"), 60, "2.0 mirrored unsigned")
+    late_sig = signature_image(tmp_path, "dev/app", later.digest, ci)
+    push(late_sig, dev, "dev/app")
+    wait_for(lambda: late_sig.tag in tags_of(qa, "qa/app"), 60, "the late signature carried")
+    assert skopeo_digest(qa, "qa/app", late_sig.tag) == late_sig.digest
+    carried = [r for r in clients.runs(carry.id) if r.trigger == Run.TRIGGER_LATE_METADATA]
+    assert len(carried) == 1 and late_sig.tag in carried[0].cause
+    assert late_sig.tag not in tags_of(qa, "qa/plain")
+
 
 def test_an_imported_scan_report_re_evaluates_the_image_once(
     stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
