@@ -220,6 +220,7 @@ def start_transfer(
     fail_if_tag_exists: bool = False,
     source_tag: str = "",
     idempotency_key: str = "",
+    copy_referrers: Iterable[str] = (),
 ) -> transfer_pb2.StartTransferRequest:
     return transfer_pb2.StartTransferRequest(
         source=common_pb2.ImageLocation(
@@ -230,7 +231,7 @@ def start_transfer(
         ),
         options=transfer_pb2.TransferOptions(
             platforms=list(platforms), fail_if_tag_exists=fail_if_tag_exists,
-            source_tag=source_tag,
+            source_tag=source_tag, copy_referrers=policyfields.referrer_kinds(copy_referrers),
         ),
         idempotency_key=idempotency_key,
     )

@@ -474,18 +474,20 @@ class Transfers(_Service):
         fail_if_tag_exists: bool = False,
         source_tag: str = "",
         idempotency_key: str = "",
+        copy_referrers: Iterable[str] = (),
     ) -> transfer_pb2.Transfer:
         """Start copying an image; returns at once with the job (see `watch`).
 
         `source_reference` is a tag or a digest ("sha256:..."); `source_tag`: write the
         destination tag only if this source tag still points at the copied digest (else the
-        job ends SUPERSEDED)."""
+        job ends SUPERSEDED); `copy_referrers`: also copy its "signatures", "attestations",
+        "sboms" or "all" after it (the job's `referrers` lists them)."""
         req = _build.start_transfer(
             source_endpoint=source_endpoint, source_repository=source_repository,
             source_reference=source_reference, destination_endpoint=destination_endpoint,
             destination_repository=destination_repository, destination_tag=destination_tag,
             platforms=platforms, fail_if_tag_exists=fail_if_tag_exists, source_tag=source_tag,
-            idempotency_key=idempotency_key,
+            idempotency_key=idempotency_key, copy_referrers=copy_referrers,
         )
         return self._call("StartTransfer", req)
 

@@ -123,6 +123,14 @@ def test_trusted_keys_and_a_signed_by_policy_that_copies_signatures(
         (sig.digest, "signature", sig.tag)]
     assert "2.0" not in list_tags(qa, "qa/app")
 
+    # A transfer by hand carries them too when asked.
+    _ok(ls, "transfer", "start", "dev/team/app:1.0", "--to", "qa/hand/app",
+        "--copy-referrers", "signatures", "--watch")
+    assert sorted(list_tags(qa, "hand/app")) == ["1.0", sig.tag]
+    hand = ls.ctl("transfer", "list", "-o", "json").json()
+    (by_hand,) = [t for t in hand if t["destination"]["repository"] == "hand/app"]
+    assert f"signature {sig.tag}" in _ok(ls, "transfer", "show", by_hand["id"])
+
     in_use = ls.ctl("key", "rm", "ci")
     assert in_use.code == 4 and "signed-only" in in_use.stderr
     _ok(ls, "policy", "rm", "signed-only")

@@ -20,6 +20,7 @@ from tests.clients.livestack import (
     start_stack,
     wait_for,
 )
+from tests.e2e.signing import new_key, public_pem
 
 pytestmark = pytest.mark.registry
 
@@ -43,9 +44,11 @@ def test_grpcurl_doc_commands_run_verbatim(
     }
     work = tmp_path / "work"
     work.mkdir()
+    ci = new_key("ed25519")
+    (work / "cosign.pub").write_text(public_pem(ci))
     outputs = []
     code = blocks("grpcurl.md", "sh")
-    assert len(code) == 12
+    assert len(code) == 14
     for i, block in enumerate(code):
         res = run_bash(block, env, work)
         assert res.returncode == 0, f"block {i + 1} failed:\n{block}\n{res.stderr}"
@@ -76,6 +79,13 @@ def test_grpcurl_doc_commands_run_verbatim(
     assert "errors" not in json.loads(outputs[10])
     vulndb, unplaced = json_stream(outputs[11])
     assert vulndb.get("loaded", False) is False and unplaced.get("events", []) == []
+    polls, pruned = json_stream(outputs[12])
+    assert polls.get("polls", []) == []  # a push-triggered policy never polls
+    assert pruned.get("runs", []) == [] and pruned.get("tags_kept", 0) == 1
+    key, keys = json_stream(outputs[13])
+    assert (key["name"], key["algorithm"]) == ("ci", "ed25519") and len(key["fingerprint"]) == 64
+    assert [k["name"] for k in keys["keys"]] == ["ci"]
+    assert keys["keys"][0]["public_key_pem"] == public_pem(ci)
     with connect(live.address, token=ADMIN_TOKEN) as c:
         runs = wait_for("the notified push to make a run", lambda: [
             r for r in c.gateway.iter_runs() if r.policy_name == "promote-stable"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mirror import enums
+from mirror import enums, policyfields
 from mirror.cli.context import EXIT_SERVER, Context
 from mirror.cli.output import const, enum_name, human_bytes, when
 from mirror.cli.parsing import command, image_ref, image_text
@@ -28,7 +28,13 @@ WIDE = [
     ("ATTEMPTS", lambda t: t.attempts),
     ("NEXT ATTEMPT", lambda t: when(t.next_attempt_time)),
     ("ENDED", lambda t: when(t.end_time)),
+    ("REFERRERS", lambda t: _referrers(t)),
 ]
+
+
+def _referrers(t: transfer_pb2.Transfer) -> list[str]:
+    """`signature sha256-<hex>.sig`, `sbom sha256:...`: what was copied after the image."""
+    return [f"{r.kind} {r.tag or r.digest}" for r in t.referrers]
 
 
 def _exit_for(t: transfer_pb2.Transfer | None) -> int:
@@ -56,6 +62,7 @@ def start(ctx: Context) -> int:
         destination_tag=dst.tag or (src.tag if src.digest else ""),
         platforms=a.platform or (), fail_if_tag_exists=a.fail_if_tag_exists,
         idempotency_key=a.idempotency_key or "",
+        copy_referrers=policyfields.referrer_kinds(a.copy_referrers or ()),
     )
     if a.watch:
         if not ctx.out.machine:
@@ -97,6 +104,7 @@ def show(ctx: Context) -> int:
         ("manifests", f"{t.manifests_done}/{t.manifests_total}"), ("attempts", t.attempts),
         ("created", when(t.create_time)), ("started", when(t.start_time)),
         ("ended", when(t.end_time)), ("next attempt", when(t.next_attempt_time)),
+        ("referrers", _referrers(t) or "none"),
     ]
     ctx.out.record(t, [(k, const(v)) for k, v in rows])
     return 0
@@ -130,6 +138,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--to", dest="destination", required=True,
                    metavar="ENDPOINT/REPOSITORY[:TAG]")
     p.add_argument("--platform", action="append", help="copy only this platform (repeatable)")
+    p.add_argument("--copy-referrers", action="append", metavar="KIND[,KIND]",
+                   help="also copy the image's referrers after it: "
+                   + ", ".join(policyfields.REFERRER_KINDS) + " (repeatable)")
     p.add_argument("--fail-if-tag-exists", action="store_true",
                    help="fail when the destination tag holds another image")
     p.add_argument("--idempotency-key", help="a retried start with this key returns the same job")
