@@ -35,16 +35,18 @@ def _flag(cmd: list[str], name: str) -> str | None:
 
 
 def test_every_service_is_there() -> None:
-    assert set(PY_SERVICES) == {"policy", "transfer", "scanner", "gateway", "console"}
+    assert set(PY_SERVICES) == {"policy", "transfer", "scanner", "gateway", "router", "console"}
     assert SERVICES["registry-dev"]["image"] == SERVICES["registry-qa"]["image"] == "registry:2"
 
 
-@pytest.mark.parametrize("name", ["policy", "transfer", "scanner", "gateway", "console"])
+@pytest.mark.parametrize("name", ["policy", "transfer", "scanner", "gateway", "router",
+                                  "console"])
 def test_command_module_and_flags_exist(name: str) -> None:
     cmd = PY_SERVICES[name]["command"]
     assert cmd[1] == "-m"
     module = cmd[2]
-    assert (ROOT / module / "__main__.py").exists()
+    path = ROOT / module.replace(".", "/")
+    assert (path / "__main__.py").exists() or path.with_suffix(".py").exists()
     res = subprocess.run(
         [sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
         timeout=60,
@@ -68,24 +70,22 @@ def test_addresses_point_at_the_right_services_and_ports() -> None:
             host, port = addr.rsplit(":", 1)
             assert (host, int(port)) == (target, listen[target]), f"{flag} {addr}"
             seen += 1
-    assert seen == 5  # policy->transfer, transfer->policy, gateway->policy/transfer/scanner
+    # policy->transfer, transfer->policy, scanner->transfer, gateway->policy/transfer/scanner
+    assert seen == 6
     for name, svc in GRPC_SERVICES.items():
         published = [p.split(":") for p in svc["ports"]]
         assert ["127.0.0.1", str(listen[name]), str(listen[name])] in published
 
 
-def test_console_dials_each_service_at_its_address() -> None:
-    cmd = SERVICES["console"]["command"]
+def test_router_forwards_to_each_service_and_the_console_dials_it() -> None:
     listen = {n: int(_flag(s["command"], "--grpc-listen").rsplit(":", 1)[1])  # type: ignore[union-attr]
               for n, s in GRPC_SERVICES.items()}
-    dialed = {"policies": _flag(cmd, "--address")}
-    for i, arg in enumerate(cmd):
-        if arg == "--service-address":
-            service, _, address = cmd[i + 1].partition("=")
-            dialed[service] = address
-    container = {"policies": "policy", "transfers": "transfer", "gateway": "gateway",
-                 "scanner": "scanner"}
-    assert dialed == {svc: f"{name}:{listen[name]}" for svc, name in container.items()}
+    router = SERVICES["router"]["command"]
+    for name in ("policy", "transfer", "scanner", "gateway"):
+        assert _flag(router, f"--{name}") == f"{name}:{listen[name]}"
+    cmd = SERVICES["console"]["command"]
+    assert _flag(cmd, "--address") == f"router:{listen['router']}"
+    assert "--service-address" not in cmd
     port = int(_flag(cmd, "--listen").rsplit(":", 1)[1])  # type: ignore[union-attr]
     assert f"127.0.0.1:{port}:{port}" in SERVICES["console"]["ports"]
     # Where it tells registries to send notifications: the gateway's HTTP port.
@@ -102,12 +102,15 @@ def test_volumes_and_files_exist() -> None:
             else:
                 assert src in COMPOSE["volumes"]
     assert (ROOT / COMPOSE["secrets"]["webhook_secret"]["file"]).is_file()
-    # The gateway and the scanner read the transfer service's endpoint store. They open it with
-    # SQLite's mode=ro, but the volume itself stays writable: a WAL database on a read-only
-    # mount cannot be opened once its -shm file is missing (e.g. after the writer stopped).
+    # Each service owns its data: only the transfer service mounts its volume (its database
+    # and the key of the endpoints' credentials); the gateway and the scanner read registries
+    # through its API.
+    mounted = {n: [v.split(":")[0] for v in s.get("volumes", [])] for n, s in SERVICES.items()}
+    assert [n for n, vols in mounted.items() if "transfer-data" in vols] == ["transfer"]
     for name in ("gateway", "scanner"):
-        assert "transfer-data:/transfer-data" in SERVICES[name]["volumes"]
-        assert _flag(SERVICES[name]["command"], "--transfer-data") == "/transfer-data"
+        cmd = SERVICES[name]["command"]
+        assert "--transfer-data" not in cmd and "--secret-key-file" not in cmd
+        assert _flag(cmd, "--transfer-address") == "transfer:50052"
 
 
 def test_dockerfile_copies_every_package() -> None:
