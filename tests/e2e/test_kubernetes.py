@@ -1,0 +1,157 @@
+"""deploy/kubernetes: every resource validates against the Kubernetes API schemas
+(kubernetes-validate, offline: it ships them), and the manifests say what the split deployment
+needs: one replica per stateful service, gRPC health probes on the port each serves, non-root
+pods, the Fernet key given to the transfer service alone, the router as the client address."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "deploy/kubernetes"
+# A recent release (native gRPC probes are GA since 1.27); the package's newest as well.
+VERSIONS = ("1.34.0", kubernetes_validate.latest_version())
+STATEFUL = {"policy": 50051, "transfer": 50052, "scanner": 50054, "gateway": 50055}
+PORTS = {**STATEFUL, "router": 50050}
+
+
+def _resources() -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for path in sorted(MANIFESTS.glob("*.yaml")):
+        out += [(path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return out
+
+
+RESOURCES = _resources()
+
+
+def _by_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for _, d in RESOURCES if d["kind"] == kind}
+
+
+def _component(doc: dict[str, Any]) -> str:
+    return str(doc["metadata"]["labels"]["app.kubernetes.io/component"])
+
+
+def _container(dep: dict[str, Any]) -> dict[str, Any]:
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    return c  # type: ignore[no-any-return]
+
+
+def _flag(cmd: list[str], name: str) -> str | None:
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network: a validation that tried to fetch a schema would fail."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("network access during validation")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_resource_validates_offline(version: str, offline: None) -> None:
+    kinds = sorted({d["kind"] for _, d in RESOURCES})
+    assert kinds == ["Deployment", "PersistentVolumeClaim", "Secret", "Service"]
+    for path, doc in RESOURCES:
+        # strict: an unknown or misspelt field is an error, not ignored.
+        kubernetes_validate.validate(doc, version, strict=True)
+        assert doc["metadata"]["name"], path
+
+
+def test_a_broken_manifest_is_refused(offline: None) -> None:
+    dep = copy.deepcopy(_by_kind("Deployment")["image-mirror-transfer"])
+    _container(dep)["readinessProbe"]["grpc"]["port"] = "grpc"  # grpc probes need a number
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, VERSIONS[0], strict=True)
+    dep = copy.deepcopy(_by_kind("Deployment")["image-mirror-transfer"])
+    _container(dep)["livenessProbe"]["grcp"] = {"port": 50052}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, VERSIONS[0], strict=True)
+
+
+def test_deployments_probe_grpc_health_and_run_as_non_root() -> None:
+    deps = {_component(d): d for d in _by_kind("Deployment").values()}
+    assert set(deps) == set(PORTS)
+    for name, dep in deps.items():
+        spec = dep["spec"]
+        if name in STATEFUL:
+            # SQLite on a ReadWriteOnce volume: one writer, and the old pod gone first.
+            assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}, name
+        pod = spec["template"]["spec"]
+        assert spec["selector"]["matchLabels"] == spec["template"]["metadata"]["labels"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        c = _container(dep)
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        listen = _flag(c["command"], "--grpc-listen")
+        assert listen == f"0.0.0.0:{PORTS[name]}", name
+        assert {"name": "grpc", "containerPort": PORTS[name]} in c["ports"]
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"] == {"port": PORTS[name]}, (name, probe)
+
+
+def test_only_the_transfer_service_holds_the_key_and_its_data() -> None:
+    deps = {_component(d): d for d in _by_kind("Deployment").values()}
+    claims = set(_by_kind("PersistentVolumeClaim"))
+    (secret,) = _by_kind("Secret").values()
+    assert {"secret-key", "tokens", "webhook-secret"} <= set(secret["stringData"])
+    for name, dep in deps.items():
+        pod = dep["spec"]["template"]["spec"]
+        text = yaml.safe_dump(pod)
+        assert ("secret-key" in text) == (name == "transfer"), name
+        used = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+                if "persistentVolumeClaim" in v}
+        assert used == ({f"image-mirror-{name}"} if name in STATEFUL else set()), name
+        assert used <= claims
+        cmd = _container(dep)["command"]
+        assert "--transfer-data" not in cmd and "--secret-key-file" not in cmd
+    for name in ("gateway", "scanner"):
+        assert _flag(_container(deps[name])["command"], "--transfer-address") == "transfer:50052"
+
+
+def test_services_and_addresses_agree() -> None:
+    services = _by_kind("Service")
+    deps = {_component(d): d for d in _by_kind("Deployment").values()}
+    assert set(services) == set(PORTS)
+    for name, svc in services.items():
+        assert svc["spec"]["selector"] == deps[name]["spec"]["template"]["metadata"]["labels"]
+        grpc_port = next(p for p in svc["spec"]["ports"] if p["name"] == "grpc")
+        assert grpc_port["port"] == PORTS[name]
+    # Every HOST:PORT a pod dials is a Service at its port.
+    for dep in deps.values():
+        cmd = _container(dep)["command"]
+        for i, arg in enumerate(cmd[:-1]):
+            if arg.startswith("--") and arg != "--grpc-listen" and ":" in cmd[i + 1] and \
+                    not cmd[i + 1].startswith(("/", "0.0.0.0")):
+                host, port = cmd[i + 1].rsplit(":", 1)
+                assert host in services and int(port) == PORTS[host], (arg, cmd[i + 1])
+    router = _container(deps["router"])["command"]
+    assert {f: _flag(router, f"--{f}") for f in STATEFUL} == {
+        f: f"{f}:{p}" for f, p in STATEFUL.items()}
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_commands_name_real_modules_and_flags(name: str) -> None:
+    dep = next(d for d in _by_kind("Deployment").values() if _component(d) == name)
+    cmd = _container(dep)["command"]
+    assert cmd[:2] == ["python", "-m"]
+    res = subprocess.run([sys.executable, "-m", cmd[2], "--help"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+    for flag in (a for a in cmd[3:] if a.startswith("--")):
+        assert flag in res.stdout, f"{cmd[2]} has no {flag}"
