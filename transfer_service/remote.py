@@ -22,6 +22,7 @@ from mirror.v1 import transfer_pb2, transfer_pb2_grpc
 
 from registry_client import errors as rc_errors
 from registry_client.client import Manifest, ManifestDescriptor
+from servicekit import paging
 from servicekit.errors import ApiError
 from transfer_service.registry_reads import KINDS, REGISTRY_ERROR
 
@@ -168,14 +169,19 @@ class RemoteRegistryClient:
         return tags
 
     async def list_repositories(self, page_size: int = 0) -> list[str]:
-        """Every repository the registry's catalog lists (ListRepositories, all pages)."""
+        """Every repository the registry's catalog lists (ListRepositories, all pages).
+
+        `page_size` (the registry's page size in-process) is not passed on: the transfer
+        service lists the whole catalog for each API page, so the pages asked are the largest.
+        """
         names: list[str] = []
         token = ""
         while True:
             try:
                 resp = await self._stub.ListRepositories(
                     transfer_pb2.ListRepositoriesRequest(
-                        endpoint=self.endpoint, page_size=page_size, page_token=token
+                        endpoint=self.endpoint, page_size=paging.MAX_PAGE_SIZE,
+                        page_token=token,
                     ),
                     timeout=_CALL_TIMEOUT_S,
                 )

@@ -16,6 +16,7 @@ from mirror.v1 import transfer_pb2, transfer_pb2_grpc
 
 from registry_client import errors as rc_errors
 from registry_testkit.images import ImageBuilder, push
+from registry_testkit.ports import free_port
 from registry_testkit.registry import RegistryProcess
 from servicekit.auth import outbound_interceptors, parse_tokens
 from servicekit.errors import ApiError
@@ -66,6 +67,7 @@ async def test_remote_client_reads_like_the_registry_client(
     running, store = server
     # Small chunks on the wire: a blob of several ReadBlob messages, reassembled exactly.
     monkeypatch.setattr(registry_reads, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(registry_reads, "TAGS_PER_PAGE", 1)
     img = images.image("1.0", layers=[5000])
     push(img, registry, "dev/app")
     push(images.image("2.0"), registry, "dev/app")
@@ -148,3 +150,25 @@ async def test_read_token_cannot_read_through_the_transfer_service(
     finally:
         await admin.close()
         await reader.close()
+
+
+async def test_an_unreachable_registry_is_a_retryable_connect_error(
+    server: tuple[RunningServer, EndpointStore],
+) -> None:
+    running, store = server
+    channel = _channel(running, ADMIN)
+    try:
+        await transfer_pb2_grpc.TransferServiceStub(channel).CreateEndpoint(
+            transfer_pb2.CreateEndpointRequest(
+                endpoint=endpoint_msg("gone", f"http://127.0.0.1:{free_port()}")))
+        async with store.client_for("gone") as local:
+            with pytest.raises(rc_errors.RegistryError) as in_process:
+                await local.head_manifest("dev/app", "1.0")
+        async with RemoteEndpoints(channel).client_for("gone") as rc:
+            with pytest.raises(rc_errors.RegistryError) as remote:
+                await rc.head_manifest("dev/app", "1.0")
+        assert type(remote.value) is type(in_process.value)
+        assert isinstance(remote.value, rc_errors.ConnectError) and remote.value.retryable
+        assert remote.value.registry == in_process.value.registry
+    finally:
+        await channel.close()
