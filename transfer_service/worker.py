@@ -5,7 +5,9 @@ Scheduling rules (see docs/INTERFACES.md, Transfer service):
 - jobs that write one destination tag (endpoint, repository, tag) run one at a time, in
   creation order, so the last one created (the newest push) writes last;
 - at most `max_jobs_per_endpoint` running jobs read from one source endpoint, so a stalled
-  source holds only its share of the `max_jobs` slots;
+  source holds only its share of the `max_jobs` slots; with the default share (half), a
+  source may use all slots but one while no other source has jobs parked (the one left free
+  starts another source's job at once); a share set by the operator is a hard cap;
 - a retryable failure is retried `max_attempts` times on a short backoff; then a job that
   could not reach its registry (or was asked to wait longer than the client's cap) is
   rescheduled: WAITING with `next_attempt_time` (stored), on a backoff growing up to
@@ -86,6 +88,8 @@ class Worker:
         self._quick = Backoff(base=backoff_base, cap=backoff_max)
         self._long = Backoff(base=reschedule_base, cap=max(reschedule_max, reschedule_base))
         self._per_endpoint = max(1, max_jobs_per_endpoint or max_jobs // 2)
+        # A limit the operator set is a hard cap; the default share is lent out when idle.
+        self._hard_cap = max_jobs_per_endpoint is not None
         self._progress_interval = progress_interval
         # Where ENOSPC is reported (the spool; the database lives beside it by default).
         self._volume = str(getattr(engine, "spool_dir", "") or Path.cwd())
@@ -180,21 +184,23 @@ class Worker:
             return None
         if job.state.final:
             self._leave_lane(job_id)
+            self._wake_parked(job.spec.src_endpoint)  # it may have been woken for a slot
             return None
         key = self._lane_of.get(job_id)
         if key is not None and self._lanes[key][0] != job_id:
             self._lane_parked.add(job_id)  # queued again when the one before it ends
+            self._wake_parked(job.spec.src_endpoint)
             self._note(
                 job, f"waiting for transfer {self._lanes[key][0]}, which writes "
                 f"{key[1]}:{key[2]} on {key[0]} first (one at a time per tag)",
             )
             return None
         src = job.spec.src_endpoint
-        if self._src_running[src] >= self._per_endpoint:
+        if self._src_running[src] >= self._slot_limit(src):
             self._slot_parked.setdefault(src, []).append(job_id)
             self._note(
                 job, f"waiting for a job slot of source endpoint {src} "
-                f"({self._per_endpoint} running at most)",
+                f"({self._slot_limit(src)} running at most)",
             )
             return None
         self._src_running[src] += 1
@@ -213,8 +219,29 @@ class Worker:
         self._src_running[src] -= 1
         if self._src_running[src] <= 0:
             del self._src_running[src]
-        for job_id in self._slot_parked.pop(src, []):
-            self._enqueue(job_id)
+        self._wake_parked(src)
+
+    def _slot_limit(self, src: str) -> int:
+        """How many jobs of source `src` may run now: its share while other sources have jobs
+        parked, else all slots but one (work-conserving, and another source's job never
+        waits for a slot)."""
+        others_waiting = any(q for other, q in self._slot_parked.items() if other != src)
+        if others_waiting or self._hard_cap:
+            return self._per_endpoint
+        return max(self._per_endpoint, self._max_jobs - 1)
+
+    def _wake_parked(self, src: str) -> None:
+        """Queue again as many of the source's parked jobs as it has free slots, oldest first
+        (waking all of them at every freed slot made a backlog of N jobs cost N² admissions)."""
+        parked = self._slot_parked.get(src)
+        if not parked:
+            return
+        free = self._slot_limit(src) - self._src_running.get(src, 0)
+        while free > 0 and parked:
+            self._enqueue(parked.pop(0))
+            free -= 1
+        if not parked:
+            self._slot_parked.pop(src, None)
 
     def _schedule(self, job_id: str, delay: float) -> None:
         old = self._retry_handles.pop(job_id, None)
