@@ -96,7 +96,7 @@ class PollScheduler:
         self._policies: list[policy_pb2.Policy] = []
         self._listed_at = 0.0
 
-    async def run_forever(self, tick_s: float = 1.0) -> None:
+    async def run_forever(self, tick_s: float = 0.25) -> None:
         context_id.set("polls")
         try:
             while True:
