@@ -7,13 +7,16 @@ Each call is forwarded by its service name (`/mirror.v1.PolicyService/...` to --
 on) as raw bytes, streams included, with the caller's metadata (its bearer token): the router
 decodes nothing and authorizes nothing, each backend checks the token as it would if called
 directly. It serves reflection (every forwarded service, from the generated descriptors) and
-health of its own, so mirrorctl, the SDK and grpcurl need one --address. TLS: --tls-cert/--key
+health of its own ("" while it runs; each service's as its backend reports it), so mirrorctl,
+the SDK and grpcurl need one --address. TLS: --tls-cert/--key
 (and --tls-client-ca) for its port; --peer-ca/--peer-cert/--peer-key to dial the backends.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +24,8 @@ from typing import Any
 
 import grpc
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import HealthServicer
 from mirror.v1 import gateway_pb2, policy_pb2, scan_pb2, transfer_pb2
 
 from servicekit.request_log import RequestLogInterceptor
@@ -117,6 +122,26 @@ class _Handler(grpc.GenericRpcHandler):
         return forward
 
 
+async def mirror_health(
+    health: HealthServicer, service: str, channel: aio.Channel, stopping: asyncio.Event,
+    every_s: float = 2.0,
+) -> None:
+    """Keep the router's health of `service` equal to its backend's (NOT_SERVING while the
+    backend cannot be reached) until `stopping` is set, so a client or probe asking the router
+    sees the truth. Check, not Watch: grpc's health servicer keeps a Watch's thread until the
+    stream ends, which holds up a backend's shutdown while the router lives."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    while not stopping.is_set():
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=every_s)
+            health.set(service, reply.status)
+        except aio.AioRpcError:
+            health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Not synchronisation: the interval between two checks.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), every_s)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = base_parser("mirror-router", "one gRPC address for a split image-mirror", 50050)
     for flag in SERVICES:
@@ -142,9 +167,21 @@ def main(argv: list[str] | None = None) -> None:
             [Forward(name, channels[flag]) for flag, name in SERVICES.items()],
             args.grpc_listen, tls=security.tls, interceptors=[RequestLogInterceptor()],
         )
+        for name in SERVICES.values():
+            # Unknown until its backend says (start_server marked every service SERVING).
+            running.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        stopping = asyncio.Event()
+        watchers = [
+            asyncio.create_task(mirror_health(running.health, name, channels[flag], stopping))
+            for flag, name in SERVICES.items()
+        ]
         print(f"mirror-router listening on port {running.port}", flush=True)
 
         async def stop() -> None:
+            stopping.set()
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
             await running.stop()
             for ch in channels.values():
                 await ch.close()

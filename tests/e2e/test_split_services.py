@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -235,3 +236,24 @@ def test_router_is_one_address_for_every_service(
                           "mirror.v1.TransferService/GetEndpoint"],
                          capture_output=True, text=True, timeout=30)
     assert "NotFound" in got.stderr, got.stderr
+
+    # The router's health of each service is its backend's: the scanner stopping shows.
+    def scanner_health() -> int:
+        with grpc.insecure_channel(router) as ch:
+            return int(health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service="mirror.v1.ScanService"), timeout=5).status)
+
+    _wait_for(lambda: scanner_health() == health_pb2.HealthCheckResponse.SERVING)
+    os.kill(pids["scanner"], signal.SIGTERM)
+    _wait_for(lambda: scanner_health() == health_pb2.HealthCheckResponse.NOT_SERVING)
+    with grpc.insecure_channel(router) as ch:
+        assert health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(), timeout=5).status == \
+            health_pb2.HealthCheckResponse.SERVING
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
