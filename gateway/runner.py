@@ -734,8 +734,10 @@ class Runner:
             options=transfer_pb2.TransferOptions(
                 fail_if_tag_exists=overwrite == policy_pb2.OVERWRITE_NEVER,
                 # The tag is written only while the source tag still names this digest: of
-                # two pushes of one tag, the older one never wins.
-                source_tag=push.tag if digest else "",
+                # two pushes of one tag, the older one never wins. A poll needs no check: it
+                # saw the digest just now, and a later poll's copy of a moved tag runs after
+                # this one (one job at a time per destination tag, in creation order).
+                source_tag=push.tag if digest and push.trigger != Run.TRIGGER_SCHEDULE else "",
                 platforms=list(result.platforms) if result is not None else [],
                 copy_referrers=list(result.copy_referrers) if result is not None else [],
             ),
