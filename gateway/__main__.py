@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> None:
         # The same tokens the other services accept (file or MIRROR_ADMIN_TOKEN): outbound
         # calls carry the admin one, over TLS with --peer-ca (mTLS with --peer-cert/--peer-key).
         channels = [security.channel(args.policy_address)]
-        channels.append(security.channel(args.transfer_address))
+        # Dialled so that the largest manifest ReadManifest returns fits (the gateway reads
+        # registries through the transfer service: transfer_service.remote).
+        from transfer_service.remote import CHANNEL_OPTIONS
+
+        channels.append(security.channel(args.transfer_address, CHANNEL_OPTIONS))
         scanner = security.channel(args.scanner_address) if args.scanner_address else None
         if scanner is not None:
             channels.append(scanner)

@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         endpoints: object = None
         channel = None
         if args.transfer_address:
-            from transfer_service.remote import RemoteEndpoints
+            from transfer_service.remote import CHANNEL_OPTIONS, RemoteEndpoints
 
-            channel = security.channel(args.transfer_address)
+            channel = security.channel(args.transfer_address, CHANNEL_OPTIONS)
             endpoints = RemoteEndpoints(channel)
         elif args.transfer_data:
             log.warning("--transfer-data/--secret-key-file are deprecated: the scanner then "

@@ -17,9 +17,10 @@ import argparse
 import ipaddress
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -175,14 +176,16 @@ class ServerSecurity:
             peer_server_name=getattr(args, "peer_server_name", "") or "",
         )
 
-    def channel(self, address: str) -> aio.Channel:
+    def channel(
+        self, address: str, options: Sequence[tuple[str, Any]] = ()
+    ) -> aio.Channel:
         """A channel to another service: TLS with the peer options (plaintext without), and
-        the first admin token on every call when tokens are on."""
+        the first admin token on every call when tokens are on; `options`: channel args."""
         interceptors = outbound_interceptors(self.tokens) or None
         if self.peer is None:
-            return aio.insecure_channel(address, interceptors=interceptors)
+            return aio.insecure_channel(address, options=list(options), interceptors=interceptors)
         return aio.secure_channel(
-            address, self.peer.credentials(), options=self.peer.options(),
+            address, self.peer.credentials(), options=[*self.peer.options(), *options],
             interceptors=interceptors,
         )
 

@@ -21,13 +21,15 @@ from grpc_status import rpc_status
 from mirror.v1 import transfer_pb2, transfer_pb2_grpc
 
 from registry_client import errors as rc_errors
-from registry_client.client import Manifest, ManifestDescriptor
+from registry_client.client import MAX_MANIFEST_BYTES, Manifest, ManifestDescriptor
 from servicekit import paging
 from servicekit.errors import ApiError
 from transfer_service.registry_reads import KINDS, REGISTRY_ERROR
 
-# Manifests are at most 4 MiB (registry_client.MAX_MANIFEST_BYTES); each blob chunk 1 MiB.
 _CALL_TIMEOUT_S = 120.0
+# A ReadManifest answer holds up to 4 MiB of manifest (registry_client.MAX_MANIFEST_BYTES)
+# plus its fields: more than gRPC's default 4 MiB a client accepts. Dial with these.
+CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_MANIFEST_BYTES + (64 << 10)),)
 
 
 def _error_info(err: aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
@@ -198,7 +200,8 @@ class RemoteRegistryClient:
 
 
 class RemoteEndpoints:
-    """transfer_service.endpoints.EndpointResolver over a channel to the transfer service."""
+    """transfer_service.endpoints.EndpointResolver over a channel to the transfer service
+    (dialled with CHANNEL_OPTIONS, or the largest manifests are refused)."""
 
     def __init__(self, channel: aio.Channel) -> None:
         self._stub = transfer_pb2_grpc.TransferServiceStub(channel)

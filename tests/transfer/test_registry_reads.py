@@ -5,6 +5,7 @@ an admin token only (a read token must not read private images through the mirro
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from grpc import aio
 from mirror.v1 import transfer_pb2, transfer_pb2_grpc
 
 from registry_client import errors as rc_errors
+from registry_client.client import MAX_MANIFEST_BYTES
 from registry_testkit.images import ImageBuilder, push
 from registry_testkit.ports import free_port
 from registry_testkit.registry import RegistryProcess
@@ -26,7 +28,7 @@ from tests.transfer.transfer_support import endpoint_msg
 from transfer_service import registry_reads
 from transfer_service.endpoints import EndpointStore
 from transfer_service.jobs import Journal
-from transfer_service.remote import RemoteEndpoints
+from transfer_service.remote import CHANNEL_OPTIONS, RemoteEndpoints
 from transfer_service.schema import open_database
 from transfer_service.secrets import SecretBox
 from transfer_service.servicer import TransferServicer
@@ -197,3 +199,39 @@ async def test_entrypoints_read_through_the_transfer_address_and_warn_on_the_old
     assert args.transfer_address == "transfer:50052" and not args.transfer_data
     with pytest.raises(SystemExit):
         scanner_args(["--transfer-address", "t:1", "--transfer-data", str(tmp_path)])
+
+
+async def test_the_largest_manifest_fits_through_the_channel_options(
+    server: tuple[RunningServer, EndpointStore], registry: RegistryProcess, images: ImageBuilder,
+) -> None:
+    running, store = server
+    img = images.image("1.0")
+    push(img, registry, "dev/app")
+    doc = json.loads(img.manifest)
+    doc["annotations"] = {"pad": ""}
+    base = len(json.dumps(doc).encode())
+    doc["annotations"]["pad"] = "x" * (MAX_MANIFEST_BYTES - base - 16)
+    big = json.dumps(doc).encode()
+    assert MAX_MANIFEST_BYTES - 64 < len(big) <= MAX_MANIFEST_BYTES
+    admin = outbound_interceptors(parse_tokens(f"admin:{ADMIN}"))
+    default = aio.insecure_channel(f"127.0.0.1:{running.port}", interceptors=admin)
+    dialled = aio.insecure_channel(f"127.0.0.1:{running.port}", interceptors=admin,
+                                   options=list(CHANNEL_OPTIONS))
+    try:
+        await transfer_pb2_grpc.TransferServiceStub(default).CreateEndpoint(
+            transfer_pb2.CreateEndpointRequest(endpoint=endpoint_msg("dev", registry.url))
+        )
+        async with store.client_for("dev") as local:
+            digest = await local.put_manifest("dev/app", "big", big, doc["mediaType"])
+        # gRPC's default 4 MiB limit refuses it...
+        async with RemoteEndpoints(default).client_for("dev") as rc:
+            with pytest.raises(ApiError) as exc:
+                await rc.get_manifest("dev/app", "big")
+            assert exc.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # ...the options the gateway and the scanner dial with take it.
+        async with RemoteEndpoints(dialled).client_for("dev") as rc:
+            m = await rc.get_manifest("dev/app", "big")
+        assert (m.digest, m.data) == (digest, big)
+    finally:
+        await default.close()
+        await dialled.close()
