@@ -20,7 +20,7 @@ from registry_client.client import MAX_MANIFEST_BYTES
 from registry_testkit.images import ImageBuilder, push
 from registry_testkit.ports import free_port
 from registry_testkit.registry import RegistryProcess
-from servicekit.auth import outbound_interceptors, parse_tokens
+from servicekit.auth import Role, outbound_interceptors, parse_tokens, required_role
 from servicekit.errors import ApiError
 from servicekit.security import ServerSecurity
 from servicekit.server import RunningServer, start_server
@@ -235,3 +235,8 @@ async def test_the_largest_manifest_fits_through_the_channel_options(
     finally:
         await default.close()
         await dialled.close()
+
+
+def test_the_read_rpcs_need_the_admin_role() -> None:
+    for method in ("HeadManifest", "ReadManifest", "ReadBlob", "ReadTags"):
+        assert required_role(f"/mirror.v1.TransferService/{method}") == Role.ADMIN, method
