@@ -127,7 +127,7 @@ class PollScheduler:
                 self._running[pol.id] = asyncio.create_task(self._guarded(pol))
 
     async def _scheduled(self) -> list[policy_pb2.Policy]:
-        if time.monotonic() - self._listed_at > 1.0:  # a new policy polls within a second
+        if time.monotonic() - self._listed_at > 0.5:  # a new policy polls within half a second
             out: list[policy_pb2.Policy] = []
             token = ""
             while True:

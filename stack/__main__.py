@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-console", action="store_true",
                    help="do not serve the web console at / on the HTTP port (run "
                    "`python -m console` on its own, or none)")
-    p.add_argument("--max-jobs", type=int, default=8, help="transfers run at once (default 8)")
+    p.add_argument("--max-jobs", type=int, default=16, help="transfers run at once (default 16)")
     p.add_argument("--max-jobs-per-endpoint", type=int, default=None,
                    help="running transfers that read from one source endpoint "
                    "(default: half of --max-jobs, at least 1)")

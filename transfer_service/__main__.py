@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(default DATA/spool)")
     p.add_argument("--spool-threshold", type=int, default=64 << 20,
                    help="blobs larger than this many bytes are buffered on disk")
-    p.add_argument("--max-jobs", type=int, default=8, help="transfers run at once (default 8)")
+    p.add_argument("--max-jobs", type=int, default=16, help="transfers run at once (default 16)")
     p.add_argument("--max-blobs", type=int, default=8, help="blobs copied at once (all jobs)")
     p.add_argument("--max-attempts", type=int, default=5,
                    help="quick attempts of a job that fails with a retryable error, before it "

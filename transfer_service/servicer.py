@@ -71,7 +71,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         spool_dir: str | Path | None = None,
         spool_threshold: int = 64 << 20,
         spool_quota: int | None = None,
-        max_jobs: int = 8,
+        max_jobs: int = 16,
         max_concurrent_blobs: int = 8,
         max_attempts: int = 5,
         backoff_base: float = 1.0,

@@ -71,7 +71,7 @@ class Worker:
         endpoints: EndpointStore,
         engine: Any,
         *,
-        max_jobs: int = 8,
+        max_jobs: int = 16,
         max_attempts: int = 5,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
