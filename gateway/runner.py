@@ -248,15 +248,8 @@ class Runner:
         for prior in self.runs.latest_for_digest(push.endpoint, push.repository, subject):
             if prior.state != Run.STATE_SUCCEEDED or not prior.dst_tag:
                 continue
-            try:
-                pol = await self.policy.GetPolicy(
-                    policy_pb2.GetPolicyRequest(id=prior.policy_id), timeout=RPC_TIMEOUT_S
-                )
-            except grpc.aio.AioRpcError as err:
-                if err.code() == grpc.StatusCode.NOT_FOUND:
-                    continue
-                raise
-            if not pol.enabled or not wanted & set(pol.copy_referrers):
+            pol = await self._policy(prior.policy_id)
+            if pol is None or not pol.enabled or not wanted & set(pol.copy_referrers):
                 continue
             rec = RunRecord(
                 id="",
@@ -324,15 +317,8 @@ class Runner:
                 continue
             if prior.state == Run.STATE_PENDING and not self.runs.is_waiting(prior.id):
                 continue  # in flight, not waiting
-            try:
-                pol = await self.policy.GetPolicy(
-                    policy_pb2.GetPolicyRequest(id=prior.policy_id), timeout=RPC_TIMEOUT_S
-                )
-            except grpc.aio.AioRpcError as err:
-                if err.code() == grpc.StatusCode.NOT_FOUND:
-                    continue
-                raise
-            if not pol.enabled or not set(pol.required_facts) & reads:
+            pol = await self._policy(prior.policy_id)
+            if pol is None or not pol.enabled or not set(pol.required_facts) & reads:
                 continue
             again = Push(
                 event_id=f"{event_id}/{prior.policy_id}/{prior.src_tag}",
@@ -702,15 +688,21 @@ class Runner:
             self.tracker.track(rec)
         return rec
 
-    async def _overwrite(self, rec: RunRecord) -> int:
+    async def _policy(self, policy_id: str) -> policy_pb2.Policy | None:
+        """The policy, or None when it was deleted."""
         try:
-            pol = await self.policy.GetPolicy(
-                policy_pb2.GetPolicyRequest(id=rec.policy_id), timeout=RPC_TIMEOUT_S
+            return await self.policy.GetPolicy(
+                policy_pb2.GetPolicyRequest(id=policy_id), timeout=RPC_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
-                return policy_pb2.OVERWRITE_NEVER  # the policy is gone: touch nothing
+                return None
             raise
+
+    async def _overwrite(self, rec: RunRecord) -> int:
+        pol = await self._policy(rec.policy_id)
+        if pol is None:
+            return policy_pb2.OVERWRITE_NEVER  # the policy is gone: touch nothing
         return int(pol.overwrite)
 
     async def _start(
