@@ -142,13 +142,17 @@ class Runner:
         # start a transfer for the same thing.
         self._locks: defaultdict[tuple[str, ...], asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    async def act(self, push: Push, only_policy: str = "") -> list[RunRecord]:
+    async def act(
+        self, push: Push, only_policy: str = "", kinds: frozenset[int] | None = None
+    ) -> list[RunRecord]:
         """Evaluate and act; returns the runs (new or, on a replay, the ones recorded before).
 
+        `kinds`: the facts `only_policy` needs, when the caller knows them (a poll has the
+        policy at hand): saves asking the policy service for the repository's requirements.
         Raises TransientError when a dependency is unavailable (the caller retries later).
         """
         try:
-            return await self._act(push, only_policy)
+            return await self._act(push, only_policy, kinds)
         except grpc.aio.AioRpcError as err:
             if transient_rpc_error(err):
                 raise TransientError(f"{err.code().name}: {err.details()}") from err
@@ -179,19 +183,23 @@ class Runner:
             log.warning("cannot record the failure of %s: %s", push.event_id, err.code().name)
             return []
 
-    async def _act(self, push: Push, only_policy: str) -> list[RunRecord]:
+    async def _act(
+        self, push: Push, only_policy: str, kinds: frozenset[int] | None = None
+    ) -> list[RunRecord]:
         meta = METADATA_TAG.match(push.tag)
         if meta is not None and push.trigger in PUSH_TRIGGERS:
             # Not an image: metadata of one, which re-evaluates that image's undecided runs.
             return await self._late_metadata(push, f"{meta[1]}:{meta[2]}", meta[3])
-        req = await self.policy.GetFactRequirements(
-            policy_pb2.GetFactRequirementsRequest(
-                repository=push.repository, endpoint=push.endpoint
-            ),
-            timeout=RPC_TIMEOUT_S,
-        )
-        if req.policy_count == 0:
-            return []
+        if kinds is None or not only_policy:
+            req = await self.policy.GetFactRequirements(
+                policy_pb2.GetFactRequirementsRequest(
+                    repository=push.repository, endpoint=push.endpoint
+                ),
+                timeout=RPC_TIMEOUT_S,
+            )
+            if req.policy_count == 0:
+                return []
+            kinds = frozenset(req.kinds)
         digest, note = await self._verify(push)
         if not digest:
             return await self._record_all(push, note[0], note[1], only_policy)
@@ -201,7 +209,7 @@ class Runner:
             else None
         )
         provenance = parent.chain() if parent is not None else ()
-        gathered = await self._facts(push, digest, set(req.kinds))
+        gathered = await self._facts(push, digest, set(kinds))
         facts = gathered.facts
         when = Timestamp()
         when.FromNanoseconds(int(push.evaluation_time * 1e9))

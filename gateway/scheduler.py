@@ -270,7 +270,9 @@ class PollScheduler:
             previous_digest=before[0] if before else "",
         )
         try:
-            runs = await self.runner.act(push, only_policy=pol.id)
+            runs = await self.runner.act(
+                push, only_policy=pol.id, kinds=frozenset(pol.required_facts)
+            )
         except TransientError as exc:
             log.info("policy %s: %s:%s not acted on yet: %s", pol.name, repo, tag, exc)
             return None
