@@ -353,8 +353,16 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
     async def GetPolicy(
         self, request: policy_pb2.GetPolicyRequest, context: aio.ServicerContext
     ) -> policy_pb2.Policy:
-        self._current(request.id)
-        out = self._proto(request.id)
+        policy_id = request.id
+        if request.name and not policy_id:
+            found = self._store.id_of(request.name)
+            if found is None:
+                raise errors.not_found(
+                    f"no policy is named {request.name!r}", reason="POLICY_NOT_FOUND"
+                )
+            policy_id = found
+        self._current(policy_id)
+        out = self._proto(policy_id)
         assert out is not None
         return out
 

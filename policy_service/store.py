@@ -210,6 +210,11 @@ class PolicyStore:
         row = self.db.query_one(f"SELECT {_COLUMNS} FROM policies WHERE id = ?", (policy_id,))
         return _record(row) if row else None
 
+    def id_of(self, name: str) -> str | None:
+        """The id of the policy called `name`."""
+        row = self.db.query_one("SELECT id FROM policies WHERE name = ?", (name,))
+        return str(row["id"]) if row else None
+
     def name_exists(self, name: str, except_id: str = "") -> bool:
         row = self.db.query_one(
             "SELECT 1 FROM policies WHERE name = ? AND id != ?", (name, except_id)

@@ -217,6 +217,10 @@ class Policies(_Service):
         """One policy by id; NotFound when there is none."""
         return self._call("GetPolicy", policy_pb2.GetPolicyRequest(id=id))
 
+    def get_by_name(self, name: str) -> policy_pb2.Policy:
+        """One policy by its (unique) name; NotFound when there is none."""
+        return self._call("GetPolicy", policy_pb2.GetPolicyRequest(name=name))
+
     def list(
         self, *, page_size: int = 0, page_token: str = "", source_repository: str = "",
         source_endpoint: str = "", endpoint: str = "",

@@ -10,6 +10,8 @@ value; on input `-` stands for `_` (`dry-run` is `dry_run`).
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 from google.protobuf.descriptor import EnumDescriptor
 
 # Enums whose zero value the proto defines as another value: it is shown as that one, so a
@@ -66,3 +68,40 @@ def value_of(enum: EnumDescriptor, value: int | str) -> int:
         if v is not None and not (v.number == 0 and _has_unspecified(enum)):
             return int(v.number)
     raise ValueError(f"unknown {enum.name.lower()} {value!r}; valid: {', '.join(choices(enum))}")
+
+
+def python_enum(enum: EnumDescriptor, name: str) -> type[IntEnum]:
+    """`enum` as a Python IntEnum whose members are the short names in capitals
+    (`RunState.SUCCEEDED`); members are ints, so they go wherever the proto value does."""
+    members = {
+        str(short_name(enum, v.number)).upper(): v.number
+        for v in enum.values
+        if not (_has_unspecified(enum) and v.number == 0)
+    }
+    return IntEnum(name, members)  # type: ignore[return-value]
+
+
+def _build() -> dict[str, type[IntEnum]]:
+    from mirror.v1 import common_pb2, gateway_pb2, policy_pb2, transfer_pb2
+
+    return {
+        "RunState": python_enum(gateway_pb2.Run.State.DESCRIPTOR, "RunState"),
+        "RunTrigger": python_enum(gateway_pb2.Run.Trigger.DESCRIPTOR, "RunTrigger"),
+        "RunAction": python_enum(gateway_pb2.Run.Action.DESCRIPTOR, "RunAction"),
+        "EventType": python_enum(gateway_pb2.EventType.DESCRIPTOR, "EventType"),
+        "TransferState": python_enum(transfer_pb2.Transfer.State.DESCRIPTOR, "TransferState"),
+        "Overwrite": python_enum(policy_pb2.Overwrite.DESCRIPTOR, "Overwrite"),
+        "DeletionMode": python_enum(policy_pb2.DeletionMode.DESCRIPTOR, "DeletionMode"),
+        "FactKind": python_enum(common_pb2.FactKind.DESCRIPTOR, "FactKind"),
+    }
+
+
+_ENUMS = _build()
+RunState = _ENUMS["RunState"]
+RunTrigger = _ENUMS["RunTrigger"]
+RunAction = _ENUMS["RunAction"]
+EventType = _ENUMS["EventType"]
+TransferState = _ENUMS["TransferState"]
+Overwrite = _ENUMS["Overwrite"]
+DeletionMode = _ENUMS["DeletionMode"]
+FactKind = _ENUMS["FactKind"]
