@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--repos", type=int, default=20)
     ap.add_argument("--tags", type=int, default=10)
     ap.add_argument("--base-mib", type=int, default=4)
+    ap.add_argument("--max-concurrency", type=int, default=0,
+                    help="the endpoints' max_concurrency (0: the service default)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-pull-"))
     with (
@@ -115,8 +117,9 @@ def main() -> None:
         stack.start()
         try:
             client = connect(stack.grpc_address)
-            client.transfers.create_endpoint(name="src", url=proxy.url)
-            client.transfers.create_endpoint(name="ours", url=ours.url)
+            mc = args.max_concurrency or None
+            client.transfers.create_endpoint(name="src", url=proxy.url, max_concurrency=mc)
+            client.transfers.create_endpoint(name="ours", url=ours.url, max_concurrency=mc)
             mark = len(proxy.log)
             t0 = time.monotonic()
             channel = grpc.insecure_channel(stack.grpc_address)
