@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from mirror.v1 import transfer_pb2
 from playwright.sync_api import Page, expect
 
 from registry_testkit.faultproxy import FaultProxy
@@ -252,10 +253,14 @@ def test_policy_page_shows_transfer_progress_live(
 def test_edit_a_registry_keeps_the_stored_password(page: Page, env: Env) -> None:
     opts = RegistryOptions(tls=True, htpasswd_users={QA_USER: QA_PASSWORD})
     with start_registry(opts, env.tmp / "editme") as upstream:
-        _edit_keeps_password(page, env, upstream)
+        connected = assert_edit_keeps_password(page, env, upstream)
+    assert connected.has_secret and connected.username == QA_USER
 
 
-def _edit_keeps_password(page: Page, env: Env, upstream: RegistryProcess) -> None:
+def assert_edit_keeps_password(
+    page: Page, env: Env, upstream: RegistryProcess
+) -> transfer_pb2.Endpoint:
+    """Edit a registry's CA in the form; the stored password still signs in afterwards."""
     with env.client() as c:
         # No CA yet: TLS cannot be verified until the edit adds it.
         c.transfers.create_endpoint(name="editme", url=upstream.url, username=QA_USER,
@@ -282,6 +287,7 @@ def _edit_keeps_password(page: Page, env: Env, upstream: RegistryProcess) -> Non
         e = c.transfers.get_endpoint("editme")
         assert e.has_secret and e.username == QA_USER and e.ca_pem.strip()
     assert QA_PASSWORD not in page.content()
+    return e
 
 
 def test_a_refused_save_with_a_new_registry_registers_it_once(page: Page, env: Env) -> None:

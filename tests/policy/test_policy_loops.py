@@ -65,8 +65,12 @@ async def test_a_policy_writing_into_its_own_source_is_refused(
 
 
 async def test_a_same_endpoint_copy_elsewhere_is_allowed(env: PolicyEnv) -> None:  # noqa: F811
-    await _save(env, _hop("copy", "dev/team/app", "dev/team/app-copy"))
-    await _save(env, _hop("mirror", "dev/team/*", "dev/mirror/{path}"))
+    copy = await _save(env, _hop("copy", "dev/team/app", "dev/team/app-copy"))
+    mirror = await _save(env, _hop("mirror", "dev/team/*", "dev/mirror/{path}"))
+    assert (copy.source.endpoint, copy.target.endpoint) == ("dev", "dev")
+    assert (mirror.source.repository, mirror.target.repository) == ("team/*", "mirror/{path}")
+    listed = await env.stub.ListPolicies(policy_pb2.ListPoliciesRequest())
+    assert sorted(p.name for p in listed.policies) == ["copy", "mirror"]
 
 
 async def test_a_cycle_with_a_timestamp_template_is_refused_and_spelled_out(
