@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
@@ -26,7 +26,6 @@ INDEX_TYPES = frozenset(
     }
 )
 MAX_CONFIG_BYTES = 4 << 20
-SCAN_FAILED = "the scan failed"
 
 
 class EndpointResolver(Protocol):
@@ -41,6 +40,14 @@ class Gathered:
     # Why some facts are missing, for the run's message.
     notes: tuple[str, ...] = ()
     # The scan failed for good (too big, unreadable image): runs needing it fail, saying why.
+    scan_failed: str = ""
+
+
+@dataclass
+class _Notes:
+    """What went wrong while gathering: remarks for the run, and a scan failed for good."""
+
+    items: list[str] = field(default_factory=list)
     scan_failed: str = ""
 
 
@@ -65,19 +72,15 @@ class FactGatherer:
         self.scanner = scanner
         self.scan_timeout_s = scan_timeout_s
 
-    async def gather(self, ref: ImageRef, kinds: set[int]) -> common_pb2.ImageFacts:
-        """Facts for `kinds`; `present` lists what could actually be gathered."""
-        return (await self.gather_noted(ref, kinds)).facts
-
-    async def gather_noted(self, ref: ImageRef, kinds: set[int]) -> Gathered:
-        """Facts for `kinds` and why some could not be gathered (a failed scan...)."""
-        notes: list[str] = []
+    async def gather(self, ref: ImageRef, kinds: set[int]) -> Gathered:
+        """Facts for `kinds` (`present` lists what could actually be gathered) and why some
+        could not be gathered (a failed scan...)."""
+        notes = _Notes()
         facts = await self._gather(ref, kinds, notes)
-        failed = next((n for n in notes if n.startswith(SCAN_FAILED)), "")
-        return Gathered(facts, tuple(n for n in notes if n != failed), failed)
+        return Gathered(facts, tuple(notes.items), notes.scan_failed)
 
     async def _gather(
-        self, ref: ImageRef, kinds: set[int], notes: list[str]
+        self, ref: ImageRef, kinds: set[int], notes: _Notes
     ) -> common_pb2.ImageFacts:
         facts = common_pb2.ImageFacts(repository=ref.repository, tag=ref.tag, digest=ref.digest)
         present = {FactKind.FACT_KIND_REFERENCE}
@@ -88,7 +91,7 @@ class FactGatherer:
                 _apply_report(facts, report)
                 present |= {*SCAN_KINDS, FactKind.FACT_KIND_MANIFEST}
         elif kinds & SCAN_KINDS:
-            notes.append("no scanner is configured")
+            notes.items.append("no scanner is configured")
         if FactKind.FACT_KIND_MANIFEST in kinds and FactKind.FACT_KIND_MANIFEST not in present:
             if self.resolver is not None:
                 await self._manifest_facts(ref, image_ref, facts)
@@ -115,7 +118,7 @@ class FactGatherer:
         return d.digest if d is not None else ""
 
     async def _scan(
-        self, ref: ImageRef, image_ref: str, notes: list[str]
+        self, ref: ImageRef, image_ref: str, notes: _Notes
     ) -> scan_pb2.ScanReport | None:
         assert self.scanner is not None
         try:
@@ -131,8 +134,11 @@ class FactGatherer:
             if transient_rpc_error(err):
                 raise
             # A scan that cannot succeed: the policies needing it are blocked, saying why.
-            what = "the scan report is too large" if message_too_large(err) else SCAN_FAILED
-            notes.append(f"{what}: {err.code().name}: {(err.details() or '')[:300]}")
+            detail = f"{err.code().name}: {(err.details() or '')[:300]}"
+            if message_too_large(err):
+                notes.items.append(f"the scan report is too large: {detail}")
+            else:
+                notes.scan_failed = f"the scan failed: {detail}"
             log.warning(
                 "scan of %s/%s@%s failed: %s %s",
                 ref.endpoint,

@@ -420,7 +420,7 @@ class Runner:
     async def _facts(self, push: Push, digest: str, kinds: set[int]) -> Gathered:
         ref = ImageRef(push.endpoint, push.repository, push.tag, digest)
         try:
-            return await self.gatherer.gather_noted(ref, kinds)
+            return await self.gatherer.gather(ref, kinds)
         except grpc.aio.AioRpcError:
             raise
         except Exception as exc:

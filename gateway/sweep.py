@@ -260,21 +260,16 @@ class Sweeper:
                 digest = await self._digest(rc, endpoint, repo, tag)
                 if not digest:
                     continue
+                covering = self.runs.covering(pol.id, endpoint, repo, tag, digest)
                 if trigger == Run.TRIGGER_RECONCILE:
                     # There before the policy and never acted on since: only Apply mirrors
                     # it. (A run means an event came after Save: then it is Reconcile's.)
-                    if not self.runs.covering(
-                        pol.id, endpoint, repo, tag, digest
-                    ) and self.baselines.contains(pol.id, since, repo, tag, digest):
+                    if not covering and self.baselines.contains(pol.id, since, repo, tag, digest):
                         continue
-                    if await self._handled(pol, repo, tag, digest, result):
+                    if await self._handled(pol, repo, tag, covering, result):
                         continue
                 result.tags_evaluated += 1
-                failed = sum(
-                    1
-                    for r in self.runs.covering(pol.id, endpoint, repo, tag, digest)
-                    if r.state in RETRIED_BY_RECONCILE
-                )
+                failed = sum(1 for r in covering if r.state in RETRIED_BY_RECONCILE)
                 push = Push(
                     event_id=f"{prefix}:{endpoint}/{repo}:{tag}@{digest}#{failed}",
                     trigger=trigger,
@@ -285,7 +280,9 @@ class Sweeper:
                     evaluation_time=time.time(),
                 )
                 try:
-                    runs = await self.runner.act(push, only_policy=pol.id)
+                    runs = await self.runner.act(
+                        push, only_policy=pol.id, kinds=frozenset(pol.required_facts)
+                    )
                 except TransientError as exc:
                     raise SweepFailed(str(exc)) from exc
                 for r in runs:
@@ -294,15 +291,19 @@ class Sweeper:
                     result.runs.append(r)
 
     async def _handled(
-        self, pol: policy_pb2.Policy, repo: str, tag: str, digest: str, result: SweepResult
+        self,
+        pol: policy_pb2.Policy,
+        repo: str,
+        tag: str,
+        covering: list[RunRecord],
+        result: SweepResult,
     ) -> bool:
-        """Reconcile skips what a pending event is about to act on and what a run covers;
-        a covered tag whose destination no longer holds the digest is repaired."""
-        endpoint = pol.source.endpoint
+        """Reconcile skips what a pending event is about to act on and what a run covers
+        (`covering`: the policy's runs of this tag at this digest); a covered tag whose
+        destination no longer holds the digest is repaired."""
         if self.inbox.has_pending(repo, tag):
             return True
-        runs = self.runs.covering(pol.id, endpoint, repo, tag, digest)
-        live = [r for r in runs if r.state not in RETRIED_BY_RECONCILE]
+        live = [r for r in covering if r.state not in RETRIED_BY_RECONCILE]
         if not live:
             return False
         done = [r for r in live if r.state == Run.STATE_SUCCEEDED and r.dst_tag]

@@ -43,6 +43,8 @@ class CountCalls(aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}
+        # Seconds a method takes before it is served (a slow transfer service).
+        self.slow: dict[str, float] = {}
 
     async def intercept_service(
         self,
@@ -51,6 +53,8 @@ class CountCalls(aio.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler:
         name = details.method.rsplit("/", 1)[-1]
         self.calls[name] = self.calls.get(name, 0) + 1
+        if name in self.slow:
+            await asyncio.sleep(self.slow[name])
         return await continuation(details)
 
 
@@ -205,6 +209,8 @@ async def test_concurrent_unknown_hosts_share_one_endpoint_list_read(setup: Setu
         return body(push(f"u{i}", request={"host": f"unknown-{i}.example:5000"}))
 
     before = setup.counter.calls.get("ListEndpoints", 0)
+    # A slow list: the deliveries overlap however loaded the machine is.
+    setup.counter.slow["ListEndpoints"] = 0.5
     answers = await asyncio.gather(
         *[setup.client.post("/events", data=unknown(i), headers=_bearer(SHARED)) for i in range(20)]
     )
