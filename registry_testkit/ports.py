@@ -1,12 +1,5 @@
-"""Free loopback ports."""
+"""Free loopback ports (one home: `stack.ports`, shipped so the demo and bench/ use it too)."""
 
-from __future__ import annotations
+from stack.ports import free_port
 
-import socket
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -13,13 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stack.ports import free_port
+
 READY_LINE = "mirror-stack ready"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class StackProcess:
