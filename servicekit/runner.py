@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import errno
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from importlib import metadata
@@ -34,13 +35,22 @@ def _log_level(text: str) -> str:
 
 
 def base_parser(prog: str, description: str, default_port: int) -> argparse.ArgumentParser:
-    """Arguments every service takes: --grpc-listen, --data, --log-format, --log-level."""
+    """Arguments every service takes: --grpc-listen, --data, --database, --log-format,
+    --log-level."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.set_defaults(prog_name=prog)
     p.add_argument("--version", action="version", version=f"{prog} (image-mirror) {version()}")
     p.add_argument("--grpc-listen", default=f"127.0.0.1:{default_port}", help="HOST:PORT")
     p.add_argument(
         "--data", default="./data", help="folder for this service's state (default: ./data)"
+    )
+    p.add_argument(
+        "--database",
+        default=os.environ.get("MIRROR_DATABASE", ""),
+        metavar="URL",
+        help="postgresql://USER@HOST:PORT/DB to keep this service's state in PostgreSQL (its "
+        "own schema there; replicas share it); default: a SQLite file under --data. The "
+        "environment variable MIRROR_DATABASE keeps a password out of the process list",
     )
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument(

@@ -10,4 +10,9 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-pytest_plugins = ["tests.support.registry", "tests.support.images", "tests.support.faultproxy"]
+pytest_plugins = [
+    "tests.support.registry",
+    "tests.support.images",
+    "tests.support.faultproxy",
+    "tests.support.postgres",
+]
