@@ -45,7 +45,7 @@ from registry_client.errors import (
     error_for,
 )
 from registry_client.excerpt import strip_userinfo
-from registry_client.pool import POOL, RegistryShared
+from registry_client.pool import POOL, RegistryShared, new_session
 from registry_client.ratelimit import counts_against_quota, read_quota
 from servicekit.retry import Backoff, retryable_status
 
@@ -97,6 +97,10 @@ class Transport:
         self.auth = self.shared.auth
         self._ssl = make_ssl(cfg)
         self._session: aiohttp.ClientSession | None = None
+        self._holding = False
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=cfg.connect_timeout, sock_read=cfg.read_timeout
+        )
         self._policy = Backoff(cfg.backoff_base, cfg.backoff_cap)
         self._idle = aiohttp.ClientTimeout(
             total=None, connect=cfg.connect_timeout, sock_read=cfg.idle_timeout
@@ -105,23 +109,20 @@ class Transport:
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        if self.cfg.shared_limits:
+            if not self._holding:
+                self.shared.hold()
+                self._holding = True
+            return self.shared.session(self.cfg, self._ssl)
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                ssl=self._ssl, limit=max(self.cfg.max_concurrency * 2, 16)
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=self.cfg.connect_timeout, sock_read=self.cfg.read_timeout
-                ),
-                headers={"User-Agent": self.cfg.user_agent},
-                auto_decompress=False,
-                # Blob bodies arrive in bigger pieces: fewer reads, pauses and wake-ups.
-                read_bufsize=1 << 20,
-            )
+            self._session = new_session(self.cfg, self._ssl)
         return self._session
 
     async def close(self) -> None:
+        """Close this transport's own session, or let go of the registry's shared one."""
+        if self._holding:
+            self._holding = False
+            await self.shared.release()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -245,17 +246,24 @@ class Transport:
         context: str,
     ) -> aiohttp.ClientResponse | float:
         """One try: the response to yield, or the seconds to wait before the next try."""
-        hdrs = dict(headers or {})
+        hdrs = {"User-Agent": self.cfg.user_agent, **(headers or {})}
         own = self.auth.owns(url)
         # Credentials only for the registry's own origin (a Location or Link may point away).
         auth_header = await self.auth.header(self.session, st.scopes) if own else None
         if auth_header:
             hdrs["Authorization"] = auth_header
         body: Any = data() if callable(data) else data
-        extra: dict[str, Any] = {"timeout": self._idle} if method in _IDLE_METHODS else {}
+        # Per request: the session may be the registry's, made for another client's timeouts.
+        timeout = self._idle if method in _IDLE_METHODS else self._timeout
         try:
             resp = await self.session.request(
-                method, url, headers=hdrs, params=params, data=body, allow_redirects=True, **extra
+                method,
+                url,
+                headers=hdrs,
+                params=params,
+                data=body,
+                allow_redirects=True,
+                timeout=timeout,
             )
         except (aiohttp.ClientSSLError, ssl.SSLError) as e:
             raise TlsError(0, "", f"TLS with {self.cfg.base_url} failed: {e}") from e

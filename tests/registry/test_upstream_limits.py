@@ -194,3 +194,23 @@ async def test_quota_reserve_and_reset_header(
         await rc.get_manifest("team/app", "1.0")
         assert 0.5 <= time.monotonic() - t0 <= 3.0
         assert len(proxy.requests("GET", r"/manifests/")) == 2
+
+
+async def test_clients_of_one_registry_share_one_http_session(registry: RegistryProcess) -> None:
+    # Each job, poll and scan builds its own client; they must not each open connections.
+    cfg = shared(registry.url)
+    async with RegistryClient(cfg) as a:
+        await a.ping()
+        session = a.transport.session
+    assert not session.closed  # closing a client only lets go of the registry's session
+    async with RegistryClient(shared(registry.url)) as b, RegistryClient(
+        RegistryConfig(url=registry.url)
+    ) as private:
+        await b.ping()
+        await private.ping()
+        assert b.transport.session is session
+        assert private.transport.session is not session
+        state = POOL.peek(cfg)
+        assert state is not None and state.sessions_opened == 1
+    POOL.forget(cfg)  # the endpoint was deleted: its session closes once nobody holds it
+    await until(lambda: session.closed)
