@@ -20,9 +20,11 @@ COPY scanner ./scanner
 COPY gateway ./gateway
 COPY console ./console
 COPY stack ./stack
+# /key: where compose mounts the transfer workers' shared key volume (a new named volume takes
+# the owner of its mount point in the image, so the workers can create the key there).
 RUN pip install --no-deps . \
  && useradd --system --uid 10001 --home-dir /data mirror \
- && mkdir -p /data && chown mirror /data
+ && mkdir -p /data /key && chown mirror /data /key && chmod 0700 /key
 
 USER mirror
 WORKDIR /data

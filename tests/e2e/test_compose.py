@@ -1,9 +1,12 @@
 """docker-compose.yml, the Dockerfile and deploy/ are correct by construction (Docker cannot
-run here): the YAML parses, every module/flag/port it names exists, the registry configs are
-accepted by a real docker-registry and notify the gateway the way the tests' registries do."""
+run here): the YAML parses, every module/flag/port it names exists, every service keeps its
+state in PostgreSQL with the password out of its command line, two transfer workers and two
+gateways run behind the router, the registry configs are accepted by a real docker-registry
+and notify the gateways (through the router) the way the tests' registries do."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +22,7 @@ import pytest
 import yaml
 
 from registry_testkit.ports import free_port
+from registry_testkit.postgres import available as postgres_available
 from tests.e2e.conftest import notify_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,37 +32,143 @@ PY_SERVICES = {n: s for n, s in SERVICES.items() if s.get("command", [None])[0] 
 # The services that serve gRPC (the console serves pages and dials them).
 GRPC_SERVICES = {n: s for n, s in PY_SERVICES.items() if "--grpc-listen" in s["command"]}
 SECRET = (ROOT / "deploy/webhook-secret").read_text().strip()
+# The services that keep state, each in its own schema of the one PostgreSQL database.
+STATEFUL = ("policy", "transfer", "scanner", "gateway")
 
 
 def _flag(cmd: list[str], name: str) -> str | None:
     return cmd[cmd.index(name) + 1] if name in cmd else None
 
 
+def _listen(name: str) -> int:
+    return int(_flag(SERVICES[name]["command"], "--grpc-listen").rsplit(":", 1)[1])  # type: ignore[union-attr]
+
+
+def _http_port(name: str) -> int:
+    return int(_flag(SERVICES[name]["command"], "--http-listen").rsplit(":", 1)[1])  # type: ignore[union-attr]
+
+
 def test_every_service_is_there() -> None:
     assert set(PY_SERVICES) == {"policy", "transfer", "scanner", "gateway", "router", "console"}
     assert SERVICES["registry-dev"]["image"] == SERVICES["registry-qa"]["image"] == "registry:2"
+    # PostgreSQL 15, as the tests run it.
+    assert SERVICES["postgres"]["image"] == "postgres:15"
 
 
-@pytest.mark.parametrize("name", ["policy", "transfer", "scanner", "gateway", "router",
-                                  "console"])
-def test_command_module_and_flags_exist(name: str) -> None:
-    cmd = PY_SERVICES[name]["command"]
-    assert cmd[1] == "-m"
-    module = cmd[2]
-    path = ROOT / module.replace(".", "/")
-    assert (path / "__main__.py").exists() or path.with_suffix(".py").exists()
-    res = subprocess.run(
-        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
-        timeout=60,
-    )
-    assert res.returncode == 0, res.stderr
-    for flag in (a for a in cmd[3:] if a.startswith("--")):
-        assert flag in res.stdout, f"{module} has no {flag}"
+def test_two_transfer_workers_and_two_gateways() -> None:
+    replicas = {n: s.get("deploy", {}).get("replicas", 1) for n, s in PY_SERVICES.items()}
+    assert replicas == {"transfer": 2, "gateway": 2, "policy": 1, "scanner": 1, "router": 1,
+                        "console": 1}
+    for name in ("transfer", "gateway"):
+        svc = SERVICES[name]
+        # Replicas cannot share a host port or a data folder (one writer per --data).
+        assert "ports" not in svc and "container_name" not in svc, name
+        assert not [v for v in svc.get("volumes", []) if v.endswith(":/data")], name
+
+
+def test_every_service_keeps_its_state_in_postgresql_with_the_password_off_argv() -> None:
+    pg = SERVICES["postgres"]
+    user, db = pg["environment"]["POSTGRES_USER"], pg["environment"]["POSTGRES_DB"]
+    assert "pg_isready" in pg["healthcheck"]["test"]
+    assert "postgres-data:/var/lib/postgresql/data" in pg["volumes"]
+    for name in STATEFUL:
+        svc = SERVICES[name]
+        env = svc["environment"]
+        url = env["MIRROR_DATABASE"]
+        # The URL names the server and the database; the password is libpq's PGPASSWORD, the
+        # same expression the server is given (never in the URL, never on the command line).
+        assert url == f"postgresql://{user}@postgres:5432/{db}", name
+        assert env["PGPASSWORD"] == pg["environment"]["POSTGRES_PASSWORD"], name
+        assert env["PGPASSWORD"].startswith("${MIRROR_DB_PASSWORD"), name
+        text = " ".join(svc["command"])
+        assert "--database" not in text and "postgresql://" not in text and \
+            "PASSWORD" not in text, name
+        assert svc["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
+    # The stateless ones hold no database at all.
+    for name in ("router", "console"):
+        assert "environment" not in SERVICES[name], name
+
+
+def _local_command(name: str, ports: dict[str, int], tmp: Path) -> list[str]:
+    """compose's command for `name` on this machine: the same flags, with each compose host
+    a loopback port and each container path a folder under `tmp`."""
+    cmd = list(SERVICES[name]["command"])
+    for i, arg in enumerate(cmd):
+        if arg == "--grpc-listen":
+            cmd[i + 1] = f"127.0.0.1:{ports[name]}"
+        elif arg == "--http-listen":
+            cmd[i + 1] = f"127.0.0.1:{free_port()}"
+        elif i > 0 and cmd[i - 1].endswith("-address"):
+            cmd[i] = f"127.0.0.1:{ports[arg.split(':')[0]]}"
+        elif arg.startswith("/") and i > 0 and cmd[i - 1].startswith("--"):
+            # /data, /key/secret.key, /run/secrets/webhook_secret
+            local = tmp / name / arg.strip("/").replace("/", "_")
+            if cmd[i - 1].endswith("-file") and "key" not in cmd[i - 1]:
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_text(SECRET)
+            cmd[i] = str(local)
+    return cmd
+
+
+def _serving(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    from servicekit.healthcheck import check
+
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if check(address, timeout=1) == "SERVING":
+                return
+        except Exception:  # grpc.RpcError while it starts
+            pass
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(not postgres_available(), reason="needs PostgreSQL")
+def test_compose_services_start_on_postgresql_from_their_environment(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Each stateful service, with compose's own command and environment (the server's
+    address swapped for the test's PostgreSQL), keeps its state in its own schema there."""
+    import psycopg
+
+    ports = {n: free_port() for n in STATEFUL}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for name in ("transfer", "policy", "scanner", "gateway"):  # compose's order
+            env = {k: v for k, v in os.environ.items() if k != "MIRROR_SECRET_KEY"}
+            # compose's variables, the test server's URL (test_every_service_keeps_its_state_
+            # in_postgresql... checks compose's own).
+            env.update(SERVICES[name]["environment"])
+            env["MIRROR_DATABASE"] = pg_url
+            cmd = _local_command(name, ports, tmp_path)
+            log = tmp_path / f"{name}.log"
+            with open(log, "wb") as out:
+                procs.append(subprocess.Popen([sys.executable, *cmd[1:]], cwd=ROOT, env=env,
+                                              stdout=out, stderr=subprocess.STDOUT))
+            _serving(f"127.0.0.1:{ports[name]}", procs[-1], log)
+            # The database's address is in the environment, not on the command line.
+            argv = Path(f"/proc/{procs[-1].pid}/cmdline").read_bytes()
+            assert b"postgresql" not in argv, argv
+        with psycopg.connect(pg_url) as conn:
+            schemas = {r[0] for r in conn.execute(
+                "SELECT schema_name FROM information_schema.schemata")}
+        assert set(STATEFUL) <= schemas
+        # Nothing of theirs went to SQLite files under their data folders.
+        assert not [f for f in tmp_path.rglob("*.db")], list(tmp_path.rglob("*.db"))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def test_addresses_point_at_the_right_services_and_ports() -> None:
-    listen = {n: int(_flag(s["command"], "--grpc-listen").rsplit(":", 1)[1])  # type: ignore[union-attr]
-              for n, s in GRPC_SERVICES.items()}
+    listen = {n: _listen(n) for n in GRPC_SERVICES}
     wanted = {"--policy-address": "policy", "--transfer-address": "transfer",
               "--scanner-address": "scanner"}
     seen = 0
@@ -72,25 +182,36 @@ def test_addresses_point_at_the_right_services_and_ports() -> None:
             seen += 1
     # policy->transfer, transfer->policy, scanner->transfer, gateway->policy/transfer/scanner
     assert seen == 6
-    for name, svc in GRPC_SERVICES.items():
-        published = [p.split(":") for p in svc["ports"]]
-        assert ["127.0.0.1", str(listen[name]), str(listen[name])] in published
+    # One published gRPC address, the router's (on the host's loopback), and its webhook port.
+    published = {n: s["ports"] for n, s in SERVICES.items() if "ports" in s}
+    assert published == {
+        "router": [f"127.0.0.1:{listen['router']}:{listen['router']}",
+                   f"127.0.0.1:{_http_port('router')}:{_http_port('router')}"],
+        "console": published["console"],
+        "registry-dev": ["127.0.0.1:5000:5000"],
+        "registry-qa": ["127.0.0.1:5001:5000"],
+    }
+    for name in GRPC_SERVICES:
+        # Health from the service's own gRPC port.
+        assert SERVICES[name]["healthcheck"]["test"] == [
+            "CMD", "python", "-m", "servicekit.healthcheck", f"127.0.0.1:{listen[name]}"], name
 
 
 def test_router_forwards_to_each_service_and_the_console_dials_it() -> None:
-    listen = {n: int(_flag(s["command"], "--grpc-listen").rsplit(":", 1)[1])  # type: ignore[union-attr]
-              for n, s in GRPC_SERVICES.items()}
+    listen = {n: _listen(n) for n in GRPC_SERVICES}
     router = SERVICES["router"]["command"]
-    for name in ("policy", "transfer", "scanner", "gateway"):
+    # A service name resolves to each of its replicas on the compose network.
+    for name in STATEFUL:
         assert _flag(router, f"--{name}") == f"{name}:{listen[name]}"
+    # The one webhook address: the router hands each notification to a gateway replica.
+    assert _flag(router, "--gateway-http") == f"http://gateway:{_http_port('gateway')}"
     cmd = SERVICES["console"]["command"]
     assert _flag(cmd, "--address") == f"router:{listen['router']}"
     assert "--service-address" not in cmd
     port = int(_flag(cmd, "--listen").rsplit(":", 1)[1])  # type: ignore[union-attr]
     assert f"127.0.0.1:{port}:{port}" in SERVICES["console"]["ports"]
-    # Where it tells registries to send notifications: the gateway's HTTP port.
-    gateway_http = int(_flag(SERVICES["gateway"]["command"], "--http-listen").rsplit(":", 1)[1])  # type: ignore[union-attr]
-    assert _flag(cmd, "--events-url") == f"http://gateway:{gateway_http}"
+    # Where it tells registries to send notifications: the router's webhook port.
+    assert _flag(cmd, "--events-url") == f"http://router:{_http_port('router')}"
 
 
 def test_volumes_and_files_exist() -> None:
@@ -102,15 +223,32 @@ def test_volumes_and_files_exist() -> None:
             else:
                 assert src in COMPOSE["volumes"]
     assert (ROOT / COMPOSE["secrets"]["webhook_secret"]["file"]).is_file()
-    # Each service owns its data: only the transfer service mounts its volume (its database
-    # and the key of the endpoints' credentials); the gateway and the scanner read registries
-    # through its API.
+    # Each service owns its data: only the transfer workers mount the key of the endpoints'
+    # credentials (one key for all of them, on their own volume); the gateway and the scanner
+    # read registries through its API. Only PostgreSQL mounts the database's volume.
     mounted = {n: [v.split(":")[0] for v in s.get("volumes", [])] for n, s in SERVICES.items()}
-    assert [n for n, vols in mounted.items() if "transfer-data" in vols] == ["transfer"]
+    assert [n for n, vols in mounted.items() if "transfer-key" in vols] == ["transfer"]
+    assert [n for n, vols in mounted.items() if "postgres-data" in vols] == ["postgres"]
+    key_dir = next(v.split(":")[1] for v in SERVICES["transfer"]["volumes"]
+                   if v.startswith("transfer-key:"))
+    assert _flag(SERVICES["transfer"]["command"], "--key-file") == f"{key_dir}/secret.key"
+    for name, svc in SERVICES.items():
+        assert "MIRROR_SECRET_KEY" not in yaml.safe_dump(svc), name
     for name in ("gateway", "scanner"):
         cmd = SERVICES[name]["command"]
         assert "--transfer-data" not in cmd and "--secret-key-file" not in cmd
         assert _flag(cmd, "--transfer-address") == "transfer:50052"
+
+
+def test_dockerfile_gives_the_key_volume_to_the_service_user() -> None:
+    """A new named volume takes its mount point's owner from the image: /key must exist there,
+    owned by the user the services run as, or the first worker cannot write the key."""
+    text = (ROOT / "Dockerfile").read_text()
+    key_dir = next(v.split(":")[1] for v in SERVICES["transfer"]["volumes"]
+                   if v.startswith("transfer-key:"))
+    run = next(b for b in text.split("\nRUN ") if "useradd" in b)
+    assert f"mkdir -p /data {key_dir}" in run and f"chown mirror /data {key_dir}" in run
+    assert re.search(r"^USER mirror$", text, re.M)
 
 
 def test_dockerfile_copies_every_package() -> None:
@@ -140,9 +278,8 @@ def test_registry_config_notifies_the_gateway_like_the_tests(name: str) -> None:
     (ep,) = conf["notifications"]["endpoints"]
     # The same keys as the notifications the end-to-end tests' registries use.
     assert _notification_shape(ep) == _notification_shape(notify_config(_Stack()))  # type: ignore[arg-type]
-    gw = SERVICES["gateway"]["command"]
-    http_port = _flag(gw, "--http-listen").rsplit(":", 1)[1]  # type: ignore[union-attr]
-    assert ep["url"] == f"http://gateway:{http_port}/events"
+    # The router's webhook port, in front of both gateways.
+    assert ep["url"] == f"http://router:{_http_port('router')}/events"
     assert ep["headers"]["Authorization"] == [f"Bearer {SECRET}"]
     assert conf["http"]["addr"].endswith(":5000")
 

@@ -1,7 +1,9 @@
 """deploy/kubernetes: every resource validates against the Kubernetes API schemas
 (kubernetes-validate, offline: it ships them), and the manifests say what the split deployment
-needs: one replica per stateful service, gRPC health probes on the port each serves, non-root
-pods, the Fernet key given to the transfer service alone, the router as the client address."""
+needs: every service's state in PostgreSQL (the URL from the Secret, in the environment), two
+transfer workers and two gateways that roll one pod at a time, readiness from the gRPC health
+service on the port each serves, non-root pods, the Fernet key given to the transfer workers
+alone, the router as the client address, spreading its calls over the replicas."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ MANIFESTS = ROOT / "deploy/kubernetes"
 VERSIONS = ("1.34.0", kubernetes_validate.latest_version())
 STATEFUL = {"policy": 50051, "transfer": 50052, "scanner": 50054, "gateway": 50055}
 PORTS = {**STATEFUL, "router": 50050}
+# The services built to run side by side on one database (issue 11), and their replicas.
+REPLICAS = {"transfer": 2, "gateway": 2, "policy": 1, "scanner": 1, "router": 2}
 
 
 def _resources() -> list[tuple[Path, dict[str, Any]]]:
@@ -65,7 +69,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_resource_validates_offline(version: str, offline: None) -> None:
     kinds = sorted({d["kind"] for _, d in RESOURCES})
-    assert kinds == ["Deployment", "PersistentVolumeClaim", "Secret", "Service"]
+    assert kinds == ["Deployment", "PodDisruptionBudget", "Secret", "Service"]
     for path, doc in RESOURCES:
         # strict: an unknown or misspelt field is an error, not ignored.
         kubernetes_validate.validate(doc, version, strict=True)
@@ -88,9 +92,15 @@ def test_deployments_probe_grpc_health_and_run_as_non_root() -> None:
     assert set(deps) == set(PORTS)
     for name, dep in deps.items():
         spec = dep["spec"]
-        if name in STATEFUL:
-            # SQLite on a ReadWriteOnce volume: one writer, and the old pod gone first.
-            assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}, name
+        assert spec["replicas"] == REPLICAS[name], name
+        if name in ("transfer", "gateway"):
+            # Replicas on PostgreSQL: a roll starts a new pod before an old one stops.
+            assert spec["strategy"] == {
+                "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}
+            }, name
+        elif name in STATEFUL:
+            # One at a time: the old pod is gone before the new one starts.
+            assert spec["strategy"] == {"type": "Recreate"}, name
         pod = spec["template"]["spec"]
         assert spec["selector"]["matchLabels"] == spec["template"]["metadata"]["labels"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -105,19 +115,48 @@ def test_deployments_probe_grpc_health_and_run_as_non_root() -> None:
             assert c[probe]["grpc"] == {"port": PORTS[name]}, (name, probe)
 
 
-def test_only_the_transfer_service_holds_the_key_and_its_data() -> None:
+def test_every_service_keeps_its_state_in_postgresql_from_the_secret() -> None:
     deps = {_component(d): d for d in _by_kind("Deployment").values()}
-    claims = set(_by_kind("PersistentVolumeClaim"))
     (secret,) = _by_kind("Secret").values()
-    assert {"secret-key", "tokens", "webhook-secret"} <= set(secret["stringData"])
+    assert secret["stringData"]["database-url"].startswith("postgresql://")
+    for name, dep in deps.items():
+        c = _container(dep)
+        env = {e["name"]: e for e in c.get("env", [])}
+        if name in STATEFUL:
+            assert env["MIRROR_DATABASE"]["valueFrom"] == {
+                "secretKeyRef": {"name": secret["metadata"]["name"], "key": "database-url"}
+            }, name
+        else:
+            assert "MIRROR_DATABASE" not in env, name
+        # The URL (and its password) never on a command line.
+        assert "--database" not in c["command"], name
+        assert not any("postgresql" in a for a in c["command"]), name
+        # No volume outlives a pod: the data folder holds only the lock and the spool.
+        pod = dep["spec"]["template"]["spec"]
+        data = [v for v in pod["volumes"] if v["name"] == "data"]
+        assert all("emptyDir" in v for v in data), name
+        assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v], name
+
+
+def test_replicated_services_keep_one_pod_through_a_drain() -> None:
+    budgets = {b["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]: b
+               for b in _by_kind("PodDisruptionBudget").values()}
+    deps = {_component(d): d for d in _by_kind("Deployment").values()}
+    assert set(budgets) == {"transfer", "gateway"}
+    for name, pdb in budgets.items():
+        labels = deps[name]["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"] == labels
+        assert 1 <= pdb["spec"]["minAvailable"] < deps[name]["spec"]["replicas"]
+
+
+def test_only_the_transfer_service_holds_the_key() -> None:
+    deps = {_component(d): d for d in _by_kind("Deployment").values()}
+    (secret,) = _by_kind("Secret").values()
+    assert {"secret-key", "tokens", "webhook-secret", "database-url"} <= set(secret["stringData"])
     for name, dep in deps.items():
         pod = dep["spec"]["template"]["spec"]
         text = yaml.safe_dump(pod)
         assert ("secret-key" in text) == (name == "transfer"), name
-        used = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
-                if "persistentVolumeClaim" in v}
-        assert used == ({f"image-mirror-{name}"} if name in STATEFUL else set()), name
-        assert used <= claims
         cmd = _container(dep)["command"]
         assert "--transfer-data" not in cmd and "--secret-key-file" not in cmd
     for name in ("gateway", "scanner"):
@@ -127,11 +166,15 @@ def test_only_the_transfer_service_holds_the_key_and_its_data() -> None:
 def test_services_and_addresses_agree() -> None:
     services = _by_kind("Service")
     deps = {_component(d): d for d in _by_kind("Deployment").values()}
-    assert set(services) == set(PORTS)
+    # One Service per component, plus a headless one per replicated service.
+    assert set(services) == {*PORTS, "transfer-pods", "gateway-pods"}
+    component = {n: _component(s) for n, s in services.items()}
     for name, svc in services.items():
-        assert svc["spec"]["selector"] == deps[name]["spec"]["template"]["metadata"]["labels"]
+        dep = deps[component[name]]
+        assert svc["spec"]["selector"] == dep["spec"]["template"]["metadata"]["labels"]
         grpc_port = next(p for p in svc["spec"]["ports"] if p["name"] == "grpc")
-        assert grpc_port["port"] == PORTS[name]
+        assert grpc_port["port"] == PORTS[component[name]]
+        assert (svc["spec"].get("clusterIP") == "None") == name.endswith("-pods"), name
     # Every HOST:PORT a pod dials is a Service at its port.
     for dep in deps.values():
         cmd = _container(dep)["command"]
@@ -139,10 +182,13 @@ def test_services_and_addresses_agree() -> None:
             if arg.startswith("--") and arg != "--grpc-listen" and ":" in cmd[i + 1] and \
                     not cmd[i + 1].startswith(("/", "0.0.0.0")):
                 host, port = cmd[i + 1].rsplit(":", 1)
-                assert host in services and int(port) == PORTS[host], (arg, cmd[i + 1])
+                assert host in services and int(port) == PORTS[component[host]], \
+                    (arg, cmd[i + 1])
+    # The router dials each replica of the replicated services (one DNS record per ready pod)
+    # and the one Service of the others.
     router = _container(deps["router"])["command"]
     assert {f: _flag(router, f"--{f}") for f in STATEFUL} == {
-        f: f"{f}:{p}" for f, p in STATEFUL.items()}
+        f: f"{f}-pods:{p}" if REPLICAS[f] > 1 else f"{f}:{p}" for f, p in STATEFUL.items()}
 
 
 @pytest.mark.parametrize("name", sorted(PORTS))
