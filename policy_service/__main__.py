@@ -1,5 +1,9 @@
-"""`python -m policy_service --grpc-listen HOST:PORT --data DIR [--transfer-address HOST:PORT]
-[--max-vulnerability-age 7d] [--signature-wait 0s]`.
+"""`python -m policy_service --grpc-listen HOST:PORT --data DIR [--database URL]
+[--transfer-address HOST:PORT] [--max-vulnerability-age 7d] [--signature-wait 0s]`.
+
+State lives in SQLite under --data, or with `--database postgresql://...` in that database's
+schema "policy"; several processes may then serve the same database (policy_service.changes
+keeps their in-memory copies consistent).
 
 Without --transfer-address the checks that ask the transfer service (source endpoint, target
 push permission) and the source migration of old policies are skipped: that mode is for
@@ -9,6 +13,7 @@ running the policy service alone (development, tests, benchmarks), never for pro
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -73,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
 
     async def start() -> Callable[[], Awaitable[None]]:
         security = ServerSecurity.from_args(args)
-        store = PolicyStore.open(args.data)
+        # Opening migrates: off the event loop, like every database call.
+        store = await asyncio.to_thread(PolicyStore.open, args.data, args.database)
         channel = None
         if args.transfer_address:
             channel = security.channel(args.transfer_address)

@@ -2,8 +2,9 @@
 keys to policies: a rule naming an unknown key in `signed_by` is refused at save, and a key a
 policy's rule names cannot be deleted.
 
-A mixin of PolicyServicer: it uses the servicer's `_keys` (KeyStore), `_policies` and
-`_write_lock`.
+A mixin of PolicyServicer: it uses the servicer's `_keys` (KeyStore), `_policies`,
+`_write_lock`, and `_refresh` / `_commit` (which keep replicas consistent, see
+policy_service.changes).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import empty_pb2
@@ -79,6 +80,8 @@ class TrustedKeyRpcs:
     _policies: dict[str, CompiledPolicy]
     _broken: dict[str, PolicyRecord]
     _write_lock: asyncio.Lock
+    _refresh: Callable[[], Awaitable[None]]
+    _commit: Callable[[Callable[[], Callable[[int], int] | None]], Awaitable[bool]]
 
     def _key_named(self, name: str) -> TrustedKey:
         if not name:
@@ -113,7 +116,7 @@ class TrustedKeyRpcs:
         )
         async with self._write_lock:
             try:
-                await asyncio.to_thread(self._keys.insert, rec)
+                await self._commit(lambda: lambda seq: self._keys.insert(rec, seq))
             except KeyExists as err:
                 raise errors.already_exists(
                     f"a trusted key named {k.name!r} already exists"
@@ -123,6 +126,7 @@ class TrustedKeyRpcs:
     async def GetTrustedKey(
         self, request: policy_pb2.GetTrustedKeyRequest, context: aio.ServicerContext
     ) -> policy_pb2.TrustedKey:
+        await self._refresh()
         return self._key_named(request.name).to_proto()
 
     async def ListTrustedKeys(
@@ -130,6 +134,7 @@ class TrustedKeyRpcs:
     ) -> policy_pb2.ListTrustedKeysResponse:
         size = paging.page_size(request.page_size)
         state = paging.decode_token(request.page_token, expect={})
+        await self._refresh()
         keys = self._keys.page(str(state.get("after", "")), size + 1)
         out = policy_pb2.ListTrustedKeysResponse(keys=[k.to_proto() for k in keys[:size]])
         if len(keys) > size:
@@ -139,23 +144,39 @@ class TrustedKeyRpcs:
     async def DeleteTrustedKey(
         self, request: policy_pb2.DeleteTrustedKeyRequest, context: aio.ServicerContext
     ) -> empty_pb2.Empty:
+        await self._refresh()
         self._key_named(request.name)
+        found: list[bool] = []
+
+        def prepare() -> Callable[[int], int]:
+            self._refuse_if_used(request.name)  # against the up-to-date policies
+
+            def write(seq: int) -> int:
+                done = self._keys.delete(request.name, seq)
+                found[:] = [done is not None]
+                return seq if done is None else done
+
+            return write
+
         async with self._write_lock:
-            users = sorted(
-                [p.record.name for p in self._policies.values()
-                 if request.name in rule_keys(p.rule)]
-                + [r.name for r in self._broken.values() if request.name in text_keys(r.rule)]
-            )
-            if users:
-                raise errors.failed_precondition(
-                    f"trusted key {request.name!r} is named by the rule of "
-                    f"{len(users)} polic{'y' if len(users) == 1 else 'ies'}: "
-                    + ", ".join(repr(u) for u in users[:10])
-                    + (f" and {len(users) - 10} more" if len(users) > 10 else "")
-                    + "; change those rules first",
-                    [("TRUSTED_KEY_IN_USE", f"policies/{u}", "its rule names the key")
-                     for u in users[:10]],
-                )
-            if not await asyncio.to_thread(self._keys.delete, request.name):
+            await self._commit(prepare)
+            if not found[0]:
                 raise errors.not_found(f"trusted key {request.name!r} not found")
         return empty_pb2.Empty()
+
+    def _refuse_if_used(self, name: str) -> None:
+        """FAILED_PRECONDITION when a policy's rule names key `name`."""
+        users = sorted(
+            [p.record.name for p in self._policies.values() if name in rule_keys(p.rule)]
+            + [r.name for r in self._broken.values() if name in text_keys(r.rule)]
+        )
+        if users:
+            raise errors.failed_precondition(
+                f"trusted key {name!r} is named by the rule of "
+                f"{len(users)} polic{'y' if len(users) == 1 else 'ies'}: "
+                + ", ".join(repr(u) for u in users[:10])
+                + (f" and {len(users) - 10} more" if len(users) > 10 else "")
+                + "; change those rules first",
+                [("TRUSTED_KEY_IN_USE", f"policies/{u}", "its rule names the key")
+                 for u in users[:10]],
+            )

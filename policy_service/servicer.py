@@ -17,6 +17,12 @@ Policies are scoped by their source endpoint: Evaluate and GetFactRequirements n
 endpoint the image is in, and only policies reading that endpoint count. Saving (and
 validate_only) checks the whole policy: fields, target mapping, loops, cycles and collisions
 with other policies (`checks`), the source endpoint and the target's push permission.
+
+Replicas: several processes may serve one PostgreSQL database. Each keeps its compiled copy
+and, before serving an RPC, compares its change seq with the database's (one single-row
+SELECT) and reloads what other replicas wrote since (policy_service.changes). Writes are
+checked against an up-to-date copy and committed only if no replica wrote in between, else
+checked again. On SQLite there is one process per data folder, so nothing is compared.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import empty_pb2
@@ -34,6 +40,7 @@ from grpc import aio
 from mirror.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
 from policy_service import checks, compiled, evaluation, mapping, settings, source_migration
+from policy_service.changes import StaleView
 from policy_service.compiled import CompiledPolicy
 from policy_service.freshness import DEFAULT_MAX_VULNERABILITY_AGE, FactQuality
 from policy_service.index import EndpointIndex
@@ -44,7 +51,7 @@ from policy_service.rules.guard import RuleGuard
 from policy_service.signature_gate import SignatureGate
 from policy_service.store import EtagMismatch, NameTaken, PolicyMissing, PolicyRecord, PolicyStore
 from policy_service.templates import TemplateError, compile_template
-from policy_service.trusted_keys import KeyStore
+from policy_service.trusted_keys import KeyStore, TrustedKey
 from policy_service.validate import time_zone_error, zone
 from servicekit import errors, metrics, paging
 from servicekit.retry import Backoff
@@ -66,6 +73,8 @@ _SOURCE_REPLACED = (
     "source_repository was replaced by source {endpoint, repository}: name the source "
     "endpoint and its repository, e.g. source: {endpoint: dev, repository: \"team/**\"}"
 )
+# Writes refused because another replica wrote first, checked again before giving up.
+_STALE_RETRIES = 8
 _MATCHED = metrics.EVALUATIONS.labels(matched="true")
 _NOT_MATCHED = metrics.EVALUATIONS.labels(matched="false")
 
@@ -140,6 +149,16 @@ def _require_endpoint(endpoint: str) -> None:
         )
 
 
+def _compile_stored(rec: PolicyRecord) -> CompiledPolicy | PolicyRecord:
+    """A stored policy compiled (leniently: see compile_policy), or itself when it no longer
+    compiles (kept as broken: listed, never evaluated)."""
+    try:
+        return compiled.compile_policy(rec, strict=False)
+    except errors.ApiError as err:
+        log.error("policy %s (%s) no longer compiles: %s", rec.id, rec.name, err.message)
+        return rec
+
+
 def _evaluate_rule(request: policy_pb2.EvaluateRuleRequest) -> policy_pb2.EvaluateRuleResponse:
     """EvaluateRule's work, run in a rule worker process (see RuleGuard)."""
     rule, problems = compiled.check_rule(request.rule, "rule")
@@ -176,6 +195,11 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
         signature_wait: timedelta = timedelta(0),
     ) -> None:
         self._store = store
+        self._db = store.db
+        # Other processes write only on PostgreSQL (one process per SQLite data folder).
+        self._replicated = store.db.dialect == "postgresql"
+        # The change seq the in-memory copy reflects; read before the rows it covers.
+        self._seq = store.change_seq()
         self._keys = KeyStore(store.db)
         self._signatures = SignatureGate(self._keys, signature_wait // timedelta(microseconds=1))
         self._push = push_checker
@@ -219,13 +243,81 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
 
     def _load_one(self, rec: PolicyRecord) -> None:
         """Compile a stored policy (leniently: see compile_policy), or keep it as broken."""
-        try:
-            self._apply(compiled.compile_policy(rec, strict=False))
-        except errors.ApiError as err:
-            log.error("policy %s (%s) no longer compiles: %s", rec.id, rec.name, err.message)
-            self._policies.pop(rec.id, None)
-            self._broken[rec.id] = rec
-            self._index.put(rec.id, rec.source_endpoint, rec.source_repository)
+        self._take(_compile_stored(rec))
+
+    def _take(self, got: CompiledPolicy | PolicyRecord) -> None:
+        """Hold a compiled policy, or a stored one that no longer compiles as broken."""
+        if isinstance(got, CompiledPolicy):
+            self._apply(got)
+            return
+        self._policies.pop(got.id, None)
+        self._broken[got.id] = got
+        self._index.put(got.id, got.source_endpoint, got.source_repository)
+
+    # -- replicas (policy_service.changes) ------------------------------------------------
+
+    async def _refresh(self) -> None:
+        """Bring the in-memory copy up to what other replicas committed before this call."""
+        if not self._replicated:
+            return
+        if await self._db.run(self._store.change_seq) != self._seq:
+            async with self._write_lock:
+                await self._sync_locked()
+
+    async def _sync_locked(self) -> None:
+        """Reload what changed since `_seq` (the caller holds the write lock)."""
+        if not self._replicated:
+            return
+        got = await self._db.run(self._read_changes, self._seq)
+        if got is None:
+            return
+        seq, everything, policies, keys = got
+        if everything:
+            self._policies, self._broken, self._index = {}, {}, EndpointIndex()
+        for policy_id, compiled_or_rec in policies.items():
+            if compiled_or_rec is None:
+                self._forget(policy_id)
+            else:
+                self._take(compiled_or_rec)
+        self._keys.reload(keys, everything)
+        log.debug("reloaded %d policies and %d keys changed by other replicas (seq %d -> %d)",
+                  len(policies), len(keys), self._seq, seq)
+        self._seq = seq
+
+    def _read_changes(self, seq: int) -> tuple[
+        int, bool, dict[str, CompiledPolicy | PolicyRecord | None], dict[str, TrustedKey | None]
+    ] | None:
+        """On the database's threads: what changed after `seq`, read and compiled."""
+        ch = self._store.changes_since(seq)
+        if ch is None:
+            return None
+        wanted: Collection[str] | None = None if ch.everything else ch.policies
+        recs = self._store.get_many(wanted)
+        policies = {i: None if r is None else _compile_stored(r) for i, r in recs.items()}
+        keys = self._keys.read(None if ch.everything else ch.keys)
+        return ch.seq, ch.everything, policies, keys
+
+    async def _commit(self, prepare: Callable[[], Callable[[int], int] | None]) -> bool:
+        """Commit one write made against an up-to-date copy (the caller holds the write lock).
+
+        `prepare` runs after the copy is brought up to date: it checks (raising ApiError) and
+        returns the write, which takes the seq it was checked at (None: nothing to write).
+        When another replica wrote in between, the write is refused and all of it runs again.
+        False: nothing was written.
+        """
+        for _ in range(_STALE_RETRIES):
+            await self._sync_locked()
+            write = prepare()
+            if write is None:
+                return False
+            try:
+                self._seq = await self._db.run(write, self._seq)
+            except StaleView:
+                continue
+            return True
+        raise errors.aborted(
+            "policies kept changing on other replicas during this write; retry"
+        )
 
     def _records(self) -> list[PolicyRecord]:
         """Every stored policy that compiles: what the graph checks compare against."""
@@ -241,12 +333,39 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
             return
         names = await source_migration.wait_for_endpoints(self._push, self._migration_backoff)
         async with self._write_lock:
+            await self._sync_locked()
             # In name order, so which of two conflicting policies is disabled is predictable.
             for rec in sorted([*self._records(), *self._broken.values()], key=lambda r: r.name):
                 if not rec.source_endpoint:
-                    await self._migrate_one(rec, names)
+                    await self._migrate_one(rec.id, names)
 
-    async def _migrate_one(self, rec: PolicyRecord, endpoints: list[str]) -> None:
+    async def _migrate_one(self, policy_id: str, endpoints: list[str]) -> None:
+        planned: list[tuple[PolicyRecord, str]] = []
+
+        def prepare() -> Callable[[int], int] | None:
+            p = self._policies.get(policy_id)
+            rec = p.record if p else self._broken.get(policy_id)
+            if rec is None or rec.source_endpoint:
+                return None  # deleted or migrated meanwhile (another replica)
+            new, reason = self._migrated(rec, endpoints)
+            planned[:] = [(new, reason)]
+            return lambda seq: self._store.update(new, rec.etag, seq)
+
+        try:
+            if not await self._commit(prepare):
+                return
+        except (EtagMismatch, PolicyMissing):
+            return  # changed or deleted meanwhile: the writer's version stands
+        [(new, reason)] = planned
+        self._load_one(new)
+        if reason:
+            log.warning("policy %s (%s) disabled: %s", new.id, new.name, reason)
+        else:
+            log.info("policy %s (%s) now reads endpoint %r", new.id, new.name,
+                     new.source_endpoint)
+
+    def _migrated(self, rec: PolicyRecord, endpoints: list[str]) -> tuple[PolicyRecord, str]:
+        """`rec` with its source endpoint chosen, or disabled; and why it was disabled."""
         endpoint, reason = source_migration.choose(rec, endpoints)
         new = rec.evolve(source_endpoint=endpoint)
         if endpoint and rec.id not in self._broken:
@@ -265,15 +384,7 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
             update_time_us=max(_now_us(), rec.update_time_us + 1), etag=_new_etag(version),
             version=version,
         )
-        try:
-            await asyncio.to_thread(self._store.update, new, rec.etag)
-        except (EtagMismatch, PolicyMissing):
-            return  # changed or deleted meanwhile: the writer's version stands
-        self._load_one(new)
-        if reason:
-            log.warning("policy %s (%s) disabled: %s", rec.id, rec.name, reason)
-        else:
-            log.info("policy %s (%s) now reads endpoint %r", rec.id, rec.name, endpoint)
+        return new, reason
 
     def _apply(self, p: CompiledPolicy) -> None:
         self._policies[p.record.id] = p
@@ -306,6 +417,7 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
     ) -> policy_pb2.Policy:
         p = request.policy
         _refuse_source_repository(p)
+        await self._refresh()
         # validate_only with an id: checked as the replacement of that policy (its name and
         # its old version do not clash), which `mirrorctl apply --dry-run` needs for updates.
         replaces = self._current(p.id).id if request.validate_only and p.id else ""
@@ -333,17 +445,21 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
         )
         cp = await self._rules.vetted(compiled.compile_policy, rec)
         check_rule_keys(cp, self._keys)
-        if self._store.name_exists(rec.name, except_id=replaces):
+        if await self._db.run(self._store.name_exists, rec.name, replaces):
             raise errors.already_exists(f"a policy named {rec.name!r} already exists")
         checks.check_graph(rec, self._records())
         await checks.check_remote(self._push, rec)
         if request.validate_only:
             return compiled.to_proto(cp)
-        async with self._write_lock:
+
+        def prepare() -> Callable[[int], int]:
             checks.check_graph(rec, self._records())  # again: others may have been saved
             check_rule_keys(cp, self._keys)  # again: a key may have been deleted meanwhile
+            return lambda seq: self._store.insert(rec, seq)
+
+        async with self._write_lock:
             try:
-                await asyncio.to_thread(self._store.insert, rec)
+                await self._commit(prepare)
             except NameTaken as err:
                 raise errors.already_exists(f"a policy named {rec.name!r} already exists") from err
             self._apply(cp)
@@ -353,9 +469,10 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
     async def GetPolicy(
         self, request: policy_pb2.GetPolicyRequest, context: aio.ServicerContext
     ) -> policy_pb2.Policy:
+        await self._refresh()
         policy_id = request.id
         if request.name and not policy_id:
-            found = self._store.id_of(request.name)
+            found = await self._db.run(self._store.id_of, request.name)
             if found is None:
                 raise errors.not_found(
                     f"no policy is named {request.name!r}", reason="POLICY_NOT_FOUND"
@@ -377,8 +494,9 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
         }
         state = paging.decode_token(request.page_token, expect=filters)
         after = str(state.get("after", ""))
+        await self._refresh()
         only = self._listed(source, request.source_endpoint, request.endpoint)
-        recs = self._store.page(after, size + 1, only)
+        recs = await self._db.run(self._store.page, after, size + 1, only)
         more = len(recs) > size
         recs = recs[:size]
         out = policy_pb2.ListPoliciesResponse()
@@ -417,6 +535,7 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
         p = request.policy
         _refuse_source_repository(p, list(request.update_mask.paths))
         paths = _mask_paths(list(request.update_mask.paths))
+        await self._refresh()
         current = self._current(p.id)
         if p.etag and p.etag != current.etag:
             raise errors.aborted(
@@ -436,7 +555,9 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
             new = new.evolve(active_since_us=now)
         cp = await self._rules.vetted(compiled.compile_policy, new)
         check_rule_keys(cp, self._keys)
-        if new.name != current.name and self._store.name_exists(new.name, except_id=new.id):
+        if new.name != current.name and await self._db.run(
+            self._store.name_exists, new.name, new.id
+        ):
             raise errors.already_exists(f"a policy named {new.name!r} already exists")
         checks.check_graph(new, self._records())
         sample = mapping.sample_target
@@ -447,11 +568,15 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
             != (current.target_endpoint, sample(current.source_repository,
                                                 current.target_repository)),
         )
-        async with self._write_lock:
+
+        def prepare() -> Callable[[int], int]:
             checks.check_graph(new, self._records())  # again: others may have been saved
             check_rule_keys(cp, self._keys)  # again: a key may have been deleted meanwhile
+            return lambda seq: self._store.update(new, current.etag, seq)
+
+        async with self._write_lock:
             try:
-                await asyncio.to_thread(self._store.update, new, current.etag)
+                await self._commit(prepare)
             except EtagMismatch as err:
                 raise errors.aborted(
                     f"policy {p.id!r} changed during the update; read it again and retry"
@@ -467,10 +592,13 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
     async def DeletePolicy(
         self, request: policy_pb2.DeletePolicyRequest, context: aio.ServicerContext
     ) -> empty_pb2.Empty:
+        await self._refresh()
         self._current(request.id)
         async with self._write_lock:
             try:
-                await asyncio.to_thread(self._store.delete, request.id, request.etag)
+                await self._commit(
+                    lambda: lambda seq: self._store.delete(request.id, request.etag, seq)
+                )
             except EtagMismatch as err:
                 raise errors.aborted(
                     f"policy {request.id!r} changed since it was read (etag {request.etag!r}); "
@@ -553,6 +681,7 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
             raise errors.invalid_argument(
                 "facts.repository is required", [("facts.repository", "must not be empty")]
             )
+        await self._refresh()
         when = (
             request.evaluation_time.ToDatetime(tzinfo=UTC)
             if request.HasField("evaluation_time")
@@ -604,6 +733,7 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
             raise errors.invalid_argument(
                 "repository is required", [("repository", "must not be empty")]
             )
+        await self._refresh()
         policies = self._matching(request.endpoint, request.repository)
         kinds = sorted({k for p in policies for k in p.required})
         return policy_pb2.FactRequirements(

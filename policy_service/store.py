@@ -1,16 +1,30 @@
-"""Policies in SQLite (servicekit.db): the durable copy the in-memory index is rebuilt from."""
+"""Policies in the service's database (servicekit.db: SQLite under --data, or PostgreSQL
+schema "policy"): the durable copy the in-memory index is rebuilt from.
+
+Every write also logs itself in the change log (policy_service.changes), which is how other
+replicas on the same PostgreSQL database learn what to reload.
+"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from servicekit.db import Database
+from policy_service import changes
+from policy_service.changes import Changes
+from servicekit.db import (
+    INTEGRITY_ERRORS,
+    Database,
+    Migration,
+    MigrationStep,
+    Row,
+    open_service_database,
+    pg_ddl,
+)
 
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[MigrationStep] = [
     # 1: policies; names are unique, the etag changes on every write.
     """
     CREATE TABLE policies (
@@ -65,6 +79,13 @@ MIGRATIONS: list[str] = [
         create_time_us INTEGER NOT NULL
     );
     """,
+    # 4: the change log replicas reload from (policy_service.changes). On PostgreSQL, names
+    # compare byte by byte as on SQLite, so ListPolicies pages in the same order on both.
+    Migration(
+        sqlite=changes.MIGRATION,
+        postgresql=pg_ddl(changes.MIGRATION)
+        + ';\nALTER TABLE policies ALTER COLUMN name TYPE TEXT COLLATE "C"',
+    ),
 ]
 
 DB_FILE = "policy.sqlite3"
@@ -134,7 +155,7 @@ _COLUMNS = (
 _PLACEHOLDERS = ", ".join("?" * len(_COLUMNS.split(",")))
 
 
-def _record(row: sqlite3.Row) -> PolicyRecord:
+def _record(row: Row) -> PolicyRecord:
     return PolicyRecord(
         id=row["id"],
         name=row["name"],
@@ -186,8 +207,10 @@ def _settings(r: PolicyRecord) -> tuple[object, ...]:
     )
 
 
-def _is_name_clash(err: sqlite3.IntegrityError) -> bool:
-    return "policies.name" in str(err)
+def _is_name_clash(err: BaseException) -> bool:
+    # SQLite names the column, PostgreSQL the constraint.
+    text = str(err)
+    return "policies.name" in text or "policies_name_key" in text
 
 
 class PolicyStore:
@@ -197,8 +220,11 @@ class PolicyStore:
         self.db = db
 
     @classmethod
-    def open(cls, data_dir: str | Path) -> PolicyStore:
-        return cls(Database(Path(data_dir) / DB_FILE, MIGRATIONS))
+    def open(cls, data_dir: str | Path, database: str = "") -> PolicyStore:
+        """`database` a postgresql:// URL, or empty for SQLite under `data_dir`."""
+        return cls(
+            open_service_database(database, Path(data_dir) / DB_FILE, MIGRATIONS, schema="policy")
+        )
 
     def close(self) -> None:
         self.db.close()
@@ -221,30 +247,71 @@ class PolicyStore:
         )
         return row is not None
 
-    def insert(self, rec: PolicyRecord) -> None:
+    def get_many(self, ids: Collection[str] | None) -> dict[str, PolicyRecord | None]:
+        """The stored policies among `ids` (None for each one missing); None: every policy."""
+        if ids is None:
+            return {r.id: r for r in self.all()}
+        out: dict[str, PolicyRecord | None] = dict.fromkeys(ids)
+        if ids:
+            for r in self.db.query(
+                f"SELECT {_COLUMNS} FROM policies WHERE {self._id_among()}", (self._ids(ids),)
+            ):
+                out[r["id"]] = _record(r)
+        return out
+
+    def _id_among(self) -> str:
+        """`id` is one of a list given as one parameter (see _ids)."""
+        if self.db.dialect == "postgresql":
+            return "id = ANY(?)"
+        return "id IN (SELECT value FROM json_each(?))"
+
+    def _ids(self, ids: Iterable[str]) -> object:
+        return sorted(ids) if self.db.dialect == "postgresql" else json.dumps(sorted(ids))
+
+    def change_seq(self) -> int:
+        """The change log's seq now: compared with a replica's to know whether to reload."""
+        row = self.db.query_one("SELECT value FROM change_counter WHERE id = 1")
+        return int(row[0]) if row else 0
+
+    def changes_since(self, seq: int) -> Changes | None:
+        """What was written after `seq` (None: nothing); see policy_service.changes."""
+        with self.db.transaction() as c:
+            return changes.since(c, seq)
+
+    def insert(self, rec: PolicyRecord, expected_seq: int | None = None) -> int:
+        """Store a new policy; returns the change seq. StaleView: `expected_seq` moved."""
         try:
             with self.db.transaction() as c:
+                seq = changes.record(c, changes.POLICY, [rec.id], expected_seq)
                 c.execute(
                     f"INSERT INTO policies ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
                     _values(rec),
                 )
-        except sqlite3.IntegrityError as err:
+                return seq
+        except INTEGRITY_ERRORS as err:
             if _is_name_clash(err):
                 raise NameTaken(rec.name) from err
             raise
 
-    def insert_many(self, recs: Iterable[PolicyRecord]) -> None:
-        """Bulk load in one transaction (benchmarks and imports)."""
+    def insert_many(self, recs: Iterable[PolicyRecord]) -> int:
+        """Bulk load in one transaction (benchmarks and imports); returns the change seq."""
+        rows = list(recs)
         with self.db.transaction() as c:
+            seq = changes.record(c, changes.POLICY, sorted({r.id for r in rows}))
             c.executemany(
                 f"INSERT INTO policies ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
-                [_values(r) for r in recs],
+                [_values(r) for r in rows],
             )
+            return seq
 
-    def update(self, rec: PolicyRecord, expected_etag: str) -> None:
-        """Replace the policy `rec.id` if its stored etag is still `expected_etag`."""
+    def update(
+        self, rec: PolicyRecord, expected_etag: str, expected_seq: int | None = None
+    ) -> int:
+        """Replace the policy `rec.id` if its stored etag is still `expected_etag`; returns
+        the change seq. StaleView: `expected_seq` moved."""
         try:
             with self.db.transaction() as c:
+                seq = changes.record(c, changes.POLICY, [rec.id], expected_seq)
                 row = c.execute("SELECT etag FROM policies WHERE id = ?", (rec.id,)).fetchone()
                 if row is None:
                     raise PolicyMissing(rec.id)
@@ -268,20 +335,26 @@ class PolicyStore:
                         rec.disabled_reason, *_settings(rec), rec.id,
                     ),
                 )
-        except sqlite3.IntegrityError as err:
+                return seq
+        except INTEGRITY_ERRORS as err:
             if _is_name_clash(err):
                 raise NameTaken(rec.name) from err
             raise
 
-    def delete(self, policy_id: str, expected_etag: str = "") -> None:
-        """Delete; when `expected_etag` is given it must equal the stored one."""
+    def delete(
+        self, policy_id: str, expected_etag: str = "", expected_seq: int | None = None
+    ) -> int:
+        """Delete; when `expected_etag` is given it must equal the stored one. Returns the
+        change seq; StaleView: `expected_seq` moved."""
         with self.db.transaction() as c:
+            seq = changes.record(c, changes.POLICY, [policy_id], expected_seq)
             row = c.execute("SELECT etag FROM policies WHERE id = ?", (policy_id,)).fetchone()
             if row is None:
                 raise PolicyMissing(policy_id)
             if expected_etag and row["etag"] != expected_etag:
                 raise EtagMismatch(policy_id)
             c.execute("DELETE FROM policies WHERE id = ?", (policy_id,))
+            return seq
 
     def page(
         self, after_name: str, limit: int, only_ids: Iterable[str] | None = None
@@ -295,7 +368,7 @@ class PolicyStore:
         else:
             rows = self.db.query(
                 f"SELECT {_COLUMNS} FROM policies WHERE name > ? "
-                "AND id IN (SELECT value FROM json_each(?)) ORDER BY name LIMIT ?",
-                (after_name, json.dumps(sorted(only_ids)), limit),
+                f"AND {self._id_among()} ORDER BY name LIMIT ?",
+                (after_name, self._ids(only_ids), limit),
             )
         return [_record(r) for r in rows]

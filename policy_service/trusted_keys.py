@@ -1,13 +1,14 @@
 """Trusted keys: the public keys `signed_by "NAME"` rules verify signatures against.
 
 Stored in the policy service's database (table trusted_keys, store migration 3) and kept in
-memory as parsed keys, so Evaluate verifies without reading the database.
+memory as parsed keys, so Evaluate verifies without reading the database. Writes log
+themselves in the change log (policy_service.changes) for other replicas to reload.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -15,8 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from google.protobuf import timestamp_pb2
 from mirror.v1 import policy_pb2
 
+from policy_service import changes
 from policy_service.validate import ENDPOINT_RE
-from servicekit.db import Database
+from servicekit.db import INTEGRITY_ERRORS, Database, Row
 
 MAX_NAME_LENGTH = 63
 MAX_PEM_BYTES = 4096
@@ -99,22 +101,47 @@ class KeyExists(Exception):
     """A key with this name is already stored."""
 
 
+class _Missing(Exception):
+    """No key to delete: rolls back the change logged for it."""
+
+
+def _key(row: Row) -> TrustedKey:
+    key, _, _ = parse_public_key(row["public_key_pem"])
+    return TrustedKey(
+        name=row["name"], public_key_pem=row["public_key_pem"], algorithm=row["algorithm"],
+        fingerprint=row["fingerprint"], create_time_us=row["create_time_us"], key=key,
+    )
+
+
+_SELECT = "SELECT name, public_key_pem, algorithm, fingerprint, create_time_us FROM trusted_keys"
+
+
 class KeyStore:
     """The trusted_keys table, with every key also held parsed in memory."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._keys: dict[str, TrustedKey] = {}
-        for row in db.query(
-            "SELECT name, public_key_pem, algorithm, fingerprint, create_time_us "
-            "FROM trusted_keys"
-        ):
-            key, _, _ = parse_public_key(row["public_key_pem"])
-            self._keys[row["name"]] = TrustedKey(
-                name=row["name"], public_key_pem=row["public_key_pem"],
-                algorithm=row["algorithm"], fingerprint=row["fingerprint"],
-                create_time_us=row["create_time_us"], key=key,
-            )
+        self._keys: dict[str, TrustedKey] = self.read(None)  # type: ignore[assignment]
+
+    def read(self, names: Collection[str] | None) -> dict[str, TrustedKey | None]:
+        """The stored keys among `names`, parsed (None for each one missing); None: all."""
+        if names is None:
+            return {k.name: k for k in map(_key, self.db.query(_SELECT))}
+        out: dict[str, TrustedKey | None] = dict.fromkeys(names)
+        for name in names:
+            row = self.db.query_one(_SELECT + " WHERE name = ?", (name,))
+            out[name] = _key(row) if row else None
+        return out
+
+    def reload(self, keys: dict[str, TrustedKey | None], everything: bool) -> None:
+        """Take what `read` returned into memory (`everything`: it is the whole table)."""
+        held = {} if everything else dict(self._keys)
+        for name, key in keys.items():
+            if key is None:
+                held.pop(name, None)
+            else:
+                held[name] = key
+        self._keys = held  # replaced whole: readers see one state or the other
 
     def get(self, name: str) -> TrustedKey | None:
         return self._keys.get(name)
@@ -129,22 +156,30 @@ class KeyStore:
     def page(self, after: str, limit: int) -> list[TrustedKey]:
         return [k for k in self.all() if k.name > after][:limit]
 
-    def insert(self, key: TrustedKey) -> None:
+    def insert(self, key: TrustedKey, expected_seq: int | None = None) -> int:
+        """Store a new key; returns the change seq. StaleView: `expected_seq` moved."""
         try:
             with self.db.transaction() as c:
+                seq = changes.record(c, changes.KEY, [key.name], expected_seq)
                 c.execute(
                     "INSERT INTO trusted_keys (name, public_key_pem, algorithm, fingerprint, "
                     "create_time_us) VALUES (?, ?, ?, ?, ?)",
                     (key.name, key.public_key_pem, key.algorithm, key.fingerprint,
                      key.create_time_us),
                 )
-        except sqlite3.IntegrityError as err:
+        except INTEGRITY_ERRORS as err:
             raise KeyExists(key.name) from err
-        self._keys[key.name] = key
+        self._keys = {**self._keys, key.name: key}
+        return seq
 
-    def delete(self, name: str) -> bool:
-        """False when no key has this name."""
-        with self.db.transaction() as c:
-            cur = c.execute("DELETE FROM trusted_keys WHERE name = ?", (name,))
-        self._keys.pop(name, None)
-        return cur.rowcount > 0
+    def delete(self, name: str, expected_seq: int | None = None) -> int | None:
+        """The change seq; None when no key has this name. StaleView: `expected_seq` moved."""
+        try:
+            with self.db.transaction() as c:
+                seq = changes.record(c, changes.KEY, [name], expected_seq)
+                if c.execute("DELETE FROM trusted_keys WHERE name = ?", (name,)).rowcount == 0:
+                    raise _Missing  # rolls the logged change back
+        except _Missing:
+            seq = None
+        self._keys = {k: v for k, v in self._keys.items() if k != name}
+        return seq

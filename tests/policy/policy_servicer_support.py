@@ -203,10 +203,11 @@ class PolicyProcess:
                 self.proc.wait()
 
 
-def start_policy_process(data: Path, *extra: str) -> PolicyProcess:
-    """`python -m policy_service` on a free port; returns once it prints where it listens."""
+def start_policy_process(data: Path, *extra: str, port: int = 0) -> PolicyProcess:
+    """`python -m policy_service` on `port` (0: any free one); returns once it prints where it
+    listens."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "policy_service", "--grpc-listen", "127.0.0.1:0",
+        [sys.executable, "-m", "policy_service", "--grpc-listen", f"127.0.0.1:{port}",
          "--data", str(data), *extra],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
