@@ -11,6 +11,8 @@ import grpc
 from mirror.v1 import common_pb2, scan_pb2, scan_pb2_grpc
 
 from gateway.signatures import find_signatures
+from registry_client import mediatypes
+from registry_client.images import image_size, is_attestation_entry, platform_string
 from servicekit.retry import message_too_large, transient_rpc_error
 
 log = logging.getLogger("gateway.facts")
@@ -18,12 +20,6 @@ log = logging.getLogger("gateway.facts")
 FactKind = common_pb2.FactKind
 SCAN_KINDS = frozenset(
     {FactKind.FACT_KIND_COMPONENTS, FactKind.FACT_KIND_LICENSES, FactKind.FACT_KIND_VULNERABILITIES}
-)
-INDEX_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-    }
 )
 MAX_CONFIG_BYTES = 4 << 20
 
@@ -159,29 +155,25 @@ class FactGatherer:
             if not facts.digest:
                 facts.digest = top.digest
             images: list[dict[str, Any]] = []
-            if top.media_type in INDEX_TYPES:
-                size = len(top.data)
+            if mediatypes.is_index(top.media_type):
                 for m in doc.get("manifests", []):
-                    p = m.get("platform") or {}
-                    if p.get("os") == "unknown":  # attestation manifests, not an image
+                    if is_attestation_entry(m):
                         continue
-                    facts.platforms.append(_platform(p))
+                    facts.platforms.append(platform_string(m.get("platform")))
                     child = await rc.get_manifest(ref.repository, m["digest"])
                     images.append(json.loads(child.data))
-                    size += len(child.data)
             else:
-                size = len(top.data)
                 images.append(doc)
+            size = 0
             for i, img in enumerate(images):
-                size += sum(int(layer.get("size", 0)) for layer in img.get("layers", []))
+                size += image_size(img)
                 cfg_desc = img.get("config") or {}
-                size += int(cfg_desc.get("size", 0))
                 if i == 0 and cfg_desc.get("digest"):
                     cfg = await _read_json_blob(rc, ref.repository, cfg_desc["digest"])
                     labels = (cfg.get("config") or {}).get("Labels") or {}
                     facts.labels.update({str(k): str(v) for k, v in labels.items()})
-                    if top.media_type not in INDEX_TYPES:
-                        facts.platforms.append(_platform(cfg))
+                    if not mediatypes.is_index(top.media_type):
+                        facts.platforms.append(platform_string(cfg))
             facts.size_bytes = size
 
 
@@ -194,13 +186,6 @@ async def _read_json_blob(rc: Any, repo: str, digest: str) -> dict[str, Any]:
                 raise ValueError(f"image config {digest} is larger than {MAX_CONFIG_BYTES} bytes")
     doc = json.loads(bytes(buf))
     return doc if isinstance(doc, dict) else {}
-
-
-def _platform(p: dict[str, Any]) -> str:
-    parts = [str(p.get("os", "")), str(p.get("architecture", ""))]
-    if p.get("variant"):
-        parts.append(str(p["variant"]))
-    return "/".join(parts)
 
 
 def _apply_report(facts: common_pb2.ImageFacts, report: scan_pb2.ScanReport) -> None:

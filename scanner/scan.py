@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from registry_client import errors as registry_errors
 from registry_client import mediatypes
+from registry_client.images import image_size, platform_string
 from scanner import parsers
 from scanner.bounds import RecordBudget
 from scanner.errors import ScanError
@@ -58,13 +59,6 @@ def _json(data: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
-def _platform(cfg: dict[str, Any]) -> str:
-    parts = [str(cfg.get("os", "")), str(cfg.get("architecture", ""))]
-    if cfg.get("variant"):
-        parts.append(str(cfg["variant"]))
-    return "/".join(parts) if all(parts[:2]) else ""
-
-
 async def _scan_image_manifest(
     rc: RegistryClientLike, repo: str, digest: str, manifest: dict[str, Any], limits: Limits
 ) -> ImageFacts:
@@ -78,10 +72,10 @@ async def _scan_image_manifest(
     facts = ImageFacts(digest=digest, repository=repo, sources=["layers"])
     labels = (cfg.get("config") or {}).get("Labels") or {}
     facts.labels = {str(k): str(v) for k, v in labels.items()}
-    platform = _platform(cfg)
+    platform = platform_string(cfg)
     facts.platforms = [platform] if platform else []
     layers = manifest.get("layers") or []
-    facts.size = int(config.get("size", 0)) + sum(int(la.get("size", 0)) for la in layers)
+    facts.size = image_size(manifest)
     reader = LayerReader(parsers.SELECTOR, limits)
     for layer in layers:
         async with rc.open_blob(repo, layer["digest"]) as body:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.registry
 MiB = 1 << 20
 
 
-def _request(src: object, dst: object, repo: str) -> CopyRequest:
+def _request(src: RegistryClient, dst: RegistryClient, repo: str) -> CopyRequest:
     return CopyRequest(src=src, src_repo=repo, src_ref="v1", dst=dst, dst_repo=repo, dst_tag="v1")
 
 

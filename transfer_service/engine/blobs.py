@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry_client import Upload
+from registry_client import RegistryClient, Upload
 from registry_client.errors import (
     ConnectError,
     DigestMismatch,
@@ -89,7 +89,7 @@ class BlobMover:
         await self.backoff.sleep(n)
 
     async def download(
-        self, src: Any, repo: str, blob: Blob, offset: int = 0
+        self, src: RegistryClient, repo: str, blob: Blob, offset: int = 0
     ) -> AsyncIterator[bytes]:
         """The blob's bytes from `offset`; a broken connection resumes with a Range request.
 
@@ -124,9 +124,9 @@ class BlobMover:
 
     async def _small(
         self,
-        src: Any,
+        src: RegistryClient,
         src_repo: str,
-        dst: Any,
+        dst: RegistryClient,
         dst_repo: str,
         blob: Blob,
         on_bytes: Callable[[int], None],
@@ -153,9 +153,9 @@ class BlobMover:
 
     async def stream(
         self,
-        src: Any,
+        src: RegistryClient,
         src_repo: str,
-        dst: Any,
+        dst: RegistryClient,
         dst_repo: str,
         blob: Blob,
         on_bytes: Callable[[int], None],
@@ -208,9 +208,9 @@ class BlobMover:
 
     async def spooled(
         self,
-        src: Any,
+        src: RegistryClient,
         src_repo: str,
-        dst: Any,
+        dst: RegistryClient,
         dst_repo: str,
         blob: Blob,
         on_bytes: Callable[[int], None],
@@ -245,7 +245,7 @@ class BlobMover:
                             await fill
                     spool.remove()
 
-    async def _fill(self, src: Any, repo: str, blob: Blob, spool: SpoolFile) -> None:
+    async def _fill(self, src: RegistryClient, repo: str, blob: Blob, spool: SpoolFile) -> None:
         """Download into `spool`, hashing; ends in `spool.finish()` or `spool.fail(error)`."""
         try:
             hasher = hasher_for(blob.digest)
@@ -270,7 +270,12 @@ class BlobMover:
             spool.finish()
 
     async def _upload_following(
-        self, dst: Any, repo: str, blob: Blob, spool: SpoolFile, on_bytes: Callable[[int], None]
+        self,
+        dst: RegistryClient,
+        repo: str,
+        blob: Blob,
+        spool: SpoolFile,
+        on_bytes: Callable[[int], None],
     ) -> None:
         """Upload from `spool` as it grows; commit once it is complete (verified)."""
         up: Upload = await dst.start_upload(repo)
@@ -331,7 +336,7 @@ def _verify(blob: Blob, size: int, hasher: Any) -> None:
         )
 
 
-async def _cancel_quietly(dst: Any, up: Upload) -> None:
+async def _cancel_quietly(dst: RegistryClient, up: Upload) -> None:
     # Best effort, also while being cancelled: an abandoned session only wastes registry disk.
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await asyncio.wait_for(dst.cancel_upload(up), 5)

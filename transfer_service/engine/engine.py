@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from registry_client import Manifest, mediatypes, names
 from registry_client.errors import NotFound, PermissionDenied, RegistryError
+from registry_client.images import platform_matches, platform_string
 from transfer_service.engine.blobs import Blob, BlobMover
 from transfer_service.engine.errors import (
     DescriptorMismatch,
@@ -435,18 +436,8 @@ def _index_entries(m: Manifest) -> list[dict[str, Any]]:
 
 
 def _platform_of(entry: dict[str, Any]) -> str:
-    p = entry.get("platform") or {}
-    parts = [str(p.get("os", "")), str(p.get("architecture", ""))]
-    if p.get("variant"):
-        parts.append(str(p["variant"]))
-    return "/".join(parts)
+    return platform_string(entry.get("platform")) or "unknown"
 
 
 def _matches(entry: dict[str, Any], wanted: list[str]) -> bool:
-    have = _platform_of(entry).split("/")
-    for w in wanted:
-        parts = w.split("/")
-        # "linux/arm64" matches any variant; "linux/arm64/v8" only that one.
-        if parts[:2] == have[:2] and (len(parts) == 2 or parts[2:] == have[2:]):
-            return True
-    return False
+    return platform_matches(platform_string(entry.get("platform")), wanted)

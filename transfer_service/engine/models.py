@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+
+from registry_client import RegistryClient
 
 
 @dataclass
 class CopyRequest:
     """Copy `src_repo:src_ref` (tag or digest) from `src` to `dst_repo` on `dst`.
 
-    `src`/`dst` are `registry_client.RegistryClient`s. Empty `dst_tag`: push by digest only.
+    Empty `dst_tag`: push by digest only.
     `platforms` ("linux/amd64", "linux/arm64/v8"): copy only those children of an index.
     """
 
-    src: Any
+    src: RegistryClient
     src_repo: str
     src_ref: str
-    dst: Any
+    dst: RegistryClient
     dst_repo: str
     dst_tag: str = ""
     platforms: list[str] = field(default_factory=list)
