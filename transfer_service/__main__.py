@@ -1,5 +1,10 @@
 """`python -m transfer_service --grpc-listen HOST:PORT --data DIR [...]`: the transfer service
-alone on its own gRPC server (with reflection and health)."""
+alone on its own gRPC server (with reflection and health).
+
+With `--database postgresql://...` any number of these processes share one job table: each
+serves the whole API and runs jobs it claims (`--worker-id`, `--lease-seconds`); they must
+share the secret key (MIRROR_SECRET_KEY or one `--key-file`).
+"""
 
 from __future__ import annotations
 
@@ -44,8 +49,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retry-after-cap", type=float, default=None,
                    help="longest Retry-After waited for within an attempt (default 60 s); "
                    "a longer one reschedules the job for then")
+    p.add_argument("--worker-id", default=None,
+                   help="this worker's name in the job table, unique among the workers that "
+                   "share a database (default: hostname-pid)")
+    p.add_argument("--lease-seconds", type=float, default=30.0,
+                   help="how long a job stays this worker's without a renewal (renewed every "
+                   "second); a worker that dies loses its jobs to another after this long")
     add_security_arguments(p)
     args = p.parse_args(argv)
+    if args.lease_seconds < 1:
+        p.error("--lease-seconds must be at least 1")
     if args.max_jobs < 1 or args.max_blobs < 1 or args.max_attempts < 1:
         p.error("--max-jobs, --max-blobs and --max-attempts must be at least 1")
     if args.max_jobs_per_endpoint is not None and args.max_jobs_per_endpoint < 1:
@@ -85,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
             policy_channel=policy_channel,
             idle_timeout=args.idle_timeout,
             retry_after_cap=args.retry_after_cap,
+            database=args.database,
+            worker_id=args.worker_id or None,
+            lease_seconds=args.lease_seconds,
         )
         server = await start_server(
             [servicer], args.grpc_listen, tls=security.tls, interceptors=security.interceptors

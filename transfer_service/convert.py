@@ -97,7 +97,8 @@ def transfer_to_proto(job: JobRecord) -> transfer_pb2.Transfer:
         create_time=timestamp(job.create_time),
         start_time=timestamp(job.start_time),
         end_time=timestamp(job.end_time),
-        next_attempt_time=timestamp(job.next_attempt_time),
+        # A quick retry's time is kept in the row too; the API shows only a reschedule's.
+        next_attempt_time=timestamp(job.next_attempt_time if job.rescheduled else None),
         referrers=[
             transfer_pb2.CopiedReferrer(digest=r.digest, kind=r.kind, tag=r.tag)
             for r in job.referrers

@@ -7,6 +7,7 @@ get an `EndpointResolver`, never the secret itself; see docs/INTERFACES.md.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -14,7 +15,7 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NoReturn, Protocol
@@ -25,7 +26,7 @@ from cryptography import x509
 from registry_client import RegistryClient, RegistryConfig
 from registry_client.excerpt import strip_userinfo
 from registry_client.pool import POOL
-from servicekit.db import Database
+from servicekit.db import INTEGRITY_ERRORS, Database, Row, Tx
 from servicekit.errors import already_exists, invalid_argument, not_found
 from transfer_service.schema import DB_FILE
 from transfer_service.secrets import SecretBox
@@ -282,9 +283,16 @@ class EndpointStore:
         self._box = box
         self._idle_timeout = idle_timeout
         self._retry_after_cap = retry_after_cap
+        # Transfer workers alive on this job table (the worker's lease renewals set it): an
+        # endpoint's explicit limits are divided among them (docs/INTERFACES.md).
+        self.live_workers = 1
 
     def __repr__(self) -> str:
-        return f"EndpointStore({self._db.path})"
+        return f"EndpointStore({getattr(self._db, 'path', None) or 'postgresql'})"
+
+    @property
+    def db(self) -> Database:
+        return self._db
 
     @classmethod
     def open_readonly(cls, data_dir: str | Path, box: SecretBox) -> EndpointStore:
@@ -322,7 +330,7 @@ class EndpointStore:
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     self._row_values(ep),
                 )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise already_exists(f"endpoint {ep.name!r} already exists") from None
         return ep
 
@@ -413,16 +421,21 @@ class EndpointStore:
         tokens with every other client of it in this process (registry_client.pool): an
         endpoint's max_concurrency and requests_per_second hold across all its jobs, polls
         and scans. A changed URL, credential, CA or limit gives new shared state.
+
+        Several transfer workers on one job table divide an endpoint's explicit limits among
+        the live ones: each takes ceil(max_concurrency / workers) requests at once and
+        requests_per_second / workers (the unset default of 8 at once is per worker).
         """
         ep = self.get(name)
+        workers = max(1, self.live_workers)
         cfg = RegistryConfig(
             url=ep.url.rstrip("/"),
             username=ep.username,
             password=ep.secret,
             ca_pem=ep.ca_pem,
             insecure_skip_verify=ep.insecure_skip_verify,
-            max_concurrency=ep.max_concurrency or 8,
-            requests_per_second=ep.requests_per_second,
+            max_concurrency=math.ceil(ep.max_concurrency / workers) if ep.max_concurrency else 8,
+            requests_per_second=ep.requests_per_second / workers,
             shared_limits=True,
         )
         if self._idle_timeout is not None:
@@ -436,7 +449,15 @@ class EndpointStore:
         HTTP session, never the shared limits); NOT_FOUND when absent."""
         return RegistryClient(self.config_for(name))
 
-    def _refuse_same_registry(self, c: sqlite3.Connection, ep: EndpointRecord) -> None:
+    @contextlib.asynccontextmanager
+    async def open_client(self, name: str) -> AsyncIterator[RegistryClient]:
+        """`async with store.open_client(name) as rc`: `client_for`, with the endpoint read on
+        the database's threads (code on the event loop uses this); NOT_FOUND when absent."""
+        cfg = await self._db.run(self.config_for, name)
+        async with RegistryClient(cfg) as rc:
+            yield rc
+
+    def _refuse_same_registry(self, c: Tx, ep: EndpointRecord) -> None:
         """ALREADY_EXISTS when another endpoint's URL or alias names the registry of `ep`."""
         for row in c.execute("SELECT * FROM endpoints WHERE name != ?", (ep.name,)).fetchall():
             other = self._from_row(row, decrypt=False)
@@ -474,7 +495,7 @@ class EndpointStore:
             self._box.encrypt(ep.webhook_secret) if ep.webhook_secret else None,
         )
 
-    def _from_row(self, row: sqlite3.Row, decrypt: bool = True) -> EndpointRecord:
+    def _from_row(self, row: Row, decrypt: bool = True) -> EndpointRecord:
         keys = row.keys()
         enc = row["secret_enc"] if decrypt else None
         secret = self._box.decrypt(bytes(enc)) if enc is not None else ""

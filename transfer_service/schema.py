@@ -1,4 +1,7 @@
-"""SQLite schema of the transfer service (one file, DATA/transfer.db): endpoints and jobs.
+"""Schema of the transfer service: endpoints, jobs and the workers that run them.
+
+SQLite (DATA/transfer.db, the embedded default) or the PostgreSQL schema `transfer`
+(`--database postgresql://...`, shared by every transfer worker).
 
 `endpoints.secret_origin` is the scheme://host:port the secret was given for ('' in rows from
 v1: the URL they hold); a secret is only used while the URL still names that origin.
@@ -8,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from servicekit.db import Database
+from servicekit.db import Database, open_service_database
 
 DB_FILE = "transfer.db"
+SCHEMA = "transfer"
 
 MIGRATIONS: list[str] = [
     # v1
@@ -78,9 +82,29 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN copy_referrers TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE jobs ADD COLUMN referrers TEXT NOT NULL DEFAULT '[]';
     """,
+    # v4: several workers share the job table (issue 11). A job runs under a lease
+    # (lease_owner, lease_expires: the database's clock, epoch seconds) that its worker renews;
+    # cancel_requested reaches the owner wherever it runs; lane_tag is the destination tag the
+    # job writes ('' for a copy by digest), so "one job at a time per destination tag" is a
+    # condition of the claim. `workers` holds heartbeats (live workers divide registry limits).
+    """
+    ALTER TABLE jobs ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN lease_expires REAL;
+    ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN lane_tag TEXT NOT NULL DEFAULT '';
+    UPDATE jobs SET lane_tag = CASE WHEN dst_tag != '' THEN dst_tag
+        WHEN src_reference LIKE '%:%' THEN '' ELSE src_reference END;
+    CREATE INDEX jobs_lane ON jobs(dst_endpoint, dst_repository, lane_tag, seq);
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY,
+        heartbeat REAL NOT NULL,
+        started REAL NOT NULL
+    );
+    """,
 ]
 
 
-def open_database(data_dir: str | Path) -> Database:
-    """Open (and migrate) DATA/transfer.db."""
-    return Database(Path(data_dir) / DB_FILE, MIGRATIONS)
+def open_database(data_dir: str | Path, database: str = "") -> Database:
+    """Open (and migrate) the service's database: `database` a postgresql:// URL (schema
+    `transfer`), or empty for DATA/transfer.db."""
+    return open_service_database(database, Path(data_dir) / DB_FILE, MIGRATIONS, SCHEMA)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from google.protobuf import empty_pb2
 from grpc import aio
@@ -37,6 +37,9 @@ from transfer_service.worker import Worker
 
 log = logging.getLogger("transfer_service")
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 PLATFORM_RE = re.compile(r"[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?")
 MAX_IDEMPOTENCY_KEY = 256
 OUTPUT_ONLY = ("has_secret", "has_webhook_secret", "create_time", "update_time")
@@ -53,14 +56,21 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         journal: Journal,
         worker: Worker,
         policy_channel: aio.Channel | None = None,
+        volume: Path | None = None,
     ) -> None:
+        """`volume`: the data folder (named when a write hits ENOSPC); default: the folder of
+        the SQLite database."""
         self.endpoints = endpoints
         self.journal = journal
         self.worker = worker
         # Asked before an endpoint is deleted; None: no policy service in this deployment.
         self.policy_refs = PolicyRefs(policy_channel) if policy_channel is not None else None
-        self._volume = journal.path.parent
+        self._volume = volume if volume is not None else journal.path.parent
         self._close: list[Any] = []
+
+    async def _db(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Store code off the event loop, on the database's threads."""
+        return await self.journal.db.run(fn, *args, **kwargs)
 
     @classmethod
     def open(
@@ -82,20 +92,27 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         policy_channel: aio.Channel | None = None,
         idle_timeout: float | None = None,
         retry_after_cap: float | None = None,
+        database: str = "",
+        worker_id: str | None = None,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 0.5,
     ) -> TransferServicer:
-        """Open DATA/transfer.db and the secret key (env or key file) and build the worker.
+        """Open the database (DATA/transfer.db, or `database`: a postgresql:// URL shared by
+        every transfer worker) and the secret key (env or key file) and build the worker.
 
         `policy_channel`: a channel to the policy service, asked before DeleteEndpoint (the
         stack passes its own channel; `python -m transfer_service --policy-address`).
         `idle_timeout`, `retry_after_cap`: of every registry client (None: the client's
         defaults, 30 s and 60 s); a longer Retry-After reschedules the job instead.
+        `worker_id`, `lease_seconds`, `poll_interval`: of the worker (transfer_service.worker).
+        Workers sharing a database must share the key (MIRROR_SECRET_KEY or `key_file`).
         """
         from transfer_service.engine import CopyEngine
 
         data = Path(data_dir)
         data.mkdir(parents=True, exist_ok=True)
         box = load_secret_box(Path(key_file) if key_file else data / "secret.key")
-        db = open_database(data)
+        db = open_database(data, database)
         endpoints = EndpointStore(
             db, box, idle_timeout=idle_timeout, retry_after_cap=retry_after_cap
         )
@@ -122,8 +139,11 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             max_jobs_per_endpoint=max_jobs_per_endpoint,
             reschedule_base=reschedule_base,
             reschedule_max=reschedule_max,
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+            poll_interval=poll_interval,
         )
-        servicer = cls(endpoints, journal, worker, policy_channel=policy_channel)
+        servicer = cls(endpoints, journal, worker, policy_channel=policy_channel, volume=data)
         if policy_channel is None:
             log.warning(
                 "no policy service configured: DeleteEndpoint cannot check which policies "
@@ -153,7 +173,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             raise invalid_argument("endpoint is required", [("endpoint", "required")])
         _reject_output_only(request.endpoint)
         with disk_full_as_exhausted(self._volume):
-            ep = self.endpoints.create(endpoint_from_proto(request.endpoint))
+            ep = await self._db(self.endpoints.create, endpoint_from_proto(request.endpoint))
         log.info("endpoint %s created (%s)", ep.name, ep.url)
         return endpoint_to_proto(ep)
 
@@ -161,7 +181,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         self, request: transfer_pb2.GetEndpointRequest, context: aio.ServicerContext
     ) -> transfer_pb2.Endpoint:
         _require(request.name, "name")
-        return endpoint_to_proto(self.endpoints.get(request.name))
+        return endpoint_to_proto(await self._db(self.endpoints.get, request.name))
 
     async def ListEndpoints(
         self, request: transfer_pb2.ListEndpointsRequest, context: aio.ServicerContext
@@ -169,7 +189,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         size = paging.page_size(request.page_size)
         state = paging.decode_token(request.page_token, expect={"kind": "endpoints"})
         after = str(state.get("after", ""))
-        items = self.endpoints.list(size + 1, after)
+        items = await self._db(self.endpoints.list, size + 1, after)
         resp = transfer_pb2.ListEndpointsResponse(
             endpoints=[endpoint_to_proto(e) for e in items[:size]]
         )
@@ -185,9 +205,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         msg = request.endpoint
         _require(msg.name, "endpoint.name")
         changes = _changes_from_mask(msg, list(request.update_mask.paths))
-        before = self.endpoints.get(msg.name)
+        before = await self._db(self.endpoints.get, msg.name)
         with disk_full_as_exhausted(self._volume):
-            ep = self.endpoints.update(msg.name, changes)
+            ep = await self._db(self.endpoints.update, msg.name, changes)
         log.info("endpoint %s updated (%s)", ep.name, ", ".join(sorted(changes)) or "nothing")
         if before.has_secret and not ep.has_secret and "secret" not in changes:
             log.warning(
@@ -200,10 +220,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         self, request: transfer_pb2.DeleteEndpointRequest, context: aio.ServicerContext
     ) -> empty_pb2.Empty:
         _require(request.name, "name")
-        self.endpoints.get(request.name)  # NOT_FOUND first
+        await self._db(self.endpoints.get, request.name)  # NOT_FOUND first
         busy = [
             j.id
-            for j in self.journal.unfinished()
+            for j in await self._db(self.journal.unfinished)
             if request.name in (j.spec.src_endpoint, j.spec.dst_endpoint)
         ]
         if busy:
@@ -225,7 +245,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                     reason="ENDPOINT_IN_USE",
                 )
         with disk_full_as_exhausted(self._volume):
-            self.endpoints.delete(request.name)
+            await self._db(self.endpoints.delete, request.name)
         log.info("endpoint %s deleted", request.name)
         return empty_pb2.Empty()
 
@@ -233,7 +253,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         self, request: transfer_pb2.VerifyWebhookSecretRequest, context: aio.ServicerContext
     ) -> transfer_pb2.VerifyWebhookSecretResponse:
         _require(request.endpoint, "endpoint")
-        ok, has = self.endpoints.verify_webhook_secret(request.endpoint, request.secret)
+        ok, has = await self._db(
+            self.endpoints.verify_webhook_secret, request.endpoint, request.secret
+        )
         return transfer_pb2.VerifyWebhookSecretResponse(ok=ok, has_webhook_secret=has)
 
     async def DeleteTag(
@@ -250,7 +272,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 violations.append((field, problem))
         if violations:
             raise invalid_argument("the request is not valid", violations)
-        async with self.endpoints.client_for(request.endpoint) as rc:  # NOT_FOUND
+        async with self.endpoints.open_client(request.endpoint) as rc:  # NOT_FOUND
             deleted = await delete_tag(rc, request.repository, request.tag, request.digest)
         if deleted:
             log.info(
@@ -264,23 +286,23 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     async def HeadManifest(
         self, request: transfer_pb2.ReadManifestRequest, context: aio.ServicerContext
     ) -> transfer_pb2.ManifestHead:
-        return await RegistryReads(self.endpoints.client_for).head_manifest(request)
+        return await RegistryReads(self.endpoints.open_client).head_manifest(request)
 
     async def ReadManifest(
         self, request: transfer_pb2.ReadManifestRequest, context: aio.ServicerContext
     ) -> transfer_pb2.ManifestContent:
-        return await RegistryReads(self.endpoints.client_for).read_manifest(request)
+        return await RegistryReads(self.endpoints.open_client).read_manifest(request)
 
     async def ReadBlob(
         self, request: transfer_pb2.ReadBlobRequest, context: aio.ServicerContext
     ) -> AsyncIterator[transfer_pb2.BlobChunk]:
-        async for chunk in RegistryReads(self.endpoints.client_for).read_blob(request):
+        async for chunk in RegistryReads(self.endpoints.open_client).read_blob(request):
             yield chunk
 
     async def ReadTags(
         self, request: transfer_pb2.ReadTagsRequest, context: aio.ServicerContext
     ) -> AsyncIterator[transfer_pb2.TagPage]:
-        async for page in RegistryReads(self.endpoints.client_for).read_tags(request):
+        async for page in RegistryReads(self.endpoints.open_client).read_tags(request):
             yield page
 
     async def TestConnection(
@@ -294,7 +316,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             violations.append(("repository", problem))
         if violations:
             raise invalid_argument("the request is not valid", violations)
-        cfg = self.endpoints.config_for(request.endpoint)  # NOT_FOUND
+        cfg = await self._db(self.endpoints.config_for, request.endpoint)  # NOT_FOUND
         report = await check_connection(cfg, request.repository, request.check_push)
         return transfer_pb2.TestConnectionResponse(
             ok=report.ok,
@@ -312,7 +334,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             violations.append(("repository", problem))
         if violations:
             raise invalid_argument("the request is not valid", violations)
-        cfg = self.endpoints.config_for(request.endpoint)  # NOT_FOUND
+        cfg = await self._db(self.endpoints.config_for, request.endpoint)  # NOT_FOUND
         steps: asyncio.Queue[StepResult | None] = asyncio.Queue()
 
         async def run() -> ConnectionReport:
@@ -339,7 +361,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         self, request: transfer_pb2.ListRepositoriesRequest, context: aio.ServicerContext
     ) -> transfer_pb2.ListRepositoriesResponse:
         _require(request.endpoint, "endpoint")
-        async with self.endpoints.client_for(request.endpoint) as rc:  # NOT_FOUND
+        async with self.endpoints.open_client(request.endpoint) as rc:  # NOT_FOUND
             try:
                 names = await rc.list_repositories()
             except rc_errors.RegistryError as exc:
@@ -364,7 +386,11 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     ) -> transfer_pb2.Transfer:
         spec = _validate_start(request)
         missing = sorted(
-            {n for n in (spec.src_endpoint, spec.dst_endpoint) if not self.endpoints.exists(n)}
+            {
+                n
+                for n in (spec.src_endpoint, spec.dst_endpoint)
+                if not await self._db(self.endpoints.exists, n)
+            }
         )
         if missing:
             raise failed_precondition(
@@ -373,17 +399,17 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 reason="ENDPOINT_NOT_FOUND",
             )
         with disk_full_as_exhausted(self._volume):
-            job, created = self.journal.create(spec, request.idempotency_key)
+            job, created = await self._db(self.journal.create, spec, request.idempotency_key)
         if created:
             self.worker.submit(job.id)
             log.info("transfer %s queued", job.id)
-        return transfer_to_proto(self.worker.snapshot(job.id))
+        return transfer_to_proto(self.worker.overlay(job))
 
     async def GetTransfer(
         self, request: transfer_pb2.GetTransferRequest, context: aio.ServicerContext
     ) -> transfer_pb2.Transfer:
         _require(request.id, "id")
-        return transfer_to_proto(self.worker.snapshot(request.id))
+        return transfer_to_proto(await self.worker.snapshot(request.id))
 
     async def ListTransfers(
         self, request: transfer_pb2.ListTransfersRequest, context: aio.ServicerContext
@@ -404,7 +430,8 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         }
         token = paging.decode_token(request.page_token, expect=flt)
         before = int(token.get("before", 0) or 0)  # type: ignore[call-overload]
-        jobs = self.journal.list_page(
+        jobs = await self._db(
+            self.journal.list_page,
             size + 1,
             before_seq=before,
             states=states,
@@ -412,7 +439,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             repository=request.repository,
         )
         resp = transfer_pb2.ListTransfersResponse(
-            transfers=[transfer_to_proto(self.worker.snapshot(j.id)) for j in jobs[:size]]
+            transfers=[transfer_to_proto(self.worker.overlay(j)) for j in jobs[:size]]
         )
         if len(jobs) > size:
             resp.next_page_token = paging.encode_token({**flt, "before": jobs[size - 1].seq})

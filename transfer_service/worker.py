@@ -1,17 +1,28 @@
 """Runs journaled transfer jobs through the copy engine: bounded concurrency, retries with
-backoff, resume after a restart, prompt cancel, and progress fanned out to watchers.
+backoff, leases shared with other workers, prompt cancel, and progress fanned out to watchers.
+
+Any number of workers (processes sharing one PostgreSQL job table; one on SQLite) run the
+jobs. A worker claims a runnable job under a lease (`Journal.claim`: the row is the queue)
+and renews its leases every second or so; a renewal that finds a lease gone (it expired and
+another worker took the job) stops that copy here without recording anything, and a worker
+that dies simply stops renewing, so another one claims its jobs once their leases expire and
+resumes them from what is already at the destination (the engine HEADs every blob first).
+CancelTransfer and WatchTransfer work from any replica: a cancel of a job running elsewhere
+sets `cancel_requested`, which its owner sees at its next renewal; a watcher follows the row.
 
 Scheduling rules (see docs/INTERFACES.md, Transfer service):
 - jobs that write one destination tag (endpoint, repository, tag) run one at a time, in
-  creation order, so the last one created (the newest push) writes last;
-- at most `max_jobs_per_endpoint` running jobs read from one source endpoint, so a stalled
-  source holds only its share of the `max_jobs` slots; with the default share (half), a
-  source may use all slots but one while no other source has jobs parked (the one left free
-  starts another source's job at once); a share set by the operator is a hard cap;
-- a retryable failure is retried `max_attempts` times on a short backoff; then a job that
-  could not reach its registry (or was asked to wait longer than the client's cap) is
-  rescheduled: WAITING with `next_attempt_time` (stored), on a backoff growing up to
-  `reschedule_max`. Permanent errors fail the job.
+  creation order, so the last one created (the newest push) writes last: a job is not
+  claimable while an older unfinished job writes its tag (across all workers);
+- within a worker, at most `max_jobs_per_endpoint` running jobs read from one source
+  endpoint, so a stalled source holds only its share of the `max_jobs` slots; with the
+  default share (half), a source may use all slots but one while no other source has
+  runnable jobs (the one left free starts another source's job at once); a share set by the
+  operator is a hard cap;
+- a retryable failure is retried `max_attempts` times on a short backoff (WAITING with
+  `next_attempt_time`: any worker may take the retry); then a job that could not reach its
+  registry (or was asked to wait longer than the client's cap) is rescheduled: WAITING with
+  `next_attempt_time`, on a backoff growing up to `reschedule_max`. Permanent errors fail it.
 """
 
 from __future__ import annotations
@@ -19,13 +30,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from registry_client.errors import DigestMismatch
@@ -35,21 +48,29 @@ from servicekit.retry import Backoff, is_retryable, retry_after_hint
 from transfer_service.diskfull import no_space_message
 from transfer_service.endpoints import EndpointStore
 from transfer_service.engine.referrers import summary as referrer_summary
-from transfer_service.jobs import JobRecord, JobSpec, JobState, Journal, Progress
+from transfer_service.jobs import JobRecord, JobSpec, JobState, Journal, Progress, effective_tag
 from transfer_service.retry import describe_error, registry_error_code
 from transfer_service.source_tag import SourceTagMoved, tag_check
 
 log = logging.getLogger("transfer_service.worker")
 
-# A watcher that sees nothing new for this long re-reads the journal (belt and braces).
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# A watcher of a job running in this process hears of every change; it re-reads the journal
+# after this long without one (belt and braces).
 _WATCH_POLL_SECONDS = 5.0
+# A watcher of a job that runs on another worker (or waits) follows its row this often.
+_WATCH_ROW_SECONDS = 0.5
+# How many waiting jobs are told, per pass, why they do not start.
+_NOTE_BATCH = 100
+
+__all__ = ["Worker", "default_worker_id", "destination_key", "effective_tag"]
 
 
-def effective_tag(spec: JobSpec) -> str:
-    """The destination tag: the one asked for, else the source tag (a digest source: none)."""
-    if spec.dst_tag:
-        return spec.dst_tag
-    return "" if ":" in spec.src_reference else spec.src_reference
+def default_worker_id() -> str:
+    """hostname-pid: unique among the workers sharing a job table."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def destination_key(spec: JobSpec) -> tuple[str, str, str] | None:
@@ -62,8 +83,19 @@ def _when(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _set_active_gauges(counts: dict[JobState, int]) -> None:
+    for state in (JobState.WAITING, JobState.RUNNING):
+        metrics.TRANSFERS_ACTIVE.labels(state=state.value).set(counts.get(state, 0))
+
+
 class Worker:
-    """Executes jobs from the journal; one instance per journal."""
+    """Claims and executes jobs from the journal; one instance per process.
+
+    `worker_id` names it in the job rows (lease_owner) and must be unique among the workers
+    of one job table; `lease_seconds` is how long a claimed job stays its own without a
+    renewal (renewed every `min(1, lease_seconds / 3)` s); `poll_interval` how often it looks
+    for runnable jobs it was not told of (made on another replica, or due for a retry).
+    """
 
     def __init__(
         self,
@@ -79,8 +111,12 @@ class Worker:
         max_jobs_per_endpoint: int | None = None,
         reschedule_base: float = 60.0,
         reschedule_max: float = 6 * 3600.0,
+        worker_id: str | None = None,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 0.5,
     ) -> None:
         self._journal = journal
+        self._db = journal.db
         self._endpoints = endpoints
         self._engine = engine
         self._max_jobs = max_jobs
@@ -91,217 +127,162 @@ class Worker:
         # A limit the operator set is a hard cap; the default share is lent out when idle.
         self._hard_cap = max_jobs_per_endpoint is not None
         self._progress_interval = progress_interval
+        self.worker_id = worker_id or default_worker_id()
+        self._lease = lease_seconds
+        self._renew_every = min(1.0, lease_seconds / 3)
+        self._poll = poll_interval
+        # An embedded database has one process (the data folder's lock): a job not running
+        # here runs nowhere, and the leases of an earlier process are void.
+        self._single = self._db.dialect == "sqlite"
+        if journal.on_counts is None:
+            journal.on_counts = _set_active_gauges
         # Where ENOSPC is reported (the spool; the database lives beside it by default).
         self._volume = str(getattr(engine, "spool_dir", "") or Path.cwd())
-        # Destination tag -> unfinished jobs writing it, oldest first; only the first runs.
-        self._lanes: dict[tuple[str, str, str], list[str]] = {}
-        self._lane_of: dict[str, tuple[str, str, str]] = {}
-        self._lane_parked: set[str] = set()
-        # Source endpoint -> running jobs reading from it, and jobs waiting for a slot of it.
+        # Source endpoint -> jobs of it running here.
         self._src_running: Counter[str] = Counter()
-        self._slot_parked: dict[str, list[str]] = {}
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        # Jobs in the queue: a job is queued at most once (a StartTransfer racing the resume
-        # at start-up must not run it twice).
-        self._queued: set[str] = set()
-        self._runners: list[asyncio.Task[None]] = []
+        # Job id -> the task running it here (claimed, until its outcome is recorded).
+        self._jobs: dict[str, asyncio.Task[None]] = {}
         self._copies: dict[str, asyncio.Task[Any]] = {}
         # Set once the runner has recorded the outcome of a job's current attempt.
         self._concluded: dict[str, asyncio.Event] = {}
         self._cancel_requested: set[str] = set()
+        # Jobs whose lease this worker lost: their copy stops, their outcome is not recorded.
+        self._lost: set[str] = set()
         self._live: dict[str, JobRecord] = {}
         self._watchers: dict[str, set[asyncio.Queue[JobRecord]]] = {}
-        self._retry_handles: dict[str, asyncio.TimerHandle] = {}
+        self._wake = asyncio.Event()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._renewed = time.monotonic()
+        self._claim_error = ""
+
+    async def _run_db(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self._db.run(fn, *args, **kwargs)
 
     async def start(self) -> None:
-        """Resume every unfinished job, then start the runners."""
-        if self._runners:
+        """Start claiming jobs (those left running by this worker's earlier life, or by the
+        one process of an embedded database, at once; those of other workers once their
+        leases expire)."""
+        if self._loops:
             return
-        resumed = self._journal.unfinished()
-        now = time.time()
-        for job in resumed:
-            self._add_to_lane(job)
-            if job.next_attempt_time is not None and job.next_attempt_time > now:
-                self._schedule(job.id, job.next_attempt_time - now)
-            else:
-                self._enqueue(job.id)
-        if resumed:
-            log.info("resuming %d unfinished transfer(s)", len(resumed))
-        self._runners = [
-            asyncio.create_task(self._run_forever(), name=f"transfer-runner-{i}")
-            for i in range(self._max_jobs)
+        released = await self._run_db(
+            self._journal.release, None if self._single else self.worker_id
+        )
+        if released:
+            log.info("resuming %d transfer(s) left running", released)
+        await self._renew()  # a heartbeat first: the live-worker count includes this one
+        self._loops = [
+            asyncio.create_task(self._claim_forever(), name=f"transfer-claims-{self.worker_id}"),
+            asyncio.create_task(self._renew_forever(), name=f"transfer-leases-{self.worker_id}"),
         ]
-        self._update_active_gauge()
 
     async def stop(self) -> None:
-        """Stop the runners. Running jobs stay `running` in the journal and resume on start."""
-        for handle in self._retry_handles.values():
-            handle.cancel()
-        self._retry_handles.clear()
-        for t in self._runners:
+        """Stop claiming and stop the running copies; they stay `running` in the journal
+        with their leases ended, so another worker (or this one, restarted) resumes them."""
+        for t in self._loops:
             t.cancel()
-        await asyncio.gather(*self._runners, return_exceptions=True)
-        self._runners = []
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        jobs = list(self._jobs.values())
+        for t in jobs:
+            t.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        try:
+            await self._run_db(self._journal.release, self.worker_id)
+            await self._run_db(self._journal.leave, self.worker_id)
+        except Exception as exc:  # the database is gone: the leases expire by themselves
+            log.warning("could not end this worker's leases: %s", exc)
 
     def submit(self, job_id: str) -> None:
-        """Queue a job that the journal holds in `waiting`."""
-        self._add_to_lane(self._journal.get(job_id))
-        self._enqueue(job_id)
-        self._update_active_gauge()
+        """A new waiting job is in the journal: look for work now."""
+        self._wake.set()
 
-    def _add_to_lane(self, job: JobRecord) -> None:
-        key = destination_key(job.spec)
-        if key is None or job.id in self._lane_of:
-            return
-        lane = self._lanes.setdefault(key, [])
-        lane.append(job.id)
-        # Creation order (seq), whatever order submit() and the resume saw them in.
-        seqs = {j: (self._journal.get(j).seq if j != job.id else job.seq) for j in lane}
-        lane.sort(key=seqs.__getitem__)
-        self._lane_of[job.id] = key
-
-    def _leave_lane(self, job_id: str) -> None:
-        """A job ended: the next job for its destination tag may run."""
-        key = self._lane_of.pop(job_id, None)
-        if key is None:
-            return
-        self._lane_parked.discard(job_id)
-        lane = self._lanes.get(key, [])
-        if job_id in lane:
-            lane.remove(job_id)
-        if not lane:
-            self._lanes.pop(key, None)
-        elif lane[0] in self._lane_parked:
-            self._lane_parked.discard(lane[0])
-            self._enqueue(lane[0])
-
-    def _admit(self, job_id: str) -> str | None:
-        """The source endpoint whose slot the job now holds, or None when it must not run
-        yet (final already, an older job for its tag first, or its source's share in use)."""
-        try:
-            job = self._journal.get(job_id)
-        except Exception:
-            return None
-        if job.state.final:
-            self._leave_lane(job_id)
-            self._wake_parked(job.spec.src_endpoint)  # it may have been woken for a slot
-            return None
-        key = self._lane_of.get(job_id)
-        if key is not None and self._lanes[key][0] != job_id:
-            self._lane_parked.add(job_id)  # queued again when the one before it ends
-            self._wake_parked(job.spec.src_endpoint)
-            self._note(
-                job, f"waiting for transfer {self._lanes[key][0]}, which writes "
-                f"{key[1]}:{key[2]} on {key[0]} first (one at a time per tag)",
-            )
-            return None
-        src = job.spec.src_endpoint
-        if self._src_running[src] >= self._slot_limit(src):
-            self._slot_parked.setdefault(src, []).append(job_id)
-            self._note(
-                job, f"waiting for a job slot of source endpoint {src} "
-                f"({self._slot_limit(src)} running at most)",
-            )
-            return None
-        self._src_running[src] += 1
-        return src
-
-    def _note(self, job: JobRecord, message: str) -> None:
-        """Record why a waiting job does not start yet (kept when it is already said, and
-        never over a retry's message, which says more)."""
-        if job.message and not job.message.startswith("waiting for "):
-            return
-        noted = self._journal.note_waiting(job.id, message)
-        if noted is not None:
-            self._publish(noted)
-
-    def _free_slot(self, src: str) -> None:
-        self._src_running[src] -= 1
-        if self._src_running[src] <= 0:
-            del self._src_running[src]
-        self._wake_parked(src)
-
-    def _slot_limit(self, src: str) -> int:
-        """How many jobs of source `src` may run now: its share while other sources have jobs
-        parked, else all slots but one (work-conserving, and another source's job never
-        waits for a slot)."""
-        others_waiting = any(q for other, q in self._slot_parked.items() if other != src)
-        if others_waiting or self._hard_cap:
-            return self._per_endpoint
-        return max(self._per_endpoint, self._max_jobs - 1)
-
-    def _wake_parked(self, src: str) -> None:
-        """Queue again as many of the source's parked jobs as it has free slots, oldest first
-        (waking all of them at every freed slot made a backlog of N jobs cost N² admissions)."""
-        parked = self._slot_parked.get(src)
-        if not parked:
-            return
-        free = self._slot_limit(src) - self._src_running.get(src, 0)
-        while free > 0 and parked:
-            self._enqueue(parked.pop(0))
-            free -= 1
-        if not parked:
-            self._slot_parked.pop(src, None)
-
-    def _schedule(self, job_id: str, delay: float) -> None:
-        old = self._retry_handles.pop(job_id, None)
-        if old is not None:
-            old.cancel()
+    def _wake_in(self, delay: float) -> None:
         loop = asyncio.get_running_loop()
-        self._retry_handles[job_id] = loop.call_later(delay, self._requeue, job_id)
 
-    def _enqueue(self, job_id: str) -> None:
-        if job_id in self._queued or job_id in self._copies:
-            return
-        self._queued.add(job_id)
-        self._queue.put_nowait(job_id)
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._wake.set()
 
-    def snapshot(self, job_id: str) -> JobRecord:
-        """The job as the journal has it, with the live counters of a running job."""
+        handle = loop.call_later(max(0.0, delay), fire)
+        self._timers.add(handle)
+
+    async def snapshot(self, job_id: str) -> JobRecord:
+        """The job as the journal has it, with the live counters of a job running here."""
         live = self._live.get(job_id)
-        return live if live is not None else self._journal.get(job_id)
+        return live if live is not None else await self._run_db(self._journal.get, job_id)
+
+    def overlay(self, job: JobRecord) -> JobRecord:
+        """`job` (read from the journal) with the live counters if it runs here."""
+        return self._live.get(job.id, job)
 
     async def cancel(self, job_id: str, wait: float = 30.0) -> JobRecord:
-        """Cancel a waiting or running job; a final job is returned unchanged."""
-        job = self._journal.get(job_id)
+        """Cancel a waiting or running job wherever it runs; a final job is returned unchanged.
+        Waits up to `wait` seconds for a running job's worker to record the cancel."""
+        job = await self._run_db(self._journal.get, job_id)
         if job.state.final:
             return job
+        if job_id in self._copies:
+            return await self._cancel_here(job_id, wait)
+        if self._single:
+            done = await self._run_db(
+                self._journal.finish, job_id, JobState.CANCELED, "canceled by request"
+            )
+            if done is None:
+                # It was picked up (or finished) meanwhile: cancel it the running way.
+                if job_id in self._copies:
+                    return await self._cancel_here(job_id, wait)
+                return await self._run_db(self._journal.get, job_id)
+            self._final(done)
+            return done
+        record, canceled = await self._run_db(self._journal.cancel_or_request, job_id)
+        if canceled:
+            self._final(record)
+            return record
+        # It runs: here (claimed meanwhile) or on another worker, which cancels it when its
+        # next lease renewal reads cancel_requested.
+        deadline = time.monotonic() + wait
+        while not record.state.final and time.monotonic() < deadline:
+            if job_id in self._copies:
+                return await self._cancel_here(job_id, max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(0.1)
+            record = await self._run_db(self._journal.get, job_id)
+        return record
+
+    async def _cancel_here(self, job_id: str, wait: float) -> JobRecord:
         task = self._copies.get(job_id)
-        if task is not None:
+        concluded = self._concluded.get(job_id)
+        if task is not None and concluded is not None:
             self._cancel_requested.add(job_id)
-            concluded = self._concluded[job_id]
             task.cancel()
             # The runner records CANCELED once the engine has removed its spool files.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(concluded.wait(), wait)
-            return self._journal.get(job_id)
-        handle = self._retry_handles.pop(job_id, None)
-        if handle is not None:
-            handle.cancel()
-        done = self._journal.finish(job_id, JobState.CANCELED, "canceled by request")
-        if done is None:
-            # It was picked up (or finished) meanwhile: cancel it the running way.
-            if job_id in self._copies:
-                return await self.cancel(job_id, wait)
-            return self._journal.get(job_id)
-        self._final(done)
-        return done
+        return await self._run_db(self._journal.get, job_id)
 
     async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
-        """The current snapshot at once, then each change, ending after the final state."""
+        """The current snapshot at once, then each change, ending after the final state.
+
+        A job running here publishes every change; one running on another worker (or
+        waiting) is followed in the journal every half second.
+        """
         q: asyncio.Queue[JobRecord] = asyncio.Queue(maxsize=1)
         self._watchers.setdefault(job_id, set()).add(q)
         try:
-            last = self.snapshot(job_id)
+            last = await self.snapshot(job_id)
             yield last
             while not last.state.final:
+                poll = _WATCH_POLL_SECONDS if job_id in self._live else _WATCH_ROW_SECONDS
                 try:
                     # asyncio.timeout: wait_for on 3.11 can swallow the cancel of a watcher
                     # that went away just as a snapshot arrived.
-                    async with asyncio.timeout(_WATCH_POLL_SECONDS):
+                    async with asyncio.timeout(poll):
                         snap = await q.get()
                 except TimeoutError:
-                    snap = self.snapshot(job_id)
+                    snap = await self.snapshot(job_id)
                     if snap == last:
                         continue
                 last = snap
@@ -313,7 +294,137 @@ class Worker:
                 if not qs:
                     del self._watchers[job_id]
 
-    # -- internals ------------------------------------------------------------------------
+    # -- claiming -------------------------------------------------------------------------
+
+    async def _claim_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._fill()
+                self._claim_error = ""
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The database is unreachable (or full): try again at the next poll.
+                text = no_space_message(exc, self._volume) or str(exc)
+                if text != self._claim_error:
+                    log.error("cannot claim transfers: %s", text)
+                    self._claim_error = text
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll):
+                    await self._wake.wait()
+
+    async def _fill(self) -> None:
+        """Claim runnable jobs while this worker has free slots, then say why the rest wait."""
+        while len(self._jobs) < self._max_jobs:
+            avoid, then_avoid = self._source_limits()
+            job = await self._run_db(
+                self._journal.claim,
+                self.worker_id,
+                self._lease,
+                avoid=avoid,
+                then_avoid=then_avoid,
+            )
+            if job is None:
+                break
+            self._begin(job)
+        await self._note_blocked()
+
+    def _source_limits(self) -> tuple[list[str], list[str] | None]:
+        """Sources not to claim from: those at their share; then (the default share, lent
+        out while no other source has runnable jobs) those at all slots but one."""
+        avoid = [s for s, n in self._src_running.items() if n >= self._per_endpoint]
+        if self._hard_cap or not avoid:
+            return avoid, None
+        wide = max(self._per_endpoint, self._max_jobs - 1)
+        return avoid, [s for s, n in self._src_running.items() if n >= wide]
+
+    def _begin(self, job: JobRecord) -> None:
+        self._src_running[job.spec.src_endpoint] += 1
+        self._live[job.id] = job
+        self._publish(job)
+        task = asyncio.create_task(self._run(job), name=f"transfer-{job.id}")
+        self._jobs[job.id] = task
+        task.add_done_callback(lambda _t: self._ended(job))
+
+    def _ended(self, job: JobRecord) -> None:
+        self._jobs.pop(job.id, None)
+        src = job.spec.src_endpoint
+        self._src_running[src] -= 1
+        if self._src_running[src] <= 0:
+            del self._src_running[src]
+        self._wake.set()  # a slot is free
+
+    async def _note_blocked(self) -> None:
+        """Record why runnable waiting jobs do not start: an older job writes their tag
+        first, or (while this worker has free slots) their source's share is in use. Only
+        changed messages are written."""
+        free = len(self._jobs) < self._max_jobs
+        full = {s for s, n in self._src_running.items() if n >= self._per_endpoint}
+        notes: list[tuple[str, str]] = []
+        for job, blocker in await self._run_db(self._journal.blocked, _NOTE_BATCH):
+            s = job.spec
+            if blocker:
+                notes.append((
+                    job.id,
+                    f"waiting for transfer {blocker}, which writes {s.dst_repository}:"
+                    f"{effective_tag(s)} on {s.dst_endpoint} first (one at a time per tag)",
+                ))
+            elif free and s.src_endpoint in full:
+                notes.append((
+                    job.id,
+                    f"waiting for a job slot of source endpoint {s.src_endpoint} "
+                    f"({self._src_running[s.src_endpoint]} running at most)",
+                ))
+        if notes:
+            for noted in await self._run_db(self._journal.note_waiting_many, notes):
+                self._publish(noted)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._renew_every)
+            await self._renew()
+
+    async def _renew(self) -> None:
+        """Extend this worker's leases and heartbeat; stop the copies whose lease is gone,
+        cancel those asked to cancel on another replica."""
+        ids = list(self._jobs)
+        asked = time.monotonic()
+        try:
+            renewal = await self._run_db(self._journal.renew, self.worker_id, ids, self._lease)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("cannot renew the leases of this worker: %s", exc)
+            if time.monotonic() - self._renewed > self._lease:
+                # Expired by now: another worker may already run them.
+                for job_id in ids:
+                    self._lose(job_id, "its lease could not be renewed in time")
+            return
+        self._renewed = asked
+        self._endpoints.live_workers = renewal.live_workers
+        for job_id in ids:
+            if job_id not in renewal.owned:
+                self._lose(job_id, "its lease was lost (another worker may run it now)")
+            elif job_id in renewal.cancel and job_id not in self._cancel_requested:
+                task = self._copies.get(job_id)
+                if task is not None:
+                    log.info("transfer %s: cancel requested on another replica", job_id)
+                    self._cancel_requested.add(job_id)
+                    task.cancel()
+
+    def _lose(self, job_id: str, why: str) -> None:
+        """Stop a copy here without recording an outcome (the job is not ours any more)."""
+        copy = self._copies.get(job_id)
+        if copy is None or job_id in self._lost:
+            return  # not copying (its outcome is being recorded, under the owner's check)
+        log.warning("transfer %s: stopped on this worker: %s", job_id, why)
+        self._lost.add(job_id)
+        copy.cancel()
+
+    # -- running one job ------------------------------------------------------------------
 
     def _publish(self, job: JobRecord) -> None:
         for q in self._watchers.get(job.id, ()):
@@ -322,43 +433,46 @@ class Worker:
                 q.get_nowait()
             q.put_nowait(job)
 
-    async def _run_forever(self) -> None:
-        while True:
-            job_id = await self._queue.get()
-            self._queued.discard(job_id)
-            src = self._admit(job_id)
-            if src is None:
-                continue
-            try:
-                with fields(transfer=job_id):
-                    await self._run(job_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                full = no_space_message(exc, self._volume)
-                if full is not None:
-                    # The journal could not record the outcome; a restart resumes the job.
-                    log.error("transfer %s: %s; the outcome was not recorded", job_id, full)
-                else:
-                    log.exception("transfer %s: unexpected failure of the runner", job_id)
-            finally:
-                self._free_slot(src)
-
-    async def _run(self, job_id: str) -> None:
-        job = self._journal.start_attempt(job_id)
-        if job is None:
-            return  # canceled (or finished) while it waited
+    async def _run(self, job: JobRecord) -> None:
+        job_id = job.id
         token = context_id.set(job_id)
-        self._live[job_id] = job
-        self._publish(job)
-        self._update_active_gauge()
+        try:
+            with fields(transfer=job_id):
+                if job.cancel_requested:
+                    # Asked to cancel while its worker died: nothing to copy.
+                    self._live.pop(job_id, None)
+                    done = await self._run_db(
+                        self._journal.finish, job_id, JobState.CANCELED, "canceled by request",
+                        owner=self.worker_id,
+                    )
+                    if done is not None:
+                        self._final(done)
+                    return
+                await self._attempt(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            full = no_space_message(exc, self._volume)
+            if full is not None:
+                # The journal could not record the outcome; the lease expires and the job
+                # is resumed (here or elsewhere).
+                log.error("transfer %s: %s; the outcome was not recorded", job_id, full)
+            else:
+                log.exception("transfer %s: unexpected failure of the runner", job_id)
+        finally:
+            self._live.pop(job_id, None)
+            self._lost.discard(job_id)
+            context_id.reset(token)
+
+    async def _attempt(self, job: JobRecord) -> None:
+        job_id = job.id
         log.info(
             "transfer %s: attempt %d: %s/%s:%s -> %s/%s",
             job_id, job.attempts, job.spec.src_endpoint, job.spec.src_repository,
             job.spec.src_reference, job.spec.dst_endpoint, job.spec.dst_repository,
         )
         started = time.monotonic()
-        copy = asyncio.create_task(self._copy(job), name=f"transfer-{job_id}")
+        copy = asyncio.create_task(self._copy(job), name=f"transfer-copy-{job_id}")
         self._copies[job_id] = copy
         concluded = self._concluded[job_id] = asyncio.Event()
         flusher = asyncio.create_task(self._flush_progress(job_id))
@@ -366,30 +480,35 @@ class Worker:
             try:
                 await asyncio.wait([copy])
             except asyncio.CancelledError:
-                # The service is stopping: leave the job `running` so a restart resumes it.
+                # The service is stopping: the job stays `running`; stop() ends the lease.
                 copy.cancel()
                 await asyncio.gather(copy, return_exceptions=True)
-                self._save_live(job_id)
+                with contextlib.suppress(Exception):
+                    await self._save_live(job_id)
                 raise
             finally:
                 flusher.cancel()
                 self._copies.pop(job_id, None)
                 live = self._live.pop(job_id, job)
-            self._conclude(job_id, copy, live, time.monotonic() - started)
+            await self._conclude(job_id, copy, live, time.monotonic() - started)
         finally:
             self._concluded.pop(job_id, None)
+            self._cancel_requested.discard(job_id)
             concluded.set()
             self._update_spool_gauge()
-            context_id.reset(token)
 
-    def _conclude(
+    async def _conclude(
         self, job_id: str, copy: asyncio.Task[Any], live: JobRecord, seconds: float
     ) -> None:
+        me = self.worker_id
+        if job_id in self._lost:
+            log.info("transfer %s: left to the worker that holds its lease now", job_id)
+            return
         cancel_requested = job_id in self._cancel_requested
-        self._cancel_requested.discard(job_id)
         if copy.cancelled() or (cancel_requested and copy.exception() is not None):
-            done = self._journal.finish(
-                job_id, JobState.CANCELED, "canceled by request", progress=live.progress
+            done = await self._run_db(
+                self._journal.finish, job_id, JobState.CANCELED, "canceled by request",
+                progress=live.progress, owner=me,
             )
             if done is not None:
                 log.info("transfer %s: canceled", job_id)
@@ -399,7 +518,8 @@ class Worker:
         if exc is None:
             result = copy.result()
             metrics.COPY_SECONDS.observe(seconds)
-            done = self._journal.finish(
+            done = await self._run_db(
+                self._journal.finish,
                 job_id,
                 JobState.DONE,
                 referrer_summary(result, live.spec.copy_referrers),
@@ -407,52 +527,59 @@ class Worker:
                 digest=str(getattr(result, "digest", "") or ""),
                 media_type=str(getattr(result, "media_type", "") or ""),
                 referrers=list(getattr(result, "referrers", None) or []),
+                owner=me,
             )
             if done is not None:
                 log.info("transfer %s: done (%s) in %.1fs", job_id, done.digest, seconds)
                 self._final(done)
             return
-        assert exc is not None
         if isinstance(exc, SourceTagMoved):
-            done = self._journal.finish(
-                job_id, JobState.SUPERSEDED, str(exc), progress=live.progress, digest=exc.copied
+            done = await self._run_db(
+                self._journal.finish, job_id, JobState.SUPERSEDED, str(exc),
+                progress=live.progress, digest=exc.copied, owner=me,
             )
             if done is not None:
                 log.info("transfer %s: %s", job_id, exc)
                 self._final(done)
             return
-        self._count_registry_error(live, exc)
+        await self._count_registry_error(live, exc)
         full = no_space_message(exc, self._volume)
         message = full or describe_error(exc)
         retryable = full is None and is_retryable(exc)
         asked = retry_after_hint(exc) if retryable else None
         if retryable and asked is None and live.round_attempts < self._max_attempts:
             delay = self._quick.delay(live.round_attempts - 1)
-            again = self._journal.retry_later(
-                job_id, f"attempt {live.attempts} failed: {message}; retrying in {delay:.1f}s"
+            again = await self._run_db(
+                self._journal.retry_later,
+                job_id,
+                f"attempt {live.attempts} failed: {message}; retrying in {delay:.1f}s",
+                time.time() + delay,
+                owner=me,
             )
             if again is not None:
                 log.warning("transfer %s: %s; retry in %.1fs", job_id, message, delay)
                 self._publish(again)
-                self._update_active_gauge()
-                self._schedule(job_id, delay)
+                self._wake_in(delay)
             return
         if retryable and not isinstance(exc, DigestMismatch):
-            self._reschedule(live, exc, message, asked)
+            await self._reschedule(live, exc, message, asked)
             return
         if retryable:
             message = f"gave up after {live.round_attempts} attempts: {message}"
-        done = self._journal.finish(job_id, JobState.ERROR, message, progress=live.progress)
+        done = await self._run_db(
+            self._journal.finish, job_id, JobState.ERROR, message, progress=live.progress,
+            owner=me,
+        )
         if done is not None:
             log.warning("transfer %s: error: %s", job_id, message)
             self._final(done)
 
-    def _reschedule(
+    async def _reschedule(
         self, live: JobRecord, exc: BaseException, message: str, asked: float | None
     ) -> None:
         """Back to WAITING until a later time: the registry is unreachable (quick retries
         spent) or asked for a longer wait than the client honours."""
-        registry = self._endpoint_of(live, getattr(exc, "registry", ""))
+        registry = await self._run_db(self._endpoint_of, live, getattr(exc, "registry", ""))
         if asked is not None:
             delay = min(max(asked, 1.0), self._long.cap)
             why = f"registry {registry} asked to wait {asked:.0f}s (Retry-After)"
@@ -460,24 +587,22 @@ class Worker:
             delay = self._long.ceiling(live.reschedules)
             why = f"registry {registry} failed {live.round_attempts} attempt(s) in a row"
         at = time.time() + delay
-        again = self._journal.reschedule(
-            live.id, f"{message}; {why}; next attempt at {_when(at)} (in {delay:.0f}s)", at
+        again = await self._run_db(
+            self._journal.reschedule,
+            live.id,
+            f"{message}; {why}; next attempt at {_when(at)} (in {delay:.0f}s)",
+            at,
+            owner=self.worker_id,
         )
         if again is not None:
             log.warning("transfer %s: rescheduled in %.0fs: %s", live.id, delay, again.message)
             self._publish(again)
-            self._update_active_gauge()
-            self._schedule(live.id, delay)
-
-    def _requeue(self, job_id: str) -> None:
-        self._retry_handles.pop(job_id, None)
-        self._enqueue(job_id)
+            self._wake_in(delay)
 
     def _final(self, job: JobRecord) -> None:
-        self._leave_lane(job.id)
         metrics.TRANSFERS.labels(state=job.state.value).inc()
         self._publish(job)
-        self._update_active_gauge()
+        self._wake.set()  # the next job for its destination tag may run
 
     async def _copy(self, job: JobRecord) -> Any:
         from transfer_service.engine import CopyRequest
@@ -485,7 +610,7 @@ class Worker:
         spec = job.spec
         on_progress = self._progress_callback(job.id)
         async with contextlib.AsyncExitStack() as stack:
-            src = await stack.enter_async_context(self._endpoints.client_for(spec.src_endpoint))
+            src = await stack.enter_async_context(self._endpoints.open_client(spec.src_endpoint))
             # One registry, one client: its requests share one concurrency limit, and the
             # engine spools (instead of holding a GET while it waits for a PATCH slot) only
             # when it sees the same client on both sides.
@@ -493,7 +618,7 @@ class Worker:
                 src
                 if spec.dst_endpoint == spec.src_endpoint
                 else await stack.enter_async_context(
-                    self._endpoints.client_for(spec.dst_endpoint)
+                    self._endpoints.open_client(spec.dst_endpoint)
                 )
             )
             return await self._engine.copy(
@@ -552,24 +677,31 @@ class Worker:
             self._update_spool_gauge()
             live = self._live.get(job_id)
             if live is not None and live != last:
-                self._save_live(job_id)
+                try:
+                    await self._save_live(job_id)
+                except Exception as exc:  # the database is unreachable: try again later
+                    log.warning("transfer %s: progress not saved: %s", job_id, exc)
+                    continue
                 last = live
 
-    def _save_live(self, job_id: str) -> None:
+    async def _save_live(self, job_id: str) -> None:
         live = self._live.get(job_id)
         if live is not None:
-            self._journal.save_progress(job_id, live.progress, live.digest, live.media_type)
+            await self._run_db(
+                self._journal.save_progress, job_id, live.progress, live.digest,
+                live.media_type, owner=self.worker_id,
+            )
 
-    def _count_registry_error(self, job: JobRecord, exc: BaseException) -> None:
+    async def _count_registry_error(self, job: JobRecord, exc: BaseException) -> None:
         code = registry_error_code(exc)
         if code:
-            registry = self._endpoint_of(job, getattr(exc, "registry", ""))
+            registry = await self._run_db(self._endpoint_of, job, getattr(exc, "registry", ""))
             metrics.REGISTRY_ERRORS.labels(registry=registry, code=code).inc()
 
     def _endpoint_of(self, job: JobRecord, host: str) -> str:
         """The endpoint name of the registry that answered (the transport records its host);
         errors raised above the transport (a digest mismatch found by the engine) do not say
-        which side failed, so they name both endpoints."""
+        which side failed, so they name both endpoints. Blocking (reads the endpoints)."""
         for name in (job.spec.src_endpoint, job.spec.dst_endpoint):
             try:
                 base = self._endpoints.config_for(name).base_url
@@ -584,9 +716,3 @@ class Worker:
         used = getattr(quota, "used", None)
         if isinstance(used, int):
             metrics.SPOOL_BYTES.set(used)
-
-    def _update_active_gauge(self) -> None:
-        counts = self._journal.count_by_state()
-        for state in (JobState.WAITING, JobState.RUNNING):
-            metrics.TRANSFERS_ACTIVE.labels(state=state.value).set(counts.get(state, 0))
-

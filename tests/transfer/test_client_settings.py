@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ DEFAULTS = RegistryConfig(url="http://registry.example")
     ],
 )
 async def test_idle_timeout_and_retry_after_cap_reach_config_for(
-    tmp_path: Path, kw: dict[str, float], want: tuple[float, float]
+    tmp_path: Path, kw: dict[str, Any], want: tuple[float, float]
 ) -> None:
     ts = TransferServicer.open(tmp_path / "data", **kw)
     try:

@@ -14,6 +14,7 @@ from google.protobuf import field_mask_pb2
 from grpc import aio
 from mirror.v1 import transfer_pb2
 
+from servicekit.db import SqliteDatabase
 from tests.transfer.transfer_support import Served, ServeFn, endpoint_msg, rpc_details, stop_served
 from transfer_service.endpoints import EndpointRecord
 from transfer_service.secrets import SecretKeyError
@@ -63,7 +64,9 @@ async def test_crud_secret_never_returned_and_encrypted_at_rest(
     # ... but never in repr() of the record, in the log, or in the SQLite file (WAL included).
     assert SECRET not in repr(s.servicer.endpoints.get("qa"))
     assert SECRET not in caplog.text
-    s.servicer.endpoints._db.conn.execute("PRAGMA wal_checkpoint(FULL)")
+    db = s.servicer.endpoints.db
+    assert isinstance(db, SqliteDatabase)
+    db.conn.execute("PRAGMA wal_checkpoint(FULL)")
     for f in s.data.iterdir():
         assert SECRET.encode() not in f.read_bytes(), f
 
