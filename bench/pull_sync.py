@@ -35,7 +35,7 @@ from mirror.v1 import (  # noqa: E402
     policy_pb2_grpc,
 )
 
-from registry_testkit.faultproxy import FaultProxy  # noqa: E402
+from bench.counting_proxy import CountingProxy  # noqa: E402
 from registry_testkit.images import ImageBuilder, push  # noqa: E402
 from registry_testkit.registry import RegistryOptions, start_registry  # noqa: E402
 from stack.process import StackProcess  # noqa: E402
@@ -71,6 +71,31 @@ def count_tags(client: object, reg_url: str, repos: int) -> int:
     return total
 
 
+def wait_runs_ended(gateway: gateway_pb2_grpc.GatewayServiceStub, policy_id: str, n: int) -> float:
+    """Wait until the policy has `n` ended runs; the latest end time (epoch seconds)."""
+    deadline = time.monotonic() + 900
+    while True:
+        runs, token = [], ""
+        while True:
+            page = gateway.ListRuns(
+                gateway_pb2.ListRunsRequest(policy_id=policy_id, page_size=500, page_token=token),
+                timeout=30,
+            )
+            runs += list(page.runs)
+            token = page.next_page_token
+            if not token:
+                break
+        ended = [r for r in runs if r.HasField("end_time")]
+        if len(ended) >= n:
+            failed = [r for r in ended if r.state != gateway_pb2.Run.STATE_SUCCEEDED]
+            if failed:
+                raise SystemExit(f"{len(failed)} runs did not succeed: {failed[0].message}")
+            return max(r.end_time.ToNanoseconds() for r in ended) / 1e9
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the initial sync did not finish ({len(ended)}/{n} runs ended)")
+        time.sleep(0.25)
+
+
 def skopeo_sync(proxy_host: str, dest_host: str, repos: int, work: Path) -> float:
     spec = work / "sync.yml"
     lines = [f"{proxy_host}:", "  tls-verify: false", "  images-by-tag-regex:"]
@@ -101,14 +126,14 @@ def main() -> None:
         start_registry(RegistryOptions(), work / "ours") as ours,
         start_registry(RegistryOptions(), work / "theirs") as theirs,
     ):
-        proxy = FaultProxy(src.url).start()
+        proxy = CountingProxy(src.url)
         n = populate(src, work, args.repos, args.tags, args.base_mib)
         print(f"source: {args.repos} repositories x {args.tags} tags = {n} images, "
               f"{args.base_mib} MiB shared base layer")
 
-        mark = len(proxy.log)  # the proxy logs every request; count those after a mark
+        mark = proxy.count()  # the proxy logs every request; count those after a mark
         t_skopeo = skopeo_sync(proxy.url.split("//", 1)[1], theirs.host, args.repos, work)
-        skopeo_requests = len(proxy.log) - mark
+        skopeo_requests = proxy.count() - mark
         assert count_tags(None, theirs.url, args.repos) == n
 
         stack = StackProcess(
@@ -120,8 +145,8 @@ def main() -> None:
             mc = args.max_concurrency or None
             client.transfers.create_endpoint(name="src", url=proxy.url, max_concurrency=mc)
             client.transfers.create_endpoint(name="ours", url=ours.url, max_concurrency=mc)
-            mark = len(proxy.log)
-            t0 = time.monotonic()
+            mark = proxy.count()
+            wall0 = time.time()
             channel = grpc.insecure_channel(stack.grpc_address)
             policies = policy_pb2_grpc.PolicyServiceStub(channel)
             gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
@@ -147,12 +172,12 @@ def main() -> None:
                 ),
                 timeout=60,
             )
-            while count_tags(None, ours.url, args.repos) < n:
-                if time.monotonic() - t0 > 900:
-                    raise TimeoutError("the initial sync did not finish")
-                time.sleep(0.05)
-            t_ours = time.monotonic() - t0
-            ours_requests = len(proxy.log) - mark
+            # Done when every image's run has ended; the time is the last run's own end
+            # time (watching the destination's tag lists would load the registry we time).
+            t_end = wait_runs_ended(gateway, pol.id, n)
+            t_ours = t_end - wall0
+            assert count_tags(None, ours.url, args.repos) == n
+            ours_requests = proxy.count() - mark
 
             # Unchanged: the next poll of ours, a second skopeo sync.
             polls_before = len(list_polls(pol.id))
@@ -168,9 +193,9 @@ def main() -> None:
                 time.sleep(0.05)
             idle_s = (idle.end_time.ToNanoseconds() - idle.start_time.ToNanoseconds()) / 1e9
             idle_requests = idle.requests
-            mark = len(proxy.log)
+            mark = proxy.count()
             t_skopeo2 = skopeo_sync(proxy.url.split("//", 1)[1], theirs.host, args.repos, work)
-            skopeo2_requests = len(proxy.log) - mark
+            skopeo2_requests = proxy.count() - mark
             client.close()
             channel.close()
         finally:
