@@ -1,8 +1,9 @@
-"""Fixtures: the transfer service served on a real grpc.aio server (see transfer_support)."""
+"""Fixtures: the transfer service served on a real grpc.aio server (see transfer_support), and
+transfer workers as processes on one PostgreSQL database (see worker_processes)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from mirror.v1 import transfer_pb2_grpc
 
 from servicekit.server import start_server
 from tests.transfer.transfer_support import Served, ServeFn, stop_served
+from tests.transfer.worker_processes import StartWorkers, WorkerProcess
 from transfer_service.endpoints import EndpointStore
 from transfer_service.jobs import Journal
 from transfer_service.schema import open_database
@@ -62,3 +64,26 @@ async def serve(tmp_path: Path) -> AsyncIterator[ServeFn]:
         await stop_served(s)
 
 
+@pytest.fixture
+def start_workers(tmp_path: Path, pg_url: str) -> Iterator[StartWorkers]:
+    """`start_workers(n, *extra_args)`: n workers on the test's PostgreSQL database, ready."""
+    key = Fernet.generate_key().decode()
+    started: list[WorkerProcess] = []
+
+    def make(n: int, *extra: str) -> list[WorkerProcess]:
+        batch = []
+        for _ in range(n):
+            i = len(started)
+            w = WorkerProcess(f"w{i}", pg_url, tmp_path / f"data-w{i}",
+                              tmp_path / f"w{i}.log", key, *extra)
+            started.append(w)
+            batch.append(w)
+        for w in batch:
+            w.wait_ready()
+        return batch
+
+    yield make
+    for w in started:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait(10)
