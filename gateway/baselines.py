@@ -15,7 +15,7 @@ from servicekit.db import Database
 
 
 class BaselineStore:
-    """Baselines in gateway.db (tables `baselines` and `baseline_tags`)."""
+    """Baselines in the gateway's database (tables `baselines` and `baseline_tags`)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -30,22 +30,23 @@ class BaselineStore:
     def record(
         self, policy_id: str, active_since: float, tags: Iterable[tuple[str, str, str]]
     ) -> None:
-        """Store the (repository, tag, digest) triples seen for this activation, once."""
+        """Store the (repository, tag, digest) triples seen for this activation, once (the
+        first replica to record it wins; a later one adds nothing)."""
+        rows = [(policy_id, active_since, r, t, d) for r, t, d in tags]
         with self.db.transaction() as c:
-            if c.execute(
-                "SELECT 1 FROM baselines WHERE policy_id = ? AND active_since = ?",
-                (policy_id, active_since),
-            ).fetchone():
-                return
-            c.execute(
-                "INSERT INTO baselines (policy_id, active_since, taken_at) VALUES (?, ?, ?)",
+            if not c.execute(
+                "INSERT INTO baselines (policy_id, active_since, taken_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (policy_id, active_since) DO NOTHING",
                 (policy_id, active_since, time.time()),
-            )
-            c.executemany(
-                "INSERT OR IGNORE INTO baseline_tags"
-                " (policy_id, active_since, repository, tag, digest) VALUES (?, ?, ?, ?, ?)",
-                [(policy_id, active_since, r, t, d) for r, t, d in tags],
-            )
+            ).rowcount:
+                return
+            if rows:
+                c.executemany(
+                    "INSERT INTO baseline_tags"
+                    " (policy_id, active_since, repository, tag, digest) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (policy_id, active_since, repository, tag, digest) DO NOTHING",
+                    rows,
+                )
 
     def taken_at(self, policy_id: str) -> float | None:
         """When the baseline of the policy's latest activation was recorded."""

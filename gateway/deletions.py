@@ -54,7 +54,9 @@ class Deleter:
         """The source tag is gone: delete what this policy wrote for it (if opted in)."""
         if pol.deletions not in DELETING:
             return None
-        wrote = self.runs.last_copy(pol.id, pol.source.endpoint, repo, tag)
+        wrote = await self.runs.db.run(
+            self.runs.last_copy, pol.id, pol.source.endpoint, repo, tag
+        )
         if wrote is None:
             return None  # nothing of this policy's there: nothing to delete
         dry = pol.deletions == policy_pb2.DELETION_MODE_DRY_RUN
@@ -65,7 +67,7 @@ class Deleter:
         out: list[RunRecord] = []
         kept = 0
         nonce = f"{time.time():.6f}"
-        for wrote in self.runs.copies_of(pol.id):
+        for wrote in await self.runs.db.run(self.runs.copies_of, pol.id):
             why = await self._no_longer_matches(pol, wrote)
             if not why:
                 kept += 1
@@ -132,10 +134,10 @@ class Deleter:
             rec.state, rec.message = Run.STATE_SUCCEEDED, f"dry run: would delete {where}"
         else:
             rec.state, rec.message = await self._call_delete(wrote, where)
-        stored = self.runs.upsert_started(rec)
+        stored = await self.runs.db.run(self.runs.upsert_started, rec)
         if stored is rec:
             count_run(stored)
-            self.runner.tracker.on_final(stored)
+            await self.runner.tracker.on_final(stored)
         log.info("policy %s: %s", wrote.policy_name, stored.message)
         return stored
 

@@ -3,7 +3,8 @@
 The database is the queue of record (gateway/subscriptions.py); a scheduler moves due rows
 into a bounded in-memory queue that a few senders drain, so a slow receiver never holds more
 than its share of memory and a restart resumes every pending delivery (at least once: a
-receiver dedupes by the X-Mirror-Event-Id header).
+receiver dedupes by the X-Mirror-Event-Id header). Of several gateway replicas, the one
+holding the `deliveries` lease sends (gateway/leases.py); the others only write the rows.
 
 Each attempt is signed afresh: `X-Mirror-Timestamp: <unix seconds>` and
 `X-Mirror-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>` (docs/events.md).
@@ -92,6 +93,7 @@ class DeliveryWorker:
         queue_size: int = 1000,
         senders: int = 4,
         clock: Callable[[], float] = time.time,
+        idle_s: float = 5.0,
     ) -> None:
         self.store = store
         self.attempts = max(1, attempts)
@@ -101,6 +103,9 @@ class DeliveryWorker:
         self.timeout_s = timeout_s
         self.senders = senders
         self.clock = clock
+        # Longest wait between looks at the table (deliveries other replicas wrote are found
+        # no later than this).
+        self.idle_s = idle_s
         self._queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
         self._inflight: set[str] = set()
         self._wakeup = asyncio.Event()
@@ -135,7 +140,7 @@ class DeliveryWorker:
 
     async def drain(self) -> None:
         """Wait until nothing is pending or in flight (tests; the caller bounds the wait)."""
-        while self.store.pending_count() or self._inflight:
+        while await self.store.db.run(self.store.pending_count) or self._inflight:
             self._progress.clear()
             self.wake()
             with contextlib.suppress(TimeoutError):
@@ -151,23 +156,30 @@ class DeliveryWorker:
             try:
                 if now - last_housekeeping > 3600:
                     last_housekeeping = now
-                    self.store.forget_finished(now - LOG_RETENTION_S)
-                expired = self.store.give_up_older_than(now - self.max_age_s, self._inflight)
+                    await self.store.db.run(self.store.forget_finished, now - LOG_RETENTION_S)
+                expired = await self.store.db.run(
+                    self.store.give_up_older_than, now - self.max_age_s, set(self._inflight)
+                )
                 if expired:
                     self.failed += expired
                     metrics.EVENT_DELIVERIES.labels("failed").inc(expired)
                     log.warning("gave up %d delivery(ies) past the maximum age", expired)
                     self._progress.set()
                 free = self._queue.maxsize - self._queue.qsize()
-                for d_id in self.store.due(now, free, self._inflight) if free > 0 else []:
+                due = (
+                    await self.store.db.run(self.store.due, now, free, set(self._inflight))
+                    if free > 0
+                    else []
+                )
+                for d_id in due:
                     self._inflight.add(d_id)
                     self._queue.put_nowait(d_id)
-                nxt = self.store.next_due_time()
+                nxt = await self.store.db.run(self.store.next_due_time)
             except Exception:
                 # A locked or full database: try again shortly, never stop sending.
                 log.exception("reading pending deliveries failed")
                 nxt = None
-            wait = 5.0 if nxt is None else min(max(nxt - self.clock(), 0.05), 5.0)
+            wait = self.idle_s if nxt is None else min(max(nxt - self.clock(), 0.05), self.idle_s)
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
             # arrives as the event is set (stop() right after a wake), and never end.
             with contextlib.suppress(TimeoutError):
@@ -180,7 +192,7 @@ class DeliveryWorker:
             try:
                 await self._attempt(d_id)
             except Exception as exc:
-                self._unexpected(d_id, exc)
+                await self._unexpected(d_id, exc)
             finally:
                 self._inflight.discard(d_id)
                 self._queue.task_done()
@@ -189,7 +201,7 @@ class DeliveryWorker:
 
     async def _attempt(self, d_id: str) -> None:
         assert self._session is not None
-        loaded = self.store.load(d_id)
+        loaded = await self.store.db.run(self.store.load, d_id)
         if loaded is None:
             return  # delivered, given up, or its subscription was deleted
         d, target = loaded
@@ -205,7 +217,8 @@ class DeliveryWorker:
             ) as resp:
                 code = resp.status
                 if 200 <= code < 300:
-                    self.store.record_attempt(
+                    await self.store.db.run(
+                        self.store.record_attempt,
                         d.id, state=Delivery.STATE_DELIVERED, response_code=code,
                         message=f"delivered: HTTP {code}", at=now,
                     )
@@ -220,46 +233,52 @@ class DeliveryWorker:
         except (aiohttp.ClientError, TimeoutError) as exc:
             retryable = True
             problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        self._failed(d, code, problem, now, retryable=retryable, retry_after=retry_after,
-                     where=_origin(target.url))
+        await self._failed(d, code, problem, now, retryable=retryable, retry_after=retry_after,
+                           where=_origin(target.url))
 
-    def _unexpected(self, d_id: str, exc: Exception) -> None:
+    async def _unexpected(self, d_id: str, exc: Exception) -> None:
         """Not an answer of the receiver (a database error, a secret that no longer decrypts):
         counted as an attempt, so it can never loop hot or forever."""
         log.error("delivery %s: %s: %s", d_id, type(exc).__name__, exc)
         try:
-            d = self.store.get_delivery(d_id)
+            d = await self.store.db.run(self.store.get_delivery, d_id)
             if d is None or d.state != Delivery.STATE_PENDING:
                 return
             # A ValueError is a secret the current key cannot decrypt: no retry mends that.
-            self._failed(d, 0, f"{type(exc).__name__}: {exc}", self.clock(),
-                         retryable=not isinstance(exc, ValueError), retry_after=None,
-                         where=f"subscription {d.subscription_id}")
+            await self._failed(d, 0, f"{type(exc).__name__}: {exc}", self.clock(),
+                               retryable=not isinstance(exc, ValueError), retry_after=None,
+                               where=f"subscription {d.subscription_id}")
         except Exception:
             log.exception("delivery %s: cannot record the failed attempt", d_id)
 
-    def _failed(
+    async def _failed(
         self, d: DeliveryRecord, code: int, problem: str, now: float, *, retryable: bool,
         retry_after: float | None, where: str,
     ) -> None:
         attempts = d.attempts + 1
         if not retryable:
-            self._give_up(d, code, f"not retried: {problem}", now, where)
+            await self._give_up(d, code, f"not retried: {problem}", now, where)
         elif attempts >= self.attempts:
-            self._give_up(d, code, f"given up after {attempts} attempts: {problem}", now, where)
+            await self._give_up(
+                d, code, f"given up after {attempts} attempts: {problem}", now, where
+            )
         else:
             delay = self.backoff.delay(attempts - 1)
             if retry_after is not None:
                 delay = max(delay, retry_after)
-            self.store.record_attempt(
+            await self.store.db.run(
+                self.store.record_attempt,
                 d.id, state=Delivery.STATE_PENDING, response_code=code,
                 message=f"attempt {attempts} failed: {problem}; retrying", at=now,
                 next_attempt_at=now + delay,
             )
             metrics.EVENT_DELIVERIES.labels("retried").inc()
 
-    def _give_up(self, d: DeliveryRecord, code: int, message: str, now: float, where: str) -> None:
-        self.store.record_attempt(
+    async def _give_up(
+        self, d: DeliveryRecord, code: int, message: str, now: float, where: str
+    ) -> None:
+        await self.store.db.run(
+            self.store.record_attempt,
             d.id, state=Delivery.STATE_FAILED, response_code=code, message=message, at=now
         )
         self.failed += 1

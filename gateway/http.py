@@ -194,9 +194,9 @@ class WebhookApp:
         if not endpoint:
             events, refused = await self._split_claims(events)
         try:
-            added = self.inbox.add_many(events) if events else []
+            added = await self.inbox.add(events) if events else []
             if refused:
-                self.inbox.add_refused(refused)
+                await self.inbox.db.run(self.inbox.add_refused, refused)
         except DataVolumeFull as exc:
             # Not acknowledged: the registry keeps the event and retries.
             log.error("webhook from %s not recorded: %s", source, exc.message)
@@ -269,7 +269,7 @@ class WebhookApp:
         return accepted, refused
 
     async def metrics(self, _request: web.Request) -> web.Response:
-        self.inbox.refresh_depth()
+        await self.inbox.db.run(self.inbox.refresh_depth)
         return web.Response(
             body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
@@ -277,8 +277,8 @@ class WebhookApp:
     async def healthz(self, _request: web.Request) -> web.Response:
         doc: dict[str, object] = {
             "status": "ok",
-            "inbox_depth": self.inbox.depth(),
-            "events": self.inbox.counts(),
+            "inbox_depth": await self.inbox.db.run(self.inbox.depth),
+            "events": await self.inbox.db.run(self.inbox.counts),
         }
         if self.health is not None:
             doc.update(self.health())

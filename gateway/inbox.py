@@ -8,14 +8,15 @@ import json
 import shutil
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import grpc
 from mirror.v1 import gateway_pb2
 
+from gateway.leases import ClaimTable, db_now
 from servicekit import metrics
-from servicekit.db import Database
+from servicekit.db import Database, Row
 from servicekit.errors import ApiError
 
 PENDING = "pending"
@@ -33,6 +34,10 @@ NO_SPACE = "no space left on the data volume"
 _LOW_SPACE = 1 << 20
 
 
+# PostgreSQL's disk_full (SQLSTATE 53100): the server's volume is full.
+_PG_DISK_FULL = "53100"
+
+
 class DataVolumeFull(ApiError):
     """The data volume is full: nothing was recorded (the caller must not acknowledge)."""
 
@@ -48,6 +53,8 @@ def is_volume_full(exc: BaseException, path: str) -> bool:
     """Whether `exc` (or what it interrupted) is SQLite failing for want of space."""
     seen: BaseException | None = exc
     while seen is not None:
+        if getattr(seen, "sqlstate", None) == _PG_DISK_FULL:
+            return True
         if isinstance(seen, sqlite3.Error):
             code = getattr(seen, "sqlite_errorcode", None)
             if code == sqlite3.SQLITE_FULL:
@@ -85,19 +92,37 @@ class InboxEvent:
     attempts: int = 0
 
 
+# An event being acted on is claimed by one replica (lease renewed while it works).
+CLAIMS = ClaimTable(
+    "events", "id", "claimed_by", "claim_expires", f"state = '{PENDING}'", "received_at, id"
+)
+
+
 class Inbox:
-    """Events stored in gateway.db; `wake` is set whenever new work arrives."""
+    """Events stored in the gateway's database; `wake` is set whenever new work arrives here.
+
+    Replicas share the table: an event accepted by any of them is stored once (its id is the
+    key), and each pending event is acted on by the replica that claims it (`claim_due`).
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.wake = asyncio.Event()
-        self.refresh_depth()
+
+    async def add(self, events: Sequence[InboxEvent]) -> list[bool]:
+        """`add_many` off the event loop; wakes this replica's worker when any is new."""
+        added = await self.db.run(self.add_many, events)
+        if any(added):
+            self.wake.set()
+        return added
 
     def add_many(self, events: Sequence[InboxEvent]) -> list[bool]:
-        """Insert events in one transaction; per event, True when new, False when a duplicate.
+        """Insert events in one transaction; per event, True when new, False when a duplicate
+        (also one another replica received first).
 
-        The transaction commits with synchronous=FULL before this returns, so an event that
-        was acknowledged survives a crash. Raises DataVolumeFull when there is no space.
+        The transaction commits (synchronous=FULL on SQLite) before this returns, so an event
+        that was acknowledged survives a crash. Raises DataVolumeFull when there is no space.
+        Blocking, and it does not wake the worker: code on the event loop awaits `add`.
         """
         added = self._insert(events, PENDING)
         dups = added.count(False)
@@ -105,7 +130,6 @@ class Inbox:
             metrics.EVENTS_DEDUPLICATED.inc(dups)
         if any(added):
             self.refresh_depth()
-            self.wake.set()
         return added
 
     def add_refused(self, events: Sequence[InboxEvent]) -> list[bool]:
@@ -122,9 +146,9 @@ class Inbox:
             with self.db.transaction() as c:
                 for e in events:
                     cur = c.execute(
-                        "INSERT OR IGNORE INTO events (id, received_at, trigger, endpoint, hosts,"
+                        "INSERT INTO events (id, received_at, trigger, endpoint, hosts,"
                         " repository, tag, digest, media_type, state, message, done_at)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
                         (
                             e.id,
                             e.received_at,
@@ -141,23 +165,31 @@ class Inbox:
                         ),
                     )
                     added.append(cur.rowcount == 1)
-        except sqlite3.Error as exc:
-            where = str(self.db.path.parent)
+        except Exception as exc:
+            where = self._volume()
             if is_volume_full(exc, where):
                 raise DataVolumeFull(where) from exc
             raise
         return added
 
+    def _volume(self) -> str:
+        """Where the events are written: the SQLite file's folder, or the PostgreSQL server."""
+        path = getattr(self.db, "path", None)
+        return str(path.parent) if path is not None else "the PostgreSQL server"
+
     def unplaced(self, limit: int = 1000) -> list[gateway_pb2.UnplacedEvent]:
         """Events from registries no endpoint named, per (hosts, repository), newest first:
         count, the most recent tag and time (suggestions are added by the caller, who knows
         the endpoints)."""
-        # SQLite takes bare columns (tag) from the row that holds the MAX().
+        # The tag of the newest event of each group (portable: no bare column beside MAX).
         rows = self.db.query(
-            "SELECT hosts, repository, tag, COUNT(*) AS n, MAX(received_at) AS last"
-            " FROM events WHERE state = ? GROUP BY hosts, repository"
-            " ORDER BY last DESC LIMIT ?",
-            (UNKNOWN_SOURCE, limit),
+            "SELECT g.hosts, g.repository, g.n, g.last, (SELECT e.tag FROM events e"
+            " WHERE e.state = ? AND e.hosts = g.hosts AND e.repository = g.repository"
+            " ORDER BY e.received_at DESC, e.id DESC LIMIT 1) AS tag"
+            " FROM (SELECT hosts, repository, COUNT(*) AS n, MAX(received_at) AS last"
+            " FROM events WHERE state = ? GROUP BY hosts, repository) g"
+            " ORDER BY g.last DESC LIMIT ?",
+            (UNKNOWN_SOURCE, UNKNOWN_SOURCE, limit),
         )
         out = []
         for r in rows:
@@ -185,25 +217,90 @@ class Inbox:
         )
         return [e for e in map(_row, rows) if e.id not in exclude][:limit]
 
+    def claim_due(
+        self, owner: str, lease_s: float, limit: int, exclude: Collection[str] = ()
+    ) -> list[InboxEvent]:
+        """Claim up to `limit` pending events that are due, oldest first, for `owner`.
+
+        Skipped: events another replica holds a live claim on, and events of an image tag
+        with another event in flight anywhere (one event per tag at a time, in arrival
+        order, across replicas). Claimers take turns (an advisory lock on PostgreSQL, the
+        write lock on SQLite), so two replicas never claim two events of one tag at once.
+        """
+        if limit <= 0:
+            return []
+        now = db_now(self.db)
+        with self.db.transaction() as c:
+            if self.db.dialect == "postgresql":
+                c.execute("SELECT pg_advisory_xact_lock(hashtext('gateway.inbox.claim'))")
+            rows = c.execute(
+                f"SELECT * FROM events e WHERE e.state = ? AND e.next_attempt_at <= {now}"
+                f" AND e.claim_expires <= {now} AND NOT EXISTS (SELECT 1 FROM events o"
+                " WHERE o.repository = e.repository AND o.tag = e.tag AND o.state = ?"
+                f" AND o.claim_expires > {now} AND o.id != e.id)"
+                f" ORDER BY e.received_at, e.id LIMIT ?{self.db.for_update_skip_locked}",
+                (PENDING, PENDING, limit + len(exclude) + 16),
+            ).fetchall()
+            out: list[InboxEvent] = []
+            tags: set[tuple[str, str]] = set()
+            for ev in map(_row, rows):
+                key = (ev.repository, ev.tag)
+                if ev.id in exclude or key in tags:
+                    continue
+                tags.add(key)
+                out.append(ev)
+                if len(out) == limit:
+                    break
+            if out:
+                c.execute(
+                    f"UPDATE events SET claimed_by = ?, claim_expires = {now} + ?"
+                    f" WHERE id IN ({','.join('?' * len(out))})",
+                    (owner, lease_s, *(e.id for e in out)),
+                )
+        return out
+
+    def renew_claims(self, owner: str, ids: Sequence[str], lease_s: float) -> set[str]:
+        """Extend our claims on events in flight; returns the ids still ours."""
+        return CLAIMS.renew(self.db, owner, ids, lease_s)
+
+    def release_claim(self, event_id: str, owner: str) -> None:
+        """Give back our claim on one event (another replica, or we later, act on it)."""
+        self.db.execute(
+            "UPDATE events SET claimed_by = '', claim_expires = 0"
+            " WHERE id = ? AND claimed_by = ?",
+            (event_id, owner),
+        )
+
+    def release_claims(self, owner: str = "") -> None:
+        """Drop `owner`'s claims (every claim when empty: SQLite at start, one process)."""
+        with self.db.transaction() as c:
+            CLAIMS.release(c, owner)
+
     def next_due_time(self) -> float | None:
+        """When the next pending event becomes due or its claim runs out (the replica that
+        held it died), on the database's clock."""
         row = self.db.query_one(
-            "SELECT MIN(next_attempt_at) AS t FROM events WHERE state = ?", (PENDING,)
+            "SELECT MIN(CASE WHEN claim_expires > next_attempt_at THEN claim_expires"
+            " ELSE next_attempt_at END) AS t FROM events WHERE state = ?",
+            (PENDING,),
         )
         return None if row is None or row["t"] is None else float(row["t"])
 
     def finish(self, event_id: str, state: str, message: str = "") -> None:
         """Mark an event acted on (done, unknown source or failed for good)."""
         self.db.execute(
-            "UPDATE events SET state = ?, message = ?, done_at = ? WHERE id = ?",
+            "UPDATE events SET state = ?, message = ?, done_at = ?, claimed_by = '',"
+            " claim_expires = 0 WHERE id = ?",
             (state, message, time.time(), event_id),
         )
         self.refresh_depth()
 
     def retry_later(self, event_id: str, delay: float, message: str) -> None:
+        """Try again in `delay` seconds (by whichever replica claims it then)."""
         self.db.execute(
-            "UPDATE events SET attempts = attempts + 1, next_attempt_at = ?, message = ?"
-            " WHERE id = ?",
-            (time.time() + delay, message, event_id),
+            f"UPDATE events SET attempts = attempts + 1, next_attempt_at = {db_now(self.db)} + ?,"
+            " message = ?, claimed_by = '', claim_expires = 0 WHERE id = ?",
+            (delay, message, event_id),
         )
 
     def has_pending(self, repository: str, tag: str) -> bool:
@@ -234,7 +331,7 @@ class Inbox:
         )
 
 
-def _row(row: sqlite3.Row) -> InboxEvent:
+def _row(row: Row) -> InboxEvent:
     return InboxEvent(
         id=row["id"],
         trigger=int(row["trigger"]),

@@ -12,6 +12,7 @@ the worker (gateway/deliveries.py), which POSTs with bounded, backed-off retries
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -102,11 +103,13 @@ class Notifier:
         timeout_s: float = 10.0,
         queue_size: int = 1000,
         senders: int = 4,
+        idle_s: float = 5.0,
     ) -> None:
         self._own_db = db is None
         self.db = db if db is not None else Database(":memory:", MIGRATIONS)
         self.store = SubscriptionStore(self.db, cipher)
-        self.store.sync_flag_urls(urls)
+        self.urls = list(urls)
+        self._synced = False
         self.worker = DeliveryWorker(
             self.store,
             attempts=attempts,
@@ -116,6 +119,7 @@ class Notifier:
             timeout_s=timeout_s,
             queue_size=queue_size,
             senders=senders,
+            idle_s=idle_s,
         )
 
     @property
@@ -126,21 +130,41 @@ class Notifier:
     def failed(self) -> int:
         return self.worker.failed
 
+    async def sync_urls(self) -> None:
+        """Make the --notify-url subscriptions those of the command line (once)."""
+        if not self._synced:
+            await self.db.run(self.store.sync_flag_urls, self.urls)
+            self._synced = True
+
     async def start(self) -> None:
+        """Sync the --notify-url subscriptions and start sending."""
+        await self.sync_urls()
         await self.worker.start()
+
+    async def run_sender(self) -> None:
+        """Send deliveries until cancelled: the `deliveries` duty of one replica at a time
+        (gateway/leases.py); the others only record them."""
+        await self.worker.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.worker.stop()
 
     async def stop(self) -> None:
         await self.worker.stop()
         if self._own_db:
             self.db.close()
 
-    def send(self, run: RunRecord) -> None:
-        """Record the run's event for every subscription that wants it; returns at once."""
+    async def send(self, run: RunRecord) -> None:
+        """Record the run's event for every subscription that wants it (the sender finds
+        the rows; nothing waits for the receivers)."""
         if run.state not in NOTIFIED_STATES:
             return
         etype = event_type_of(run)
         try:
-            ids = self.store.enqueue(etype, run.policy_id, run.id, mirror_event(run))
+            ids = await self.db.run(
+                self.store.enqueue, etype, run.policy_id, run.id, mirror_event(run)
+            )
         except Exception:
             # The run is recorded; losing its notification must not fail the pipeline.
             log.exception("recording the outbound event of run %s failed", run.id)

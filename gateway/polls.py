@@ -1,8 +1,7 @@
-"""Poll history and the tag -> digest each scheduled policy saw last (tables in gateway.db)."""
+"""Poll history and the tag -> digest each scheduled policy saw last (the gateway's database)."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from dataclasses import dataclass
 from google.protobuf.timestamp_pb2 import Timestamp
 from mirror.v1 import gateway_pb2
 
-from servicekit.db import Database
+from servicekit.db import Database, Row
 from servicekit.paging import decode_token, encode_token, page_size
 
 _COUNTERS = (
@@ -58,7 +57,7 @@ def _ts(t: float) -> Timestamp:
     return ts
 
 
-def _poll(row: sqlite3.Row) -> PollRecord:
+def _poll(row: Row) -> PollRecord:
     return PollRecord(**{k: row[k] for k in row.keys() if k != "seq"})  # noqa: SIM118
 
 

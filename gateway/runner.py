@@ -136,6 +136,7 @@ class Runner:
         self.transfer = transfer
         self.gatherer = gatherer
         self.runs = runs
+        self.db = runs.db
         self.tracker = tracker
         self.max_hops = max_hops
         # One decision at a time per (policy, source image): an event and a sweep never both
@@ -204,7 +205,9 @@ class Runner:
         if not digest:
             return await self._record_all(push, note[0], note[1], only_policy)
         parent = (
-            self.runs.made_by_us(push.endpoint, push.repository, push.tag, digest)
+            await self.db.run(
+                self.runs.made_by_us, push.endpoint, push.repository, push.tag, digest
+            )
             if push.trigger in PUSH_TRIGGERS
             else None
         )
@@ -253,7 +256,10 @@ class Runner:
         `kind`, for every policy that mirrored it and copies that kind."""
         out: list[RunRecord] = []
         wanted = {REFERRER_KINDS[kind], "all"}
-        for prior in self.runs.latest_for_digest(push.endpoint, push.repository, subject):
+        latest = await self.db.run(
+            self.runs.latest_for_digest, push.endpoint, push.repository, subject
+        )
+        for prior in latest:
             if prior.state != Run.STATE_SUCCEEDED or not prior.dst_tag:
                 continue
             pol = await self._policy(prior.policy_id)
@@ -277,7 +283,7 @@ class Runner:
                 hop=prior.hop,
                 cause=f"{cause}: copied to where run {prior.id} mirrored the image",
             )
-            rec = self.runs.upsert_started(rec)
+            rec = await self.db.run(self.runs.upsert_started, rec)
             if rec.state == Run.STATE_PENDING:
                 again = dataclasses.replace(
                     push, event_id=rec.event_id, tag=prior.src_tag, digest=subject
@@ -287,7 +293,7 @@ class Runner:
                 )
                 rec = await self._start(again, subject, rec, pol.overwrite, result)
             if rec.state == Run.STATE_RUNNING:
-                self.tracker.track(rec)
+                await self.tracker.track(rec)
             out.append(rec)
         return out
 
@@ -295,7 +301,7 @@ class Runner:
         """A scan report was imported for an image: re-evaluate its runs that read scans."""
         out: list[RunRecord] = []
         when = time.time()
-        for endpoint in self.runs.endpoints_for_digest(repository, digest):
+        for endpoint in await self.db.run(self.runs.endpoints_for_digest, repository, digest):
             out += await self._reevaluate(
                 endpoint,
                 repository,
@@ -320,10 +326,11 @@ class Runner:
         """Evaluate again, once, the latest undecided run of each policy of the image whose
         rule reads `reads`, while its tag still names the image."""
         out: list[RunRecord] = []
-        for prior in self.runs.latest_for_digest(endpoint, repository, subject):
+        for prior in await self.db.run(self.runs.latest_for_digest, endpoint, repository, subject):
             if prior.state not in UNDECIDED:
                 continue
-            if prior.state == Run.STATE_PENDING and not self.runs.is_waiting(prior.id):
+            waiting = await self.db.run(self.runs.is_waiting, prior.id)
+            if prior.state == Run.STATE_PENDING and not waiting:
                 continue  # in flight, not waiting
             pol = await self._policy(prior.policy_id)
             if pol is None or not pol.enabled or not set(pol.required_facts) & reads:
@@ -344,31 +351,35 @@ class Runner:
             if current != subject:
                 continue  # the tag has moved on: its own push decides
             runs = await self._act(again, prior.policy_id)
-            if self.runs.is_waiting(prior.id) and runs:
-                self.runs.end_wait(prior.id)
-                closed = self.runs.update(
+            ended = bool(runs) and await self.db.run(self.runs.end_wait, prior.id)
+            if ended:
+                closed, changed = await self.db.run(
+                    self.runs.transition,
                     prior.id,
                     state=Run.STATE_SKIPPED,
                     message=f"re-evaluated by run {runs[0].id}: {again.cause}",
                 )
-                if closed is not None:
+                if closed is not None and changed:
                     count_run(closed)
             out.extend(runs)
         return out
 
-    def expire_waits(self) -> int:
-        """Decide the runs whose wait for a signature is over: not matched, saying why."""
+    async def expire_waits(self) -> int:
+        """Decide the runs whose wait for a signature is over: not matched, saying why.
+        (Once each: the wait is ended by one caller only, whichever replica it runs on.)"""
         ended = 0
-        for run_id, why in self.runs.waits_over(time.time()):
-            self.runs.end_wait(run_id)
-            rec = self.runs.update(
+        for run_id, why in await self.db.run(self.runs.waits_over, time.time()):
+            if not await self.db.run(self.runs.end_wait, run_id):
+                continue
+            rec, changed = await self.db.run(
+                self.runs.transition,
                 run_id,
                 state=Run.STATE_NOT_MATCHED,
                 message=f"no signature arrived in time; {why}",
             )
-            if rec is not None:
+            if rec is not None and changed:
                 count_run(rec)
-                self.tracker.on_final(rec)
+                await self.tracker.on_final(rec)
                 ended += 1
         return ended
 
@@ -463,10 +474,10 @@ class Runner:
                     state=state,
                     message=message,
                 )
-                stored = self.runs.upsert_started(rec)
+                stored = await self.db.run(self.runs.upsert_started, rec)
                 if stored is rec:
                     count_run(stored)
-                    self.tracker.on_final(stored)
+                    await self.tracker.on_final(stored)
                 out.append(stored)
             token = resp.next_page_token
             if not token:
@@ -504,10 +515,12 @@ class Runner:
         key = (result.policy_id, push.endpoint, push.repository, push.tag, digest)
         async with self._locks[key]:
             try:
-                cover = self._covering(push, digest, result)
+                cover = await self._covering(push, digest, result)
                 if cover is not None:
                     return cover
-                replay = self.runs.by_event_policy(push.event_id, result.policy_id)
+                replay = await self.db.run(
+                    self.runs.by_event_policy, push.event_id, result.policy_id
+                )
                 wait = _signature_wait(result) if replay is None else 0.0
                 if replay is None and result.blocked and scan_failed:
                     # Not a gate that lacks data to decide: the image cannot be scanned.
@@ -523,17 +536,21 @@ class Runner:
                     base.state, base.message = await self._decide(push, digest, result, base)
                     if notes and base.state != Run.STATE_PENDING:
                         base.message = "; ".join([base.message, *notes])
-                rec = self.runs.upsert_started(base)
+                rec = await self.db.run(self.runs.upsert_started, base)
                 if rec is base and wait > 0:
-                    self.runs.wait_for_signature(rec.id, time.time() + wait, explain(result))
+                    await self.db.run(
+                        self.runs.wait_for_signature, rec.id, time.time() + wait, explain(result)
+                    )
                 if rec is base and rec.state != Run.STATE_PENDING:
                     count_run(rec)
                     if rec.state != Run.STATE_NOT_MATCHED:
-                        self.tracker.on_final(rec)
-                if rec.state == Run.STATE_PENDING and not self.runs.is_waiting(rec.id):
+                        await self.tracker.on_final(rec)
+                if rec.state == Run.STATE_PENDING and not await self.db.run(
+                    self.runs.is_waiting, rec.id
+                ):
                     rec = await self._start(push, digest, rec, result.overwrite, result)
                 if rec.state == Run.STATE_RUNNING:
-                    self.tracker.track(rec)
+                    await self.tracker.track(rec)
                 log.info(
                     "policy %s: run %s %s %s",
                     rec.policy_name,
@@ -565,8 +582,14 @@ class Runner:
             return Run.STATE_NOT_MATCHED, explain(result)
         dst = (result.target.endpoint, result.target.repository)
         where = f"{dst[1]}:{result.tag} on endpoint {dst[0]}"
-        prior = self.runs.mirrored(
-            result.policy_id, push.endpoint, push.repository, push.tag, digest, push.event_id
+        prior = await self.db.run(
+            self.runs.mirrored,
+            result.policy_id,
+            push.endpoint,
+            push.repository,
+            push.tag,
+            digest,
+            push.event_id,
         )
         if prior is not None and prior.state == Run.STATE_RUNNING:
             return Run.STATE_SKIPPED, f"already being mirrored by run {prior.id}"
@@ -609,7 +632,7 @@ class Runner:
             return ""
         return d.digest if d is not None else ""
 
-    def _covering(
+    async def _covering(
         self, push: Push, digest: str, result: policy_pb2.PolicyResult
     ) -> RunRecord | None:
         """For sweeps: the run of this policy that already handles this image, if any.
@@ -619,8 +642,8 @@ class Runner:
         """
         if push.trigger not in SWEEP_TRIGGERS or not digest:
             return None
-        runs = self.runs.covering(
-            result.policy_id, push.endpoint, push.repository, push.tag, digest
+        runs = await self.db.run(
+            self.runs.covering, result.policy_id, push.endpoint, push.repository, push.tag, digest
         )
         if push.trigger == Run.TRIGGER_RECONCILE:
             keep = [r for r in runs if r.state not in RETRIED_BY_RECONCILE]
@@ -628,15 +651,20 @@ class Runner:
             keep = [r for r in runs if r.state in ACTIVE_OR_DONE]
         return keep[-1] if keep else None
 
-    async def restart_pending(self) -> int:
+    async def restart_pending(self, older_than_s: float = 0.0) -> int:
         """After a crash between recording a sweep's run and starting its transfer: start it.
 
         Event runs need nothing here (their event is still pending and replays); sweeps have
         no inbox row, so their PENDING runs are restarted with the same idempotency key.
+        `older_than_s`: only runs unchanged that long (replicas: not one another replica is
+        starting right now; a second StartTransfer with the key would be harmless anyway).
         """
         started = 0
-        for rec in self.runs.in_states([Run.STATE_PENDING]):
-            if rec.trigger not in SWEEP_TRIGGERS or self.runs.is_waiting(rec.id):
+        before = time.time() - older_than_s if older_than_s > 0 else None
+        for rec in await self.db.run(self.runs.in_states, [Run.STATE_PENDING], before):
+            if rec.trigger not in SWEEP_TRIGGERS:
+                continue
+            if await self.db.run(self.runs.is_waiting, rec.id):
                 continue
             push = Push(
                 event_id=rec.event_id,
@@ -653,7 +681,7 @@ class Runner:
                 log.warning("cannot restart run %s yet: %s", rec.id, err.code().name)
                 continue
             if rec.state == Run.STATE_RUNNING:
-                self.tracker.track(rec)
+                await self.tracker.track(rec)
             started += 1
         return started
 
@@ -680,7 +708,7 @@ class Runner:
                 f"of {old.src_digest}"
             ),
         )
-        rec = self.runs.upsert_started(rec)
+        rec = await self.db.run(self.runs.upsert_started, rec)
         if rec.state == Run.STATE_PENDING:
             push = Push(
                 event_id=event_id,
@@ -693,7 +721,7 @@ class Runner:
             )
             rec = await self._start(push, rec.src_digest, rec, policy_pb2.OVERWRITE_ALWAYS)
         if rec.state == Run.STATE_RUNNING:
-            self.tracker.track(rec)
+            await self.tracker.track(rec)
         return rec
 
     async def _policy(self, policy_id: str) -> policy_pb2.Policy | None:
@@ -750,13 +778,20 @@ class Runner:
             if transient_rpc_error(err):
                 raise
             msg = f"cannot start the transfer: {err.code().name}: {err.details()}"
-            failed = self.runs.update(rec.id, state=Run.STATE_FAILED, message=msg)
+            failed, changed = await self.db.run(
+                self.runs.transition, rec.id, state=Run.STATE_FAILED, message=msg
+            )
             assert failed is not None
-            count_run(failed)
-            self.tracker.on_final(failed)
+            if changed:
+                count_run(failed)
+                await self.tracker.on_final(failed)
             return failed
-        updated = self.runs.update(
-            rec.id, state=Run.STATE_RUNNING, message="transfer started", transfer_id=tr.id
+        updated = await self.db.run(
+            self.runs.update,
+            rec.id,
+            state=Run.STATE_RUNNING,
+            message="transfer started",
+            transfer_id=tr.id,
         )
         assert updated is not None
         return updated

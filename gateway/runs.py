@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import uuid
 from collections.abc import Sequence
@@ -12,7 +11,8 @@ from dataclasses import dataclass
 from google.protobuf.timestamp_pb2 import Timestamp
 from mirror.v1 import common_pb2, gateway_pb2
 
-from servicekit.db import Database
+from gateway.leases import ClaimTable
+from servicekit.db import Database, Row, Tx
 from servicekit.paging import decode_token, encode_token, page_size
 
 Run = gateway_pb2.Run
@@ -114,37 +114,57 @@ _COLUMNS = (
 _N_COLUMNS = _COLUMNS.count(",") + 1
 
 
-def _record(row: sqlite3.Row) -> RunRecord:
+# One replica follows a RUNNING run's transfer at a time (gateway/tracker.py).
+TRACKING = ClaimTable(
+    "runs", "id", "tracked_by", "tracked_until", f"state = {Run.STATE_RUNNING}", "seq"
+)
+
+
+def _record(row: Row) -> RunRecord:
     fields = {k: row[k] for k in row.keys() if k != "seq"}  # noqa: SIM118
     fields["provenance"] = tuple(tuple(h) for h in json.loads(fields["provenance"] or "[]"))
     return RunRecord(**fields)
 
 
+def append_message(c: Tx, run_id: str, text: str) -> None:
+    """RunStore.append_message inside the caller's transaction."""
+    c.execute(
+        "UPDATE runs SET message = CASE WHEN message = '' THEN ? ELSE message || '; ' || ?"
+        " END, update_time = ? WHERE id = ?",
+        (text, text, time.time(), run_id),
+    )
+
+
 class RunStore:
-    """Runs in gateway.db."""
+    """Runs in the gateway's database (shared by its replicas)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Read-then-write transactions lock the run's row against other replicas.
+        self._for_update = " FOR UPDATE" if db.dialect == "postgresql" else ""
 
     def upsert_started(self, rec: RunRecord) -> RunRecord:
         """Create the (event, policy) run, or return the one a previous attempt created.
 
-        A replayed event thus keeps its first run (and its rendered destination tag).
+        A replayed event thus keeps its first run (and its rendered destination tag); so does
+        an event that two replicas act on at once (the second insert yields to the first).
+        Returns `rec` itself only when this call created the run.
         """
-        now = time.time()
+        select = f"SELECT seq, {_COLUMNS} FROM runs WHERE event_id = ? AND policy_id = ?"
+        key = (rec.event_id, rec.policy_id)
         with self.db.transaction() as c:
-            row = c.execute(
-                f"SELECT seq, {_COLUMNS} FROM runs WHERE event_id = ? AND policy_id = ?",
-                (rec.event_id, rec.policy_id),
-            ).fetchone()
+            row = c.execute(select, key).fetchone()
             if row is not None:
                 return _record(row)
-            rec.id = rec.id or uuid.uuid4().hex
-            rec.create_time = rec.update_time = now
-            if rec.state in FINAL_STATES:
-                rec.end_time = now
-            c.execute(
-                f"INSERT INTO runs ({_COLUMNS}) VALUES ({','.join('?' * _N_COLUMNS)})",
+        now = time.time()
+        rec.id = rec.id or uuid.uuid4().hex
+        rec.create_time = rec.update_time = now
+        if rec.state in FINAL_STATES:
+            rec.end_time = now
+        with self.db.transaction() as c:
+            cur = c.execute(
+                f"INSERT INTO runs ({_COLUMNS}) VALUES ({','.join('?' * _N_COLUMNS)})"
+                " ON CONFLICT (event_id, policy_id) DO NOTHING",
                 (
                     rec.id,
                     rec.policy_id,
@@ -172,7 +192,12 @@ class RunStore:
                     rec.poll_id,
                 ),
             )
-        return rec
+            if cur.rowcount == 1:
+                return rec
+            # Another replica recorded this (event, policy) in the meantime: theirs stands.
+            row = c.execute(select, key).fetchone()
+        assert row is not None
+        return _record(row)
 
     def update(
         self,
@@ -184,14 +209,32 @@ class RunStore:
         src_digest: str | None = None,
     ) -> RunRecord | None:
         """Move a run to `state`; a run already in a final state is left as it is."""
+        return self.transition(
+            run_id, state=state, message=message, transfer_id=transfer_id, src_digest=src_digest
+        )[0]
+
+    def transition(
+        self,
+        run_id: str,
+        *,
+        state: int,
+        message: str | None = None,
+        transfer_id: str | None = None,
+        src_digest: str | None = None,
+    ) -> tuple[RunRecord | None, bool]:
+        """`update`, also saying whether this call changed the run's state: of two replicas
+        finishing one run, only one is told it did (it alone notifies)."""
         now = time.time()
         with self.db.transaction() as c:
-            row = c.execute(f"SELECT seq, {_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = c.execute(
+                f"SELECT seq, {_COLUMNS} FROM runs WHERE id = ?{self._for_update}", (run_id,)
+            ).fetchone()
             if row is None:
-                return None
+                return None, False
             rec = _record(row)
             if rec.state in FINAL_STATES:
-                return rec
+                return rec, False
+            changed = rec.state != state
             rec.state = state
             rec.update_time = now
             if message is not None:
@@ -215,16 +258,12 @@ class RunStore:
                     run_id,
                 ),
             )
-        return rec
+        return rec, changed
 
     def append_message(self, run_id: str, text: str) -> RunRecord | None:
         """Add `text` to a run's message, also of a finished run (what happened after it)."""
         with self.db.transaction() as c:
-            c.execute(
-                "UPDATE runs SET message = CASE WHEN message = '' THEN ? ELSE message || '; ' || ?"
-                " END, update_time = ? WHERE id = ?",
-                (text, text, time.time(), run_id),
-            )
+            append_message(c, run_id, text)
         return self.get(run_id)
 
     def get(self, run_id: str) -> RunRecord | None:
@@ -237,13 +276,36 @@ class RunStore:
         )
         return [_record(r) for r in rows]
 
-    def in_states(self, states: Sequence[int]) -> list[RunRecord]:
+    def in_states(
+        self, states: Sequence[int], updated_before: float | None = None
+    ) -> list[RunRecord]:
+        """Runs in `states`, oldest first (only those unchanged since `updated_before`)."""
         marks = ",".join("?" * len(states))
+        params: list[object] = list(states)
+        since = ""
+        if updated_before is not None:
+            since = " AND update_time < ?"
+            params.append(updated_before)
         rows = self.db.query(
-            f"SELECT seq, {_COLUMNS} FROM runs WHERE state IN ({marks}) ORDER BY seq",
-            tuple(states),
+            f"SELECT seq, {_COLUMNS} FROM runs WHERE state IN ({marks}){since} ORDER BY seq",
+            params,
         )
         return [_record(r) for r in rows]
+
+    # -- which replica follows a RUNNING run's transfer (a claim with a lease)
+    def claim_tracking(self, run_id: str, owner: str, lease_s: float) -> bool:
+        return TRACKING.claim(self.db, run_id, owner, lease_s)
+
+    def renew_tracking(self, owner: str, run_ids: Sequence[str], lease_s: float) -> set[str]:
+        return TRACKING.renew(self.db, owner, run_ids, lease_s)
+
+    def untracked(self, limit: int = 100) -> list[str]:
+        """RUNNING runs no replica follows (never claimed, or their replica died)."""
+        return TRACKING.orphans(self.db, limit)
+
+    def release_tracking(self, owner: str = "") -> None:
+        with self.db.transaction() as c:
+            TRACKING.release(c, owner)
 
     def covering(
         self, policy_id: str, endpoint: str, repository: str, tag: str, digest: str
@@ -314,7 +376,7 @@ class RunStore:
             " AND action IN (?, ?) AND dst_tag != '' ORDER BY seq",
             (policy_id, Run.STATE_SUCCEEDED, Run.ACTION_COPY, Run.ACTION_DELETE),
         )
-        latest: dict[tuple[str, str, str], sqlite3.Row] = {}
+        latest: dict[tuple[str, str, str], Row] = {}
         for row in rows:
             latest[(row["dst_endpoint"], row["dst_repository"], row["dst_tag"])] = row
         return [_record(r) for r in latest.values() if r["action"] == Run.ACTION_COPY]
@@ -334,7 +396,7 @@ class RunStore:
             " AND src_digest = ? AND action = 0 ORDER BY seq",
             (endpoint, repository, digest),
         )
-        latest: dict[tuple[str, str], sqlite3.Row] = {}
+        latest: dict[tuple[str, str], Row] = {}
         for row in rows:
             latest[(row["policy_id"], row["src_tag"])] = row
         return [_record(r) for r in latest.values()]
@@ -342,7 +404,9 @@ class RunStore:
     # -- runs waiting for a signature
     def wait_for_signature(self, run_id: str, until: float, explanation: str) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO signature_waits (run_id, until, explanation) VALUES (?, ?, ?)",
+            "INSERT INTO signature_waits (run_id, until, explanation) VALUES (?, ?, ?)"
+            " ON CONFLICT (run_id) DO UPDATE SET until = excluded.until,"
+            " explanation = excluded.explanation",
             (run_id, until, explanation),
         )
 
@@ -358,8 +422,9 @@ class RunStore:
             "SELECT 1 FROM signature_waits WHERE run_id = ?", (run_id,)
         ) is not None
 
-    def end_wait(self, run_id: str) -> None:
-        self.db.execute("DELETE FROM signature_waits WHERE run_id = ?", (run_id,))
+    def end_wait(self, run_id: str) -> bool:
+        """End the wait; True when this call ended it (not another replica before)."""
+        return self.db.execute("DELETE FROM signature_waits WHERE run_id = ?", (run_id,)) == 1
 
     def made_by_us(
         self, endpoint: str, repository: str, tag: str, digest: str
@@ -425,7 +490,8 @@ class RunStore:
         st.last_run.CopyFrom(last.to_proto())
         agg = self.db.query_one(
             "SELECT COUNT(*) AS total,"
-            " SUM(state = ?) AS ok, SUM(state = ?) AS bad,"
+            " SUM(CASE WHEN state = ? THEN 1 ELSE 0 END) AS ok,"
+            " SUM(CASE WHEN state = ? THEN 1 ELSE 0 END) AS bad,"
             " MAX(CASE WHEN state = ? THEN end_time END) AS last_ok,"
             " MAX(CASE WHEN state = ? THEN end_time END) AS last_bad"
             " FROM runs WHERE policy_id = ?",

@@ -89,6 +89,7 @@ class PollScheduler:
         self.runner = runner
         self.runs = runs
         self.polls = polls
+        self.db = polls.db
         self.repositories = repositories
         self.deleter = deleter
         self._slots = asyncio.Semaphore(concurrency)
@@ -117,13 +118,13 @@ class PollScheduler:
         now = time.time()
         for pol in await self._scheduled():
             key = schedule_key(pol)
-            due = self.polls.next_time(pol.id, key)
+            due = await self.db.run(self.polls.next_time, pol.id, key)
             if due is None:
                 # First sight of this schedule: a pull mirror syncs what is there at once.
                 due = now
-                self.polls.plan(pol.id, key, due)
+                await self.db.run(self.polls.plan, pol.id, key, due)
             if due <= now and pol.id not in self._running:
-                self.polls.plan(pol.id, key, next_poll(pol, now))
+                await self.db.run(self.polls.plan, pol.id, key, next_poll(pol, now))
                 self._running[pol.id] = asyncio.create_task(self._guarded(pol))
 
     async def _scheduled(self) -> list[policy_pb2.Policy]:
@@ -154,7 +155,7 @@ class PollScheduler:
 
     async def poll(self, pol: policy_pb2.Policy) -> PollRecord:
         """One poll of the policy's source; its record says what it saw and did."""
-        rec = self.polls.start(pol.id)
+        rec = await self.db.run(self.polls.start, pol.id)
         bind(policy=pol.name, poll=rec.id)
         try:
             repos = await self.repositories(pol)
@@ -165,13 +166,13 @@ class PollScheduler:
                     await self._poll_repo(pol, rec, repo)
 
             await asyncio.gather(*map(sweep, repos))
-            for repo in set(self.polls.repositories(pol.id)) - set(repos):
+            for repo in set(await self.db.run(self.polls.repositories, pol.id)) - set(repos):
                 await self._poll_gone(pol, rec, repo, set())  # the repository itself is gone
         except Exception as exc:
             rec.message = f"poll failed: {exc}"[:500]
             log.warning("policy %s: %s", pol.name, rec.message)
         finally:
-            self.polls.finish(rec)
+            await self.db.run(self.polls.finish, rec)
         log.info(
             "policy %s: poll %s: %d listed, %d changed, %d copied, %d failed",
             pol.name, rec.id, rec.tags_listed, rec.tags_changed, rec.tags_copied,
@@ -182,7 +183,7 @@ class PollScheduler:
 
     async def _poll_repo(self, pol: policy_pb2.Policy, rec: PollRecord, repo: str) -> None:
         ep = pol.source.endpoint
-        seen = self.polls.seen(pol.id, repo)
+        seen = await self.db.run(self.polls.seen, pol.id, repo)
         async with self.resolver.client_for(ep) as rc:
             tags = await _list_tags(rc, repo)
             rec.requests += 1
@@ -244,7 +245,7 @@ class PollScheduler:
         else:
             rec.tags_skipped += 1
         hit = state != Run.STATE_NOT_MATCHED
-        self.polls.remember(pol.id, repo, tag, digest, hit)
+        await self.db.run(self.polls.remember, pol.id, repo, tag, digest, hit)
         return hit
 
     async def _act(
@@ -282,7 +283,7 @@ class PollScheduler:
         self, pol: policy_pb2.Policy, rec: PollRecord, repo: str, listed: set[str]
     ) -> None:
         """Tags seen at the last poll and gone now: forgotten, and deleted if opted in."""
-        for tag, (digest, _) in self.polls.seen(pol.id, repo).items():
+        for tag, (digest, _) in (await self.db.run(self.polls.seen, pol.id, repo)).items():
             if tag in listed:
                 continue
             if self.deleter is not None:
@@ -297,7 +298,7 @@ class PollScheduler:
                 )
                 if run is not None and run.state == Run.STATE_SUCCEEDED:
                     rec.tags_deleted += 1
-            self.polls.forget(pol.id, repo, tag)
+            await self.db.run(self.polls.forget, pol.id, repo, tag)
 
 
 async def _list_tags(rc: Any, repo: str) -> list[str]:

@@ -1,12 +1,52 @@
-"""The gateway's SQLite schema: the event inbox and the run history (one file, gateway.db)."""
+"""The gateway's schema: the event inbox, the run history and what hangs off them.
+
+One SQLite file (DATA/gateway.db) by default, or the schema `gateway` in PostgreSQL
+(`--database postgresql://...`), which replicas of the gateway share.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from servicekit.db import Database
+from servicekit.db import Database, Migration, MigrationStep, open_service_database, pg_ddl
 
-MIGRATIONS = [
+SCHEMA = "gateway"
+
+# Issue 12: outbound-event subscriptions (secret: Fernet token, empty for --notify-url
+# ones) and one durable row per event and subscription: the exact body, and its attempts.
+# `x''` is SQLite's empty blob; PostgreSQL reads it as a bit string, so it gets `''` (bytea).
+_SUBSCRIPTIONS = """
+    CREATE TABLE subscriptions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        url TEXT NOT NULL,
+        event_types TEXT NOT NULL DEFAULT '[]',
+        policy_id TEXT NOT NULL DEFAULT '',
+        secret BLOB NOT NULL DEFAULT x'',
+        create_time REAL NOT NULL,
+        origin TEXT NOT NULL DEFAULT 'api'
+    );
+    CREATE TABLE deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        subscription_id TEXT NOT NULL REFERENCES subscriptions(id) ON DELETE CASCADE,
+        event_id TEXT NOT NULL,
+        event_type INTEGER NOT NULL,
+        run_id TEXT NOT NULL DEFAULT '',
+        body BLOB NOT NULL,
+        state INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        response_code INTEGER NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT '',
+        create_time REAL NOT NULL,
+        last_attempt_time REAL,
+        next_attempt_at REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);
+    CREATE INDEX deliveries_subscription ON deliveries(subscription_id, seq)
+    """
+
+MIGRATIONS: list[MigrationStep] = [
     """
     CREATE TABLE events (
         id TEXT PRIMARY KEY,
@@ -127,38 +167,10 @@ MIGRATIONS = [
         PRIMARY KEY (policy_id, repository, tag)
     )
     """,
-    # Issue 12: outbound-event subscriptions (secret: Fernet token, empty for --notify-url
-    # ones) and one durable row per event and subscription: the exact body, and its attempts.
-    """
-    CREATE TABLE subscriptions (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        url TEXT NOT NULL,
-        event_types TEXT NOT NULL DEFAULT '[]',
-        policy_id TEXT NOT NULL DEFAULT '',
-        secret BLOB NOT NULL DEFAULT x'',
-        create_time REAL NOT NULL,
-        origin TEXT NOT NULL DEFAULT 'api'
-    );
-    CREATE TABLE deliveries (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        subscription_id TEXT NOT NULL REFERENCES subscriptions(id) ON DELETE CASCADE,
-        event_id TEXT NOT NULL,
-        event_type INTEGER NOT NULL,
-        run_id TEXT NOT NULL DEFAULT '',
-        body BLOB NOT NULL,
-        state INTEGER NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        response_code INTEGER NOT NULL DEFAULT 0,
-        message TEXT NOT NULL DEFAULT '',
-        create_time REAL NOT NULL,
-        last_attempt_time REAL,
-        next_attempt_at REAL NOT NULL DEFAULT 0
-    );
-    CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);
-    CREATE INDEX deliveries_subscription ON deliveries(subscription_id, seq)
-    """,
+    Migration(
+        sqlite=_SUBSCRIPTIONS,
+        postgresql=pg_ddl(_SUBSCRIPTIONS.replace("DEFAULT x''", "DEFAULT ''")),
+    ),
     # Issue 13: runs waiting for a signature (a `signed_by` policy and an unsigned image), and
     # until when; the run is decided when a signature arrives or the wait ends.
     """
@@ -169,9 +181,29 @@ MIGRATIONS = [
     );
     CREATE INDEX signature_waits_until ON signature_waits(until)
     """,
+    # Issue 11: replicas sharing one database. Claims with a lease (owner, until when, on the
+    # database's clock): an event being acted on, a run whose transfer is being followed, a
+    # scan on push being run; a replica that dies loses them when the lease runs out. `leases`
+    # names the duties done by one replica at a time (reconcile, polls, deliveries...).
+    """
+    ALTER TABLE events ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE events ADD COLUMN claim_expires REAL NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN tracked_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN tracked_until REAL NOT NULL DEFAULT 0;
+    ALTER TABLE destination_scans ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE destination_scans ADD COLUMN claim_expires REAL NOT NULL DEFAULT 0;
+    CREATE INDEX events_tag ON events(repository, tag, state);
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires REAL NOT NULL,
+        acquired_at REAL NOT NULL
+    )
+    """,
 ]
 
 
-def open_database(data_dir: str | Path) -> Database:
-    """Open (creating and migrating) DATA/gateway.db."""
-    return Database(Path(data_dir) / "gateway.db", MIGRATIONS)
+def open_database(data_dir: str | Path, database: str = "") -> Database:
+    """Open (creating and migrating) the gateway's database: `database` a postgresql:// URL
+    (schema `gateway`) or a SQLite file, by default DATA/gateway.db."""
+    return open_service_database(database, Path(data_dir) / "gateway.db", MIGRATIONS, SCHEMA)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from gateway.endpoints import EndpointDirectory
 from gateway.facts import EndpointResolver, FactGatherer
 from gateway.http import WebhookApp, check_secret_required, split_listen, start_http
 from gateway.inbox import Inbox
+from gateway.leases import DEFAULT_LEASE_S, Duties, LeaseStore, default_replica_id
 from gateway.notify import Notifier
 from gateway.polls import PollStore
 from gateway.runner import DEFAULT_MAX_HOPS, Runner
@@ -32,8 +35,10 @@ from gateway.sweep import Sweeper
 from gateway.tracker import TransferTracker
 from gateway.webhook_auth import WebhookVerifier
 from gateway.worker import InboxWorker
+from servicekit.db import Database
 from servicekit.logs import context_id
 from servicekit.retry import Backoff
+from transfer_service.secrets import KEY_ENV
 
 log = logging.getLogger("gateway")
 
@@ -53,6 +58,20 @@ class GatewayConfig:
     baseline_interval_s: float = 2.0
     # Longest promotion chain through image-mirror's own pushes (stops loops it cannot see).
     max_hops: int = DEFAULT_MAX_HOPS
+    # postgresql://... to share the state with other replicas; "" for DATA/gateway.db.
+    database: str = ""
+    # This replica's name in claims and leases (unique among the live replicas).
+    replica_id: str = field(default_factory=default_replica_id)
+    # How long a claim or a duty's lease lasts unless renewed (a dead replica's work is
+    # taken over after at most this long).
+    lease_s: float = DEFAULT_LEASE_S
+    # The Fernet key file of subscription secrets (default DATA/secret.key); replicas
+    # sharing a database need the same key ($MIRROR_SECRET_KEY works too).
+    subscription_key_file: Path | None = None
+
+
+# The duties one replica does at a time (gateway/leases.py), by lease name.
+DUTIES = ("reconcile", "baselines", "polls", "deliveries", "signature-waits", "housekeeping")
 
 
 class Gateway:
@@ -65,23 +84,38 @@ class Gateway:
         transfer_channel: aio.Channel,
         scanner_channel: aio.Channel | None = None,
         resolver: EndpointResolver | None = None,
+        db: Database | None = None,
     ) -> None:
         self.cfg = cfg
-        self.db = open_database(cfg.data_dir)
+        self.db = db if db is not None else open_database(cfg.data_dir, cfg.database)
+        self.shared = self.db.dialect == "postgresql"
+        owner, lease = cfg.replica_id, cfg.lease_s
         self.inbox = Inbox(self.db)
         self.runs = RunStore(self.db)
         policy = policy_pb2_grpc.PolicyServiceStub(policy_channel)
         transfer = transfer_pb2_grpc.TransferServiceStub(transfer_channel)
         scanner = scan_pb2_grpc.ScanServiceStub(scanner_channel) if scanner_channel else None
-        # Outbound events: --notify-url and API subscriptions, secrets under the deployment's
-        # key (the transfer service's in the stack, which shares the data folder).
+        # Outbound events: --notify-url and API subscriptions, secrets under the gateway's
+        # key (in the stack, the transfer service's: they share the data folder).
+        key_file = cfg.subscription_key_file or Path(cfg.data_dir) / "secret.key"
         self.notifier = Notifier(
-            cfg.notify_urls, db=self.db, cipher=LazySecretBox(Path(cfg.data_dir) / "secret.key")
+            cfg.notify_urls,
+            db=self.db,
+            cipher=LazySecretBox(key_file),
+            # Replicas: deliveries another replica wrote are found within a second.
+            idle_s=1.0 if self.shared else 5.0,
         )
         self.directory = EndpointDirectory(transfer)
-        self.dest_scans = DestinationScanner(self.db, self.directory, scanner, self.runs)
+        self.dest_scans = DestinationScanner(
+            self.db, self.directory, scanner, self.runs, owner=owner, lease_s=lease
+        )
         self.tracker = TransferTracker(
-            transfer, self.runs, self._on_final, before_success=self.dest_scans.prepare
+            transfer,
+            self.runs,
+            self._on_final,
+            before_success=self.dest_scans.prepare,
+            owner=owner,
+            lease_s=lease,
         )
         self.runner = Runner(
             policy,
@@ -92,7 +126,14 @@ class Gateway:
             max_hops=cfg.max_hops,
         )
         self.worker = InboxWorker(
-            self.inbox, self.runner, self.directory, concurrency=cfg.concurrency
+            self.inbox,
+            self.runner,
+            self.directory,
+            concurrency=cfg.concurrency,
+            owner=owner,
+            lease_s=lease,
+            # Replicas: an event whose replica died is picked up soon after its claim ends.
+            idle_poll_s=min(5.0, lease) if self.shared else 5.0,
         )
         self.deleter = Deleter(transfer, policy, self.runs, self.runner)
         self.sweeper = Sweeper(
@@ -124,6 +165,8 @@ class Gateway:
             subscriptions=self.notifier.store,
             deleter=self.deleter,
         )
+        self.leases = LeaseStore(self.db, owner)
+        self.duties = Duties(self.leases, lease)
         self.webhook = WebhookApp(
             self.inbox,
             cfg.webhook_secret,
@@ -132,41 +175,86 @@ class Gateway:
             health=lambda: {
                 "tracking": self.tracker.active,
                 "destination_scans": self.dest_scans.active,
+                "replica": owner,
+                "duties": self.duties.held,
             },
         )
         self._http: web.AppRunner | None = None
-        self._reconcile_task: asyncio.Task[None] | None = None
-        self._housekeeping_task: asyncio.Task[None] | None = None
-        self._baseline_task: asyncio.Task[None] | None = None
-        self._poll_task: asyncio.Task[None] | None = None
-        self._waits_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.http_port = 0
 
-    def _on_final(self, run: RunRecord) -> None:
-        self.dest_scans.start(run.id)
-        self.notifier.send(run)
+    @classmethod
+    async def open(
+        cls,
+        cfg: GatewayConfig,
+        policy_channel: aio.Channel,
+        transfer_channel: aio.Channel,
+        scanner_channel: aio.Channel | None = None,
+        resolver: EndpointResolver | None = None,
+    ) -> Gateway:
+        """The gateway, its database opened (connected, migrated) off the event loop."""
+        loop = asyncio.get_running_loop()
+        db = await loop.run_in_executor(None, open_database, cfg.data_dir, cfg.database)
+        return cls(cfg, policy_channel, transfer_channel, scanner_channel, resolver, db=db)
+
+    async def _on_final(self, run: RunRecord) -> None:
+        await self.dest_scans.start(run.id)
+        await self.notifier.send(run)
 
     async def start(self) -> None:
-        """Background work: resume tracking, the inbox worker, notifications, reconcile."""
-        await self.notifier.start()
-        resumed = self.tracker.resume()
+        """Background work: resume tracking, the inbox worker, and the duties one replica
+        does at a time (notifications, reconcile, polls, ...)."""
+        if not self.shared:
+            # SQLite: this process is the file's only user, so what the last one held (it
+            # crashed, or stopped) is taken over now rather than when its leases run out.
+            await self.db.run(self._take_over)
+        else:
+            self._warn_about_the_key()
+        await self.db.run(self.inbox.refresh_depth)
+        await self.notifier.sync_urls()
+        resumed = await self.tracker.adopt()
         if resumed:
             log.info("resumed tracking of %d running transfer(s)", resumed)
-        owed = self.dest_scans.resume()
+        owed = await self.dest_scans.adopt()
         if owed:
             log.info("resumed %d scan(s) on push at destinations", owed)
         self.worker.start()
-        self._housekeeping_task = asyncio.create_task(self._housekeeping())
-        self._waits_task = asyncio.create_task(self._expire_waits())
+        self._tasks = [
+            asyncio.create_task(self.tracker.maintain_forever()),
+            asyncio.create_task(self.dest_scans.maintain_forever()),
+        ]
+        self.duties.add("deliveries", self.notifier.run_sender)
+        self.duties.add("housekeeping", self._housekeeping)
+        self.duties.add("signature-waits", self._expire_waits)
         if self.scheduler is not None:
-            self._poll_task = asyncio.create_task(self.scheduler.run_forever())
+            self.duties.add("polls", self.scheduler.run_forever)
         if self.cfg.baseline_interval_s > 0:
-            self._baseline_task = asyncio.create_task(
-                self.sweeper.watch_policies(self.cfg.baseline_interval_s)
-            )
+            interval = self.cfg.baseline_interval_s
+            self.duties.add("baselines", lambda: self.sweeper.watch_policies(interval))
         if self.cfg.reconcile_interval_s > 0:
-            self._reconcile_task = asyncio.create_task(
-                self.sweeper.run_periodically(self.cfg.reconcile_interval_s)
+            every = self.cfg.reconcile_interval_s
+            self.duties.add("reconcile", lambda: self.sweeper.run_periodically(every))
+        await self.duties.start()
+        log.info(
+            "replica %s (%s); duties here: %s",
+            self.cfg.replica_id,
+            "shared PostgreSQL database" if self.shared else "SQLite",
+            ", ".join(self.duties.held) or "none (another replica holds them)",
+        )
+
+    def _take_over(self) -> None:
+        self.leases.clear()
+        self.inbox.release_claims()
+        self.runs.release_tracking()
+        self.dest_scans.release_claims()
+
+    def _warn_about_the_key(self) -> None:
+        if self.cfg.subscription_key_file is None and not os.environ.get(KEY_ENV):
+            log.warning(
+                "replicas share subscriptions: give each the same key of subscription "
+                "secrets (--subscription-key-file or $%s), or a signed delivery another "
+                "replica sends cannot be signed",
+                KEY_ENV,
             )
 
     async def _expire_waits(self) -> None:
@@ -175,13 +263,16 @@ class Gateway:
         while True:
             await asyncio.sleep(1.0)
             try:
-                self.runner.expire_waits()
+                await self.runner.expire_waits()
             except Exception:
                 log.exception("deciding runs that waited for a signature failed")
 
     async def _housekeeping(self) -> None:
         """Restart sweep runs a crash left pending (retrying while the transfer service is
-        unreachable), then forget finished events past the dedup window, hourly."""
+        unreachable), then forget finished events past the dedup window, hourly.
+
+        With replicas, a replica that died may leave sweep runs pending at any time: those
+        unchanged for two leases are restarted every few seconds."""
         context_id.set("housekeeping")
         backoff = Backoff(base=1.0, cap=60.0)
         attempt = 0
@@ -194,11 +285,25 @@ class Gateway:
                 attempt += 1
                 log.exception("restarting pending runs failed; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
+        last_prune = 0.0
         while True:
-            removed = self.inbox.prune(DEDUP_WINDOW_S)
-            if removed:
-                log.info("forgot %d finished event(s) older than the dedup window", removed)
-            await asyncio.sleep(3600)
+            if time.monotonic() - last_prune >= 3600 or last_prune == 0.0:
+                last_prune = time.monotonic()
+                try:
+                    removed = await self.db.run(self.inbox.prune, DEDUP_WINDOW_S)
+                    if removed:
+                        log.info("forgot %d finished event(s) older than the dedup window",
+                                 removed)
+                except Exception:
+                    log.exception("forgetting old events failed")
+            if not self.shared:
+                await asyncio.sleep(3600)
+                continue
+            await asyncio.sleep(max(self.cfg.lease_s, 1.0))
+            try:
+                await self.runner.restart_pending(older_than_s=2 * self.cfg.lease_s)
+            except Exception as exc:
+                log.info("restarting pending runs failed: %s", exc)
 
     async def start_http(
         self, listen: str, extend: Callable[[web.Application], object] | None = None
@@ -217,19 +322,20 @@ class Gateway:
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
-        for task in (
-            self._reconcile_task,
-            self._housekeeping_task,
-            self._baseline_task,
-            self._poll_task,
-            self._waits_task,
-        ):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self.duties.stop()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.worker.stop()
         await self.tracker.stop()
         await self.dest_scans.stop()
         await self.notifier.stop()
+        if self.shared:
+            # Hand the work in flight over at once rather than when the claims run out.
+            owner = self.cfg.replica_id
+            with contextlib.suppress(Exception):
+                await self.db.run(self.inbox.release_claims, owner)
+                await self.db.run(self.runs.release_tracking, owner)
+                await self.db.run(self.dest_scans.release_claims, owner)
         self.db.close()

@@ -69,6 +69,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> None:
         self.inbox = inbox
         self.runs = runs
+        self.db = runs.db
         self.sweeper = sweeper
         self.directory = directory
         self.policy = policy
@@ -99,7 +100,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if not exists:
             raise not_found(f"endpoint {request.endpoint!r} not found", reason="ENDPOINT_NOT_FOUND")
         event_id = request.event_id or f"notify-{uuid.uuid4().hex}"
-        (added,) = self.inbox.add_many(
+        (added,) = await self.inbox.add(
             [
                 InboxEvent(
                     id=event_id,
@@ -121,7 +122,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         for s in request.states:
             if s not in gateway_pb2.Run.State.values() or s == 0:
                 raise invalid_argument("unknown run state", [("states", f"{s} is not a state")])
-        recs, token = self.runs.list(
+        recs, token = await self.db.run(
+            self.runs.list,
             request.policy_id, list(request.states), request.page_size, request.page_token
         )
         return gateway_pb2.ListRunsResponse(
@@ -133,7 +135,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.PolicyStatus:
         if not request.policy_id:
             raise invalid_argument("policy_id is required", [("policy_id", "empty")])
-        st = self.runs.policy_status(request.policy_id)
+        st = await self.db.run(self.runs.policy_status, request.policy_id)
         if st.runs_total == 0:
             # Never ran: NOT_FOUND unless the policy exists.
             await _call(
@@ -142,14 +144,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     policy_pb2.GetPolicyRequest(id=request.policy_id), timeout=30
                 ),
             )
-        baseline = self.sweeper.baselines.taken_at(request.policy_id)
+        baseline = await self.db.run(self.sweeper.baselines.taken_at, request.policy_id)
         if baseline is not None:
             st.baseline_time.FromNanoseconds(int(baseline * 1e9))
         if self.polls is not None:
-            last = self.polls.last(request.policy_id)
+            last = await self.db.run(self.polls.last, request.policy_id)
             if last is not None:
                 st.last_poll.CopyFrom(last.to_proto())
-            nxt = self.polls.planned(request.policy_id)
+            nxt = await self.db.run(self.polls.planned, request.policy_id)
             if nxt is not None:
                 st.next_poll_time.FromNanoseconds(int(nxt * 1e9))
         return st
@@ -177,7 +179,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise invalid_argument("policy_id is required", [("policy_id", "empty")])
         if self.polls is None:
             return gateway_pb2.ListPollsResponse()
-        recs, token = self.polls.page(request.policy_id, request.page_size, request.page_token)
+        recs, token = await self.db.run(
+            self.polls.page, request.policy_id, request.page_size, request.page_token
+        )
         return gateway_pb2.ListPollsResponse(
             polls=[r.to_proto() for r in recs], next_page_token=token
         )
@@ -212,7 +216,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise invalid_argument("page_size must not be negative", [("page_size", "< 0")])
         size = min(request.page_size or 100, 1000)
         endpoints = await _call("listing endpoints", self.directory.all())
-        groups = self.inbox.unplaced(limit=1000)
+        groups = await self.db.run(self.inbox.unplaced, limit=1000)
         return gateway_pb2.ListUnplacedEventsResponse(
             events=unplaced_with_suggestions(groups, endpoints, size)
         )
@@ -238,19 +242,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 "reading the policy",
                 self.policy.GetPolicy(policy_pb2.GetPolicyRequest(id=sub.policy_id), timeout=30),
             )
-        return store.create(sub)
+        return await self.db.run(store.create, sub)
 
     async def GetSubscription(
         self, request: gateway_pb2.GetSubscriptionRequest, context: aio.ServicerContext
     ) -> gateway_pb2.Subscription:
         if not request.id:
             raise invalid_argument("id is required", [("id", "empty")])
-        return self._subs().get(request.id).to_proto()
+        return (await self.db.run(self._subs().get, request.id)).to_proto()
 
     async def ListSubscriptions(
         self, request: gateway_pb2.ListSubscriptionsRequest, context: aio.ServicerContext
     ) -> gateway_pb2.ListSubscriptionsResponse:
-        subs, token = self._subs().page(request.page_size, request.page_token)
+        subs, token = await self.db.run(self._subs().page, request.page_size, request.page_token)
         return gateway_pb2.ListSubscriptionsResponse(
             subscriptions=[s.to_proto() for s in subs], next_page_token=token
         )
@@ -260,13 +264,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> empty_pb2.Empty:
         if not request.id:
             raise invalid_argument("id is required", [("id", "empty")])
-        self._subs().delete(request.id)
+        await self.db.run(self._subs().delete, request.id)
         return empty_pb2.Empty()
 
     async def ListDeliveries(
         self, request: gateway_pb2.ListDeliveriesRequest, context: aio.ServicerContext
     ) -> gateway_pb2.ListDeliveriesResponse:
-        recs, token = self._subs().deliveries(
+        recs, token = await self.db.run(
+            self._subs().deliveries,
             request.subscription_id, request.page_size, request.page_token
         )
         return gateway_pb2.ListDeliveriesResponse(

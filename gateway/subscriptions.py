@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -29,7 +28,7 @@ from urllib.parse import urlsplit
 from google.protobuf.timestamp_pb2 import Timestamp
 from mirror.v1 import gateway_pb2
 
-from servicekit.db import Database
+from servicekit.db import Database, Row, Tx
 from servicekit.errors import failed_precondition, invalid_argument, not_found
 from servicekit.paging import decode_token, encode_token, page_size
 
@@ -150,7 +149,7 @@ def _ts(t: float) -> Timestamp:
     return ts
 
 
-def _subscription(row: sqlite3.Row) -> SubscriptionRecord:
+def _subscription(row: Row) -> SubscriptionRecord:
     return SubscriptionRecord(
         id=row["id"],
         url=row["url"],
@@ -168,7 +167,7 @@ _DELIVERY_COLUMNS = (
 )
 
 
-def _delivery(row: sqlite3.Row, body: bool = False) -> DeliveryRecord:
+def _delivery(row: Row, body: bool = False) -> DeliveryRecord:
     d = DeliveryRecord(**{k: row[k] for k in _DELIVERY_COLUMNS.replace(" ", "").split(",")})
     if body:
         d.body = bytes(row["body"])
@@ -326,10 +325,12 @@ class SubscriptionStore:
             now = time.time()
             for sub_id, url in wanted.items():
                 if sub_id not in have:
+                    # Replicas starting together with the same flags: the first one writes it.
                     c.execute(
                         "INSERT INTO subscriptions (id, url, event_types, policy_id, secret,"
-                        " create_time, origin) VALUES (?, ?, '[]', '', x'', ?, ?)",
-                        (sub_id, url, now, ORIGIN_FLAG),
+                        " create_time, origin) VALUES (?, ?, '[]', '', ?, ?, ?)"
+                        " ON CONFLICT (id) DO NOTHING",
+                        (sub_id, url, b"", now, ORIGIN_FLAG),
                     )
 
     # -- deliveries -------------------------------------------------------------------------
@@ -359,7 +360,7 @@ class SubscriptionStore:
                 ids.append(d_id)
         return ids
 
-    def _bound_backlog(self, c: sqlite3.Connection, sub_id: str, now: float) -> None:
+    def _bound_backlog(self, c: Tx, sub_id: str, now: float) -> None:
         (pending,) = c.execute(
             "SELECT COUNT(*) FROM deliveries WHERE subscription_id = ? AND state = ?",
             (sub_id, Delivery.STATE_PENDING),

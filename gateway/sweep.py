@@ -79,6 +79,7 @@ class Sweeper:
         self.resolver = resolver
         self.runner = runner
         self.runs = runs
+        self.db = runs.db
         self.inbox = inbox
         self.baselines = baselines
         self.deleter = deleter
@@ -129,7 +130,9 @@ class Sweeper:
         taken = 0
         async with self._lock:
             for pol in [p for p in await self._all_policies() if _push_triggered(p)]:
-                fresh = pol.enabled and not self.baselines.taken(pol.id, active_since(pol))
+                fresh = pol.enabled and not await self.db.run(
+                    self.baselines.taken, pol.id, active_since(pol)
+                )
                 if fresh and not await self._ensure_baseline(pol, SweepResult()):
                     taken += 1
         return taken
@@ -137,7 +140,7 @@ class Sweeper:
     async def _ensure_baseline(self, pol: policy_pb2.Policy, result: SweepResult) -> bool:
         """True when the policy already had a baseline; else take it now (False)."""
         since = active_since(pol)
-        if self.baselines.taken(pol.id, since):
+        if await self.db.run(self.baselines.taken, pol.id, since):
             return True
         seen: list[tuple[str, str, str]] = []
         ep = pol.source.endpoint
@@ -152,8 +155,8 @@ class Sweeper:
         except SweepFailed as exc:
             result.errors.append(_error(pol, ep, "", f"baseline not taken yet: {exc}"))
             return False
-        self.baselines.record(pol.id, since, seen)
-        self.baselines.forget_older(pol.id, since)
+        await self.db.run(self.baselines.record, pol.id, since, seen)
+        await self.db.run(self.baselines.forget_older, pol.id, since)
         log.info("policy %s: baseline of %d source tag(s) recorded", pol.name, len(seen))
         return False
 
@@ -202,7 +205,7 @@ class Sweeper:
         """Mirrored tags whose source tag is gone (a lost delete event): deleted if opted in."""
         if self.deleter is None or pol.deletions not in DELETING:
             return
-        for wrote in self.runs.copies_of(pol.id):
+        for wrote in await self.db.run(self.runs.copies_of, pol.id):
             tags = result.listed.get(wrote.src_repository)
             if tags is None or wrote.src_tag in tags:
                 continue  # not listed (unreadable or another repository), or still there
@@ -260,11 +263,15 @@ class Sweeper:
                 digest = await self._digest(rc, endpoint, repo, tag)
                 if not digest:
                     continue
-                covering = self.runs.covering(pol.id, endpoint, repo, tag, digest)
+                covering = await self.db.run(
+                    self.runs.covering, pol.id, endpoint, repo, tag, digest
+                )
                 if trigger == Run.TRIGGER_RECONCILE:
                     # There before the policy and never acted on since: only Apply mirrors
                     # it. (A run means an event came after Save: then it is Reconcile's.)
-                    if not covering and self.baselines.contains(pol.id, since, repo, tag, digest):
+                    if not covering and await self.db.run(
+                        self.baselines.contains, pol.id, since, repo, tag, digest
+                    ):
                         continue
                     if await self._handled(pol, repo, tag, covering, result):
                         continue
@@ -301,7 +308,7 @@ class Sweeper:
         """Reconcile skips what a pending event is about to act on and what a run covers
         (`covering`: the policy's runs of this tag at this digest); a covered tag whose
         destination no longer holds the digest is repaired."""
-        if self.inbox.has_pending(repo, tag):
+        if await self.db.run(self.inbox.has_pending, repo, tag):
             return True
         live = [r for r in covering if r.state not in RETRIED_BY_RECONCILE]
         if not live:

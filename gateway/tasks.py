@@ -32,6 +32,18 @@ class KeyedTasks:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._tasks
+
+    def keys(self) -> list[str]:
+        return list(self._tasks)
+
+    def cancel(self, key: str) -> None:
+        """Cancel the task of `key`, if any (it is dropped when it has ended)."""
+        task = self._tasks.get(key)
+        if task is not None:
+            task.cancel()
+
     async def stop(self) -> None:
         """Cancel every task and wait until each has ended."""
         tasks = list(self._tasks.values())

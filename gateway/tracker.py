@@ -9,9 +9,11 @@ from collections.abc import Awaitable, Callable
 import grpc
 from mirror.v1 import gateway_pb2, transfer_pb2, transfer_pb2_grpc
 
+from gateway.leases import DEFAULT_LEASE_S
 from gateway.runs import RunRecord, RunStore
 from gateway.tasks import KeyedTasks
 from servicekit import metrics
+from servicekit.logs import context_id
 from servicekit.retry import Backoff
 
 log = logging.getLogger("gateway.tracker")
@@ -37,36 +39,83 @@ def count_run(run: RunRecord) -> None:
 
 
 class TransferTracker:
-    """One task per running run: WatchTransfer, falling back to polling GetTransfer."""
+    """One task per running run: WatchTransfer, falling back to polling GetTransfer.
+
+    Replicas share the runs: a run's transfer is followed by the replica that claimed it
+    (`runs.tracked_by`, a lease renewed while it follows). A run whose replica died is
+    adopted by another within the lease time; a run is finished (and notified) once even
+    when two replicas saw its transfer end.
+    """
 
     def __init__(
         self,
         stub: transfer_pb2_grpc.TransferServiceStub,
         runs: RunStore,
-        on_final: Callable[[RunRecord], None],
+        on_final: Callable[[RunRecord], Awaitable[None]],
         poll_s: float = 1.0,
         before_success: Callable[[str, transfer_pb2.Transfer], Awaitable[object]] | None = None,
+        *,
+        owner: str = "local",
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         self.stub = stub
         self.runs = runs
+        self.db = runs.db
         self.on_final = on_final
         self.poll_s = poll_s
         # Awaited before a run is recorded SUCCEEDED (errors retry the whole check).
         self.before_success = before_success
+        self.owner = owner
+        self.lease_s = lease_s
         self._tasks = KeyedTasks()
+        # Runs being recorded final: finished even when their follow task is cancelled.
+        self._settling: set[asyncio.Task[None]] = set()
 
-    def track(self, run: RunRecord) -> None:
-        """Start following `run` (idempotent)."""
-        if run.transfer_id:
-            run_id, transfer_id = run.id, run.transfer_id
-            self._tasks.spawn(run_id, lambda: self._follow(run_id, transfer_id))
+    async def track(self, run: RunRecord) -> bool:
+        """Follow `run` here when this replica gets its claim (idempotent); False when
+        another replica follows it."""
+        if not run.transfer_id:
+            return False
+        if run.id in self._tasks:
+            return True
+        if not await self.db.run(self.runs.claim_tracking, run.id, self.owner, self.lease_s):
+            return False
+        run_id, transfer_id = run.id, run.transfer_id
+        self._tasks.spawn(run_id, lambda: self._follow(run_id, transfer_id))
+        return True
 
-    def resume(self) -> int:
-        """After a restart: follow every run still RUNNING."""
-        running = self.runs.in_states([Run.STATE_RUNNING])
-        for run in running:
-            self.track(run)
-        return len(running)
+    async def adopt(self) -> int:
+        """Follow the RUNNING runs no replica follows (at start: every one a restart left;
+        later: those of a replica that died). Returns how many were taken here."""
+        taken = 0
+        for run_id in await self.db.run(self.runs.untracked):
+            rec = await self.db.run(self.runs.get, run_id)
+            if rec is not None and rec.state == Run.STATE_RUNNING and await self.track(rec):
+                taken += 1
+        return taken
+
+    async def maintain_forever(self) -> None:
+        """Renew the claims of the runs followed here (stop following those another replica
+        took meanwhile) and adopt orphaned runs, every third of the lease."""
+        context_id.set("tracking")
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.maintain()
+            except Exception as exc:
+                log.warning("renewing the claims of tracked runs failed: %s", exc)
+
+    async def maintain(self) -> None:
+        mine = self._tasks.keys()
+        if mine:
+            held = await self.db.run(self.runs.renew_tracking, self.owner, mine, self.lease_s)
+            for run_id in set(mine) - held:
+                # Finished meanwhile, or another replica took it over: stop following here.
+                log.info("run %s is no longer followed here", run_id)
+                self._tasks.cancel(run_id)
+        adopted = await self.adopt()
+        if adopted:
+            log.info("following %d running transfer(s) no replica followed", adopted)
 
     @property
     def active(self) -> int:
@@ -74,6 +123,8 @@ class TransferTracker:
 
     async def stop(self) -> None:
         await self._tasks.stop()
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def _follow(self, run_id: str, transfer_id: str) -> None:
         backoff = Backoff(self.poll_s, 15.0)
@@ -97,7 +148,9 @@ class TransferTracker:
                     return
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
-                    self._record(run_id, Run.STATE_FAILED, f"transfer {transfer_id} not found")
+                    await self._record(
+                        run_id, Run.STATE_FAILED, f"transfer {transfer_id} not found"
+                    )
                     return
                 log.info(
                     "watching transfer %s: %s; retrying in %.1fs",
@@ -115,21 +168,36 @@ class TransferTracker:
             dest = f"{d.repository}:{d.tag} on endpoint {d.endpoint}"
             # A done transfer's message says which referrers it copied or could not (issue 13).
             said = f"; {tr.message}" if tr.message else ""
-            self._record(run_id, Run.STATE_SUCCEEDED, f"mirrored to {dest}{said}", tr.digest)
+            await self._record(
+                run_id, Run.STATE_SUCCEEDED, f"mirrored to {dest}{said}", tr.digest
+            )
         elif tr.state == T.STATE_SUPERSEDED:
             # A newer push of the source tag won; its own run mirrors it.
-            self._record(
+            await self._record(
                 run_id, Run.STATE_SKIPPED, "superseded: " + (tr.message or "the tag moved on")
             )
         elif tr.state == T.STATE_CANCELED:
-            self._record(run_id, Run.STATE_FAILED, tr.message or "transfer canceled", tr.digest)
+            await self._record(
+                run_id, Run.STATE_FAILED, tr.message or "transfer canceled", tr.digest
+            )
         else:
-            self._record(run_id, Run.STATE_FAILED, tr.message or "transfer failed", tr.digest)
+            await self._record(
+                run_id, Run.STATE_FAILED, tr.message or "transfer failed", tr.digest
+            )
 
-    def _record(self, run_id: str, state: int, message: str, digest: str = "") -> None:
-        before = self.runs.get(run_id)
-        rec = self.runs.update(run_id, state=state, message=message, src_digest=digest)
-        if rec is None or before is None or before.state == rec.state:
-            return
+    async def _record(self, run_id: str, state: int, message: str, digest: str = "") -> None:
+        """Record the run's end and tell `on_final`, to the end even if this task is
+        cancelled meanwhile (the stop of the gateway awaits it)."""
+        task = asyncio.ensure_future(self._settle(run_id, state, message, digest))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        await asyncio.shield(task)
+
+    async def _settle(self, run_id: str, state: int, message: str, digest: str) -> None:
+        rec, changed = await self.db.run(
+            self.runs.transition, run_id, state=state, message=message, src_digest=digest
+        )
+        if rec is None or not changed:
+            return  # already final (another replica, or an earlier attempt, recorded it)
         count_run(rec)
-        self.on_final(rec)
+        await self.on_final(rec)

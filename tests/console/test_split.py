@@ -56,7 +56,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         "gateway": ["gateway", "--grpc-listen", addr["gateway"], "--http-listen", addr["http"],
                     "--data", str(tmp / "gateway"), "--policy-address", addr["policy"],
                     "--transfer-address", addr["transfer"], "--scanner-address", addr["scanner"],
-                    "--transfer-data", str(tdata), "--reconcile-interval", "0"],
+                    "--reconcile-interval", "0"],
     }
     env = {**os.environ, "MIRROR_ADMIN_TOKEN": ADMIN_TOKEN, "MIRROR_READ_TOKEN": READ_TOKEN}
     procs: list[subprocess.Popen[bytes]] = []

@@ -62,7 +62,7 @@ async def test_lines_logged_while_acting_on_an_event_carry_its_id(
     w = InboxWorker(inbox, LoggingRunner(), Directory(), concurrency=4)  # type: ignore[arg-type]
     w.start()
     try:
-        inbox.add_many([event("ev-1", tag="1"), event("ev-2", tag="2"), event("ev-3", tag="3")])
+        await inbox.add([event("ev-1", tag="1"), event("ev-2", tag="2"), event("ev-3", tag="3")])
         await until(lambda: inbox.depth() == 0)
     finally:
         await w.stop()

@@ -59,7 +59,7 @@ async def test_delivered_after_a_failure_with_the_event_document() -> None:
     await n.start()
     try:
         t0 = time.monotonic()
-        n.send(finished_run())
+        await n.send(finished_run())
         assert time.monotonic() - t0 < 0.05  # queued, not sent inline
         await asyncio.wait_for(n.drain(), 5)
     finally:
@@ -85,7 +85,7 @@ async def test_gives_up_after_bounded_attempts() -> None:
     n = Notifier([str(server.make_url("/hook"))], attempts=3, base_delay_s=0.01)
     await n.start()
     try:
-        n.send(finished_run())
+        await n.send(finished_run())
         await asyncio.wait_for(n.drain(), 5)
     finally:
         await n.stop()

@@ -146,7 +146,7 @@ async def test_signed_event_verifies_and_a_tampered_body_does_not(
     created = notifier.store.create(new_sub(receiver.url))
     assert created.has_secret and len(created.secret) >= 32  # made here, shown once
     receiver.secret = created.secret
-    notifier.send(run())
+    await notifier.send(run())
     await drained(notifier)
     (doc,) = receiver.accepted
     (headers, body), = receiver.got
@@ -179,7 +179,7 @@ async def test_secret_never_read_back_and_never_logged(
     (listed,), _ = notifier.store.page(0, "")
     assert got.secret == "" and listed.to_proto().secret == "" and got.has_secret
     receiver.script = [500, 500, 500]
-    notifier.send(run())
+    await notifier.send(run())
     await drained(notifier)
     row = notifier.db.query_one("SELECT secret FROM subscriptions WHERE id = ?", (created.id,))
     assert row is not None and secret.encode() not in bytes(row["secret"])  # encrypted at rest
@@ -192,7 +192,7 @@ async def test_500_then_200_is_delivered_on_retry(
     created = notifier.store.create(new_sub(receiver.url))
     receiver.secret, receiver.script = created.secret, [500]
     before = {o: _metric(o) for o in ("delivered", "retried", "failed")}
-    notifier.send(run())
+    await notifier.send(run())
     await drained(notifier)
     assert receiver.calls == 2 and len(receiver.accepted) == 1
     assert {o: _metric(o) - before[o] for o in before} == {
@@ -210,11 +210,11 @@ async def test_gives_up_after_n_attempts_and_at_once_on_a_refusal(
 ) -> None:
     sub = notifier.store.create(new_sub(receiver.url))
     receiver.script = [503, 503, 503, 503]
-    notifier.send(run(run_id="r-busy"))
+    await notifier.send(run(run_id="r-busy"))
     await drained(notifier)
     assert receiver.calls == 3  # attempts=3, never more
     receiver.script = [404]
-    notifier.send(run(run_id="r-gone"))
+    await notifier.send(run(run_id="r-gone"))
     await drained(notifier)
     assert receiver.calls == 4
     log = {d.run_id: d for d in notifier.store.deliveries(sub.id, 0, "")[0]}
@@ -234,14 +234,14 @@ async def test_filters_by_event_type_and_policy(notifier: Notifier, receiver: Re
         new_sub(receiver.url, event_types=[ET.EVENT_TYPE_POLL_MIRRORING], policy_id="p2")
     )
     only_p1 = store.create(new_sub(receiver.url, policy_id="p1"))
-    notifier.send(run("p1", run_id="push-p1"))
-    notifier.send(run("p2", trigger=Run.TRIGGER_SCHEDULE, run_id="poll-p2"))
-    notifier.send(run("p1", trigger=Run.TRIGGER_SCHEDULE, run_id="poll-p1"))
-    notifier.send(run("p2", action=Run.ACTION_DELETE_DRY_RUN, run_id="del-p2"))
-    notifier.send(run("p1", state=Run.STATE_BLOCKED, run_id="blocked-p1"))
+    await notifier.send(run("p1", run_id="push-p1"))
+    await notifier.send(run("p2", trigger=Run.TRIGGER_SCHEDULE, run_id="poll-p2"))
+    await notifier.send(run("p1", trigger=Run.TRIGGER_SCHEDULE, run_id="poll-p1"))
+    await notifier.send(run("p2", action=Run.ACTION_DELETE_DRY_RUN, run_id="del-p2"))
+    await notifier.send(run("p1", state=Run.STATE_BLOCKED, run_id="blocked-p1"))
     # Nothing happened: no event.
-    notifier.send(run("p1", state=Run.STATE_NOT_MATCHED, run_id="nm"))
-    notifier.send(run("p1", state=Run.STATE_SKIPPED, run_id="skip"))
+    await notifier.send(run("p1", state=Run.STATE_NOT_MATCHED, run_id="nm"))
+    await notifier.send(run("p1", state=Run.STATE_SKIPPED, run_id="skip"))
     await drained(notifier)
 
     def runs_of(sub: gateway_pb2.Subscription) -> set[str]:
@@ -266,7 +266,7 @@ async def test_pending_deliveries_survive_a_restart(
     first = Notifier(db=db, cipher=box)
     sub = first.store.create(new_sub(receiver.url))
     receiver.secret = sub.secret
-    first.send(run())  # recorded, never sent: the worker was not started (a crash)
+    await first.send(run())  # recorded, never sent: the worker was not started (a crash)
     await first.stop()
     db.close()
     assert receiver.calls == 0
@@ -334,6 +334,7 @@ async def test_notify_urls_are_unsigned_subscriptions_kept_in_step_with_the_flag
 ) -> None:
     db = open_database(tmp_path)
     n = Notifier([receiver.url], db=db, cipher=box)
+    await n.sync_urls()  # at start
     (flag,) = n.store.all()
     assert flag.origin == "flag" and not flag.has_secret and flag.event_types == ()
     with pytest.raises(ApiError) as err:
@@ -341,15 +342,19 @@ async def test_notify_urls_are_unsigned_subscriptions_kept_in_step_with_the_flag
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     await n.start()
     try:
-        n.send(run())
+        await n.send(run())
         await drained(n)
     finally:
         await n.stop()
     (headers, _), = receiver.got
     assert "X-Mirror-Signature" not in headers and headers["X-Mirror-Timestamp"].isdigit()
     # Restarted without the flag: the subscription (and its log) is gone.
-    assert [s.id for s in Notifier([receiver.url], db=db).store.all()] == [flag.id]
-    assert Notifier([], db=db).store.all() == []
+    again = Notifier([receiver.url], db=db)
+    await again.sync_urls()
+    assert [s.id for s in again.store.all()] == [flag.id]
+    gone = Notifier([], db=db)
+    await gone.sync_urls()
+    assert gone.store.all() == []
     db.close()
 
 

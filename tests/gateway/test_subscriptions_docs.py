@@ -43,7 +43,7 @@ async def _signed_delivery(tmp_path: Path) -> tuple[str, dict[str, str], bytes]:
     await n.start()
     try:
         sub = n.store.create(gateway_pb2.Subscription(url=str(server.make_url("/hook"))))
-        n.send(run())
+        await n.send(run())
         await asyncio.wait_for(n.drain(), 10)
     finally:
         await n.stop()

@@ -69,7 +69,7 @@ async def test_pushes_of_one_tag_are_acted_on_in_order(inbox: Inbox) -> None:
     w = InboxWorker(inbox, runner, Directory(), concurrency=4)  # type: ignore[arg-type]
     w.start()
     try:
-        inbox.add_many([event("a"), event("b"), event("other", tag="2-stable")])
+        await inbox.add([event("a"), event("b"), event("other", tag="2-stable")])
         await until(lambda: {p.event_id for p in runner.calls} == {"a", "other"})
         await asyncio.sleep(0.1)
         assert "b" not in {p.event_id for p in runner.calls}  # waits for "a"
@@ -87,7 +87,7 @@ async def test_transient_failure_is_retried(inbox: Inbox) -> None:
     w = InboxWorker(inbox, runner, Directory(), base_delay_s=0.05)  # type: ignore[arg-type]
     w.start()
     try:
-        inbox.add_many([event("a")])
+        await inbox.add([event("a")])
         await until(lambda: inbox.depth() == 0)
         ev = inbox.get("a")
         assert ev is not None and ev.state == inbox_mod.DONE and ev.attempts == 1
@@ -101,7 +101,7 @@ async def test_unknown_registry_is_recorded_not_acted_on(inbox: Inbox) -> None:
     w = InboxWorker(inbox, runner, Directory())  # type: ignore[arg-type]
     w.start()
     try:
-        inbox.add_many([event("x", host="stranger:5000")])
+        await inbox.add([event("x", host="stranger:5000")])
         await until(lambda: inbox.depth() == 0)
         ev = inbox.get("x")
         assert ev is not None and ev.state == inbox_mod.UNKNOWN_SOURCE
@@ -115,7 +115,7 @@ async def test_hold_keeps_events_pending(inbox: Inbox, monkeypatch: pytest.Monke
     runner = Runner()
     w = InboxWorker(inbox, runner, Directory())  # type: ignore[arg-type]
     w.start()
-    inbox.add_many([event("a")])
+    await inbox.add([event("a")])
     await asyncio.sleep(0.2)
     assert runner.calls == [] and inbox.depth() == 1
     await w.stop()

@@ -176,25 +176,17 @@ async def test_an_unreachable_registry_is_a_retryable_connect_error(
         await channel.close()
 
 
-async def test_entrypoints_read_through_the_transfer_address_and_warn_on_the_old_flags(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+def test_entrypoints_read_through_the_transfer_address_and_refuse_the_old_flags(
+    tmp_path: Path,
 ) -> None:
-    from gateway.__main__ import open_resolver
+    from gateway.__main__ import parse_args as gateway_args
     from scanner.__main__ import parse_args as scanner_args
 
-    channel = aio.insecure_channel("127.0.0.1:1")
-    try:
-        assert isinstance(open_resolver("", "", channel), RemoteEndpoints)
-        assert not caplog.records
-        data = tmp_path / "transfer"
-        db = open_database(data)  # the old layout: the transfer service's files
-        db.close()
-        (data / "secret.key").write_bytes(Fernet.generate_key())
-        (data / "secret.key").chmod(0o600)
-        assert isinstance(open_resolver(str(data), "", channel), EndpointStore)
-        assert any("deprecated" in r.getMessage() for r in caplog.records)
-    finally:
-        await channel.close()
+    base = ["--policy-address", "p:1", "--transfer-address", "transfer:50052"]
+    assert gateway_args(base).transfer_address == "transfer:50052"
+    for old in (["--transfer-data", str(tmp_path)], ["--secret-key-file", str(tmp_path)]):
+        with pytest.raises(SystemExit):
+            gateway_args([*base, *old])
     args = scanner_args(["--transfer-address", "transfer:50052"])
     assert args.transfer_address == "transfer:50052" and not args.transfer_data
     with pytest.raises(SystemExit):
