@@ -1,7 +1,8 @@
-"""Run history: one run per (event, policy), paging, last status."""
+"""Run history: one run per (event, policy), paging, last status (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -34,8 +35,11 @@ def rec(event: str, policy: str = "p1", state: int = Run.STATE_PENDING) -> RunRe
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> RunStore:
-    return RunStore(open_database(tmp_path))
+def store(tmp_path: Path, db_target: str) -> Iterator[RunStore]:
+    """On both engines: SQLite under tmp_path, and a fresh PostgreSQL database."""
+    db = open_database(tmp_path, db_target)
+    yield RunStore(db)
+    db.close()
 
 
 def test_a_replayed_event_keeps_its_first_run(store: RunStore) -> None:

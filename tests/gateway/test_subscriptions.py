@@ -114,8 +114,8 @@ def box() -> SecretBox:
 
 
 @pytest.fixture
-async def notifier(tmp_path: Path, box: SecretBox) -> AsyncIterator[Notifier]:
-    n = Notifier(db=open_database(tmp_path), cipher=box, base_delay_s=0.01, attempts=3)
+async def notifier(tmp_path: Path, db_target: str, box: SecretBox) -> AsyncIterator[Notifier]:
+    n = Notifier(db=open_database(tmp_path, db_target), cipher=box, base_delay_s=0.01, attempts=3)
     await n.start()
     yield n
     await n.stop()
@@ -260,9 +260,9 @@ async def test_filters_by_event_type_and_policy(notifier: Notifier, receiver: Re
 
 
 async def test_pending_deliveries_survive_a_restart(
-    tmp_path: Path, box: SecretBox, receiver: Receiver
+    tmp_path: Path, db_target: str, box: SecretBox, receiver: Receiver
 ) -> None:
-    db = open_database(tmp_path)
+    db = open_database(tmp_path, db_target)
     first = Notifier(db=db, cipher=box)
     sub = first.store.create(new_sub(receiver.url))
     receiver.secret = sub.secret
@@ -271,7 +271,7 @@ async def test_pending_deliveries_survive_a_restart(
     db.close()
     assert receiver.calls == 0
 
-    db = open_database(tmp_path)
+    db = open_database(tmp_path, db_target)
     again = Notifier(db=db, cipher=box)
     await again.start()
     try:
@@ -283,9 +283,9 @@ async def test_pending_deliveries_survive_a_restart(
 
 
 async def test_max_age_gives_up_with_a_message(
-    tmp_path: Path, box: SecretBox, receiver: Receiver
+    tmp_path: Path, db_target: str, box: SecretBox, receiver: Receiver
 ) -> None:
-    db = open_database(tmp_path)
+    db = open_database(tmp_path, db_target)
     store = SubscriptionStore(db, box)
     sub = store.create(new_sub(receiver.url))
     store.enqueue(ET.EVENT_TYPE_PUSH_MIRRORING, "p", "old-run", {"id": "e1"})
@@ -308,9 +308,9 @@ async def test_max_age_gives_up_with_a_message(
 
 
 async def test_bounded_queue_still_sends_every_delivery(
-    tmp_path: Path, box: SecretBox, receiver: Receiver
+    tmp_path: Path, db_target: str, box: SecretBox, receiver: Receiver
 ) -> None:
-    db = open_database(tmp_path)
+    db = open_database(tmp_path, db_target)
     store = SubscriptionStore(db, box)
     sub = store.create(new_sub(receiver.url))
     for i in range(25):
@@ -330,9 +330,9 @@ async def test_bounded_queue_still_sends_every_delivery(
 
 
 async def test_notify_urls_are_unsigned_subscriptions_kept_in_step_with_the_flag(
-    tmp_path: Path, box: SecretBox, receiver: Receiver
+    tmp_path: Path, db_target: str, box: SecretBox, receiver: Receiver
 ) -> None:
-    db = open_database(tmp_path)
+    db = open_database(tmp_path, db_target)
     n = Notifier([receiver.url], db=db, cipher=box)
     await n.sync_urls()  # at start
     (flag,) = n.store.all()
@@ -370,9 +370,9 @@ async def test_notify_urls_are_unsigned_subscriptions_kept_in_step_with_the_flag
     ],
 )
 def test_invalid_subscriptions_are_refused(
-    tmp_path: Path, box: SecretBox, sub: gateway_pb2.Subscription, field_name: str
+    tmp_path: Path, db_target: str, box: SecretBox, sub: gateway_pb2.Subscription, field_name: str
 ) -> None:
-    db = open_database(tmp_path)
+    db = open_database(tmp_path, db_target)
     store = SubscriptionStore(db, box)
     with pytest.raises(ApiError) as err:
         store.create(sub)
@@ -385,9 +385,9 @@ def test_invalid_subscriptions_are_refused(
 
 
 async def test_deleting_a_subscription_drops_its_log_and_pending_deliveries(
-    tmp_path: Path, box: SecretBox
+    tmp_path: Path, db_target: str, box: SecretBox
 ) -> None:
-    db = open_database(tmp_path)
+    db = open_database(tmp_path, db_target)
     store = SubscriptionStore(db, box)
     sub = store.create(new_sub("http://127.0.0.1:9/hook"))
     store.enqueue(ET.EVENT_TYPE_PUSH_MIRRORING, "p", "r", {"id": "e"})
@@ -404,9 +404,9 @@ async def test_deleting_a_subscription_drops_its_log_and_pending_deliveries(
 
 
 async def test_a_secret_the_key_cannot_decrypt_fails_once_not_in_a_loop(
-    tmp_path: Path, box: SecretBox, receiver: Receiver
+    tmp_path: Path, db_target: str, box: SecretBox, receiver: Receiver
 ) -> None:
-    db = open_database(tmp_path)
+    db = open_database(tmp_path, db_target)
     sub = SubscriptionStore(db, box).create(new_sub(receiver.url))
     other_key = SubscriptionStore(db, SecretBox([Fernet.generate_key()]))
     other_key.enqueue(ET.EVENT_TYPE_PUSH_MIRRORING, "p", "r", {"id": "e"})
@@ -423,11 +423,11 @@ async def test_a_secret_the_key_cannot_decrypt_fails_once_not_in_a_loop(
 
 
 async def test_an_unreachable_receiver_is_retried_then_given_up(
-    tmp_path: Path, box: SecretBox
+    tmp_path: Path, db_target: str, box: SecretBox
 ) -> None:
     from registry_testkit.ports import free_port
 
-    db = open_database(tmp_path)
+    db = open_database(tmp_path, db_target)
     store = SubscriptionStore(db, box)
     sub = store.create(new_sub(f"http://127.0.0.1:{free_port()}/hook"))  # nothing listens
     store.enqueue(ET.EVENT_TYPE_PUSH_MIRRORING, "p", "r", {"id": "e"})

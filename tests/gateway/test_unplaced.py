@@ -51,8 +51,8 @@ def _event(i: int, hosts: tuple[str, ...], repo: str, tag: str, at: float) -> In
     )
 
 
-def test_inbox_groups_unplaced_events_newest_first(tmp_path: Path) -> None:
-    inbox = Inbox(open_database(tmp_path))
+def test_inbox_groups_unplaced_events_newest_first(tmp_path: Path, db_target: str) -> None:
+    inbox = Inbox(open_database(tmp_path, db_target))
     local = ("localhost:5000",)
     other = ("registry.example.com:5000",)
     evs = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,11 @@ async def until(cond: Any, timeout: float = 5.0) -> None:
 
 
 @pytest.fixture
-def inbox(tmp_path: Path) -> Inbox:
-    return Inbox(open_database(tmp_path))
+def inbox(tmp_path: Path, db_target: str) -> Iterator[Inbox]:
+    """On both engines: SQLite under tmp_path, and a fresh PostgreSQL database."""
+    db = open_database(tmp_path, db_target)
+    yield Inbox(db)
+    db.close()
 
 
 async def test_pushes_of_one_tag_are_acted_on_in_order(inbox: Inbox) -> None:
