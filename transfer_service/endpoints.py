@@ -13,12 +13,10 @@ import ipaddress
 import json
 import math
 import re
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import NoReturn, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -28,7 +26,6 @@ from registry_client.excerpt import strip_userinfo
 from registry_client.pool import POOL
 from servicekit.db import INTEGRITY_ERRORS, Database, Row, Tx
 from servicekit.errors import already_exists, invalid_argument, not_found
-from transfer_service.schema import DB_FILE
 from transfer_service.secrets import SecretBox
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -294,14 +291,6 @@ class EndpointStore:
     def db(self) -> Database:
         return self._db
 
-    @classmethod
-    def open_readonly(cls, data_dir: str | Path, box: SecretBox) -> EndpointStore:
-        """A store over the transfer service's database that can only read (for other services).
-
-        Opens DATA/transfer.db without migrating it: the transfer service owns the schema.
-        """
-        return cls(_ReadOnlyDatabase(Path(data_dir) / DB_FILE), box)  # type: ignore[arg-type]
-
     def check_key(self) -> None:
         """Raise SecretKeyError when the key cannot decrypt the stored secrets (wrong key)."""
         for column in ("secret_enc", "webhook_secret_enc"):
@@ -521,28 +510,3 @@ class EndpointStore:
             create_time=row["create_time"],
             update_time=row["update_time"],
         )
-
-
-class _ReadOnlyDatabase:
-    """The query half of servicekit's Database over a read-only SQLite connection."""
-
-    def __init__(self, path: Path) -> None:
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: the transfer service has not created it yet")
-        self.path = path
-        self.conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30
-        )
-        self.conn.row_factory = sqlite3.Row
-
-    def query(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
-        return self.conn.execute(sql, params).fetchall()
-
-    def query_one(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Row | None:
-        return self.conn.execute(sql, params).fetchone()
-
-    def transaction(self) -> NoReturn:
-        raise PermissionError("this endpoint store is read-only; the transfer service owns it")
-
-    def execute(self, sql: str, params: Sequence[object] = ()) -> NoReturn:
-        self.transaction()

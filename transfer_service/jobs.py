@@ -382,10 +382,11 @@ class Journal:
         return _from_row(got)
 
     def renew(
-        self, owner: str, job_ids: Sequence[str], lease_seconds: float
+        self, owner: str, job_ids: Sequence[str], lease_seconds: float, heartbeat: bool = True
     ) -> Renewal:
-        """Extend the leases `owner` still holds on `job_ids`, record its heartbeat, and say
-        which of them were asked to cancel and how many workers are alive."""
+        """Extend the leases `owner` still holds on `job_ids`, record its heartbeat (unless
+        `heartbeat` is false), and say which of them were asked to cancel and how many workers
+        are alive."""
         now = self.now_sql
         owned: set[str] = set()
         cancel: set[str] = set()
@@ -399,6 +400,8 @@ class Journal:
                 ).fetchall()
                 owned = {r["id"] for r in rows}
                 cancel = {r["id"] for r in rows if r["cancel_requested"]}
+            if not heartbeat:
+                return Renewal(frozenset(owned), frozenset(cancel), 1)
             c.execute(
                 f"INSERT INTO workers (id, heartbeat, started) VALUES (?, {now}, {now}) "
                 "ON CONFLICT (id) DO UPDATE SET heartbeat = excluded.heartbeat",

@@ -391,9 +391,16 @@ class Worker:
         """Extend this worker's leases and heartbeat; stop the copies whose lease is gone,
         cancel those asked to cancel on another replica."""
         ids = list(self._jobs)
+        if self._single and not ids:
+            self._renewed = time.monotonic()  # nothing held, nothing to lose
+            return  # one process, nothing running: no lease to keep, no one to count
         asked = time.monotonic()
         try:
-            renewal = await self._run_db(self._journal.renew, self.worker_id, ids, self._lease)
+            # One process on an embedded database: no heartbeat (an idle service writes
+            # nothing), its leases only keep its own claims off its running jobs.
+            renewal = await self._run_db(
+                self._journal.renew, self.worker_id, ids, self._lease, not self._single
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -1,5 +1,6 @@
-"""EndpointResolver: another service pulls through a client built from the transfer service's
-store (read-only, same key), never seeing the secret in an RPC."""
+"""EndpointResolver: the stack's scanner and gateway pull through clients the transfer
+service's store builds (credentials and CA inside, the secret in no repr); split services
+read through the transfer service's API instead (test_registry_reads)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from transfer_service.secrets import load_secret_box
 pytestmark = pytest.mark.registry
 
 
-async def test_read_only_store_builds_a_working_client(
+async def test_the_store_is_a_resolver_whose_clients_work(
     tmp_path: Path, tls_registry: RegistryProcess, images: ImageBuilder
 ) -> None:
     img = images.image("1.0")
@@ -30,18 +31,10 @@ async def test_read_only_store_builds_a_working_client(
         )
     )
 
-    # What a scanner in another process does: same data folder (read-only) and key file.
-    resolver: EndpointResolver = EndpointStore.open_readonly(
-        data, load_secret_box(data / "secret.key", env={})
-    )
+    # What the stack's scanner and gateway receive in-process: the store as their resolver.
+    resolver: EndpointResolver = owner
     async with resolver.client_for("qa") as rc:
         m = await rc.get_manifest("team/app", "1.0")
     assert m.digest == img.digest
     assert tls_registry.password_of("alice") not in repr(rc.cfg)
-
-    reader = EndpointStore.open_readonly(data, load_secret_box(data / "secret.key", env={}))
-    with pytest.raises(PermissionError, match="read-only"):
-        reader.create(EndpointRecord(name="x", url="http://127.0.0.1:1"))
-    with pytest.raises(PermissionError):
-        reader.delete("qa")
-    assert owner.exists("qa")
+    assert tls_registry.password_of("alice") not in repr(owner.get("qa"))
