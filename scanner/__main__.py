@@ -1,18 +1,22 @@
-"""`python -m scanner --grpc-listen HOST:PORT --data DIR [--transfer-address HOST:PORT]`.
+"""`python -m scanner --grpc-listen HOST:PORT --data DIR [--database URL]
+[--transfer-address HOST:PORT]`.
 
 Endpoint access follows docs/INTERFACES.md ("Endpoint access for the scanner and gateway"):
-the scanner reads images through the transfer service's registry-read RPCs
+the scanner reads images only through the transfer service's registry-read RPCs
 (transfer_service.remote) with the admin token, over TLS with --peer-ca; it holds no endpoint
-credential and no key. --transfer-data/--secret-key-file (the old read-only store over the
-transfer service's files) still work but are deprecated.
+credential, no key and opens no other service's database. Without --transfer-address it
+serves reports and imports, and refuses ScanImage.
+
+Reports and vulnerability data live in SQLite under --data, or with `--database
+postgresql://...` in that database's schema "scanner".
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from scanner.layers import Limits
 from scanner.servicer import ScanServicer
@@ -27,10 +31,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = base_parser("scanner", "image-mirror scanner (mirror.v1.ScanService)", 50054)
     p.add_argument("--transfer-address", default="",
                    help="HOST:PORT of the transfer service, through which images are read")
-    p.add_argument("--transfer-data", default="",
-                   help="DEPRECATED: read endpoints from the transfer service's data folder")
-    p.add_argument("--secret-key-file", default="",
-                   help="DEPRECATED (with --transfer-data): the transfer service's key file")
     p.add_argument("--import-root", action="append", default=[],
                    help="folder ImportVulnerabilities may read paths from (repeatable)")
     p.add_argument("--max-file-mib", type=int, default=16,
@@ -44,10 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "components that do not fit: 'scan too big')")
     add_security_arguments(p)
     add_peer_arguments(p)
-    args = p.parse_args(argv)
-    if args.transfer_address and args.transfer_data:
-        p.error("--transfer-address and the deprecated --transfer-data exclude each other")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,28 +59,29 @@ def main(argv: list[str] | None = None) -> None:
 
             channel = security.channel(args.transfer_address, CHANNEL_OPTIONS)
             endpoints = RemoteEndpoints(channel)
-        elif args.transfer_data:
-            log.warning("--transfer-data/--secret-key-file are deprecated: the scanner then "
-                        "holds the transfer service's key; use --transfer-address")
-            from transfer_service.endpoints import EndpointStore
-            from transfer_service.secrets import load_secret_box
-
-            key_file = Path(args.secret_key_file or Path(args.transfer_data) / "secret.key")
-            endpoints = EndpointStore.open_readonly(args.transfer_data, load_secret_box(key_file))
+        else:
+            log.warning("no --transfer-address: ScanImage is refused (reports and imports "
+                        "are served)")
         limits = Limits(max_file_bytes=args.max_file_mib << 20,
                         max_image_bytes=args.max_image_gib << 30,
                         max_package_records=args.max_package_records,
                         max_report_bytes=args.max_report_kib << 10)
-        servicer = ScanServicer(args.data, endpoints,  # type: ignore[arg-type]
-                                limits=limits, import_roots=args.import_root)
+        # Opening migrates the database: off the event loop.
+        servicer = await asyncio.to_thread(
+            ScanServicer, args.data, endpoints,  # type: ignore[arg-type]
+            limits=limits, import_roots=args.import_root, database=args.database,
+        )
         running = await start_server(
             [servicer], args.grpc_listen, tls=security.tls, interceptors=security.interceptors
         )
+        host = args.grpc_listen.rsplit(":", 1)[0]
+        print(f"scanner listening on {host}:{running.port}", flush=True)
 
         async def stop() -> None:
             await running.stop()
             if channel is not None:
                 await channel.close()
+            servicer.db.close()
 
         return stop
 

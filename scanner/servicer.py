@@ -1,11 +1,15 @@
-"""mirror.v1.ScanService: scans images from endpoints, caches reports per (digest, repository)."""
+"""mirror.v1.ScanService: scans images from endpoints, caches reports per (digest, repository).
+
+Reports and the vulnerability database live in the scanner's database (scanner.store: SQLite
+under the data folder, or PostgreSQL); every call to it runs on the database's threads
+(`db.run`), never on the event loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
-import sqlite3
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +30,7 @@ from scanner.scan import RegistryClientLike, apply_vulnerabilities, merge_report
 from scanner.store import open_database
 from scanner.vulndb import ImportResult, VulnDB, iter_bytes, iter_path
 from servicekit import errors
+from servicekit.db import Row
 from servicekit.metrics import SCANS
 from servicekit.server import service_full_name
 
@@ -75,7 +80,8 @@ def registry_error(err: registry_errors.RegistryError, where: str) -> errors.Api
 
 
 class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
-    """Mountable ScanService over a data folder (scanner.db) and an endpoint resolver."""
+    """Mountable ScanService over a data folder (scanner.db) or `database` (a postgresql://
+    URL), and an endpoint resolver."""
 
     service_name = service_full_name(scan_pb2.DESCRIPTOR, "ScanService")
 
@@ -87,8 +93,9 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         limits: Limits | None = None,
         max_concurrent_scans: int = 2,
         import_roots: Sequence[str | Path] = (),
+        database: str = "",
     ) -> None:
-        self.db = open_database(data_dir)
+        self.db = open_database(data_dir, database)
         self.vulndb = VulnDB(self.db)
         self.endpoints = endpoints
         self.limits = limits or Limits()
@@ -108,19 +115,26 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
     # One report per (digest, repository): equal digests at a source and at its mirror are the
     # same bytes, but each registry's copy is scanned (and reported) on its own.
 
-    def _row(self, digest: str, repository: str | None) -> sqlite3.Row | None:
-        """The report row of `repository`'s copy; None: the most recently scanned copy."""
+    def _row(self, digest: str, repository: str | None) -> Row | None:
+        """The report row of `repository`'s copy; None: the most recently scanned copy
+        (blocking: called through db.run)."""
         if repository is None:
+            # Ties (the same microsecond) broken by repository: the same on both engines.
             return self.db.query_one(
                 "SELECT facts, database_version, database_time, report FROM reports "
-                "WHERE digest=? ORDER BY scanned_at DESC, rowid DESC LIMIT 1", (digest,))
+                "WHERE digest=? ORDER BY scanned_at DESC, repository DESC LIMIT 1", (digest,))
         return self.db.query_one(
             "SELECT facts, database_version, database_time, report FROM reports "
             "WHERE digest=? AND repository=?", (digest, repository))
 
-    def _cached(self, digest: str, repository: str | None) -> ImageFacts | None:
-        row = self._row(digest, repository)
+    async def _cached(self, digest: str, repository: str | None) -> ImageFacts | None:
+        row = await self.db.run(self._row, digest, repository)
         return ImageFacts.from_json(row["facts"]) if row else None
+
+    async def _refresh(self) -> None:
+        """On PostgreSQL, take up vulnerability data another scanner imported meanwhile."""
+        if self.db.dialect == "postgresql":
+            await self.db.run(self.vulndb.refresh)
 
     def _save(self, facts: ImageFacts) -> scan_pb2.ScanReport:
         """Store and return the (bounded) report; ScanError(SCAN_TOO_BIG): nothing stored.
@@ -151,17 +165,19 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         "Changed" includes an import that only confirmed the data (its time moved): the
         report's vulnerability_data_time must be that of the data it was matched against.
         """
-        row = self._row(digest, repository)
+        await self._refresh()
+        row = await self.db.run(self._row, digest, repository)
         if row is None:
             return None
+        report = bytes(row["report"])  # PostgreSQL's bytea arrives as a memoryview
         # A report saved under a larger size limit is cut again rather than served whole.
         if (row["database_version"] == self.vulndb.version
                 and row["database_time"] == self._database_time()
-                and len(row["report"]) <= self.limits.max_report_bytes):
-            return scan_pb2.ScanReport.FromString(row["report"])
+                and len(report) <= self.limits.max_report_bytes):
+            return scan_pb2.ScanReport.FromString(report)
         facts = ImageFacts.from_json(row["facts"])
-        await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
-        return await asyncio.to_thread(self._save, facts)
+        await self.db.run(apply_vulnerabilities, facts, self.vulndb)
+        return await self.db.run(self._save, facts)
 
     def _lock(self, digest: str, repository: str) -> asyncio.Lock:
         return self._digest_locks.setdefault(f"{digest} {repository}", asyncio.Lock())
@@ -195,9 +211,10 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
                     async with self._scans:
                         facts = await scan_image(
                             rc, img.repository, digest, vulndb=None, limits=self.limits)
-                    await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
+                    await self._refresh()
+                    await self.db.run(apply_vulnerabilities, facts, self.vulndb)
                     SCANS.labels(result="ok").inc()
-                    return await asyncio.to_thread(self._save, facts)
+                    return await self.db.run(self._save, facts)
         except ScanError as err:
             SCANS.labels(result="refused").inc()
             log.warning("scan of %s refused: %s", where, err)
@@ -242,8 +259,8 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             sources = iter_bytes(request.data)
         async with self._import_lock:
             try:
-                result: ImportResult = await asyncio.to_thread(
-                    self.vulndb.import_sources, sources)
+                await self._refresh()
+                result: ImportResult = await self.db.run(self.vulndb.import_sources, sources)
             except ScanError as err:
                 raise scan_error(err) from None
         log.info("imported OSV records: %d new, %d updated, %d skipped; database %s",
@@ -269,15 +286,16 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         except ScanError as err:
             raise scan_error(err) from None
         # Without a repository the report completes the most recent scan of the digest.
-        facts = self._cached(request.digest, request.repository or None)
+        facts = await self._cached(request.digest, request.repository or None)
         repository = request.repository or (facts.repository if facts else "")
         async with self._lock(request.digest, repository):
-            facts = self._cached(request.digest, repository) or ImageFacts(
+            facts = await self._cached(request.digest, repository) or ImageFacts(
                 digest=request.digest, repository=repository)
             merge_report(facts, report.format, report)
-            await asyncio.to_thread(apply_vulnerabilities, facts, self.vulndb)
+            await self._refresh()
+            await self.db.run(apply_vulnerabilities, facts, self.vulndb)
             try:
-                saved = await asyncio.to_thread(self._save, facts)
+                saved = await self.db.run(self._save, facts)
             except ScanError as err:
                 raise scan_error(err) from None
         if self.on_report is not None and repository:
@@ -297,7 +315,8 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         self, request: scan_pb2.GetVulnerabilityDatabaseStatusRequest,
         context: aio.ServicerContext,
     ) -> scan_pb2.VulnerabilityDatabaseStatus:
-        records, sources = await asyncio.to_thread(self.vulndb.status)
+        await self._refresh()
+        records, sources = await self.db.run(self.vulndb.status)
         status = scan_pb2.VulnerabilityDatabaseStatus(
             loaded=records > 0, database_version=self.vulndb.version, records=records,
             update_time=_timestamp(self.vulndb.update_time) if records else None,

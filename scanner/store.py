@@ -1,12 +1,36 @@
-"""The scanner's SQLite file: OSV records, their affected packages, cached reports."""
+"""The scanner's database: OSV records, their affected packages, cached reports. A SQLite file
+under --data, or the schema "scanner" of a PostgreSQL database (`--database`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from servicekit.db import Database
+from servicekit.db import Database, Migration, MigrationStep, open_service_database, pg_ddl
 
-MIGRATIONS = [
+DB_FILE = "scanner.db"
+
+# Reports per (digest, repository): one image scanned at a source and at its mirror keeps
+# both reports. Older rows take the repository their facts recorded ({repository} is how
+# each engine reads it from the facts' JSON).
+_REPORTS_BY_REPOSITORY = """
+    CREATE TABLE reports_by_repository (
+        digest TEXT NOT NULL,
+        repository TEXT NOT NULL DEFAULT '',
+        facts TEXT NOT NULL,
+        database_version TEXT NOT NULL,
+        report BLOB NOT NULL,
+        scanned_at TEXT NOT NULL,
+        PRIMARY KEY (digest, repository)
+    );
+    INSERT INTO reports_by_repository
+        SELECT digest, COALESCE({repository}, ''), facts,
+               database_version, report, scanned_at
+        FROM reports;
+    DROP TABLE reports;
+    ALTER TABLE reports_by_repository RENAME TO reports
+"""
+
+MIGRATIONS: list[MigrationStep] = [
     """
     CREATE TABLE vulns (
         id TEXT PRIMARY KEY,
@@ -34,25 +58,11 @@ MIGRATIONS = [
         scanned_at TEXT NOT NULL
     )
     """,
-    # Reports per (digest, repository): one image scanned at a source and at its mirror keeps
-    # both reports. Older rows take the repository their facts recorded.
-    """
-    CREATE TABLE reports_by_repository (
-        digest TEXT NOT NULL,
-        repository TEXT NOT NULL DEFAULT '',
-        facts TEXT NOT NULL,
-        database_version TEXT NOT NULL,
-        report BLOB NOT NULL,
-        scanned_at TEXT NOT NULL,
-        PRIMARY KEY (digest, repository)
-    );
-    INSERT INTO reports_by_repository
-        SELECT digest, COALESCE(json_extract(facts, '$.repository'), ''), facts,
-               database_version, report, scanned_at
-        FROM reports;
-    DROP TABLE reports;
-    ALTER TABLE reports_by_repository RENAME TO reports
-    """,
+    # 2: reports per (digest, repository).
+    Migration(
+        sqlite=_REPORTS_BY_REPOSITORY.format(repository="json_extract(facts, '$.repository')"),
+        postgresql=pg_ddl(_REPORTS_BY_REPOSITORY.format(repository="facts::json->>'repository'")),
+    ),
     # Sources (OSV ecosystems) with their record counts and last import time, and the
     # database time each cached report was matched at. Data imported before this existed
     # gets its newest record's `modified` as its time: older than the real import, so an
@@ -70,9 +80,15 @@ MIGRATIONS = [
         SELECT 'update_time', MAX(modified) FROM vulns HAVING COUNT(*) > 0;
     ALTER TABLE reports ADD COLUMN database_time TEXT NOT NULL DEFAULT ''
     """,
+    # 4: a row each import batch locks first, so imports by several scanners on one
+    # PostgreSQL database take turns (one batch's read-then-write sees the other's rows).
+    """
+    INSERT INTO meta (key, value) VALUES ('import_lock', '')
+    """,
 ]
 
 
-def open_database(data_dir: str | Path) -> Database:
-    """The scanner database under the service's data folder (created and migrated)."""
-    return Database(Path(data_dir) / "scanner.db", MIGRATIONS)
+def open_database(data_dir: str | Path, database: str = "") -> Database:
+    """The scanner database (created and migrated): `database` a postgresql:// URL, or empty
+    for the SQLite file under the service's data folder."""
+    return open_service_database(database, Path(data_dir) / DB_FILE, MIGRATIONS, schema="scanner")

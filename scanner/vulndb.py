@@ -1,4 +1,10 @@
-"""OSV vulnerability database in SQLite, and matching of components against it (univers)."""
+"""OSV vulnerability database (the scanner's SQLite or PostgreSQL database, scanner.store), and
+matching of components against it (univers).
+
+Its version and source times are held in memory for matching; on PostgreSQL another scanner
+may import into the same database, so `refresh()` compares them with the stored ones (one
+small SELECT) and reloads when they moved.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from scanner.model import Component, OsInfo, VulnMatch
 from scanner.parsers.python import normalize_name
 from scanner.severity import osv_score
 from scanner.vulnsources import Source, SourceTable
-from servicekit.db import Database
+from servicekit.db import Database, Tx
 
 log = logging.getLogger("scanner.vulndb")
 
@@ -300,6 +306,11 @@ def _invalid(rec: Any) -> str:
     return ""
 
 
+def _take_import_lock(c: Tx) -> None:
+    """Lock the import row until commit: imports by several scanners take turns."""
+    c.execute("UPDATE meta SET value = value WHERE key = 'import_lock'")
+
+
 class VulnDB:
     """OSV records indexed by (ecosystem, package); the version string changes with content."""
 
@@ -308,6 +319,17 @@ class VulnDB:
         row = db.query_one("SELECT value FROM meta WHERE key='version'")
         self._version = row["value"] if row else "empty"
         self.sources = SourceTable(db)
+
+    def refresh(self) -> None:
+        """Take up an import another process made into this database (blocking: db.run)."""
+        rows = self.db.query(
+            "SELECT key, value FROM meta WHERE key IN ('version', 'update_time')"
+        )
+        stored = {r["key"]: r["value"] for r in rows}
+        if stored.get("version", "empty") != self._version:
+            self._version = stored.get("version", "empty")
+        if stored.get("update_time") != self.sources.update_text:
+            self.sources.reload()
 
     @property
     def version(self) -> str:
@@ -344,12 +366,19 @@ class VulnDB:
             result.error(f"unreadable zip: {exc}")
         if batch:
             self._store(batch, result)
-        if result.imported or result.updated:
+        # On PostgreSQL another scanner may import into the same tables at the same time:
+        # records it stored first are skipped here yet change the version, and its own
+        # version write may not have landed, so the version is computed again (under the
+        # import lock, from every committed record).
+        shared = self.db.dialect == "postgresql" and result.valid > 0
+        if result.imported or result.updated or shared:
             self._refresh_version()
         if result.valid:
             # Even an import that changed nothing says the data is current as of now.
             self.sources.record_import(
                 result.ecosystems, result.replaced_ecosystems, datetime.now(UTC))
+        else:
+            self.refresh()
         result.database_version = self._version
         return result
 
@@ -366,6 +395,7 @@ class VulnDB:
                 if aff.get("package"):
                     result.ecosystems.add(aff["package"]["ecosystem"])
         with self.db.transaction() as c:
+            _take_import_lock(c)
             ids = list(latest)
             existing: dict[str, str] = {}
             for i in range(0, len(ids), 500):
@@ -405,8 +435,11 @@ class VulnDB:
                     )
             c.executemany("DELETE FROM affected WHERE vuln_id=?", replaced)
             c.executemany(
-                "INSERT OR REPLACE INTO vulns (id, modified, withdrawn, summary, aliases, score,"
-                " record) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO vulns (id, modified, withdrawn, summary, aliases, score, record)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " modified=excluded.modified, withdrawn=excluded.withdrawn,"
+                " summary=excluded.summary, aliases=excluded.aliases, score=excluded.score,"
+                " record=excluded.record",
                 vuln_rows,
             )
             c.executemany(
@@ -415,18 +448,20 @@ class VulnDB:
             )
 
     def _refresh_version(self) -> None:
-        h = hashlib.sha256()
-        n = 0
-        with self.db.lock:
-            for row in self.db.conn.execute("SELECT id, modified FROM vulns ORDER BY id"):
-                h.update(f"{row[0]}\0{row[1]}\n".encode())
-                n += 1
-        self._version = f"{n}-{h.hexdigest()[:16]}"
-        self.db.execute(
-            "INSERT INTO meta (key, value) VALUES ('version', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            (self._version,),
-        )
+        with self.db.transaction() as c:
+            _take_import_lock(c)
+            # Sorted here, not by the engine: a PostgreSQL collation may order ids otherwise.
+            rows = sorted((str(r[0]), str(r[1])) for r in c.execute(
+                "SELECT id, modified FROM vulns"))
+            h = hashlib.sha256()
+            for vid, modified in rows:
+                h.update(f"{vid}\0{modified}\n".encode())
+            self._version = f"{len(rows)}-{h.hexdigest()[:16]}"
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES ('version', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (self._version,),
+            )
 
     def match(self, components: Iterable[Component], os_info: OsInfo) -> list[VulnMatch]:
         """Every (vulnerability, component) pair where the installed version is affected."""

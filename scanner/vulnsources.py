@@ -47,6 +47,7 @@ class SourceTable:
             for r in rows
         }
         row = self.db.query_one("SELECT value FROM meta WHERE key='update_time'")
+        self.update_text: str | None = row["value"] if row else None
         self._update_time = parse_time(row["value"]) if row else None
 
     @property

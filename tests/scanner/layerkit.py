@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ class Link:
     target: str
 
 
-def tar_bytes(entries: dict[str, bytes | Link | None]) -> bytes:
+def tar_bytes(entries: Mapping[str, bytes | Link | None]) -> bytes:
     """A tar with regular files (bytes), symlinks (Link) and directories (None)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
@@ -53,7 +54,7 @@ def compress(data: bytes, kind: str) -> bytes:
     return data
 
 
-def layer(entries: dict[str, bytes | Link | None], kind: str = "gzip") -> bytes:
+def layer(entries: Mapping[str, bytes | Link | None], kind: str = "gzip") -> bytes:
     return compress(tar_bytes(entries), kind)
 
 

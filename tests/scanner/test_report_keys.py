@@ -103,11 +103,13 @@ async def test_import_report_without_repository_completes_the_latest_scan(
     assert got.scan_time == merged.scan_time
 
 
-async def test_reports_of_the_first_schema_keep_their_repository(tmp_path: Path) -> None:
+async def test_reports_of_the_first_schema_keep_their_repository(
+    tmp_path: Path, db_target: str
+) -> None:
     digest = "sha256:" + "ab" * 32
     facts = ImageFacts(digest=digest, repository="team/old", database_version="empty",
                        components=[Component(name="zlib", version="1.3", type="apk")])
-    old = Database(tmp_path / "scanner.db", store.MIGRATIONS[:1])
+    old = Database(db_target, store.MIGRATIONS[:1], schema="scanner")
     old.execute(
         "INSERT INTO reports (digest, facts, database_version, report, scanned_at)"
         " VALUES (?, ?, ?, ?, ?)",
@@ -116,7 +118,7 @@ async def test_reports_of_the_first_schema_keep_their_repository(tmp_path: Path)
     )
     old.close()
 
-    servicer = ScanServicer(tmp_path, None)  # migrates on open
+    servicer = ScanServicer(tmp_path, None, database=db_target)  # migrates on open
     try:
         assert servicer.db.schema_version == len(store.MIGRATIONS)
         got = await servicer.GetScan(

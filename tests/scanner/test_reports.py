@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc import aio
-from mirror.v1 import scan_pb2, scan_pb2_grpc
+from mirror.v1 import common_pb2, scan_pb2, scan_pb2_grpc
 
 from scanner.errors import ScanError
 from scanner.reports import detect_format, parse_attestation, parse_report
@@ -110,11 +110,14 @@ def test_dsse_attestation_with_spdx_predicate() -> None:
 
 
 @pytest.fixture
-async def stub(tmp_path: Path) -> AsyncIterator[scan_pb2_grpc.ScanServiceStub]:
-    running = await start_server([ScanServicer(tmp_path / "data", None)], "127.0.0.1:0")
+async def stub(tmp_path: Path, db_target: str) -> AsyncIterator[scan_pb2_grpc.ScanServiceStub]:
+    """A scanner on either engine (SQLite file, PostgreSQL database)."""
+    servicer = ScanServicer(tmp_path / "data", None, database=db_target)
+    running = await start_server([servicer], "127.0.0.1:0")
     async with aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
         yield scan_pb2_grpc.ScanServiceStub(ch)
     await running.stop(0)
+    servicer.db.close()
 
 
 async def test_import_report_merges_and_matches_the_db(
@@ -139,6 +142,6 @@ async def test_import_report_merges_and_matches_the_db(
     got = await stub.GetScan(scan_pb2.GetScanRequest(digest=DIGEST))
     assert got.counts == r2.counts
     with pytest.raises(aio.AioRpcError) as exc:
-        await stub.ScanImage(scan_pb2.ScanImageRequest(image={
-            "endpoint": "dev", "repository": "a", "reference": "b"}))
+        await stub.ScanImage(scan_pb2.ScanImageRequest(image=common_pb2.ImageLocation(
+            endpoint="dev", repository="a", reference="b")))
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION

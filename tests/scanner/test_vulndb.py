@@ -1,4 +1,5 @@
-"""OSV import (files, folder, zip, bytes; updates by modified) and matching with real records."""
+"""OSV import (files, folder, zip, bytes; updates by modified) and matching with real records,
+on both engines (`db_target`: a SQLite file, a PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ DEBIAN12 = OsInfo(id="debian", version_id="12")
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> VulnDB:
-    v = VulnDB(open_database(tmp_path))
+def db(tmp_path: Path, db_target: str) -> VulnDB:
+    v = VulnDB(open_database(tmp_path, db_target))
     result = v.import_sources(iter_path(OSV))
     assert result.errors == []
     assert result.imported == len(list(OSV.glob("*.json")))
@@ -148,31 +149,31 @@ def test_reimport_updates_by_modified_and_version_changes(db: VulnDB, tmp_path: 
     assert VulnDB(db.db).version == db.version
 
 
-def test_zip_export_and_bad_records(tmp_path: Path) -> None:
+def test_zip_export_and_bad_records(tmp_path: Path, db_target: str) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for f in sorted(OSV.glob("*.json")):
             zf.writestr(f.name, f.read_bytes())
         zf.writestr("broken.json", b"{nope")
         zf.writestr("noid.json", json.dumps({"modified": "2024-01-01T00:00:00Z"}))
-    v = VulnDB(open_database(tmp_path / "z"))
+    v = VulnDB(open_database(tmp_path / "z", db_target))
     res = v.import_sources(iter_bytes(buf.getvalue()))
     assert res.imported == len(list(OSV.glob("*.json")))
     assert len(res.errors) == 2 and any("broken.json" in e for e in res.errors)
     assert any("noid.json" in e and "'id'" in e for e in res.errors)
     path = tmp_path / "all.zip"
     path.write_bytes(buf.getvalue())
-    v2 = VulnDB(open_database(tmp_path / "z2"))
+    v2 = VulnDB(open_database(tmp_path / "z2"))  # SQLite
     assert v2.import_sources(iter_path(path)).imported == res.imported
-    assert v2.version == v.version
+    assert v2.version == v.version  # the same data has the same version on either engine
 
 
-def test_withdrawn_records_do_not_match(tmp_path: Path) -> None:
+def test_withdrawn_records_do_not_match(tmp_path: Path, db_target: str) -> None:
     d = tmp_path / "osv"
     shutil.copytree(OSV, d)
     rec = json.loads((d / "GHSA-xvch-5gv4-984h.json").read_text())
     rec["withdrawn"] = "2024-05-01T00:00:00Z"
     (d / "GHSA-xvch-5gv4-984h.json").write_text(json.dumps(rec))
-    v = VulnDB(open_database(tmp_path))
+    v = VulnDB(open_database(tmp_path, db_target))
     v.import_sources(iter_path(d))
     assert v.match([Component("minimist", "1.2.5", "npm")], DEBIAN12) == []

@@ -1,5 +1,6 @@
 """Vulnerability sources (per OSV ecosystem): counts, import times, the data time of an image,
-and the migration that gives data imported before sources existed a conservative time."""
+and the migration that gives data imported before sources existed a conservative time; on both
+engines (`db_target`)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def load(v: VulnDB, *records: dict[str, object]) -> None:
     assert not result.errors
 
 
-def test_a_record_that_moves_ecosystem_moves_its_count(tmp_path: Path) -> None:
-    v = VulnDB(open_database(tmp_path))
+def test_a_record_that_moves_ecosystem_moves_its_count(tmp_path: Path, db_target: str) -> None:
+    v = VulnDB(open_database(tmp_path, db_target))
     load(v, record("X-1", "2024-01-01T00:00:00Z", ("PyPI", "a")),
          record("X-2", "2024-01-01T00:00:00Z", ("PyPI", "b"), ("npm", "b")))
     assert {s.name: s.records for s in v.sources.sources()} == {"PyPI": 2, "npm": 1}
@@ -38,8 +39,8 @@ def test_a_record_that_moves_ecosystem_moves_its_count(tmp_path: Path) -> None:
     assert v.status()[0] == 2
 
 
-def test_data_time_is_the_oldest_source_an_image_needs(tmp_path: Path) -> None:
-    v = VulnDB(open_database(tmp_path))
+def test_data_time_is_the_oldest_source_an_image_needs(tmp_path: Path, db_target: str) -> None:
+    v = VulnDB(open_database(tmp_path, db_target))
     ubuntu = OsInfo(id="ubuntu", version_id="22.04")
     deb = Component("curl", "7.81.0-1", "deb", purl="pkg:deb/ubuntu/curl@7.81.0-1")
     py = Component("requests", "2.30.0", "pypi")
@@ -58,8 +59,10 @@ def test_data_time_is_the_oldest_source_an_image_needs(tmp_path: Path) -> None:
     assert v.data_time([py], ubuntu) == v.update_time
 
 
-def test_migration_dates_existing_data_by_its_newest_record(tmp_path: Path) -> None:
-    old = Database(tmp_path / "scanner.db", store.MIGRATIONS[:2])
+def test_migration_dates_existing_data_by_its_newest_record(
+    tmp_path: Path, db_target: str
+) -> None:
+    old = Database(db_target, store.MIGRATIONS[:2], schema="scanner")
     rows = [("D-1", "2024-03-01T00:00:00Z", "Debian:12"), ("D-2", "2024-05-02T10:00:00Z",
                                                           "Debian:12"),
             ("N-1", "2023-01-01T00:00:00Z", "npm")]
@@ -69,10 +72,10 @@ def test_migration_dates_existing_data_by_its_newest_record(tmp_path: Path) -> N
         old.execute("INSERT INTO affected (vuln_id, ecosystem, package, data) "
                     "VALUES (?, ?, 'p', '{}')", (vid, eco))
     old.execute("INSERT INTO reports (digest, repository, facts, database_version, report,"
-                " scanned_at) VALUES ('sha256:x', 'r', '{}', 'v', x'', '')")
+                " scanned_at) VALUES ('sha256:x', 'r', '{}', 'v', ?, '')", (b"",))
     old.close()
 
-    v = VulnDB(open_database(tmp_path))
+    v = VulnDB(open_database(tmp_path, db_target))
     got = {s.name: (s.records, s.update_time) for s in v.sources.sources()}
     assert got == {"Debian:12": (2, datetime(2024, 5, 2, 10, tzinfo=UTC)),
                    "npm": (1, datetime(2023, 1, 1, tzinfo=UTC))}
@@ -81,7 +84,7 @@ def test_migration_dates_existing_data_by_its_newest_record(tmp_path: Path) -> N
     assert row is not None and row["database_time"] == ""  # re-matched at the next read
 
 
-def test_an_empty_database_migrates_to_not_loaded(tmp_path: Path) -> None:
-    Database(tmp_path / "scanner.db", store.MIGRATIONS[:2]).close()
-    v = VulnDB(open_database(tmp_path))
+def test_an_empty_database_migrates_to_not_loaded(tmp_path: Path, db_target: str) -> None:
+    Database(db_target, store.MIGRATIONS[:2], schema="scanner").close()
+    v = VulnDB(open_database(tmp_path, db_target))
     assert v.update_time is None and v.sources.sources() == [] and v.status()[0] == 0
