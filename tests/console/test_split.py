@@ -52,7 +52,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         "policy": ["policy_service", "--grpc-listen", addr["policy"],
                    "--data", str(tmp / "policy"), "--transfer-address", addr["transfer"]],
         "scanner": ["scanner", "--grpc-listen", addr["scanner"],
-                    "--data", str(tmp / "scanner"), "--transfer-data", str(tdata)],
+                    "--data", str(tmp / "scanner"), "--transfer-address", addr["transfer"]],
         "gateway": ["gateway", "--grpc-listen", addr["gateway"], "--http-listen", addr["http"],
                     "--data", str(tmp / "gateway"), "--policy-address", addr["policy"],
                     "--transfer-address", addr["transfer"], "--scanner-address", addr["scanner"],
