@@ -412,6 +412,8 @@ class Journal:
             ).fetchone()[0]
             # Rows of workers gone for an hour are only history.
             c.execute(f"DELETE FROM workers WHERE heartbeat < {now} - 3600")
+            # Other replicas change the queue too: every replica's gauges follow it.
+            self._counted(c)
         return Renewal(frozenset(owned), frozenset(cancel), max(1, int(live)))
 
     def release(self, owner: str | None) -> int:
