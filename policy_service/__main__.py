@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> None:
                 "no --transfer-address: policy targets are NOT checked for push permission; "
                 "use this only to run the policy service alone"
             )
-        servicer = PolicyServicer(
-            store, checker, max_vulnerability_age=args.max_vulnerability_age,
+        # Loading reads and compiles every stored policy: off the event loop too.
+        servicer = await asyncio.to_thread(
+            PolicyServicer, store, checker, max_vulnerability_age=args.max_vulnerability_age,
             signature_wait=args.signature_wait,
         )
         running = await start_server(

@@ -144,3 +144,35 @@ def test_a_replica_behind_the_pruned_log_reloads_everything(
         assert recent is not None and recent.policies == {"id6", "id7"} and recent.seq == 8
     finally:
         store.close()
+
+
+def test_a_database_of_the_previous_schema_keeps_its_policies_and_keys(
+    db_target: str, tmp_path: Path
+) -> None:
+    from servicekit.db import Database
+
+    old = Database(db_target, MIGRATIONS[:3], schema="policy")  # before the change log
+    key = _key("ci")
+    with old.transaction() as c:
+        for name in ("b", "B", "a"):
+            c.execute(
+                "INSERT INTO policies (id, name, description, source_repository, rule, "
+                "target_endpoint, target_repository, tag_template, time_zone, enabled, "
+                "create_time_us, update_time_us, etag, version, source_endpoint) VALUES "
+                "(?, ?, '', 'dev/app', 'true', 'qa', 'qa/app', '%n', '', 1, 1, 2, 'e', 1, 'dev')",
+                (f"id-{name}", name),
+            )
+        c.execute(
+            "INSERT INTO trusted_keys (name, public_key_pem, algorithm, fingerprint, "
+            "create_time_us) VALUES (?, ?, ?, ?, ?)",
+            (key.name, key.public_key_pem, key.algorithm, key.fingerprint, key.create_time_us),
+        )
+    old.close()
+    store = PolicyStore.open(tmp_path, db_target)
+    try:
+        assert store.db.schema_version == len(MIGRATIONS)
+        assert [r.name for r in store.page("", 10)] == ["B", "a", "b"]
+        assert store.change_seq() == 0 and store.changes_since(0) is None
+        assert KeyStore(store.db).get("ci") == key
+    finally:
+        store.close()
