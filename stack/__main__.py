@@ -1,22 +1,34 @@
 """`mirror-stack`: the whole system in one process (policy, transfer, scanner, gateway).
 
     mirror-stack --data DIR --grpc-listen 127.0.0.1:50051 --http-listen 127.0.0.1:8080
+    mirror-stack --data DIR --database postgresql://USER@HOST:PORT/DB   # or $MIRROR_DATABASE
+
+State is SQLite under --data by default; with --database each service keeps its own schema in
+that PostgreSQL database (policy, transfer, gateway, scanner), and --data keeps only the
+process's lock and the transfer spool.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gateway.http import ConfigError
 from gateway.options import add_gateway_arguments, webhook_secret
 from policy_service.__main__ import _age, _wait
+from servicekit.db import is_postgres_url
 from servicekit.runner import base_parser, run_until_signal
 from servicekit.security import ServerSecurity, add_peer_arguments, add_security_arguments
 
 log = logging.getLogger("stack")
+
+
+def redacted_url(url: str) -> str:
+    """The database URL as printed: any password replaced by ***."""
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--inbox-concurrency and --max-jobs must be at least 1")
     if args.max_hops < 1:
         p.error("--max-hops must be at least 1")
+    if args.database and not is_postgres_url(args.database):
+        p.error("--database (or $MIRROR_DATABASE) must be a postgresql:// URL; SQLite files "
+                "live under --data")
     if args.max_jobs_per_endpoint is not None and args.max_jobs_per_endpoint < 1:
         p.error("--max-jobs-per-endpoint must be at least 1")
     if args.reschedule_base <= 0 or args.reschedule_max < args.reschedule_base:
@@ -85,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             stack = await start_stack(
                 StackConfig(
                     data_dir=Path(args.data),
+                    database=args.database,
                     grpc_listen=args.grpc_listen,
                     http_listen=args.http_listen,
                     webhook_secret=webhook_secret(args),
@@ -118,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
             f"  health    http://{stack.http_address}/healthz\n"
             + (f"  console   http://{stack.http_address}/\n" if not args.no_console else "")
             + f"  data      {stack.data_dir}\n"
-            "mirror-stack ready",
+            + (f"  database  {redacted_url(args.database)}\n" if args.database else "")
+            + "mirror-stack ready",
             flush=True,
         )
         return stack.stop

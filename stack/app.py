@@ -39,6 +39,9 @@ def connect_host(host: str) -> str:
 @dataclass
 class StackConfig:
     data_dir: Path
+    # postgresql://...: every service's state in its own schema of that database (policy,
+    # transfer, gateway, scanner); "": SQLite files under data_dir (the embedded default).
+    database: str = ""
     grpc_listen: str = "127.0.0.1:50051"
     http_listen: str = "127.0.0.1:8080"
     webhook_secret: str = ""
@@ -79,14 +82,14 @@ class Stack:
             await c()
 
 
-def _scanner_servicer(data_dir: Path, endpoints: Any) -> Any | None:
+def _scanner_servicer(data_dir: Path, endpoints: Any, database: str) -> Any | None:
     """The scanner's servicer (None when the scanner cannot be loaded)."""
     try:
         from scanner.servicer import ScanServicer
     except ImportError as exc:
         log.warning("scanner not available (%s): rules needing scan facts will not match", exc)
         return None
-    return ScanServicer(data_dir, endpoints)
+    return ScanServicer(data_dir, endpoints, database=database)
 
 
 def _console_mount(security: ServerSecurity, address: str) -> Any:
@@ -106,7 +109,8 @@ def _console_mount(security: ServerSecurity, address: str) -> Any:
 
 
 async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) -> Stack:
-    """Open every service's state under DATA and serve them all on one gRPC server."""
+    """Open every service's state (under DATA, or in cfg.database) and serve them all on one
+    gRPC server."""
     from policy_service.push_check import GrpcPushChecker
     from policy_service.servicer import PolicyServicer
     from policy_service.store import PolicyStore
@@ -121,9 +125,11 @@ async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) 
     closers: list[Any] = [channel.close]
 
     # The transfer service asks the policy service (on this server) before deleting endpoints.
-    transfer = TransferServicer.open(data, policy_channel=channel, **cfg.transfer_options)
+    transfer = TransferServicer.open(
+        data, database=cfg.database, policy_channel=channel, **cfg.transfer_options
+    )
     closers.append(transfer.stop)
-    store = PolicyStore.open(data)
+    store = PolicyStore.open(data, cfg.database)
     policy = PolicyServicer(store, GrpcPushChecker(channel), **cfg.policy_options)
 
     async def close_store() -> None:
@@ -131,7 +137,7 @@ async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) 
 
     closers.append(close_store)
     servicers: list[Any] = [policy, transfer]
-    scanner = _scanner_servicer(data, transfer.endpoints) if cfg.scanner else None
+    scanner = _scanner_servicer(data, transfer.endpoints, cfg.database) if cfg.scanner else None
     if scanner is not None:
         servicers.append(scanner)
 
@@ -147,6 +153,7 @@ async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) 
             concurrency=cfg.inbox_concurrency,
             reconcile_interval_s=cfg.reconcile_interval_s,
             max_hops=cfg.max_hops,
+            database=cfg.database,
         ),
         policy_channel=channel,
         transfer_channel=channel,
