@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from mirror.v1 import common_pb2, scan_pb2, scan_pb2_grpc
@@ -13,6 +13,7 @@ from mirror.v1 import common_pb2, scan_pb2, scan_pb2_grpc
 from gateway.signatures import find_signatures
 from registry_client import mediatypes
 from registry_client.images import image_size, is_attestation_entry, platform_string
+from registry_client.resolver import EndpointResolver
 from servicekit.retry import message_too_large, transient_rpc_error
 
 log = logging.getLogger("gateway.facts")
@@ -22,12 +23,6 @@ SCAN_KINDS = frozenset(
     {FactKind.FACT_KIND_COMPONENTS, FactKind.FACT_KIND_LICENSES, FactKind.FACT_KIND_VULNERABILITIES}
 )
 MAX_CONFIG_BYTES = 4 << 20
-
-
-class EndpointResolver(Protocol):
-    """transfer_service.endpoints.EndpointResolver: a registry client for an endpoint name."""
-
-    def client_for(self, name: str) -> Any: ...
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from gateway.baselines import BaselineStore
 from gateway.deletions import Deleter
 from gateway.dest_scan import DestinationScanner
 from gateway.endpoints import EndpointDirectory
-from gateway.facts import EndpointResolver, FactGatherer
+from gateway.facts import FactGatherer
 from gateway.http import WebhookApp, check_secret_required, split_listen, start_http
 from gateway.inbox import Inbox
 from gateway.leases import DEFAULT_LEASE_S, Duties, LeaseStore, default_replica_id
@@ -35,6 +35,7 @@ from gateway.sweep import Sweeper
 from gateway.tracker import TransferTracker
 from gateway.webhook_auth import WebhookVerifier
 from gateway.worker import InboxWorker
+from registry_client.resolver import EndpointResolver
 from servicekit.db import Database
 from servicekit.logs import context_id
 from servicekit.retry import Backoff

@@ -17,10 +17,10 @@ from gateway.baselines import BaselineStore
 from gateway.catalog import list_repositories
 from gateway.deletions import DELETING, Deleter
 from gateway.endpoints import EndpointDirectory
-from gateway.facts import EndpointResolver
 from gateway.inbox import Inbox
 from gateway.runner import RETRIED_BY_RECONCILE, Push, Runner, TransientError
 from gateway.runs import RunRecord, RunStore
+from registry_client.resolver import EndpointResolver
 from servicekit.errors import ApiError, failed_precondition, invalid_argument
 from servicekit.logs import context_id
 from servicekit.retry import transient_rpc_error

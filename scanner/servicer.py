@@ -13,20 +13,21 @@ import re
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 from grpc import aio
 from mirror.v1 import scan_pb2, scan_pb2_grpc
 
 from registry_client import errors as registry_errors
+from registry_client.resolver import EndpointResolver
 from scanner.bounds import TOO_BIG, bound_report
 from scanner.convert import report_pb
 from scanner.errors import ScanError
 from scanner.layers import Limits
 from scanner.model import ImageFacts
 from scanner.reports import parse_report
-from scanner.scan import RegistryClientLike, apply_vulnerabilities, merge_report, scan_image
+from scanner.scan import apply_vulnerabilities, merge_report, scan_image
 from scanner.store import open_database
 from scanner.vulndb import ImportResult, VulnDB, iter_bytes, iter_path
 from servicekit import errors
@@ -43,12 +44,6 @@ _CALLER_REASONS = ("REPORT_INVALID", "IMPORT_SOURCE_MISSING", "IMPORT_TOO_LARGE"
 # Refusals because the image is beyond the scan's bounds (not malformed): "scan too big".
 _TOO_BIG_REASONS = (TOO_BIG, "FILE_TOO_LARGE", "TOO_MUCH_METADATA", "TOO_MANY_MEMBERS",
                     "IMAGE_TOO_LARGE")
-
-
-class EndpointResolver(Protocol):
-    """transfer_service.endpoints.EndpointResolver: a client per endpoint name."""
-
-    def client_for(self, name: str) -> RegistryClientLike: ...
 
 
 def scan_error(err: ScanError) -> errors.ApiError:
@@ -197,9 +192,8 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             raise errors.failed_precondition(
                 "this scanner has no endpoint access configured", reason="NO_ENDPOINTS")
         where = f"{img.endpoint}/{img.repository}:{img.reference}"
-        rc = self.endpoints.client_for(img.endpoint)
         try:
-            async with rc:  # type: ignore[attr-defined]
+            async with self.endpoints.client_for(img.endpoint) as rc:
                 manifest = await rc.get_manifest(img.repository, img.reference)
                 digest = manifest.digest
                 async with self._lock(digest, img.repository):

@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -147,12 +146,6 @@ def same_registry(url: str, other: EndpointRecord) -> str | None:
         if _host_port(alias, _DEFAULT_PORTS.get(scheme)) == mine:
             return f"alias {alias}"
     return None
-
-
-class EndpointResolver(Protocol):
-    """What the scanner and the gateway receive to pull from an endpoint by name."""
-
-    def client_for(self, name: str) -> RegistryClient: ...
 
 
 def validate_endpoint(ep: EndpointRecord) -> list[tuple[str, str]]:
@@ -433,18 +426,15 @@ class EndpointStore:
             cfg = replace(cfg, retry_after_cap=self._retry_after_cap)
         return cfg
 
-    def client_for(self, name: str) -> RegistryClient:
-        """A registry client for the endpoint (use it as `async with`: that closes only its own
-        HTTP session, never the shared limits); NOT_FOUND when absent."""
-        return RegistryClient(self.config_for(name))
-
     @contextlib.asynccontextmanager
-    async def open_client(self, name: str) -> AsyncIterator[RegistryClient]:
-        """`async with store.open_client(name) as rc`: `client_for`, with the endpoint read on
-        the database's threads (code on the event loop uses this); NOT_FOUND when absent."""
+    async def client_for(self, name: str) -> AsyncIterator[RegistryClient]:
+        """`async with store.client_for(name) as rc`: a registry client for the endpoint, read
+        on the database's threads (never on the event loop); leaving closes only the client's
+        hold on the registry's shared state. NOT_FOUND when absent."""
         cfg = await self._db.run(self.config_for, name)
         async with RegistryClient(cfg) as rc:
             yield rc
+
 
     def _refuse_same_registry(self, c: Tx, ep: EndpointRecord) -> None:
         """ALREADY_EXISTS when another endpoint's URL or alias names the registry of `ep`."""

@@ -272,7 +272,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 violations.append((field, problem))
         if violations:
             raise invalid_argument("the request is not valid", violations)
-        async with self.endpoints.open_client(request.endpoint) as rc:  # NOT_FOUND
+        async with self.endpoints.client_for(request.endpoint) as rc:  # NOT_FOUND
             deleted = await delete_tag(rc, request.repository, request.tag, request.digest)
         if deleted:
             log.info(
@@ -286,23 +286,23 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     async def HeadManifest(
         self, request: transfer_pb2.ReadManifestRequest, context: aio.ServicerContext
     ) -> transfer_pb2.ManifestHead:
-        return await RegistryReads(self.endpoints.open_client).head_manifest(request)
+        return await RegistryReads(self.endpoints.client_for).head_manifest(request)
 
     async def ReadManifest(
         self, request: transfer_pb2.ReadManifestRequest, context: aio.ServicerContext
     ) -> transfer_pb2.ManifestContent:
-        return await RegistryReads(self.endpoints.open_client).read_manifest(request)
+        return await RegistryReads(self.endpoints.client_for).read_manifest(request)
 
     async def ReadBlob(
         self, request: transfer_pb2.ReadBlobRequest, context: aio.ServicerContext
     ) -> AsyncIterator[transfer_pb2.BlobChunk]:
-        async for chunk in RegistryReads(self.endpoints.open_client).read_blob(request):
+        async for chunk in RegistryReads(self.endpoints.client_for).read_blob(request):
             yield chunk
 
     async def ReadTags(
         self, request: transfer_pb2.ReadTagsRequest, context: aio.ServicerContext
     ) -> AsyncIterator[transfer_pb2.TagPage]:
-        async for page in RegistryReads(self.endpoints.open_client).read_tags(request):
+        async for page in RegistryReads(self.endpoints.client_for).read_tags(request):
             yield page
 
     async def TestConnection(
@@ -361,7 +361,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         self, request: transfer_pb2.ListRepositoriesRequest, context: aio.ServicerContext
     ) -> transfer_pb2.ListRepositoriesResponse:
         _require(request.endpoint, "endpoint")
-        async with self.endpoints.open_client(request.endpoint) as rc:  # NOT_FOUND
+        async with self.endpoints.client_for(request.endpoint) as rc:  # NOT_FOUND
             try:
                 names = await rc.list_repositories()
             except rc_errors.RegistryError as exc:

@@ -618,7 +618,7 @@ class Worker:
         spec = job.spec
         on_progress = self._progress_callback(job.id)
         async with contextlib.AsyncExitStack() as stack:
-            src = await stack.enter_async_context(self._endpoints.open_client(spec.src_endpoint))
+            src = await stack.enter_async_context(self._endpoints.client_for(spec.src_endpoint))
             # One registry, one client: its requests share one concurrency limit, and the
             # engine spools (instead of holding a GET while it waits for a PATCH slot) only
             # when it sees the same client on both sides.
@@ -626,7 +626,7 @@ class Worker:
                 src
                 if spec.dst_endpoint == spec.src_endpoint
                 else await stack.enter_async_context(
-                    self._endpoints.open_client(spec.dst_endpoint)
+                    self._endpoints.client_for(spec.dst_endpoint)
                 )
             )
             return await self._engine.copy(

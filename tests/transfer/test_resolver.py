@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from registry_client.resolver import EndpointResolver
 from registry_testkit.images import ImageBuilder, push
 from registry_testkit.registry import RegistryProcess
-from transfer_service.endpoints import EndpointRecord, EndpointResolver, EndpointStore
+from transfer_service.endpoints import EndpointRecord, EndpointStore
 from transfer_service.schema import open_database
 from transfer_service.secrets import load_secret_box
 
