@@ -20,8 +20,9 @@ COPY scanner ./scanner
 COPY gateway ./gateway
 COPY console ./console
 COPY stack ./stack
-# /key: where compose mounts the transfer workers' shared key volume (a new named volume takes
-# the owner of its mount point in the image, so the workers can create the key there).
+# /key: where compose mounts the key volume the replicas of a service share (the transfer
+# workers', the gateways'); a new named volume takes the owner of its mount point in the
+# image, so the first replica can create the key there.
 RUN pip install --no-deps . \
  && useradd --system --uid 10001 --home-dir /data mirror \
  && mkdir -p /data /key && chown mirror /data /key && chmod 0700 /key

@@ -101,7 +101,7 @@ def _local_command(name: str, ports: dict[str, int], tmp: Path) -> list[str]:
         elif i > 0 and cmd[i - 1].endswith("-address"):
             cmd[i] = f"127.0.0.1:{ports[arg.split(':')[0]]}"
         elif arg.startswith("/") and i > 0 and cmd[i - 1].startswith("--"):
-            # /data, /key/secret.key, /run/secrets/webhook_secret
+            # /data, /key/secret.key, /key/subscriptions.key, /run/secrets/webhook_secret
             local = tmp / name / arg.strip("/").replace("/", "_")
             if cmd[i - 1].endswith("-file") and "key" not in cmd[i - 1]:
                 local.parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +232,12 @@ def test_volumes_and_files_exist() -> None:
     key_dir = next(v.split(":")[1] for v in SERVICES["transfer"]["volumes"]
                    if v.startswith("transfer-key:"))
     assert _flag(SERVICES["transfer"]["command"], "--key-file") == f"{key_dir}/secret.key"
+    # The gateways' replicas share one key of their subscriptions' secrets, of their own.
+    assert [n for n, vols in mounted.items() if "gateway-key" in vols] == ["gateway"]
+    gw_dir = next(v.split(":")[1] for v in SERVICES["gateway"]["volumes"]
+                  if v.startswith("gateway-key:"))
+    assert _flag(SERVICES["gateway"]["command"], "--subscription-key-file") == \
+        f"{gw_dir}/subscriptions.key"
     for name, svc in SERVICES.items():
         assert "MIRROR_SECRET_KEY" not in yaml.safe_dump(svc), name
     for name in ("gateway", "scanner"):
@@ -246,6 +252,8 @@ def test_dockerfile_gives_the_key_volume_to_the_service_user() -> None:
     text = (ROOT / "Dockerfile").read_text()
     key_dir = next(v.split(":")[1] for v in SERVICES["transfer"]["volumes"]
                    if v.startswith("transfer-key:"))
+    assert key_dir == next(v.split(":")[1] for v in SERVICES["gateway"]["volumes"]
+                           if v.startswith("gateway-key:"))
     run = next(b for b in text.split("\nRUN ") if "useradd" in b)
     assert f"mkdir -p /data {key_dir}" in run and f"chown mirror /data {key_dir}" in run
     assert re.search(r"^USER mirror$", text, re.M)

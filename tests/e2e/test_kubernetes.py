@@ -152,11 +152,18 @@ def test_replicated_services_keep_one_pod_through_a_drain() -> None:
 def test_only_the_transfer_service_holds_the_key() -> None:
     deps = {_component(d): d for d in _by_kind("Deployment").values()}
     (secret,) = _by_kind("Secret").values()
-    assert {"secret-key", "tokens", "webhook-secret", "database-url"} <= set(secret["stringData"])
+    assert {"secret-key", "tokens", "webhook-secret", "database-url", "subscription-key"} <= \
+        set(secret["stringData"])
     for name, dep in deps.items():
         pod = dep["spec"]["template"]["spec"]
         text = yaml.safe_dump(pod)
         assert ("secret-key" in text) == (name == "transfer"), name
+        # The gateways' replicas share a key of their own (their subscriptions' secrets).
+        assert ("subscription-key" in text) == (name == "gateway"), name
+        env = {e["name"]: e for e in _container(dep).get("env", [])}
+        if name in ("transfer", "gateway"):
+            key = "secret-key" if name == "transfer" else "subscription-key"
+            assert env["MIRROR_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["key"] == key, name
         cmd = _container(dep)["command"]
         assert "--transfer-data" not in cmd and "--secret-key-file" not in cmd
     for name in ("gateway", "scanner"):
