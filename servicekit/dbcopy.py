@@ -2,15 +2,17 @@
 
 Both sides are opened through `Database`, so both are first migrated to this release's
 schema; then every table's rows are copied column by column (the columns both sides have),
-in one transaction on the destination, which must be empty. Identity counters on
+in one transaction on the destination, which must be empty (rows its own migrations put
+there, such as a counter row, are replaced by the source's). Identity counters on
 PostgreSQL are moved past the copied ids, so new rows do not collide with old ones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from servicekit.db import Database, Tx
+from servicekit.db import Database, MigrationStep, Tx
 
 _BATCH = 500
 
@@ -48,8 +50,18 @@ def columns(db: Database, table: str) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def copy_rows(src: Database, dst: Database) -> list[Copied]:
-    """Copy every row of `src` into the empty `dst` (same service, same schema version)."""
+def seeded_tables(migrations: Sequence[MigrationStep]) -> frozenset[str]:
+    """Tables that the migrations themselves fill (so a new database is not row-free)."""
+    fresh = Database(":memory:", migrations)
+    try:
+        return frozenset(t for t in tables(fresh) if fresh.query_one(f'SELECT 1 FROM "{t}"'))
+    finally:
+        fresh.close()
+
+
+def copy_rows(src: Database, dst: Database, seeded: frozenset[str] = frozenset()) -> list[Copied]:
+    """Copy every row of `src` into the empty `dst` (same service, same schema version);
+    the rows of `seeded` tables in `dst` are replaced."""
     if src.schema_version != dst.schema_version:
         raise ValueError(
             f"schema versions differ ({src.schema_version} vs {dst.schema_version}); "
@@ -57,7 +69,11 @@ def copy_rows(src: Database, dst: Database) -> list[Copied]:
         )
     wanted = tables(src)
     have = set(tables(dst))
-    busy = [t for t in wanted if t in have and dst.query_one(f'SELECT 1 FROM "{t}" LIMIT 1')]
+    busy = [
+        t
+        for t in wanted
+        if t in have and t not in seeded and dst.query_one(f'SELECT 1 FROM "{t}" LIMIT 1')
+    ]
     if busy:
         raise ValueError(f"the destination already holds rows (table {busy[0]}); it must be empty")
     done: list[Copied] = []
@@ -66,6 +82,8 @@ def copy_rows(src: Database, dst: Database) -> list[Copied]:
             if table not in have:
                 continue
             cols = [c for c in columns(src, table) if c in set(columns(dst, table))]
+            if table in seeded:
+                tx.execute(f'DELETE FROM "{table}"')
             names = ", ".join(f'"{c}"' for c in cols)
             marks = ", ".join("?" for _ in cols)
             rows = src.query(f'SELECT {names} FROM "{table}"')
