@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +141,50 @@ class LeaseStore:
     def clear(self) -> None:
         """Forget every lease (SQLite at start: this process is the file's only user)."""
         self.db.execute("DELETE FROM leases")
+
+    def forget_expired(self, older_than_s: float) -> int:
+        """Drop locks whose holder died long ago (duties' rows are kept: they are reused)."""
+        return self.db.execute(
+            f"DELETE FROM leases WHERE name LIKE 'lock:%' AND expires < {db_now(self.db)} - ?",
+            (older_than_s,),
+        )
+
+
+class SharedLocks:
+    """Named locks across replicas: a row in `leases`, renewed while held and deleted after,
+    so a holder that dies lets go when its lease runs out. (Within one replica, callers hold
+    an asyncio lock of the same name first: the row is re-entrant for its owner.)"""
+
+    def __init__(self, store: LeaseStore, lease_s: float = DEFAULT_LEASE_S) -> None:
+        self.store = store
+        self.lease_s = lease_s
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        key = "lock:" + hashlib.sha256(name.encode()).hexdigest()[:40]
+        db, delay = self.store.db, 0.02
+        while not await db.run(self.store.acquire, key, self.lease_s):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        renew = asyncio.create_task(self._renew(key))
+        try:
+            yield
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            try:
+                await db.run(self.store.release, key)
+            except Exception as exc:  # it runs out by itself
+                log.info("cannot release lock %s: %s", key, exc)
+
+    async def _renew(self, key: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.store.db.run(self.store.acquire, key, self.lease_s)
+            except Exception as exc:
+                log.warning("cannot renew lock %s: %s", key, exc)
 
 
 Duty = Callable[[], Coroutine[Any, Any, None]]

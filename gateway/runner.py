@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -131,6 +134,7 @@ class Runner:
         runs: RunStore,
         tracker: TransferTracker,
         max_hops: int = DEFAULT_MAX_HOPS,
+        shared_lock: Callable[[str], AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
         self.policy = policy
         self.transfer = transfer
@@ -140,8 +144,10 @@ class Runner:
         self.tracker = tracker
         self.max_hops = max_hops
         # One decision at a time per (policy, source image): an event and a sweep never both
-        # start a transfer for the same thing.
+        # start a transfer for the same thing. `shared_lock` extends that to other replicas
+        # (an event on one, an ApplyPolicy on another).
         self._locks: defaultdict[tuple[str, ...], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._shared_lock = shared_lock
 
     async def act(
         self, push: Push, only_policy: str = "", kinds: frozenset[int] | None = None
@@ -513,7 +519,7 @@ class Runner:
             previous_digest=push.previous_digest,
         )
         key = (result.policy_id, push.endpoint, push.repository, push.tag, digest)
-        async with self._locks[key]:
+        async with self._locks[key], self._across_replicas(key):
             try:
                 cover = await self._covering(push, digest, result)
                 if cover is not None:
@@ -571,6 +577,11 @@ class Runner:
             finally:
                 if not self._locks[key].locked():
                     self._locks.pop(key, None)
+
+    def _across_replicas(self, key: tuple[str, ...]) -> AbstractAsyncContextManager[None]:
+        if self._shared_lock is None:
+            return contextlib.nullcontext()
+        return self._shared_lock("decide:" + "\0".join(key))
 
     async def _decide(
         self, push: Push, digest: str, result: policy_pb2.PolicyResult, base: RunRecord

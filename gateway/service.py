@@ -22,7 +22,13 @@ from gateway.endpoints import EndpointDirectory
 from gateway.facts import FactGatherer
 from gateway.http import WebhookApp, check_secret_required, split_listen, start_http
 from gateway.inbox import Inbox
-from gateway.leases import DEFAULT_LEASE_S, Duties, LeaseStore, default_replica_id
+from gateway.leases import (
+    DEFAULT_LEASE_S,
+    Duties,
+    LeaseStore,
+    SharedLocks,
+    default_replica_id,
+)
 from gateway.notify import Notifier
 from gateway.polls import PollStore
 from gateway.runner import DEFAULT_MAX_HOPS, Runner
@@ -118,6 +124,7 @@ class Gateway:
             owner=owner,
             lease_s=lease,
         )
+        self.leases = LeaseStore(self.db, owner)
         self.runner = Runner(
             policy,
             transfer,
@@ -125,6 +132,8 @@ class Gateway:
             self.runs,
             self.tracker,
             max_hops=cfg.max_hops,
+            # Replicas: one decision per (policy, image) at a time across all of them.
+            shared_lock=SharedLocks(self.leases, lease).hold if self.shared else None,
         )
         self.worker = InboxWorker(
             self.inbox,
@@ -166,7 +175,6 @@ class Gateway:
             subscriptions=self.notifier.store,
             deleter=self.deleter,
         )
-        self.leases = LeaseStore(self.db, owner)
         self.duties = Duties(self.leases, lease)
         self.webhook = WebhookApp(
             self.inbox,
@@ -295,6 +303,7 @@ class Gateway:
                     if removed:
                         log.info("forgot %d finished event(s) older than the dedup window",
                                  removed)
+                    await self.db.run(self.leases.forget_expired, 3600.0)
                 except Exception:
                     log.exception("forgetting old events failed")
             if not self.shared:

@@ -15,7 +15,7 @@ from mirror.v1 import gateway_pb2
 from gateway.baselines import BaselineStore
 from gateway.dest_scan import CLAIMS as SCAN_CLAIMS
 from gateway.inbox import DONE, Inbox, InboxEvent
-from gateway.leases import Duties, LeaseStore
+from gateway.leases import Duties, LeaseStore, SharedLocks
 from gateway.runs import RunRecord, RunStore
 from gateway.schema import open_database
 from gateway.subscriptions import SubscriptionStore
@@ -240,3 +240,30 @@ def test_signature_waits_end_once(two: tuple[Database, Database]) -> None:
     a.wait_for_signature("r1", 2.0, "still unsigned")  # replaced, not duplicated
     assert b.waits_over(3.0) == [("r1", "still unsigned")]
     assert a.end_wait("r1") and not b.end_wait("r1")
+
+
+async def test_a_shared_lock_is_held_by_one_replica_at_a_time(
+    two: tuple[Database, Database],
+) -> None:
+    a = SharedLocks(LeaseStore(two[0], "replica-a"), lease_s=0.6)
+    b = SharedLocks(LeaseStore(two[1], "replica-b"), lease_s=0.6)
+    order: list[str] = []
+
+    async def hold(locks: SharedLocks, who: str, gate: asyncio.Event | None) -> None:
+        async with locks.hold("decide:p1/dev/app:1.0"):
+            order.append(f"{who} in")
+            if gate is not None:
+                await gate.wait()  # held past its lease: renewed meanwhile
+            order.append(f"{who} out")
+
+    gate = asyncio.Event()
+    first = asyncio.create_task(hold(a, "a", gate))
+    while order != ["a in"]:
+        await asyncio.sleep(0.01)
+    second = asyncio.create_task(hold(b, "b", None))
+    await asyncio.sleep(1.0)  # longer than the lease: b still waits
+    assert order == ["a in"]
+    gate.set()
+    await asyncio.gather(first, second)
+    assert order == ["a in", "a out", "b in", "b out"]
+    assert LeaseStore(two[0], "x").holders() == {}  # released, not left to run out
