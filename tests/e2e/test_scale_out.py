@@ -27,6 +27,7 @@ import grpc
 import psycopg
 import pytest
 from cryptography.fernet import Fernet
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mirror.v1 import gateway_pb2, transfer_pb2
 
 from registry_testkit.images import OCI_MANIFEST, ImageBuilder, ImageRef, push
@@ -367,6 +368,12 @@ def _run_scenario(
     # The notifications after the kill reached the live gateway: the router found the dead
     # one unreachable and handed them on.
     assert "trying the next gateway" in dep.router.log_tail(1 << 20)
+    # One replica of each down, the router still reports both services serving.
+    with grpc.insecure_channel(dep.router.address) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("mirror.v1.TransferService", "mirror.v1.GatewayService"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
 
     print(f"\n{PUSHES} pushes through {WORKERS} workers and {GATEWAYS} gateways in "
           f"{elapsed:.1f} s; killed {worker_id} (holding {len(held)} jobs) and {gateway_id} "
