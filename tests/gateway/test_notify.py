@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -40,7 +41,7 @@ def finished_run() -> RunRecord:
 
 
 async def test_delivered_after_a_failure_with_the_event_document() -> None:
-    got: list[dict[str, object]] = []
+    got: list[dict[str, Any]] = []
     calls = 0
 
     async def hook(request: web.Request) -> web.Response:

@@ -107,7 +107,12 @@ def test_the_claim_of_a_replica_that_died_runs_out_and_another_takes_the_event(
     nxt = b.next_due_time()
     assert nxt is not None and nxt > time.time() - 1  # when the claim runs out
     taken: list[InboxEvent] = []
-    wait_until(lambda: bool(taken.extend(b.claim_due("replica-b", 30.0, 5)) or taken))
+
+    def claimed_by_b() -> bool:
+        taken.extend(b.claim_due("replica-b", 30.0, 5))
+        return bool(taken)
+
+    wait_until(claimed_by_b)
     assert [e.id for e in taken] == ["e1"]
     # The dead replica's renewal fails: the event is no longer its.
     assert a.renew_claims("replica-a", ["e1"], 30.0) == set()

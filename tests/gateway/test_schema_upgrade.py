@@ -127,8 +127,10 @@ def test_an_old_gateway_database_keeps_every_row(tmp_path: Path) -> None:
         assert msg.action == Run.ACTION_COPY and msg.cause == "" and msg.poll_id == ""
         # Old runs serve the new lookups: its destination push is recognised as ours, and it
         # is the copy a deletion would remove.
-        assert runs.made_by_us("qa", "qa/website", "0.9-stable", DIGEST).id == "run-1"
-        assert runs.last_copy("pol-1", "dev", "dev/website", "0.9-stable").id == "run-1"
+        ours = runs.made_by_us("qa", "qa/website", "0.9-stable", DIGEST)
+        copy = runs.last_copy("pol-1", "dev", "dev/website", "0.9-stable")
+        assert ours is not None and ours.id == "run-1"
+        assert copy is not None and copy.id == "run-1"
         assert runs.policy_status("pol-1").runs_succeeded == 1
         # The pending event is still due, and the owed scan still owed.
         (due,) = Inbox(db).due(10, set())

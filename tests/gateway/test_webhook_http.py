@@ -49,7 +49,7 @@ async def test_push_is_recorded_before_the_answer(client: TestClient, inbox: Inb
     assert ev is not None and ev.state == "pending"
     assert (ev.repository, ev.tag) == ("dev/website", "1.0-stable")
     # A second connection to the same file sees it: it is committed, not just cached.
-    other = Inbox(open_database(inbox.db.path.parent))
+    other = Inbox(open_database(inbox.db.path.parent))  # type: ignore[attr-defined]
     assert other.get("e1") is not None
 
 
