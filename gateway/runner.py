@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -147,6 +147,7 @@ class Runner:
         # start a transfer for the same thing. `shared_lock` extends that to other replicas
         # (an event on one, an ApplyPolicy on another).
         self._locks: defaultdict[tuple[str, ...], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._lock_users: Counter[tuple[str, ...]] = Counter()
         self._shared_lock = shared_lock
 
     async def act(
@@ -519,8 +520,9 @@ class Runner:
             previous_digest=push.previous_digest,
         )
         key = (result.policy_id, push.endpoint, push.repository, push.tag, digest)
-        async with self._locks[key], self._across_replicas(key):
-            try:
+        self._lock_users[key] += 1
+        try:
+            async with self._locks[key], self._across_replicas(key):
                 cover = await self._covering(push, digest, result)
                 if cover is not None:
                     return cover
@@ -574,9 +576,12 @@ class Runner:
                     },
                 )
                 return rec
-            finally:
-                if not self._locks[key].locked():
-                    self._locks.pop(key, None)
+        finally:
+            # Dropped when nobody holds or waits for it (the dict stays small).
+            self._lock_users[key] -= 1
+            if not self._lock_users[key]:
+                del self._lock_users[key]
+                self._locks.pop(key, None)
 
     def _across_replicas(self, key: tuple[str, ...]) -> AbstractAsyncContextManager[None]:
         if self._shared_lock is None:
