@@ -77,10 +77,6 @@ class GatewayConfig:
     subscription_key_file: Path | None = None
 
 
-# The duties one replica does at a time (gateway/leases.py), by lease name.
-DUTIES = ("reconcile", "baselines", "polls", "deliveries", "signature-waits", "housekeeping")
-
-
 class Gateway:
     """The gateway's parts; `servicer` is mounted on a gRPC server by the caller."""
 
