@@ -33,6 +33,8 @@ from mirror.v1 import (  # noqa: E402
     gateway_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
+    transfer_pb2,
+    transfer_pb2_grpc,
 )
 
 from bench.counting_proxy import CountingProxy  # noqa: E402
@@ -96,6 +98,50 @@ def wait_runs_ended(gateway: gateway_pb2_grpc.GatewayServiceStub, policy_id: str
         time.sleep(0.25)
 
 
+def _pct(values: list[float]) -> str:
+    v = sorted(values)
+    if not v:
+        return "-"
+    pick = [v[0], v[len(v) // 2], v[int(len(v) * 0.9)], v[-1]]
+    return " / ".join(f"{x:6.2f}" for x in pick)
+
+
+def print_timeline(gateway: gateway_pb2_grpc.GatewayServiceStub,
+                   transfers: transfer_pb2_grpc.TransferServiceStub,
+                   policy_id: str, wall0: float) -> None:
+    """Seconds (min / median / p90 / max) of each phase of the initial sync's runs."""
+    runs = list(gateway.ListRuns(
+        gateway_pb2.ListRunsRequest(policy_id=policy_id, page_size=1000), timeout=30).runs)
+    jobs: dict[str, transfer_pb2.Transfer] = {}
+    token = ""
+    while True:
+        page = transfers.ListTransfers(
+            transfer_pb2.ListTransfersRequest(page_size=1000, page_token=token), timeout=30)
+        jobs.update({t.id: t for t in page.transfers})
+        token = page.next_page_token
+        if not token:
+            break
+
+    def ts(t: object) -> float:
+        return t.ToNanoseconds() / 1e9  # type: ignore[attr-defined]
+
+    phases: dict[str, list[float]] = {k: [] for k in (
+        "run created (since the policy was saved)", "run created -> job created",
+        "job created -> job started", "job copying", "job ended -> run ended")}
+    for r in runs:
+        job = jobs.get(r.transfer_id)
+        phases["run created (since the policy was saved)"].append(ts(r.create_time) - wall0)
+        if job is None:
+            continue
+        phases["run created -> job created"].append(ts(job.create_time) - ts(r.create_time))
+        phases["job created -> job started"].append(ts(job.start_time) - ts(job.create_time))
+        phases["job copying"].append(ts(job.end_time) - ts(job.start_time))
+        phases["job ended -> run ended"].append(ts(r.end_time) - ts(job.end_time))
+    print("timeline (s: min / median / p90 / max):")
+    for name, values in phases.items():
+        print(f"  {name:44s} {_pct(values)}")
+
+
 def skopeo_sync(proxy_host: str, dest_host: str, repos: int, work: Path) -> float:
     spec = work / "sync.yml"
     lines = [f"{proxy_host}:", "  tls-verify: false", "  images-by-tag-regex:"]
@@ -119,6 +165,8 @@ def main() -> None:
     ap.add_argument("--base-mib", type=int, default=4)
     ap.add_argument("--max-concurrency", type=int, default=0,
                     help="the endpoints' max_concurrency (0: the service default)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="also print where the initial sync's time went (run and job phases)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-pull-"))
     with (
@@ -177,6 +225,9 @@ def main() -> None:
             t_end = wait_runs_ended(gateway, pol.id, n)
             t_ours = t_end - wall0
             assert count_tags(None, ours.url, args.repos) == n
+            if args.timeline:
+                jobs = transfer_pb2_grpc.TransferServiceStub(channel)
+                print_timeline(gateway, jobs, pol.id, wall0)
             ours_requests = proxy.count() - mark
 
             # Unchanged: the next poll of ours, a second skopeo sync.
