@@ -36,6 +36,10 @@ FAILED = frozenset({Run.STATE_FAILED, Run.STATE_BLOCKED})
 # Registry requests and decisions in flight at once within one repository of a poll (the
 # endpoint's max_concurrency and requests_per_second still bound what reaches the registry).
 POLL_CONCURRENCY = 8
+# Repositories of one poll listed and HEADed at once, and tag decisions (each ending in a
+# transfer started) in flight at once across the whole poll.
+REPOS_READ_AT_ONCE = 4
+DECISIONS_AT_ONCE = 32
 _VERSION = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(.*)$")
 
 
@@ -159,13 +163,12 @@ class PollScheduler:
         bind(policy=pol.name, poll=rec.id)
         try:
             repos = await self.repositories(pol)
-            repo_slots = asyncio.Semaphore(4)
-
-            async def sweep(repo: str) -> None:
-                async with repo_slots:
-                    await self._poll_repo(pol, rec, repo)
-
-            await asyncio.gather(*map(sweep, repos))
+            # Repositories are read a few at a time, and their changed tags are decided on
+            # under one budget for the whole poll: the next repository is listed while the
+            # last one's tags are still being copied, instead of waiting for its slowest tag.
+            reading = asyncio.Semaphore(REPOS_READ_AT_ONCE)
+            deciding = asyncio.Semaphore(DECISIONS_AT_ONCE)
+            await asyncio.gather(*(self._poll_repo(pol, rec, r, reading, deciding) for r in repos))
             for repo in set(await self.db.run(self.polls.repositories, pol.id)) - set(repos):
                 await self._poll_gone(pol, rec, repo, set())  # the repository itself is gone
         except Exception as exc:
@@ -181,24 +184,17 @@ class PollScheduler:
         )
         return rec
 
-    async def _poll_repo(self, pol: policy_pb2.Policy, rec: PollRecord, repo: str) -> None:
-        ep = pol.source.endpoint
-        seen = await self.db.run(self.polls.seen, pol.id, repo)
-        async with self.resolver.client_for(ep) as rc:
-            tags = await _list_tags(rc, repo)
-            rec.requests += 1
-            rec.tags_listed += len(tags)
-            ordered = sorted(tags, key=version_key, reverse=True)
-            # HEADs in parallel, within the endpoint's own request limits.
-            slots = asyncio.Semaphore(POLL_CONCURRENCY)
-
-            async def head(tag: str) -> str:
-                async with slots:
-                    desc = await rc.head_manifest(repo, tag)
-                rec.requests += 1
-                return desc.digest if desc is not None else ""
-
-            digests = dict(zip(ordered, await asyncio.gather(*map(head, ordered)), strict=True))
+    async def _poll_repo(
+        self,
+        pol: policy_pb2.Policy,
+        rec: PollRecord,
+        repo: str,
+        reading: asyncio.Semaphore,
+        deciding: asyncio.Semaphore,
+    ) -> None:
+        async with reading:
+            tags, digests, seen = await self._read_repo(pol, rec, repo)
+        ordered = sorted(tags, key=version_key, reverse=True)
         changed = []
         matched = 0
         for tag in ordered:
@@ -216,15 +212,40 @@ class PollScheduler:
                 if matched >= pol.keep_newest:
                     rec.tags_skipped += 1  # older than the newest K matching tags
                     continue
-                matched += await self._decide(pol, rec, repo, tag, digests[tag], before)
+                async with deciding:
+                    matched += await self._decide(pol, rec, repo, tag, digests[tag], before)
         else:
 
             async def one(tag: str, before: tuple[str, bool] | None) -> None:
-                async with slots:
+                async with deciding:
                     await self._decide(pol, rec, repo, tag, digests[tag], before)
 
             await asyncio.gather(*(one(t, b) for t, b in changed))
         await self._poll_gone(pol, rec, repo, set(tags))
+
+    async def _read_repo(
+        self, pol: policy_pb2.Policy, rec: PollRecord, repo: str
+    ) -> tuple[list[str], dict[str, str], dict[str, tuple[str, bool]]]:
+        """The repository's tags, the digest each points at now ("" if gone since the
+        listing), and what the last poll saw."""
+        ep = pol.source.endpoint
+        seen = await self.db.run(self.polls.seen, pol.id, repo)
+        async with self.resolver.client_for(ep) as rc:
+            tags = await _list_tags(rc, repo)
+            rec.requests += 1
+            rec.tags_listed += len(tags)
+            ordered = sorted(tags, key=version_key, reverse=True)
+            # HEADs in parallel, within the endpoint's own request limits.
+            slots = asyncio.Semaphore(POLL_CONCURRENCY)
+
+            async def head(tag: str) -> str:
+                async with slots:
+                    desc = await rc.head_manifest(repo, tag)
+                rec.requests += 1
+                return desc.digest if desc is not None else ""
+
+            digests = dict(zip(ordered, await asyncio.gather(*map(head, ordered)), strict=True))
+        return tags, digests, seen
 
     async def _decide(
         self,

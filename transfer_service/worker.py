@@ -64,6 +64,10 @@ _WATCH_POLL_SECONDS = 5.0
 _WATCH_ROW_SECONDS = 0.5
 # How many waiting jobs are told, per pass, why they do not start.
 _NOTE_BATCH = 100
+# Why waiting jobs wait is said at most this often: during a backlog every finished job
+# wakes the claim loop, and re-reading a hundred waiting rows each time costs more than
+# the copies themselves.
+_NOTE_EVERY_S = 1.0
 
 __all__ = ["Worker", "default_worker_id", "destination_key", "effective_tag"]
 
@@ -155,6 +159,7 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._renewed = time.monotonic()
         self._claim_error = ""
+        self._noted_at = -_NOTE_EVERY_S
 
     async def _run_db(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         return await self._db.run(fn, *args, **kwargs)
@@ -329,7 +334,10 @@ class Worker:
             if job is None:
                 break
             self._begin(job)
-        await self._note_blocked()
+        now = time.monotonic()
+        if now - self._noted_at >= _NOTE_EVERY_S:
+            self._noted_at = now
+            await self._note_blocked()
 
     def _source_limits(self) -> tuple[list[str], list[str] | None]:
         """Sources not to claim from: those at their share; then (the default share, lent
