@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stack.ports import free_port
+from stack.process import kill_process, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,21 +96,11 @@ class ServiceProcess:
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all (a crashed process, a lost machine)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        kill_process(self.proc)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout)
 
 
 class Cluster:

@@ -17,6 +17,25 @@ from stack.ports import free_port
 READY_LINE = "mirror-stack ready"
 
 
+def kill_process(proc: subprocess.Popen[Any] | None) -> None:
+    """SIGKILL a child (no cleanup at all: a crash, a lost machine) and reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float) -> None:
+    """SIGTERM a child, then SIGKILL if it does not exit within `timeout` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 class StackProcess:
     """One `python -m stack` child on fixed loopback ports; restartable on the same data."""
 
@@ -115,22 +134,12 @@ class StackProcess:
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all (crash simulation)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        kill_process(self.proc)
         self.proc = None
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout)
         self.proc = None
 
     def __enter__(self) -> StackProcess:
