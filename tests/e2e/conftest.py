@@ -107,7 +107,9 @@ class Clients:
 
         wait_for(taken, timeout, f"the baseline of policy {policy_id}")
 
-    def runs(self, policy_id: str, states: list[int] | None = None) -> list[Any]:
+    def runs(
+        self, policy_id: str, states: list[gateway_pb2.Run.State.ValueType] | None = None
+    ) -> list[Any]:
         out: list[Any] = []
         token = ""
         while True:

@@ -32,7 +32,7 @@ from mirror.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, policy_pb2
 
 from registry_testkit.images import ImageBuilder, push
 from registry_testkit.ports import free_port
-from tests.e2e.conftest import WEBHOOK_SECRET, Clients
+from tests.e2e.conftest import WEBHOOK_SECRET, Clients, wait_for
 from tests.support.registry import RegistryFactory
 
 pytestmark = pytest.mark.registry
@@ -46,13 +46,7 @@ FINAL = {Run.STATE_SUCCEEDED, Run.STATE_FAILED, Run.STATE_NOT_MATCHED, Run.STATE
 
 
 def wait_until(what: str, fn: Callable[[], T | None], timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    return wait_for(fn, timeout, what)
 
 
 def _serving(address: str) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from mirror.v1 import common_pb2, transfer_pb2, transfer_pb2_grpc
 from registry_testkit.faultproxy import FaultProxy
 from registry_testkit.images import ImageBuilder, digest_of, inspect_raw, push
 from registry_testkit.registry import RegistryProcess
+from stack.process import kill_process, stop_process
 
 pytestmark = pytest.mark.registry
 
@@ -49,18 +49,11 @@ class ServiceProcess:
 
     async def kill(self) -> None:
         await self.channel.close()
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        kill_process(self.proc)
 
     async def stop(self) -> None:
         await self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, 10)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from grpc import aio
 from mirror.v1 import common_pb2, transfer_pb2, transfer_pb2_grpc
 
 from registry_testkit.ports import free_port
+from stack.process import kill_process, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 # Short leases: a dead worker's jobs move on within seconds.
@@ -58,19 +58,12 @@ class WorkerProcess:
         return self.log.read_text()
 
     async def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        kill_process(self.proc)
         await self.channel.close()
 
     async def stop(self) -> None:
         await self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, 10)
 
 
 StartWorkers = Callable[..., list[WorkerProcess]]
