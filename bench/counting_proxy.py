@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import sys
+from collections import Counter
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -18,6 +19,20 @@ from registry_testkit.faultproxy import FaultProxy
 from registry_testkit.ports import free_port
 
 
+def request_kinds(log: list[tuple[str, str, str]]) -> dict[str, int]:
+    """Requests by method and kind of path (tag list, manifest, blob, upload, ping)."""
+    kinds: Counter[str] = Counter()
+    for method, path, _ in log:
+        if path.rstrip("/") == "/v2":
+            kind = "ping"
+        elif "/tags/list" in path:
+            kind = "tags"
+        else:
+            kind = next((k for k in ("manifests", "uploads", "blobs") if f"/{k}/" in path), "other")
+        kinds[f"{method} {kind}"] += 1
+    return dict(kinds)
+
+
 def _serve(upstream: str, port: int, conn: Connection) -> None:
     proxy = FaultProxy(upstream, port=port).start()
     conn.send("ready")
@@ -25,8 +40,12 @@ def _serve(upstream: str, port: int, conn: Connection) -> None:
         cmd = conn.recv()
         if cmd == "count":
             conn.send(len(proxy.log))
-        elif cmd == "gets":
-            conn.send(sum(1 for m, p, _ in proxy.log if m == "GET" and "/tags/list" not in p))
+        elif isinstance(cmd, tuple) and cmd[0] == "kinds":
+            _, since, until = cmd
+            log = [e for e, t in zip(proxy.log, proxy.times, strict=True) if t <= until]
+            conn.send(request_kinds(log[since:]))
+        elif isinstance(cmd, tuple) and cmd[0] == "count_until":
+            conn.send(sum(1 for t in proxy.times if t <= cmd[1]))
         else:
             proxy.stop()
             conn.send("stopped")
@@ -50,6 +69,16 @@ class CountingProxy:
     def count(self) -> int:
         self._conn.send("count")
         return int(self._conn.recv())
+
+    def count_until(self, until: float) -> int:
+        """Requests received up to the wall-clock time `until`."""
+        self._conn.send(("count_until", until))
+        return int(self._conn.recv())
+
+    def kinds(self, since: int = 0, until: float = float("inf")) -> dict[str, int]:
+        """Requests after the first `since` (up to `until`), by method and kind of path."""
+        self._conn.send(("kinds", since, until))
+        return dict(self._conn.recv())
 
     def stop(self) -> None:
         self._conn.send("stop")

@@ -108,6 +108,10 @@ def _pct(values: list[float]) -> str:
     return " / ".join(f"{x:6.2f}" for x in pick)
 
 
+def _kinds(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
 def print_timeline(gateway: gateway_pb2_grpc.GatewayServiceStub,
                    transfers: transfer_pb2_grpc.TransferServiceStub,
                    policy_id: str, wall0: float) -> None:
@@ -128,18 +132,22 @@ def print_timeline(gateway: gateway_pb2_grpc.GatewayServiceStub,
         return t.ToNanoseconds() / 1e9  # type: ignore[attr-defined]
 
     phases: dict[str, list[float]] = {k: [] for k in (
-        "run created (since the policy was saved)", "run created -> job created",
+        "run created", "run created -> job created",
         "job created -> job started", "job copying", "job ended -> run ended")}
     for r in runs:
         job = jobs.get(r.transfer_id)
-        phases["run created (since the policy was saved)"].append(ts(r.create_time) - wall0)
+        phases["run created"].append(ts(r.create_time) - wall0)
         if job is None:
             continue
         phases["run created -> job created"].append(ts(job.create_time) - ts(r.create_time))
         phases["job created -> job started"].append(ts(job.start_time) - ts(job.create_time))
         phases["job copying"].append(ts(job.end_time) - ts(job.start_time))
         phases["job ended -> run ended"].append(ts(r.end_time) - ts(job.end_time))
-    print("timeline (s: min / median / p90 / max):")
+    polls = list(gateway.ListPolls(
+        gateway_pb2.ListPollsRequest(policy_id=policy_id, page_size=50), timeout=30).polls)
+    first = min(polls, key=lambda p: p.start_time.ToNanoseconds())
+    print("timeline (s since CreatePolicy was sent: min / median / p90 / max):")
+    print(f"  {'first poll started':44s} {ts(first.start_time) - wall0:6.2f}")
     for name, values in phases.items():
         print(f"  {name:44s} {_pct(values)}")
 
@@ -184,6 +192,7 @@ def main() -> None:
         mark = proxy.count()  # the proxy logs every request; count those after a mark
         t_skopeo = skopeo_sync(proxy.url.split("//", 1)[1], theirs.host, args.repos, work)
         skopeo_requests = proxy.count() - mark
+        skopeo_kinds = proxy.kinds(mark)
         assert count_tags(None, theirs.url, args.repos) == n
 
         stack = StackProcess(
@@ -195,11 +204,15 @@ def main() -> None:
             mc = args.max_concurrency or None
             client.transfers.create_endpoint(name="src", url=proxy.url, max_concurrency=mc)
             client.transfers.create_endpoint(name="ours", url=ours.url, max_concurrency=mc)
-            mark = proxy.count()
-            wall0 = time.time()
             channel = grpc.insecure_channel(stack.grpc_address)
             policies = policy_pb2_grpc.PolicyServiceStub(channel)
             gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+            # The stack has finished starting: its rule workers (a fork server that preloads
+            # the rule modules, ~0.5 s after start) take a rule. Timed from here, as skopeo
+            # is timed from its start, not from its installation.
+            policies.ValidateRule(policy_pb2.ValidateRuleRequest(rule="true"), timeout=60)
+            mark = proxy.count()
+            wall0 = time.time()
 
             def list_polls(policy_id: str) -> list[gateway_pb2.Poll]:
                 return list(gateway.ListPolls(
@@ -222,6 +235,7 @@ def main() -> None:
                 ),
                 timeout=60,
             )
+            saved = time.time() - wall0
             # Done when every image's run has ended; the time is the last run's own end
             # time (watching the destination's tag lists would load the registry we time).
             t_end = wait_runs_ended(gateway, pol.id, n)
@@ -229,8 +243,11 @@ def main() -> None:
             assert count_tags(None, ours.url, args.repos) == n
             if args.timeline:
                 jobs = transfer_pb2_grpc.TransferServiceStub(channel)
+                print(f"  {'CreatePolicy returned (checks the target)':44s} {saved:6.2f}")
                 print_timeline(gateway, jobs, pol.id, wall0)
-            ours_requests = proxy.count() - mark
+            # Up to the last run's end: the next poll may start before this loop sees it.
+            ours_requests = proxy.count_until(t_end) - mark
+            ours_kinds = proxy.kinds(mark, t_end)
 
             # Unchanged: the next poll of ours, a second skopeo sync.
             polls_before = len(list_polls(pol.id))
@@ -257,6 +274,8 @@ def main() -> None:
     print(f"initial sync:   ours {t_ours:7.2f} s  skopeo sync {t_skopeo:7.2f} s  "
           f"ratio {t_ours / t_skopeo:.2f} (target <= 0.5); source requests "
           f"{ours_requests} vs {skopeo_requests}")
+    print(f"  source requests by kind, ours:   {_kinds(ours_kinds)}")
+    print(f"  source requests by kind, skopeo: {_kinds(skopeo_kinds)}")
     print(f"unchanged sync: ours {idle_s:7.2f} s  skopeo sync {t_skopeo2:7.2f} s  "
           f"ratio {idle_s / t_skopeo2:.2f} (target <= 0.2); source requests "
           f"{idle_requests} (counted by the poll) vs {skopeo2_requests}; "

@@ -23,6 +23,7 @@ from mirror.v1 import (
     transfer_pb2_grpc,
 )
 
+from gateway.dest_tags import DestinationTags
 from gateway.facts import FactGatherer, Gathered, ImageRef
 from gateway.runs import Hop, RunRecord, RunStore
 from gateway.tracker import TransferTracker, count_run, run_state_name
@@ -91,6 +92,8 @@ class Push:
     poll_id: str = ""
     # The digest the source tag had before (a poll saw the tag move), for the run.
     previous_digest: str = ""
+    # A poll's listings of destination repositories (saves a HEAD per new tag).
+    destination_tags: DestinationTags | None = None
 
 
 def chain_text(chain: tuple[Hop, ...] | list[Hop]) -> str:
@@ -614,7 +617,7 @@ class Runner:
                 f"already mirrored as {prior.dst_repository}:{prior.dst_tag} on endpoint "
                 f"{prior.dst_endpoint} by run {prior.id}"
             )
-        held = await self._destination_digest(dst[0], dst[1], result.tag)
+        held = await self._destination_digest(dst[0], dst[1], result.tag, push.destination_tags)
         if held == digest:
             return Run.STATE_SKIPPED, f"up to date: {where} already holds {digest}"
         if held and result.overwrite == policy_pb2.OVERWRITE_NEVER:
@@ -634,11 +637,17 @@ class Runner:
             )
         return Run.STATE_PENDING, ""
 
-    async def _destination_digest(self, endpoint: str, repository: str, tag: str) -> str:
+    async def _destination_digest(
+        self, endpoint: str, repository: str, tag: str, listing: DestinationTags | None = None
+    ) -> str:
         """What the destination tag holds now ('' when absent or when it cannot be read)."""
         resolver = self.gatherer.resolver
         if resolver is None or not tag:
             return ""
+        if listing is not None:
+            tags = await listing.listed(endpoint, repository)
+            if tags is not None and tag not in tags:
+                return ""
         try:
             async with resolver.client_for(endpoint) as rc:
                 d = await rc.head_manifest(repository, tag)

@@ -318,6 +318,14 @@ class RunStore:
         )
         return [_record(r) for r in rows]
 
+    def poll_copying(self, poll_id: str) -> bool:
+        """Whether a run the poll started is still pending or running."""
+        row = self.db.query_one(
+            "SELECT 1 FROM runs WHERE state IN (?, ?) AND poll_id = ? LIMIT 1",
+            (Run.STATE_PENDING, Run.STATE_RUNNING, poll_id),
+        )
+        return row is not None
+
     def by_event_policy(self, event_id: str, policy_id: str) -> RunRecord | None:
         row = self.db.query_one(
             f"SELECT seq, {_COLUMNS} FROM runs WHERE event_id = ? AND policy_id = ?",

@@ -23,6 +23,7 @@ from croniter import croniter
 from mirror.v1 import gateway_pb2, policy_pb2, policy_pb2_grpc
 
 from gateway.deletions import Deleter
+from gateway.dest_tags import LIST_FROM_TAGS, DestinationTags
 from gateway.polls import PollRecord, PollStore
 from gateway.runner import Push, Runner, TransientError
 from gateway.runs import RunStore
@@ -40,6 +41,8 @@ POLL_CONCURRENCY = 8
 # transfer started) in flight at once across the whole poll.
 REPOS_READ_AT_ONCE = 4
 DECISIONS_AT_ONCE = 32
+# How long past its due time a poll may wait for the previous poll's copies (at least).
+HOLD_AT_MOST_S = 60.0
 _VERSION = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(.*)$")
 
 
@@ -55,13 +58,17 @@ def schedule_key(pol: policy_pb2.Policy) -> str:
 
 def next_poll(pol: policy_pb2.Policy, after: float, rng: random.Random | None = None) -> float:
     """When the poll after `after` is due: interval or cron, plus a random part of jitter."""
+    jitter = (rng or random).uniform(0, pol.trigger.schedule.jitter.ToNanoseconds() / 1e9)
+    return _next_slot(pol, after) + jitter
+
+
+def _next_slot(pol: policy_pb2.Policy, after: float) -> float:
     s = pol.trigger.schedule
-    jitter = (rng or random).uniform(0, s.jitter.ToNanoseconds() / 1e9)
     if s.cron:
         tz = ZoneInfo(pol.time_zone) if pol.time_zone else UTC
         base = datetime.fromtimestamp(after, tz)
-        return float(croniter(s.cron, base).get_next(float)) + jitter
-    return after + max(1.0, s.interval.ToNanoseconds() / 1e9) + jitter
+        return float(croniter(s.cron, base).get_next(float))
+    return after + max(1.0, s.interval.ToNanoseconds() / 1e9)
 
 
 def version_key(tag: str) -> tuple[Any, ...]:
@@ -100,6 +107,7 @@ class PollScheduler:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._policies: list[policy_pb2.Policy] = []
         self._listed_at = 0.0
+        self._holding: set[str] = set()  # policies whose due poll waits for copies
 
     async def run_forever(self, tick_s: float = 0.25) -> None:
         context_id.set("polls")
@@ -128,8 +136,28 @@ class PollScheduler:
                 due = now
                 await self.db.run(self.polls.plan, pol.id, key, due)
             if due <= now and pol.id not in self._running:
+                if await self._held_back(pol, due, now):
+                    continue
                 await self.db.run(self.polls.plan, pol.id, key, next_poll(pol, now))
                 self._running[pol.id] = asyncio.create_task(self._guarded(pol))
+
+    async def _held_back(self, pol: policy_pb2.Policy, due: float, now: float) -> bool:
+        """A due poll waits while copies its policy's previous poll started are still
+        pending or running (reading the source again then would only find those same tags),
+        but not past its next slot or a minute, whichever is later: a stuck copy never stops
+        a mirror's polls."""
+        last = await self.db.run(self.polls.last, pol.id)
+        until = max(_next_slot(pol, due), due + HOLD_AT_MOST_S)
+        if last is None or not last.end_time or now >= until:
+            self._holding.discard(pol.id)
+            return False
+        if not await self.db.run(self.runs.poll_copying, last.id):
+            self._holding.discard(pol.id)
+            return False
+        if pol.id not in self._holding:
+            self._holding.add(pol.id)
+            log.info("policy %s: next poll waits for the copies of poll %s", pol.name, last.id)
+        return True
 
     async def _scheduled(self) -> list[policy_pb2.Policy]:
         if time.monotonic() - self._listed_at > 0.5:  # a new policy polls within half a second
@@ -168,7 +196,13 @@ class PollScheduler:
             # last one's tags are still being copied, instead of waiting for its slowest tag.
             reading = asyncio.Semaphore(REPOS_READ_AT_ONCE)
             deciding = asyncio.Semaphore(DECISIONS_AT_ONCE)
-            await asyncio.gather(*(self._poll_repo(pol, rec, r, reading, deciding) for r in repos))
+            listing = DestinationTags(self.resolver)
+            try:
+                await asyncio.gather(
+                    *(self._poll_repo(pol, rec, r, reading, deciding, listing) for r in repos)
+                )
+            finally:
+                listing.close()
             for repo in set(await self.db.run(self.polls.repositories, pol.id)) - set(repos):
                 await self._poll_gone(pol, rec, repo, set())  # the repository itself is gone
         except Exception as exc:
@@ -191,6 +225,7 @@ class PollScheduler:
         repo: str,
         reading: asyncio.Semaphore,
         deciding: asyncio.Semaphore,
+        listing: DestinationTags,
     ) -> None:
         async with reading:
             tags, digests, seen = await self._read_repo(pol, rec, repo)
@@ -206,6 +241,7 @@ class PollScheduler:
             else:
                 rec.tags_changed += 1
                 changed.append((tag, before))
+        dest = listing if len(changed) >= LIST_FROM_TAGS else None
         if pol.keep_newest:
             # Newest first, one at a time: only the first K matching tags are mirrored.
             for tag, before in changed:
@@ -213,12 +249,12 @@ class PollScheduler:
                     rec.tags_skipped += 1  # older than the newest K matching tags
                     continue
                 async with deciding:
-                    matched += await self._decide(pol, rec, repo, tag, digests[tag], before)
+                    matched += await self._decide(pol, rec, repo, tag, digests[tag], before, dest)
         else:
 
             async def one(tag: str, before: tuple[str, bool] | None) -> None:
                 async with deciding:
-                    await self._decide(pol, rec, repo, tag, digests[tag], before)
+                    await self._decide(pol, rec, repo, tag, digests[tag], before, dest)
 
             await asyncio.gather(*(one(t, b) for t, b in changed))
         await self._poll_gone(pol, rec, repo, set(tags))
@@ -255,9 +291,10 @@ class PollScheduler:
         tag: str,
         digest: str,
         before: tuple[str, bool] | None,
+        dest: DestinationTags | None = None,
     ) -> bool:
         """Act on one new or moved tag and count it; True when the rule matched it."""
-        state = await self._act(pol, rec, repo, tag, digest, before)
+        state = await self._act(pol, rec, repo, tag, digest, before, dest)
         if state is None or state in FAILED:
             rec.tags_failed += 1  # not remembered: the next poll tries again
             return False
@@ -277,6 +314,7 @@ class PollScheduler:
         tag: str,
         digest: str,
         before: tuple[str, bool] | None,
+        dest: DestinationTags | None = None,
     ) -> int | None:
         why = "new tag" if before is None else f"tag moved from {before[0]} to {digest}"
         push = Push(
@@ -290,6 +328,7 @@ class PollScheduler:
             cause=f"poll {rec.id}: {why}",
             poll_id=rec.id,
             previous_digest=before[0] if before else "",
+            destination_tags=dest,
         )
         try:
             runs = await self.runner.act(

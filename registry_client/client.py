@@ -323,6 +323,15 @@ class RegistryClient:
         ) as resp:
             return Upload(repo, self._location(resp), 0)
 
+    async def start_upload_unless_held(self, repo: str, digest: str) -> Upload | None:
+        """POST an upload session that first asks to mount `digest` from `repo` itself: None
+        when the repository already holds the blob (201), else the session (202).
+
+        One request where HEAD + POST are two, for a blob expected to be missing. A registry
+        without mounts answers 202 too (the spec's fallback for a mount it cannot do).
+        """
+        return await self._mount_or_session(repo, digest, repo, f"start upload {repo}")
+
     async def upload_chunk(
         self, up: Upload, data: bytes | AsyncIterable[bytes], length: int | None = None
     ) -> Upload:
@@ -466,27 +475,39 @@ class RegistryClient:
         except NotFound:
             pass
 
-    async def upload_blob(self, repo: str, digest: str, data: bytes) -> str:
-        """Monolithic upload: POST, then PUT ?digest= with the whole body."""
-        up = await self.start_upload(repo)
+    async def upload_blob(
+        self, repo: str, digest: str, data: bytes, session: Upload | None = None
+    ) -> str:
+        """Monolithic upload: POST (unless `session` is one already started), then PUT
+        ?digest= with the whole body."""
+        up = session or await self.start_upload(repo)
         return await self.finish_upload(up, digest, data)
 
     async def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
         """Cross-repository mount; True when mounted (201). A 202 upload is cancelled."""
+        up = await self._mount_or_session(repo, digest, from_repo, f"mount {from_repo} -> {repo}")
+        if up is None:
+            return True
+        await self.cancel_upload(up)
+        return False
+
+    async def _mount_or_session(
+        self, repo: str, digest: str, from_repo: str, context: str
+    ) -> Upload | None:
+        """POST ?mount=&from=: None when mounted (201), else the upload session it opened."""
         path = f"/v2/{repo}/blobs/uploads/?mount={quote(digest)}&from={quote(from_repo, safe='/')}"
+        scopes = [_push(repo)] if from_repo == repo else [_push(repo), _pull(from_repo)]
         async with self.transport.request(
             "POST",
             path,
-            scopes=[_push(repo), _pull(from_repo)],
+            scopes=scopes,
             ok=(201, 202),
             headers={"Content-Length": "0"},
-            context=f"mount {from_repo} -> {repo}",
+            context=context,
         ) as resp:
             if resp.status == 201:
-                return True
-            location = self._location(resp)
-        await self.cancel_upload(Upload(repo, location))
-        return False
+                return None
+            return Upload(repo, self._location(resp), 0)
 
     # -- tags ------------------------------------------------------------------------------
 

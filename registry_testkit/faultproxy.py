@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -48,6 +49,7 @@ class FaultProxy(ThreadedProxyServer):
     rules: list[Rule] = field(default_factory=list)
     log: list[tuple[str, str, str]] = field(default_factory=list)
     user_agents: list[str] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # wall clock of each `log` entry
     in_flight: int = 0
     max_in_flight: int = 0
 
@@ -185,6 +187,7 @@ class FaultProxy(ThreadedProxyServer):
         with self._lock:
             self.log.append((method, path, request.query_string))
             self.user_agents.append(request.headers.get("User-Agent", ""))
+            self.times.append(time.time())
         delay = self._take("delay", method, path)
         # Before the request body is read: a long delay is a registry not reading it.
         if delay is not None and await self._silence(delay.delay):

@@ -648,6 +648,7 @@ class Worker:
                     platforms=list(spec.platforms),
                     fail_if_tag_exists=spec.fail_if_tag_exists,
                     copy_referrers=tuple(spec.copy_referrers),
+                    resumed=job.attempts > 1,
                     before_tag=(
                         tag_check(src, spec.src_repository, spec.source_tag)
                         if spec.source_tag

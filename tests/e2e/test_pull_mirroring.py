@@ -206,3 +206,59 @@ def test_platform_filter_mirrors_only_the_asked_platform(
     amd64 = next(e["digest"] for e in entries if e["platform"]["architecture"] == "amd64")
     # One platform of an index: that platform's own manifest is what the tag names.
     assert skopeo_digest(local, "mirror/multi", "1.0") == amd64
+
+
+def test_initial_sync_asks_the_destination_little_and_the_next_poll_waits_for_its_copies(
+    stack: StackProcess,
+    clients: Clients,
+    registry_factory: RegistryFactory,
+    upstream: tuple[RegistryProcess, FaultProxy],
+    tmp_path: Path,
+) -> None:
+    reg, proxy = upstream
+    local = registry_factory()
+    dest = FaultProxy(local.url).start()
+    try:
+        for name, url in (("hub", proxy.url), ("local", dest.url)):
+            clients.transfer.CreateEndpoint(
+                transfer_pb2.CreateEndpointRequest(
+                    endpoint=transfer_pb2.Endpoint(name=name, url=url)
+                ),
+                timeout=30,
+            )
+        images = ImageBuilder(tmp_path / "img")
+        tags = ["1.0", "1.1", "1.2", "1.3"]
+        for tag in tags:
+            push(images.image(tag), reg, "lib/app", user=WRITER[0], password=WRITER[1])
+        # Every copy ends in a slow manifest push: the copies outlast the 1 s interval.
+        dest.delay(r"/manifests/", 2.5, method="PUT")
+        pol = pull_policy(clients, "pull-slow", "lib/app", "mirror/app", interval_s=1)
+        # CreatePolicy's own check of the target (a test upload) is done before it returns,
+        # and the policy polls only once it is stored.
+        mark = len(dest.log)
+        wait_for(lambda: tags_of(local, "mirror/app") == tags, 60, "initial sync")
+        runs = clients.wait_runs_final(pol.id, len(tags))
+        assert {r.state for r in runs} == {Run.STATE_SUCCEEDED}
+
+        # Into an empty repository: one tag listing instead of a HEAD per new tag, no
+        # manifest HEAD before a new image's push, no blob HEAD before its upload (the POST
+        # that opens each upload session would have mounted a blob already there).
+        log = list(dest.log)[mark:]
+        assert [r for r in log if r[0] == "GET" and r[1].endswith("/tags/list")] == [
+            ("GET", "/v2/mirror/app/tags/list", "")
+        ]
+        assert [r for r in log if r[0] == "HEAD"] == []
+        posts = [r for r in log if r[0] == "POST"]
+        assert posts and all(q.startswith("mount=") and "from=mirror/app" in q for _, _, q in posts)
+
+        # The first poll ended as soon as its copies started; the next one waited for them.
+        first, second = sorted(
+            wait_for(lambda: ps if len(ps := polls(clients, pol.id)) >= 2 else None, 30,
+                     "a second poll"),
+            key=lambda p: p.start_time.ToNanoseconds(),
+        )[:2]
+        copies_ended = max(r.end_time.ToNanoseconds() for r in runs if r.poll_id == first.id)
+        assert first.end_time.ToNanoseconds() < copies_ended - 2 * 10**9
+        assert second.start_time.ToNanoseconds() >= copies_ended - 50 * 10**6
+    finally:
+        dest.stop()

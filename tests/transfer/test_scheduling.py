@@ -225,7 +225,8 @@ async def test_retry_after_beyond_the_cap_reschedules_with_a_message(
     img = images.image("1.0", layers=[40_000])
     push(img, registry, "team/app")
     dst = fault_proxy(registry2.url)
-    dst.status(r"/manifests/", 503, times=1, retry_after="86400", method="HEAD")
+    # The copy's first request to the destination: the POST that opens an upload session.
+    dst.status(r"/blobs/uploads/", 503, times=1, retry_after="86400", method="POST")
     s = await serve(reschedule_base=1.0, reschedule_max=3.0)
     await _add(s, "dev", registry.url)
     await _add(s, "qa", dst.url)

@@ -130,6 +130,7 @@ class BlobMover:
         dst_repo: str,
         blob: Blob,
         on_bytes: Callable[[int], None],
+        session: Upload | None,
     ) -> None:
         """Download into memory, check size and digest, then upload it monolithically."""
         for attempt in range(self.attempts):
@@ -142,10 +143,15 @@ class BlobMover:
                     if len(data) > blob.size:
                         break  # more than the manifest says: _verify refuses it
                 _verify(blob, len(data), hasher)
-                await dst.upload_blob(dst_repo, blob.digest, bytes(data))
+                # The PUT ends the session, sent or not: a retry starts another.
+                up, session = session, None
+                await dst.upload_blob(dst_repo, blob.digest, bytes(data), up)
                 on_bytes(len(data))
                 return
             except BaseException as e:
+                if session is not None:
+                    await _cancel_quietly(dst, session)
+                    session = None
                 if not isinstance(e, Exception) or not transient(e) or attempt + 1 >= self.attempts:
                     raise
                 log.warning("copy of %s failed (%s); retrying", blob.digest, e)
@@ -159,18 +165,20 @@ class BlobMover:
         dst_repo: str,
         blob: Blob,
         on_bytes: Callable[[int], None],
+        session: Upload | None = None,
     ) -> None:
         """GET -> PATCH without touching disk; PUT only when the hash matched. A blob of at
         most SMALL_BLOB bytes is read whole and verified first, then sent in one PUT (two
-        requests at the destination instead of three: configs, small layers)."""
+        requests at the destination instead of three: configs, small layers). `session`:
+        an upload session already started for this blob (the first attempt uses it)."""
         if 0 < blob.size <= SMALL_BLOB:
-            await self._small(src, src_repo, dst, dst_repo, blob, on_bytes)
+            await self._small(src, src_repo, dst, dst_repo, blob, on_bytes, session)
             return
         for attempt in range(self.attempts):
             sent = 0
             up: Upload | None = None
             try:
-                up = await dst.start_upload(dst_repo)
+                up, session = session or await dst.start_upload(dst_repo), None
                 hasher = hasher_for(blob.digest)
                 source_failed: list[Exception] = []
 

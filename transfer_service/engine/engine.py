@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from registry_client import Manifest, mediatypes, names
-from registry_client.errors import NotFound, PermissionDenied, RegistryError
+from registry_client.errors import InvalidRequest, NotFound, PermissionDenied, RegistryError
 from registry_client.images import platform_matches, platform_string
 from transfer_service.engine.blobs import Blob, BlobMover
 from transfer_service.engine.errors import (
@@ -36,7 +36,7 @@ from transfer_service.engine.errors import (
     TagExists,
     UnsupportedManifest,
 )
-from transfer_service.engine.locations import BlobLocations, KnownSizes
+from transfer_service.engine.locations import BlobLocations, KnownSizes, RecentBlobs
 from transfer_service.engine.models import CopyProgress, CopyRequest, CopyResult
 from transfer_service.engine.referrers import CHOICES as REFERRER_CHOICES
 from transfer_service.engine.referrers import ReferrerCopier, provenance_note
@@ -63,6 +63,7 @@ class _Reporter:
 
     def __init__(self, fn: ProgressFn | None, interval: float = 0.2) -> None:
         self.p = CopyProgress()
+        self.trusted: list[Blob] = []  # skipped as placed there minutes ago (RecentBlobs)
         self._fn = fn
         self._interval = interval
         self._last = 0.0
@@ -99,6 +100,7 @@ class CopyEngine:
         self.quota = SpoolQuota(spool_quota)
         self.locations = blob_locations or BlobLocations()
         self.sizes = KnownSizes()
+        self.recent = RecentBlobs()
         self.mover = BlobMover(
             self.spool_dir, self.quota, attempts=blob_attempts, backoff_base=backoff_base
         )
@@ -144,7 +146,13 @@ class CopyEngine:
         rep.p.manifests_total = len(plan.children) + (1 if plan.push_top else 0)
         # Manifests already at the destination need nothing: their blobs are there.
         manifests = [*plan.children, plan.top]
-        heads = await _all(req.dst.head_manifest(req.dst_repo, m.digest) for m in manifests)
+        if plan.children or self._all_blobs_known(req, plan.top):
+            heads = await _all(req.dst.head_manifest(req.dst_repo, m.digest) for m in manifests)
+        else:
+            # An image with a blob the repository is not known to hold (a new image, in
+            # the common case): its blobs are checked one by one anyway, and the manifest is
+            # pushed after them, so asking for the manifest first would only cost a request.
+            heads = [None]
         present = {m.digest for m, h in zip(manifests, heads, strict=True) if h is not None}
         for m, h in zip(manifests, heads, strict=True):
             if h is not None:
@@ -165,8 +173,13 @@ class CopyEngine:
         rep.emit()
 
         try:
+            # A single image's blobs may be skipped on recent sight: its manifest push, which
+            # would find one gone, is the check (see _push_image).
+            trust = not plan.children
             async with asyncio.TaskGroup() as tg:
-                tasks = {d: tg.create_task(self._blob(req, b, rep)) for d, b in needed.items()}
+                tasks = {
+                    d: tg.create_task(self._blob(req, b, rep, trust)) for d, b in needed.items()
+                }
                 for child in plan.children:
                     deps = [tasks[b.digest] for b in _blobs_of(child) if b.digest in tasks]
                     tg.create_task(self._push_after(req, child, deps, present, rep))
@@ -177,7 +190,7 @@ class CopyEngine:
             await req.before_tag(plan.top.digest)
         if plan.push_top:
             ref = req.dst_tag if (req.dst_tag and plan.tag_target is None) else plan.top.digest
-            await self._push(req, plan.top, ref, rep, count=True)
+            await self._push_image(req, plan.top, ref, rep)
         if plan.tag_target is not None and req.dst_tag:
             await req.dst.put_manifest(
                 req.dst_repo, req.dst_tag, plan.tag_target.data, plan.tag_target.media_type
@@ -191,6 +204,11 @@ class CopyEngine:
             pushed_index=plan.push_top and mediatypes.is_index(plan.top.media_type),
             children=[c.digest for c in plan.children],
         )
+
+    def _all_blobs_known(self, req: CopyRequest, image: Manifest) -> bool:
+        """Whether this engine saw every blob of `image` in the destination repository."""
+        reg = req.dst.key
+        return all(req.dst_repo in self.locations.repos(reg, b.digest) for b in _blobs_of(image))
 
     # -- planning --------------------------------------------------------------------------
 
@@ -234,8 +252,11 @@ class CopyEngine:
 
     # -- blobs -----------------------------------------------------------------------------
 
-    async def _blob(self, req: CopyRequest, blob: Blob, rep: _Reporter) -> None:
-        """Skip, mount or transfer one blob; a blob in flight for another copy is waited on."""
+    async def _blob(
+        self, req: CopyRequest, blob: Blob, rep: _Reporter, trust: bool = False
+    ) -> None:
+        """Skip, mount or transfer one blob; a blob in flight for another copy is waited on.
+        `trust`: a blob this engine placed in the repository minutes ago is skipped unasked."""
         key = (req.dst.key, blob.digest)
         while (other := self._inflight.get(key)) is not None:
             landed = await asyncio.shield(other)
@@ -245,7 +266,11 @@ class CopyEngine:
         self._inflight[key] = fut
         outcome: str | None = None
         try:
-            outcome = await self._place(req, blob, rep)
+            if trust and self._recently_held(req, blob):
+                rep.trusted.append(blob)
+                outcome = "skipped"
+            else:
+                outcome = await self._place(req, blob, rep)
         finally:
             self._inflight.pop(key, None)
             fut.set_result(req.dst_repo if outcome else None)
@@ -259,14 +284,33 @@ class CopyEngine:
             rep.p.blobs_done += 1
         rep.emit()
 
+    def _recently_held(self, req: CopyRequest, blob: Blob) -> bool:
+        return self.sizes.get(blob.digest) == blob.size and self.recent.holds(
+            req.dst.key, req.dst_repo, blob.digest
+        )
+
+    def _held_at(self, req: CopyRequest, blob: Blob) -> None:
+        """The destination repository holds `blob` now (checked, mounted or uploaded)."""
+        self.locations.add(req.dst.key, blob.digest, req.dst_repo)
+        self.recent.add(req.dst.key, req.dst_repo, blob.digest)
+
     async def _place(self, req: CopyRequest, blob: Blob, rep: _Reporter) -> str:
         dst, reg = req.dst, req.dst.key
+        if (
+            not req.resumed
+            and req.src.key != reg
+            and blob.size < self.spool_threshold
+            and not self.locations.repos(reg, blob.digest)
+        ):
+            placed = await self._upload_unless_held(req, blob, rep)
+            if placed is not None:
+                return placed
         held = await dst.blob_size(req.dst_repo, blob.digest)
         if held is not None:
             # Skipping trusts the manifest's size only as far as the destination confirms it.
             _check_held(req, blob, held)
             self.sizes.add(blob.digest, held)
-            self.locations.add(reg, blob.digest, req.dst_repo)
+            self._held_at(req, blob)
             return "skipped"
         candidates = [r for r in self.locations.repos(reg, blob.digest) if r != req.dst_repo]
         if req.src.key == reg and req.src_repo != req.dst_repo:
@@ -281,7 +325,7 @@ class CopyEngine:
                         known = await dst.blob_size(req.dst_repo, blob.digest)
                         _check_held(req, blob, known)
                         self.sizes.add(blob.digest, blob.size)
-                    self.locations.add(reg, blob.digest, req.dst_repo)
+                    self._held_at(req, blob)
                     return "mounted"
                 self.locations.forget(reg, blob.digest, repo)
             except (PermissionDenied, NotFound) as e:
@@ -306,7 +350,35 @@ class CopyEngine:
                     req.src, req.src_repo, dst, req.dst_repo, blob, rep.add_bytes
                 )
         self.sizes.add(blob.digest, blob.size)  # hashed and counted on the way
-        self.locations.add(reg, blob.digest, req.dst_repo)
+        self._held_at(req, blob)
+        return "copied"
+
+    async def _upload_unless_held(self, req: CopyRequest, blob: Blob, rep: _Reporter) -> str | None:
+        """A blob nothing says the destination registry has (no known location: an initial
+        sync's configs and layers): one POST asks for an upload session unless the repository
+        holds the blob already, where a HEAD and then a POST would be two requests. None when
+        the registry refused that request: the caller checks and places the blob as usual."""
+        dst = req.dst
+        async with self._blob_slots:
+            try:
+                session = await dst.start_upload_unless_held(req.dst_repo, blob.digest)
+            except (PermissionDenied, NotFound, InvalidRequest) as e:
+                log.info("upload probe for %s in %s refused: %s", blob.digest, req.dst_repo, e)
+                return None
+            if session is None:  # held already: as trusted as a skip after a HEAD
+                known = self.sizes.get(blob.digest)
+                if known is None:
+                    known = await dst.blob_size(req.dst_repo, blob.digest)
+                _check_held(req, blob, known)
+                self.sizes.add(blob.digest, blob.size)
+                self._held_at(req, blob)
+                return "skipped"
+            self.downloads += 1
+            await self.mover.stream(
+                req.src, req.src_repo, dst, req.dst_repo, blob, rep.add_bytes, session=session
+            )
+        self.sizes.add(blob.digest, blob.size)  # hashed and counted on the way
+        self._held_at(req, blob)
         return "copied"
 
     # -- manifests -------------------------------------------------------------------------
@@ -326,6 +398,24 @@ class CopyEngine:
             rep.emit()
             return
         await self._push(req, m, m.digest, rep, count=True)
+
+    async def _push_image(self, req: CopyRequest, m: Manifest, ref: str, rep: _Reporter) -> None:
+        """Push the top manifest. When the registry finds a blob missing that was skipped on
+        recent sight (gone since: deleted, collected), those blobs are placed again, checked
+        this time, and the manifest is pushed once more."""
+        try:
+            await self._push(req, m, ref, rep, count=True)
+            return
+        except RegistryError as e:
+            if not rep.trusted or e.code not in BLOB_GONE_CODES:
+                raise
+            log.info("%s: a blob skipped on recent sight is gone (%s); checking again", ref, e)
+        again, rep.trusted = rep.trusted, []
+        self.recent.forget(req.dst.key, req.dst_repo, (b.digest for b in again))
+        rep.p.blobs_skipped -= len(again)
+        rep.p.bytes_skipped -= sum(b.size for b in again)
+        await _all(self._blob(req, b, rep) for b in again)
+        await self._push(req, m, ref, rep, count=True)
 
     async def _push(
         self, req: CopyRequest, m: Manifest, ref: str, rep: _Reporter, count: bool
@@ -367,6 +457,10 @@ def _check_manifest(where: str, entry: dict[str, Any], media_type: str, size: in
             f"{where}: the index says {entry.get('digest')} is {want_type or 'a manifest'} of"
             f" {entry.get('size')} bytes; it is {media_type} of {size} bytes: nothing committed"
         )
+
+
+# What a registry answers to a manifest naming a blob the repository lacks.
+BLOB_GONE_CODES = frozenset({"MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN"})
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:

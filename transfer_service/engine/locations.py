@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
@@ -63,3 +64,31 @@ class KnownSizes:
 
     def get(self, digest: str) -> int | None:
         return self._sizes.get(digest)
+
+
+class RecentBlobs:
+    """(registry, repository, digest) of blobs this engine placed or found in a destination
+    repository in the last `ttl` seconds: a later copy into that repository skips them without
+    asking again (an initial sync's shared base layer, once per image). A manifest push that
+    finds one gone after all (deleted, garbage-collected) makes the engine forget the
+    repository's entries and place those blobs again. Bounded LRU."""
+
+    def __init__(self, ttl: float = 300.0, max_entries: int = 100_000) -> None:
+        self.ttl = ttl
+        self._seen: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._max = max_entries
+
+    def add(self, registry: str, repo: str, digest: str) -> None:
+        key = (registry, repo, digest)
+        self._seen.pop(key, None)
+        self._seen[key] = time.monotonic()
+        while len(self._seen) > self._max:
+            self._seen.popitem(last=False)
+
+    def holds(self, registry: str, repo: str, digest: str) -> bool:
+        at = self._seen.get((registry, repo, digest))
+        return at is not None and time.monotonic() - at < self.ttl
+
+    def forget(self, registry: str, repo: str, digests: Iterable[str]) -> None:
+        for d in digests:
+            self._seen.pop((registry, repo, d), None)

@@ -30,6 +30,9 @@ class CopyRequest:
     # Referrers copied after the image (only when it was): "signatures", "attestations",
     # "sboms", "all"; empty: none.
     copy_referrers: tuple[str, ...] = ()
+    # A later attempt of the same copy: blobs that reached the destination before are
+    # likely there, so each is checked (HEAD) before anything is uploaded.
+    resumed: bool = False
 
 
 @dataclass(frozen=True)
