@@ -41,8 +41,12 @@ POLL_CONCURRENCY = 8
 # transfer started) in flight at once across the whole poll.
 REPOS_READ_AT_ONCE = 4
 DECISIONS_AT_ONCE = 32
-# How long past its due time a poll may wait for the previous poll's copies (at least).
+# How long past its due time a poll may wait for the previous poll's copies (at least), and
+# how often it looks whether they are done.
 HOLD_AT_MOST_S = 60.0
+HOLD_RECHECK_S = 0.25
+# How often the scheduled policies are listed (new ones, changed schedules).
+LIST_EVERY_S = 0.2
 _VERSION = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(.*)$")
 
 
@@ -107,10 +111,14 @@ class PollScheduler:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._policies: list[policy_pb2.Policy] = []
         self._listed_at = 0.0
-        self._holding: set[str] = set()  # policies whose due poll waits for copies
+        # Policy -> when to look again whether its due poll may start (it waits for copies).
+        self._holding: dict[str, float] = {}
+        self._due: dict[tuple[str, str], float] = {}  # (policy, schedule) -> next poll
 
-    async def run_forever(self, tick_s: float = 0.25) -> None:
+    async def run_forever(self, tick_s: float = 0.1) -> None:
         context_id.set("polls")
+        # Due times planned while this replica held the duty; another may have planned since.
+        self._due.clear()
         try:
             while True:
                 try:
@@ -130,15 +138,20 @@ class PollScheduler:
         now = time.time()
         for pol in await self._scheduled():
             key = schedule_key(pol)
-            due = await self.db.run(self.polls.next_time, pol.id, key)
+            due = self._due.get((pol.id, key))
+            if due is None:
+                due = await self.db.run(self.polls.next_time, pol.id, key)
             if due is None:
                 # First sight of this schedule: a pull mirror syncs what is there at once.
                 due = now
                 await self.db.run(self.polls.plan, pol.id, key, due)
+            self._due[(pol.id, key)] = due
             if due <= now and pol.id not in self._running:
                 if await self._held_back(pol, due, now):
                     continue
-                await self.db.run(self.polls.plan, pol.id, key, next_poll(pol, now))
+                planned = next_poll(pol, now)
+                await self.db.run(self.polls.plan, pol.id, key, planned)
+                self._due[(pol.id, key)] = planned
                 self._running[pol.id] = asyncio.create_task(self._guarded(pol))
 
     async def _held_back(self, pol: policy_pb2.Policy, due: float, now: float) -> bool:
@@ -146,26 +159,35 @@ class PollScheduler:
         pending or running (reading the source again then would only find those same tags),
         but not past its next slot or a minute, whichever is later: a stuck copy never stops
         a mirror's polls."""
+        if now < self._holding.get(pol.id, 0.0):
+            return True  # looked a moment ago: still waiting
         last = await self.db.run(self.polls.last, pol.id)
         until = max(_next_slot(pol, due), due + HOLD_AT_MOST_S)
-        if last is None or not last.end_time or now >= until:
-            self._holding.discard(pol.id)
-            return False
-        if not await self.db.run(self.runs.poll_copying, last.id):
-            self._holding.discard(pol.id)
+        if (
+            last is None
+            or not last.end_time
+            or now >= until
+            or not await self.db.run(self.runs.poll_copying, last.id)
+        ):
+            self._holding.pop(pol.id, None)
             return False
         if pol.id not in self._holding:
-            self._holding.add(pol.id)
             log.info("policy %s: next poll waits for the copies of poll %s", pol.name, last.id)
+        self._holding[pol.id] = now + HOLD_RECHECK_S
         return True
 
     async def _scheduled(self) -> list[policy_pb2.Policy]:
-        if time.monotonic() - self._listed_at > 0.5:  # a new policy polls within half a second
+        # Only the scheduled policies, so listing them often stays cheap: a new pull mirror
+        # starts its first poll within a tick or two of being saved.
+        if time.monotonic() - self._listed_at > LIST_EVERY_S:
             out: list[policy_pb2.Policy] = []
             token = ""
             while True:
                 resp = await self.policy.ListPolicies(
-                    policy_pb2.ListPoliciesRequest(page_size=1000, page_token=token), timeout=30
+                    policy_pb2.ListPoliciesRequest(
+                        page_size=1000, page_token=token, trigger="schedule"
+                    ),
+                    timeout=30,
                 )
                 out.extend(p for p in resp.policies if p.enabled and is_scheduled(p))
                 token = resp.next_page_token

@@ -134,7 +134,7 @@ class TransferTracker:
             tries += 1
             try:
                 async for tr in self.stub.WatchTransfer(
-                    transfer_pb2.WatchTransferRequest(id=transfer_id)
+                    transfer_pb2.WatchTransferRequest(id=transfer_id, final_only=True)
                 ):
                     if tr.state in _FINAL:
                         await self._finish(run_id, tr)

@@ -488,14 +488,22 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
     ) -> policy_pb2.ListPoliciesResponse:
         size = paging.page_size(request.page_size)
         source = request.source_repository
+        if request.trigger not in ("", *settings.TRIGGER_KINDS):
+            kinds = ", ".join(settings.TRIGGER_KINDS)
+            raise errors.invalid_argument(
+                f"unknown trigger {request.trigger[:100]!r}; use {kinds}",
+                [("trigger", "unknown")],
+            )
         filters = {
             "source_repository": source, "source_endpoint": request.source_endpoint,
-            "endpoint": request.endpoint,
+            "endpoint": request.endpoint, "trigger": request.trigger,
         }
         state = paging.decode_token(request.page_token, expect=filters)
         after = str(state.get("after", ""))
         await self._refresh()
-        only = self._listed(source, request.source_endpoint, request.endpoint)
+        only = self._listed(source, request.source_endpoint, request.endpoint, request.trigger)
+        if only is not None and not only:
+            return policy_pb2.ListPoliciesResponse()  # nothing passes: no database read
         recs = await self._db.run(self._store.page, after, size + 1, only)
         more = len(recs) > size
         recs = recs[:size]
@@ -507,9 +515,11 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
             out.next_page_token = paging.encode_token({**filters, "after": recs[-1].name})
         return out
 
-    def _listed(self, source: str, source_endpoint: str, endpoint: str) -> set[str] | None:
+    def _listed(
+        self, source: str, source_endpoint: str, endpoint: str, trigger: str = ""
+    ) -> set[str] | None:
         """Ids passing ListPolicies' filters (None: no filter, every policy)."""
-        if not (source or source_endpoint or endpoint):
+        if not (source or source_endpoint or endpoint or trigger):
             return None
         if source:
             ids = (
@@ -526,6 +536,12 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
                 i for i in ids
                 if (r := recs.get(i)) is not None
                 and endpoint in (r.source_endpoint, r.target_endpoint)
+            }
+        if trigger:
+            recs = {p.record.id: p.record for p in self._policies.values()} | self._broken
+            ids = {
+                i for i in ids
+                if (r := recs.get(i)) is not None and (r.trigger_kind or "push") == trigger
             }
         return ids
 

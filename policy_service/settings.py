@@ -37,6 +37,10 @@ _CRON_SAMPLES = 64
 Violation = tuple[str, str]
 
 
+# The kinds of Policy.trigger (its oneof's field names); a policy that sets none is "push".
+TRIGGER_KINDS = ("push", "schedule", "manual")
+
+
 def _us(d: duration_pb2.Duration) -> int:
     return int(d.seconds * 1_000_000 + d.nanos // 1000)
 

@@ -449,7 +449,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         self, request: transfer_pb2.WatchTransferRequest, context: aio.ServicerContext
     ) -> AsyncIterator[transfer_pb2.Transfer]:
         _require(request.id, "id")
-        async for job in self.worker.watch(request.id):
+        async for job in self.worker.watch(request.id, final_only=request.final_only):
             yield transfer_to_proto(job)
 
     async def CancelTransfer(

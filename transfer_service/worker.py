@@ -269,8 +269,9 @@ class Worker:
                 await asyncio.wait_for(concluded.wait(), wait)
         return await self._run_db(self._journal.get, job_id)
 
-    async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
-        """The current snapshot at once, then each change, ending after the final state.
+    async def watch(self, job_id: str, final_only: bool = False) -> AsyncIterator[JobRecord]:
+        """The current snapshot at once, then each change (`final_only`: only the final
+        state), ending after the final state.
 
         A job running here publishes every change; one running on another worker (or
         waiting) is followed in the journal every half second.
@@ -292,7 +293,8 @@ class Worker:
                     if snap == last:
                         continue
                 last = snap
-                yield snap
+                if not final_only or snap.state.final:
+                    yield snap
         finally:
             qs = self._watchers.get(job_id)
             if qs is not None:

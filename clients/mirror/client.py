@@ -529,9 +529,12 @@ class Transfers(_Service):
             destination_endpoint=destination_endpoint, repository=repository,
         )
 
-    def watch(self, id: str) -> Iterator[transfer_pb2.Transfer]:
-        """The transfer's progress, one snapshot per change, until it reaches a final state."""
-        return self._stream("WatchTransfer", transfer_pb2.WatchTransferRequest(id=id))
+    def watch(self, id: str, final_only: bool = False) -> Iterator[transfer_pb2.Transfer]:
+        """The transfer's progress, one snapshot per change, until it reaches a final state
+        (`final_only`: the snapshot at the start and the final one, nothing in between)."""
+        return self._stream(
+            "WatchTransfer", transfer_pb2.WatchTransferRequest(id=id, final_only=final_only)
+        )
 
     def cancel(self, id: str) -> transfer_pb2.Transfer:
         """Cancel a waiting or running transfer; returns the job as it is then."""

@@ -212,6 +212,37 @@ async def test_list_filters_by_source_endpoint_and_by_any_endpoint(env: PolicyEn
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_list_filters_by_trigger(env: PolicyEnv) -> None:  # noqa: F811
+    from google.protobuf.duration_pb2 import Duration
+
+    every = policy_pb2.PolicyTrigger(
+        schedule=policy_pb2.ScheduleTrigger(interval=Duration(seconds=30))
+    )
+    await _create(env, name="default", source="team/a", target=Target(endpoint="qa",
+                  repository="qa/a"))
+    await _create(env, name="pushed", source="team/b", target=Target(endpoint="qa",
+                  repository="qa/b"), trigger=policy_pb2.PolicyTrigger(
+                      push=policy_pb2.PushTrigger()))
+    await _create(env, name="pull", source="team/c", target=Target(endpoint="qa",
+                  repository="qa/c"), trigger=every)
+    await _create(env, name="by-hand", source="team/d", target=Target(endpoint="qa",
+                  repository="qa/d"), trigger=policy_pb2.PolicyTrigger(
+                      manual=policy_pb2.ManualTrigger()))
+
+    async def names(trigger: str) -> list[str]:
+        resp = await env.stub.ListPolicies(policy_pb2.ListPoliciesRequest(trigger=trigger))
+        return [p.name for p in resp.policies]
+
+    assert await names("push") == ["default", "pushed"]  # no trigger set is push
+    assert await names("schedule") == ["pull"]
+    assert await names("manual") == ["by-hand"]
+    assert await names("") == ["by-hand", "default", "pull", "pushed"]
+    with pytest.raises(grpc.RpcError) as exc:
+        await names("cron")
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "push, schedule, manual" in (exc.value.details() or "")
+
+
 async def test_active_since_is_set_when_enabled_and_output_only(env: PolicyEnv) -> None:  # noqa: F811
     before = time.time()
     on = await _create(env, name="on")

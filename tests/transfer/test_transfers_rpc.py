@@ -54,11 +54,14 @@ def _sample(name: str, **labels: str) -> float:
     return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def watch_all(s: Served, job_id: str, timeout: float = 60) -> list[transfer_pb2.Transfer]:
+async def watch_all(
+    s: Served, job_id: str, timeout: float = 60, final_only: bool = False
+) -> list[transfer_pb2.Transfer]:
     out: list[transfer_pb2.Transfer] = []
+    req = transfer_pb2.WatchTransferRequest(id=job_id, final_only=final_only)
 
     async def go() -> None:
-        async for t in s.stub.WatchTransfer(transfer_pb2.WatchTransferRequest(id=job_id)):
+        async for t in s.stub.WatchTransfer(req):
             out.append(t)
 
     await asyncio.wait_for(go(), timeout)
@@ -94,6 +97,30 @@ async def test_single_manifest_end_to_end_with_watch(
     # Watching a final job sends it once and ends.
     again = await watch_all(s, t.id)
     assert [x.state for x in again] == [T.STATE_DONE]
+
+
+async def test_a_final_only_watch_gets_the_start_and_the_end_and_no_progress(
+    serve: ServeFn,
+    registry: RegistryProcess,
+    registry2: RegistryProcess,
+    images: ImageBuilder,
+    fault_proxy,
+) -> None:
+    img = images.image("1.0", layers=[300_000, 200_000, 100_000])
+    push(img, registry, "team/app")
+    slow: FaultProxy = fault_proxy(registry2.url)
+    slow.delay(r"/blobs/uploads/", 0.3, method="PUT")  # progress to report between blobs
+    s = await serve()
+    await add_endpoint(s, "dev", registry.url)
+    await add_endpoint(s, "qa", slow.url)
+    t = await s.stub.StartTransfer(start_req(tag="watched"))
+    everything, ends = await asyncio.gather(
+        watch_all(s, t.id), watch_all(s, t.id, final_only=True)
+    )
+    assert everything[-1].state == ends[-1].state == T.STATE_DONE
+    assert len(everything) > 2  # progress snapshots came in between
+    assert len(ends) == 2 and ends[0].state != T.STATE_DONE
+    assert ends[-1] == everything[-1]
 
 
 async def test_multi_platform_index_and_source_tag_kept(

@@ -552,6 +552,7 @@ class ListPoliciesRequest(_message.Message):
     SOURCE_REPOSITORY_FIELD_NUMBER: _builtins.int
     SOURCE_ENDPOINT_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     page_token: _builtins.str
     source_repository: _builtins.str
@@ -560,6 +561,10 @@ class ListPoliciesRequest(_message.Message):
     """Only policies whose source endpoint is this one."""
     endpoint: _builtins.str
     """Only policies that use this endpoint as their source or their target."""
+    trigger: _builtins.str
+    """Only policies with this trigger: "push" (also those that set none), "schedule" or
+    "manual". The gateway lists its pull mirrors this way, often and cheaply.
+    """
     def __init__(
         self,
         *,
@@ -568,10 +573,11 @@ class ListPoliciesRequest(_message.Message):
         source_repository: _builtins.str = ...,
         source_endpoint: _builtins.str = ...,
         endpoint: _builtins.str = ...,
+        trigger: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "page_size", b"page_size", "page_token", b"page_token", "source_endpoint", b"source_endpoint", "source_repository", b"source_repository"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "page_size", b"page_size", "page_token", b"page_token", "source_endpoint", b"source_endpoint", "source_repository", b"source_repository", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1011,15 +1011,21 @@ class WatchTransferRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    FINAL_ONLY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    final_only: _builtins.bool
+    """Only the snapshot at the start and the final one, no progress in between: for callers
+    that wait for the end (the gateway following its runs' transfers).
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        final_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["final_only", b"final_only", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
