@@ -223,25 +223,26 @@ class Policies(_Service):
 
     def list(
         self, *, page_size: int = 0, page_token: str = "", source_repository: str = "",
-        source_endpoint: str = "", endpoint: str = "",
+        source_endpoint: str = "", endpoint: str = "", trigger: str = "",
     ) -> policy_pb2.ListPoliciesResponse:
         """One page of policies; see `iter` for all of them. `source_repository`: those whose
         source names or matches it; `source_endpoint`: those reading that endpoint;
-        `endpoint`: those using it as source or target."""
+        `endpoint`: those using it as source or target; `trigger`: "push", "schedule" or
+        "manual"."""
         req = policy_pb2.ListPoliciesRequest(
             page_size=page_size, page_token=page_token, source_repository=source_repository,
-            source_endpoint=source_endpoint, endpoint=endpoint,
+            source_endpoint=source_endpoint, endpoint=endpoint, trigger=trigger,
         )
         return self._call("ListPolicies", req)
 
     def iter(
         self, *, source_repository: str = "", source_endpoint: str = "", endpoint: str = "",
-        page_size: int = 0,
+        trigger: str = "", page_size: int = 0,
     ) -> Iterator[policy_pb2.Policy]:
         """Every policy (filtered as `list`), following page tokens."""
         return self._pages(
             self.list, "policies", page_size=page_size, source_repository=source_repository,
-            source_endpoint=source_endpoint, endpoint=endpoint,
+            source_endpoint=source_endpoint, endpoint=endpoint, trigger=trigger,
         )
 
     def update(

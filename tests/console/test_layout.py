@@ -119,6 +119,7 @@ def test_the_keyboard_alone_signs_in_and_reaches_save_and_apply(
 ) -> None:
     page.goto(env.base + "/login")
     # The token field has the focus; Enter submits.
+    expect(page.get_by_label("API token")).to_be_focused()
     page.keyboard.type(ADMIN_TOKEN)
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Registries")).to_be_visible()

@@ -12,6 +12,14 @@ Platform filter (index only), decided so that no rewritten index is ever pushed:
   the source child's digest; `CopyResult.digest` says which);
 - otherwise (two or more, but not all) the copy is refused up front with PlatformFilterError:
   an index of only those children would be a new object with a new digest.
+
+What it asks the destination (each request costs the registry more than it costs us): a single
+image with a blob the repository is not known to hold is not HEADed as a manifest first; a blob
+no destination repository is known to hold is not HEADed either, its upload session is opened
+by a POST that would have mounted it from the repository itself (201: held already); a blob
+this engine placed in the repository minutes ago is skipped unasked (RecentBlobs), and placed
+again, checked, if the manifest push finds it gone. A later attempt of a copy (`resumed`)
+HEADs every blob first: what reached the destination before is likely there.
 """
 
 from __future__ import annotations
