@@ -136,7 +136,11 @@ class PollScheduler:
     async def tick(self) -> None:
         """Start the polls that are due."""
         now = time.time()
-        for pol in await self._scheduled():
+        scheduled = await self._scheduled()
+        live = {(pol.id, schedule_key(pol)) for pol in scheduled}
+        for gone in self._due.keys() - live:  # deleted, disabled or rescheduled
+            del self._due[gone]
+        for pol in scheduled:
             key = schedule_key(pol)
             due = self._due.get((pol.id, key))
             if due is None:
