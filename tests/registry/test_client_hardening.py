@@ -254,8 +254,10 @@ async def test_slow_source_does_not_count_as_a_stalled_upload(
 
 
 async def test_a_registry_that_never_answers_is_stalled_not_retried_for_minutes() -> None:
+    over = asyncio.Event()
+
     async def handler(request: web.Request) -> web.Response:
-        await asyncio.sleep(60)  # connected, then nothing
+        await over.wait()  # connected, then nothing (until the test is over)
         return web.Response(status=200)
 
     async with (
@@ -263,8 +265,11 @@ async def test_a_registry_that_never_answers_is_stalled_not_retried_for_minutes(
         RegistryClient(_cfg(server.url, idle_timeout=0.5)) as rc,
     ):
         t0 = time.monotonic()
-        with pytest.raises(errors.Stalled) as info:
-            await rc.get_manifest("team/app", "1.0")
-        assert time.monotonic() - t0 < 5
+        try:
+            with pytest.raises(errors.Stalled) as info:
+                await rc.get_manifest("team/app", "1.0")
+            assert time.monotonic() - t0 < 5
+        finally:
+            over.set()  # the server's shutdown waits for its handlers
     assert len(server.seen) == 1
     assert "no answer for 0.5s" in str(info.value)
