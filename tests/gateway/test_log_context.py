@@ -64,6 +64,8 @@ async def test_lines_logged_while_acting_on_an_event_carry_its_id(
     try:
         await inbox.add([event("ev-1", tag="1"), event("ev-2", tag="2"), event("ev-3", tag="3")])
         await until(lambda: inbox.depth() == 0)
+        # Each event's line is written just after its row is marked done.
+        await until(lambda: sum(d["logger"] == "gateway.worker" for d in json_lines) >= 3)
     finally:
         await w.stop()
     acting = {d["msg"]: d["ctx"] for d in json_lines if d["msg"].startswith("acting on")}
