@@ -49,7 +49,7 @@ from mirror.v1 import common_pb2, transfer_pb2, transfer_pb2_grpc  # noqa: E402
 from registry_testkit.images import OCI_MANIFEST, ImageBuilder, ImageRef, push  # noqa: E402
 from registry_testkit.ports import free_port  # noqa: E402
 from registry_testkit.postgres import PostgresServer, postgres_server  # noqa: E402
-from registry_testkit.proxyserver import HOP_HEADERS, ThreadedProxyServer, forwardable  # noqa: E402
+from registry_testkit.proxyserver import ThreadedProxyServer, forwardable, relayed_response  # noqa: E402
 from registry_testkit.registry import RegistryOptions, RegistryProcess, start_registry  # noqa: E402
 from stack.cluster import Cluster  # noqa: E402
 
@@ -95,12 +95,7 @@ class WanProxy(ThreadedProxyServer):
             data=self._paced(request.content.iter_any()) if has_body else None,
             allow_redirects=False,
         ) as up:
-            resp = web.StreamResponse(status=up.status)
-            for k, v in up.headers.items():
-                if k.lower() not in HOP_HEADERS:
-                    resp.headers.add(k, v)
-            if up.content_length is not None:
-                resp.content_length = up.content_length
+            resp = relayed_response(up)
             await resp.prepare(request)
             async for chunk in self._paced(up.content.iter_any()):
                 await resp.write(chunk)

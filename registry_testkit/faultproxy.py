@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from registry_testkit.ports import free_port
-from registry_testkit.proxyserver import HOP_HEADERS, ThreadedProxyServer, forwardable
+from registry_testkit.proxyserver import ThreadedProxyServer, forwardable, relayed_response
 
 
 @dataclass
@@ -215,12 +215,7 @@ class FaultProxy(ThreadedProxyServer):
             data=body or None,
             allow_redirects=False,
         ) as up:
-            resp = web.StreamResponse(status=up.status)
-            for k, v in up.headers.items():
-                if k.lower() not in HOP_HEADERS:
-                    resp.headers.add(k, v)
-            if up.content_length is not None:
-                resp.content_length = up.content_length
+            resp = relayed_response(up)
             extra = self._take("headers", method, path)
             for k, v in extra.headers.items() if extra is not None else ():
                 resp.headers[k] = v

@@ -41,6 +41,18 @@ def forwardable(headers: Any) -> dict[str, str]:
     return out
 
 
+def relayed_response(up: aiohttp.ClientResponse) -> web.StreamResponse:
+    """A response to stream back for the upstream's `up`: its status, its end-to-end headers
+    (each kept, repeats too) and its length when known. Not prepared yet."""
+    resp = web.StreamResponse(status=up.status)
+    for k, v in up.headers.items():
+        if k.lower() not in HOP_HEADERS:
+            resp.headers.add(k, v)
+    if up.content_length is not None:
+        resp.content_length = up.content_length
+    return resp
+
+
 class ThreadedProxyServer:
     """Serves `_handle` on 127.0.0.1:`port` with an upstream `_session`, from a thread."""
 

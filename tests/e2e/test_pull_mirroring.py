@@ -79,16 +79,25 @@ def polls(clients: Clients, policy_id: str) -> list[gateway_pb2.Poll]:
 
 
 def add_endpoints(
-    clients: Clients, proxy: FaultProxy, local: RegistryProcess
+    clients: Clients, proxy: FaultProxy, local: RegistryProcess | FaultProxy
 ) -> None:
-    # Anonymous: the upstream hands out pull tokens to anyone, as Docker Hub does.
+    """`hub`: the upstream, anonymous (it hands out pull tokens to anyone, as Docker Hub
+    does); `local`: the destination registry, or a proxy in front of it."""
     clients.transfer.CreateEndpoint(
         transfer_pb2.CreateEndpointRequest(
             endpoint=transfer_pb2.Endpoint(name="hub", url=proxy.url)
         ),
         timeout=30,
     )
-    clients.add_endpoint("local", local)
+    if isinstance(local, FaultProxy):
+        clients.transfer.CreateEndpoint(
+            transfer_pb2.CreateEndpointRequest(
+                endpoint=transfer_pb2.Endpoint(name="local", url=local.url)
+            ),
+            timeout=30,
+        )
+    else:
+        clients.add_endpoint("local", local)
 
 
 def test_pull_mirror_copies_new_and_moved_tags_and_idle_polls_are_cheap(
@@ -219,13 +228,7 @@ def test_initial_sync_asks_the_destination_little_and_the_next_poll_waits_for_it
     local = registry_factory()
     dest = FaultProxy(local.url).start()
     try:
-        for name, url in (("hub", proxy.url), ("local", dest.url)):
-            clients.transfer.CreateEndpoint(
-                transfer_pb2.CreateEndpointRequest(
-                    endpoint=transfer_pb2.Endpoint(name=name, url=url)
-                ),
-                timeout=30,
-            )
+        add_endpoints(clients, proxy, dest)
         images = ImageBuilder(tmp_path / "img")
         tags = ["1.0", "1.1", "1.2", "1.3"]
         for tag in tags:

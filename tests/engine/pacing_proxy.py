@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from registry_testkit.ports import free_port
-from registry_testkit.proxyserver import HOP_HEADERS, ThreadedProxyServer, forwardable
+from registry_testkit.proxyserver import ThreadedProxyServer, forwardable, relayed_response
 
 
 @dataclass
@@ -147,12 +147,7 @@ class PacingProxy(ThreadedProxyServer):
             )
             async with up_cm as up:
                 ex.status = up.status
-                resp = web.StreamResponse(status=up.status)
-                for k, v in up.headers.items():
-                    if k.lower() not in HOP_HEADERS:
-                        resp.headers.add(k, v)
-                if up.content_length is not None:
-                    resp.content_length = up.content_length
+                resp = relayed_response(up)
                 await resp.prepare(request)
                 t0 = time.monotonic()
                 paused = False

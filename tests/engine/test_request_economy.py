@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -39,23 +41,39 @@ def _two_sharing_a_base(images: ImageBuilder, registry: RegistryProcess) -> list
     return [first, second]
 
 
+@dataclass
+class Setup:
+    a: ImageRef
+    b: ImageRef
+    base: str  # the layer they share
+    proxy: FaultProxy  # in front of the destination
+    src: RegistryClient
+    dst: RegistryClient  # through the proxy
+
+
+@pytest.fixture
+def setup(
+    registry: RegistryProcess,
+    registry2: RegistryProcess,
+    images: ImageBuilder,
+    clients: Any,
+    fault_proxy: Any,
+) -> Setup:
+    """Images a and b sharing a base layer at the source; the destination behind a proxy."""
+    a, b = _two_sharing_a_base(images, registry)
+    proxy: FaultProxy = fault_proxy(registry2.url)
+    base = json.loads(a.manifest)["layers"][0]["digest"]
+    return Setup(a, b, base, proxy, clients(registry), clients(proxy.url))
+
+
 def _naming(log: list[tuple[str, str, str]], digest: str) -> list[tuple[str, str, str]]:
     return [r for r in log if digest in r[1] or digest in r[2]]
 
 
 async def test_new_images_cost_no_head_and_a_shared_blob_is_not_asked_again(
-    registry: RegistryProcess,
-    registry2: RegistryProcess,
-    images: ImageBuilder,
-    engine: CopyEngine,
-    clients,
-    fault_proxy,
+    registry2: RegistryProcess, engine: CopyEngine, setup: Setup
 ) -> None:
-    a, b = _two_sharing_a_base(images, registry)
-    base = json.loads(a.manifest)["layers"][0]["digest"]
-    proxy: FaultProxy = fault_proxy(registry2.url)
-    src, dst = clients(registry), clients(proxy.url)
-
+    a, b, base, proxy, src, dst = setup.a, setup.b, setup.base, setup.proxy, setup.src, setup.dst
     await engine.copy(_req(src, dst, "a"))
     first = list(proxy.log)
     assert [r for r in first if r[0] == "HEAD"] == []
@@ -72,19 +90,22 @@ async def test_new_images_cost_no_head_and_a_shared_blob_is_not_asked_again(
     for img in (a, b):
         assert inspect_raw(registry2, REPO, img.tag) == img.manifest
 
+    # An image whose blobs are all known there: its manifest is asked for first, and found.
+    mark = len(proxy.log)
+    again = await engine.copy(
+        CopyRequest(src=src, src_repo=REPO, src_ref="a", dst=dst, dst_repo=REPO, dst_tag="a2")
+    )
+    assert [(m, p) for m, p, _ in list(proxy.log)[mark:]] == [
+        ("HEAD", f"/v2/{REPO}/manifests/{a.digest}"),
+        ("PUT", f"/v2/{REPO}/manifests/a2"),
+    ]
+    assert again.progress.blobs_skipped == len(a.blobs)
+
 
 async def test_a_blob_gone_since_it_was_skipped_unasked_is_placed_again(
-    registry: RegistryProcess,
-    registry2: RegistryProcess,
-    images: ImageBuilder,
-    engine: CopyEngine,
-    clients,
-    fault_proxy,
+    registry2: RegistryProcess, engine: CopyEngine, setup: Setup
 ) -> None:
-    a, b = _two_sharing_a_base(images, registry)
-    base = json.loads(a.manifest)["layers"][0]["digest"]
-    proxy: FaultProxy = fault_proxy(registry2.url)
-    src, dst = clients(registry), clients(proxy.url)
+    b, base, proxy, src, dst = setup.b, setup.base, setup.proxy, setup.src, setup.dst
     await engine.copy(_req(src, dst, "a"))
     # Someone removes the shared layer from the repository behind the engine's back.
     gone = urllib.request.Request(f"{registry2.url}/v2/{REPO}/blobs/{base}", method="DELETE")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from registry_client import Manifest, mediatypes, names
+from registry_client import Manifest, Upload, mediatypes, names
 from registry_client.errors import InvalidRequest, NotFound, PermissionDenied, RegistryError
 from registry_client.images import platform_matches, platform_string
 from transfer_service.engine.blobs import Blob, BlobMover
@@ -339,24 +339,31 @@ class CopyEngine:
             except (PermissionDenied, NotFound) as e:
                 log.info("mount of %s from %s refused: %s", blob.digest, repo, e)
         async with self._blob_slots:
-            self.downloads += 1
-            # Streaming needs a source and a destination request at once; with one client
-            # for both sides that could starve its concurrency limit, so spool instead, and
-            # upload only after the download.
-            if blob.size >= self.spool_threshold or req.src is req.dst:
-                await self.mover.spooled(
-                    req.src,
-                    req.src_repo,
-                    dst,
-                    req.dst_repo,
-                    blob,
-                    rep.add_bytes,
-                    overlap=req.src is not req.dst,
-                )
-            else:
-                await self.mover.stream(
-                    req.src, req.src_repo, dst, req.dst_repo, blob, rep.add_bytes
-                )
+            return await self._send(req, blob, rep)
+
+    async def _send(
+        self, req: CopyRequest, blob: Blob, rep: _Reporter, session: Upload | None = None
+    ) -> str:
+        """Download the blob and upload it (into `session` when one is open already); the
+        caller holds a blob slot."""
+        self.downloads += 1
+        # Streaming needs a source and a destination request at once; with one client for
+        # both sides that could starve its concurrency limit, so spool instead, and upload
+        # only after the download.
+        if blob.size >= self.spool_threshold or req.src is req.dst:
+            await self.mover.spooled(
+                req.src,
+                req.src_repo,
+                req.dst,
+                req.dst_repo,
+                blob,
+                rep.add_bytes,
+                overlap=req.src is not req.dst,
+            )
+        else:
+            await self.mover.stream(
+                req.src, req.src_repo, req.dst, req.dst_repo, blob, rep.add_bytes, session
+            )
         self.sizes.add(blob.digest, blob.size)  # hashed and counted on the way
         self._held_at(req, blob)
         return "copied"
@@ -381,13 +388,7 @@ class CopyEngine:
                 self.sizes.add(blob.digest, blob.size)
                 self._held_at(req, blob)
                 return "skipped"
-            self.downloads += 1
-            await self.mover.stream(
-                req.src, req.src_repo, dst, req.dst_repo, blob, rep.add_bytes, session=session
-            )
-        self.sizes.add(blob.digest, blob.size)  # hashed and counted on the way
-        self._held_at(req, blob)
-        return "copied"
+            return await self._send(req, blob, rep, session)
 
     # -- manifests -------------------------------------------------------------------------
 
