@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import field_mask_pb2
 import pytest
 from mirror.v1 import gateway_pb2, policy_pb2, transfer_pb2
 
 from registry_testkit.images import ImageBuilder, push
 from stack.process import StackProcess
-from tests.e2e.conftest import Clients, notify_config, wait_for
+from tests.e2e.conftest import WEBHOOK_SECRET, Clients, notify_config, wait_for
 from tests.e2e.helpers import healthz, skopeo_digest, tags_of
 from tests.support.registry import RegistryFactory
 
@@ -236,9 +237,14 @@ def test_apply_and_reconcile_carry_on_past_a_broken_endpoint(
     )
     assert applied.tags_matched == 1 and not applied.errors
     wait_for(lambda: tags_of(qa, "qa/website") == ["1.0"], 60, "good policy applied")
+    # A push whose event was lost (dev sends none): the full sweep still finds it.
+    clients.wait_baseline(good.id)
+    push(images.image("1.1"), dev, "dev/website")
     r = clients.gateway.Reconcile(gateway_pb2.ReconcileRequest(), timeout=60)
     assert [e.endpoint for e in r.errors] == ["broken"]
     assert r.errors[0].policy_id == bad.id
+    assert [(x.policy_id, x.source.reference) for x in r.runs] == [(good.id, "1.1")]
+    wait_for(lambda: tags_of(qa, "qa/website") == ["1.0", "1.1"], 60, "1.1 reconciled")
 
 
 def test_endpoint_in_use_cannot_be_deleted(
@@ -258,3 +264,140 @@ def test_endpoint_in_use_cannot_be_deleted(
         assert "p" in refused.value.details()
     clients.policy.DeletePolicy(policy_pb2.DeletePolicyRequest(id=pol.id), timeout=30)
     clients.transfer.DeleteEndpoint(transfer_pb2.DeleteEndpointRequest(name="qa"), timeout=30)
+
+
+def test_overwrite_never_leaves_a_tag_holding_another_digest_and_says_so(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev = registry_factory(notifications=[notify_config(stack)])
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    images = ImageBuilder(tmp_path / "img")
+    # QA already holds its own 1.0, and another tag that this push will fill in.
+    theirs = push(images.image("theirs", layers=(3000,)), qa, "team/app", tag="1.0")
+    pol = clients.add_policy(
+        "keep", "team/app", "true", "qa", "team/app", overwrite=policy_pb2.OVERWRITE_NEVER
+    )
+    ours = push(images.image("1.0", layers=(1200,)), dev, "team/app")
+    new = push(images.image("1.1", layers=(1300,)), dev, "team/app")
+    assert ours != theirs
+
+    runs = {r.source.reference: r for r in clients.wait_runs_final(pol.id, 2)}
+    assert runs["1.0"].state == Run.STATE_SKIPPED
+    assert runs["1.0"].message.startswith("not overwritten:"), runs["1.0"].message
+    assert theirs in runs["1.0"].message and "never overwrites" in runs["1.0"].message
+    assert runs["1.1"].state == Run.STATE_SUCCEEDED
+    assert skopeo_digest(qa, "team/app", "1.0") == theirs
+    assert skopeo_digest(qa, "team/app", "1.1") == new
+    assert [t.destination.tag for t in transfers_to(clients, "qa")] == ["1.1"]
+
+
+def test_a_run_never_copies_back_into_a_place_on_its_chain(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    # Neither registry sends events: NotifyPush stands in for them, so the order is ours.
+    dev = registry_factory()
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    there = clients.add_policy("there", "team/app", "true", "qa", "team/app")
+    # A %n cycle is allowed (it converges), so the way back is saved.
+    back = clients.add_policy("back", "team/app", "true", "dev", "team/app", source_endpoint="qa")
+    images = ImageBuilder(tmp_path / "img")
+    first = push(images.image("1.0", layers=(1100,)), dev, "team/app")
+    clients.gateway.NotifyPush(
+        gateway_pb2.NotifyPushRequest(endpoint="dev", repository="team/app", tag="1.0"),
+        timeout=30,
+    )
+    wait_for(lambda: tags_of(qa, "team/app") == ["1.0"], 60, "1.0 copied to qa")
+    assert [r.state for r in clients.wait_runs_final(there.id, 1)] == [Run.STATE_SUCCEEDED]
+    # dev moves on before QA's (late) echo of our own copy arrives.
+    second = push(images.image("1.0", layers=(2100,)), dev, "team/app")
+    assert second != first
+    clients.gateway.NotifyPush(
+        gateway_pb2.NotifyPushRequest(endpoint="qa", repository="team/app", tag="1.0"),
+        timeout=30,
+    )
+    (echo,) = clients.wait_runs_final(back.id, 1)
+    assert echo.state == Run.STATE_BLOCKED, echo
+    assert "already on this image's promotion chain" in echo.message, echo.message
+    assert "dev/team/app" in echo.message
+    assert [(p.endpoint, p.repository) for p in echo.provenance] == [("dev", "team/app")]
+    # dev keeps its new image; the old one is not copied back over it.
+    assert skopeo_digest(dev, "team/app", "1.0") == second
+    assert len(clients.transfers()) == 1
+
+
+def test_hop_limit_blocks_a_chain_longer_than_allowed(
+    registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    stack = StackProcess(
+        tmp_path / "stack-data",
+        webhook_secret=WEBHOOK_SECRET,
+        extra_args=["--reconcile-interval", "0", "--max-hops", "2"],
+    )
+    stack.start()
+    clients = Clients(stack.grpc_address)
+    try:
+        dev = registry_factory(notifications=[notify_config(stack)])
+        qa = registry_factory(notifications=[notify_config(stack)])
+        prod = registry_factory(notifications=[notify_config(stack)])
+        dr = registry_factory()
+        for name, reg in (("dev", dev), ("qa", qa), ("prod", prod), ("dr", dr)):
+            clients.add_endpoint(name, reg)
+        clients.add_policy("to-qa", "app", "true", "qa", "app")
+        to_prod = clients.add_policy("to-prod", "app", "true", "prod", "app", source_endpoint="qa")
+        to_dr = clients.add_policy("to-dr", "app", "true", "dr", "app", source_endpoint="prod")
+        images = ImageBuilder(tmp_path / "img")
+        pushed = push(images.image("1.0"), dev, "app")
+
+        # dev -> qa is hop 0, qa -> prod hop 1; prod -> dr would be hop 2, past the limit.
+        wait_for(lambda: tags_of(prod, "app") == ["1.0"], 60, "1.0 promoted to prod")
+        (blocked,) = clients.wait_runs_final(to_dr.id, 1)
+        assert blocked.state == Run.STATE_BLOCKED, blocked
+        assert "hop limit 2 reached" in blocked.message, blocked.message
+        assert "dev/app:1.0 -> qa/app:1.0 -> prod/app:1.0" in blocked.message
+        assert tags_of(dr, "app") == []
+        (promoted,) = clients.wait_runs_final(to_prod.id, 1)
+        assert promoted.state == Run.STATE_SUCCEEDED and promoted.hop == 1
+        assert skopeo_digest(prod, "app", "1.0") == pushed
+    finally:
+        clients.close()
+        stack.stop()
+
+
+def test_enabling_a_policy_acts_on_pushes_from_then_on(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    # dev sends no events: what Reconcile finds is all there is.
+    dev = registry_factory()
+    qa = registry_factory()
+    clients.add_endpoint("dev", dev)
+    clients.add_endpoint("qa", qa)
+    pol = clients.add_policy("p", "dev/website", "true", "qa", "qa/website")
+    clients.wait_baseline(pol.id)
+
+    def set_enabled(on: bool) -> policy_pb2.Policy:
+        return clients.policy.UpdatePolicy(
+            policy_pb2.UpdatePolicyRequest(
+                policy=policy_pb2.Policy(id=pol.id, enabled=on),
+                update_mask=field_mask_pb2.FieldMask(paths=["enabled"]),
+            ),
+            timeout=30,
+        )
+
+    set_enabled(False)
+    images = ImageBuilder(tmp_path / "img")
+    push(images.image("1.0"), dev, "dev/website")  # while the gate was off
+    enabled = set_enabled(True)
+    assert enabled.active_since.ToNanoseconds() > pol.active_since.ToNanoseconds()
+    first = clients.gateway.Reconcile(gateway_pb2.ReconcileRequest(policy_id=pol.id), timeout=60)
+    assert first.runs_started == 0 and not first.errors
+    push(images.image("1.1"), dev, "dev/website")
+    later = clients.gateway.Reconcile(gateway_pb2.ReconcileRequest(policy_id=pol.id), timeout=60)
+    assert [r.source.reference for r in later.runs] == ["1.1"]
+    wait_for(lambda: tags_of(qa, "qa/website") == ["1.1"], 60, "only 1.1 mirrored")
+    # Save & Apply after enabling is what brings the older tag along.
+    clients.gateway.ApplyPolicy(gateway_pb2.ApplyPolicyRequest(policy_id=pol.id), timeout=60)
+    wait_for(lambda: tags_of(qa, "qa/website") == ["1.0", "1.1"], 60, "1.0 applied")
