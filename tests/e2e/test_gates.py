@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import field_mask_pb2
 import pytest
+from google.protobuf import field_mask_pb2
 from mirror.v1 import gateway_pb2, policy_pb2, transfer_pb2
 
 from registry_testkit.images import ImageBuilder, push
