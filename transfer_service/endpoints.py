@@ -293,8 +293,9 @@ class EndpointStore:
             if row is not None:
                 self._box.decrypt(bytes(row["enc"]))
 
-    def create(self, ep: EndpointRecord) -> EndpointRecord:
-        """Validate and store a new endpoint: INVALID_ARGUMENT, ALREADY_EXISTS."""
+    def create(self, ep: EndpointRecord, validate_only: bool = False) -> EndpointRecord:
+        """Validate and store a new endpoint (only validate with `validate_only`):
+        INVALID_ARGUMENT, ALREADY_EXISTS."""
         violations = validate_endpoint(ep)
         if violations:
             raise invalid_argument("the endpoint is not valid", violations)
@@ -305,6 +306,8 @@ class EndpointStore:
                 if c.execute("SELECT 1 FROM endpoints WHERE name = ?", (ep.name,)).fetchone():
                     raise already_exists(f"endpoint {ep.name!r} already exists")
                 self._refuse_same_registry(c, ep)
+                if validate_only:
+                    return ep
                 c.execute(
                     "INSERT INTO endpoints (name, url, username, secret_enc, ca_pem, "
                     "insecure_skip_verify, max_concurrency, requests_per_second, scan_on_push, "
@@ -333,8 +336,11 @@ class EndpointStore:
         )
         return [self._from_row(r) for r in rows]
 
-    def update(self, name: str, changes: dict[str, object]) -> EndpointRecord:
-        """Apply `changes` (writable field -> new value) atomically; validate the result.
+    def update(
+        self, name: str, changes: dict[str, object], validate_only: bool = False
+    ) -> EndpointRecord:
+        """Apply `changes` (writable field -> new value) atomically; validate the result
+        (and store nothing with `validate_only`).
 
         A URL that names another origin (scheme, host or port) clears the stored secret unless
         the same update gives a new one; the username stays.
@@ -363,6 +369,8 @@ class EndpointStore:
                 raise invalid_argument("the endpoint is not valid", violations)
             if moved or updated.aliases != current.aliases:
                 self._refuse_same_registry(c, updated)
+            if validate_only:
+                return updated
             c.execute(
                 "UPDATE endpoints SET url=?, username=?, secret_enc=?, ca_pem=?, "
                 "insecure_skip_verify=?, max_concurrency=?, requests_per_second=?, "

@@ -172,6 +172,11 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         if not request.HasField("endpoint"):
             raise invalid_argument("endpoint is required", [("endpoint", "required")])
         _reject_output_only(request.endpoint)
+        if request.validate_only:
+            ep = await self._db(
+                self.endpoints.create, endpoint_from_proto(request.endpoint), True
+            )
+            return endpoint_to_proto(ep)
         with disk_full_as_exhausted(self._volume):
             ep = await self._db(self.endpoints.create, endpoint_from_proto(request.endpoint))
         log.info("endpoint %s created (%s)", ep.name, ep.url)
@@ -206,6 +211,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         _require(msg.name, "endpoint.name")
         changes = _changes_from_mask(msg, list(request.update_mask.paths))
         before = await self._db(self.endpoints.get, msg.name)
+        if request.validate_only:
+            ep = await self._db(self.endpoints.update, msg.name, changes, True)
+            return endpoint_to_proto(ep)
         with disk_full_as_exhausted(self._volume):
             ep = await self._db(self.endpoints.update, msg.name, changes)
         log.info("endpoint %s updated (%s)", ep.name, ", ".join(sorted(changes)) or "nothing")

@@ -177,3 +177,50 @@ async def test_second_endpoint_for_one_registry_refused(endpoints_only: Served) 
         )
     )
     assert list(ok.aliases) == ["localhost:5001", "qa2.internal"]
+
+
+async def test_validate_only_checks_like_a_write_and_stores_nothing(
+    endpoints_only: Served,
+) -> None:
+    s = endpoints_only
+    await _add(s, "qa", "http://127.0.0.1:5000")
+
+    async def check(ep: transfer_pb2.Endpoint) -> transfer_pb2.Endpoint:
+        return await s.stub.CreateEndpoint(
+            transfer_pb2.CreateEndpointRequest(endpoint=ep, validate_only=True)
+        )
+
+    seen = await check(endpoint_msg("prod", "https://prod.example", username="bot", secret="pw"))
+    assert seen.name == "prod" and seen.has_secret and not seen.secret
+    for bad, code, needle in (
+        (endpoint_msg("prod", "https://prod.example", ca_pem="not a certificate"),
+         grpc.StatusCode.INVALID_ARGUMENT, "ca_pem"),
+        (endpoint_msg("Bad Name", "https://prod.example"), grpc.StatusCode.INVALID_ARGUMENT,
+         "name"),
+        (endpoint_msg("again", "http://localhost:5000"), grpc.StatusCode.ALREADY_EXISTS, "'qa'"),
+        (endpoint_msg("qa", "http://127.0.0.1:5009"), grpc.StatusCode.ALREADY_EXISTS, "qa"),
+    ):
+        with pytest.raises(aio.AioRpcError) as info:
+            await check(bad)
+        assert info.value.code() == code, bad
+        assert needle in info.value.details() + str(rpc_details(info.value)[1]), bad
+    # An update checked the same way: refused or not, the stored endpoint is unchanged.
+    with pytest.raises(aio.AioRpcError) as info:
+        await s.stub.UpdateEndpoint(
+            transfer_pb2.UpdateEndpointRequest(
+                endpoint=endpoint_msg("qa", ca_pem="-----BEGIN CERTIFICATE-----\nxx"),
+                update_mask=field_mask_pb2.FieldMask(paths=["ca_pem"]),
+                validate_only=True,
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    moved = await s.stub.UpdateEndpoint(
+        transfer_pb2.UpdateEndpointRequest(
+            endpoint=endpoint_msg("qa", "http://127.0.0.1:5001"),
+            update_mask=field_mask_pb2.FieldMask(paths=["url"]),
+            validate_only=True,
+        )
+    )
+    assert moved.url == "http://127.0.0.1:5001"
+    listed = await s.stub.ListEndpoints(transfer_pb2.ListEndpointsRequest())
+    assert [(e.name, e.url) for e in listed.endpoints] == [("qa", "http://127.0.0.1:5000")]
