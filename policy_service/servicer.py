@@ -653,13 +653,22 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
         tz_problem = time_zone_error(request.time_zone)
         if tz_problem:
             out.template_errors.append(f"time_zone: {tz_problem}")
-        if request.tag_template:
+        template = None
+        if request.tag_template or request.example_tag:
             try:
-                compile_template(
+                template = compile_template(
                     request.tag_template, None if tz_problem else zone(request.time_zone)
                 )
             except TemplateError as err:
                 out.template_errors.append(f"tag_template: {compiled.template_error_text(err)}")
+        if request.example_tag and template is not None and not out.template_errors:
+            # The console's live preview: the tag a copy made now would get.
+            try:
+                out.tag_preview = template.render(
+                    request.example_tag, datetime.now(UTC), zone(request.time_zone)
+                )
+            except TemplateError as err:
+                out.template_errors.append(f"example_tag: {compiled.template_error_text(err)}")
         out.valid = not out.errors and not out.template_errors
         return out
 

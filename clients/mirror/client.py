@@ -295,11 +295,13 @@ class Policies(_Service):
         return self._call("DeletePolicy", req, void=True)
 
     def validate_rule(
-        self, rule: str, *, tag_template: str = "", time_zone: str = ""
+        self, rule: str, *, tag_template: str = "", time_zone: str = "", example_tag: str = ""
     ) -> policy_pb2.ValidateRuleResponse:
-        """Compile a rule (and a tag template) without saving; errors carry line and column."""
+        """Compile a rule (and a tag template) without saving; errors carry line and column.
+        With `example_tag`, the answer's `tag_preview` is the tag `tag_template` ("" is "%n")
+        makes now for that source tag in `time_zone` (empty when `template_errors` has any)."""
         req = policy_pb2.ValidateRuleRequest(
-            rule=rule, tag_template=tag_template, time_zone=time_zone
+            rule=rule, tag_template=tag_template, time_zone=time_zone, example_tag=example_tag
         )
         return self._call("ValidateRule", req)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -16,18 +14,8 @@ from console.sessions import Session
 from console.views import connect as connect_view
 from console.views.forms import FormError, endpoint_fields, endpoint_message, text
 from console.web import form_of, page, render
-from policy_service.index import glob_to_regex
-from policy_service.templates import TemplateError, compile_template, validate_time_zone
 
 EXAMPLE_TAG = "1.4-stable"
-
-
-def source_matches(policy: policy_pb2.Policy, endpoint: str, repository: str) -> bool:
-    if policy.source.endpoint != endpoint:
-        return False
-    src = policy.source.repository
-    return src == repository or ("*" in src and re.fullmatch(glob_to_regex(src), repository)
-                                 is not None)
 
 
 def target_matches(policy: policy_pb2.Policy, endpoint: str, repository: str) -> bool:
@@ -61,9 +49,12 @@ async def repository(request: web.Request, session: Session) -> web.StreamRespon
     endpoint = request.match_info["endpoint"]
     repo = request.match_info["repository"]
     await session.client.transfers.get_endpoint(endpoint)  # 404 for an unknown registry
-    every = [p async for p in session.client.policies.iter()]
-    push = [p for p in every if source_matches(p, endpoint, repo)]
-    pull = [p for p in every if target_matches(p, endpoint, repo) and p not in push]
+    # The policy service matches the sources' globs: the console asks, it does not match.
+    push = [p async for p in session.client.policies.iter(source_endpoint=endpoint,
+                                                          source_repository=repo)]
+    reading = {p.id for p in push}
+    pull = [p async for p in session.client.policies.iter(endpoint=endpoint)
+            if target_matches(p, endpoint, repo) and p.id not in reading]
     return render(
         request, "repository.html", session, endpoint=endpoint, repository=repo,
         push=await with_status(session, push), pull=await with_status(session, pull),
@@ -108,10 +99,6 @@ async def new_mirror(request: web.Request, session: Session) -> web.StreamRespon
                          "__new__"),
     }
     return render(request, "new_mirror.html", session, **ctx)
-
-
-def _timestamp_now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def ensure_new_registry(session: Session, form: Any) -> str:
@@ -206,20 +193,13 @@ async def criteria_row(request: web.Request, session: Session) -> web.StreamResp
 
 @page()
 async def tag_preview(request: web.Request, session: Session) -> web.StreamResponse:
-    """The tag a template would make now for an example tag; errors from ValidateRule."""
+    """The tag a template would make now for an example tag, and its errors: both from
+    ValidateRule (the policy service renders it as a copy would)."""
     form = await form_of(request)
     template = "%n" if text(form, "tag_mode") != "template" else text(form, "tag_template")
-    zone = text(form, "time_zone")
     example = text(form, "example_tag") or EXAMPLE_TAG
-    resp = await session.client.policies.validate_rule("true", tag_template=template,
-                                                       time_zone=zone)
-    problems = list(resp.template_errors)
-    preview = ""
-    if not problems:
-        try:
-            preview = compile_template(template).render(example, _timestamp_now(),
-                                                        validate_time_zone(zone))
-        except (TemplateError, ValueError) as err:
-            problems.append(str(err))
-    return render(request, "_tag_preview.html", session, preview=preview, problems=problems,
-                  example=example)
+    resp = await session.client.policies.validate_rule(
+        "true", tag_template=template, time_zone=text(form, "time_zone"), example_tag=example
+    )
+    return render(request, "_tag_preview.html", session, preview=resp.tag_preview,
+                  problems=list(resp.template_errors), example=example)

@@ -701,20 +701,26 @@ class ValidateRuleRequest(_message.Message):
     RULE_FIELD_NUMBER: _builtins.int
     TAG_TEMPLATE_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
+    EXAMPLE_TAG_FIELD_NUMBER: _builtins.int
     rule: _builtins.str
     tag_template: _builtins.str
     """Optional: validate a tag template too."""
     time_zone: _builtins.str
+    example_tag: _builtins.str
+    """Optional: a source tag (e.g. "1.4-stable") to render tag_template for; the answer's
+    tag_preview is the tag the template makes for it now.
+    """
     def __init__(
         self,
         *,
         rule: _builtins.str = ...,
         tag_template: _builtins.str = ...,
         time_zone: _builtins.str = ...,
+        example_tag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule", "tag_template", b"tag_template", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["example_tag", b"example_tag", "rule", b"rule", "tag_template", b"tag_template", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -729,7 +735,13 @@ class ValidateRuleResponse(_message.Message):
     FIELDS_FIELD_NUMBER: _builtins.int
     REQUIRED_FACTS_FIELD_NUMBER: _builtins.int
     TEMPLATE_ERRORS_FIELD_NUMBER: _builtins.int
+    TAG_PREVIEW_FIELD_NUMBER: _builtins.int
     valid: _builtins.bool
+    tag_preview: _builtins.str
+    """The tag tag_template ("" means "%n") makes now for example_tag, rendered in time_zone
+    (UTC when empty). Empty when example_tag is empty or template_errors has any; a rendered
+    tag that is not a valid tag is one of those ("example_tag: ...").
+    """
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleError]: ...
     @_builtins.property
@@ -750,10 +762,11 @@ class ValidateRuleResponse(_message.Message):
         fields: _abc.Iterable[_builtins.str] | None = ...,
         required_facts: _abc.Iterable[_common_pb2.FactKind.ValueType] | None = ...,
         template_errors: _abc.Iterable[_builtins.str] | None = ...,
+        tag_preview: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "fields", b"fields", "required_facts", b"required_facts", "template_errors", b"template_errors", "valid", b"valid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "fields", b"fields", "required_facts", b"required_facts", "tag_preview", b"tag_preview", "template_errors", b"template_errors", "valid", b"valid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
