@@ -100,7 +100,13 @@ _FORMS = ("push, manual, {schedule: {interval: 30s, jitter: 5s}} or "
 
 def trigger(value: TriggerArg) -> policy_pb2.PolicyTrigger:
     """A PolicyTrigger from "push", "manual", {"schedule": {...}}, {"push": {}},
-    {"manual": None}, a ScheduleTrigger or a PolicyTrigger. ValueError naming the forms."""
+    {"manual": None} (YAML `{manual: }`), a ScheduleTrigger or a PolicyTrigger. ValueError
+    naming the forms.
+
+    Beside another key, an alternative whose value is null is ignored, so the trigger
+    `-o json` prints (`{"push": null, "schedule": null, "manual": {}}`) reads back as itself;
+    so are null schedule settings (`{"interval": "30s", "cron": "", "jitter": null}`). All
+    alternatives null is no trigger chosen: the default, push."""
     if isinstance(value, policy_pb2.PolicyTrigger):
         return value
     if isinstance(value, policy_pb2.ScheduleTrigger):
@@ -112,9 +118,16 @@ def trigger(value: TriggerArg) -> policy_pb2.PolicyTrigger:
         if kind == "manual":
             return policy_pb2.PolicyTrigger(manual=policy_pb2.ManualTrigger())
         raise ValueError(f"unknown trigger {value!r}; use {_FORMS}")
-    if not isinstance(value, Mapping) or len(value) != 1:
+    if not isinstance(value, Mapping):
         raise ValueError(f"a trigger is one of {_FORMS}")
-    (kind, body), = value.items()
+    given = dict(value)
+    if len(given) > 1:
+        given = {k: v for k, v in given.items() if v is not None}
+        if not given:
+            return policy_pb2.PolicyTrigger()  # every alternative null: none chosen (push)
+    if len(given) != 1:
+        raise ValueError(f"a trigger is one of {_FORMS}")
+    (kind, body), = given.items()
     if kind in ("push", "manual"):
         if body not in (None, {}):
             raise ValueError(f"trigger {kind} takes no settings")
@@ -124,6 +137,7 @@ def trigger(value: TriggerArg) -> policy_pb2.PolicyTrigger:
     if not isinstance(body, Mapping):
         raise ValueError("schedule needs {interval: 30s} or {cron: '*/5 * * * *'} "
                          "(and optionally jitter)")
+    body = {k: v for k, v in body.items() if v is not None}
     unknown = set(body) - {"interval", "cron", "jitter"}
     if unknown:
         raise ValueError(f"schedule: unknown {sorted(unknown)}; it takes interval, cron "

@@ -6,9 +6,12 @@ blocked runs, --version."""
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -16,6 +19,7 @@ import yaml
 from registry_testkit.images import ImageBuilder, digest_of, list_tags, push
 from registry_testkit.registry import RegistryProcess
 from tests.clients.livestack import (
+    ADMIN_TOKEN,
     MIRRORCTL,
     ROOT,
     WEBHOOK_SECRET,
@@ -222,3 +226,129 @@ def test_status_lists_unplaced_events_with_the_alias_that_places_them(
         without_token = ls.ctl("status", token=None)
         assert without_token.code == 0 and "need a token" in without_token.stderr
         assert WEBHOOK_SECRET not in json.dumps(ls.outputs)
+
+
+# Every Policy field -o json prints: the settable ones and the output-only ones.
+POLICY_KEYS = {
+    "id", "name", "description", "rule", "target", "tag_template", "time_zone", "enabled",
+    "create_time", "update_time", "etag", "required_facts", "source", "overwrite",
+    "allow_incomplete_facts", "active_since", "disabled_reason", "trigger", "platforms",
+    "keep_newest", "deletions", "copy_referrers", "signature_wait",
+}
+# Read by a CI script from `policy get -o json`, one field a line (repr: types show).
+READ_FIELDS = (
+    "import json, sys\n"
+    "p = json.load(sys.stdin)\n"
+    "for key in sorted(p):\n"
+    "    print(key, repr(p[key]))\n"
+)
+# The whole printed document as an apply file, every key kept (output-only ones too).
+AS_APPLY_FILE = (
+    "import json, sys\n"
+    "p = json.load(sys.stdin)\n"
+    "p.update(json.loads(sys.argv[1]))\n"
+    "print(json.dumps({'policies': [p]}))\n"
+)
+
+
+def _sh(ls: LiveStack, script: str) -> str:
+    """A shell pipeline as a CI job writes it: mirrorctl and python on PATH, the stack's
+    address and token in the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRROR_")}
+    env.update(MIRROR_ADDRESS=ls.address, MIRROR_TOKEN=ADMIN_TOKEN,
+               PATH=f"{ROOT / '.venv/bin'}:{env.get('PATH', '/usr/bin:/bin')}")
+    res = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True,
+                         text=True, env=env, timeout=120, cwd=str(ROOT))
+    ls.outputs += [res.stdout, res.stderr]
+    assert res.returncode == 0, f"{script}: {res.returncode}\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+def _apply_printed(ls: LiveStack, name: str, changes: dict[str, Any] | None = None) -> dict:
+    """`policy get NAME -o json | python -c ... | mirrorctl apply -f -`: the plan applied."""
+    script = (f"mirrorctl policy get {shlex.quote(name)} -o json | python -c "
+              f"{shlex.quote(AS_APPLY_FILE)} {shlex.quote(json.dumps(changes or {}))} | "
+              "mirrorctl apply -f - -o json")
+    return json.loads(_sh(ls, script))  # type: ignore[no-any-return]
+
+
+def test_json_of_disabled_policies_round_trips_every_field(
+    live: LiveStack, registry_factory: Callable[..., RegistryProcess],
+) -> None:
+    ls = live
+    dev, qa = registry_factory(), registry_factory()
+    _ok(ls, "endpoint", "add", "dev", "--url", dev.url)
+    _ok(ls, "endpoint", "add", "qa", "--url", qa.url)
+    # Every settable field away from its default, and disabled.
+    _ok(ls, "policy", "create", "--name", "pull-app", "--description", "nightly pull",
+        "--source", "dev/team/**", "--rule", 'tag endswith "stable"',
+        "--target", "qa/mirror/{path}", "--tag-template", "%n-mirror",
+        "--time-zone", "Europe/Berlin", "--overwrite", "never", "--allow-incomplete-facts",
+        "--disabled", "--schedule", "30m", "--jitter", "1m", "--platform", "linux/amd64",
+        "--platform", "linux/arm64/v8", "--keep-newest", "3", "--deletions", "propagate",
+        "--copy-referrers", "signatures,sboms", "--signature-wait", "10m")
+    _ok(ls, "policy", "create", "--name", "by-hand", "--source", "dev/team/app", "--rule",
+        "true", "--target", "qa/team/app", "--manual", "--disabled")
+
+    read = _sh(ls, f"mirrorctl policy get pull-app -o json | python -c {shlex.quote(READ_FIELDS)}")
+    fields = dict(line.split(" ", 1) for line in read.splitlines())
+    assert set(fields) == POLICY_KEYS
+    assert {k: fields[k] for k in (
+        "name", "description", "enabled", "overwrite", "allow_incomplete_facts", "tag_template",
+        "time_zone", "keep_newest", "platforms", "deletions", "copy_referrers",
+        "signature_wait", "disabled_reason", "source", "target", "trigger",
+    )} == {
+        "name": "'pull-app'", "description": "'nightly pull'", "enabled": "False",
+        "overwrite": "'never'", "allow_incomplete_facts": "True",
+        "tag_template": "'%n-mirror'", "time_zone": "'Europe/Berlin'", "keep_newest": "3",
+        "platforms": "['linux/amd64', 'linux/arm64/v8']", "deletions": "'propagate'",
+        "copy_referrers": "['signatures', 'sboms']", "signature_wait": "'600s'",
+        "disabled_reason": "''",
+        "source": "{'endpoint': 'dev', 'repository': 'team/**'}",
+        "target": "{'endpoint': 'qa', 'repository': 'mirror/{path}'}",
+        "trigger": "{'push': None, 'schedule': {'interval': '1800s', 'cron': '', "
+                   "'jitter': '60s'}, 'manual': None}",
+    }
+
+    manual = ls.ctl("policy", "get", "by-hand", "-o", "json").json()
+    assert set(manual) == POLICY_KEYS
+    assert manual["trigger"] == {"push": None, "schedule": None, "manual": {}}
+    # Zero, false and empty fields are there, as what they mean; numbers are numbers.
+    assert (manual["enabled"], manual["allow_incomplete_facts"], manual["keep_newest"],
+            manual["platforms"], manual["copy_referrers"], manual["deletions"],
+            manual["overwrite"], manual["description"], manual["signature_wait"]) == (
+        False, False, 0, [], [], "off", "always", "", None)
+
+    for name in ("pull-app", "by-hand"):
+        before = ls.ctl("policy", "get", name, "-o", "json").json()
+        # The whole document, output-only keys and nulls too, applies back as itself.
+        plan = _apply_printed(ls, name)
+        assert plan["errors"] == [] and [(c["action"], c["name"]) for c in plan["changes"]] == [
+            ("unchanged", name)], plan
+        assert ls.ctl("policy", "get", name, "-o", "json").json() == before
+        # ... and a field changed in it is what changes.
+        plan = _apply_printed(ls, name, {"keep_newest": 5, "description": "edited"})
+        assert [(c["action"], c["fields"]) for c in plan["changes"]] == [
+            ("update", ["description", "keep_newest"])], plan
+        after = ls.ctl("policy", "get", name, "-o", "json").json()
+        assert isinstance(after["keep_newest"], int)
+        moved = {"etag", "update_time", "keep_newest", "description"}
+        assert {k: v for k, v in after.items() if k not in moved} == {
+            k: v for k, v in before.items() if k not in moved}
+        assert (after["keep_newest"], after["description"]) == (5, "edited")
+        assert after["etag"] != before["etag"]
+
+        # `policy create -f -` takes the printed document too (its id, etag... ignored).
+        copy = f"{name}-copy"
+        script = (f"mirrorctl policy get {name} -o json | python -c "
+                  "'import json, sys; p = json.load(sys.stdin); "
+                  f"p[\"name\"] = \"{copy}\"; "
+                  "p[\"target\"][\"repository\"] = \"copy/\" + p[\"target\"][\"repository\"]; "
+                  "print(json.dumps(p))' | "
+                  "mirrorctl policy create -f - -o json")
+        created = json.loads(_sh(ls, script))
+        assert created["id"] != after["id"] and created["name"] == copy
+        same = POLICY_KEYS - {"id", "name", "target", "etag", "create_time", "update_time",
+                              "active_since"}
+        assert {k: created[k] for k in same} == {k: after[k] for k in same}
+        assert created["enabled"] is False

@@ -141,13 +141,13 @@ def test_readme_mirrorctl_session(
     env = _shell_env(live, tmp_path, DEV_REGISTRY_URL=dev.url, QA_REGISTRY_URL=qa.url,
                      QA_PASSWORD=QA_PASSWORD)
     code = blocks("README.md", "sh", section="Operating with mirrorctl")
-    assert len(code) == 5
+    assert len(code) == 6
     results = []
     for i, block in enumerate(code):
         res = run_bash(block, env, work)
         assert res.returncode == 0, f"block {i + 1} failed:\n{block}\n{res.stdout}\n{res.stderr}"
         results.append(res)
-    endpoints, policy, watch, ci, plan = (r.stdout for r in results)
+    endpoints, policy, watch, ci, plan, edited = (r.stdout for r in results)
     assert "endpoint qa added" in endpoints
     assert "authenticated │ ok" in endpoints and "push_allowed  │ ok" in endpoints
     assert "imported 1, updated 0, skipped 0" in endpoints
@@ -168,6 +168,11 @@ def test_readme_mirrorctl_session(
     with connect(live.address, token=ADMIN_TOKEN) as c:
         (pol,) = list(c.policies.iter())
         assert pol.tag_template == "%n"  # the dry run changed nothing
+        # The -o json document edited and applied back: that one field changed.
+        assert "1 to update, 0 to delete, 0 unchanged" in edited
+        assert "updated policy promote-stable" in edited
+        assert (pol.description, pol.rule) == ("promoted by CI",
+                                               'tag endswith "stable" and critical_vulns == 0')
         wait_for("the applied run to succeed", lambda: [
             r for r in c.gateway.iter_runs() if r.state == r.STATE_SUCCEEDED
         ])

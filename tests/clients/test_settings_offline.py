@@ -5,17 +5,19 @@ and RetryInfo decoding."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 
 import pytest
 import yaml
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from mirror import _build, enums, errors, policyfields
-from mirror.cli import policydoc, protodata
+from mirror.cli import declarative, policydoc, protodata
 from mirror.cli.context import CliError
 from mirror.cli.declarative import policy_doc
 from mirror.cli.main import build_parser
-from mirror.v1 import gateway_pb2, policy_pb2
+from mirror.v1 import common_pb2, gateway_pb2, policy_pb2
 
 
 @pytest.mark.parametrize(("text", "us"), [
@@ -62,6 +64,58 @@ def test_trigger_forms() -> None:
     p.trigger.CopyFrom(t)
     assert policyfields.trigger_text(p) == "every 30s, jitter 5s"
     assert policyfields.trigger_doc(p) == {"schedule": {"interval": "30s", "jitter": "5s"}}
+
+
+@pytest.mark.parametrize("trigger", [
+    {"schedule": {"interval": "30s", "jitter": "5s"}}, {"schedule": {"cron": "*/5 * * * *"}},
+    "manual", "push",
+])
+def test_json_output_reads_back_as_the_same_policy(trigger: object) -> None:
+    p = policy_pb2.Policy(
+        id="p1", name="pull", description="d", rule="true", tag_template="%n-x",
+        time_zone="Europe/Berlin", enabled=False, etag="e1", disabled_reason="why",
+        required_facts=[common_pb2.FACT_KIND_REFERENCE], overwrite=policy_pb2.OVERWRITE_NEVER,
+        allow_incomplete_facts=True,
+        trigger=policyfields.trigger(trigger),  # type: ignore[arg-type]
+        platforms=["linux/amd64"], keep_newest=3, deletions=policy_pb2.DELETION_MODE_PROPAGATE,
+        copy_referrers=["signatures"], signature_wait=policyfields.duration("10m"),
+    )
+    p.source.endpoint, p.source.repository = "dev", "team/**"
+    p.target.endpoint, p.target.repository = "qa", "mirror/{path}"
+    for ts in (p.create_time, p.update_time, p.active_since):
+        ts.GetCurrentTime()
+    printed = json.loads(json.dumps(protodata.message_data(p)))  # what -o json writes
+    read, names = policydoc.read(printed, "stdin")
+    settable = policy_pb2.Policy()
+    settable.CopyFrom(p)
+    for name in policydoc.OUTPUT_ONLY:
+        settable.ClearField(name)  # type: ignore[arg-type]
+    assert read == settable
+    assert names == set(_build.POLICY_FIELDS)  # the output-only keys are not "given"
+    # The same in an apply file (camelCase keys too), beside an endpoint's printed document.
+    camel = {"keepNewest" if k == "keep_newest" else k: v for k, v in printed.items()}
+    endpoint = {"name": "qa", "url": "http://qa", "has_secret": True,
+                "has_webhook_secret": False, "create_time": "2024-01-01T00:00:00Z",
+                "update_time": None, "aliases": []}
+    desired = declarative.parse(json.dumps({"endpoints": [endpoint], "policies": [camel]}),
+                                "stdin", Path("."))
+    assert desired.policies[0].msg == settable
+    assert not desired.endpoints[0].msg.has_secret
+    assert desired.endpoints[0].fields == {"url", "aliases"}
+
+
+def test_trigger_nulls_beside_the_chosen_one_are_ignored() -> None:
+    manual = policyfields.trigger({"push": None, "schedule": None, "manual": {}})
+    assert manual.WhichOneof("kind") == "manual"
+    cron = policyfields.trigger(
+        {"push": None, "schedule": {"interval": None, "cron": "0 3 * * *", "jitter": None},
+         "manual": None})
+    assert (cron.schedule.cron, cron.schedule.HasField("interval")) == ("0 3 * * *", False)
+    assert policyfields.trigger({"push": None, "manual": None}).WhichOneof("kind") is None
+    with pytest.raises(ValueError, match="one of"):
+        policyfields.trigger({"push": {}, "manual": {}})
+    with pytest.raises(CliError, match="has no field named \"kep_newest\""):
+        policydoc.read({"name": "p", "etag": "e", "kep_newest": 3}, "p.yaml")  # typo refused
 
 
 def test_yaml_reader_and_export_shape_round_trip() -> None:

@@ -95,8 +95,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                     "endpoints): on any error nothing is changed and the exit code is 4, with\n"
                     "--dry-run too. Fields left out keep the server's value. Secrets cannot be\n"
                     "read back: they are written on create, when the server has none, or with\n"
-                    "--update-secrets."))
-    p.add_argument("-f", "--file", required=True, help="the declarative YAML file")
+                    "--update-secrets. An entry may be what 'policy get NAME -o json' prints:\n"
+                    "output-only keys (id, etag, times, disabled_reason...) and nulls are "
+                    "ignored."))
+    p.add_argument("-f", "--file", required=True,
+                   help="the declarative YAML (or JSON) file; - reads stdin")
     p.add_argument("--dry-run", action="store_true",
                    help="validate everything and print the plan; change nothing")
     p.add_argument("--prune", action="store_true",

@@ -23,12 +23,18 @@ and changed; a field left out keeps the server's value. Secrets cannot be read b
 secret (and a webhook secret) is written when the endpoint is created, when the server holds
 none, or when `--update-secrets` asks for it; otherwise an endpoint whose other fields match
 is `unchanged`.
+
+A policy or endpoint printed by `mirrorctl ... -o json` (or `-o yaml`) can be pasted as an
+entry: output-only keys (id, etag, create/update times, active_since, disabled_reason,
+required_facts, has_secret, has_webhook_secret) and null values are accepted and ignored.
+`-f -` reads the document from stdin (JSON is YAML too).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -58,6 +64,9 @@ _MEANS = {
     "platforms": lambda p: list(p.platforms),
     "copy_referrers": lambda p: list(p.copy_referrers),
 }
+# Printed by `endpoint show -o json`, set by the server: ignored in a file.
+ENDPOINT_OUTPUT_ONLY = frozenset({"has_secret", "has_webhook_secret", "create_time",
+                                  "update_time"})
 _ENDPOINT_MUTABLE = ("url", "username", "ca_pem", "insecure_skip_verify", "max_concurrency",
                      "requests_per_second", "scan_on_push", "aliases")
 
@@ -156,6 +165,8 @@ def parse(text: str, source: str, base: Path) -> Desired:
         ref = raw.pop("secretFrom", raw.pop("secret_from", None))
         hook_ref = raw.pop("webhookSecretFrom", raw.pop("webhook_secret_from", None))
         ca_file = raw.pop("caFile", raw.pop("ca_file", None))
+        raw = policydoc.without_output_only(raw, transfer_pb2.Endpoint.DESCRIPTOR,
+                                            ENDPOINT_OUTPUT_ONLY)
         try:
             msg = transfer_pb2.Endpoint()
             protodata.parse(raw, msg)
@@ -179,10 +190,8 @@ def parse(text: str, source: str, base: Path) -> Desired:
     seen = set()
     for i, raw in enumerate(doc.get("policies") or []):
         where = f"{source}: policies[{i}]"
+        # Output-only keys (id, etag, times...: a pasted `-o json`) are ignored by the reader.
         pmsg, pfields = policydoc.read(raw, where)
-        fixed = pfields - set(POLICY_MUTABLE)
-        if fixed:
-            raise _bad(where, f"{sorted(fixed)} are set by the server; remove them")
         if not pmsg.name:
             raise _bad(where, "name is required (policies are matched by name)")
         if pmsg.name in seen:
@@ -193,6 +202,10 @@ def parse(text: str, source: str, base: Path) -> Desired:
 
 
 def load(path: str) -> Desired:
+    """The desired state in the file at `path` (`-`: stdin; then a `secretFrom: {file: ...}`
+    is relative to the current directory)."""
+    if path == "-":
+        return parse(sys.stdin.read(), "stdin", Path.cwd())
     try:
         text = Path(path).read_text()
     except OSError as err:

@@ -16,6 +16,11 @@
     signatureWait: 10m            # how long an unsigned image waits for a signature
 
 Durations are written 30s, 10m, 1h30m or 500ms.
+
+What `mirrorctl policy get NAME -o json` (or `-o yaml`) prints reads back as the same policy:
+its output-only keys (id, etag, create_time, update_time, active_since, disabled_reason,
+required_facts) are accepted and ignored, as are null values (a trigger's alternatives not
+chosen, a schedule's unset interval or jitter). Unknown keys are refused.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from mirror import policyfields
+from mirror import _build, policyfields
 from mirror.cli import protodata
 from mirror.cli.context import EXIT_INVALID, CliError
 from mirror.v1 import policy_pb2
@@ -40,6 +45,21 @@ _LEGACY = ("sourceRepository", "source_repository")
 # Fields written in people's forms (`trigger: manual`, `signatureWait: 10m`, a single
 # platform): read here, not by the protobuf JSON parser.
 _SETTINGS = ("trigger", "signature_wait", "platforms", "copy_referrers")
+# Set by the server and printed by -o json/yaml: ignored when read back (like kubectl apply).
+OUTPUT_ONLY = frozenset(
+    f.name for f in policy_pb2.Policy.DESCRIPTOR.fields
+    if f.name not in _build.POLICY_FIELDS and not f.GetOptions().deprecated
+)
+
+
+def without_output_only(doc: dict[str, Any], descriptor: Any, output_only: Any) -> dict[str, Any]:
+    """`doc` without the keys (camelCase or snake_case) naming fields in `output_only`."""
+    out = {}
+    for key, value in doc.items():
+        f = protodata.field_of(descriptor, key) if isinstance(key, str) else None
+        if f is None or f.name not in output_only:
+            out[key] = value
+    return out
 
 
 def legacy_source(doc: dict[str, Any], where: str) -> CliError | None:
@@ -58,12 +78,16 @@ def legacy_source(doc: dict[str, Any], where: str) -> CliError | None:
 
 
 def read(doc: Any, where: str) -> tuple[policy_pb2.Policy, set[str]]:
-    """The Policy a mapping describes, and the top-level fields it names; CliError (exit 4)."""
+    """The Policy a mapping describes, and the settable top-level fields it names (output-only
+    keys are ignored); CliError (exit 4)."""
     if not isinstance(doc, dict):
         raise CliError(f"{where}: expected a mapping of policy fields", EXIT_INVALID)
     legacy = legacy_source(doc, where)
     if legacy is not None:
         raise legacy
+    # A null is a field not given (apply keeps the server's value), as -o json prints unset.
+    doc = {k: v for k, v in without_output_only(doc, policy_pb2.Policy.DESCRIPTOR,
+                                                OUTPUT_ONLY).items() if v is not None}
     msg = policy_pb2.Policy()
     rest, settings = _split_settings(doc)
     try:
