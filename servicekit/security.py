@@ -29,6 +29,7 @@ from servicekit.auth import (
     AuthInterceptor,
     Token,
     TokenAuthenticator,
+    TokenFileError,
     load_tokens,
     outbound_interceptors,
 )
@@ -53,8 +54,29 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--tokens-file", metavar="FILE",
-        help="bearer tokens, one 'admin:TOKEN' or 'read:TOKEN' per line",
+        help="bearer tokens, one 'admin:TOKEN' or 'read:TOKEN' per line ('#' comments); a "
+        "file holding none is a startup error",
     )
+
+
+def server_tokens(tokens_file: str | None, environ: Mapping[str, str]) -> list[Token]:
+    """The tokens of `tokens_file` and of MIRROR_ADMIN_TOKEN / MIRROR_READ_TOKEN.
+
+    A tokens file that holds no token (empty, only comments) is refused, TokenFileError: it
+    is a secret that was not filled in (an empty mount, a template), and serving without
+    tokens then would leave the API open to anyone who reaches the port. Without the file, no
+    tokens is the documented loopback-only mode (warn_if_exposed).
+    """
+    if not tokens_file:
+        return load_tokens(None, environ)
+    from_file = load_tokens(tokens_file, {})
+    if not from_file:
+        raise TokenFileError(
+            f"{tokens_file} holds no tokens: write one 'admin:TOKEN' line (16 characters or "
+            "more; 'read:TOKEN' for read-only callers), or drop --tokens-file to serve "
+            "without tokens on a loopback address only"
+        )
+    return from_file + load_tokens(None, environ)
 
 
 def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,7 +174,7 @@ class ServerSecurity:
                 key_pem=Path(tls_key).read_bytes(),
                 client_ca_pem=Path(tls_client_ca).read_bytes() if tls_client_ca else None,
             )
-        tokens = load_tokens(tokens_file, os.environ if environ is None else environ)
+        tokens = server_tokens(tokens_file, os.environ if environ is None else environ)
         interceptors: list[aio.ServerInterceptor] = [RequestLogInterceptor()]
         if tokens:
             interceptors.append(AuthInterceptor(TokenAuthenticator(tokens)))

@@ -93,3 +93,25 @@ def test_missing_tokens_file_is_one_line(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
     assert "tokens" in res.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(("module", "prog"), [("stack", "mirror-stack"),
+                                              ("policy_service", "policy_service")])
+@pytest.mark.parametrize("content", ["", "# admin:TOKEN lines go here\n\n   \n"])
+def test_tokens_file_without_tokens_is_one_line(
+    tmp_path: Path, module: str, prog: str, content: str
+) -> None:
+    # An unfilled secret (an empty mount, a template) must not serve an open API on 0.0.0.0.
+    tokens = tmp_path / "tokens"
+    tokens.write_text(content)
+    args = [module, "--data", str(tmp_path / "data"), "--grpc-listen", "0.0.0.0:0",
+            "--tokens-file", str(tokens)]
+    if module == "stack":
+        args += ["--http-listen", "127.0.0.1:0"]
+    res = run(*args)
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"{prog}: {tokens} holds no tokens: write one 'admin:TOKEN' "
+                                "line"), lines
+    assert "listening" not in res.stderr and "is running" not in res.stdout
