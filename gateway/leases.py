@@ -26,10 +26,14 @@ from typing import Any
 
 from servicekit.db import Database, Tx
 from servicekit.logs import context_id
+from servicekit.retry import Backoff
 
 log = logging.getLogger("gateway.leases")
 
 DEFAULT_LEASE_S = 15.0
+# Asking again for a lock another replica holds: 20 ms at first, at most half a second
+# (jittered, so the replicas waiting for one lock do not ask in step).
+LOCK_WAIT = Backoff(base=0.02, cap=0.5)
 
 
 def default_replica_id() -> str:
@@ -162,10 +166,10 @@ class SharedLocks:
     @contextlib.asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[None]:
         key = "lock:" + hashlib.sha256(name.encode()).hexdigest()[:40]
-        db, delay = self.store.db, 0.02
+        db, tries = self.store.db, 0
         while not await db.run(self.store.acquire, key, self.lease_s):
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            await LOCK_WAIT.sleep(tries)
+            tries += 1
         renew = asyncio.create_task(self._renew(key))
         try:
             yield

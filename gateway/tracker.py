@@ -14,7 +14,7 @@ from gateway.runs import RunRecord, RunStore
 from gateway.tasks import KeyedTasks
 from servicekit import metrics
 from servicekit.logs import context_id
-from servicekit.retry import Backoff
+from servicekit.retry import Backoff, transient_rpc_error
 
 log = logging.getLogger("gateway.tracker")
 
@@ -127,6 +127,10 @@ class TransferTracker:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def _follow(self, run_id: str, transfer_id: str) -> None:
+        """Watch the transfer to its end and record the run. A call that may pass later (the
+        transfer service down or busy) is retried on the backoff, for as long as it takes;
+        any other error ends the follow with the run FAILED, saying why: a run is never left
+        RUNNING behind a refusal that asking again cannot change."""
         backoff = Backoff(self.poll_s, 15.0)
         tries = 0
         while True:
@@ -147,15 +151,29 @@ class TransferTracker:
                     await self._finish(run_id, tr)
                     return
             except grpc.aio.AioRpcError as err:
-                if err.code() == grpc.StatusCode.NOT_FOUND:
+                code = err.code()
+                if code == grpc.StatusCode.NOT_FOUND:
                     await self._record(
                         run_id, Run.STATE_FAILED, f"transfer {transfer_id} not found"
+                    )
+                    return
+                if not transient_rpc_error(err):
+                    log.warning(
+                        "following transfer %s: %s: %s; not retried",
+                        transfer_id, code.name, err.details(),
+                    )
+                    await self._record(
+                        run_id,
+                        Run.STATE_FAILED,
+                        f"cannot follow transfer {transfer_id}: {code.name}: "
+                        f"{(err.details() or '')[:300]} (not retried; GetTransfer "
+                        f"{transfer_id} says how the copy itself ended)",
                     )
                     return
                 log.info(
                     "watching transfer %s: %s; retrying in %.1fs",
                     transfer_id,
-                    err.code().name,
+                    code.name,
                     delay,
                 )
             await asyncio.sleep(delay)

@@ -2,8 +2,11 @@
 to wait before it (capped exponential backoff with full jitter).
 
 Every retry loop (registry client transport and token fetches, the copy engine's blob
-retries, the transfer worker's job retries, the gateway's inbox, tracker and notifier loops)
-asks `is_retryable` and waits `Backoff.delay(attempt)`; none keeps a table of its own.
+retries, the transfer worker's job retries and reschedules, the gateway's inbox, tracker,
+notifier and lock waits) asks `is_retryable` (calls between our services:
+`transient_rpc_error`) and waits `Backoff.delay(attempt)` (long waits: `Backoff.spread`);
+none keeps a table of its own. tests/servicekit/test_one_retry_policy.py holds the code base
+to that.
 
 Retryable: connection errors (refused, reset, dropped), timeouts, HTTP 408, 429 and 5xx
 (except 501), gRPC UNAVAILABLE / DEADLINE_EXCEEDED. Never: other 4xx (400, 401, 403, 404...),
@@ -96,6 +99,16 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed try `attempt` (0 = the first)."""
         return random.uniform(0.0, self.ceiling(attempt))
+
+    def spread(self, attempt: int) -> float:
+        """A long wait after failed try `attempt`: between half the ceiling and the ceiling.
+
+        For waits of minutes to hours (a job rescheduled against a registry that is down):
+        the jitter still spreads the jobs that failed together, but none comes back after a
+        small fraction of its wait, which would spend a try at once on the same outage.
+        """
+        top = self.ceiling(attempt)
+        return random.uniform(top / 2, top)
 
     async def sleep(self, attempt: int) -> float:
         """Wait `delay(attempt)`; returns the seconds waited."""

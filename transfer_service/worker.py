@@ -22,7 +22,8 @@ Scheduling rules (see docs/INTERFACES.md, Transfer service):
 - a retryable failure is retried `max_attempts` times on a short backoff (WAITING with
   `next_attempt_time`: any worker may take the retry); then a job that could not reach its
   registry (or was asked to wait longer than the client's cap) is rescheduled: WAITING with
-  `next_attempt_time`, on a backoff growing up to `reschedule_max`. Permanent errors fail it.
+  `next_attempt_time`, on a jittered backoff growing up to `reschedule_max`
+  (servicekit.retry.Backoff.spread). Permanent errors fail it.
 """
 
 from __future__ import annotations
@@ -602,7 +603,7 @@ class Worker:
             delay = min(max(asked, 1.0), self._long.cap)
             why = f"registry {registry} asked to wait {asked:.0f}s (Retry-After)"
         else:
-            delay = self._long.ceiling(live.reschedules)
+            delay = self._long.spread(live.reschedules)
             why = f"registry {registry} failed {live.round_attempts} attempt(s) in a row"
         at = time.time() + delay
         again = await self._run_db(
