@@ -119,13 +119,14 @@ def scheduled(env: Env, images: ImageBuilder) -> Iterator[dict[str, str]]:
             deletions=policy_pb2.DELETION_MODE_DRY_RUN,
         ))
 
-        def runs(**kw: object) -> list[gateway_pb2.Run]:
-            return list(c.gateway.list_runs(policy_id=policy.id, page_size=100, **kw).runs)
+        def runs(states: tuple[str, ...] = ()) -> list[gateway_pb2.Run]:
+            return list(c.gateway.list_runs(policy_id=policy.id, page_size=100,
+                                            states=states).runs)
 
-        wait_for("both tags copied", lambda: len(runs(states=["succeeded"])) >= 2)
+        wait_for("both tags copied", lambda: len(runs(("succeeded",))) >= 2)
         moved = push(images.image("1.0", layers=[1_200]), env.dev, "up/app")
         wait_for("1.0 copied again", lambda: [
-            r for r in runs(states=["succeeded"]) if r.source_digest == moved
+            r for r in runs(("succeeded",)) if r.source_digest == moved
         ])
         req = urllib.request.Request(f"{env.dev.url}/v2/up/app/manifests/{second}",
                                      method="DELETE")

@@ -132,5 +132,6 @@ def test_sign_in_throttle_counts_failures_in_a_window_per_client() -> None:
     assert t.retry_after("a") > 0
     t.succeeded("a")
     assert t.retry_after("a") == 0
-    t.failed("b"), t.failed("c"), t.failed("d")
+    for client in ("b", "c", "d"):
+        t.failed(client)
     assert len(t._failures) == 2  # bounded: the oldest client is forgotten

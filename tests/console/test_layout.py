@@ -60,6 +60,8 @@ def populated(env: Env) -> dict[str, str]:
 PAGES = [
     ("registries", "/registries"),
     ("registry", "/registries/qa"),
+    ("registry-new", "/registries/new"),
+    ("registry-edit", "/registries/qa/edit"),
     ("repository", "/repositories/dev/dev/website"),
     ("new-mirror", "/mirrors/new?endpoint=dev&repository=dev/website"),
     ("policies", "/policies"),
@@ -89,6 +91,7 @@ def test_pages_fit_the_width_and_label_every_control(
         assert page.evaluate(UNLABELLED) == []
         sign_in(page, env)
         pages = [*PAGES, ("policy", f"/policies/{populated['policy']}"),
+                 ("policy-edit", f"/policies/{populated['policy']}/edit"),
                  ("scheduled", f"/policies/{populated['scheduled']}")]
         for name, url in pages:
             page.goto(env.base + url)
@@ -100,6 +103,14 @@ def test_pages_fit_the_width_and_label_every_control(
                 page.get_by_label("Repository to check").fill("qa/website")
                 page.get_by_role("button", name="Connect").click()
                 expect(page.locator("#connect-result li.step.ok")).to_have_count(5)
+            if name in ("registry-new", "registry-edit"):
+                # The advanced settings too: their controls must be labelled and fit.
+                advanced = page.locator("details", has_text="Show advanced settings")
+                if advanced.get_attribute("open") is None:
+                    page.get_by_text("Show advanced settings").click()
+                expect(page.get_by_label("Skip TLS verification")).to_be_visible()
+            if name == "policy-edit":
+                expect(page.locator("#rule-check")).to_contain_text("The rule is valid")
             if name == "scheduled":
                 expect(page.locator("table.polls tr.poll").first).to_be_visible()
             if name == "policy":

@@ -67,11 +67,19 @@ def test_a_bad_rule_shows_its_error_at_its_line_and_column(page: Page, env: Env)
 SWAPPING = re.compile(r"\bhtmx-(added|settling|swapping)\b")
 
 
+# The Attribute select's choices, in order: Tag name, Component name, Vulnerabilities
+# critical / major / minor / all, License.
+ATTRIBUTES = ["Tag name", "Component name", "Critical vulnerabilities", "Major vulnerabilities",
+              "Minor vulnerabilities", "All vulnerabilities", "License"]
+
+
 def test_criteria_rows_write_the_rule(page: Page, env: Env) -> None:
     open_form(page, env)
     rows = page.locator("#criteria .criterion")
     expect(rows).to_have_count(1)
     first = rows.nth(0)
+    # The (and DTR's) attributes, no more, no fewer.
+    expect(first.get_by_label("Attribute").locator("option")).to_have_text(ATTRIBUTES)
     first.get_by_label("Attribute").select_option("critical_vulns")
     # The row comes back with the number operators.
     expect(first.get_by_label("Operator").locator("option")).to_have_count(6)
@@ -106,7 +114,24 @@ def test_criteria_rows_write_the_rule(page: Page, env: Env) -> None:
     expect(page.locator("#rule")).to_have_value(
         'tag endswith "stable" or license not in ["GPL-3.0-only", "AGPL-3.0-only"]'
     )
+
+    page.get_by_role("button", name="Add criterion").click()
+    expect(rows).to_have_count(3)
+    major = rows.nth(2)
+    expect(major).not_to_have_class(SWAPPING)
+    major.get_by_label("Attribute").select_option(label="Major vulnerabilities")
+    # The row comes back with the number operators (the string ones are as many).
+    expect(major.get_by_label("Operator").locator("option")).to_have_text(
+        [">=", ">", "=", "!=", "<=", "<"])
+    expect(major).not_to_have_class(SWAPPING)
+    major.get_by_label("Operator").select_option(label="<")
+    major.get_by_label("Value").fill("10")
+    page.get_by_label("rows combined with").select_option("and")
+    rule = ('tag endswith "stable" and license not in ["GPL-3.0-only", "AGPL-3.0-only"] '
+            'and major_vulns < 10')
+    expect(page.locator("#rule")).to_have_value(rule)
     expect(page.locator("#rule-check")).to_contain_text("The rule is valid")
+    expect(page.locator("#rule-check")).to_contain_text("major_vulns")
 
 
 def test_tag_template_preview(page: Page, env: Env) -> None:
@@ -172,8 +197,8 @@ def test_pull_mirror_from_a_new_registry_made_in_the_form(
         policy = next(p for p in c.policies.iter() if p.name == "pull-upstream")
         assert (policy.source.endpoint, policy.source.repository) == ("upstream", "qa/website")
         assert (policy.target.endpoint, policy.target.repository) == ("dev", "dev/website")
-        upstream = c.transfers.get_endpoint("upstream")
-        assert upstream.has_secret and upstream.username == QA_USER
+        stored = c.transfers.get_endpoint("upstream")
+        assert stored.has_secret and stored.username == QA_USER
     page.goto(env.base + "/repositories/dev/dev/website")
     expect(page.locator("tr[data-policy=pull-upstream]")).to_contain_text("qa/website on upstream")
     assert QA_PASSWORD not in page.content()
@@ -299,23 +324,39 @@ def assert_edit_keeps_password(
 
 
 def test_a_refused_save_with_a_new_registry_registers_it_once(page: Page, env: Env) -> None:
-    with start_registry(RegistryOptions(), env.tmp / "another") as another:
+    password = "another-" + "c41e8f9b07d2a356"
+    opts = RegistryOptions(htpasswd_users={QA_USER: password})
+    with start_registry(opts, env.tmp / "another") as another:
         open_form(page, env)
         page.locator("#registry").select_option("__new__")
         page.get_by_label("Name of the new registry").fill("another")
         page.locator("#new_url").fill(another.url)
+        page.locator("#new_username").fill(QA_USER)
+        page.locator("#new_secret").fill(password)
         page.get_by_label("Remote repository").fill("team/copy")
         page.locator("#rule").fill("tag ==")
         page.get_by_label("Mirror name").fill("to-another")
-        page.get_by_role("button", name="Save", exact=True).click()
+        with page.expect_response(
+            lambda r: r.url == env.base + "/mirrors" and r.request.method == "POST"
+        ) as refused:
+            page.get_by_role("button", name="Save", exact=True).click()
         expect(page.get_by_role("alert").first).to_contain_text("rule")
-        # Fix the rule and save again: the registry made by the first Save is reused.
+        # The refused form comes back with what was typed, except the password.
+        assert refused.value.status == 400
+        assert password not in refused.value.text()
+        expect(page.locator("#new_secret")).to_have_value("")
+        expect(page.locator("#new_username")).to_have_value(QA_USER)
+        assert password not in page.content()
+        # Fix the rule and save again: the registry made by the first Save is reused, with
+        # the password that Save stored (the empty field keeps it).
         page.locator("#rule").fill('tag == "1.0"')
         expect(page.locator("#rule-check")).to_contain_text("The rule is valid")
         page.get_by_role("button", name="Save", exact=True).click()
         expect(page.get_by_role("heading", name="Mirror to-another")).to_be_visible()
         with env.client() as c:
-            assert c.transfers.get_endpoint("another").url == another.url
+            stored = c.transfers.get_endpoint("another")
+            assert stored.url == another.url
+            assert stored.has_secret and stored.username == QA_USER
             policy = next(p for p in c.policies.iter() if p.name == "to-another")
             assert policy.target.endpoint == "another"
 
