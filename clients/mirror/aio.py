@@ -233,6 +233,7 @@ class AsyncClient:
         self.metadata = metadata
 
     async def close(self) -> None:
+        """Close every channel the client opened (calls in flight are cancelled)."""
         for ch in self._channels.opened():
             await ch.close()
 

@@ -63,6 +63,9 @@ class TlsOptions:
         return cls(read(ca), read(cert), read(key), server_name)
 
     def credentials(self) -> grpc.ChannelCredentials:
+        """The gRPC channel credentials: the CA (the system's roots when none is given) and,
+        for mTLS, the client certificate and key. ValueError when only one of those two is
+        given."""
         if (self.cert_pem is None) != (self.key_pem is None):
             raise ValueError("a client certificate needs its key (give both cert_pem and key_pem)")
         return grpc.ssl_channel_credentials(
@@ -72,6 +75,7 @@ class TlsOptions:
         )
 
     def options(self) -> list[tuple[str, object]]:
+        """Channel arguments for these options: the `server_name` override, if any."""
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
@@ -127,6 +131,8 @@ class ChannelPool(Generic[C]):
         self._by_address: dict[str, C] = {}
 
     def channel(self, service: str) -> C:
+        """The channel to `service`'s address, opened on first use and shared with every
+        service at the same address."""
         addr = self._addresses.get(service, self._address)
         if addr not in self._by_address:
             self._by_address[addr] = self._open(addr)
@@ -137,4 +143,5 @@ class ChannelPool(Generic[C]):
         return _STUBS[service](self.channel(service))
 
     def opened(self) -> list[C]:
+        """The channels opened so far (the client closes them)."""
         return list(self._by_address.values())

@@ -70,29 +70,46 @@ def value_of(enum: EnumDescriptor, value: int | str) -> int:
     raise ValueError(f"unknown {enum.name.lower()} {value!r}; valid: {', '.join(choices(enum))}")
 
 
-def python_enum(enum: EnumDescriptor, name: str) -> type[IntEnum]:
+def python_enum(enum: EnumDescriptor, name: str, doc: str = "") -> type[IntEnum]:
     """`enum` as a Python IntEnum whose members are the short names in capitals
-    (`RunState.SUCCEEDED`); members are ints, so they go wherever the proto value does."""
+    (`RunState.SUCCEEDED`); members are ints, so they go wherever the proto value does. Its
+    docstring is `doc` (what the values mean), then the proto enum it mirrors."""
     members = {
         str(short_name(enum, v.number)).upper(): v.number
         for v in enum.values
         if not (_has_unspecified(enum) and v.number == 0)
     }
-    return IntEnum(name, members)  # type: ignore[return-value]
+    cls = IntEnum(name, members, module=__name__)  # type: ignore[call-overload]
+    # help(RunState) and the docs tools read __doc__: say what it is and where it comes from.
+    cls.__doc__ = (f"{doc} " if doc else "") + (
+        f"The values of {enum.full_name} ({', '.join(members)}); members are ints, accepted "
+        "wherever the proto value is, and `.name.lower()` is the spelling of mirrorctl and "
+        "-o json.")
+    return cls  # type: ignore[no-any-return]
 
 
 def _build() -> dict[str, type[IntEnum]]:
     from mirror.v1 import common_pb2, gateway_pb2, policy_pb2, transfer_pb2
 
     return {
-        "RunState": python_enum(gateway_pb2.Run.State.DESCRIPTOR, "RunState"),
-        "RunTrigger": python_enum(gateway_pb2.Run.Trigger.DESCRIPTOR, "RunTrigger"),
-        "RunAction": python_enum(gateway_pb2.Run.Action.DESCRIPTOR, "RunAction"),
-        "EventType": python_enum(gateway_pb2.EventType.DESCRIPTOR, "EventType"),
-        "TransferState": python_enum(transfer_pb2.Transfer.State.DESCRIPTOR, "TransferState"),
-        "Overwrite": python_enum(policy_pb2.Overwrite.DESCRIPTOR, "Overwrite"),
-        "DeletionMode": python_enum(policy_pb2.DeletionMode.DESCRIPTOR, "DeletionMode"),
-        "FactKind": python_enum(common_pb2.FactKind.DESCRIPTOR, "FactKind"),
+        "RunState": python_enum(gateway_pb2.Run.State.DESCRIPTOR, "RunState",
+                                "Where a policy run is (Run.state)."),
+        "RunTrigger": python_enum(gateway_pb2.Run.Trigger.DESCRIPTOR, "RunTrigger",
+                                  "What started a run (Run.trigger)."),
+        "RunAction": python_enum(gateway_pb2.Run.Action.DESCRIPTOR, "RunAction",
+                                 "What a run does at the destination (Run.action)."),
+        "EventType": python_enum(gateway_pb2.EventType.DESCRIPTOR, "EventType",
+                                 "The outbound notifications a subscription can ask for."),
+        "TransferState": python_enum(transfer_pb2.Transfer.State.DESCRIPTOR, "TransferState",
+                                     "Where a transfer is (Transfer.state)."),
+        "Overwrite": python_enum(policy_pb2.Overwrite.DESCRIPTOR, "Overwrite",
+                                 "A destination tag that holds another digest: move it or "
+                                 "leave it (Policy.overwrite)."),
+        "DeletionMode": python_enum(policy_pb2.DeletionMode.DESCRIPTOR, "DeletionMode",
+                                    "Whether a tag deleted at the source is deleted at the "
+                                    "destination (Policy.deletions)."),
+        "FactKind": python_enum(common_pb2.FactKind.DESCRIPTOR, "FactKind",
+                                "The kinds of facts about an image a rule can need."),
     }
 
 

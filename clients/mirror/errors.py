@@ -63,6 +63,8 @@ class MirrorError(Exception):
 
     @property
     def reason(self) -> str:
+        """The machine-readable reason of the error's google.rpc.ErrorInfo
+        (`TARGET_COLLISION`, `ENDPOINT_NOT_FOUND`...); empty when the server sent none."""
         return self.error_info.reason if self.error_info else ""
 
     @property
@@ -79,66 +81,105 @@ class MirrorError(Exception):
 
 
 class Cancelled(MirrorError):
+    """The call was cancelled (CANCELLED), usually by the caller or its deadline."""
+
     code = grpc.StatusCode.CANCELLED
 
 
 class Unknown(MirrorError):
+    """The call failed without a more precise code (UNKNOWN)."""
+
     code = grpc.StatusCode.UNKNOWN
 
 
 class InvalidArgument(MirrorError):
+    """The request is wrong (INVALID_ARGUMENT): a rule that does not compile, a bad
+    template or field; `field_violations` names each bad field."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class DeadlineExceeded(MirrorError):
+    """The call did not finish within its timeout (DEADLINE_EXCEEDED)."""
+
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class NotFound(MirrorError):
+    """The policy, endpoint, run, transfer or key named does not exist (NOT_FOUND)."""
+
     code = grpc.StatusCode.NOT_FOUND
 
 
 class AlreadyExists(MirrorError):
+    """Another object holds that name, URL or alias already (ALREADY_EXISTS)."""
+
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class PermissionDenied(MirrorError):
+    """The token's role may not make this call (PERMISSION_DENIED), e.g. a read token
+    asking for a change."""
+
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class ResourceExhausted(MirrorError):
+    """Refused before doing anything (RESOURCE_EXHAUSTED): a rate limit, a busy server or
+    a full volume; `retry_delay` says how long to wait when the server sent one."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class FailedPrecondition(MirrorError):
+    """The request is valid but the system's state refuses it (FAILED_PRECONDITION):
+    an unknown or unwritable target endpoint, a key still named by a rule;
+    `precondition_violations` and `reason` say which."""
+
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class Aborted(MirrorError):
+    """A concurrent change came first (ABORTED): the etag given is stale; read the object
+    again and retry."""
+
     code = grpc.StatusCode.ABORTED
 
 
 class OutOfRange(MirrorError):
+    """A value outside the range the call accepts (OUT_OF_RANGE), e.g. a page token."""
+
     code = grpc.StatusCode.OUT_OF_RANGE
 
 
 class Unimplemented(MirrorError):
+    """The server has no such method (UNIMPLEMENTED): an older server, or the service is
+    not running behind this address."""
+
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class Internal(MirrorError):
+    """The server failed (INTERNAL): a bug; its log has the details."""
+
     code = grpc.StatusCode.INTERNAL
 
 
 class Unavailable(MirrorError):
+    """The server cannot be reached or is stopping (UNAVAILABLE); safe to retry later."""
+
     code = grpc.StatusCode.UNAVAILABLE
 
 
 class DataLoss(MirrorError):
+    """Data was lost or corrupted (DATA_LOSS)."""
+
     code = grpc.StatusCode.DATA_LOSS
 
 
 class Unauthenticated(MirrorError):
+    """No token, or one the server does not know (UNAUTHENTICATED)."""
+
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
