@@ -79,13 +79,13 @@ def python_enum(enum: EnumDescriptor, name: str, doc: str = "") -> type[IntEnum]
         for v in enum.values
         if not (_has_unspecified(enum) and v.number == 0)
     }
-    cls = IntEnum(name, members, module=__name__)  # type: ignore[call-overload]
+    cls = IntEnum(name, members)  # type: ignore[misc]
     # help(RunState) and the docs tools read __doc__: say what it is and where it comes from.
     cls.__doc__ = (f"{doc} " if doc else "") + (
         f"The values of {enum.full_name} ({', '.join(members)}); members are ints, accepted "
         "wherever the proto value is, and `.name.lower()` is the spelling of mirrorctl and "
         "-o json.")
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def _build() -> dict[str, type[IntEnum]]:
