@@ -133,6 +133,7 @@ class Policies(_Service):
     _apply_created = _sync.Policies._apply_created
     create = _awaited(_sync.Policies.create)
     get = _awaited(_sync.Policies.get)
+    get_by_name = _awaited(_sync.Policies.get_by_name)
     list = _awaited(_sync.Policies.list)
     iter = _iterated(_sync.Policies.iter)
     update = _awaited(_sync.Policies.update)

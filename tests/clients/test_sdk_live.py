@@ -112,6 +112,15 @@ def test_save_and_apply_sync(live: LiveStack, registry, images: ImageBuilder) ->
         updated = c.policies.update(plain.id, overwrite="never", allow_incomplete_facts=True,
                                     etag=plain.etag)
         assert updated.overwrite == policy_pb2.OVERWRITE_NEVER and updated.allow_incomplete_facts
+        # By name: the policy as it is now, the endpoint (whose name is its key).
+        assert c.policies.get_by_name("q") == updated == c.policies.get(plain.id)
+        assert c.policies.get_by_name("p").id == saved.policy.id
+        with pytest.raises(errors.NotFound):
+            c.policies.get_by_name("no-such-policy")
+        dev = c.transfers.get_endpoint("dev")
+        assert (dev.name, dev.url) == ("dev", registry.url)
+        with pytest.raises(errors.NotFound):
+            c.transfers.get_endpoint("no-such-endpoint")
         status = c.scanner.vulndb_status()
         assert status.loaded is False and status.records == 0
         assert list(c.gateway.list_unplaced_events().events) == []
@@ -134,6 +143,14 @@ async def test_save_and_apply_asyncio(live: LiveStack, registry, images: ImageBu
             endpoint="dev", repository="team/other",
         )
         assert plain.name == "q"
+        assert await c.policies.get_by_name("q") == plain == await c.policies.get(plain.id)
+        assert (await c.policies.get_by_name("p")).id == saved.policy.id
+        with pytest.raises(errors.NotFound):
+            await c.policies.get_by_name("no-such-policy")
+        dev = await c.transfers.get_endpoint("dev")
+        assert (dev.name, dev.url) == ("dev", registry.url)
+        with pytest.raises(errors.NotFound):
+            await c.transfers.get_endpoint("no-such-endpoint")
         assert (await c.scanner.vulndb_status()).loaded is False
         assert list((await c.gateway.list_unplaced_events()).events) == []
         with pytest.raises(errors.NotFound):
