@@ -11,8 +11,10 @@ import grpc
 from mirror.v1 import common_pb2, scan_pb2, scan_pb2_grpc
 
 from gateway.signatures import find_signatures
-from registry_client import mediatypes
+from registry_client import Manifest, mediatypes
+from registry_client import errors as rc_errors
 from registry_client.images import image_size, is_attestation_entry, platform_string
+from registry_client.referrers import descriptor_of
 from registry_client.resolver import EndpointResolver
 from servicekit.retry import message_too_large, transient_rpc_error
 
@@ -50,6 +52,35 @@ class ImageRef:
     digest: str
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A manifest with a `subject`: an artifact attached to that image (a referrer: an SBOM,
+    a signature...), not an image of its own."""
+
+    subject: str
+    # Its artifactType (else its config's media type), as the referrers index lists it.
+    artifact_type: str = ""
+    annotations: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def attachment_of(m: Manifest) -> Attachment | None:
+    """The manifest's subject, or None when it names none (an image, an index)."""
+    try:
+        doc = json.loads(m.data)
+    except ValueError:
+        return None
+    subject = doc.get("subject") if isinstance(doc, dict) else None
+    if not isinstance(subject, dict) or not isinstance(subject.get("digest"), str):
+        return None
+    desc = descriptor_of(m.data, m.media_type, m.digest)
+    annotations = desc.get("annotations")
+    return Attachment(
+        subject=subject["digest"],
+        artifact_type=str(desc.get("artifactType", "")),
+        annotations=dict(annotations) if isinstance(annotations, dict) else {},
+    )
+
+
 class FactGatherer:
     """Builds ImageFacts from the event, the registry (via a resolver) and the scanner."""
 
@@ -63,21 +94,25 @@ class FactGatherer:
         self.scanner = scanner
         self.scan_timeout_s = scan_timeout_s
 
-    async def gather(self, ref: ImageRef, kinds: set[int]) -> Gathered:
+    async def gather(self, ref: ImageRef, kinds: set[int], rescan: bool = False) -> Gathered:
         """Facts for `kinds` (`present` lists what could actually be gathered) and why some
-        could not be gathered (a failed scan...)."""
+        could not be gathered (a failed scan...).
+
+        `rescan`: the scanner scans the image again instead of answering its cached report
+        (an SBOM or attestation the scanner reads arrived after that report was made).
+        """
         notes = _Notes()
-        facts = await self._gather(ref, kinds, notes)
+        facts = await self._gather(ref, kinds, notes, rescan)
         return Gathered(facts, tuple(notes.items), notes.scan_failed)
 
     async def _gather(
-        self, ref: ImageRef, kinds: set[int], notes: _Notes
+        self, ref: ImageRef, kinds: set[int], notes: _Notes, rescan: bool
     ) -> common_pb2.ImageFacts:
         facts = common_pb2.ImageFacts(repository=ref.repository, tag=ref.tag, digest=ref.digest)
         present = {FactKind.FACT_KIND_REFERENCE}
         image_ref = ref.digest or ref.tag
         if kinds & SCAN_KINDS and self.scanner is not None:
-            report = await self._scan(ref, image_ref, notes)
+            report = await self._scan(ref, image_ref, notes, rescan)
             if report is not None:
                 _apply_report(facts, report)
                 present |= {*SCAN_KINDS, FactKind.FACT_KIND_MANIFEST}
@@ -88,7 +123,7 @@ class FactGatherer:
                 await self._manifest_facts(ref, image_ref, facts)
                 present.add(FactKind.FACT_KIND_MANIFEST)
             elif self.scanner is not None:
-                report = await self._scan(ref, image_ref, notes)
+                report = await self._scan(ref, image_ref, notes, rescan)
                 if report is not None:
                     _apply_report(facts, report)
                     present |= {*SCAN_KINDS, FactKind.FACT_KIND_MANIFEST}
@@ -100,16 +135,30 @@ class FactGatherer:
         facts.present.extend(sorted(present))
         return facts
 
-    async def resolve_digest(self, ref: ImageRef) -> str:
-        """The tag's current digest ('' without registry access or when the tag is gone)."""
+    async def resolve(self, ref: ImageRef) -> tuple[str, Attachment | None]:
+        """The tag's current digest ('' without registry access) and, when the manifest has a
+        `subject`, what it is attached to. One GET, as many requests as a HEAD (the body
+        says whether it is an image). Raises registry_client's NotFound when the tag is gone."""
         if self.resolver is None:
-            return ""
+            return "", None
         async with self.resolver.client_for(ref.endpoint) as rc:
-            d = await rc.head_manifest(ref.repository, ref.tag)
-        return d.digest if d is not None else ""
+            m = await rc.get_manifest(ref.repository, ref.tag)
+        return m.digest, attachment_of(m)
+
+    async def attachment(self, endpoint: str, repository: str, digest: str) -> Attachment | None:
+        """What the manifest `digest` is attached to (None: it names no subject, or it is
+        gone, or there is no registry access)."""
+        if self.resolver is None:
+            return None
+        try:
+            async with self.resolver.client_for(endpoint) as rc:
+                m = await rc.get_manifest(repository, digest)
+        except rc_errors.NotFound:
+            return None
+        return attachment_of(m)
 
     async def _scan(
-        self, ref: ImageRef, image_ref: str, notes: _Notes
+        self, ref: ImageRef, image_ref: str, notes: _Notes, rescan: bool = False
     ) -> scan_pb2.ScanReport | None:
         assert self.scanner is not None
         try:
@@ -117,7 +166,8 @@ class FactGatherer:
                 scan_pb2.ScanImageRequest(
                     image=common_pb2.ImageLocation(
                         endpoint=ref.endpoint, repository=ref.repository, reference=image_ref
-                    )
+                    ),
+                    force=rescan,
                 ),
                 timeout=self.scan_timeout_s,
             )

@@ -24,10 +24,14 @@ from mirror.v1 import (
 )
 
 from gateway.dest_tags import DestinationTags
-from gateway.facts import FactGatherer, Gathered, ImageRef
+from gateway.facts import Attachment, FactGatherer, Gathered, ImageRef
 from gateway.runs import Hop, RunRecord, RunStore
 from gateway.tracker import TransferTracker, count_run, run_state_name
-from servicekit.retry import transient_rpc_error
+from registry_client.errors import NotFound
+from registry_client.referrers import parse_index
+from servicekit.retry import Backoff, transient_rpc_error
+from transfer_service.engine.referrers import KINDS as COPY_KINDS
+from transfer_service.engine.referrers import TAG_SUFFIXES, kind_of, wanted
 
 log = logging.getLogger("gateway.runner")
 
@@ -40,35 +44,41 @@ RETRIED_BY_RECONCILE = frozenset({Run.STATE_FAILED, Run.STATE_BLOCKED})
 PUSH_TRIGGERS = frozenset({Run.TRIGGER_EVENT, Run.TRIGGER_NOTIFY})
 DEFAULT_MAX_HOPS = 8
 FactKind = common_pb2.FactKind
-# cosign's tag scheme: what arrives for an image after it, and which facts it feeds.
+# What arrives for an image after it, by tag: cosign's scheme (`sha256-<hex>.sig`, `.att`,
+# `.sbom`) and the OCI referrers tag schema (`sha256-<hex>`: the index of the manifests whose
+# `subject` is the image, kept by the pushing client where the registry has no referrers API).
 METADATA_TAG = re.compile(r"^(sha256)-([0-9a-f]{64})\.(sig|att|sbom)$")
-METADATA_KINDS = {"sig": "signature", "att": "attestation", "sbom": "SBOM"}
-METADATA_FACTS = {
-    "sig": frozenset({FactKind.FACT_KIND_SIGNATURES}),
-    "att": frozenset(
-        {
-            FactKind.FACT_KIND_SIGNATURES,
-            FactKind.FACT_KIND_COMPONENTS,
-            FactKind.FACT_KIND_LICENSES,
-            FactKind.FACT_KIND_VULNERABILITIES,
-        }
-    ),
-    "sbom": frozenset(
-        {
-            FactKind.FACT_KIND_COMPONENTS,
-            FactKind.FACT_KIND_LICENSES,
-            FactKind.FACT_KIND_VULNERABILITIES,
-        }
-    ),
+REFERRERS_TAG = re.compile(r"^(sha256)-([0-9a-f]{64})$")
+# The engine's kinds (signature, attestation, sbom: transfer_service/engine/referrers.py
+# classifies a referrer by its artifact type) by cosign tag suffix, and the policy's words.
+SUFFIX_KINDS = {suffix.lstrip("."): kind for kind, suffix in TAG_SUFFIXES.items()}
+KIND_WORDS = {kind: word for word, kind in COPY_KINDS.items()}
+METADATA_KINDS = {"signature": "signature", "attestation": "attestation", "sbom": "SBOM"}
+SCAN_FACTS = frozenset(
+    {
+        FactKind.FACT_KIND_COMPONENTS,
+        FactKind.FACT_KIND_LICENSES,
+        FactKind.FACT_KIND_VULNERABILITIES,
+    }
+)
+# Which facts each kind of metadata feeds, by where it was found: what a rule reads from it,
+# so what its arrival re-evaluates. The scanner reads SBOMs and attestations under cosign's
+# tags (scanner/scan.py attached_reports) but not OCI referrers, so those feed no fact yet;
+# signatures are read from both (gateway/signatures.py).
+TAG_FACTS = {
+    "signature": frozenset({FactKind.FACT_KIND_SIGNATURES}),
+    "attestation": SCAN_FACTS | {FactKind.FACT_KIND_SIGNATURES},
+    "sbom": SCAN_FACTS,
 }
-SCAN_FACTS = METADATA_FACTS["sbom"]
-# Which Policy.copy_referrers name carries each kind of metadata.
-REFERRER_KINDS = {"sig": "signatures", "att": "attestations", "sbom": "sboms"}
+REFERRER_FACTS = {"signature": frozenset({FactKind.FACT_KIND_SIGNATURES})}
 # Runs that a late signature, attestation, SBOM or scan report may change.
 UNDECIDED = frozenset({Run.STATE_NOT_MATCHED, Run.STATE_BLOCKED, Run.STATE_PENDING})
 # distribution 2.8.2 sends a manifest push event before it links the tag (the PUT has not
-# answered yet), so a HEAD right after the event can 404: ask again for up to ~1.5 s.
-TAG_LINK_RETRY_DELAYS_S = (0.1, 0.2, 0.4, 0.8)
+# answered yet), so a read right after the event can 404: ask again, waiting the project's
+# backoff (0.1 s doubling, full jitter), for up to 1.5 s in all.
+TAG_LINK_BACKOFF = Backoff(base=0.1, cap=0.8)
+TAG_LINK_WAIT_S = 1.5
+TAG_LINK_MAX_TRIES = 16
 
 
 class TransientError(Exception):
@@ -94,6 +104,9 @@ class Push:
     previous_digest: str = ""
     # A poll's listings of destination repositories (saves a HEAD per new tag).
     destination_tags: DestinationTags | None = None
+    # The scanner scans again rather than answer its cached report: an SBOM or attestation
+    # it reads arrived after that report (only the re-evaluation for that arrival asks).
+    rescan: bool = False
 
 
 def chain_text(chain: tuple[Hop, ...] | list[Hop]) -> str:
@@ -198,9 +211,20 @@ class Runner:
         self, push: Push, only_policy: str, kinds: frozenset[int] | None = None
     ) -> list[RunRecord]:
         meta = METADATA_TAG.match(push.tag)
+        index = REFERRERS_TAG.match(push.tag)
+        # Not an image: metadata of one. Pushed, it re-evaluates that image's undecided runs
+        # and follows it to where it was mirrored. Apply and Reconcile never copy it as an
+        # image: the image's own runs carry it when their policy copies referrers. (A poll
+        # copies the upstream's tags as they are listed.)
         if meta is not None and push.trigger in PUSH_TRIGGERS:
-            # Not an image: metadata of one, which re-evaluates that image's undecided runs.
-            return await self._late_metadata(push, f"{meta[1]}:{meta[2]}", meta[3])
+            kind = SUFFIX_KINDS[meta[3]]
+            cause = f"{METADATA_KINDS[kind]} {push.tag} arrived"
+            subject = f"{meta[1]}:{meta[2]}"
+            return await self._late_metadata(push, subject, {kind}, TAG_FACTS[kind], cause)
+        if index is not None and push.trigger in PUSH_TRIGGERS:
+            return await self._late_index(push, f"{index[1]}:{index[2]}")
+        if (meta is not None or index is not None) and push.trigger in SWEEP_TRIGGERS:
+            return []
         if kinds is None or not only_policy:
             req = await self.policy.GetFactRequirements(
                 policy_pb2.GetFactRequirementsRequest(
@@ -211,9 +235,11 @@ class Runner:
             if req.policy_count == 0:
                 return []
             kinds = frozenset(req.kinds)
-        digest, note = await self._verify(push)
+        digest, note, attached = await self._verify(push)
         if not digest:
             return await self._record_all(push, note[0], note[1], only_policy)
+        if attached is not None:
+            return await self._late_attachment(push, digest, attached)
         parent = (
             await self.db.run(
                 self.runs.made_by_us, push.endpoint, push.repository, push.tag, digest
@@ -244,28 +270,90 @@ class Runner:
                 out.append(rec)
         return out
 
-    async def _late_metadata(self, push: Push, subject: str, kind: str) -> list[RunRecord]:
-        """A signature, attestation or SBOM arrived: re-evaluate its image's undecided runs,
-        and carry it to where policies that copy such referrers already mirrored the image."""
-        cause = f"{METADATA_KINDS[kind]} {push.tag} arrived"
+    async def _late_metadata(
+        self, push: Push, subject: str, kinds: set[str], reads: frozenset[int], cause: str
+    ) -> list[RunRecord]:
+        """Signatures, attestations or SBOMs (`kinds`) of `subject` arrived: re-evaluate, once,
+        its undecided runs whose rules read what they feed (`reads`), and carry them to where
+        policies that copy such referrers already mirrored the image."""
         runs = await self._reevaluate(
             push.endpoint,
             push.repository,
             subject,
-            METADATA_FACTS[kind],
+            reads,
             cause,
             push.event_id,
             push.evaluation_time,
+            # The scanner's cached report predates what arrived: it must read the image again.
+            rescan=bool(reads & SCAN_FACTS),
         )
-        return runs + await self._carry_referrer(push, subject, kind, cause)
+        return runs + await self._carry_referrer(push, subject, kinds, cause)
+
+    async def _late_index(self, push: Push, subject: str) -> list[RunRecord]:
+        """The `sha256-<hex>` referrers index of `subject` was pushed (a registry without the
+        referrers API: the pusher of a manifest with a subject keeps it): late metadata of
+        the kinds its entries' artifact types name."""
+        if self.gatherer.resolver is None:
+            return []
+        try:
+            async with self.gatherer.resolver.client_for(push.endpoint) as rc:
+                index = await rc.get_manifest(push.repository, push.tag)
+        except NotFound:
+            return []  # replaced or deleted since: its next push says what it holds
+        except Exception as exc:
+            raise TransientError(
+                f"cannot read {push.repository}:{push.tag} at the source: {exc}"
+            ) from exc
+        entries = parse_index(index.data)
+        kinds = {kind_of(e.artifact_type, e.annotations) for e in entries}
+        if not kinds:
+            return []
+        reads = frozenset().union(*(REFERRER_FACTS.get(k, frozenset()) for k in kinds))
+        named = ", ".join(sorted(METADATA_KINDS.get(k, k) for k in kinds))
+        cause = f"referrers index {push.tag} arrived ({named})"
+        return await self._late_metadata(push, subject, kinds, reads, cause)
+
+    async def _late_attachment(
+        self, push: Push, digest: str, attached: Attachment
+    ) -> list[RunRecord]:
+        """A manifest with a `subject` was pushed under an ordinary tag: an artifact attached
+        to that image (a referrer), never mirrored as an image of its own.
+
+        Where the registry has the referrers API, this push is how the referrer arrives.
+        Without it the pusher also writes the `sha256-<hex>` index, whose push announces the
+        referrer (acting on both would act twice); the engine finds it through that index.
+        """
+        assert self.gatherer.resolver is not None  # _verify read the manifest through it
+        try:
+            async with self.gatherer.resolver.client_for(push.endpoint) as rc:
+                api = await rc.has_referrers_api(push.repository, attached.subject)
+        except Exception as exc:
+            raise TransientError(
+                f"cannot ask {push.endpoint} for the referrers of {attached.subject}: {exc}"
+            ) from exc
+        log.info(
+            "%s/%s:%s (%s) is attached to %s: a referrer, not an image%s",
+            push.endpoint,
+            push.repository,
+            push.tag,
+            digest,
+            attached.subject,
+            "" if api else "; its sha256-<hex> index announces it",
+        )
+        if not api:
+            return []
+        kind = kind_of(attached.artifact_type, attached.annotations)
+        cause = f"{METADATA_KINDS.get(kind, kind)} {push.repository}@{digest} arrived"
+        return await self._late_metadata(
+            push, attached.subject, {kind}, REFERRER_FACTS.get(kind, frozenset()), cause
+        )
 
     async def _carry_referrer(
-        self, push: Push, subject: str, kind: str, cause: str
+        self, push: Push, subject: str, kinds: set[str], cause: str
     ) -> list[RunRecord]:
         """Copy the image again (its blobs and manifest are all skipped) with the referrers of
-        `kind`, for every policy that mirrored it and copies that kind."""
+        `kinds`, for every policy that mirrored it and copies any of them."""
         out: list[RunRecord] = []
-        wanted = {REFERRER_KINDS[kind], "all"}
         latest = await self.db.run(
             self.runs.latest_for_digest, push.endpoint, push.repository, subject
         )
@@ -273,8 +361,14 @@ class Runner:
             if prior.state != Run.STATE_SUCCEEDED or not prior.dst_tag:
                 continue
             pol = await self._policy(prior.policy_id)
-            if pol is None or not pol.enabled or not wanted & set(pol.copy_referrers):
+            if pol is None or not pol.enabled:
                 continue
+            takes = wanted(pol.copy_referrers)
+            carried = {k for k in kinds if takes.takes(k)}
+            if not carried:
+                continue
+            # Only what arrived; a kind the engine has no word for travels under "all".
+            words = sorted({KIND_WORDS.get(k, "all") for k in carried})
             rec = RunRecord(
                 id="",
                 policy_id=prior.policy_id,
@@ -298,9 +392,7 @@ class Runner:
                 again = dataclasses.replace(
                     push, event_id=rec.event_id, tag=prior.src_tag, digest=subject
                 )
-                result = policy_pb2.PolicyResult(
-                    copy_referrers=[REFERRER_KINDS[kind]], platforms=pol.platforms
-                )
+                result = policy_pb2.PolicyResult(copy_referrers=words, platforms=pol.platforms)
                 rec = await self._start(again, subject, rec, pol.overwrite, result)
             if rec.state == Run.STATE_RUNNING:
                 await self.tracker.track(rec)
@@ -332,9 +424,11 @@ class Runner:
         cause: str,
         event_id: str,
         evaluation_time: float,
+        rescan: bool = False,
     ) -> list[RunRecord]:
         """Evaluate again, once, the latest undecided run of each policy of the image whose
-        rule reads `reads`, while its tag still names the image."""
+        rule reads `reads`, while its tag still names the image. `rescan`: the scanner scans
+        the image again first (once: the next policies read its new report)."""
         out: list[RunRecord] = []
         for prior in await self.db.run(self.runs.latest_for_digest, endpoint, repository, subject):
             if prior.state not in UNDECIDED:
@@ -354,13 +448,17 @@ class Runner:
                 digest=subject,
                 evaluation_time=evaluation_time,
                 cause=cause,
+                rescan=rescan,
             )
-            current, _ = await self._verify(
+            current, _, _ = await self._verify(
                 dataclasses.replace(again, trigger=Run.TRIGGER_NOTIFY, digest="")
             )
             if current != subject:
                 continue  # the tag has moved on: its own push decides
-            runs = await self._act(again, prior.policy_id)
+            needs = frozenset(pol.required_facts)
+            runs = await self._act(again, prior.policy_id, needs)
+            if needs & SCAN_FACTS:
+                rescan = False  # scanned again just now: its report is the new one
             ended = bool(runs) and await self.db.run(self.runs.end_wait, prior.id)
             if ended:
                 closed, changed = await self.db.run(
@@ -393,55 +491,60 @@ class Runner:
                 ended += 1
         return ended
 
-    async def _verify(self, push: Push) -> tuple[str, tuple[int, str]]:
-        """The digest the tag points to at the source now, and a note on the event's claim.
+    async def _verify(self, push: Push) -> tuple[str, tuple[int, str], Attachment | None]:
+        """The digest the tag points to at the source now, a note on the event's claim, and
+        (pushes only) what the manifest is attached to when it names a `subject`.
 
-        Returns ("", (state, why)) when nothing may be copied: the tag is gone, or the
+        Returns ("", (state, why), None) when nothing may be copied: the tag is gone, or the
         gateway cannot ask the registry (an event it cannot verify is not acted on).
         """
         if push.trigger not in PUSH_TRIGGERS and push.digest:
-            return push.digest, (0, "")  # a sweep has just read the tag itself
+            return push.digest, (0, ""), None  # a sweep has just read the tag itself
         if self.gatherer.resolver is None:
             return "", (
                 Run.STATE_BLOCKED,
                 "not verified: the gateway has no registry access to check the event's tag "
                 "at the source, so it does not act on it",
-            )
+            ), None
         ref = ImageRef(push.endpoint, push.repository, push.tag, push.digest)
-        delays = TAG_LINK_RETRY_DELAYS_S if push.trigger == Run.TRIGGER_EVENT else ()
-        for delay in (*delays, None):
+        # Only a registry's own event can come before its tag is linked.
+        waits = TAG_LINK_WAIT_S if push.trigger == Run.TRIGGER_EVENT else 0.0
+        waited, tries = 0.0, 0
+        while True:
+            tries += 1
             try:
-                current = await self.gatherer.resolve_digest(ref)
+                current, attached = await self.gatherer.resolve(ref)
             except Exception as exc:
-                if _not_found(exc):
-                    current = ""
-                else:
+                if not _not_found(exc):
                     raise TransientError(
                         f"cannot read {push.endpoint}/{push.repository}:{push.tag} at the "
                         f"source: {exc}"
                     ) from exc
-            if current or delay is None:
+                current, attached = "", None
+            if current or waited >= waits or tries >= TAG_LINK_MAX_TRIES:
                 break
+            delay = min(TAG_LINK_BACKOFF.delay(tries - 1), waits - waited)
             await asyncio.sleep(delay)
+            waited += delay
         if not current:
             claimed = f" (the event named {push.digest})" if push.digest else ""
             return "", (
                 Run.STATE_SKIPPED,
                 f"tag {push.tag} does not exist in {push.repository} on endpoint "
                 f"{push.endpoint}{claimed}: nothing copied",
-            )
+            ), None
         if push.digest and push.digest != current:
             return current, (
                 0,
                 f"the event named {push.digest} but the tag points at {current} now: "
                 "acting on what the source holds",
-            )
-        return current, (0, "")
+            ), attached
+        return current, (0, ""), attached
 
     async def _facts(self, push: Push, digest: str, kinds: set[int]) -> Gathered:
         ref = ImageRef(push.endpoint, push.repository, push.tag, digest)
         try:
-            return await self.gatherer.gather(ref, kinds)
+            return await self.gatherer.gather(ref, kinds, push.rescan)
         except grpc.aio.AioRpcError:
             raise
         except Exception as exc:
@@ -635,7 +738,26 @@ class Runner:
             return Run.STATE_BLOCKED, (
                 f"blocked: hop limit {self.max_hops} reached ({chain_text(chain)})"
             )
+        if push.trigger in SWEEP_TRIGGERS:
+            # A pushed tag was read whole by _verify; a sweep's tag is read here, only when it
+            # would be copied (not every tag at every Reconcile). Polls copy the upstream's
+            # tags as they are listed.
+            attached = await self._attachment(push, digest)
+            if attached is not None:
+                return Run.STATE_SKIPPED, (
+                    f"{push.repository}:{push.tag} is an artifact attached to "
+                    f"{attached.subject} (a referrer), not an image: it travels with that "
+                    "image when the image's policy copies referrers"
+                )
         return Run.STATE_PENDING, ""
+
+    async def _attachment(self, push: Push, digest: str) -> Attachment | None:
+        try:
+            return await self.gatherer.attachment(push.endpoint, push.repository, digest)
+        except Exception as exc:
+            raise TransientError(
+                f"cannot read {push.repository}@{digest} at the source: {exc}"
+            ) from exc
 
     async def _destination_digest(
         self, endpoint: str, repository: str, tag: str, listing: DestinationTags | None = None

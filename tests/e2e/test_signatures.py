@@ -2,6 +2,8 @@
 
 Signatures are in cosign's own format, made by the tests' own code with real keys
 (tests/e2e/signing.py); the destination's copy is verified with `cryptography` directly.
+SBOMs with a `subject` are pushed and read back with the `oras` SDK
+(tests/engine/referrer_artifacts.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from registry_testkit.registry import RegistryProcess
 from stack.process import StackProcess
 from tests.e2e.conftest import Clients, dev_and_qa, wait_for
 from tests.e2e.helpers import skopeo_digest, tags_of
-from tests.e2e.signing import ANNOTATION, new_key, public_pem, signature_image, verify
+from tests.e2e.signing import (
+    ANNOTATION,
+    new_key,
+    public_pem,
+    push_oci_signature,
+    sbom_image,
+    signature_image,
+    verify,
+)
+from tests.engine import referrer_artifacts as art
 from tests.support.registry import RegistryFactory
 
 pytestmark = pytest.mark.registry
@@ -186,3 +197,139 @@ def test_an_imported_scan_report_re_evaluates_the_image_once(
     assert len(late) == 1 and late[0].state == Run.STATE_SUCCEEDED
     assert late[0].cause == "a scan report was imported"
     assert skopeo_digest(qa, "qa/app", "1.0") == image.digest
+
+
+REQUESTS_BOM = {"bomFormat": "CycloneDX", "specVersion": "1.5", "components": [
+    {"type": "library", "name": "requests", "version": "2.31.0",
+     "purl": "pkg:pypi/requests@2.31.0"}]}
+
+
+def event_done(stack: StackProcess, repository: str, tag: str) -> str:
+    """Wait for the gateway's log line of the push event of `repository:tag` (the worker
+    writes it once the event's runs, if any, are recorded); the line."""
+
+    def line() -> str | None:
+        needle = f"dev {repository}:{tag}): "
+        text = stack.log_path.read_text(errors="replace")
+        return next((x for x in text.splitlines() if needle in x), None)
+
+    return wait_for(line, 60, f"the event of {repository}:{tag} handled")
+
+
+@pytest.mark.parametrize("kind", ["att", "sbom"])
+def test_a_late_attestation_or_sbom_is_read_when_it_re_evaluates_the_image(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path,
+    kind: str,
+) -> None:
+    from mirror.v1 import scan_pb2, scan_pb2_grpc
+
+    from tests.e2e.scan_images import clean_image, sbom_attestation
+
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
+    pol = policy(clients, "needs-requests", 'component == "requests"', "qa/app")
+    image = clean_image(tmp_path, "1.0")
+    push(image, dev, "dev/app")
+    # Not matched on what the image holds: it is undecided until metadata says otherwise.
+    (first,) = clients.wait_runs_final(pol.id, 1)
+    assert first.state == Run.STATE_NOT_MATCHED and "requests" in first.message
+    # The scanner has cached its report of the image by now; the late arrival names requests.
+    late = (
+        sbom_attestation(tmp_path, image.digest)
+        if kind == "att"
+        else sbom_image(tmp_path, image.digest, REQUESTS_BOM)
+    )
+    push(late, dev, "dev/app")
+    wait_for(lambda: tags_of(qa, "qa/app") == ["1.0"], 120, "mirrored after the arrival")
+    runs = {r.id: r for r in clients.wait_runs_final(pol.id, 2, timeout=60)}
+    again = [r for r in runs.values() if r.trigger == Run.TRIGGER_LATE_METADATA]
+    assert len(again) == 1 and again[0].state == Run.STATE_SUCCEEDED
+    assert again[0].cause == f"{'attestation' if kind == 'att' else 'SBOM'} {late.tag} arrived"
+    assert runs[first.id].state == Run.STATE_NOT_MATCHED
+    assert skopeo_digest(qa, "qa/app", "1.0") == image.digest
+    assert len(clients.transfers()) == 1
+    # The re-evaluation read the arrival: the source's report now includes it.
+    report = scan_pb2_grpc.ScanServiceStub(clients.channel).GetScan(
+        scan_pb2.GetScanRequest(digest=image.digest, repository="dev/app"), timeout=10
+    )
+    assert f"referrer:{late.digest}" in report.sources
+    assert "requests" in {c.name for c in report.components}
+
+
+def test_a_late_oci_sbom_is_carried_by_digest_and_never_mirrored_as_an_image(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
+    carry = policy(clients, "carry", "true", "qa/app", copy_referrers=("sboms",))
+    plain = policy(clients, "plain", "true", "qa/plain")
+    image = ImageBuilder(tmp_path / "img").image("1.0")
+    push(image, dev, "dev/app")
+    clients.wait_runs_final(carry.id, 1)
+    clients.wait_runs_final(plain.id, 1)
+    assert tags_of(qa, "qa/app") == ["1.0"] and tags_of(qa, "qa/plain") == ["1.0"]
+
+    # oras pushes the SBOM under its own tag, then (2.8.2 has no referrers API) the
+    # sha256-<hex> index naming it: two push events, neither of an image.
+    sbom = art.push_sbom(dev, "dev/app", image.digest, len(image.manifest), tmp_path / "sbom")
+    index_tag = image.digest.replace(":", "-")
+    assert event_done(stack, "dev/app", sbom.tag).endswith(": 0 run(s)")
+    event_done(stack, "dev/app", index_tag)
+    runs = clients.wait_runs_final(carry.id, 2, timeout=60)
+    carried = [r for r in runs if r.trigger == Run.TRIGGER_LATE_METADATA]
+    assert len(carried) == 1 and carried[0].state == Run.STATE_SUCCEEDED, carried
+    assert carried[0].cause.startswith(f"referrers index {index_tag} arrived (SBOM)")
+    assert carried[0].source.reference == "1.0" and carried[0].source_digest == image.digest
+
+    # At the destination by digest, byte for byte, read back with the oras SDK; its
+    # sha256-<hex> index (qa has no referrers API either) lists it.
+    assert art.pull_sbom(qa, "qa/app", sbom.digest, tmp_path / "pulled") == sbom.document
+    doc, _ = art.manifest(qa, "qa/app", sbom.digest)
+    assert doc["subject"]["digest"] == image.digest
+    index, _ = art.manifest(qa, "qa/app", index_tag)
+    assert [m["digest"] for m in index["manifests"]] == [sbom.digest]
+    assert tags_of(qa, "qa/app") == sorted(["1.0", index_tag])  # not the SBOM's own tag
+
+    # The default policy copies none of it, and nothing was mirrored as an image.
+    assert tags_of(qa, "qa/plain") == ["1.0"]
+    assert art.get(qa, f"/v2/qa/plain/manifests/{sbom.digest}", art.OCI_MANIFEST)[0] == 404
+    assert [r.source.reference for r in clients.runs(plain.id)] == ["1.0"]
+    assert {r.source.reference for r in runs} == {"1.0"}
+
+    # Reconcile does not take them for images either: the index tag is not looked at, the
+    # SBOM's tag is refused as a referrer before anything is copied.
+    for pol in (carry, plain):
+        clients.gateway.Reconcile(gateway_pb2.ReconcileRequest(policy_id=pol.id), timeout=60)
+        for r in clients.runs(pol.id):
+            assert r.source.reference in ("1.0", sbom.tag), r
+            if r.source.reference == sbom.tag:
+                assert r.state == Run.STATE_SKIPPED and "attached to" in r.message, r
+    assert tags_of(qa, "qa/plain") == ["1.0"]
+    assert tags_of(qa, "qa/app") == sorted(["1.0", index_tag])
+
+
+def test_a_late_signature_in_cosigns_oci_mode_lets_a_waiting_image_through(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
+    ci = new_key("ed25519")
+    trust(clients, "ci", public_pem(ci))
+    pol = policy(clients, "signed", 'signed_by "ci"', "qa/app", wait_s=120)
+    image = ImageBuilder(tmp_path / "img").image("1.0")
+    push(image, dev, "dev/app")
+    first = wait_for(
+        lambda: next((r for r in clients.runs(pol.id) if "waiting" in r.message), None),
+        60, "the run to wait for a signature",
+    )
+    # Pushed by digest (no event: 2.8.2 names no tag), then its sha256-<hex> index entry.
+    sig = push_oci_signature(dev, "dev/app", image.digest, len(image.manifest), ci,
+                             tmp_path / "sig")
+    wait_for(lambda: tags_of(qa, "qa/app") == ["1.0"], 60, "mirrored once signed")
+    assert skopeo_digest(qa, "qa/app", "1.0") == image.digest
+    runs = {r.id: r for r in clients.wait_runs_final(pol.id, 2)}
+    done = [r for r in runs.values() if r.state == Run.STATE_SUCCEEDED]
+    assert len(done) == 1 and done[0].trigger == Run.TRIGGER_LATE_METADATA
+    index_tag = image.digest.replace(":", "-")
+    assert done[0].cause == f"referrers index {index_tag} arrived (signature)"
+    assert runs[first.id].state == Run.STATE_SKIPPED
+    # The signature the rule accepted is the referrer (found through the index), not a tag.
+    assert tags_of(dev, "dev/app") == sorted(["1.0", index_tag])
+    assert art.manifest(dev, "dev/app", sig)[0]["subject"]["digest"] == image.digest
