@@ -200,8 +200,9 @@ class ImageFacts(_message.Message):
 
     @_builtins.property
     def signatures(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignatureFact]:
-        """Signatures found for the digest (cosign tag scheme or OCI referrers), with what verified
-        them. Read by `signed` and `signed_by` rules (FACT_KIND_SIGNATURES).
+        """Signatures found for the digest (cosign's `sha256-<hex>.sig` tag, or OCI referrers of a
+        cosign signature artifact type), with what verified them. Read by `signed` and
+        `signed_by` rules (FACT_KIND_SIGNATURES).
         """
 
     def __init__(
@@ -254,7 +255,9 @@ class SignatureFact(_message.Message):
     signature: _builtins.str
     """The signature over the payload, base64 (the layer's cosign annotation)."""
     found_by: _builtins.str
-    """Where it was found: "tag" (sha256-<hex>.sig) or "referrers" (OCI 1.1 API)."""
+    """Where it was found: "tag" (sha256-<hex>.sig) or "referrers" (a referrer listed by the
+    OCI 1.1 referrers API or, without it, the sha256-<hex> tag index).
+    """
     @_builtins.property
     def verified_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Set by the policy service: names of the trusted keys that verified it."""
