@@ -373,17 +373,21 @@ class Transfers(_Service):
         scan_on_push: bool | None = None,
         aliases: Iterable[str] | None = None,
         webhook_secret: str | None = None,
+        validate_only: bool = False,
     ) -> transfer_pb2.Endpoint:
         """Register a registry; the secret and the webhook secret (the bearer token its push
         notifications must carry) are stored and never returned (see has_secret,
-        has_webhook_secret)."""
+        has_webhook_secret). `validate_only` checks it as the server would and stores
+        nothing."""
         fields = {
             "url": url, "username": username, "secret": secret, "ca_pem": ca_pem,
             "insecure_skip_verify": insecure_skip_verify, "max_concurrency": max_concurrency,
             "requests_per_second": requests_per_second, "scan_on_push": scan_on_push,
             "aliases": aliases, "webhook_secret": webhook_secret,
         }
-        return self._call("CreateEndpoint", _build.create_endpoint(endpoint, name, fields))
+        req = _build.create_endpoint(endpoint, name, fields)
+        req.validate_only = validate_only
+        return self._call("CreateEndpoint", req)
 
     def get_endpoint(self, name: str) -> transfer_pb2.Endpoint:
         """One endpoint by name (never its secrets); NotFound when there is none."""
@@ -414,15 +418,19 @@ class Transfers(_Service):
         scan_on_push: bool | None = None,
         aliases: Iterable[str] | None = None,
         webhook_secret: str | None = None,
+        validate_only: bool = False,
     ) -> transfer_pb2.Endpoint:
-        """Change the fields given; the others keep their value (`aliases` replaces the list)."""
+        """Change the fields given; the others keep their value (`aliases` replaces the list).
+        `validate_only` checks the result as the server would and stores nothing."""
         fields = {
             "url": url, "username": username, "secret": secret, "ca_pem": ca_pem,
             "insecure_skip_verify": insecure_skip_verify, "max_concurrency": max_concurrency,
             "requests_per_second": requests_per_second, "scan_on_push": scan_on_push,
             "aliases": aliases, "webhook_secret": webhook_secret,
         }
-        return self._call("UpdateEndpoint", _build.update_endpoint(name, fields))
+        req = _build.update_endpoint(name, fields)
+        req.validate_only = validate_only
+        return self._call("UpdateEndpoint", req)
 
     def delete_endpoint(self, name: str) -> None:
         """Remove an endpoint; FailedPrecondition naming the policies while any uses it."""

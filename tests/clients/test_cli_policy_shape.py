@@ -148,23 +148,30 @@ def test_apply_validates_everything_before_changing_anything(
     assert ls.ctl("export", "-o", "json").json() == before  # not even the good ones
 
     # A policy naming an endpoint that neither exists nor is declared; one registry under two
-    # endpoint names.
-    # A bad name and URL; an alias naming a registered registry (dev) again.
+    # endpoint names; a bad name and URL, and a CA that is no certificate (both checked by
+    # the server, validate_only); an alias naming a registered registry (dev) again; a tag
+    # template that can never make a tag.
     doc = {"endpoints": [new_prod, {"name": "prod-again", "url": prod.url + "/"},
                          {"name": "Bad_Name", "url": "ftp://x"},
                          {"name": "dev-alias", "url": "http://127.0.0.1:1",
-                          "aliases": [dev.host]}],
-           "policies": [{**good, "target": {"endpoint": "nope", "repository": "team/app"}}]}
+                          "aliases": [dev.host]},
+                         {"name": "bad-ca", "url": "https://127.0.0.1:2",
+                          "caPem": "-----BEGIN CERTIFICATE-----\nnot one\n"}],
+           "policies": [{**good, "target": {"endpoint": "nope", "repository": "team/app"}},
+                        {**good, "name": "bad-template", "tagTemplate": "%n!"}]}
     dry = ls.ctl("apply", "-f", _write(tmp_path / "m2.yaml", doc), "--dry-run", "-o", "json")
     assert dry.code == 4
     found = [(e["kind"], e["name"], e["message"]) for e in dry.json()["errors"]]
     assert [f[:2] for f in found] == [
-        ("endpoint", "Bad_Name"), ("endpoint", "Bad_Name"), ("endpoint", "dev-alias"),
-        ("endpoint", "prod-again"), ("policy", "good")]
-    assert "not a valid name" in found[0][2] and "is not http(s)://" in found[1][2]
+        ("endpoint", "Bad_Name"), ("endpoint", "bad-ca"), ("endpoint", "dev-alias"),
+        ("endpoint", "prod-again"), ("policy", "good"), ("policy", "bad-template")]
+    assert "not a valid name" in found[0][2] and "endpoint.url" in found[0][2]
+    assert "endpoint.ca_pem" in found[1][2]
     assert "endpoints dev, dev-alias name one registry" in found[2][2]
     assert "endpoints prod, prod-again name one registry" in found[3][2]
     assert "unknown endpoint(s) nope" in found[4][2]
+    assert "'!' can never appear in a tag" in found[5][2]
+    assert ls.ctl("export", "-o", "json").json() == before
 
     # Valid: a policy on an endpoint the same file creates.
     doc = {"endpoints": [new_prod], "policies": [

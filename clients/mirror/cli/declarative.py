@@ -98,6 +98,9 @@ class Change:
     name: str
     fields: list[str] = field(default_factory=list)
     run: Callable[[], object] | None = None
+    # The same change asked of the server with validate_only (endpoints; policies are
+    # checked by preflight, which sees the whole plan).
+    check: Callable[[], object] | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {"action": self.action, "kind": self.kind, "name": self.name,
@@ -241,7 +244,8 @@ def plan(
             if d.webhook_secret is not None:
                 msg.webhook_secret = d.webhook_secret
             changes.append(Change("create", "endpoint", d.msg.name, sorted(d.fields),
-                                  partial(tr.create_endpoint, msg)))
+                                  partial(tr.create_endpoint, msg),
+                                  partial(tr.create_endpoint, msg, validate_only=True)))
             continue
         diff = [f for f in _ENDPOINT_MUTABLE if f in d.fields and _differs(d.msg, have, f)]
         if d.secret is not None and (update_secrets or not have.has_secret):
@@ -261,7 +265,8 @@ def plan(
         if "webhook_secret" in diff:
             kw["webhook_secret"] = d.webhook_secret
         changes.append(Change("update", "endpoint", d.msg.name, diff,
-                              partial(tr.update_endpoint, d.msg.name, **kw)))
+                              partial(tr.update_endpoint, d.msg.name, **kw),
+                              partial(tr.update_endpoint, d.msg.name, validate_only=True, **kw)))
 
     for dp in desired.policies:
         cur = current_pols.get(dp.msg.name)

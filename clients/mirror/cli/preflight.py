@@ -1,16 +1,17 @@
 """Check a whole `apply -f` plan before any of it is carried out.
 
 `mirrorctl apply` changes nothing unless every object passes, and `--dry-run` reports the same
-problems (exit 4). The server does the checks it can: CreatePolicy with validate_only (rule,
-template, target push permission, source/target conflicts, cycles) for new policies whose
-endpoints exist, ValidateRule for the others; this side checks what only the whole file
-shows: endpoints a policy names that will not exist, two endpoints with one registry URL, and
-endpoints the plan deletes while a policy still uses them.
+problems (exit 4). The server does the checks it can: Create/UpdateEndpoint with validate_only
+(name, URL, CA certificate, credentials) for each endpoint the plan writes, CreatePolicy with
+validate_only (rule, template, target push permission, source/target conflicts, cycles) for
+policies whose endpoints exist, ValidateRule for the others; this side checks what only the
+whole file shows: endpoints a policy names that will not exist, two endpoints with one
+registry URL (an endpoint the plan deletes or moves no longer counts), and endpoints the plan
+deletes while a policy still uses them.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,11 +30,6 @@ class Problem:
 
     def as_dict(self) -> dict[str, str]:
         return {"kind": self.kind, "name": self.name, "message": self.message}
-
-
-# The transfer service's endpoint name rule (checked here too, so a bad name in the file
-# stops the whole apply before anything is created).
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 def _registry_key(url_or_host: str, scheme: str = "") -> str:
@@ -77,7 +73,8 @@ def check(client: Client, desired: Desired, changes: list[Change]) -> list[Probl
                 setattr(ep, f, getattr(d.msg, f))
         ep.name = d.msg.name
         final_eps[d.msg.name] = ep
-    problems += _endpoint_problems(desired, final_eps, server_eps)
+    problems += _server_endpoint_problems(changes)
+    problems += _same_registry_problems(desired, final_eps)
 
     final_pols: dict[str, policy_pb2.Policy] = {
         n: p for n, p in server_pols.items() if ("policy", n) not in deleted
@@ -131,23 +128,27 @@ def _copy_field(to: Any, src: Any, name: str) -> None:
         setattr(to, name, getattr(src, name))
 
 
-def _endpoint_problems(
-    desired: Desired, final_eps: dict[str, transfer_pb2.Endpoint],
-    server_eps: dict[str, transfer_pb2.Endpoint],
+def _server_endpoint_problems(changes: list[Change]) -> list[Problem]:
+    """Each endpoint the plan writes, checked by the transfer service (validate_only)."""
+    problems = []
+    for c in changes:
+        if c.kind != "endpoint" or c.check is None:
+            continue
+        try:
+            c.check()
+        except errors.AlreadyExists:
+            # Another endpoint for this registry: the whole plan decides (it may delete or
+            # move that one), see _same_registry_problems.
+            continue
+        except (errors.InvalidArgument, errors.FailedPrecondition) as err:
+            problems.append(Problem("endpoint", c.name, _error_text(err)))
+    return problems
+
+
+def _same_registry_problems(
+    desired: Desired, final_eps: dict[str, transfer_pb2.Endpoint]
 ) -> list[Problem]:
     problems = []
-    for d in desired.endpoints:
-        ep = final_eps[d.msg.name]
-        if not _NAME_RE.fullmatch(ep.name):
-            problems.append(Problem("endpoint", ep.name, "not a valid name: 1-63 characters, "
-                                    "lowercase letters, digits, '-' and '_'"))
-        parts = urlsplit(ep.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problems.append(Problem("endpoint", ep.name,
-                                    f"url {ep.url!r} is not http(s)://HOST[:PORT]"))
-        has_secret = d.secret is not None or server_eps.get(ep.name, ep).has_secret
-        if has_secret and not ep.username:
-            problems.append(Problem("endpoint", ep.name, "a secret needs a username"))
     # One registry (host:port, by URL or alias) under two endpoints is refused by the server.
     by_registry: dict[str, set[str]] = {}
     for name, ep in final_eps.items():
