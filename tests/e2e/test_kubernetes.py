@@ -170,6 +170,22 @@ def test_only_the_transfer_service_holds_the_key() -> None:
         assert _flag(_container(deps[name])["command"], "--transfer-address") == "transfer:50052"
 
 
+def test_the_secrets_placeholders_cannot_be_started_with() -> None:
+    """An operator who forgets to fill the Secret in gets a refusal, never a guessable token
+    or key."""
+    from cryptography.fernet import Fernet
+
+    from servicekit.auth import TokenFileError, parse_tokens
+
+    (secret,) = _by_kind("Secret").values()
+    data = secret["stringData"]
+    with pytest.raises(TokenFileError, match="shorter than 16"):
+        parse_tokens(data["tokens"])
+    for key in ("secret-key", "subscription-key"):
+        with pytest.raises(ValueError):
+            Fernet(data[key])
+
+
 def test_services_and_addresses_agree() -> None:
     services = _by_kind("Service")
     deps = {_component(d): d for d in _by_kind("Deployment").values()}
