@@ -42,6 +42,8 @@ ACTIVE_OR_DONE = frozenset({Run.STATE_PENDING, Run.STATE_RUNNING, Run.STATE_SUCC
 # Reconcile tries these again (nothing was copied and things may have changed since).
 RETRIED_BY_RECONCILE = frozenset({Run.STATE_FAILED, Run.STATE_BLOCKED})
 PUSH_TRIGGERS = frozenset({Run.TRIGGER_EVENT, Run.TRIGGER_NOTIFY})
+# Where a metadata tag is an arrival: a push, or a poll that finds it new.
+ARRIVAL_TRIGGERS = PUSH_TRIGGERS | {Run.TRIGGER_SCHEDULE}
 DEFAULT_MAX_HOPS = 8
 FactKind = common_pb2.FactKind
 # What arrives for an image after it, by tag: cosign's scheme (`sha256-<hex>.sig`, `.att`,
@@ -49,6 +51,14 @@ FactKind = common_pb2.FactKind
 # `subject` is the image, kept by the pushing client where the registry has no referrers API).
 METADATA_TAG = re.compile(r"^(sha256)-([0-9a-f]{64})\.(sig|att|sbom)$")
 REFERRERS_TAG = re.compile(r"^(sha256)-([0-9a-f]{64})$")
+
+
+def is_metadata_tag(tag: str) -> bool:
+    """A tag that holds a signature, attestation, SBOM or referrers index of an image (never
+    mirrored as an image of its own)."""
+    return METADATA_TAG.match(tag) is not None or REFERRERS_TAG.match(tag) is not None
+
+
 # The engine's kinds (signature, attestation, sbom: transfer_service/engine/referrers.py
 # classifies a referrer by its artifact type) by cosign tag suffix, and the policy's words.
 SUFFIX_KINDS = {suffix.lstrip("."): kind for kind, suffix in TAG_SUFFIXES.items()}
@@ -212,16 +222,16 @@ class Runner:
     ) -> list[RunRecord]:
         meta = METADATA_TAG.match(push.tag)
         index = REFERRERS_TAG.match(push.tag)
-        # Not an image: metadata of one. Pushed, it re-evaluates that image's undecided runs
-        # and follows it to where it was mirrored. Apply and Reconcile never copy it as an
-        # image: the image's own runs carry it when their policy copies referrers. (A poll
-        # copies the upstream's tags as they are listed.)
-        if meta is not None and push.trigger in PUSH_TRIGGERS:
+        # Not an image: metadata of one. Pushed (or found new by a poll), it re-evaluates that
+        # image's undecided runs and follows it to where it was mirrored. Apply and Reconcile
+        # never copy it as an image: the image's own runs carry it when their policy copies
+        # referrers.
+        if meta is not None and push.trigger in ARRIVAL_TRIGGERS:
             kind = SUFFIX_KINDS[meta[3]]
             cause = f"{METADATA_KINDS[kind]} {push.tag} arrived"
             subject = f"{meta[1]}:{meta[2]}"
             return await self._late_metadata(push, subject, {kind}, TAG_FACTS[kind], cause)
-        if index is not None and push.trigger in PUSH_TRIGGERS:
+        if index is not None and push.trigger in ARRIVAL_TRIGGERS:
             return await self._late_index(push, f"{index[1]}:{index[2]}")
         if (meta is not None or index is not None) and push.trigger in SWEEP_TRIGGERS:
             return []

@@ -25,7 +25,7 @@ from mirror.v1 import gateway_pb2, policy_pb2, policy_pb2_grpc
 from gateway.deletions import Deleter
 from gateway.dest_tags import LIST_FROM_TAGS, DestinationTags
 from gateway.polls import PollRecord, PollStore
-from gateway.runner import Push, Runner, TransientError
+from gateway.runner import Push, Runner, TransientError, is_metadata_tag
 from gateway.runs import RunStore
 from servicekit.logs import bind, context_id
 
@@ -256,17 +256,20 @@ class PollScheduler:
         async with reading:
             tags, digests, seen = await self._read_repo(pol, rec, repo)
         ordered = sorted(tags, key=version_key, reverse=True)
-        changed = []
+        changed: list[tuple[str, tuple[str, bool] | None]] = []
+        # Signatures, attestations, SBOMs and referrer indexes: never images.
+        metadata: list[tuple[str, tuple[str, bool] | None]] = []
         matched = 0
         for tag in ordered:
             if not digests[tag]:
                 continue  # deleted since the listing
             before = seen.get(tag)
             if before is not None and before[0] == digests[tag]:
-                matched += before[1]
+                if not is_metadata_tag(tag):
+                    matched += before[1]
             else:
                 rec.tags_changed += 1
-                changed.append((tag, before))
+                (metadata if is_metadata_tag(tag) else changed).append((tag, before))
         dest = listing if len(changed) >= LIST_FROM_TAGS else None
         if pol.keep_newest:
             # Newest first, one at a time: only the first K matching tags are mirrored.
@@ -283,6 +286,12 @@ class PollScheduler:
                     await self._decide(pol, rec, repo, tag, digests[tag], before, dest)
 
             await asyncio.gather(*(one(t, b) for t, b in changed))
+        # After the images: what arrived for an image this poll copies travels with that copy
+        # (copy_referrers); what arrived for one mirrored before is carried to it, and feeds
+        # the image's runs that wait for it.
+        for tag, before in metadata:
+            async with deciding:
+                await self._decide(pol, rec, repo, tag, digests[tag], before, None)
         await self._poll_gone(pol, rec, repo, set(tags))
 
     async def _read_repo(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from registry_testkit.token_server import TokenServer, TokenUser
 from stack.process import StackProcess
 from tests.e2e.conftest import Clients, wait_for
 from tests.e2e.helpers import skopeo_digest, tags_of
+from tests.e2e.signing import ANNOTATION, new_key, public_pem, signature_image, verify
 from tests.support.registry import RegistryFactory
 
 pytestmark = pytest.mark.registry
@@ -48,7 +50,7 @@ def upstream(
 
 def pull_policy(
     clients: Clients, name: str, source: str, target: str, *, interval_s: float = 1.0,
-    keep_newest: int = 0, rule: str = "true",
+    keep_newest: int = 0, rule: str = "true", copy_referrers: tuple[str, ...] = (),
 ) -> policy_pb2.Policy:
     trigger = policy_pb2.PolicyTrigger(
         schedule=policy_pb2.ScheduleTrigger(interval=Duration(seconds=int(interval_s)))
@@ -64,6 +66,7 @@ def pull_policy(
                 enabled=True,
                 trigger=trigger,
                 keep_newest=keep_newest,
+                copy_referrers=copy_referrers,
             )
         ),
         timeout=60,
@@ -265,3 +268,56 @@ def test_initial_sync_asks_the_destination_little_and_the_next_poll_waits_for_it
         assert second.start_time.ToNanoseconds() >= copies_ended - 50 * 10**6
     finally:
         dest.stop()
+
+
+def test_a_poll_carries_signatures_only_for_a_policy_that_copies_them(
+    stack: StackProcess,
+    clients: Clients,
+    registry_factory: RegistryFactory,
+    upstream: tuple[RegistryProcess, FaultProxy],
+    tmp_path: Path,
+) -> None:
+    reg, proxy = upstream
+    local = registry_factory()
+    add_endpoints(clients, proxy, local)
+    images = ImageBuilder(tmp_path / "img")
+    key = new_key("ecdsa")
+    first = push(images.image("1.0"), reg, "lib/app", user=WRITER[0], password=WRITER[1])
+    sig = signature_image(tmp_path / "sig1", "lib/app", first, key)
+    push(sig, reg, "lib/app", user=WRITER[0], password=WRITER[1])
+    plain = pull_policy(clients, "plain", "lib/app", "mirror/plain")
+    signed = pull_policy(
+        clients, "signed", "lib/app", "mirror/signed", copy_referrers=("signatures",)
+    )
+
+    # The upstream's signature tag is not an image: only the policy that copies signatures
+    # gets it, beside the image it signs.
+    wait_for(lambda: tags_of(local, "mirror/signed") == ["1.0", sig.tag], 60, "signed sync")
+    wait_for(lambda: tags_of(local, "mirror/plain") == ["1.0"], 60, "plain sync")
+    assert skopeo_digest(local, "mirror/signed", sig.tag) == sig.digest
+
+    # A signature that arrives after its image was mirrored: the next poll carries it.
+    second = push(images.image("2.0"), reg, "lib/app", user=WRITER[0], password=WRITER[1])
+    wait_for(lambda: "2.0" in tags_of(local, "mirror/signed"), 60, "2.0 mirrored")
+    wait_for(lambda: "2.0" in tags_of(local, "mirror/plain"), 60, "2.0 mirrored plain")
+    late = signature_image(tmp_path / "sig2", "lib/app", second, key)
+    push(late, reg, "lib/app", user=WRITER[0], password=WRITER[1])
+    wait_for(lambda: late.tag in tags_of(local, "mirror/signed"), 60, "late signature carried")
+    carried = [r for r in clients.runs(signed.id) if r.trigger == Run.TRIGGER_LATE_METADATA]
+    assert len(carried) == 1 and late.tag in carried[0].cause, carried
+
+    # At the destination the copied signature is byte for byte the same and verifies.
+    assert skopeo_digest(local, "mirror/signed", late.tag) == late.digest
+    layer = json.loads(late.manifest)["layers"][0]
+    url = f"{local.url}/v2/mirror/signed/blobs/{layer['digest']}"
+    with urllib.request.urlopen(url, timeout=10, context=local.ssl_context()) as resp:
+        payload = resp.read()
+    assert verify(public_pem(key), payload, layer["annotations"][ANNOTATION])
+    assert json.loads(payload)["critical"]["image"]["docker-manifest-digest"] == second
+
+    # Two idle polls later the plain mirror still holds images only.
+    done_before = len(polls(clients, plain.id))
+    wait_for(lambda: len(polls(clients, plain.id)) >= done_before + 2, 30, "two more polls")
+    assert tags_of(local, "mirror/plain") == ["1.0", "2.0"]
+    assert all(r.source.reference in ("1.0", "2.0") for r in clients.runs(plain.id)
+               if r.state == Run.STATE_SUCCEEDED)
