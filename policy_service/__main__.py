@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         # Loading reads and compiles every stored policy: off the event loop too.
         servicer = await asyncio.to_thread(
             PolicyServicer, store, checker, max_vulnerability_age=args.max_vulnerability_age,
-            signature_wait=args.signature_wait,
+            signature_wait=args.signature_wait, tokens=security.tokens,
         )
         running = await start_server(
             [servicer], args.grpc_listen, tls=security.tls, interceptors=security.interceptors

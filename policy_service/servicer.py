@@ -1,7 +1,9 @@
 """mirror.v1.PolicyService on grpc.aio: policy CRUD, rule validation and evaluation.
 
 Every policy is compiled once per version (on start and on each write) and kept in memory
-beside a source index, so Evaluate never parses a rule nor scans all policies.
+beside a source index, so Evaluate never parses a rule nor scans all policies. Evaluate work
+beyond the usual request's runs off the event loop with a deadline, and callers other than
+the service are rate-limited (policy_service.offload).
 
 UpdatePolicy masks: the mutable fields are name, description, source (or source.endpoint /
 source.repository), rule, target (or target.endpoint / target.repository), tag_template,
@@ -42,9 +44,10 @@ from mirror.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 from policy_service import checks, compiled, evaluation, mapping, settings, source_migration
 from policy_service.changes import StaleView
 from policy_service.compiled import CompiledPolicy
-from policy_service.freshness import DEFAULT_MAX_VULNERABILITY_AGE, FactQuality
+from policy_service.freshness import DEFAULT_MAX_VULNERABILITY_AGE
 from policy_service.index import EndpointIndex
 from policy_service.key_rpcs import TrustedKeyRpcs, check_rule_keys
+from policy_service.offload import INLINE_WORK, EvaluationGuard, Job, evaluate_all, work_of
 from policy_service.push_check import PushChecker
 from policy_service.rules import RuleCompileError
 from policy_service.rules.guard import RuleGuard
@@ -54,6 +57,7 @@ from policy_service.templates import TemplateError, compile_template
 from policy_service.trusted_keys import KeyStore, TrustedKey
 from policy_service.validate import time_zone_error, zone
 from servicekit import errors, metrics, paging
+from servicekit.auth import Token
 from servicekit.retry import Backoff
 
 log = logging.getLogger("policy_service")
@@ -193,6 +197,7 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
         max_vulnerability_age: timedelta = DEFAULT_MAX_VULNERABILITY_AGE,
         migration_backoff: Backoff | None = None,
         signature_wait: timedelta = timedelta(0),
+        tokens: Collection[Token] = (),
     ) -> None:
         self._store = store
         self._db = store.db
@@ -206,6 +211,9 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
         # Rules sent by callers: rate-limited, compiled and evaluated in a worker process
         # with a deadline (policy_service.rules.guard), never on the event loop.
         self._rules = RuleGuard(preload=("policy_service.rules", __name__))
+        # Evaluate: large work off the event loop with a deadline, callers other than the
+        # service (`tokens`: the server's, to tell its admin token) rate-limited.
+        self._evaluations = EvaluationGuard(tokens)
         self._max_vulnerability_age = max_vulnerability_age
         self._migration_backoff = migration_backoff or Backoff(base=0.5, cap=30.0)
         self._migration: asyncio.Task[None] | None = None
@@ -706,6 +714,7 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
             raise errors.invalid_argument(
                 "facts.repository is required", [("facts.repository", "must not be empty")]
             )
+        service = self._evaluations.admit(context)
         await self._refresh()
         when = (
             request.evaluation_time.ToDatetime(tzinfo=UTC)
@@ -718,21 +727,15 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
         verified = (
             await self._signatures.verify(f) if common_pb2.FACT_KIND_SIGNATURES in kinds else []
         )
-        facts = evaluation.facts_from_proto(f, kinds, verified)
-        present = evaluation.present_kinds(f)
-        # Data age against the clock, not evaluation_time (which only renders tags).
-        quality = FactQuality.of(f, present, self._max_vulnerability_age, time.time())
+        job = Job(
+            f, frozenset(kinds), tuple(verified), request.explain, when,
+            self._max_vulnerability_age, time.time(), self._signatures.default_wait_us,
+        )
+        if work_of(f, len(policies)) <= INLINE_WORK:
+            results = evaluate_all(policies, job)
+        else:
+            results = await self._evaluations.run(service, policies, job, context)
         out = policy_pb2.EvaluateResponse()
-        rendered: dict[tuple[str, str], str | TemplateError] = {}
-        results = [
-            evaluation.evaluate_policy(
-                p, facts, present, request.explain, when, rendered, quality
-            )
-            for p in policies
-        ]
-        if verified or common_pb2.FACT_KIND_SIGNATURES in kinds:
-            for p, r in zip(policies, results, strict=True):
-                self._signatures.amend(r, p, facts, verified)
         matched = sum(r.matched for r in results)
         out.results.extend(results)  # one copy for the lot, cheaper than append per result
         if self._broken:

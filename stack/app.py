@@ -130,7 +130,9 @@ async def start_stack(cfg: StackConfig, security: ServerSecurity | None = None) 
     )
     closers.append(transfer.stop)
     store = PolicyStore.open(data, cfg.database)
-    policy = PolicyServicer(store, GrpcPushChecker(channel), **cfg.policy_options)
+    policy = PolicyServicer(
+        store, GrpcPushChecker(channel), tokens=security.tokens, **cfg.policy_options
+    )
 
     async def close_store() -> None:
         store.close()

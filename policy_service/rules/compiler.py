@@ -372,12 +372,38 @@ def _set_test(op: str, v: Any, g: Callable[[Facts], tuple[str, ...]],
     raise AssertionError(f"operator {op!r} on a set")  # pragma: no cover - type-checked
 
 
+# An explanation shows this much of a value: enough to see why a clause held, while facts of
+# 150,000 components explained over a few clauses would otherwise make a response of tens of
+# MB (built and sent by the server, refused by a client's 4 MiB limit).
+MAX_RENDERED_VALUES = 100
+MAX_RENDERED_CHARS = 1024
+
+
+def _clipped(text: str) -> str:
+    """A string value cut to MAX_RENDERED_CHARS, saying how much was left out."""
+    if len(text) <= MAX_RENDERED_CHARS:
+        return text
+    return f"{text[:MAX_RENDERED_CHARS]}... ({len(text) - MAX_RENDERED_CHARS} more characters)"
+
+
+def _render_set(values: Any) -> str:
+    """The first MAX_RENDERED_VALUES values as a JSON list, then how many more there were."""
+    listed = list(values) if len(values) <= MAX_RENDERED_VALUES else [
+        v for _, v in zip(range(MAX_RENDERED_VALUES), values, strict=False)
+    ]
+    text = json.dumps([_clipped(v) for v in listed], ensure_ascii=False, separators=(",", ":"))
+    more = len(values) - len(listed)
+    return f"{text} (+{more} more)" if more else text
+
+
 def _renderer(type_: FieldType) -> Callable[[Any], str]:
     if type_ is FieldType.NUMBER:
         return str
     if type_ is FieldType.STRING_SET:
-        return lambda values: json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
-    return lambda value: json.dumps(value, ensure_ascii=False)
+        return _render_set
+    return lambda value: json.dumps(
+        _clipped(value) if isinstance(value, str) else value, ensure_ascii=False
+    )
 
 
 def _assemble(nodes: Sequence[Node], leaf: Callable[[Leaf], Predicate]) -> Predicate:
