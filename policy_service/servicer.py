@@ -728,7 +728,7 @@ class PolicyServicer(TrustedKeyRpcs, policy_pb2_grpc.PolicyServiceServicer):
             await self._signatures.verify(f) if common_pb2.FACT_KIND_SIGNATURES in kinds else []
         )
         job = Job(
-            f, frozenset(kinds), tuple(verified), request.explain, when,
+            f, kinds, verified, request.explain, when,
             self._max_vulnerability_age, time.time(), self._signatures.default_wait_us,
         )
         if work_of(f, len(policies)) <= INLINE_WORK:
