@@ -72,15 +72,17 @@ SCAN_FACTS = frozenset(
     }
 )
 # Which facts each kind of metadata feeds, by where it was found: what a rule reads from it,
-# so what its arrival re-evaluates. The scanner reads SBOMs and attestations under cosign's
-# tags (scanner/scan.py attached_reports) but not OCI referrers, so those feed no fact yet;
-# signatures are read from both (gateway/signatures.py).
+# so what its arrival re-evaluates. The scanner reads SBOMs and attestations both under
+# cosign's tags and among the image's OCI referrers (scanner/scan.py attached_reports; a
+# referrer's kind is the engine's kind_of), and signatures are read from both places
+# (gateway/signatures.py), so a kind feeds the same facts wherever it was found. Any other
+# referrer type feeds nothing.
 TAG_FACTS = {
     "signature": frozenset({FactKind.FACT_KIND_SIGNATURES}),
     "attestation": SCAN_FACTS | {FactKind.FACT_KIND_SIGNATURES},
     "sbom": SCAN_FACTS,
 }
-REFERRER_FACTS = {"signature": frozenset({FactKind.FACT_KIND_SIGNATURES})}
+REFERRER_FACTS = dict(TAG_FACTS)
 # Runs that a late signature, attestation, SBOM or scan report may change.
 UNDECIDED = frozenset({Run.STATE_NOT_MATCHED, Run.STATE_BLOCKED, Run.STATE_PENDING})
 # distribution 2.8.2 sends a manifest push event before it links the tag (the PUT has not

@@ -27,7 +27,7 @@ from registry_client.errors import (
     Stalled,
 )
 from registry_client.names import is_digest, is_verifiable_digest
-from registry_client.referrers import Referrer, fallback_tag, parse_index
+from registry_client.referrers import Referrer, parse_index, tag_schema_referrers
 from registry_client.transport import Transport
 
 MAX_MANIFEST_BYTES = 4 << 20
@@ -572,11 +572,7 @@ class RegistryClient:
         found = await self._referrers_api(repo, digest, artifact_type)
         if found is not None:
             return found
-        try:
-            m = await self.get_manifest(repo, fallback_tag(digest))
-        except NotFound:
-            return []
-        return parse_index(m.data, artifact_type)
+        return await tag_schema_referrers(self, repo, digest, artifact_type)
 
     async def has_referrers_api(self, repo: str, digest: str) -> bool:
         """Whether the registry answers the referrers API for `digest` in `repo` (if not, the

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from registry_client import mediatypes
+from registry_client.errors import NotFound
 from registry_client.names import is_verifiable_digest
+
+
+class ManifestReader(Protocol):
+    """A client that reads manifests (RegistryClient, or transfer_service.remote's client)."""
+
+    async def get_manifest(self, repo: str, ref: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,32 @@ def _descriptor(e: Any) -> Referrer | None:
         annotations=annotations,
         raw=dict(e),
     )
+
+
+async def tag_schema_referrers(
+    reader: ManifestReader, repo: str, digest: str, artifact_type: str = ""
+) -> list[Referrer]:
+    """The referrers the `sha256-<hex>` index tag lists (none when there is no such tag):
+    one manifest read."""
+    try:
+        m = await reader.get_manifest(repo, fallback_tag(digest))
+    except NotFound:
+        return []
+    return parse_index(m.data, artifact_type)
+
+
+async def referrers_of(
+    reader: ManifestReader, repo: str, digest: str, artifact_type: str = ""
+) -> list[Referrer]:
+    """`reader.list_referrers` (the referrers API, else the tag schema) where the client has
+    it; else the tag schema alone, through `get_manifest`: a client that only reads manifests
+    (the transfer service's read RPCs) cannot ask the referrers API, but still sees what a
+    registry without one (2.8.2) holds."""
+    lister = getattr(reader, "list_referrers", None)
+    if callable(lister):
+        listed: list[Referrer] = await lister(repo, digest, artifact_type)
+        return listed
+    return await tag_schema_referrers(reader, repo, digest, artifact_type)
 
 
 def descriptor_of(data: bytes, media_type: str, digest: str) -> dict[str, Any]:

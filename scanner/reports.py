@@ -245,8 +245,12 @@ def _trivy_score(v: dict[str, Any]) -> float | None:
 
 
 def parse_attestation(data: bytes) -> ReportFacts | None:
-    """The CycloneDX/SPDX predicate of a DSSE envelope (in-toto statement); None otherwise."""
+    """The CycloneDX/SPDX predicate of a DSSE envelope (in-toto statement), bare or in a
+    sigstore bundle; None otherwise."""
     env = load_json(data)
+    # A sigstore bundle (cosign's OCI 1.1 attestations) carries the envelope as dsseEnvelope.
+    if isinstance(env, dict) and isinstance(env.get("dsseEnvelope"), dict):
+        env = env["dsseEnvelope"]
     if not isinstance(env, dict) or not isinstance(env.get("payload"), str):
         raise _bad("attestation is not a DSSE envelope")
     try:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from registry_client import errors as registry_errors
 from registry_client import mediatypes
 from registry_client.images import image_size, platform_string
+from registry_client.referrers import descriptor_of, referrers_of
 from scanner import parsers
 from scanner.bounds import RecordBudget
 from scanner.errors import ScanError
@@ -23,15 +24,24 @@ from scanner.model import Component, ImageFacts, OsInfo
 from scanner.reports import ReportFacts, parse_attestation, parse_report
 from scanner.severity import count
 from scanner.vulndb import VulnDB
+from servicekit.retry import is_retryable
+from transfer_service.engine.referrers import kind_of
 
 log = logging.getLogger("scanner.scan")
 
 _CONFIG_TYPES = (mediatypes.OCI_CONFIG, mediatypes.DOCKER_CONFIG)
 _DSSE = "application/vnd.dsse.envelope.v1+json"
+# The referrer kinds (transfer_service.engine.referrers.kind_of) that hold reports.
+_REPORT_KINDS = ("sbom", "attestation")
+# OCI referrers read per image, and layers read per attached artifact (each a request).
+MAX_REFERRERS = 8
+MAX_LAYERS = 4
 
 
 class RegistryClientLike(Protocol):
-    """The part of registry_client.RegistryClient the scanner uses."""
+    """The part of registry_client.RegistryClient the scanner uses (also what
+    transfer_service.remote's client has). Referrers are listed with `list_referrers` where the
+    client has it (registry_client.referrers.referrers_of), else through `get_manifest`."""
 
     async def get_manifest(self, repo: str, ref: str) -> Any: ...
     async def head_manifest(self, repo: str, ref: str) -> Any: ...
@@ -145,31 +155,104 @@ async def collect_facts(
 async def attached_reports(
     rc: RegistryClientLike, repository: str, digest: str, limits: Limits
 ) -> list[tuple[str, ReportFacts]]:
-    """SBOMs and attestations attached with cosign's tag scheme (sha256-<hex>.sbom / .att).
+    """SBOMs and attestations attached to the image: under cosign's tags (sha256-<hex>.sbom /
+    .att), then its OCI referrers of those kinds (a manifest whose `subject` is the image).
 
-    2.8.2 has no referrers API, so only the tag scheme is looked at. Unreadable artifacts are
-    logged and skipped: they must not make the image unscannable.
+    Unreadable artifacts are logged and skipped: they must not make the image unscannable.
     """
     out: list[tuple[str, ReportFacts]] = []
     algo, _, hexpart = digest.partition(":")
     for suffix in ("sbom", "att"):
         tag = f"{algo}-{hexpart}.{suffix}"
         try:
-            desc = await rc.head_manifest(repository, tag)
-            if desc is None:
-                continue
+            # One GET: absent (the usual case) is one 404, as a HEAD would be.
             art = await rc.get_manifest(repository, tag)
-            for layer in _json(art.data, "attached manifest").get("layers") or []:
-                data = await read_small_blob(rc, repository, layer["digest"], limits.max_blob_bytes)
-                media = str(layer.get("mediaType", ""))
-                facts = parse_attestation(data) if media == _DSSE or suffix == "att" else (
-                    parse_report(data))
-                if facts is not None:
-                    out.append((f"referrer:{art.digest}", facts))
+            kind = "attestation" if suffix == "att" else "sbom"
+            out += await _artifact_reports(rc, repository, art, kind, limits)
         except registry_errors.NotFound:
             continue
         except ScanError as err:
             log.warning("ignoring attached %s of %s: %s", suffix, digest, err)
+    return out + await _referrer_reports(rc, repository, digest, limits)
+
+
+async def _referrer_reports(
+    rc: RegistryClientLike, repository: str, digest: str, limits: Limits
+) -> list[tuple[str, ReportFacts]]:
+    """The reports of the image's OCI referrers that are SBOMs or attestations (the engine's
+    classification), at most MAX_REFERRERS of them read.
+
+    Listed through the referrers API where the client can ask it and the registry has it,
+    else through the `sha256-<hex>` index tag (2.8.2 without referrers: one 404, or two
+    with the API's own 404 first)."""
+    try:
+        listed = await referrers_of(rc, repository, digest)
+    except registry_errors.RegistryError as err:
+        if is_retryable(err):
+            raise
+        # An odd answer to the listing: the tag scheme's reports still count.
+        log.warning("cannot list the referrers of %s@%s: %s", repository, digest, err)
+        return []
+    wanted = [r for r in listed if kind_of(r.artifact_type, r.annotations) in _REPORT_KINDS]
+    if len(wanted) > MAX_REFERRERS:
+        log.warning("%s@%s has %d SBOM/attestation referrers: only the first %d read",
+                    repository, digest, len(wanted), MAX_REFERRERS)
+    out: list[tuple[str, ReportFacts]] = []
+    for r in wanted[:MAX_REFERRERS]:
+        try:
+            art = await rc.get_manifest(repository, r.digest)  # verified by digest
+            doc = _json(art.data, "referrer manifest")
+            subject = doc.get("subject")
+            # The listing is the registry's (or, in the tag index, any pusher's) word; the
+            # manifest itself must name the image, and says what it is.
+            if not isinstance(subject, dict) or subject.get("digest") != digest:
+                raise ScanError("MANIFEST_INVALID", f"its subject is not {digest}")
+            desc = descriptor_of(art.data, art.media_type, art.digest)
+            annotations = doc.get("annotations")
+            kind = kind_of(str(desc.get("artifactType", "")),
+                           annotations if isinstance(annotations, dict) else None)
+            if kind in _REPORT_KINDS:
+                out += await _artifact_reports(rc, repository, art, kind, limits, MAX_LAYERS)
+        except registry_errors.RegistryError as err:
+            if is_retryable(err):
+                raise
+            log.warning("ignoring referrer %s of %s: %s", r.digest, digest, err)
+        except ScanError as err:
+            log.warning("ignoring referrer %s of %s: %s", r.digest, digest, err)
+    return out
+
+
+async def _artifact_reports(
+    rc: RegistryClientLike, repository: str, art: Any, kind: str, limits: Limits,
+    max_layers: int | None = None,
+) -> list[tuple[str, ReportFacts]]:
+    """The reports in the layers of one SBOM (`kind` "sbom") or attestation manifest (the
+    first `max_layers`); a layer that cannot be read or parsed is logged and skipped."""
+    out: list[tuple[str, ReportFacts]] = []
+    layers = _json(art.data, "attached manifest").get("layers") or []
+    for layer in layers[:max_layers] if isinstance(layers, list) else []:
+        if not isinstance(layer, dict):
+            continue
+        blob = str(layer.get("digest", ""))
+        try:
+            size = layer.get("size")
+            if isinstance(size, int) and size > limits.max_blob_bytes:  # not even fetched
+                raise ScanError("BLOB_TOO_LARGE",
+                                f"blob {blob} is over {limits.max_blob_bytes} bytes")
+            data = await read_small_blob(rc, repository, blob, limits.max_blob_bytes)
+            media = str(layer.get("mediaType", ""))
+            facts = (parse_attestation(data) if media == _DSSE or kind == "attestation"
+                     else parse_report(data))
+        except registry_errors.RegistryError as err:
+            if is_retryable(err):
+                raise
+            log.warning("ignoring layer %s of %s: %s", blob, art.digest, err)
+            continue
+        except ScanError as err:
+            log.warning("ignoring layer %s of %s: %s", blob, art.digest, err)
+            continue
+        if facts is not None:
+            out.append((f"referrer:{art.digest}", facts))
     return out
 
 

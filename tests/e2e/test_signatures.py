@@ -333,3 +333,41 @@ def test_a_late_signature_in_cosigns_oci_mode_lets_a_waiting_image_through(
     # The signature the rule accepted is the referrer (found through the index), not a tag.
     assert tags_of(dev, "dev/app") == sorted(["1.0", index_tag])
     assert art.manifest(dev, "dev/app", sig)[0]["subject"]["digest"] == image.digest
+
+
+def test_a_late_oci_sbom_referrer_is_read_when_it_re_evaluates_the_image(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    from mirror.v1 import scan_pb2, scan_pb2_grpc
+
+    from tests.e2e.scan_images import clean_image
+
+    dev, qa = dev_and_qa(clients, registry_factory, stack)
+    # The oras SBOM (tests/engine/referrer_artifacts.py) names busybox; the image has none.
+    pol = policy(clients, "needs-busybox", 'component == "busybox"', "qa/app")
+    image = clean_image(tmp_path, "1.0")
+    push(image, dev, "dev/app")
+    (first,) = clients.wait_runs_final(pol.id, 1)
+    assert first.state == Run.STATE_NOT_MATCHED and "busybox" in first.message
+
+    # An OCI artifact whose subject is the image, pushed with the oras SDK; 2.8.2 has no
+    # referrers API, so its sha256-<hex> index is pushed too, and that push is the arrival.
+    sbom = art.push_sbom(dev, "dev/app", image.digest, len(image.manifest), tmp_path / "sbom")
+    index_tag = image.digest.replace(":", "-")
+    assert event_done(stack, "dev/app", sbom.tag).endswith(": 0 run(s)")
+    event_done(stack, "dev/app", index_tag)
+    wait_for(lambda: tags_of(qa, "qa/app") == ["1.0"], 120, "mirrored after the SBOM")
+    runs = {r.id: r for r in clients.wait_runs_final(pol.id, 2, timeout=60)}
+    again = [r for r in runs.values() if r.trigger == Run.TRIGGER_LATE_METADATA]
+    assert len(again) == 1 and again[0].state == Run.STATE_SUCCEEDED, runs
+    assert again[0].cause == f"referrers index {index_tag} arrived (SBOM)"
+    assert again[0].source_digest == image.digest
+    assert runs[first.id].state == Run.STATE_NOT_MATCHED
+    assert skopeo_digest(qa, "qa/app", "1.0") == image.digest
+    assert len(clients.transfers()) == 1
+    # The re-evaluation's rescan read the referrer into the source's report.
+    report = scan_pb2_grpc.ScanServiceStub(clients.channel).GetScan(
+        scan_pb2.GetScanRequest(digest=image.digest, repository="dev/app"), timeout=10
+    )
+    assert f"referrer:{sbom.digest}" in report.sources
+    assert ("busybox", "1.36.1") in {(c.name, c.version) for c in report.components}
