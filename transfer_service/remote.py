@@ -2,10 +2,11 @@
 
 `RemoteEndpoints(channel).client_for(name)` stands in for `EndpointStore.client_for` in a split
 deployment: the same subset of registry_client.RegistryClient the gateway and the scanner use
-(head_manifest, get_manifest, open_blob(...).iter_chunks(), list_tags, list_repositories),
-raising the same registry_client.errors types, but every read goes through TransferService
-(HeadManifest, ReadManifest, ReadBlob, ReadTags, ListRepositories). The endpoint's credentials
-stay in the transfer service; the channel carries the admin token those RPCs need.
+(head_manifest, get_manifest, open_blob(...).iter_chunks(), list_tags, list_repositories,
+list_referrers, has_referrers_api), raising the same registry_client.errors types, but every
+read goes through TransferService (HeadManifest, ReadManifest, ReadBlob, ReadTags,
+ListRepositories, ReadReferrers). The endpoint's credentials stay in the transfer service; the
+channel carries the admin token those RPCs need.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from mirror.v1 import transfer_pb2, transfer_pb2_grpc
 
 from registry_client import errors as rc_errors
 from registry_client.client import MAX_MANIFEST_BYTES, Manifest, ManifestDescriptor
+from registry_client.names import is_verifiable_digest
+from registry_client.referrers import Referrer
 from servicekit import paging
 from servicekit.errors import ApiError
 from transfer_service.registry_reads import KINDS, REGISTRY_ERROR
@@ -197,6 +200,51 @@ class RemoteRegistryClient:
             token = resp.next_page_token
             if not token:
                 return names
+
+    async def _read_referrers(
+        self, repo: str, digest: str, artifact_type: str, api_only: bool
+    ) -> transfer_pb2.ReferrersList:
+        if not is_verifiable_digest(digest):
+            # What RegistryClient raises, before asking anyone.
+            raise rc_errors.InvalidRequest(0, "DIGEST_INVALID", f"not a sha256 digest: {digest!r}")
+        try:
+            return await self._stub.ReadReferrers(
+                transfer_pb2.ReadReferrersRequest(
+                    endpoint=self.endpoint, repository=repo, digest=digest,
+                    artifact_type=artifact_type, api_only=api_only,
+                ),
+                timeout=_CALL_TIMEOUT_S,
+            )
+        except aio.AioRpcError as err:
+            raise to_local_error(err) from err
+
+    async def list_referrers(
+        self, repo: str, digest: str, artifact_type: str = ""
+    ) -> list[Referrer]:
+        """The manifests whose `subject` is `digest` (optionally only of `artifact_type`):
+        the referrers API where the registry has it, else the `sha256-<hex>` index (none: no
+        referrers). `raw` is rebuilt from the descriptor's fields (the wire carries no
+        others)."""
+        listed = await self._read_referrers(repo, digest, artifact_type, api_only=False)
+        return [_referrer(d) for d in listed.referrers]
+
+    async def has_referrers_api(self, repo: str, digest: str) -> bool:
+        """Whether the registry answers the referrers API for `digest` in `repo`."""
+        return (await self._read_referrers(repo, digest, "", api_only=True)).api
+
+
+def _referrer(d: transfer_pb2.ReferrerDescriptor) -> Referrer:
+    """registry_client.referrers.Referrer, as RegistryClient.list_referrers returns it."""
+    annotations = dict(d.annotations)
+    raw: dict[str, object] = {"mediaType": d.media_type, "digest": d.digest, "size": d.size}
+    if d.artifact_type:
+        raw["artifactType"] = d.artifact_type
+    if annotations:
+        raw["annotations"] = dict(annotations)
+    return Referrer(
+        media_type=d.media_type, digest=d.digest, size=d.size, artifact_type=d.artifact_type,
+        annotations=annotations, raw=raw,
+    )
 
 
 class RemoteEndpoints:

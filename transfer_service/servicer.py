@@ -29,6 +29,7 @@ from transfer_service.endpoints import WRITABLE_FIELDS, EndpointStore
 from transfer_service.engine.referrers import CHOICES as REFERRER_CHOICES
 from transfer_service.jobs import JobSpec, Journal
 from transfer_service.policy_refs import PolicyRefs
+from transfer_service.referrer_reads import read_referrers
 from transfer_service.registry_reads import RegistryReads
 from transfer_service.schema import open_database
 from transfer_service.secrets import load_secret_box
@@ -312,6 +313,11 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     ) -> AsyncIterator[transfer_pb2.TagPage]:
         async for page in RegistryReads(self.endpoints.client_for).read_tags(request):
             yield page
+
+    async def ReadReferrers(
+        self, request: transfer_pb2.ReadReferrersRequest, context: aio.ServicerContext
+    ) -> transfer_pb2.ReferrersList:
+        return await read_referrers(self.endpoints.client_for, request)
 
     async def TestConnection(
         self, request: transfer_pb2.TestConnectionRequest, context: aio.ServicerContext

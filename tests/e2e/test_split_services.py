@@ -14,17 +14,26 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.descriptor_pool import DescriptorPool
+from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from grpc_status import rpc_status
-from mirror.v1 import common_pb2, gateway_pb2, scan_pb2, scan_pb2_grpc, transfer_pb2
+from mirror.v1 import (
+    common_pb2,
+    gateway_pb2,
+    policy_pb2,
+    scan_pb2,
+    scan_pb2_grpc,
+    transfer_pb2,
+)
 
 from registry_testkit.images import ImageBuilder, push
 from registry_testkit.ports import free_port
-from tests.e2e.conftest import WEBHOOK_SECRET, Clients
+from tests.e2e.conftest import WEBHOOK_SECRET, Clients, wait_for
 from tests.e2e.helpers import skopeo_digest, tags_of
+from tests.e2e.signing import new_key, public_pem, push_oci_signature, signature_image
 from tests.support.registry import RegistryFactory
 
 pytestmark = pytest.mark.registry
@@ -154,6 +163,82 @@ def test_event_mirrors_across_separate_processes(
                     endpoint="dev", repository="dev/website", reference="8.0-stable")),
                 timeout=60)
         assert report.digest == img.digest
+        _assert_holds_no_transfer_secrets(tmp_path, tmp_path / "transfer")
+    finally:
+        for c in (transfer, policy, gateway):
+            c.close()
+
+
+def test_signed_by_mirrors_once_signed_reading_signatures_through_the_transfer_service(
+    services: dict[str, str], registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    """A `signed_by` rule in a split deployment: the gateway reads signatures (cosign's `.sig`
+    tag and the image's OCI referrers) through the transfer service, list_referrers included
+    (ReadReferrers; before it, the remote client had no list_referrers and every signature
+    check failed)."""
+    notify = {"name": "gw", "url": f"http://{services['http']}/events",
+              "headers": {"Authorization": [f"Bearer {WEBHOOK_SECRET}"]}}
+    dev = registry_factory(notifications=[notify])
+    qa = registry_factory()
+    transfer = Clients(services["transfer"])
+    policy = Clients(services["policy"])
+    gateway = Clients(services["gateway"])
+    try:
+        transfer.add_endpoint("dev", dev)
+        transfer.add_endpoint("qa", qa)
+        ci = new_key("ecdsa")
+        policy.policy.CreateTrustedKey(policy_pb2.CreateTrustedKeyRequest(
+            key=policy_pb2.TrustedKey(name="ci", public_key_pem=public_pem(ci))), timeout=30)
+        pol = policy.policy.CreatePolicy(policy_pb2.CreatePolicyRequest(policy=policy_pb2.Policy(
+            name="signed", source=policy_pb2.PolicySource(endpoint="dev", repository="dev/app"),
+            rule='signed_by "ci"', target=common_pb2.Target(endpoint="qa", repository="qa/app"),
+            tag_template="%n", enabled=True, signature_wait=Duration(seconds=120),
+        )), timeout=60)
+        builder = ImageBuilder(tmp_path / "img")
+
+        def waiting(tag: str) -> gateway_pb2.Run:
+            """The image's first run, once it waits for a signature (without ReadReferrers
+            the gateway could not read the signatures: the event retried, nothing waited)."""
+            run = wait_for(
+                lambda: next((r for r in gateway.runs(pol.id) if r.source.reference == tag
+                              and ("waiting" in r.message or r.state != Run.STATE_PENDING)),
+                             None),
+                60, f"the run of {tag} to wait for a signature",
+            )
+            assert run.state == Run.STATE_PENDING and "waiting" in run.message, run
+            return run
+
+        # Signed by cosign's tag: the `.sig` push is the arrival.
+        one = builder.image("1.0")
+        push(one, dev, "dev/app")
+        first = waiting("1.0")
+        assert tags_of(qa, "qa/app") == []
+        sig = signature_image(tmp_path, "dev/app", one.digest, ci)
+        push(sig, dev, "dev/app")
+        wait_for(lambda: tags_of(qa, "qa/app") == ["1.0"], 60, "1.0 mirrored once signed")
+        assert skopeo_digest(qa, "qa/app", "1.0") == one.digest
+
+        # Signed in cosign's OCI 1.1 mode: the signature is only among the image's referrers
+        # (2.8.2: the sha256-<hex> index, read by ReadReferrers), its index push the arrival.
+        two = builder.image("2.0")
+        push(two, dev, "dev/app")
+        second = waiting("2.0")
+        oci_sig = push_oci_signature(dev, "dev/app", two.digest, len(two.manifest), ci,
+                                     tmp_path / "sig")
+        wait_for(lambda: tags_of(qa, "qa/app") == ["1.0", "2.0"], 60, "2.0 mirrored once signed")
+        assert skopeo_digest(qa, "qa/app", "2.0") == two.digest
+
+        runs = {r.id: r for r in gateway.wait_runs_final(pol.id, 4)}
+        done = sorted((r for r in runs.values() if r.state == Run.STATE_SUCCEEDED),
+                      key=lambda r: r.source.reference)
+        assert [(r.source.reference, r.trigger) for r in done] == [
+            ("1.0", Run.TRIGGER_LATE_METADATA), ("2.0", Run.TRIGGER_LATE_METADATA)]
+        assert sig.tag in done[0].cause and "signature" in done[0].cause
+        assert done[1].cause == (
+            f"referrers index {two.digest.replace(':', '-')} arrived (signature)")
+        assert runs[first.id].state == runs[second.id].state == Run.STATE_SKIPPED
+        assert len(runs) == 4 and len(transfer.transfers()) == 2
+        assert oci_sig not in {t.digest for t in transfer.transfers()}
         _assert_holds_no_transfer_secrets(tmp_path, tmp_path / "transfer")
     finally:
         for c in (transfer, policy, gateway):

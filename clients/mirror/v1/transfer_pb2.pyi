@@ -23,6 +23,132 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ReadReferrersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    ARTIFACT_TYPE_FIELD_NUMBER: _builtins.int
+    API_ONLY_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    repository: _builtins.str
+    digest: _builtins.str
+    """The subject: the manifest's digest (sha256 or sha512; another algorithm is
+    FAILED_PRECONDITION with kind InvalidRequest, as in-process).
+    """
+    artifact_type: _builtins.str
+    """Only referrers of this artifact type (empty: all). Applied here too: a registry may
+    ignore the filter.
+    """
+    api_only: _builtins.bool
+    """Only whether the registry has the referrers API (RegistryClient.has_referrers_api: one
+    request for its first page): `api` is set, `referrers` left empty.
+    """
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+        repository: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        artifact_type: _builtins.str = ...,
+        api_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_only", b"api_only", "artifact_type", b"artifact_type", "digest", b"digest", "endpoint", b"endpoint", "repository", b"repository"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadReferrersRequest: _TypeAlias = ReadReferrersRequest  # noqa: Y015
+
+@_typing.final
+class ReferrerDescriptor(_message.Message):
+    """One descriptor of a referrers index (registry_client.referrers.Referrer)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AnnotationsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    ARTIFACT_TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    media_type: _builtins.str
+    artifact_type: _builtins.str
+    """The referrer's artifact type (else its config's media type); empty when none is listed."""
+    size: _builtins.int
+    """Size of the referrer's manifest in bytes."""
+    @_builtins.property
+    def annotations(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The descriptor's annotations as listed (cosign and in-toto tools name kinds here)."""
+
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        media_type: _builtins.str = ...,
+        artifact_type: _builtins.str = ...,
+        size: _builtins.int = ...,
+        annotations: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "artifact_type", b"artifact_type", "digest", b"digest", "media_type", b"media_type", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReferrerDescriptor: _TypeAlias = ReferrerDescriptor  # noqa: Y015
+
+@_typing.final
+class ReferrersList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERRERS_FIELD_NUMBER: _builtins.int
+    API_FIELD_NUMBER: _builtins.int
+    api: _builtins.bool
+    """True when the registry answered through the OCI referrers API; false when it has none
+    and the `sha256-<hex>` tag-schema index was read instead.
+    """
+    @_builtins.property
+    def referrers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReferrerDescriptor]:
+        """In the order the registry (or the index) lists them; filtered by artifact_type."""
+
+    def __init__(
+        self,
+        *,
+        referrers: _abc.Iterable[Global___ReferrerDescriptor] | None = ...,
+        api: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api", b"api", "referrers", b"referrers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReferrersList: _TypeAlias = ReferrersList  # noqa: Y015
+
+@_typing.final
 class ReadManifestRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -131,6 +131,11 @@ class TransferServiceStub:
                 request_serializer=mirror_dot_v1_dot_transfer__pb2.ReadTagsRequest.SerializeToString,
                 response_deserializer=mirror_dot_v1_dot_transfer__pb2.TagPage.FromString,
                 _registered_method=True)
+        self.ReadReferrers = channel.unary_unary(
+                '/mirror.v1.TransferService/ReadReferrers',
+                request_serializer=mirror_dot_v1_dot_transfer__pb2.ReadReferrersRequest.SerializeToString,
+                response_deserializer=mirror_dot_v1_dot_transfer__pb2.ReferrersList.FromString,
+                _registered_method=True)
 
 
 class TransferServiceServicer:
@@ -268,6 +273,17 @@ class TransferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadReferrers(self, request, context):
+        """The referrers of a manifest (the manifests whose `subject` is `digest`), as
+        RegistryClient.list_referrers lists them: through the OCI 1.1 referrers API where the
+        registry has it (every page, at most 64), else through the `sha256-<hex>` tag-schema
+        index (none: no referrers). At most 1000 descriptors in an answer of at most 3 MiB;
+        more is FAILED_PRECONDITION (REGISTRY_ERROR, kind RegistryError).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -365,6 +381,11 @@ def add_TransferServiceServicer_to_server(servicer, server):
                     servicer.ReadTags,
                     request_deserializer=mirror_dot_v1_dot_transfer__pb2.ReadTagsRequest.FromString,
                     response_serializer=mirror_dot_v1_dot_transfer__pb2.TagPage.SerializeToString,
+            ),
+            'ReadReferrers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadReferrers,
+                    request_deserializer=mirror_dot_v1_dot_transfer__pb2.ReadReferrersRequest.FromString,
+                    response_serializer=mirror_dot_v1_dot_transfer__pb2.ReferrersList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -881,6 +902,33 @@ class TransferService:
             '/mirror.v1.TransferService/ReadTags',
             mirror_dot_v1_dot_transfer__pb2.ReadTagsRequest.SerializeToString,
             mirror_dot_v1_dot_transfer__pb2.TagPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadReferrers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirror.v1.TransferService/ReadReferrers',
+            mirror_dot_v1_dot_transfer__pb2.ReadReferrersRequest.SerializeToString,
+            mirror_dot_v1_dot_transfer__pb2.ReferrersList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,13 @@ class TransferServiceStub:
     """A blob from `offset`, in chunks of at most 1 MiB, never more bytes than the blob holds."""
     ReadTags: _grpc.UnaryStreamMultiCallable[_transfer_pb2.ReadTagsRequest, _transfer_pb2.TagPage]
     """Every tag of a repository, in pages of names as the registry lists them."""
+    ReadReferrers: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.ReadReferrersRequest, _transfer_pb2.ReferrersList]
+    """The referrers of a manifest (the manifests whose `subject` is `digest`), as
+    RegistryClient.list_referrers lists them: through the OCI 1.1 referrers API where the
+    registry has it (every page, at most 64), else through the `sha256-<hex>` tag-schema
+    index (none: no referrers). At most 1000 descriptors in an answer of at most 3 MiB;
+    more is FAILED_PRECONDITION (REGISTRY_ERROR, kind RegistryError).
+    """
 
 @_typing.type_check_only
 class TransferServiceAsyncStub(TransferServiceStub):
@@ -118,6 +125,13 @@ class TransferServiceAsyncStub(TransferServiceStub):
     """A blob from `offset`, in chunks of at most 1 MiB, never more bytes than the blob holds."""
     ReadTags: _aio.UnaryStreamMultiCallable[_transfer_pb2.ReadTagsRequest, _transfer_pb2.TagPage]  # type: ignore[assignment]
     """Every tag of a repository, in pages of names as the registry lists them."""
+    ReadReferrers: _aio.UnaryUnaryMultiCallable[_transfer_pb2.ReadReferrersRequest, _transfer_pb2.ReferrersList]  # type: ignore[assignment]
+    """The referrers of a manifest (the manifests whose `subject` is `digest`), as
+    RegistryClient.list_referrers lists them: through the OCI 1.1 referrers API where the
+    registry has it (every page, at most 64), else through the `sha256-<hex>` tag-schema
+    index (none: no referrers). At most 1000 descriptors in an answer of at most 3 MiB;
+    more is FAILED_PRECONDITION (REGISTRY_ERROR, kind RegistryError).
+    """
 
 class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
     """Owns endpoints (registries and their credentials) and transfer jobs."""
@@ -274,5 +288,18 @@ class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_transfer_pb2.TagPage], _abc.AsyncIterator[_transfer_pb2.TagPage]]:
         """Every tag of a repository, in pages of names as the registry lists them."""
+
+    @_abc_1.abstractmethod
+    def ReadReferrers(
+        self,
+        request: _transfer_pb2.ReadReferrersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.ReferrersList, _abc.Awaitable[_transfer_pb2.ReferrersList]]:
+        """The referrers of a manifest (the manifests whose `subject` is `digest`), as
+        RegistryClient.list_referrers lists them: through the OCI 1.1 referrers API where the
+        registry has it (every page, at most 64), else through the `sha256-<hex>` tag-schema
+        index (none: no referrers). At most 1000 descriptors in an answer of at most 3 MiB;
+        more is FAILED_PRECONDITION (REGISTRY_ERROR, kind RegistryError).
+        """
 
 def add_TransferServiceServicer_to_server(servicer: TransferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
