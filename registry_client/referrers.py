@@ -99,9 +99,9 @@ async def referrers_of(
     reader: ManifestReader, repo: str, digest: str, artifact_type: str = ""
 ) -> list[Referrer]:
     """`reader.list_referrers` (the referrers API, else the tag schema) where the client has
-    it; else the tag schema alone, through `get_manifest`: a client that only reads manifests
-    (the transfer service's read RPCs) cannot ask the referrers API, but still sees what a
-    registry without one (2.8.2) holds."""
+    it (RegistryClient, and the transfer service's ReadReferrers through
+    transfer_service.remote); else the tag schema alone, through `get_manifest`: a reader of
+    manifests only still sees what a registry without the API (2.8.2) holds."""
     lister = getattr(reader, "list_referrers", None)
     if callable(lister):
         listed: list[Referrer] = await lister(repo, digest, artifact_type)
