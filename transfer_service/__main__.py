@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from servicekit.runner import base_parser, run_until_signal
-from servicekit.security import ServerSecurity, add_security_arguments
+from servicekit.security import ServerSecurity, add_peer_arguments, add_security_arguments
 from servicekit.server import start_server
 
 log = logging.getLogger("transfer_service")
@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how long a job stays this worker's without a renewal (renewed every "
                    "second); a worker that dies loses its jobs to another after this long")
     add_security_arguments(p)
+    # It dials the policy service (--policy-address) to check who uses an endpoint.
+    add_peer_arguments(p)
     args = p.parse_args(argv)
     if args.lease_seconds < 1:
         p.error("--lease-seconds must be at least 1")

@@ -6,13 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mirror.client import connect
 from playwright.sync_api import Page, expect
 
@@ -21,23 +18,9 @@ from registry_testkit.ports import free_port
 from registry_testkit.registry import RegistryOptions, RegistryProcess, start_registry
 from tests.clients.livestack import ADMIN_TOKEN, READ_TOKEN
 from tests.console.conftest import ROOT
+from tests.support.services import running, split_commands
 
 pytestmark = pytest.mark.registry
-
-
-def _wait_serving(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    with grpc.insecure_channel(address) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{address} exited: {log.read_text()[-2000:]}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.1)
-    raise RuntimeError(f"{address} not serving: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -46,27 +29,8 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     tmp = tmp_path_factory.mktemp("split")
     names = ("policy", "transfer", "scanner", "gateway", "http", "console")
     addr = {n: f"127.0.0.1:{free_port()}" for n in names}
-    tdata = tmp / "transfer"
-    cmds = {
-        "transfer": ["transfer_service", "--grpc-listen", addr["transfer"], "--data", str(tdata)],
-        "policy": ["policy_service", "--grpc-listen", addr["policy"],
-                   "--data", str(tmp / "policy"), "--transfer-address", addr["transfer"]],
-        "scanner": ["scanner", "--grpc-listen", addr["scanner"],
-                    "--data", str(tmp / "scanner"), "--transfer-address", addr["transfer"]],
-        "gateway": ["gateway", "--grpc-listen", addr["gateway"], "--http-listen", addr["http"],
-                    "--data", str(tmp / "gateway"), "--policy-address", addr["policy"],
-                    "--transfer-address", addr["transfer"], "--scanner-address", addr["scanner"],
-                    "--reconcile-interval", "0"],
-    }
     env = {**os.environ, "MIRROR_ADMIN_TOKEN": ADMIN_TOKEN, "MIRROR_READ_TOKEN": READ_TOKEN}
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for name in ("transfer", "policy", "scanner", "gateway"):
-            log = tmp / f"{name}.log"
-            p = subprocess.Popen([sys.executable, "-m", *cmds[name]], cwd=ROOT, env=env,
-                                 stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
-            procs.append(p)
-            _wait_serving(addr[name], p, log)
+    with running(split_commands(tmp, addr), tmp, env):
         console = subprocess.Popen(
             [sys.executable, "-m", "console", "--listen", addr["console"],
              # The default address answers nothing: every service has its own.
@@ -77,18 +41,13 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
              "--service-address", f"scanner={addr['scanner']}"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        procs.append(console)  # type: ignore[arg-type]
-        assert console.stdout is not None
-        assert "console ready" in console.stdout.readline()
-        yield addr
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        try:
+            assert console.stdout is not None
+            assert "console ready" in console.stdout.readline()
+            yield addr
+        finally:
+            console.terminate()
+            console.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -35,26 +35,12 @@ from tests.e2e.conftest import WEBHOOK_SECRET, Clients, wait_for
 from tests.e2e.helpers import skopeo_digest, tags_of
 from tests.e2e.signing import new_key, public_pem, push_oci_signature, signature_image
 from tests.support.registry import RegistryFactory
+from tests.support.services import running, split_commands
 
 pytestmark = pytest.mark.registry
 
 ROOT = Path(__file__).resolve().parents[2]
 Run = gateway_pb2.Run
-
-
-def _wait_serving(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    with grpc.insecure_channel(address) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{address} exited: {log.read_text()[-2000:]}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.1)
-    raise RuntimeError(f"{address} not serving: {log.read_text()[-2000:]}")
 
 
 # Process ids of the running services, by name (for the no-key assertions).
@@ -81,50 +67,16 @@ def _assert_holds_no_transfer_secrets(tmp_path: Path, tdata: Path) -> None:
 
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[dict[str, str]]:
-    ports = {n: free_port() for n in ("policy", "transfer", "scanner", "gateway", "http",
-                                      "router")}
-    addr = {n: f"127.0.0.1:{p}" for n, p in ports.items()}
-    tdata = tmp_path / "transfer"
-    cmds = {
-        "transfer": ["transfer_service", "--grpc-listen", addr["transfer"], "--data", str(tdata),
-                     "--policy-address", addr["policy"]],
-        "policy": ["policy_service", "--grpc-listen", addr["policy"],
-                   "--data", str(tmp_path / "policy"), "--transfer-address", addr["transfer"]],
-        "scanner": ["scanner", "--grpc-listen", addr["scanner"],
-                    "--data", str(tmp_path / "scanner"), "--transfer-address", addr["transfer"]],
-        "gateway": ["gateway", "--grpc-listen", addr["gateway"], "--http-listen", addr["http"],
-                    "--data", str(tmp_path / "gateway"), "--policy-address", addr["policy"],
-                    "--transfer-address", addr["transfer"], "--scanner-address", addr["scanner"],
-                    "--reconcile-interval", "0"],
-        # The one address for clients (mirrorctl, SDK, grpcurl).
-        "router": ["stack.router", "--grpc-listen", addr["router"], "--policy", addr["policy"],
-                   "--transfer", addr["transfer"], "--scanner", addr["scanner"],
-                   "--gateway", addr["gateway"]],
-    }
-    procs: list[subprocess.Popen[bytes]] = []
+    addr = {n: f"127.0.0.1:{free_port()}"
+            for n in ("policy", "transfer", "scanner", "gateway", "http", "router")}
     pids.clear()
     # No key in the environment either: only the transfer service makes and holds one.
     env = {k: v for k, v in os.environ.items() if k != "MIRROR_SECRET_KEY"}
     env["MIRROR_WEBHOOK_SECRET"] = WEBHOOK_SECRET
-    try:
-        for name in ("transfer", "policy", "scanner", "gateway", "router"):  # compose's order
-            log = tmp_path / f"{name}.log"
-            p = subprocess.Popen(
-                [sys.executable, "-m", *cmds[name]], cwd=ROOT, env=env,
-                stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-            )
-            procs.append(p)
-            _wait_serving(addr[name], p, log)
-            pids[name] = p.pid
+    # compose's order: transfer, policy, scanner, gateway, router
+    with running(split_commands(tmp_path, addr), tmp_path, env) as procs:
+        pids.update({name: p.pid for name, p in procs.items()})
         yield addr
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def test_event_mirrors_across_separate_processes(

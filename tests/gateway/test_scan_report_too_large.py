@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mirror.v1 import gateway_pb2
 
 from registry_testkit.images import push
@@ -33,68 +29,24 @@ from tests.e2e.helpers import healthz, tags_of
 from tests.scanner import ocikit
 from tests.scanner.test_bounds import dpkg_bomb
 from tests.support.registry import RegistryFactory
+from tests.support.services import running, split_commands
 
 pytestmark = pytest.mark.registry
 
-ROOT = Path(__file__).resolve().parents[2]
 Run = gateway_pb2.Run
 GRPC_LIMIT = 4 << 20  # what a grpc channel accepts per message by default
 SCAN_RPC = re.compile(r"rpc /mirror\.v1\.ScanService/ScanImage (\w+)")
-
-
-def _wait_serving(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    with grpc.insecure_channel(address) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{address} exited: {log.read_text()[-2000:]}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.1)
-    raise RuntimeError(f"{address} not serving: {log.read_text()[-2000:]}")
 
 
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[dict[str, str]]:
     addr = {n: f"127.0.0.1:{free_port()}"
             for n in ("policy", "transfer", "scanner", "gateway", "http")}
-    cmds = {
-        "transfer": ["transfer_service", "--grpc-listen", addr["transfer"],
-                     "--data", str(tmp_path / "transfer"), "--policy-address", addr["policy"]],
-        "policy": ["policy_service", "--grpc-listen", addr["policy"],
-                   "--data", str(tmp_path / "policy"), "--transfer-address", addr["transfer"]],
-        "scanner": ["scanner", "--grpc-listen", addr["scanner"],
-                    "--data", str(tmp_path / "scanner"), "--transfer-address", addr["transfer"],
-                    "--max-report-kib", "16384"],
-        "gateway": ["gateway", "--grpc-listen", addr["gateway"], "--http-listen", addr["http"],
-                    "--data", str(tmp_path / "gateway"), "--policy-address", addr["policy"],
-                    "--transfer-address", addr["transfer"], "--scanner-address", addr["scanner"],
-                    "--reconcile-interval", "0"],
-    }
+    cmds = split_commands(tmp_path, addr, scanner=["--max-report-kib", "16384"])
     env = {k: v for k, v in os.environ.items() if k != "MIRROR_SECRET_KEY"}
     env["MIRROR_WEBHOOK_SECRET"] = WEBHOOK_SECRET
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for name in ("transfer", "policy", "scanner", "gateway"):
-            log = tmp_path / f"{name}.log"
-            p = subprocess.Popen(
-                [sys.executable, "-m", *cmds[name]], cwd=ROOT, env=env,
-                stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-            )
-            procs.append(p)
-            _wait_serving(addr[name], p, log)
+    with running(cmds, tmp_path, env):
         yield addr
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def test_a_scan_report_over_the_message_limit_is_recorded_and_not_retried(

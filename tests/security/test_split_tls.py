@@ -8,8 +8,6 @@ admin token. A push to the dev registry must come out in the qa registry.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from registry_testkit.images import ImageBuilder, digest_of, push
 from registry_testkit.ports import free_port
 from tests.security.pki import write_pems
 from tests.support.registry import RegistryFactory
+from tests.support.services import running, split_commands
 
 pytestmark = pytest.mark.registry
 
@@ -41,20 +40,6 @@ def _health(address: str, tls: TlsOptions) -> int:
         return int(stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status)
 
 
-def _wait_serving(address: str, tls: TlsOptions, proc: subprocess.Popen[bytes],
-                  log: Path) -> None:
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited: {log.read_text()[-3000:]}")
-        try:
-            if _health(address, tls) == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            time.sleep(0.2)
-    raise RuntimeError(f"not serving: {log.read_text()[-3000:]}")
-
-
 @pytest.fixture
 def split(tmp_path: Path) -> Iterator[tuple[dict[str, str], TlsOptions, list[Path]]]:
     pem = write_pems(tmp_path, ("127.0.0.1",), "mirror-service@example.test")
@@ -67,45 +52,15 @@ def split(tmp_path: Path) -> Iterator[tuple[dict[str, str], TlsOptions, list[Pat
             "--peer-key", str(pem["client-key"])]
     addr = {n: f"127.0.0.1:{free_port()}" for n in ("policy", "transfer", "scanner", "gateway",
                                                      "http", "router")}
-    tdata = tmp_path / "transfer"
-    cmds = {
-        "transfer": ["transfer_service", "--grpc-listen", addr["transfer"], "--data", str(tdata)],
-        "policy": ["policy_service", "--grpc-listen", addr["policy"], "--data",
-                   str(tmp_path / "policy"), "--transfer-address", addr["transfer"], *dial],
-        "scanner": ["scanner", "--grpc-listen", addr["scanner"], "--data",
-                    str(tmp_path / "scanner"), "--transfer-address", addr["transfer"], *dial],
-        "gateway": ["gateway", "--grpc-listen", addr["gateway"], "--http-listen", addr["http"],
-                    "--data", str(tmp_path / "gateway"), "--policy-address", addr["policy"],
-                    "--transfer-address", addr["transfer"], "--scanner-address", addr["scanner"],
-                    "--reconcile-interval", "0", *dial],
-        # One address under mTLS; it passes the caller's token on and adds none of its own.
-        "router": ["stack.router", "--grpc-listen", addr["router"], "--policy", addr["policy"],
-                   "--transfer", addr["transfer"], "--scanner", addr["scanner"],
-                   "--gateway", addr["gateway"], *dial],
-    }
+    # Every service dials the others under mTLS; the router passes the caller's token on and
+    # adds none of its own.
+    cmds = split_commands(tmp_path, addr, dial=dial)
     tls = TlsOptions.from_files(pem["ca"], pem["client-cert"], pem["client-key"])
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRROR_")}
     env["MIRROR_WEBHOOK_SECRET"] = WEBHOOK_SECRET
-    procs: list[subprocess.Popen[bytes]] = []
-    logs: list[Path] = []
-    try:
-        for name in ("transfer", "policy", "scanner", "gateway", "router"):
-            log = tmp_path / f"{name}.log"
-            logs.append(log)
-            with open(log, "wb") as out:
-                p = subprocess.Popen([sys.executable, "-m", *cmds[name], *serve], cwd=ROOT,
-                                     env=env, stdout=out, stderr=subprocess.STDOUT)
-            procs.append(p)
-            _wait_serving(addr[name], tls, p, log)
+    logs = [tmp_path / f"{name}.log" for name in cmds]
+    with running(cmds, tmp_path, env, extra=serve, connect=lambda a: sync_channel(a, tls)):
         yield addr, tls, logs
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def test_push_mirrored_across_mtls_services(
@@ -145,6 +100,11 @@ def test_push_mirrored_across_mtls_services(
         assert runs[0].transfer_id
         # The scanner was reached through the gateway's mTLS channel: it holds the report.
         assert c.scanner.get_scan(image.digest).digest == image.digest
+        # The transfer service asks the policy service (transfer -> policy hop, mTLS) who
+        # uses an endpoint before it deletes one.
+        with pytest.raises(errors.FailedPrecondition) as in_use:
+            c.transfers.delete_endpoint("qa")
+        assert "promote" in str(in_use.value)
     assert digest_of(qa, "team/app", "3.0-stable") == image.digest
     for log in logs:
         assert ADMIN not in log.read_text()
