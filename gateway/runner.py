@@ -228,13 +228,18 @@ class Runner:
         # image's undecided runs and follows it to where it was mirrored. Apply and Reconcile
         # never copy it as an image: the image's own runs carry it when their policy copies
         # referrers.
+        # A push concerns every policy of the image; a poll only the policy polling (each
+        # policy's own poll finds the tag new).
+        only = only_policy if push.trigger == Run.TRIGGER_SCHEDULE else ""
         if meta is not None and push.trigger in ARRIVAL_TRIGGERS:
             kind = SUFFIX_KINDS[meta[3]]
             cause = f"{METADATA_KINDS[kind]} {push.tag} arrived"
             subject = f"{meta[1]}:{meta[2]}"
-            return await self._late_metadata(push, subject, {kind}, TAG_FACTS[kind], cause)
+            return await self._late_metadata(
+                push, subject, {kind}, TAG_FACTS[kind], cause, only
+            )
         if index is not None and push.trigger in ARRIVAL_TRIGGERS:
-            return await self._late_index(push, f"{index[1]}:{index[2]}")
+            return await self._late_index(push, f"{index[1]}:{index[2]}", only)
         if (meta is not None or index is not None) and push.trigger in SWEEP_TRIGGERS:
             return []
         if kinds is None or not only_policy:
@@ -283,11 +288,18 @@ class Runner:
         return out
 
     async def _late_metadata(
-        self, push: Push, subject: str, kinds: set[str], reads: frozenset[int], cause: str
+        self,
+        push: Push,
+        subject: str,
+        kinds: set[str],
+        reads: frozenset[int],
+        cause: str,
+        only_policy: str = "",
     ) -> list[RunRecord]:
         """Signatures, attestations or SBOMs (`kinds`) of `subject` arrived: re-evaluate, once,
         its undecided runs whose rules read what they feed (`reads`), and carry them to where
-        policies that copy such referrers already mirrored the image."""
+        policies that copy such referrers already mirrored the image (of `only_policy`
+        alone, when given)."""
         runs = await self._reevaluate(
             push.endpoint,
             push.repository,
@@ -298,10 +310,13 @@ class Runner:
             push.evaluation_time,
             # The scanner's cached report predates what arrived: it must read the image again.
             rescan=bool(reads & SCAN_FACTS),
+            only_policy=only_policy,
         )
-        return runs + await self._carry_referrer(push, subject, kinds, cause)
+        return runs + await self._carry_referrer(push, subject, kinds, cause, only_policy)
 
-    async def _late_index(self, push: Push, subject: str) -> list[RunRecord]:
+    async def _late_index(
+        self, push: Push, subject: str, only_policy: str = ""
+    ) -> list[RunRecord]:
         """The `sha256-<hex>` referrers index of `subject` was pushed (a registry without the
         referrers API: the pusher of a manifest with a subject keeps it): late metadata of
         the kinds its entries' artifact types name."""
@@ -323,7 +338,7 @@ class Runner:
         reads = frozenset().union(*(REFERRER_FACTS.get(k, frozenset()) for k in kinds))
         named = ", ".join(sorted(METADATA_KINDS.get(k, k) for k in kinds))
         cause = f"referrers index {push.tag} arrived ({named})"
-        return await self._late_metadata(push, subject, kinds, reads, cause)
+        return await self._late_metadata(push, subject, kinds, reads, cause, only_policy)
 
     async def _late_attachment(
         self, push: Push, digest: str, attached: Attachment
@@ -361,16 +376,22 @@ class Runner:
         )
 
     async def _carry_referrer(
-        self, push: Push, subject: str, kinds: set[str], cause: str
+        self, push: Push, subject: str, kinds: set[str], cause: str, only_policy: str = ""
     ) -> list[RunRecord]:
         """Copy the image again (its blobs and manifest are all skipped) with the referrers of
-        `kinds`, for every policy that mirrored it and copies any of them."""
+        `kinds`, for every policy (or `only_policy`) that mirrored it and copies any of them."""
         out: list[RunRecord] = []
         latest = await self.db.run(
             self.runs.latest_for_digest, push.endpoint, push.repository, subject
         )
         for prior in latest:
             if prior.state != Run.STATE_SUCCEEDED or not prior.dst_tag:
+                continue
+            if only_policy and prior.policy_id != only_policy:
+                continue
+            if push.poll_id and prior.poll_id == push.poll_id:
+                # Copied by this same poll, after its listing showed what arrived: that copy
+                # already carried it.
                 continue
             pol = await self._policy(prior.policy_id)
             if pol is None or not pol.enabled:
@@ -437,13 +458,14 @@ class Runner:
         event_id: str,
         evaluation_time: float,
         rescan: bool = False,
+        only_policy: str = "",
     ) -> list[RunRecord]:
-        """Evaluate again, once, the latest undecided run of each policy of the image whose
-        rule reads `reads`, while its tag still names the image. `rescan`: the scanner scans
-        the image again first (once: the next policies read its new report)."""
+        """Evaluate again, once, the latest undecided run of each policy (or `only_policy`) of
+        the image whose rule reads `reads`, while its tag still names the image. `rescan`: the
+        scanner scans the image again first (once: the next policies read its new report)."""
         out: list[RunRecord] = []
         for prior in await self.db.run(self.runs.latest_for_digest, endpoint, repository, subject):
-            if prior.state not in UNDECIDED:
+            if prior.state not in UNDECIDED or (only_policy and prior.policy_id != only_policy):
                 continue
             waiting = await self.db.run(self.runs.is_waiting, prior.id)
             if prior.state == Run.STATE_PENDING and not waiting:

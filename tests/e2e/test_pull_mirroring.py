@@ -303,6 +303,8 @@ def test_a_poll_carries_signatures_only_for_a_policy_that_copies_them(
     late = signature_image(tmp_path / "sig2", "lib/app", second, key)
     push(late, reg, "lib/app", user=WRITER[0], password=WRITER[1])
     wait_for(lambda: late.tag in tags_of(local, "mirror/signed"), 60, "late signature carried")
+    # One carry, for the late one (the first signature came with its image's copy), though
+    # both policies' polls found the new signature tag.
     carried = [r for r in clients.runs(signed.id) if r.trigger == Run.TRIGGER_LATE_METADATA]
     assert len(carried) == 1 and late.tag in carried[0].cause, carried
 
