@@ -10,6 +10,7 @@ from pathlib import Path
 import jinja2
 from aiohttp import web
 from google.protobuf import timestamp_pb2
+from mirror.v1 import gateway_pb2
 
 from console.config import ConsoleConfig
 from console.policyform import describe_trigger
@@ -26,6 +27,13 @@ def _when(ts: timestamp_pb2.Timestamp | None) -> str:
     if ts is None or (ts.seconds == 0 and ts.nanos == 0):
         return ""
     return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _poll_when(poll: gateway_pb2.Poll) -> str:
+    """When a poll ended, or since when it runs (the last poll may still be under way)."""
+    if poll.end_time.seconds or poll.end_time.nanos:
+        return _when(poll.end_time)
+    return "running since " + _when(poll.start_time)
 
 
 def _bytes(n: int) -> str:
@@ -45,6 +53,7 @@ def templates() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["when"] = _when
+    env.filters["poll_when"] = _poll_when
     env.filters["bytes"] = _bytes
     env.filters["run_state"] = state_name
     env.filters["run_action"] = action_name
