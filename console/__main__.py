@@ -8,17 +8,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 
 from aiohttp import web
+from mirror.about import version
 from mirror.channel import TlsOptions
 
 from console.app import make_app
 from console.config import ConsoleConfig
 
+PROG = "mirror-console"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a log level; use one of {', '.join(LOG_LEVELS).lower()}")
+    return text.upper()
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m console", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"{PROG} (image-mirror) {version()}")
     p.add_argument("--listen", default="127.0.0.1:8090", help="HOST:PORT to serve pages on")
     p.add_argument("--address", default="127.0.0.1:50051", help="gRPC address of the services")
     p.add_argument(
@@ -45,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events-url", metavar="URL",
                    help="the gateway's HTTP base URL, shown as where registries send push "
                         "notifications (e.g. https://mirror.example:8080)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", type=_log_level, default="INFO",
+                   help="debug, info, warning or error")
     return p.parse_args(argv)
 
 
@@ -83,12 +97,26 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     host, _, port = args.listen.rpartition(":")
+    try:
+        config = config_from_args(args)
+    except (OSError, ValueError) as exc:
+        # One line, not a traceback: what could not be read and which option names it.
+        raise SystemExit(f"{PROG}: cannot read the TLS files given by --ca/--cert/--key: "
+                         f"{exc}") from None
 
     async def serve() -> None:
-        runner = web.AppRunner(make_app(config_from_args(args)), access_log=None)
+        runner = web.AppRunner(make_app(config), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port))
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            if exc.errno == errno.EADDRINUSE:
+                raise SystemExit(f"{PROG}: cannot listen on {args.listen}: address in use "
+                                 "(is another console running? choose another port with "
+                                 "--listen)") from None
+            raise SystemExit(f"{PROG}: cannot listen on {args.listen}: {exc.strerror}") from None
         print(f"console ready on http://{args.listen}/", flush=True)
         try:
             await asyncio.Event().wait()

@@ -9,20 +9,13 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from importlib import metadata
+
+from mirror.about import version
 
 from servicekit import datadir
 from servicekit.logs import setup_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def version() -> str:
-    """The installed image-mirror version ('unknown' when run from a bare checkout)."""
-    try:
-        return metadata.version("image-mirror")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _log_level(text: str) -> str:

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from mirror.about import version
+
 from servicekit import datadir
 from servicekit.db import Database, MigrationStep, is_postgres_url, open_service_database
 from servicekit.dbcopy import copy_rows, seeded_tables
-from servicekit.runner import version
 
 
 @dataclass(frozen=True)

@@ -78,5 +78,15 @@ def load_secret_box(key_file: Path, env: dict[str, str] | None = None) -> Secret
     environ = os.environ if env is None else env
     value = environ.get(KEY_ENV, "").strip()
     if value:
-        return SecretBox([k.strip().encode() for k in value.split(",") if k.strip()])
-    return SecretBox([load_or_create_key_file(key_file)])
+        where, keys = f"${KEY_ENV}", [k.strip().encode() for k in value.split(",") if k.strip()]
+    else:
+        where, keys = f"key file {key_file}", [load_or_create_key_file(key_file)]
+    try:
+        return SecretBox(keys)
+    except SecretKeyError as exc:
+        # Say where the bad key came from and what a good one is, never the key itself.
+        raise SecretKeyError(
+            f"{exc} (from {where}; a key is 32 url-safe base64-encoded bytes, as "
+            "cryptography's Fernet.generate_key() makes: restore the file from a backup, "
+            "or see docs/operating.md on keys)"
+        ) from None

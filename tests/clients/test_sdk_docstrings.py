@@ -20,8 +20,8 @@ import mirror
 import pytest
 
 # The modules docs/sdk.md and the README teach (mirror/__init__ exports nothing more).
-MODULES = ["mirror.client", "mirror.aio", "mirror.errors", "mirror.enums", "mirror.channel",
-           "mirror.policyfields"]
+MODULES = ["mirror.about", "mirror.client", "mirror.aio", "mirror.errors", "mirror.enums",
+           "mirror.channel", "mirror.policyfields"]
 
 
 def _own_doc(obj: Any) -> str:

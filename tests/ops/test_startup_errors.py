@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ["stack", "policy_service", "transfer_service", "scanner", "gateway"]
+SERVICES = ["stack", "policy_service", "transfer_service", "scanner", "gateway", "stack.router",
+            "console"]
 
 
 def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -81,8 +82,9 @@ def test_unusable_key_file_is_one_line(tmp_path: Path, content: bytes | None) ->
     )
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines()[-1].startswith("transfer_service: ")
-    assert "secret.key" in res.stderr.strip().splitlines()[-1] or "secret key" in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("transfer_service: ")
+    assert str(key) in last, last  # it names the file at fault
 
 
 def test_missing_tokens_file_is_one_line(tmp_path: Path) -> None:
@@ -115,3 +117,18 @@ def test_tokens_file_without_tokens_is_one_line(
     assert lines[-1].startswith(f"{prog}: {tokens} holds no tokens: write one 'admin:TOKEN' "
                                 "line"), lines
     assert "listening" not in res.stderr and "is running" not in res.stdout
+
+
+def test_console_startup_errors_are_one_line(busy_port: int) -> None:
+    # The console runs on its own too (compose, Kubernetes): the same rules as the services.
+    for args, expected in (
+        (["--listen", f"127.0.0.1:{busy_port}"],
+         f"mirror-console: cannot listen on 127.0.0.1:{busy_port}: address in use"),
+        (["--ca", "/nonexistent/ca.pem"],
+         "mirror-console: cannot read the TLS files given by --ca/--cert/--key:"),
+    ):
+        res = run("console", *args)
+        assert res.returncode == 1, res.stderr
+        assert "Traceback" not in res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), lines

@@ -6,11 +6,11 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 
 import grpc
 
 from mirror import errors
+from mirror.about import version
 from mirror.channel import DEFAULT_ADDRESS
 from mirror.cli import (
     cmd_declarative,
@@ -96,14 +96,6 @@ def _connection_options(p: argparse.ArgumentParser, default: object) -> None:
     p.add_argument("-o", "--output", choices=FORMATS, default=d,
                    help="output format: table (default), wide (more columns), json or yaml "
                    "(every field; enum values as the flags spell them)")
-
-
-def version() -> str:
-    """The installed image-mirror version (the SDK and mirrorctl ship in it)."""
-    try:
-        return metadata.version("image-mirror")
-    except metadata.PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
