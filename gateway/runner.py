@@ -29,7 +29,7 @@ from gateway.runs import Hop, RunRecord, RunStore
 from gateway.tracker import TransferTracker, count_run, run_state_name
 from registry_client.errors import NotFound
 from registry_client.referrers import parse_index
-from servicekit.retry import Backoff, transient_rpc_error
+from servicekit.retry import Backoff, is_retryable, transient_rpc_error
 from transfer_service.engine.referrers import KINDS as COPY_KINDS
 from transfer_service.engine.referrers import TAG_SUFFIXES, kind_of, wanted
 
@@ -95,6 +95,19 @@ TAG_LINK_MAX_TRIES = 16
 
 class TransientError(Exception):
     """A dependency is unavailable right now: try the whole event again later."""
+
+
+class SourceRefused(Exception):
+    """Reading the source failed in a way another try will not mend (credentials refused,
+    an endpoint gone, a malformed answer): the push fails now, saying why."""
+
+
+def source_error(what: str, exc: BaseException) -> Exception:
+    """`what` failed with `exc`: TransientError when the one retry policy
+    (servicekit.retry.is_retryable) says another try may pass, else SourceRefused."""
+    if is_retryable(exc):
+        return TransientError(f"{what}: {exc}")
+    return SourceRefused(f"{what}: {exc}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,9 +341,8 @@ class Runner:
         except NotFound:
             return []  # replaced or deleted since: its next push says what it holds
         except Exception as exc:
-            raise TransientError(
-                f"cannot read {push.repository}:{push.tag} at the source: {exc}"
-            ) from exc
+            what = f"cannot read {push.repository}:{push.tag} at the source"
+            raise source_error(what, exc) from exc
         entries = parse_index(index.data)
         kinds = {kind_of(e.artifact_type, e.annotations) for e in entries}
         if not kinds:
@@ -355,8 +367,8 @@ class Runner:
             async with self.gatherer.resolver.client_for(push.endpoint) as rc:
                 api = await rc.has_referrers_api(push.repository, attached.subject)
         except Exception as exc:
-            raise TransientError(
-                f"cannot ask {push.endpoint} for the referrers of {attached.subject}: {exc}"
+            raise source_error(
+                f"cannot ask {push.endpoint} for the referrers of {attached.subject}", exc
             ) from exc
         log.info(
             "%s/%s:%s (%s) is attached to %s: a referrer, not an image%s",
@@ -550,9 +562,9 @@ class Runner:
                 current, attached = await self.gatherer.resolve(ref)
             except Exception as exc:
                 if not _not_found(exc):
-                    raise TransientError(
+                    raise source_error(
                         f"cannot read {push.endpoint}/{push.repository}:{push.tag} at the "
-                        f"source: {exc}"
+                        "source", exc
                     ) from exc
                 current, attached = "", None
             if current or waited >= waits or tries >= TAG_LINK_MAX_TRIES:
@@ -582,9 +594,8 @@ class Runner:
         except grpc.aio.AioRpcError:
             raise
         except Exception as exc:
-            # Registry unreachable, manifest gone... retried; the worker gives up eventually.
-            what = f"{push.repository}:{push.tag}"
-            raise TransientError(f"cannot read facts of {what}: {exc}") from exc
+            # Registry unreachable: retried (the worker gives up eventually); refused: failed.
+            raise source_error(f"cannot read facts of {push.repository}:{push.tag}", exc) from exc
 
     async def _record_all(
         self, push: Push, state: int, message: str, only_policy: str = ""
@@ -789,9 +800,8 @@ class Runner:
         try:
             return await self.gatherer.attachment(push.endpoint, push.repository, digest)
         except Exception as exc:
-            raise TransientError(
-                f"cannot read {push.repository}@{digest} at the source: {exc}"
-            ) from exc
+            what = f"cannot read {push.repository}@{digest} at the source"
+            raise source_error(what, exc) from exc
 
     async def _destination_digest(
         self, endpoint: str, repository: str, tag: str, listing: DestinationTags | None = None

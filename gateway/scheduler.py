@@ -25,7 +25,7 @@ from mirror.v1 import gateway_pb2, policy_pb2, policy_pb2_grpc
 from gateway.deletions import Deleter
 from gateway.dest_tags import LIST_FROM_TAGS, DestinationTags
 from gateway.polls import PollRecord, PollStore
-from gateway.runner import Push, Runner, TransientError, is_metadata_tag
+from gateway.runner import Push, Runner, SourceRefused, TransientError, is_metadata_tag
 from gateway.runs import RunStore
 from servicekit.logs import bind, context_id
 
@@ -369,7 +369,8 @@ class PollScheduler:
             runs = await self.runner.act(
                 push, only_policy=pol.id, kinds=frozenset(pol.required_facts)
             )
-        except TransientError as exc:
+        except (TransientError, SourceRefused) as exc:
+            # Counted failed in the poll's record and not remembered: the next poll tries again.
             log.info("policy %s: %s:%s not acted on yet: %s", pol.name, repo, tag, exc)
             return None
         return runs[0].state if runs else Run.STATE_NOT_MATCHED

@@ -18,7 +18,7 @@ from gateway.catalog import list_repositories
 from gateway.deletions import DELETING, Deleter
 from gateway.endpoints import EndpointDirectory
 from gateway.inbox import Inbox
-from gateway.runner import RETRIED_BY_RECONCILE, Push, Runner, TransientError
+from gateway.runner import RETRIED_BY_RECONCILE, Push, Runner, SourceRefused, TransientError
 from gateway.runs import RunRecord, RunStore
 from registry_client.resolver import EndpointResolver
 from servicekit.errors import ApiError, failed_precondition, invalid_argument
@@ -290,7 +290,7 @@ class Sweeper:
                     runs = await self.runner.act(
                         push, only_policy=pol.id, kinds=frozenset(pol.required_facts)
                     )
-                except TransientError as exc:
+                except (TransientError, SourceRefused) as exc:
                     raise SweepFailed(str(exc)) from exc
                 for r in runs:
                     if r.state != Run.STATE_NOT_MATCHED:

@@ -17,11 +17,13 @@ import logging
 import os
 import time
 
+import grpc
+
 from gateway import inbox as inbox_mod
 from gateway.endpoints import EndpointDirectory
 from gateway.inbox import Inbox, InboxEvent
 from gateway.leases import DEFAULT_LEASE_S
-from gateway.runner import Push, Runner, TransientError
+from gateway.runner import Push, Runner, SourceRefused, TransientError
 from servicekit.logs import bind, context_id
 from servicekit.retry import Backoff
 
@@ -203,6 +205,14 @@ class InboxWorker:
                 # Giving up: every policy of the source gets a FAILED run saying why.
                 await self.runner.record_failure(push, f"given up: {exc}")
             await self._retry(ev, str(exc))
+            return
+        except (SourceRefused, grpc.aio.AioRpcError) as exc:
+            # Another try would fail the same way (act() turns transient gRPC errors into
+            # TransientError): every policy of the source gets a FAILED run saying why, now.
+            why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            runs = await self.runner.record_failure(push, f"not retried: {why}")
+            log.warning("event %s: not retried: %s", ev.id, why)
+            await self.db.run(self.inbox.finish, ev.id, inbox_mod.FAILED, f"not retried: {why}")
             return
         await self.db.run(self.inbox.finish, ev.id, inbox_mod.DONE, f"{len(runs)} run(s)")
         log.info(

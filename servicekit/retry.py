@@ -6,7 +6,8 @@ retries, the transfer worker's job retries and reschedules, the gateway's inbox,
 notifier and lock waits) asks `is_retryable` (calls between our services:
 `transient_rpc_error`) and waits `Backoff.delay(attempt)` (long waits: `Backoff.spread`);
 none keeps a table of its own. tests/servicekit/test_one_retry_policy.py holds the code base
-to that.
+to that. (The SDK, which installs without servicekit, retries nothing by its own rule: it
+waits only the RetryInfo delay a rate-limited server names, up to its `rate_limit_wait`.)
 
 Retryable: connection errors (refused, reset, dropped), timeouts, HTTP 408, 429 and 5xx
 (except 501), gRPC UNAVAILABLE / DEADLINE_EXCEEDED. Never: other 4xx (400, 401, 403, 404...),

@@ -41,6 +41,7 @@ def split_commands(
     if "router" in addr:
         # The one address for clients (mirrorctl, SDK, grpcurl).
         cmds["router"] = ["stack.router", "--grpc-listen", addr["router"],
+                          "--data", str(data / "router"),
                           "--policy", addr["policy"], "--transfer", addr["transfer"],
                           "--scanner", addr["scanner"], "--gateway", addr["gateway"], *dial]
     return cmds
