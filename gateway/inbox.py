@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import shutil
-import sqlite3
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from mirror.v1 import gateway_pb2
 from gateway.leases import ClaimTable, db_now
 from servicekit import metrics
 from servicekit.db import Database, Row
+from servicekit.diskfull import NO_SPACE, is_volume_full
 from servicekit.errors import ApiError
 
 PENDING = "pending"
@@ -29,15 +28,6 @@ FAILED = "failed"
 REFUSED = "refused"
 REFUSED_PREFIX = "refused/"
 
-NO_SPACE = "no space left on the data volume"
-# Below this many free bytes an I/O error while writing is taken for a full volume.
-_LOW_SPACE = 1 << 20
-
-
-# PostgreSQL's disk_full (SQLSTATE 53100): the server's volume is full.
-_PG_DISK_FULL = "53100"
-
-
 class DataVolumeFull(ApiError):
     """The data volume is full: nothing was recorded (the caller must not acknowledge)."""
 
@@ -47,27 +37,6 @@ class DataVolumeFull(ApiError):
             f"{NO_SPACE} ({path}): the event was not recorded",
             reason="DATA_VOLUME_FULL",
         )
-
-
-def is_volume_full(exc: BaseException, path: str) -> bool:
-    """Whether `exc` (or what it interrupted) is SQLite failing for want of space."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if getattr(seen, "sqlstate", None) == _PG_DISK_FULL:
-            return True
-        if isinstance(seen, sqlite3.Error):
-            code = getattr(seen, "sqlite_errorcode", None)
-            if code == sqlite3.SQLITE_FULL:
-                return True
-            if code is not None and code & 0xFF == sqlite3.SQLITE_IOERR:
-                try:
-                    if shutil.disk_usage(path).free < _LOW_SPACE:
-                        return True
-                except OSError:
-                    pass
-        # A failing ROLLBACK after SQLITE_FULL hides the first error in __context__.
-        seen = seen.__context__
-    return False
 
 
 Trigger = gateway_pb2.Run.Trigger

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from servicekit.diskfull import no_space_message
 from servicekit.errors import ApiError
 from servicekit.handlers import is_async, rewrap
 
@@ -19,6 +20,19 @@ async def _abort(context: aio.ServicerContext, err: ApiError) -> None:
     await context.abort_with_status(err.to_status())
 
 
+async def _unexpected(context: aio.ServicerContext, method: str, exc: Exception) -> None:
+    """A full data volume is said as such (the caller may free space and retry); anything
+    else is INTERNAL, its cause in the server log only."""
+    full = no_space_message(exc)
+    if full is not None:
+        log.error("%s: %s: %s", method, full, exc)
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, f"{full}: {method} failed; free space and retry"
+        )
+    log.exception("unhandled error in %s", method)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+
+
 def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
         try:
@@ -27,9 +41,8 @@ def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[...,
             await _abort(context, err)
         except aio.AbortError:
             raise
-        except Exception:
-            log.exception("unhandled error in %s", method)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+        except Exception as exc:
+            await _unexpected(context, method, exc)
 
     return handler
 
@@ -45,9 +58,8 @@ def _wrap_stream(
             await _abort(context, err)
         except aio.AbortError:
             raise
-        except Exception:
-            log.exception("unhandled error in %s", method)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+        except Exception as exc:
+            await _unexpected(context, method, exc)
 
     return handler
 

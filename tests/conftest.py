@@ -15,4 +15,5 @@ pytest_plugins = [
     "tests.support.images",
     "tests.support.faultproxy",
     "tests.support.postgres",
+    "tests.support.volumes",
 ]

@@ -16,6 +16,7 @@ from mirror.v1 import transfer_pb2, transfer_pb2_grpc
 from registry_client import errors as rc_errors
 from registry_client.names import reference_problem, repository_problem, tag_problem
 from servicekit import paging
+from servicekit.diskfull import disk_full_as_exhausted
 from servicekit.errors import failed_precondition, invalid_argument
 from transfer_service.connection_check import ConnectionReport, StepResult, check_connection
 from transfer_service.convert import (
@@ -24,7 +25,6 @@ from transfer_service.convert import (
     endpoint_to_proto,
     transfer_to_proto,
 )
-from transfer_service.diskfull import disk_full_as_exhausted
 from transfer_service.endpoints import WRITABLE_FIELDS, EndpointStore
 from transfer_service.engine.referrers import CHOICES as REFERRER_CHOICES
 from transfer_service.jobs import JobSpec, Journal

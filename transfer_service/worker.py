@@ -44,9 +44,9 @@ from urllib.parse import urlsplit
 
 from registry_client.errors import DigestMismatch
 from servicekit import metrics
+from servicekit.diskfull import no_space_message
 from servicekit.logs import context_id, fields
 from servicekit.retry import Backoff, is_retryable, retry_after_hint
-from transfer_service.diskfull import no_space_message
 from transfer_service.endpoints import EndpointStore
 from transfer_service.engine.referrers import summary as referrer_summary
 from transfer_service.jobs import JobRecord, JobSpec, JobState, Journal, Progress, effective_tag

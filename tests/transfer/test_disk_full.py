@@ -6,10 +6,8 @@ grow; never `INTERNAL: internal error`. The volume is a real 1 MiB tmpfs mounted
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -19,43 +17,10 @@ from mirror.v1 import common_pb2, transfer_pb2
 
 from registry_testkit.images import ImageBuilder, push
 from registry_testkit.registry import RegistryProcess
+from tests.support.volumes import fill as _fill
 from tests.transfer.transfer_support import ServeFn, endpoint_msg
 
 T = transfer_pb2.Transfer
-
-
-@pytest.fixture
-def tiny_volume(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """mount(size) -> a fresh tmpfs of that size (e.g. "1m"), unmounted afterwards."""
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        where = tmp_path / f"volume-{len(mounted)}"
-        where.mkdir()
-        res = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-            capture_output=True, text=True, check=False,
-        )
-        if res.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in reversed(mounted):
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def _fill(volume: Path) -> None:
-    """Write zeros until the volume is full."""
-    with open(volume / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    os.sync()
 
 
 async def test_spool_full_gives_a_clear_job_message(
