@@ -121,7 +121,9 @@ def test_signed_by_refuses_another_key_and_an_image_that_stays_unsigned(
     push(images.image("3.0"), dev, "dev/app")
     runs = {r.source.reference: r for r in clients.wait_runs_final(pol.id, 2, timeout=60)}
     assert runs["2.0"].state == Run.STATE_NOT_MATCHED
-    assert "ci" in runs["2.0"].message
+    # The explanation says why no signature counted: the one found verifies with no key.
+    assert "no signature verified by key 'ci'" in runs["2.0"].message, runs["2.0"].message
+    assert "signed by another key" in runs["2.0"].message, runs["2.0"].message
     assert runs["3.0"].state == Run.STATE_NOT_MATCHED
     assert "no signature arrived in time" in runs["3.0"].message
     assert tags_of(qa, "qa/app") == []
@@ -371,3 +373,26 @@ def test_a_late_oci_sbom_referrer_is_read_when_it_re_evaluates_the_image(
     )
     assert f"referrer:{sbom.digest}" in report.sources
     assert ("busybox", "1.36.1") in {(c.name, c.version) for c in report.components}
+
+
+def test_apply_copies_signatures_only_for_a_policy_that_copies_them(
+    stack: StackProcess, clients: Clients, registry_factory: RegistryFactory, tmp_path: Path
+) -> None:
+    # dev sends no events: Apply is what finds the image and its signature tag.
+    dev, qa = dev_and_qa(clients, registry_factory)
+    image = push(ImageBuilder(tmp_path / "img").image("1.0"), dev, "dev/app")
+    sig = signature_image(tmp_path, "dev/app", image, new_key("ecdsa"))
+    push(sig, dev, "dev/app")
+    plain = policy(clients, "plain", "true", "qa/plain")
+    carry = policy(clients, "carry", "true", "qa/carry", copy_referrers=("signatures",))
+    for pol in (plain, carry):
+        applied = clients.gateway.ApplyPolicy(
+            gateway_pb2.ApplyPolicyRequest(policy_id=pol.id), timeout=60
+        )
+        # The signature tag is no image of its own: one tag matched, one run.
+        assert applied.tags_matched == 1 and [r.source.reference for r in applied.runs] == [
+            "1.0"], applied
+    wait_for(lambda: tags_of(qa, "qa/carry") == ["1.0", sig.tag], 60, "the signature carried")
+    clients.wait_runs_final(plain.id, 1)
+    assert tags_of(qa, "qa/plain") == ["1.0"]
+    assert skopeo_digest(qa, "qa/carry", sig.tag) == sig.digest
