@@ -12,23 +12,13 @@ import errno
 import logging
 
 from aiohttp import web
-from mirror.about import version
 from mirror.channel import TlsOptions
+from mirror.cmdline import log_level, version
 
 from console.app import make_app
 from console.config import ConsoleConfig
 
 PROG = "mirror-console"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def _log_level(text: str) -> str:
-    if text.upper() not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a log level; use one of {', '.join(LOG_LEVELS).lower()}")
-    return text.upper()
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"{PROG} (image-mirror) {version()}")
@@ -58,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events-url", metavar="URL",
                    help="the gateway's HTTP base URL, shown as where registries send push "
                         "notifications (e.g. https://mirror.example:8080)")
-    p.add_argument("--log-level", type=_log_level, default="INFO",
+    p.add_argument("--log-level", type=log_level, default="INFO",
                    help="debug, info, warning or error")
     return p.parse_args(argv)
 

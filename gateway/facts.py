@@ -14,7 +14,7 @@ from gateway.signatures import find_signatures
 from registry_client import Manifest, mediatypes
 from registry_client import errors as rc_errors
 from registry_client.images import image_size, is_attestation_entry, platform_string
-from registry_client.referrers import descriptor_of
+from registry_client.referrers import descriptor_of, subject_of
 from registry_client.resolver import EndpointResolver
 from servicekit.retry import message_too_large, transient_rpc_error
 
@@ -65,17 +65,13 @@ class Attachment:
 
 def attachment_of(m: Manifest) -> Attachment | None:
     """The manifest's subject, or None when it names none (an image, an index)."""
-    try:
-        doc = json.loads(m.data)
-    except ValueError:
-        return None
-    subject = doc.get("subject") if isinstance(doc, dict) else None
-    if not isinstance(subject, dict) or not isinstance(subject.get("digest"), str):
+    subject = subject_of(m.data)
+    if subject is None:
         return None
     desc = descriptor_of(m.data, m.media_type, m.digest)
     annotations = desc.get("annotations")
     return Attachment(
-        subject=subject["digest"],
+        subject=subject,
         artifact_type=str(desc.get("artifactType", "")),
         annotations=dict(annotations) if isinstance(annotations, dict) else {},
     )

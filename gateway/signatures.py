@@ -20,6 +20,7 @@ from typing import Any
 from mirror.v1 import common_pb2
 
 from registry_client import errors as rc_errors
+from registry_client.referrers import subject_of
 from servicekit.retry import is_retryable
 from transfer_service.engine.referrers import kind_of
 
@@ -75,13 +76,7 @@ async def _signature_referrers(rc: Any, repo: str, digest: str) -> list[Any]:
             m = await rc.get_manifest(repo, r.digest)  # verified by digest
         except rc_errors.NotFound:
             continue
-        try:
-            subject = json.loads(m.data).get("subject") or {}
-        except (ValueError, AttributeError):
-            continue
-        # The listing is the registry's (or, in the tag index, any pusher's) word; the
-        # manifest itself must name the image.
-        if isinstance(subject, dict) and subject.get("digest") == digest:
+        if subject_of(m.data) == digest:  # the manifest itself, not only the listing
             out.append(m)
     return out
 

@@ -36,6 +36,19 @@ class Referrer:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
+def subject_of(manifest: bytes) -> str | None:
+    """The digest a manifest's `subject` names (what it is attached to), or None: it names
+    none (an image, an index), or it is not JSON. A listing is the registry's (or, in the
+    tag schema, any pusher's) word; only this says what a referrer refers to."""
+    try:
+        doc = json.loads(manifest)
+    except ValueError:
+        return None
+    subject = doc.get("subject") if isinstance(doc, dict) else None
+    digest = subject.get("digest") if isinstance(subject, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
 def fallback_tag(digest: str) -> str:
     """`sha256:<hex>` -> `sha256-<hex>`, the referrers tag schema's tag."""
     algo, _, hex_ = digest.partition(":")

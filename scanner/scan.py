@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from registry_client import errors as registry_errors
 from registry_client import mediatypes
 from registry_client.images import image_size, platform_string
-from registry_client.referrers import descriptor_of, referrers_of
+from registry_client.referrers import descriptor_of, referrers_of, subject_of
 from scanner import parsers
 from scanner.bounds import RecordBudget
 from scanner.errors import ScanError
@@ -202,10 +202,9 @@ async def _referrer_reports(
         try:
             art = await rc.get_manifest(repository, r.digest)  # verified by digest
             doc = _json(art.data, "referrer manifest")
-            subject = doc.get("subject")
-            # The listing is the registry's (or, in the tag index, any pusher's) word; the
-            # manifest itself must name the image, and says what it is.
-            if not isinstance(subject, dict) or subject.get("digest") != digest:
+            # The manifest itself must name the image (not only the listing), and says what
+            # it is.
+            if subject_of(art.data) != digest:
                 raise ScanError("MANIFEST_INVALID", f"its subject is not {digest}")
             desc = descriptor_of(art.data, art.media_type, art.digest)
             annotations = doc.get("annotations")

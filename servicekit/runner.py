@@ -10,21 +10,10 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 
-from mirror.about import version
+from mirror.cmdline import log_level, version
 
 from servicekit import datadir
 from servicekit.logs import setup_logging
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def _log_level(text: str) -> str:
-    level = text.upper()
-    if level not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a log level; use one of {', '.join(LOG_LEVELS).lower()}"
-        )
-    return level
 
 
 def base_parser(prog: str, description: str, default_port: int) -> argparse.ArgumentParser:
@@ -47,7 +36,7 @@ def base_parser(prog: str, description: str, default_port: int) -> argparse.Argu
     )
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument(
-        "--log-level", type=_log_level, default="INFO", help="debug, info, warning or error"
+        "--log-level", type=log_level, default="INFO", help="debug, info, warning or error"
     )
     return p
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from mirror.about import version
+from mirror.cmdline import version
 
 from servicekit import datadir
 from servicekit.db import Database, MigrationStep, is_postgres_url, open_service_database

@@ -20,7 +20,7 @@ import mirror
 import pytest
 
 # The modules docs/sdk.md and the README teach (mirror/__init__ exports nothing more).
-MODULES = ["mirror.about", "mirror.client", "mirror.aio", "mirror.errors", "mirror.enums",
+MODULES = ["mirror.cmdline", "mirror.client", "mirror.aio", "mirror.errors", "mirror.enums",
            "mirror.channel", "mirror.policyfields"]
 
 

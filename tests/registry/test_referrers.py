@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,3 +132,13 @@ async def test_copy_to_a_registry_with_the_api_writes_no_tag_index(
         art.manifest(registry2, "qa/app", sbom.digest)[1]
         == art.manifest(registry, "dev/app", sbom.digest)[1]
     )
+
+
+def test_subject_of_reads_what_a_manifest_is_attached_to() -> None:
+    from registry_client.referrers import subject_of
+
+    digest = "sha256:" + "ab" * 32
+    assert subject_of(json.dumps({"subject": {"digest": digest, "size": 1}}).encode()) == digest
+    for unattached in (b"{}", b"not json", b"[]", json.dumps({"subject": "x"}).encode(),
+                       json.dumps({"subject": {"digest": 7}}).encode()):
+        assert subject_of(unattached) is None, unattached

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import grpc
 
 from mirror import errors
-from mirror.about import version
 from mirror.channel import DEFAULT_ADDRESS
 from mirror.cli import (
     cmd_declarative,
@@ -36,6 +35,7 @@ from mirror.cli.context import (
 )
 from mirror.cli.output import FORMATS
 from mirror.cli.parsing import command
+from mirror.cmdline import version
 
 _EXAMPLES = """examples:
   mirrorctl status
